@@ -1,0 +1,89 @@
+//! Strict patterns for every name that reaches a path, a log line or a query.
+//!
+//! Half of Salt's CVEs were path traversal through minion ids and jids; here
+//! a name is checked once, where it enters, and rejected with the rule it
+//! broke.
+
+use crate::ProtoError;
+
+const MAX_ID: usize = 128;
+
+fn shown(value: &str) -> String {
+    value.chars().take(64).collect()
+}
+
+/// Checks a minion or master id: 1–128 of `A-Z a-z 0-9 . _ -`, starting
+/// with a letter or digit (so never `.`/`..` and never a hidden file).
+pub fn validate_id(value: &str) -> Result<(), ProtoError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_ID
+        && value.as_bytes()[0].is_ascii_alphanumeric()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtoError::Invalid {
+            what: "id",
+            value: shown(value),
+            rule: "1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        })
+    }
+}
+
+/// Checks a function name: `module` or `module.function`, each part
+/// lower-case `[a-z_][a-z0-9_]*`, at most 128 characters.
+pub fn validate_function(value: &str) -> Result<(), ProtoError> {
+    fn part(p: &str) -> bool {
+        let mut bytes = p.bytes();
+        matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+            && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+    }
+    let mut parts = value.split('.');
+    let ok = value.len() <= MAX_ID
+        && parts.next().is_some_and(part)
+        && parts.next().is_none_or(part)
+        && parts.next().is_none();
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtoError::Invalid {
+            what: "function name",
+            value: shown(value),
+            rule: "`module` or `module.function`, lower-case letters, digits and _",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_host_names() {
+        for ok in ["web01", "web-01.example.com", "A_b", "1"] {
+            validate_id(ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn ids_refuse_traversal_and_separators() {
+        for bad in [
+            "", ".", "..", "../etc", "a/b", "a\\b", ".hidden", "a b", "a\0", "é",
+        ] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_id(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn functions_are_module_dot_function() {
+        for ok in ["test.ping", "git_deploy", "cmd.run_all", "_x.y2"] {
+            validate_function(ok).unwrap();
+        }
+        for bad in ["", "Test.ping", "a.b.c", "a.", ".a", "a-b", "a/b", "1a"] {
+            assert!(validate_function(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The messages carried in envelopes, one struct per [`Kind`].
+//!
+//! Times are unix milliseconds. Every request a minion sends carries a
+//! random `nonce` that the master's signed reply echoes, so a captured
+//! reply cannot be replayed against another request.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::envelope::{Kind, Message};
+use crate::target::TargetType;
+use crate::Jid;
+
+macro_rules! message {
+    ($ty:ty, $kind:ident, $name:literal) => {
+        impl Message for $ty {
+            const KIND: Kind = Kind::$kind;
+            const NAME: &'static str = $name;
+        }
+    };
+}
+
+/// A job published by a master: run `fun` with `arg`/`kwarg` on every
+/// minion matching `tgt`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Time-ordered unique id.
+    pub jid: Jid,
+    /// Target expression, interpreted per `tgt_type`.
+    pub tgt: String,
+    /// How `tgt` is read.
+    pub tgt_type: TargetType,
+    /// `module.function`.
+    pub fun: String,
+    /// Positional arguments.
+    pub arg: Vec<Value>,
+    /// Keyword arguments.
+    pub kwarg: Map<String, Value>,
+    /// Keyword arguments that must never be seen in clear outside the
+    /// master and the minion: sealed under the session key.
+    #[serde(default)]
+    pub secret: Option<Sealed>,
+    /// Seconds the minion lets the function run before cancelling it.
+    pub timeout: u64,
+    /// When the master issued it.
+    pub issued_at: u64,
+    /// After this moment (plus the minion's clock-skew allowance) the job
+    /// is refused: a delayed or replayed publication does nothing.
+    pub expires_at: u64,
+    /// Id of the master that signed it.
+    pub master: String,
+    /// Who asked for it (for audit on the minion side).
+    #[serde(default)]
+    pub user: String,
+}
+message!(Job, Job, "job");
+
+/// Bytes sealed with AEAD under the session key of `epoch`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// Which session key sealed this (the key rotates).
+    pub epoch: u64,
+    /// AEAD nonce (12 bytes).
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// Ciphertext with its tag.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealed(epoch {}, {} bytes)", self.epoch, self.ciphertext.len())
+    }
+}
+
+/// Published periodically so minions know the master is alive and which
+/// session key is current.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Beacon {
+    /// Master id.
+    pub master: String,
+    /// When it was sent.
+    pub at: u64,
+    /// Current session key epoch; a minion holding an older one re-auths.
+    pub session_epoch: u64,
+}
+message!(Beacon, Beacon, "beacon");
+
+/// A minion introduces itself. Signed with the key it presents, which
+/// proves possession; whether the key is trusted is the master's decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Auth {
+    /// Minion id (must equal the envelope's sender).
+    pub id: String,
+    /// The minion's Ed25519 public key (32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub pubkey: Vec<u8>,
+    /// Random request nonce, echoed in the reply.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// Ephemeral X25519 public key for the session-key exchange.
+    #[serde(with = "serde_bytes")]
+    pub eph_pub: Vec<u8>,
+    /// halite version the minion runs.
+    pub version: String,
+    /// The minion's grains, so the master can expand grain targets.
+    pub grains: Value,
+}
+message!(Auth, Auth, "auth");
+
+/// Where a minion's key stands on the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Accepted: the minion may run jobs.
+    Accepted,
+    /// Waiting for an operator (`master-cli keys accept`).
+    Pending,
+    /// Refused by an operator.
+    Rejected,
+    /// A different key than the accepted one for this id: never replaced silently.
+    Denied,
+}
+
+/// The session key, wrapped for one minion under a fresh X25519 exchange.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionGrant {
+    /// Epoch of the wrapped session key.
+    pub epoch: u64,
+    /// The master's ephemeral X25519 public key.
+    #[serde(with = "serde_bytes")]
+    pub eph_pub: Vec<u8>,
+    /// The session key sealed under the exchange's derived key.
+    pub wrapped: Sealed,
+}
+
+impl std::fmt::Debug for SessionGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionGrant(epoch {})", self.epoch)
+    }
+}
+
+/// The master's answer to [`Auth`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuthReply {
+    /// Echo of the request nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// The minion's key state.
+    pub status: KeyStatus,
+    /// Master id.
+    pub master: String,
+    /// The master's Ed25519 public key, pinned by the minion at first contact.
+    #[serde(with = "serde_bytes")]
+    pub master_pub: Vec<u8>,
+    /// Port of the master's PUB socket.
+    pub publish_port: u16,
+    /// Seconds between heartbeats the master expects.
+    pub heartbeat_interval: u64,
+    /// The session key, only when `status` is accepted.
+    pub session: Option<SessionGrant>,
+}
+message!(AuthReply, AuthReply, "auth_reply");
+
+/// The result of one job on one minion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Return {
+    /// Job id.
+    pub jid: Jid,
+    /// Minion id (must equal the envelope's sender).
+    pub id: String,
+    /// Function that ran.
+    pub fun: String,
+    /// Did it do what was asked?
+    pub success: bool,
+    /// Process-style return code: 0 on success.
+    pub retcode: i32,
+    /// What the function returned (or the error).
+    pub data: Value,
+    /// When the minion started it.
+    pub started_at: u64,
+    /// When it finished.
+    pub finished_at: u64,
+    /// Random nonce, echoed in the ack.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+}
+message!(Return, Return, "return");
+
+/// The return `(jid, id)` is durably stored; the minion may forget it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReturnAck {
+    /// Job id of the stored return.
+    pub jid: Jid,
+    /// Minion id of the stored return.
+    pub id: String,
+    /// Echo of the return's nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+}
+message!(ReturnAck, ReturnAck, "return_ack");
+
+/// Progress of a running job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Job id.
+    pub jid: Jid,
+    /// Minion id.
+    pub id: String,
+    /// Order within (jid, id), from 0.
+    pub seq: u64,
+    /// When it happened.
+    pub at: u64,
+    /// What happened.
+    pub body: EventBody,
+}
+message!(Event, Event, "event");
+
+/// What a job reports while it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A line of output.
+    Progress {
+        /// The line, without its newline.
+        line: String,
+        /// `stdout`, `stderr` or `log`.
+        stream: String,
+    },
+    /// A stage started or ended.
+    Stage {
+        /// Stage name (`prepare`, `deploy`, ...).
+        stage: String,
+        /// `started`, `succeeded` or `failed`.
+        status: String,
+        /// Duration, on the ending event.
+        duration_ms: Option<u64>,
+        /// Optional explanation.
+        message: Option<String>,
+    },
+}
+
+/// A minion is alive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Minion id.
+    pub id: String,
+    /// Random nonce, echoed in the ack.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// When it was sent.
+    pub at: u64,
+    /// halite version the minion runs.
+    pub version: String,
+    /// Session epoch the minion holds.
+    pub session_epoch: u64,
+    /// Jobs running right now.
+    pub running: Vec<Jid>,
+}
+message!(Heartbeat, Heartbeat, "heartbeat");
+
+/// The master heard a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Echo of the heartbeat nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// Is the minion's key (still) accepted? If not it must re-auth.
+    pub accepted: bool,
+    /// Current session epoch; a minion holding another re-auths.
+    pub session_epoch: u64,
+}
+message!(HeartbeatAck, HeartbeatAck, "heartbeat_ack");
+
+/// After (re)subscribing, a minion asks for jobs it may have missed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Catchup {
+    /// Minion id.
+    pub id: String,
+    /// Random nonce, echoed in the reply.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+}
+message!(Catchup, Catchup, "catchup");
+
+/// Signed job envelopes (as published) that have not expired and whose
+/// target may include the asking minion. The minion verifies each one
+/// exactly as if it came from the PUB socket, and its replay guard makes
+/// sure none runs twice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatchupReply {
+    /// Echo of the request nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// Encoded job envelopes.
+    pub jobs: Vec<serde_bytes::ByteBuf>,
+}
+message!(CatchupReply, CatchupReply, "catchup_reply");
+
+/// PUB topic of jobs for all minions.
+pub const TOPIC_JOB: &str = "job";
+/// PUB topic of master beacons.
+pub const TOPIC_BEACON: &str = "beacon";
