@@ -1,1 +1,193 @@
-//! halite master.
+//! The halite master as a library: `halite-master` only parses flags and
+//! calls [`start`]; tests call it in-process with port 0.
+//!
+//! Map: [`config`] (validated before anything binds), [`transport`]
+//! (ZeroMQ PUB and ROUTER), [`core`] (state, message handling, job
+//! submission), [`collector`] (grouped durable returns), [`presence`]
+//! (who is up), [`session`] (the session key), [`store`] (sled),
+//! [`backend`] (the HTTP API's view of all this), [`cli`] (`master-cli`).
+
+pub mod backend;
+pub mod cli;
+pub mod collector;
+pub mod config;
+pub mod core;
+pub mod presence;
+pub mod session;
+pub mod store;
+pub mod token;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Why the master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Keys could not be read or written.
+    #[error(transparent)]
+    Pki(#[from] halite_pki::PkiError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A ZeroMQ socket could not be bound.
+    #[error(transparent)]
+    Bind(#[from] transport::BindError),
+    /// Something on disk (data_dir, token, HTTP port).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running master: its real addresses, and the handle to stop it.
+pub struct Running {
+    /// PUB port actually bound.
+    pub publish_port: u16,
+    /// ROUTER port actually bound.
+    pub return_port: u16,
+    /// HTTP API address actually bound.
+    pub api_addr: SocketAddr,
+    /// The shared state (for in-process tests).
+    pub core: Arc<core::Core>,
+    /// Fires to stop every task.
+    pub shutdown: CancellationToken,
+}
+
+/// Handler tasks allowed at once; past this the ROUTER reader waits.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Binds everything and starts the tasks. Returns once the master is
+/// ready to serve; it runs until `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+        context: format!("create data_dir {}", config.data_dir.display()),
+        source,
+    })?;
+    let (key, created) = halite_pki::KeyPair::load_or_generate(&config.pki_dir, "master")?;
+    if created {
+        tracing::info!(pki_dir = %config.pki_dir.display(), "generated master key");
+    }
+    let keys = halite_pki::KeyStore::open(&config.pki_dir)?;
+    let store = store::Store::open(&config.data_dir.join("store"))?;
+    let cli_token = token::ensure(&config.token_file()).map_err(|source| Error::Io {
+        context: format!("write CLI token {}", config.token_file().display()),
+        source,
+    })?;
+
+    let bound = transport::bind(config.interface, config.publish_port, config.return_port, shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(config.api_bind)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("bind api_bind {}", config.api_bind),
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| Error::Io {
+        context: "read API address".into(),
+        source,
+    })?;
+
+    let (returns_tx, returns_rx) = tokio::sync::mpsc::channel(16 * 1024);
+    let core = Arc::new(core::Core::new(core::CoreParts {
+        config: config.clone(),
+        key,
+        keys,
+        store,
+        publisher: bound.publisher.clone(),
+        replier: bound.replier.clone(),
+        returns: returns_tx,
+        publish_port: bound.publish_port,
+        cli_token,
+    })?);
+
+    tokio::spawn(collector::run(core.clone(), returns_rx));
+    spawn_router_handlers(core.clone(), bound.incoming);
+    spawn_timers(core.clone(), shutdown.clone());
+
+    let app = halite_api::router(Arc::new(backend::ApiBackend(core.clone())));
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+
+    write_ports(&config, bound.publish_port, bound.return_port, api_addr)?;
+    tracing::info!(
+        id = %config.id,
+        version = env!("CARGO_PKG_VERSION"),
+        publish_port = bound.publish_port,
+        return_port = bound.return_port,
+        api = %api_addr,
+        fingerprint = %core.fingerprint(),
+        "halite-master ready"
+    );
+    Ok(Running {
+        publish_port: bound.publish_port,
+        return_port: bound.return_port,
+        api_addr,
+        core,
+        shutdown,
+    })
+}
+
+fn spawn_router_handlers(core: Arc<core::Core>, mut incoming: tokio::sync::mpsc::Receiver<transport::Incoming>) {
+    let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    tokio::spawn(async move {
+        while let Some(message) = incoming.recv().await {
+            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let core = core.clone();
+            // One task per message: signature checks spread over all cores.
+            tokio::spawn(async move {
+                core.handle(message.peer, message.body).await;
+                drop(permit);
+            });
+        }
+    });
+}
+
+fn spawn_timers(core: Arc<core::Core>, shutdown: CancellationToken) {
+    let beacon_every = core.config.beacon_interval;
+    tokio::spawn(async move {
+        let mut beacon = tokio::time::interval(beacon_every);
+        let mut prune = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = beacon.tick() => core.beacon(),
+                _ = prune.tick() => {
+                    let core = core.clone();
+                    let _ = tokio::task::spawn_blocking(move || core.prune()).await;
+                }
+            }
+        }
+        if let Err(e) = core.store.flush() {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+    });
+}
+
+fn write_ports(config: &Config, publish_port: u16, return_port: u16, api: SocketAddr) -> Result<(), Error> {
+    let body = serde_json::json!({
+        "publish_port": publish_port,
+        "return_port": return_port,
+        "api": api.to_string(),
+        "pid": std::process::id(),
+    });
+    let path = config.ports_file();
+    std::fs::write(&path, body.to_string()).map_err(|source| Error::Io {
+        context: format!("write {}", path.display()),
+        source,
+    })
+}

@@ -1,1 +1,34 @@
-//! Execution modules.
+//! halite execution modules: what a minion can run, as `module.function`.
+//!
+//! There is one trait, [`Module`], and one [`Registry`] that resolves a
+//! function name (`cmd.run`, or `git_deploy` alone for its default function)
+//! and runs it. A function gets a [`Call`] — parsed arguments, the minion's
+//! grains, a cancellation token and an [`EventSink`] for progress lines and
+//! stage changes — and returns an [`Outcome`]: `success`, a process-style
+//! `retcode` (see the `RETCODE_*` constants) and JSON data.
+//!
+//! Modules never open a socket and know nothing of transport: the minion
+//! carries their events and outcomes to the master. Arguments are read
+//! through [`args`], so every module checks types and refuses unknown
+//! keywords the same way.
+//!
+//! Built in: `test` (ping, echo, sleep, version, fail), `cmd` (run,
+//! run_all) and `grains` (items, get, ls; [`grains::collect`] builds the
+//! grains object once at minion start).
+#![deny(missing_docs)]
+
+pub mod args;
+mod call;
+mod cmd;
+pub mod grains;
+mod module;
+mod outcome;
+mod registry;
+mod test_module;
+
+pub use call::{Call, EventSink};
+pub use module::Module;
+pub use outcome::{
+    Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR, RETCODE_TIMEOUT, RETCODE_UNKNOWN_FUNCTION,
+};
+pub use registry::Registry;

@@ -1,1 +1,29 @@
-//! Keys, signatures and session keys.
+//! Keys, signatures, key states and session keys.
+//!
+//! Only this crate touches private keys: key generation and files
+//! ([`KeyPair`], [`PublicKey`]), signing and verifying the envelopes of
+//! `halite-proto` ([`KeyPair::sign_message`], [`verify_envelope`]), the
+//! master's minion key states in Salt's directory layout ([`KeyStore`]),
+//! and the session key that seals secret job arguments ([`SessionKey`],
+//! handed to minions over an ephemeral X25519 exchange: [`Ephemeral`],
+//! [`grant`], [`transcript`]). Other crates hold keys only through these
+//! types, whose `Debug` never prints secret material, and secrets in
+//! configuration through [`Secret`].
+//!
+//! All cryptography is `ring` 0.17: Ed25519 signatures, X25519 +
+//! HKDF-SHA256 key agreement, ChaCha20-Poly1305 sealing.
+#![deny(missing_docs)]
+
+pub mod error;
+mod fsio;
+pub mod keys;
+pub mod keystore;
+mod pem;
+pub mod secret;
+pub mod session;
+
+pub use error::PkiError;
+pub use keys::{normalize_fingerprint, verify_envelope, KeyPair, PublicKey};
+pub use keystore::{KeyEntry, KeyStore};
+pub use secret::Secret;
+pub use session::{grant, transcript, Ephemeral, SessionKey};

@@ -9,6 +9,7 @@
 //! which bytes are signed ([`Envelope::signing_input`]).
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod ident;
@@ -20,4 +21,4 @@ pub mod time;
 pub use envelope::{Envelope, Kind, Message, PROTOCOL_VERSION};
 pub use error::ProtoError;
 pub use jid::{Jid, JidGenerator};
-pub use target::{TargetError, TargetType};
+pub use target::{Target, TargetError, TargetType};

@@ -1,1 +1,57 @@
-fn main() {}
+//! `halite-master --config /etc/halite/master.toml`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// The halite master: publishes signed jobs, stores signed returns, serves the API.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, short, default_value = halite_master::config::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    halite_daemon::init_tracing(args.log_json);
+    let config = match halite_master::Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("halite-master: {e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("halite-master: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let running = match halite_master::start(config, shutdown.clone()).await {
+            Ok(running) => running,
+            Err(e) => {
+                eprintln!("halite-master: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        halite_daemon::wait_for_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown.cancel();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Err(e) = running.core.store.flush() {
+            eprintln!("halite-master: final flush failed: {e}");
+            return ExitCode::FAILURE;
+        }
+        ExitCode::SUCCESS
+    })
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! `master-cli`: see `halite_master::cli`.
+
+fn main() -> std::process::ExitCode {
+    halite_master::cli::main()
+}

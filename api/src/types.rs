@@ -1,0 +1,190 @@
+//! JSON shapes of the native `/v1` API.
+//!
+//! The master's store keeps jobs, returns and events in exactly these
+//! shapes, so what a portal reads is what was recorded.
+
+use std::collections::BTreeMap;
+
+use halite_proto::message::EventBody;
+use halite_proto::{Jid, TargetType};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `POST /v1/jobs`: what to run where.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Target expression.
+    pub target: String,
+    /// How to read `target` (glob when absent).
+    #[serde(default)]
+    pub tgt_type: TargetType,
+    /// `module.function`.
+    pub fun: String,
+    /// Positional arguments.
+    #[serde(default)]
+    pub arg: Vec<Value>,
+    /// Keyword arguments.
+    #[serde(default)]
+    pub kwarg: Map<String, Value>,
+    /// Keyword arguments sealed for the minions: never stored or logged in clear.
+    #[serde(default)]
+    pub secret: BTreeMap<String, String>,
+    /// Seconds the function may run on each minion (master default when absent).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// The answer to a job submission.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Submitted {
+    /// The new job's id.
+    pub jid: Jid,
+    /// Minions expected to return (accepted keys matching the target).
+    pub minions: Vec<String>,
+}
+
+/// A job as recorded: what was asked, by whom, and who must answer.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct JobRecord {
+    /// Job id.
+    pub jid: Jid,
+    /// Target expression.
+    pub target: String,
+    /// How the target was read.
+    pub tgt_type: TargetType,
+    /// Function.
+    pub fun: String,
+    /// Positional arguments.
+    pub arg: Vec<Value>,
+    /// Keyword arguments (secrets excluded).
+    pub kwarg: Map<String, Value>,
+    /// Names of the secret keyword arguments (values are never kept).
+    pub secret_keys: Vec<String>,
+    /// Who submitted it.
+    pub user: String,
+    /// Seconds each minion may run it.
+    pub timeout: u64,
+    /// When it was published (unix ms).
+    pub issued_at: u64,
+    /// After this a minion refuses to start it (unix ms).
+    pub expires_at: u64,
+    /// Minions expected to return.
+    pub expected: Vec<String>,
+}
+
+/// One minion's return as stored.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct ReturnRecord {
+    /// Minion id.
+    pub id: String,
+    /// Function that ran.
+    pub fun: String,
+    /// Did it succeed?
+    pub success: bool,
+    /// 0 on success.
+    pub retcode: i32,
+    /// What the function returned.
+    pub data: Value,
+    /// When the minion started it (unix ms).
+    pub started_at: u64,
+    /// When it finished (unix ms).
+    pub finished_at: u64,
+    /// When the master stored it (unix ms).
+    pub stored_at: u64,
+}
+
+/// One progress line or stage change, as stored.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct EventRecord {
+    /// Position in the job's event stream; pass it as `after` to get only newer ones.
+    pub cursor: u64,
+    /// Minion id.
+    pub id: String,
+    /// Order within the minion's events.
+    pub seq: u64,
+    /// When it happened on the minion (unix ms).
+    pub at: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// `GET /v1/jobs/{jid}`: a job with every return and who has not answered.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JobView {
+    /// The job.
+    #[serde(flatten)]
+    pub job: JobRecord,
+    /// Returns by minion id.
+    pub returns: BTreeMap<String, ReturnRecord>,
+    /// Expected minions that have not returned yet.
+    pub missing: Vec<String>,
+    /// Every expected minion returned, or the job's time is up.
+    pub done: bool,
+}
+
+/// A row of `GET /v1/jobs`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JobSummary {
+    /// Job id.
+    pub jid: Jid,
+    /// Function.
+    pub fun: String,
+    /// Target expression.
+    pub target: String,
+    /// Who submitted it.
+    pub user: String,
+    /// When (unix ms).
+    pub issued_at: u64,
+    /// How many minions were expected.
+    pub expected: usize,
+    /// How many returned.
+    pub returned: usize,
+    /// How many of those failed.
+    pub failed: usize,
+}
+
+/// A minion as the master sees it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct MinionView {
+    /// Minion id.
+    pub id: String,
+    /// `up` or `down`.
+    pub status: String,
+    /// Last heartbeat or message (unix ms), if ever.
+    pub last_seen: Option<u64>,
+    /// halite version it runs.
+    pub version: Option<String>,
+    /// `os` grain.
+    pub os: Option<String>,
+    /// All grains it reported.
+    pub grains: Value,
+}
+
+/// A minion key and its state.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct KeyView {
+    /// Minion id.
+    pub id: String,
+    /// accepted, pending, rejected or denied.
+    pub status: halite_proto::message::KeyStatus,
+    /// SHA-256 fingerprint of the key.
+    pub fingerprint: String,
+}
+
+/// `GET /v1/keys`: the master's own fingerprint and every minion key.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct KeysView {
+    /// Fingerprint of the master's key (what minions pin).
+    pub master_fingerprint: String,
+    /// Minion keys.
+    pub keys: Vec<KeyView>,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a human.
+    pub error: String,
+}

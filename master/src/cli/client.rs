@@ -1,0 +1,98 @@
+//! Finds the master's API and token from its config, and speaks JSON.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// An authenticated client of one master's `/v1` API.
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// Reads `config_file`, the token in the master's `data_dir`, and
+    /// (when the config binds port 0) the address the master wrote.
+    pub fn from_config(config_file: &Path) -> anyhow::Result<Client> {
+        let config = Config::load(config_file)?;
+        let token_file = config.token_file();
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| {
+                format!(
+                    "cannot read the CLI token {} (run master-cli as the master's user, after the master has started)",
+                    token_file.display()
+                )
+            })?
+            .trim()
+            .to_owned();
+        let mut addr = config.api_bind;
+        if addr.port() == 0 {
+            addr = bound_api(&config)?;
+        }
+        if addr.ip().is_unspecified() {
+            addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port());
+        }
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Client {
+            base: format!("http://{addr}"),
+            token,
+            http,
+        })
+    }
+
+    /// GET a JSON document.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    /// POST a JSON body, read a JSON document.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// DELETE, read a JSON document.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let response = request
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the master API at {} (is halite-master running?)", self.base))?;
+        let status = response.status();
+        let body = response.bytes().await.context("reading the master's answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<halite_api::types::ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            anyhow::bail!("the master refused ({status}): {message}");
+        }
+        serde_json::from_slice(&body).context("the master's answer is not the expected JSON")
+    }
+}
+
+fn bound_api(config: &Config) -> anyhow::Result<SocketAddr> {
+    let path = config.ports_file();
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("api_bind uses port 0; cannot read {} written by the master", path.display()))?;
+    let ports: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    ports["api"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("{} has no `api` address", path.display()))
+}

@@ -1,0 +1,188 @@
+//! How `master-cli` shows things: per-minion blocks like Salt's
+//! outputter, a summary line, tables, or one JSON document.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use halite_api::types::{EventRecord, JobSummary, JobView, KeysView, MinionView, ReturnRecord};
+use halite_proto::message::EventBody;
+use halite_proto::time::format_ms;
+use serde::Serialize;
+
+/// Writes one line to stdout (a closed pipe is not an error worth a panic).
+pub fn line(text: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// Prints a value as pretty JSON.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    line(&serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn render(data: &serde_json::Value) -> String {
+    match data {
+        serde_json::Value::String(s) if !s.is_empty() => s.clone(),
+        serde_json::Value::Bool(true) => "True".into(),
+        serde_json::Value::Bool(false) => "False".into(),
+        other => serde_json::to_string_pretty(other).unwrap_or_default(),
+    }
+}
+
+/// One minion's return as a block.
+pub fn one_return(ret: &ReturnRecord) {
+    let header = if ret.success {
+        format!("{}:", ret.id)
+    } else {
+        format!("{}: (failed, retcode {})", ret.id, ret.retcode)
+    };
+    line(&header);
+    line(&indent(&render(&ret.data)));
+}
+
+/// A live event line.
+pub fn event(event: &EventRecord) {
+    match &event.body {
+        EventBody::Progress { line: text, stream } => line(&format!("[{}] {stream}: {text}", event.id)),
+        EventBody::Stage {
+            stage,
+            status,
+            duration_ms,
+            message,
+        } => {
+            let mut text = format!("[{}] stage {stage} {status}", event.id);
+            if let Some(ms) = duration_ms {
+                text.push_str(&format!(" ({ms} ms)"));
+            }
+            if let Some(message) = message {
+                text.push_str(&format!(": {message}"));
+            }
+            line(&text);
+        }
+    }
+}
+
+/// Counts for the summary line.
+fn counts(view: &JobView) -> (usize, usize, usize) {
+    let succeeded = view.returns.values().filter(|r| r.success).count();
+    (succeeded, view.returns.len() - succeeded, view.missing.len())
+}
+
+/// The closing summary line, and who did not return.
+pub fn summary(view: &JobView) {
+    for id in &view.missing {
+        line(&format!("{id}:\n    Minion did not return. [No response]"));
+    }
+    let (succeeded, failed, missing) = counts(view);
+    line(&format!(
+        "\n-------------------------------------------\nSummary: {} minions targeted, {succeeded} succeeded, {failed} failed, {missing} did not return (jid {})",
+        view.job.expected.len(),
+        view.job.jid
+    ));
+}
+
+/// A whole job: blocks and summary, or JSON.
+pub fn job(view: &JobView, json: bool) -> anyhow::Result<()> {
+    if json {
+        let (succeeded, failed, missing) = counts(view);
+        return print_json(&serde_json::json!({
+            "jid": view.job.jid,
+            "fun": view.job.fun,
+            "target": view.job.target,
+            "minions": view.job.expected,
+            "returns": view.returns,
+            "missing": view.missing,
+            "summary": { "succeeded": succeeded, "failed": failed, "did_not_return": missing },
+        }));
+    }
+    line(&format!(
+        "Job {}: {} on {} ({}) by {} at {}",
+        view.job.jid,
+        view.job.fun,
+        view.job.target,
+        view.job.tgt_type,
+        view.job.user,
+        format_ms(view.job.issued_at)
+    ));
+    for ret in view.returns.values() {
+        one_return(ret);
+    }
+    summary(view);
+    Ok(())
+}
+
+/// 0 only when every expected minion returned success.
+pub fn exit_code(view: &JobView) -> ExitCode {
+    let all_ok = !view.job.expected.is_empty()
+        && view.missing.is_empty()
+        && view.returns.values().all(|r| r.success);
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `jobs list`.
+pub fn jobs(jobs: &[JobSummary], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&jobs);
+    }
+    line(&format!("{:<20}  {:<19}  {:<20}  {:<20}  {:>9}  {:>6}  USER", "JID", "TIME (UTC)", "FUNCTION", "TARGET", "RETURNED", "FAILED"));
+    for job in jobs {
+        line(&format!(
+            "{:<20}  {:<19}  {:<20}  {:<20}  {:>9}  {:>6}  {}",
+            job.jid,
+            format_ms(job.issued_at),
+            job.fun,
+            job.target,
+            format!("{}/{}", job.returned, job.expected),
+            job.failed,
+            job.user
+        ));
+    }
+    Ok(())
+}
+
+/// `minions`.
+pub fn minions(minions: &[MinionView], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&minions);
+    }
+    line(&format!("{:<24}  {:<6}  {:<19}  {:<10}  OS", "ID", "STATUS", "LAST SEEN (UTC)", "VERSION"));
+    for m in minions {
+        line(&format!(
+            "{:<24}  {:<6}  {:<19}  {:<10}  {}",
+            m.id,
+            m.status,
+            m.last_seen.map(format_ms).unwrap_or_else(|| "never".into()),
+            m.version.as_deref().unwrap_or("-"),
+            m.os.as_deref().unwrap_or("-")
+        ));
+    }
+    let up = minions.iter().filter(|m| m.status == "up").count();
+    line(&format!("{} minions, {up} up, {} down", minions.len(), minions.len() - up));
+    Ok(())
+}
+
+/// `keys list` (ids by state) or `keys fingerprint` (with fingerprints).
+pub fn keys(view: &KeysView, fingerprints: bool) {
+    if fingerprints {
+        line("Local Keys:");
+        line(&format!("master.pub:  {}", view.master_fingerprint));
+    }
+    for (status, title) in super::KEY_SECTIONS {
+        line(title);
+        for key in view.keys.iter().filter(|k| k.status == status) {
+            if fingerprints {
+                line(&format!("{}:  {}", key.id, key.fingerprint));
+            } else {
+                line(&key.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The master's configuration: raw TOML, then a validated [`Config`].
+//!
+//! Everything is checked here, before a port is bound, and every error
+//! names the file and the key (`/etc/halite/master.toml: key
+//! `publish_port`: ...`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use halite_proto::config::{parse_toml, resolve_path, ConfigError};
+use serde::Deserialize;
+
+/// Where `halite-master` and `master-cli` look without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/halite/master.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: Option<String>,
+    interface: Option<String>,
+    publish_port: Option<i64>,
+    return_port: Option<i64>,
+    api_bind: Option<String>,
+    pki_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    auto_accept: Option<bool>,
+    keep_jobs: Option<i64>,
+    heartbeat_interval: Option<i64>,
+    missed_heartbeats: Option<i64>,
+    beacon_interval: Option<i64>,
+    job_timeout: Option<i64>,
+}
+
+/// A validated master configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from (for messages), if any.
+    pub file: PathBuf,
+    /// Master id, sent to minions and written into every job.
+    pub id: String,
+    /// Address the ZeroMQ sockets bind to.
+    pub interface: IpAddr,
+    /// PUB port: jobs and beacons. 0 picks a free port (tests).
+    pub publish_port: u16,
+    /// ROUTER port: everything minions send. 0 picks a free port (tests).
+    pub return_port: u16,
+    /// HTTP API address. Port 0 picks a free port (tests).
+    pub api_bind: SocketAddr,
+    /// Master key and minion keys by state.
+    pub pki_dir: PathBuf,
+    /// The store, the CLI token and the port file.
+    pub data_dir: PathBuf,
+    /// Accept every new minion key without an operator (labs only).
+    pub auto_accept: bool,
+    /// Jobs older than this are pruned with their returns and events.
+    pub keep_jobs: Duration,
+    /// How often minions must send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Heartbeats a minion may miss before it is shown down.
+    pub missed_heartbeats: u32,
+    /// How often the master publishes its beacon.
+    pub beacon_interval: Duration,
+    /// Default job timeout when a request gives none.
+    pub job_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates `file`. A missing file is an error naming it.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::file(file, format!("cannot read: {e}")))?;
+        Config::from_toml(file, &text)
+    }
+
+    /// Validates TOML text as if read from `file`.
+    pub fn from_toml(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = parse_toml(file, text)?;
+        let id = match raw.id {
+            Some(id) => id,
+            None => default_id(),
+        };
+        halite_proto::ident::validate_id(&id).map_err(|e| ConfigError::key(file, "id", e.to_string()))?;
+        let interface = raw.interface.as_deref().unwrap_or("0.0.0.0");
+        let interface: IpAddr = interface.parse().map_err(|_| {
+            ConfigError::key(file, "interface", format!("{interface:?} is not an IP address"))
+        })?;
+        let api_bind = raw.api_bind.as_deref().unwrap_or("127.0.0.1:8000");
+        let api_bind: SocketAddr = api_bind.parse().map_err(|_| {
+            ConfigError::key(file, "api_bind", format!("{api_bind:?} is not an address like 127.0.0.1:8000"))
+        })?;
+        Ok(Config {
+            file: file.to_path_buf(),
+            id,
+            interface,
+            publish_port: port(file, "publish_port", raw.publish_port, 4505)?,
+            return_port: port(file, "return_port", raw.return_port, 4506)?,
+            api_bind,
+            pki_dir: resolve_path(file, &raw.pki_dir.unwrap_or_else(|| "/etc/halite/pki/master".into())),
+            data_dir: resolve_path(file, &raw.data_dir.unwrap_or_else(|| "/var/lib/halite/master".into())),
+            auto_accept: raw.auto_accept.unwrap_or(false),
+            keep_jobs: Duration::from_secs(3600 * positive(file, "keep_jobs", raw.keep_jobs, 24, 24 * 365 * 10)?),
+            heartbeat_interval: Duration::from_secs(positive(file, "heartbeat_interval", raw.heartbeat_interval, 10, 3600)?),
+            missed_heartbeats: positive(file, "missed_heartbeats", raw.missed_heartbeats, 3, 1000)? as u32,
+            beacon_interval: Duration::from_secs(positive(file, "beacon_interval", raw.beacon_interval, 2, 3600)?),
+            job_timeout: Duration::from_secs(positive(file, "job_timeout", raw.job_timeout, 60, 7 * 86_400)?),
+        })
+    }
+
+    /// Where the root-only CLI token lives.
+    pub fn token_file(&self) -> PathBuf {
+        self.data_dir.join("cli.token")
+    }
+
+    /// Where the master writes the addresses it actually bound (useful
+    /// when ports are 0), for the CLI and tests.
+    pub fn ports_file(&self) -> PathBuf {
+        self.data_dir.join("ports.json")
+    }
+}
+
+fn default_id() -> String {
+    hostname_or("master")
+}
+
+/// The host name if it is a valid id, else `fallback`.
+pub fn hostname_or(fallback: &str) -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| halite_proto::ident::validate_id(h).is_ok())
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
+fn port(file: &Path, key: &str, value: Option<i64>, default: u16) -> Result<u16, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => u16::try_from(v).map_err(|_| ConfigError::key(file, key, format!("{v} is not a port (0-65535)"))),
+    }
+}
+
+fn positive(file: &Path, key: &str, value: Option<i64>, default: u64, max: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v >= 1 && (v as u64) <= max => Ok(v as u64),
+        Some(v) => Err(ConfigError::key(file, key, format!("{v} is out of range (1-{max})"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("/etc/halite/master.toml"), text)
+    }
+
+    #[test]
+    fn defaults_are_salts() {
+        let config = parse("id = \"m1\"").unwrap();
+        assert_eq!(config.publish_port, 4505);
+        assert_eq!(config.return_port, 4506);
+        assert_eq!(config.api_bind.to_string(), "127.0.0.1:8000");
+        assert!(!config.auto_accept);
+        assert_eq!(config.keep_jobs, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn relative_dirs_follow_the_file() {
+        let config = parse("id = \"m1\"\npki_dir = \"pki\"\ndata_dir = \"data\"").unwrap();
+        assert_eq!(config.pki_dir, PathBuf::from("/etc/halite/pki"));
+        assert_eq!(config.data_dir, PathBuf::from("/etc/halite/data"));
+    }
+
+    #[test]
+    fn bad_values_name_file_and_key() {
+        for (text, key) in [
+            ("publish_port = 70000", "publish_port"),
+            ("return_port = -1", "return_port"),
+            ("interface = \"nowhere\"", "interface"),
+            ("api_bind = \"8000\"", "api_bind"),
+            ("keep_jobs = 0", "keep_jobs"),
+            ("id = \"../evil\"", "id"),
+            ("auto_accept = \"yes\"", "auto_accept"),
+            ("colour = \"blue\"", "colour"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");
+            assert!(err.to_string().contains("/etc/halite/master.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/master.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/master.toml: cannot read"), "{err}");
+    }
+}

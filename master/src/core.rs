@@ -1,0 +1,565 @@
+//! The master's state and what it does with each message and request.
+//!
+//! One `Core` is shared (in an `Arc`) by the ROUTER handler tasks, the
+//! return collector, the beacon and prune timers and the HTTP API. Every
+//! message from a minion is verified against a key the master already
+//! trusts before anything is done with it; a message that fails is
+//! dropped with a log line naming the sender and the reason.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use halite_api::types::{EventRecord, JobRecord, JobRequest, ReturnRecord, Submitted};
+use halite_api::ApiError;
+use halite_pki::{KeyPair, KeyStore, PublicKey};
+use halite_proto::message::{
+    Auth, AuthReply, Beacon, Catchup, CatchupReply, Event, Heartbeat, HeartbeatAck, Job, KeyStatus, Return,
+    ReturnAck, TOPIC_BEACON, TOPIC_JOB,
+};
+use halite_proto::time::now_ms;
+use halite_proto::{Envelope, Jid, JidGenerator, Kind, Message, Target};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::presence::Presence;
+use crate::session::SessionKeys;
+use crate::store::{StoredJob, Store};
+use crate::transport::{Publisher, Replier};
+
+/// Extra seconds the master waits past a job's timeout before it calls
+/// the job done and the missing minions "did not return".
+pub const RETURN_GRACE_MS: u64 = 5_000;
+
+/// A return waiting to be stored and acknowledged.
+pub struct PendingReturn {
+    /// Who to send the ack to.
+    pub peer: Bytes,
+    /// The verified return.
+    pub ret: Return,
+}
+
+/// A job still within its expiry, kept in memory for catch-up.
+struct RecentJob {
+    expires_at: u64,
+    expected: Vec<String>,
+    envelope: Arc<Vec<u8>>,
+}
+
+/// Shared master state. See the module docs.
+pub struct Core {
+    /// Validated configuration.
+    pub config: Config,
+    /// The master's signing key.
+    key: KeyPair,
+    master_pub: PublicKey,
+    /// Minion keys by state.
+    pub keys: KeyStore,
+    /// Jobs, returns, events, minions.
+    pub store: Store,
+    /// Who is up.
+    pub presence: Presence,
+    session: SessionKeys,
+    jids: JidGenerator,
+    recent: Mutex<Vec<RecentJob>>,
+    publisher: Publisher,
+    replier: Replier,
+    returns: mpsc::Sender<PendingReturn>,
+    publish_port: u16,
+    cli_token: String,
+}
+
+/// Why a message from a minion was dropped (logged, never answered).
+#[derive(Debug, thiserror::Error)]
+enum Drop {
+    #[error("malformed: {0}")]
+    Malformed(#[from] halite_proto::ProtoError),
+    #[error("no accepted key for this id")]
+    NotAccepted,
+    #[error("bad signature: {0}")]
+    Signature(#[from] halite_pki::PkiError),
+    #[error("sender {sender:?} does not match the id {id:?} in the message")]
+    Impersonation { sender: String, id: String },
+    #[error("the master does not accept {0:?} messages")]
+    UnexpectedKind(Kind),
+}
+
+/// Everything `Core::new` needs that is created by the caller.
+pub struct CoreParts {
+    /// Validated configuration.
+    pub config: Config,
+    /// Master key.
+    pub key: KeyPair,
+    /// Minion keys.
+    pub keys: KeyStore,
+    /// Opened store.
+    pub store: Store,
+    /// Publisher handle.
+    pub publisher: Publisher,
+    /// Reply handle.
+    pub replier: Replier,
+    /// Where verified returns go to be stored.
+    pub returns: mpsc::Sender<PendingReturn>,
+    /// Actual PUB port (told to minions at auth).
+    pub publish_port: u16,
+    /// Token of the local root CLI.
+    pub cli_token: String,
+}
+
+impl Core {
+    /// Assembles the state and reloads recent jobs for catch-up.
+    pub fn new(parts: CoreParts) -> Result<Core, crate::Error> {
+        let down_after = parts.config.heartbeat_interval * parts.config.missed_heartbeats
+            + std::time::Duration::from_secs(1);
+        let presence = Presence::load(parts.store.clone(), down_after)?;
+        let master_pub = parts.key.public();
+        let core = Core {
+            presence,
+            session: SessionKeys::new()?,
+            jids: JidGenerator::new(),
+            recent: Mutex::new(Vec::new()),
+            master_pub,
+            key: parts.key,
+            keys: parts.keys,
+            store: parts.store,
+            publisher: parts.publisher,
+            replier: parts.replier,
+            returns: parts.returns,
+            publish_port: parts.publish_port,
+            cli_token: parts.cli_token,
+            config: parts.config,
+        };
+        core.reload_recent()?;
+        Ok(core)
+    }
+
+    fn reload_recent(&self) -> Result<(), crate::Error> {
+        let now = now_ms();
+        let since = Jid::from_unix_us(now.saturating_sub(7 * 86_400_000) * 1000);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for job in self.store.jobs_since(&since)? {
+            if job.record.expires_at > now {
+                recent.push(RecentJob {
+                    expires_at: job.record.expires_at,
+                    expected: job.record.expected,
+                    envelope: Arc::new(job.envelope),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fingerprint of the master key, which minions pin.
+    pub fn fingerprint(&self) -> String {
+        self.master_pub.fingerprint()
+    }
+
+    /// Checks a bearer token against the local CLI token (constant time).
+    pub fn authenticate(&self, token: &str) -> Option<String> {
+        let (a, b) = (token.as_bytes(), self.cli_token.as_bytes());
+        let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        same.then(|| "root".to_owned())
+    }
+
+    // ---- messages from minions ------------------------------------------------
+
+    /// Handles one ROUTER message. Replies (if any) go out through the
+    /// replier; returns go to the collector, which acks after storing.
+    pub async fn handle(&self, peer: Bytes, body: Bytes) {
+        let envelope = match Envelope::from_bytes(&body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropped undecodable message");
+                return;
+            }
+        };
+        let kind = envelope.kind;
+        let sender = envelope.sender.clone();
+        if let Err(reason) = self.dispatch(peer, envelope).await {
+            tracing::warn!(minion = %printable(&sender), kind = ?kind, %reason, "dropped message");
+        }
+    }
+
+    async fn dispatch(&self, peer: Bytes, envelope: Envelope) -> Result<(), Drop> {
+        match envelope.kind {
+            Kind::Auth => self.on_auth(peer, envelope),
+            Kind::Heartbeat => self.on_heartbeat(peer, envelope),
+            Kind::Return => {
+                let ret: Return = self.verified(&envelope)?;
+                same_id(&envelope.sender, &ret.id)?;
+                tracing::debug!(jid = %ret.jid, minion = %ret.id, "return received");
+                self.presence.seen(&ret.id, None, now_ms());
+                // Back-pressure: a full collector slows the ROUTER reader,
+                // not the store.
+                let _ = self.returns.send(PendingReturn { peer, ret }).await;
+                Ok(())
+            }
+            Kind::Event => {
+                let event: Event = self.verified(&envelope)?;
+                same_id(&envelope.sender, &event.id)?;
+                self.on_event(event);
+                Ok(())
+            }
+            Kind::Catchup => {
+                let catchup: Catchup = self.verified(&envelope)?;
+                same_id(&envelope.sender, &catchup.id)?;
+                let jobs = self.catchup_for(&catchup.id);
+                tracing::debug!(minion = %catchup.id, jobs = jobs.len(), "catch-up");
+                self.reply(
+                    peer,
+                    &CatchupReply {
+                        nonce: catchup.nonce,
+                        jobs,
+                    },
+                );
+                Ok(())
+            }
+            other => Err(Drop::UnexpectedKind(other)),
+        }
+    }
+
+    /// Opens a message after checking it is signed by the accepted key of
+    /// its sender.
+    fn verified<M: Message>(&self, envelope: &Envelope) -> Result<M, Drop> {
+        halite_proto::ident::validate_id(&envelope.sender)?;
+        let key = self.keys.accepted_key(&envelope.sender).ok_or(Drop::NotAccepted)?;
+        halite_pki::verify_envelope(envelope, &key)?;
+        Ok(envelope.open()?)
+    }
+
+    fn reply<M: Message>(&self, peer: Bytes, message: &M) {
+        match self.key.sign_message(&self.config.id, message) {
+            Ok(envelope) => self.replier.send(peer, envelope.to_bytes()),
+            Err(e) => tracing::error!(error = %e, "cannot sign a reply"),
+        }
+    }
+
+    fn on_auth(&self, peer: Bytes, envelope: Envelope) -> Result<(), Drop> {
+        // Auth is self-signed: the signature proves the sender holds the key
+        // it presents; whether that key is trusted is the key store's call.
+        let auth: Auth = envelope.open()?;
+        halite_proto::ident::validate_id(&auth.id)?;
+        same_id(&envelope.sender, &auth.id)?;
+        let key = PublicKey::from_bytes(&auth.pubkey)?;
+        halite_pki::verify_envelope(&envelope, &key)?;
+        let status = self.keys.submit(&auth.id, &key, self.config.auto_accept)?;
+        let session = if status == KeyStatus::Accepted {
+            let transcript = halite_pki::transcript(&auth.id, &key, &self.master_pub, &auth.nonce);
+            self.presence
+                .authenticated(&auth.id, auth.grains.clone(), &auth.version, now_ms());
+            Some(halite_pki::grant(&self.session.current(), &auth.eph_pub, &transcript)?)
+        } else {
+            None
+        };
+        match status {
+            KeyStatus::Accepted => tracing::info!(minion = %auth.id, "minion authenticated"),
+            KeyStatus::Pending => tracing::info!(
+                minion = %auth.id,
+                fingerprint = %key.fingerprint(),
+                "minion key pending: accept it with `master-cli keys accept {}`",
+                auth.id
+            ),
+            KeyStatus::Rejected => tracing::warn!(minion = %auth.id, "auth from a rejected key"),
+            KeyStatus::Denied => tracing::warn!(
+                minion = %auth.id,
+                fingerprint = %key.fingerprint(),
+                "auth with a key different from the accepted one: denied (see minions_denied/)"
+            ),
+        }
+        self.reply(
+            peer,
+            &AuthReply {
+                nonce: auth.nonce,
+                status,
+                master: self.config.id.clone(),
+                master_pub: self.master_pub.as_bytes().to_vec(),
+                publish_port: self.publish_port,
+                heartbeat_interval: self.config.heartbeat_interval.as_secs(),
+                session,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_heartbeat(&self, peer: Bytes, envelope: Envelope) -> Result<(), Drop> {
+        let epoch = self.session.current().epoch();
+        match self.verified::<Heartbeat>(&envelope) {
+            Ok(heartbeat) => {
+                same_id(&envelope.sender, &heartbeat.id)?;
+                self.presence.seen(&heartbeat.id, Some(&heartbeat.version), now_ms());
+                self.reply(
+                    peer,
+                    &HeartbeatAck {
+                        nonce: heartbeat.nonce,
+                        accepted: true,
+                        session_epoch: epoch,
+                    },
+                );
+                Ok(())
+            }
+            Err(Drop::NotAccepted) => {
+                // The key was deleted or rejected while the minion was
+                // connected: tell it to authenticate again, which puts it in
+                // front of an operator instead of leaving it waiting.
+                let heartbeat: Heartbeat = envelope.open()?;
+                self.reply(
+                    peer,
+                    &HeartbeatAck {
+                        nonce: heartbeat.nonce,
+                        accepted: false,
+                        session_epoch: epoch,
+                    },
+                );
+                Err(Drop::NotAccepted)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn on_event(&self, event: Event) {
+        let record = EventRecord {
+            cursor: 0,
+            id: event.id.clone(),
+            seq: event.seq,
+            at: event.at,
+            body: event.body,
+        };
+        if let Err(e) = self.store.put_event(&event.jid, record) {
+            tracing::warn!(jid = %event.jid, minion = %event.id, error = %e, "cannot store event");
+        }
+    }
+
+    fn catchup_for(&self, id: &str) -> Vec<serde_bytes::ByteBuf> {
+        let now = now_ms();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|job| job.expires_at > now);
+        recent
+            .iter()
+            .filter(|job| job.expected.iter().any(|e| e == id))
+            .map(|job| serde_bytes::ByteBuf::from(job.envelope.as_slice()))
+            .collect()
+    }
+
+    /// Stores a batch of returns, flushes, then acks each. Called by the
+    /// collector only, so flushes are grouped.
+    pub fn store_returns(&self, batch: Vec<PendingReturn>) {
+        let now = now_ms();
+        let records: Vec<(Jid, ReturnRecord)> = batch
+            .iter()
+            .map(|p| {
+                (
+                    p.ret.jid.clone(),
+                    ReturnRecord {
+                        id: p.ret.id.clone(),
+                        fun: p.ret.fun.clone(),
+                        success: p.ret.success,
+                        retcode: p.ret.retcode,
+                        data: p.ret.data.clone(),
+                        started_at: p.ret.started_at,
+                        finished_at: p.ret.finished_at,
+                        stored_at: now,
+                    },
+                )
+            })
+            .collect();
+        let stored = self.store.put_returns(&records).and_then(|new| {
+            self.store.flush()?;
+            Ok(new)
+        });
+        let new = match stored {
+            Ok(new) => new,
+            Err(e) => {
+                // Not acknowledged: the minions keep the returns and re-send.
+                tracing::error!(error = %e, returns = batch.len(), "cannot store returns; minions will re-send");
+                return;
+            }
+        };
+        for (pending, is_new) in batch.into_iter().zip(new) {
+            if is_new {
+                tracing::info!(jid = %pending.ret.jid, minion = %pending.ret.id, success = pending.ret.success, "return stored");
+            } else {
+                tracing::debug!(jid = %pending.ret.jid, minion = %pending.ret.id, "duplicate return acknowledged");
+            }
+            self.reply(
+                pending.peer,
+                &ReturnAck {
+                    jid: pending.ret.jid,
+                    id: pending.ret.id,
+                    nonce: pending.ret.nonce,
+                },
+            );
+        }
+    }
+
+    // ---- timers --------------------------------------------------------------
+
+    /// Publishes a signed beacon.
+    pub fn beacon(&self) {
+        let beacon = Beacon {
+            master: self.config.id.clone(),
+            at: now_ms(),
+            session_epoch: self.session.current().epoch(),
+        };
+        match self.key.sign_message(&self.config.id, &beacon) {
+            Ok(envelope) => self.publisher.publish(TOPIC_BEACON, envelope.to_bytes()),
+            Err(e) => tracing::error!(error = %e, "cannot sign beacon"),
+        }
+    }
+
+    /// Removes jobs older than `keep_jobs`.
+    pub fn prune(&self) {
+        let cutoff_ms = now_ms().saturating_sub(self.config.keep_jobs.as_millis() as u64);
+        match self.store.prune_before(&Jid::from_unix_us(cutoff_ms * 1000)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "pruned old jobs"),
+            Err(e) => tracing::warn!(error = %e, "prune failed"),
+        }
+    }
+
+    // ---- API -----------------------------------------------------------------
+
+    /// Validates, records durably, then publishes a job.
+    pub fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
+        halite_proto::ident::validate_function(&request.fun).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let target = Target::parse(request.tgt_type, &request.target)
+            .map_err(|e| ApiError::bad_request(format!("target: {e}")))?;
+        let timeout = request.timeout.unwrap_or(self.config.job_timeout.as_secs());
+        if timeout == 0 || timeout > 7 * 86_400 {
+            return Err(ApiError::bad_request("timeout must be 1 to 604800 seconds"));
+        }
+        for key in request.secret.keys() {
+            if request.kwarg.contains_key(key) {
+                return Err(ApiError::bad_request(format!(
+                    "`{key}` is given both as a keyword argument and as a secret"
+                )));
+            }
+        }
+        let jid = self.jids.next();
+        let issued_at = now_ms();
+        let expires_at = issued_at + timeout * 1000;
+        let secret = if request.secret.is_empty() {
+            None
+        } else {
+            let plain = halite_proto::envelope::encode("secrets", &request.secret)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Some(
+                self.session
+                    .current()
+                    .seal(jid.as_str().as_bytes(), &plain)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            )
+        };
+        let expected = self.presence.matching(&self.keys.accepted_ids(), &target);
+        let job = Job {
+            jid: jid.clone(),
+            tgt: request.target.clone(),
+            tgt_type: request.tgt_type,
+            fun: request.fun.clone(),
+            arg: request.arg.clone(),
+            kwarg: request.kwarg.clone(),
+            secret,
+            timeout,
+            issued_at,
+            expires_at,
+            master: self.config.id.clone(),
+            user: user.to_owned(),
+        };
+        let envelope = self
+            .key
+            .sign_message(&self.config.id, &job)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .to_bytes();
+        let record = JobRecord {
+            jid: jid.clone(),
+            target: request.target,
+            tgt_type: request.tgt_type,
+            fun: request.fun,
+            arg: request.arg,
+            kwarg: request.kwarg,
+            secret_keys: request.secret.into_keys().collect(),
+            user: user.to_owned(),
+            timeout,
+            issued_at,
+            expires_at,
+            expected: expected.clone(),
+        };
+        self.store
+            .put_job(&StoredJob {
+                record,
+                envelope: envelope.clone(),
+            })
+            .and_then(|()| self.store.flush())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(RecentJob {
+                expires_at,
+                expected: expected.clone(),
+                envelope: Arc::new(envelope.clone()),
+            });
+        self.publisher.publish(TOPIC_JOB, envelope);
+        tracing::info!(%jid, fun = %job.fun, target = %job.tgt, user, expected = expected.len(), "job published");
+        Ok(Submitted { jid, minions: expected })
+    }
+
+    /// A job with its returns, what is missing and whether it is done.
+    pub fn job_view(&self, jid: &Jid) -> Result<halite_api::types::JobView, ApiError> {
+        let job = self
+            .store
+            .job(jid)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .ok_or_else(|| ApiError::not_found(format!("no job {jid}")))?;
+        let returns: BTreeMap<String, ReturnRecord> = self
+            .store
+            .returns(jid)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let missing: Vec<String> = job
+            .record
+            .expected
+            .iter()
+            .filter(|id| !returns.contains_key(*id))
+            .cloned()
+            .collect();
+        let deadline = job.record.issued_at + job.record.timeout * 1000 + RETURN_GRACE_MS;
+        let done = missing.is_empty() || now_ms() >= deadline;
+        Ok(halite_api::types::JobView {
+            job: job.record,
+            returns,
+            missing,
+            done,
+        })
+    }
+
+    /// Rotates the session key after a key was revoked, and tells minions
+    /// through an immediate beacon.
+    pub fn rotate_session(&self) {
+        if let Err(e) = self.session.rotate() {
+            tracing::error!(error = %e, "cannot rotate the session key");
+        }
+        self.beacon();
+    }
+}
+
+fn same_id(sender: &str, id: &str) -> Result<(), Drop> {
+    if sender == id {
+        Ok(())
+    } else {
+        Err(Drop::Impersonation {
+            sender: sender.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// A sender name safe to log even when it failed validation.
+fn printable(value: &str) -> String {
+    value
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}

@@ -1,0 +1,400 @@
+//! The master's embedded store (sled): jobs, returns, events, minions.
+//!
+//! A narrow interface so the backend can change: every key sorts by time
+//! (jids are time-ordered), so listing is a range scan. Writes are durable
+//! only after [`Store::flush`]; the return collector groups many returns
+//! per flush and acknowledges them after it.
+
+use std::path::Path;
+
+use halite_api::types::{EventRecord, JobRecord, ReturnRecord};
+use halite_proto::envelope::{decode, encode};
+use halite_proto::Jid;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A store failure, naming what was being read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled itself failed (I/O, corruption).
+    #[error("store: {context}: {source}")]
+    Sled {
+        /// What was being done.
+        context: &'static str,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// A stored value could not be decoded.
+    #[error("store: corrupt {what}: {reason}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// Decoder's message.
+        reason: String,
+    },
+}
+
+fn sled_err(context: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |source| StoreError::Sled { context, source }
+}
+
+/// A job as kept: the record the API serves and the signed envelope as
+/// published, which catch-up re-sends byte for byte.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredJob {
+    /// What the API shows.
+    pub record: JobRecord,
+    /// The signed job envelope.
+    #[serde(with = "serde_bytes")]
+    pub envelope: Vec<u8>,
+}
+
+/// What the master remembers of a minion between restarts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MinionRecord {
+    /// Minion id.
+    pub id: String,
+    /// Grains reported at its last auth.
+    pub grains: Value,
+    /// halite version reported.
+    pub version: String,
+    /// Last time anything signed by it arrived (unix ms).
+    pub last_seen: u64,
+}
+
+/// The sled database and its trees.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    jobs: sled::Tree,
+    returns: sled::Tree,
+    events: sled::Tree,
+    minions: sled::Tree,
+}
+
+fn return_key(jid: &Jid, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(21 + id.len());
+    key.extend_from_slice(jid.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn jid_prefix(jid: &Jid) -> Vec<u8> {
+    let mut key = jid.as_str().as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. One process per store: a
+    /// second master on the same `data_dir` fails here.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(sled_err("open"))?;
+        Ok(Store {
+            jobs: db.open_tree("jobs").map_err(sled_err("open jobs"))?,
+            returns: db.open_tree("returns").map_err(sled_err("open returns"))?,
+            events: db.open_tree("events").map_err(sled_err("open events"))?,
+            minions: db.open_tree("minions").map_err(sled_err("open minions"))?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(sled_err("flush"))
+    }
+
+    /// Records a job (before it is published, so no return can precede it).
+    pub fn put_job(&self, job: &StoredJob) -> Result<(), StoreError> {
+        let bytes = encode("job", job).map_err(|e| StoreError::Corrupt {
+            what: "job",
+            reason: e.to_string(),
+        })?;
+        self.jobs
+            .insert(job.record.jid.as_str().as_bytes(), bytes)
+            .map_err(sled_err("write job"))?;
+        Ok(())
+    }
+
+    /// One job, if known.
+    pub fn job(&self, jid: &Jid) -> Result<Option<StoredJob>, StoreError> {
+        match self.jobs.get(jid.as_str().as_bytes()).map_err(sled_err("read job"))? {
+            Some(bytes) => Ok(Some(decode_job(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Jobs newest first, at most `limit`, strictly older than `before`.
+    pub fn jobs(&self, limit: usize, before: Option<&Jid>) -> Result<Vec<StoredJob>, StoreError> {
+        let iter = match before {
+            Some(before) => self.jobs.range(..before.as_str().as_bytes()),
+            None => self.jobs.iter(),
+        };
+        iter.rev()
+            .take(limit)
+            .map(|item| {
+                let (_, bytes) = item.map_err(sled_err("scan jobs"))?;
+                decode_job(&bytes)
+            })
+            .collect()
+    }
+
+    /// Jobs issued at or after `since`, oldest first.
+    pub fn jobs_since(&self, since: &Jid) -> Result<Vec<StoredJob>, StoreError> {
+        self.jobs
+            .range(since.as_str().as_bytes()..)
+            .map(|item| {
+                let (_, bytes) = item.map_err(sled_err("scan jobs"))?;
+                decode_job(&bytes)
+            })
+            .collect()
+    }
+
+    /// Stores a batch of returns; a `(jid, id)` already stored is left as
+    /// it was (re-sends are normal). Returns, per item, whether it was new.
+    /// Not durable until [`Store::flush`].
+    pub fn put_returns(&self, batch: &[(Jid, ReturnRecord)]) -> Result<Vec<bool>, StoreError> {
+        batch
+            .iter()
+            .map(|(jid, ret)| {
+                let bytes = encode("return", ret).map_err(|e| StoreError::Corrupt {
+                    what: "return",
+                    reason: e.to_string(),
+                })?;
+                let previous = self
+                    .returns
+                    .compare_and_swap(return_key(jid, &ret.id), None as Option<&[u8]>, Some(bytes))
+                    .map_err(sled_err("write return"))?;
+                Ok(previous.is_ok())
+            })
+            .collect()
+    }
+
+    /// Every return of a job, by minion id order.
+    pub fn returns(&self, jid: &Jid) -> Result<Vec<ReturnRecord>, StoreError> {
+        self.returns
+            .scan_prefix(jid_prefix(jid))
+            .map(|item| {
+                let (_, bytes) = item.map_err(sled_err("scan returns"))?;
+                decode("return", &bytes).map_err(|e| StoreError::Corrupt {
+                    what: "return",
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Appends a progress event to a job; its cursor orders all events of
+    /// the job by arrival.
+    pub fn put_event(&self, jid: &Jid, mut event: EventRecord) -> Result<EventRecord, StoreError> {
+        event.cursor = self.db.generate_id().map_err(sled_err("event id"))?;
+        let mut key = jid_prefix(jid);
+        key.extend_from_slice(&event.cursor.to_be_bytes());
+        let bytes = encode("event", &event).map_err(|e| StoreError::Corrupt {
+            what: "event",
+            reason: e.to_string(),
+        })?;
+        self.events.insert(key, bytes).map_err(sled_err("write event"))?;
+        Ok(event)
+    }
+
+    /// Events of a job with a cursor greater than `after`, in arrival order.
+    pub fn events(&self, jid: &Jid, after: Option<u64>) -> Result<Vec<EventRecord>, StoreError> {
+        let prefix = jid_prefix(jid);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&after.map_or(0, |a| a.saturating_add(1)).to_be_bytes());
+        let mut end = prefix;
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        self.events
+            .range(start..=end)
+            .map(|item| {
+                let (_, bytes) = item.map_err(sled_err("scan events"))?;
+                decode("event", &bytes).map_err(|e| StoreError::Corrupt {
+                    what: "event",
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Saves what is known of a minion.
+    pub fn put_minion(&self, minion: &MinionRecord) -> Result<(), StoreError> {
+        let bytes = encode("minion", minion).map_err(|e| StoreError::Corrupt {
+            what: "minion",
+            reason: e.to_string(),
+        })?;
+        self.minions
+            .insert(minion.id.as_bytes(), bytes)
+            .map_err(sled_err("write minion"))?;
+        Ok(())
+    }
+
+    /// Every minion record.
+    pub fn minions(&self) -> Result<Vec<MinionRecord>, StoreError> {
+        self.minions
+            .iter()
+            .map(|item| {
+                let (_, bytes) = item.map_err(sled_err("scan minions"))?;
+                decode("minion", &bytes).map_err(|e| StoreError::Corrupt {
+                    what: "minion",
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a minion (its key was deleted).
+    pub fn remove_minion(&self, id: &str) -> Result<(), StoreError> {
+        self.minions.remove(id.as_bytes()).map_err(sled_err("remove minion"))?;
+        Ok(())
+    }
+
+    /// Removes jobs older than `cutoff` with their returns and events.
+    /// Returns how many jobs were pruned.
+    pub fn prune_before(&self, cutoff: &Jid) -> Result<usize, StoreError> {
+        let old: Vec<sled::IVec> = self
+            .jobs
+            .range(..cutoff.as_str().as_bytes())
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(sled_err("scan old jobs"))?;
+        for key in &old {
+            let mut prefix = key.to_vec();
+            prefix.push(0);
+            for tree in [&self.returns, &self.events] {
+                let keys: Vec<sled::IVec> = tree
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .collect::<Result<_, _>>()
+                    .map_err(sled_err("scan old records"))?;
+                for k in keys {
+                    tree.remove(k).map_err(sled_err("prune"))?;
+                }
+            }
+            self.jobs.remove(key).map_err(sled_err("prune job"))?;
+        }
+        Ok(old.len())
+    }
+}
+
+fn decode_job(bytes: &[u8]) -> Result<StoredJob, StoreError> {
+    decode("job", bytes).map_err(|e| StoreError::Corrupt {
+        what: "job",
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use halite_proto::TargetType;
+
+    fn job(jid: &Jid) -> StoredJob {
+        StoredJob {
+            record: JobRecord {
+                jid: jid.clone(),
+                target: "*".into(),
+                tgt_type: TargetType::Glob,
+                fun: "test.ping".into(),
+                arg: vec![],
+                kwarg: Default::default(),
+                secret_keys: vec![],
+                user: "root".into(),
+                timeout: 5,
+                issued_at: 1,
+                expires_at: 2,
+                expected: vec!["a".into()],
+            },
+            envelope: vec![1, 2, 3, 255],
+        }
+    }
+
+    fn ret(id: &str, retcode: i32) -> ReturnRecord {
+        ReturnRecord {
+            id: id.into(),
+            fun: "test.ping".into(),
+            success: retcode == 0,
+            retcode,
+            data: Value::Bool(true),
+            started_at: 1,
+            finished_at: 2,
+            stored_at: 3,
+        }
+    }
+
+    #[test]
+    fn jobs_returns_and_events_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let jid = Jid::from_unix_us(1_700_000_000_000_000);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_job(&job(&jid)).unwrap();
+            assert_eq!(store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap(), vec![true]);
+            store
+                .put_event(
+                    &jid,
+                    EventRecord {
+                        cursor: 0,
+                        id: "a".into(),
+                        seq: 0,
+                        at: 1,
+                        body: halite_proto::message::EventBody::Progress {
+                            line: "hi".into(),
+                            stream: "stdout".into(),
+                        },
+                    },
+                )
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let stored = store.job(&jid).unwrap().unwrap();
+        assert_eq!(stored.record, job(&jid).record);
+        assert_eq!(stored.envelope, vec![1, 2, 3, 255]);
+        assert_eq!(store.returns(&jid).unwrap(), vec![ret("a", 0)]);
+        assert_eq!(store.events(&jid, None).unwrap().len(), 1);
+        let cursor = store.events(&jid, None).unwrap()[0].cursor;
+        assert!(store.events(&jid, Some(cursor)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_duplicate_return_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let jid = Jid::from_unix_us(1_700_000_000_000_000);
+        assert_eq!(
+            store
+                .put_returns(&[(jid.clone(), ret("a", 0)), (jid.clone(), ret("a", 1))])
+                .unwrap(),
+            vec![true, false]
+        );
+        assert_eq!(store.returns(&jid).unwrap(), vec![ret("a", 0)]);
+    }
+
+    #[test]
+    fn listing_is_newest_first_and_prune_removes_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let jids: Vec<Jid> = (0..5)
+            .map(|i| Jid::from_unix_us(1_700_000_000_000_000 + i * 1_000_000))
+            .collect();
+        for jid in &jids {
+            store.put_job(&job(jid)).unwrap();
+            store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap();
+        }
+        let listed: Vec<Jid> = store.jobs(10, None).unwrap().into_iter().map(|j| j.record.jid).collect();
+        assert_eq!(listed, jids.iter().rev().cloned().collect::<Vec<_>>());
+        let page: Vec<Jid> = store.jobs(2, Some(&jids[3])).unwrap().into_iter().map(|j| j.record.jid).collect();
+        assert_eq!(page, vec![jids[2].clone(), jids[1].clone()]);
+        assert_eq!(store.prune_before(&jids[2]).unwrap(), 2);
+        assert!(store.job(&jids[0]).unwrap().is_none());
+        assert!(store.returns(&jids[1]).unwrap().is_empty());
+        assert_eq!(store.jobs_since(&jids[0]).unwrap().len(), 3);
+    }
+}

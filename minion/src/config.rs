@@ -1,0 +1,223 @@
+//! The minion's configuration: raw TOML, then a validated [`Config`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use halite_proto::config::{parse_toml, resolve_path, ConfigError};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Where `halite-minion` looks without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/halite/minion.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: Option<String>,
+    masters: Option<Vec<String>>,
+    pki_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    master_fingerprint: Option<String>,
+    grains: Option<toml::Table>,
+    clock_skew: Option<i64>,
+    auth_retry: Option<i64>,
+}
+
+/// Where a master listens for minions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterAddr {
+    /// Host name or IP.
+    pub host: String,
+    /// Its `return_port` (ROUTER).
+    pub port: u16,
+}
+
+impl MasterAddr {
+    /// A ZeroMQ endpoint on this host.
+    pub fn endpoint(&self, port: u16) -> String {
+        if self.host.contains(':') {
+            format!("tcp://[{}]:{port}", self.host)
+        } else {
+            format!("tcp://{}:{port}", self.host)
+        }
+    }
+
+    /// A name safe as a file name, for the pinned key of this master.
+    pub fn file_name(&self) -> String {
+        let host: String = self
+            .host
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .collect();
+        format!("{host}_{}", self.port)
+    }
+}
+
+impl std::fmt::Display for MasterAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A validated minion configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Minion id (default: the host name).
+    pub id: String,
+    /// Masters, in order.
+    pub masters: Vec<MasterAddr>,
+    /// Minion key and pinned master keys.
+    pub pki_dir: PathBuf,
+    /// Spooled returns and the replay guard.
+    pub data_dir: PathBuf,
+    /// When set, the master key must have this fingerprint (normalized).
+    pub master_fingerprint: Option<String>,
+    /// Custom grains, merged over the collected ones.
+    pub grains: Map<String, Value>,
+    /// How far past `expires_at` a job is still accepted (clocks differ).
+    pub clock_skew: Duration,
+    /// How long to wait between auth attempts while the key is pending.
+    pub auth_retry: Duration,
+}
+
+impl Config {
+    /// Reads and validates `file`.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::file(file, format!("cannot read: {e}")))?;
+        Config::from_toml(file, &text)
+    }
+
+    /// Validates TOML text as if read from `file`.
+    pub fn from_toml(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = parse_toml(file, text)?;
+        let id = raw.id.unwrap_or_else(default_id);
+        halite_proto::ident::validate_id(&id).map_err(|e| ConfigError::key(file, "id", e.to_string()))?;
+        let masters = raw.masters.unwrap_or_else(|| vec!["salt".to_owned()]);
+        if masters.is_empty() {
+            return Err(ConfigError::key(file, "masters", "needs at least one master"));
+        }
+        let masters = masters
+            .iter()
+            .map(|m| parse_master(m).map_err(|e| ConfigError::key(file, "masters", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let master_fingerprint = match raw.master_fingerprint {
+            None => None,
+            Some(fp) => Some(halite_pki::normalize_fingerprint(&fp).ok_or_else(|| {
+                ConfigError::key(file, "master_fingerprint", "expected 32 hex pairs (SHA-256), e.g. from `master-cli keys fingerprint`")
+            })?),
+        };
+        let grains = match raw.grains {
+            None => Map::new(),
+            Some(table) => match serde_json::to_value(table) {
+                Ok(Value::Object(map)) => map,
+                _ => return Err(ConfigError::key(file, "grains", "must be a table of values")),
+            },
+        };
+        Ok(Config {
+            id,
+            masters,
+            pki_dir: resolve_path(file, &raw.pki_dir.unwrap_or_else(|| "/etc/halite/pki/minion".into())),
+            data_dir: resolve_path(file, &raw.data_dir.unwrap_or_else(|| "/var/lib/halite/minion".into())),
+            master_fingerprint,
+            grains,
+            clock_skew: Duration::from_secs(seconds(file, "clock_skew", raw.clock_skew, 60)?),
+            auth_retry: Duration::from_secs(seconds(file, "auth_retry", raw.auth_retry, 10)?.max(1)),
+        })
+    }
+}
+
+fn default_id() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| halite_proto::ident::validate_id(h).is_ok())
+        .unwrap_or_else(|| "minion".to_owned())
+}
+
+fn seconds(file: &Path, key: &str, value: Option<i64>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (0..=86_400).contains(&v) => Ok(v as u64),
+        Some(v) => Err(ConfigError::key(file, key, format!("{v} is out of range (0-86400 seconds)"))),
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to 4506.
+pub fn parse_master(value: &str) -> Result<MasterAddr, String> {
+    let bad = || format!("{value:?} is not \"host\" or \"host:return_port\"");
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if after.is_empty() => (host, None),
+            None => return Err(bad()),
+        }
+    } else {
+        match value.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+    if !host_ok {
+        return Err(bad());
+    }
+    let port = match port {
+        None => 4506,
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(bad)?,
+    };
+    Ok(MasterAddr {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("/etc/halite/minion.toml"), text)
+    }
+
+    #[test]
+    fn masters_take_host_or_host_port() {
+        let config = parse("id = \"web01\"\nmasters = [\"10.0.0.1\", \"m2:5506\", \"[::1]:7\"]").unwrap();
+        assert_eq!(config.masters[0], MasterAddr { host: "10.0.0.1".into(), port: 4506 });
+        assert_eq!(config.masters[1], MasterAddr { host: "m2".into(), port: 5506 });
+        assert_eq!(config.masters[2].endpoint(4505), "tcp://[::1]:4505");
+    }
+
+    #[test]
+    fn grains_become_json() {
+        let config = parse("id = \"a\"\n[grains]\nrole = \"web\"\nracks = [1, 2]").unwrap();
+        assert_eq!(config.grains["role"], Value::from("web"));
+        assert_eq!(config.grains["racks"], serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn bad_values_name_file_and_key() {
+        for (text, key) in [
+            ("masters = []", "masters"),
+            ("masters = [\"host:notaport\"]", "masters"),
+            ("masters = [\"a b\"]", "masters"),
+            ("id = \"a/b\"", "id"),
+            ("master_fingerprint = \"zz\"", "master_fingerprint"),
+            ("clock_skew = -5", "clock_skew"),
+            ("color = 1", "color"),
+            ("masters = \"m1\"", "masters"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");
+            assert!(err.to_string().starts_with("/etc/halite/minion.toml: key"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Decides whether a verified job runs, runs it, and produces signed
+//! events and a signed, spooled return.
+//!
+//! The link has already checked the master's signature. Here a job is
+//! refused when it is not for this minion, has expired (beyond the
+//! configured clock skew), or its jid was already run (the replay guard
+//! is on disk, so this holds across restarts).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use halite_modules::{Call, EventSink, Outcome, Registry, RETCODE_ERROR, RETCODE_TIMEOUT};
+use halite_pki::{KeyPair, SessionKey};
+use halite_proto::message::{Event, EventBody, Job, Return};
+use halite_proto::time::now_ms;
+use halite_proto::{Jid, Target};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::seen::SeenJobs;
+use crate::spool::Spool;
+
+/// How long a job sealed under a newer session key waits for the link to
+/// fetch that key before failing.
+const SESSION_WAIT: Duration = Duration::from_secs(10);
+
+/// A signed message for the master(s).
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Envelope bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a job was not run (already logged).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its target does not include this minion.
+    NotForMe,
+    /// Its `expires_at` has passed.
+    Expired,
+    /// Its jid already ran here.
+    Replayed,
+    /// The target or the guard could not be evaluated.
+    Error,
+}
+
+/// Runs jobs for one minion.
+pub struct Executor {
+    id: String,
+    key: Arc<KeyPair>,
+    registry: Arc<Registry>,
+    grains: Arc<Value>,
+    seen: Mutex<SeenJobs>,
+    spool: Spool,
+    session: watch::Receiver<Option<SessionKey>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    clock_skew: Duration,
+    running: Arc<Mutex<HashSet<Jid>>>,
+    shutdown: CancellationToken,
+}
+
+/// What [`Executor::new`] needs.
+pub struct ExecutorParts {
+    /// Minion id.
+    pub id: String,
+    /// Minion key (signs returns and events).
+    pub key: Arc<KeyPair>,
+    /// Modules.
+    pub registry: Arc<Registry>,
+    /// Grains.
+    pub grains: Arc<Value>,
+    /// Replay guard.
+    pub seen: SeenJobs,
+    /// Return spool.
+    pub spool: Spool,
+    /// Session key as last received from the master.
+    pub session: watch::Receiver<Option<SessionKey>>,
+    /// Where signed messages go.
+    pub out: mpsc::UnboundedSender<Outgoing>,
+    /// Expiry tolerance.
+    pub clock_skew: Duration,
+    /// Cancels running jobs.
+    pub shutdown: CancellationToken,
+}
+
+impl Executor {
+    /// Assembles an executor.
+    pub fn new(parts: ExecutorParts) -> Executor {
+        Executor {
+            id: parts.id,
+            key: parts.key,
+            registry: parts.registry,
+            grains: parts.grains,
+            seen: Mutex::new(parts.seen),
+            spool: parts.spool,
+            session: parts.session,
+            out: parts.out,
+            clock_skew: parts.clock_skew,
+            running: Arc::new(Mutex::new(HashSet::new())),
+            shutdown: parts.shutdown,
+        }
+    }
+
+    /// Jobs running now (reported in heartbeats).
+    pub fn running(&self) -> Vec<Jid> {
+        self.running.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The return spool.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Takes a job whose signature the link verified: refuses it or starts it.
+    pub fn accept(self: &Arc<Self>, job: Job) -> Result<(), Refusal> {
+        let span = tracing::info_span!("job", jid = %job.jid, minion = %self.id, fun = %job.fun);
+        let _enter = span.enter();
+        match Target::parse(job.tgt_type, &job.tgt) {
+            Ok(target) if target.matches(&self.id, &self.grains) => {}
+            Ok(_) => {
+                tracing::debug!("job not for this minion");
+                return Err(Refusal::NotForMe);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a job with an unparsable target");
+                return Err(Refusal::Error);
+            }
+        }
+        let now = now_ms();
+        let keep_until = job.expires_at + self.clock_skew.as_millis() as u64;
+        if now > keep_until {
+            tracing::warn!(expires_at = job.expires_at, now, "refused an expired job");
+            return Err(Refusal::Expired);
+        }
+        {
+            let mut seen = match self.seen.lock() {
+                Ok(seen) => seen,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            seen.prune(now.saturating_sub(self.clock_skew.as_millis() as u64));
+            match seen.insert(&job.jid, keep_until) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("refused a replayed job (this jid already ran here)");
+                    return Err(Refusal::Replayed);
+                }
+                Err(e) => {
+                    // Without a durable record the job could run twice.
+                    tracing::error!(error = %e, path = %seen.path().display(), "cannot record the jid; job not run");
+                    return Err(Refusal::Error);
+                }
+            }
+        }
+        tracing::info!("job started");
+        let executor = self.clone();
+        tokio::spawn(async move { executor.run(job).await }.instrument(span.clone()));
+        Ok(())
+    }
+
+    async fn run(self: Arc<Self>, job: Job) {
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(job.jid.clone());
+        }
+        let started_at = now_ms();
+        let outcome = match self.unseal(&job).await {
+            Ok(kwargs) => self.call(&job, kwargs).await,
+            Err(message) => Outcome::failed(RETCODE_ERROR, message),
+        };
+        let ret = Return {
+            jid: job.jid.clone(),
+            id: self.id.clone(),
+            fun: job.fun.clone(),
+            success: outcome.success,
+            retcode: outcome.retcode,
+            data: outcome.data,
+            started_at,
+            finished_at: now_ms(),
+            nonce: nonce(),
+        };
+        tracing::info!(success = ret.success, retcode = ret.retcode, "job finished");
+        match self.key.sign_message(&self.id, &ret) {
+            Ok(envelope) => {
+                let bytes = envelope.to_bytes();
+                if let Err(e) = self.spool.put(&job.jid, &bytes) {
+                    tracing::error!(error = %e, "cannot spool the return; sending it unspooled");
+                }
+                let _ = self.out.send(Outgoing { bytes });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot sign the return"),
+        }
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&job.jid);
+        }
+    }
+
+    /// Keyword arguments with the secret ones opened.
+    async fn unseal(&self, job: &Job) -> Result<Map<String, Value>, String> {
+        let mut kwargs = job.kwarg.clone();
+        let Some(sealed) = &job.secret else {
+            return Ok(kwargs);
+        };
+        let mut session = self.session.clone();
+        let key = tokio::time::timeout(SESSION_WAIT, async {
+            loop {
+                if let Some(key) = session.borrow_and_update().as_ref() {
+                    if key.epoch() >= sealed.epoch {
+                        return Some(key.clone());
+                    }
+                }
+                if session.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("cannot open secret arguments: no session key of epoch {}", sealed.epoch))?;
+        let plain = key
+            .open(job.jid.as_str().as_bytes(), sealed)
+            .map_err(|e| format!("cannot open secret arguments: {e}"))?;
+        let secrets: std::collections::BTreeMap<String, String> =
+            halite_proto::envelope::decode("secrets", &plain).map_err(|e| e.to_string())?;
+        for (name, value) in secrets {
+            kwargs.insert(name, Value::String(value));
+        }
+        Ok(kwargs)
+    }
+
+    async fn call(&self, job: &Job, kwargs: Map<String, Value>) -> Outcome {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let forwarder = tokio::spawn(forward_events(
+            self.key.clone(),
+            self.id.clone(),
+            job.jid.clone(),
+            events_rx,
+            self.out.clone(),
+        ));
+        let cancel = self.shutdown.child_token();
+        let call = Call {
+            jid: job.jid.clone(),
+            fun: job.fun.clone(),
+            args: job.arg.clone(),
+            kwargs,
+            grains: self.grains.clone(),
+            cancel: cancel.clone(),
+            events: EventSink::new(events_tx),
+        };
+        let timeout = Duration::from_secs(job.timeout.max(1));
+        let outcome = tokio::select! {
+            outcome = self.registry.run(call) => outcome,
+            _ = tokio::time::sleep(timeout) => {
+                cancel.cancel();
+                Outcome::failed(RETCODE_TIMEOUT, format!("{} timed out after {}s", job.fun, job.timeout))
+            }
+        };
+        // The sink was moved into the call; once it is dropped the
+        // forwarder drains what is left and ends.
+        let _ = forwarder.await;
+        outcome
+    }
+}
+
+async fn forward_events(
+    key: Arc<KeyPair>,
+    id: String,
+    jid: Jid,
+    mut rx: mpsc::UnboundedReceiver<EventBody>,
+    out: mpsc::UnboundedSender<Outgoing>,
+) {
+    let mut seq = 0;
+    while let Some(body) = rx.recv().await {
+        let event = Event {
+            jid: jid.clone(),
+            id: id.clone(),
+            seq,
+            at: now_ms(),
+            body,
+        };
+        seq += 1;
+        match key.sign_message(&id, &event) {
+            Ok(envelope) => {
+                let _ = out.send(Outgoing {
+                    bytes: envelope.to_bytes(),
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sign an event"),
+        }
+    }
+}
+
+/// 16 random bytes for request/reply binding.
+pub fn nonce() -> Vec<u8> {
+    let mut bytes = vec![0u8; 16];
+    rand::Rng::fill(&mut rand::thread_rng(), bytes.as_mut_slice());
+    bytes
+}

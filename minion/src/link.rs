@@ -1,0 +1,404 @@
+//! The minion's connection to one master, supervised.
+//!
+//! A session is: connect a DEALER, authenticate (pinning or checking the
+//! master key, receiving the session key), subscribe to the PUB socket,
+//! ask for missed jobs, re-send unacknowledged returns, then serve until
+//! something says the connection is gone. zeromq's DEALER does not
+//! reconnect by itself after a master restart, so any of these ends the
+//! session and a new one starts with a fresh socket: a monitor
+//! `Disconnected`, a failed send, heartbeat acks missing for three
+//! intervals, or a newer session epoch (re-auth to fetch the key).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use halite_pki::{Ephemeral, KeyPair, PublicKey, SessionKey};
+use halite_proto::message::{
+    Auth, AuthReply, Beacon, Catchup, CatchupReply, Heartbeat, HeartbeatAck, Job, KeyStatus, Return, ReturnAck,
+    TOPIC_BEACON, TOPIC_JOB,
+};
+use halite_proto::time::now_ms;
+use halite_proto::{Envelope, Jid, Kind};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use zeromq::{DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+use crate::config::MasterAddr;
+use crate::executor::{nonce, Executor, Outgoing};
+use crate::trust::MasterTrust;
+
+/// Frames larger than this are dropped unread.
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// How long to wait for a TCP connection or an auth reply.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeat acks that may go missing before the connection is renewed.
+const MISSED_ACKS: u32 = 3;
+/// How often unacknowledged returns are re-sent while connected.
+const RESEND_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a session ended abnormally (logged; the link retries).
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("cannot connect to {0}: timed out")]
+    ConnectTimeout(String),
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zeromq::ZmqError),
+    #[error("no auth reply within {0:?}")]
+    AuthTimeout(Duration),
+    #[error("bad auth reply: {0}")]
+    Proto(#[from] halite_proto::ProtoError),
+    #[error("{0}")]
+    Pki(#[from] halite_pki::PkiError),
+    #[error("{0}")]
+    Trust(#[from] crate::trust::TrustError),
+    #[error("the master accepted the key but sent no session key")]
+    NoSession,
+}
+
+/// How a session ended.
+enum Next {
+    Shutdown,
+    Reconnect(&'static str),
+}
+
+/// Everything the link shares with the rest of the minion.
+pub struct Link {
+    /// Master address.
+    pub addr: MasterAddr,
+    /// Pin for this master.
+    pub trust: MasterTrust,
+    /// Minion id.
+    pub id: String,
+    /// Minion key.
+    pub key: Arc<KeyPair>,
+    /// Grains sent at auth.
+    pub grains: Arc<Value>,
+    /// Runs jobs.
+    pub executor: Arc<Executor>,
+    /// Where the current session key is published for the executor.
+    pub session_tx: watch::Sender<Option<SessionKey>>,
+    /// Signed returns and events to send.
+    pub out_rx: mpsc::UnboundedReceiver<Outgoing>,
+    /// Pause between auth attempts while not accepted.
+    pub auth_retry: Duration,
+}
+
+/// An accepted auth.
+struct Accepted {
+    master_pub: PublicKey,
+    master: String,
+    publish_port: u16,
+    heartbeat: Duration,
+    session: SessionKey,
+}
+
+impl Link {
+    /// Keeps a session with the master alive until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let result = self.session(&shutdown).await;
+            let pause = match result {
+                Ok(Next::Shutdown) => return,
+                Ok(Next::Reconnect(why)) => {
+                    tracing::info!(master = %self.addr, reason = why, "reconnecting");
+                    backoff = Duration::from_millis(500);
+                    Duration::from_millis(200)
+                }
+                Err(e) => {
+                    tracing::warn!(master = %self.addr, error = %e, retry_in = ?backoff, "master session failed");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<Next, LinkError> {
+        let mut dealer = DealerSocket::new();
+        let mut monitor = dealer.monitor();
+        let endpoint = self.addr.endpoint(self.addr.port);
+        tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&endpoint))
+            .await
+            .map_err(|_| LinkError::ConnectTimeout(endpoint.clone()))??;
+        let (mut tx, mut rx) = dealer.split();
+
+        let accepted = loop {
+            match self.auth(&mut tx, &mut rx).await? {
+                Ok(accepted) => break accepted,
+                Err(status) => {
+                    match status {
+                        KeyStatus::Pending => tracing::info!(
+                            master = %self.addr,
+                            minion = %self.id,
+                            fingerprint = %self.key.public().fingerprint(),
+                            "key not yet accepted by the master; waiting (master-cli keys accept {})",
+                            self.id
+                        ),
+                        other => tracing::error!(
+                            master = %self.addr,
+                            minion = %self.id,
+                            status = ?other,
+                            "the master refuses this minion's key; no jobs will run"
+                        ),
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(Next::Shutdown),
+                        _ = tokio::time::sleep(self.auth_retry) => {}
+                    }
+                }
+            }
+        };
+        let epoch = accepted.session.epoch();
+        self.session_tx.send_replace(Some(accepted.session.clone()));
+        tracing::info!(master = %accepted.master, addr = %self.addr, "authenticated");
+
+        let mut sub = SubSocket::new();
+        let pub_endpoint = self.addr.endpoint(accepted.publish_port);
+        tokio::time::timeout(CONNECT_TIMEOUT, sub.connect(&pub_endpoint))
+            .await
+            .map_err(|_| LinkError::ConnectTimeout(pub_endpoint.clone()))??;
+        sub.subscribe(TOPIC_JOB).await?;
+        sub.subscribe(TOPIC_BEACON).await?;
+
+        let mut awaiting: HashMap<Jid, Vec<u8>> = HashMap::new();
+        let catchup = self.sign(&Catchup {
+            id: self.id.clone(),
+            nonce: nonce(),
+        })?;
+        tx.send(frame(catchup)).await?;
+        self.resend_spool(&mut tx, &mut awaiting).await?;
+
+        let mut heartbeat = tokio::time::interval(accepted.heartbeat);
+        let mut resend = tokio::time::interval_at(Instant::now() + RESEND_EVERY, RESEND_EVERY);
+        let mut last_ack = Instant::now();
+        let mut heartbeat_nonce = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Next::Shutdown),
+                event = monitor.next() => {
+                    if matches!(event, Some(SocketEvent::Disconnected(_)) | None) {
+                        return Ok(Next::Reconnect("connection to the master lost"));
+                    }
+                }
+                message = rx.recv() => {
+                    let Some(envelope) = self.from_master(message?, 0, &accepted.master_pub) else { continue };
+                    match envelope.kind {
+                        Kind::ReturnAck => {
+                            let Ok(ack) = envelope.open::<ReturnAck>() else { continue };
+                            if ack.id == self.id && awaiting.get(&ack.jid) == Some(&ack.nonce) {
+                                awaiting.remove(&ack.jid);
+                                self.executor.spool().remove(&ack.jid);
+                                tracing::debug!(jid = %ack.jid, "return acknowledged");
+                            }
+                        }
+                        Kind::HeartbeatAck => {
+                            let Ok(ack) = envelope.open::<HeartbeatAck>() else { continue };
+                            if ack.nonce != heartbeat_nonce { continue }
+                            last_ack = Instant::now();
+                            if !ack.accepted {
+                                return Ok(Next::Reconnect("the master no longer accepts this key"));
+                            }
+                            if ack.session_epoch > epoch {
+                                return Ok(Next::Reconnect("session key rotated"));
+                            }
+                        }
+                        Kind::CatchupReply => {
+                            let Ok(reply) = envelope.open::<CatchupReply>() else { continue };
+                            tracing::debug!(jobs = reply.jobs.len(), "catch-up reply");
+                            for job in reply.jobs {
+                                self.on_published(TOPIC_JOB, &job, &accepted.master_pub);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                message = sub.recv() => {
+                    let mut frames = message?.into_vec().into_iter();
+                    let (Some(topic), Some(body)) = (frames.next(), frames.next()) else { continue };
+                    let topic = String::from_utf8_lossy(&topic).into_owned();
+                    if let Some(beacon_epoch) = self.on_published(&topic, &body, &accepted.master_pub) {
+                        if beacon_epoch > epoch {
+                            return Ok(Next::Reconnect("session key rotated"));
+                        }
+                    }
+                }
+                outgoing = self.out_rx.recv() => {
+                    let Some(outgoing) = outgoing else { return Ok(Next::Shutdown) };
+                    if let Some((jid, nonce)) = return_nonce(&outgoing.bytes) {
+                        awaiting.insert(jid, nonce);
+                    }
+                    if let Err(e) = tx.send(frame(outgoing.bytes)).await {
+                        tracing::warn!(error = %e, "send to master failed");
+                        return Ok(Next::Reconnect("send failed"));
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_ack.elapsed() > accepted.heartbeat * MISSED_ACKS {
+                        return Ok(Next::Reconnect("heartbeat acks missing"));
+                    }
+                    heartbeat_nonce = nonce();
+                    let beat = self.sign(&Heartbeat {
+                        id: self.id.clone(),
+                        nonce: heartbeat_nonce.clone(),
+                        at: now_ms(),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        session_epoch: epoch,
+                        running: self.executor.running(),
+                    })?;
+                    tx.send(frame(beat)).await?;
+                }
+                _ = resend.tick() => self.resend_spool(&mut tx, &mut awaiting).await?,
+            }
+        }
+    }
+
+    /// Sends Auth and waits for the matching, verified reply.
+    /// `Ok(Err(status))` means the master answered but does not accept us.
+    async fn auth(
+        &self,
+        tx: &mut zeromq::DealerSendHalf,
+        rx: &mut zeromq::DealerRecvHalf,
+    ) -> Result<Result<Accepted, KeyStatus>, LinkError> {
+        let (ephemeral, eph_pub) = Ephemeral::generate()?;
+        let auth_nonce = nonce();
+        let my_pub = self.key.public();
+        let auth = self.sign(&Auth {
+            id: self.id.clone(),
+            pubkey: my_pub.as_bytes().to_vec(),
+            nonce: auth_nonce.clone(),
+            eph_pub,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            grains: (*self.grains).clone(),
+        })?;
+        tx.send(frame(auth)).await?;
+        let deadline = Instant::now() + CONNECT_TIMEOUT * 2;
+        let (envelope, reply) = loop {
+            let message = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .map_err(|_| LinkError::AuthTimeout(CONNECT_TIMEOUT * 2))??;
+            let Some(body) = message.into_vec().into_iter().next() else { continue };
+            if body.len() > MAX_FRAME {
+                continue;
+            }
+            let envelope = Envelope::from_bytes(&body)?;
+            if envelope.kind != Kind::AuthReply {
+                continue;
+            }
+            let reply: AuthReply = envelope.open()?;
+            if reply.nonce == auth_nonce {
+                break (envelope, reply);
+            }
+        };
+        // The reply carries the master key; it must sign the reply, and
+        // it must be the key pinned (or configured) for this master.
+        let master_pub = PublicKey::from_bytes(&reply.master_pub)?;
+        halite_pki::verify_envelope(&envelope, &master_pub)?;
+        self.trust.check(&master_pub)?;
+        if reply.status != KeyStatus::Accepted {
+            return Ok(Err(reply.status));
+        }
+        let grant = reply.session.as_ref().ok_or(LinkError::NoSession)?;
+        let transcript = halite_pki::transcript(&self.id, &my_pub, &master_pub, &auth_nonce);
+        let session = ephemeral.accept(grant, &transcript)?;
+        Ok(Ok(Accepted {
+            master_pub,
+            master: reply.master,
+            publish_port: reply.publish_port,
+            heartbeat: Duration::from_secs(reply.heartbeat_interval.max(1)),
+            session,
+        }))
+    }
+
+    /// Decodes and verifies a message from the master; logs and drops
+    /// anything else.
+    fn from_master(&self, message: ZmqMessage, frame_index: usize, master_pub: &PublicKey) -> Option<Envelope> {
+        let body = message.into_vec().into_iter().nth(frame_index)?;
+        self.verify_master(&body, master_pub)
+    }
+
+    fn verify_master(&self, body: &[u8], master_pub: &PublicKey) -> Option<Envelope> {
+        if body.len() > MAX_FRAME {
+            tracing::warn!(master = %self.addr, bytes = body.len(), "dropped an oversized message");
+            return None;
+        }
+        let envelope = match Envelope::from_bytes(body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(master = %self.addr, error = %e, "dropped a malformed message");
+                return None;
+            }
+        };
+        if let Err(e) = halite_pki::verify_envelope(&envelope, master_pub) {
+            tracing::warn!(master = %self.addr, kind = ?envelope.kind, error = %e, "dropped a message not signed by the master key");
+            return None;
+        }
+        Some(envelope)
+    }
+
+    /// Handles a PUB message (or a job from catch-up). Returns a beacon's
+    /// session epoch.
+    fn on_published(&self, topic: &str, body: &[u8], master_pub: &PublicKey) -> Option<u64> {
+        let envelope = self.verify_master(body, master_pub)?;
+        match (topic, envelope.kind) {
+            (TOPIC_JOB, Kind::Job) => match envelope.open::<Job>() {
+                Ok(job) => {
+                    let _ = self.executor.accept(job);
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropped a malformed job");
+                    None
+                }
+            },
+            (TOPIC_BEACON, Kind::Beacon) => envelope.open::<Beacon>().ok().map(|b| b.session_epoch),
+            (topic, kind) => {
+                tracing::warn!(topic, ?kind, "dropped a message on an unexpected topic");
+                None
+            }
+        }
+    }
+
+    async fn resend_spool(
+        &self,
+        tx: &mut zeromq::DealerSendHalf,
+        awaiting: &mut HashMap<Jid, Vec<u8>>,
+    ) -> Result<(), LinkError> {
+        for (jid, bytes) in self.executor.spool().all() {
+            if let Some((_, nonce)) = return_nonce(&bytes) {
+                awaiting.insert(jid.clone(), nonce);
+            }
+            tracing::debug!(%jid, "re-sending unacknowledged return");
+            tx.send(frame(bytes)).await?;
+        }
+        Ok(())
+    }
+
+    fn sign<M: halite_proto::Message>(&self, message: &M) -> Result<Vec<u8>, LinkError> {
+        Ok(self.key.sign_message(&self.id, message)?.to_bytes())
+    }
+}
+
+fn frame(bytes: Vec<u8>) -> ZmqMessage {
+    ZmqMessage::from(Bytes::from(bytes))
+}
+
+/// The (jid, nonce) of a signed return we produced, to match its ack.
+fn return_nonce(bytes: &[u8]) -> Option<(Jid, Vec<u8>)> {
+    let envelope = Envelope::from_bytes(bytes).ok()?;
+    if envelope.kind != Kind::Return {
+        return None;
+    }
+    let ret: Return = envelope.open().ok()?;
+    Some((ret.jid, ret.nonce))
+}

@@ -1,0 +1,192 @@
+//! The `test` module: functions with no side effects, for checking that a
+//! minion answers and that jobs, timeouts and failures flow end to end.
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::args::{ArgError, Args, Signature};
+use crate::module::unknown_function;
+use crate::{Call, Module, Outcome, RETCODE_ERROR, RETCODE_TIMEOUT};
+
+static PING: Signature = Signature {
+    fun: "test.ping",
+    params: &[],
+};
+static ECHO: Signature = Signature {
+    fun: "test.echo",
+    params: &["text"],
+};
+static SLEEP: Signature = Signature {
+    fun: "test.sleep",
+    params: &["seconds"],
+};
+static VERSION: Signature = Signature {
+    fun: "test.version",
+    params: &[],
+};
+static FAIL: Signature = Signature {
+    fun: "test.fail",
+    params: &["message"],
+};
+
+/// `test.ping`, `test.echo`, `test.sleep`, `test.version`, `test.fail`.
+pub(crate) struct TestModule;
+
+impl Module for TestModule {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+
+    fn functions(&self) -> &'static [&'static str] {
+        &["echo", "fail", "ping", "sleep", "version"]
+    }
+
+    fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let result = match function {
+                "ping" => Args::from_call(&PING, &call).map(|_| Outcome::ok(Value::Bool(true))),
+                "echo" => echo(&call),
+                "sleep" => sleep(&call).await,
+                "version" => Args::from_call(&VERSION, &call)
+                    .map(|_| Outcome::ok(Value::String(env!("CARGO_PKG_VERSION").to_owned()))),
+                "fail" => fail(&call),
+                other => Ok(unknown_function(self, other)),
+            };
+            result.unwrap_or_else(Outcome::from)
+        })
+    }
+}
+
+/// Returns the first argument (or `text`) unchanged, whatever its type.
+fn echo(call: &Call) -> Result<Outcome, ArgError> {
+    let args = Args::from_call(&ECHO, call)?;
+    let text = args.value("text").ok_or_else(|| args.missing("text"))?;
+    Ok(Outcome::ok(text.clone()))
+}
+
+/// Sleeps `seconds`, returning early (failed, timeout code) on cancellation.
+async fn sleep(call: &Call) -> Result<Outcome, ArgError> {
+    let args = Args::from_call(&SLEEP, call)?;
+    let duration = args
+        .seconds("seconds")?
+        .ok_or_else(|| args.missing("seconds"))?;
+    tracing::debug!(jid = %call.jid, ?duration, "test.sleep");
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => Ok(Outcome::ok(Value::Bool(true))),
+        _ = call.cancel.cancelled() => Ok(Outcome::failed(RETCODE_TIMEOUT, "cancelled")),
+    }
+}
+
+/// Fails on purpose with retcode 1 and the given message.
+fn fail(call: &Call) -> Result<Outcome, ArgError> {
+    let args = Args::from_call(&FAIL, call)?;
+    let message = args
+        .string("message")?
+        .unwrap_or_else(|| "failure requested by test.fail".to_owned());
+    Ok(Outcome::failed(RETCODE_ERROR, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::tests::call;
+    use crate::{RETCODE_BAD_ARGS, RETCODE_UNKNOWN_FUNCTION};
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+
+    async fn run(function: &str, args: Vec<Value>, kwargs: Value) -> Outcome {
+        TestModule
+            .call(function, call(&format!("test.{function}"), args, kwargs))
+            .await
+    }
+
+    #[tokio::test]
+    async fn ping_is_true() {
+        assert_eq!(
+            run("ping", vec![], json!({})).await,
+            Outcome::ok(json!(true))
+        );
+        assert_eq!(
+            run("ping", vec![json!(1)], json!({})).await.retcode,
+            RETCODE_BAD_ARGS
+        );
+    }
+
+    #[tokio::test]
+    async fn echo_returns_its_argument_unchanged() {
+        let v = json!({"nested": [1, "two", null]});
+        assert_eq!(
+            run("echo", vec![v.clone()], json!({})).await,
+            Outcome::ok(v)
+        );
+        assert_eq!(
+            run("echo", vec![], json!({"text": "hi"})).await,
+            Outcome::ok(json!("hi"))
+        );
+        let missing = run("echo", vec![], json!({})).await;
+        assert_eq!(missing.retcode, RETCODE_BAD_ARGS);
+        assert_eq!(
+            missing.data,
+            json!("test.echo: argument `text` is required")
+        );
+    }
+
+    #[tokio::test]
+    async fn sleep_sleeps_then_returns_true() {
+        let started = Instant::now();
+        let out = run("sleep", vec![json!("0.05")], json!({})).await;
+        assert_eq!(out, Outcome::ok(json!(true)));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn sleep_requires_a_number() {
+        let out = run("sleep", vec![], json!({})).await;
+        assert_eq!(out.retcode, RETCODE_BAD_ARGS);
+        let out = run("sleep", vec![], json!({"seconds": "abc"})).await;
+        assert_eq!(
+            out.data,
+            json!("test.sleep: argument `seconds` must be a number of seconds, got \"abc\"")
+        );
+    }
+
+    #[tokio::test]
+    async fn sleep_stops_when_cancelled() {
+        let c = call("test.sleep", vec![json!(30)], json!({}));
+        let cancel = c.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cancel.cancel();
+        });
+        let started = Instant::now();
+        let out = TestModule.call("sleep", c).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(out, Outcome::failed(RETCODE_TIMEOUT, "cancelled"));
+    }
+
+    #[tokio::test]
+    async fn version_is_the_crate_version() {
+        let out = run("version", vec![], json!({})).await;
+        assert_eq!(out, Outcome::ok(json!(env!("CARGO_PKG_VERSION"))));
+        assert!(out.data.as_str().is_some_and(|s| !s.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn fail_fails_with_the_message() {
+        let out = run("fail", vec![json!("broken on purpose")], json!({})).await;
+        assert_eq!(out, Outcome::failed(1, "broken on purpose"));
+        let out = run("fail", vec![], json!({})).await;
+        assert!(!out.success);
+        assert_eq!(out.retcode, 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_function_lists_the_others() {
+        let out = run("nope", vec![], json!({})).await;
+        assert_eq!(out.retcode, RETCODE_UNKNOWN_FUNCTION);
+        assert_eq!(
+            out.data,
+            json!("unknown function `test.nope`; the minion has: test.echo, test.fail, test.ping, test.sleep, test.version")
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Shared rules for halite's TOML configuration files.
+//!
+//! Both daemons read TOML with unknown keys refused, and every error must
+//! name the file and the key. This module turns text into a typed raw
+//! config with such errors; reading the file is the caller's (this crate
+//! does no I/O), validation of values is each config's own.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A configuration problem, always naming the file and, when known, the key.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// The key, dotted (`grains.role`), when the problem is one key's.
+    pub key: Option<String>,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{key}`: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    /// A bad value for `key` in `file`.
+    pub fn key(file: &Path, key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    /// A problem with the file as a whole (missing, unreadable).
+    pub fn file(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            key: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses TOML `text` (read from `file`) into `T`, whose serde derive
+/// should carry `deny_unknown_fields`. Syntax errors, unknown keys and
+/// wrong types come back naming the file, the key and the line.
+pub fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = e.message().trim().to_owned();
+        let key = unknown_field(&message).or_else(|| line.and_then(|l| key_on_line(text, l)));
+        let message = match line {
+            Some(line) => format!("{message} (line {line})"),
+            None => message,
+        };
+        ConfigError {
+            file: file.to_path_buf(),
+            key,
+            message,
+        }
+    })
+}
+
+/// Resolves a configured path relative to the directory of the config
+/// file, so a config and its data can be moved together.
+pub fn resolve_path(config_file: &Path, value: &Path) -> PathBuf {
+    if value.is_absolute() {
+        value.to_path_buf()
+    } else {
+        config_file
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(value)
+    }
+}
+
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let content = text.lines().nth(line.checked_sub(1)?)?;
+    let (key, _) = content.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        port: Option<u16>,
+        name: Option<String>,
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_file_and_line() {
+        let err = parse_toml::<Sample>(Path::new("/etc/x.toml"), "name = \"a\"\nprot = 3\n")
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("prot"));
+        let shown = err.to_string();
+        assert!(shown.starts_with("/etc/x.toml: key `prot`"), "{shown}");
+        assert!(shown.contains("line 2"), "{shown}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let err = parse_toml::<Sample>(Path::new("m.toml"), "port = \"high\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("port"));
+        let err = parse_toml::<Sample>(Path::new("m.toml"), "port = 70000\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("port"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = parse_toml::<Sample>(Path::new("m.toml"), "port = = 1").unwrap_err();
+        assert!(err.to_string().starts_with("m.toml:"));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        assert_eq!(
+            resolve_path(Path::new("/etc/halite/master.toml"), Path::new("pki")),
+            PathBuf::from("/etc/halite/pki")
+        );
+        assert_eq!(
+            resolve_path(Path::new("/etc/halite/master.toml"), Path::new("/var/x")),
+            PathBuf::from("/var/x")
+        );
+    }
+}
