@@ -250,10 +250,15 @@ impl Executor {
             events: EventSink::new(events_tx),
         };
         let timeout = Duration::from_secs(job.timeout.max(1));
+        let run = self.registry.run(call);
+        tokio::pin!(run);
         let outcome = tokio::select! {
-            outcome = self.registry.run(call) => outcome,
+            outcome = &mut run => outcome,
             _ = tokio::time::sleep(timeout) => {
+                // Let the module stop and clean up (the registry bounds how
+                // long it may take), but report the job's own timeout.
                 cancel.cancel();
+                let _ = run.await;
                 Outcome::failed(RETCODE_TIMEOUT, format!("{} timed out after {}s", job.fun, job.timeout))
             }
         };

@@ -199,8 +199,8 @@ impl<'a> Args<'a> {
         let parsed = match v {
             Value::Bool(b) => Some(*b),
             Value::Number(n) => match n.as_f64() {
-                Some(x) if x == 1.0 => Some(true),
-                Some(x) if x == 0.0 => Some(false),
+                Some(1.0) => Some(true),
+                Some(0.0) => Some(false),
                 _ => None,
             },
             Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
@@ -365,7 +365,7 @@ mod tests {
         let kwargs =
             map(json!({"timeout": "abc", "flag": "maybe", "cap": -1, "env": [1], "cmd": {"a": 1}}));
         let a = Args::parse(&SIG, &[], &kwargs).expect("names are valid");
-        let err = a.seconds("timeout").err().expect("not a number");
+        let err = a.seconds("timeout").expect_err("not a number");
         assert_eq!(
             err.to_string(),
             "cmd.run: argument `timeout` must be a number of seconds, got \"abc\""
@@ -411,9 +411,7 @@ mod tests {
     #[test]
     fn unknown_keywords_are_refused_with_the_accepted_list() {
         let kwargs = map(json!({"cmd": "ls", "bogus": 1, "other": 2}));
-        let err = Args::parse(&SIG, &[], &kwargs)
-            .err()
-            .expect("unknown kwargs");
+        let err = Args::parse(&SIG, &[], &kwargs).expect_err("unknown kwargs");
         assert_eq!(
             err.to_string(),
             "cmd.run: unknown keyword argument(s) `bogus`, `other`; accepted: cmd, timeout, env, flag, cap"
@@ -423,9 +421,7 @@ mod tests {
     #[test]
     fn too_many_positional_and_duplicates_are_refused() {
         let args: Vec<Value> = (0..6).map(|i| json!(i)).collect();
-        let err = Args::parse(&SIG, &args, &Map::new())
-            .err()
-            .expect("too many");
+        let err = Args::parse(&SIG, &args, &Map::new()).expect_err("too many");
         assert!(
             matches!(
                 err,
@@ -439,7 +435,7 @@ mod tests {
         );
         let args = vec![json!("ls")];
         let kwargs = map(json!({"cmd": "pwd"}));
-        let err = Args::parse(&SIG, &args, &kwargs).err().expect("duplicate");
+        let err = Args::parse(&SIG, &args, &kwargs).expect_err("duplicate");
         assert_eq!(
             err,
             ArgError::Duplicate {

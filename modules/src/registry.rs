@@ -132,7 +132,7 @@ impl Registry {
         let jid = call.jid.clone();
         let cancel = call.cancel.clone();
         let started = Instant::now();
-        tracing::info!(jid = %jid, fun = %full, "running");
+        tracing::debug!(jid = %jid, fun = %full, "running");
 
         let work = AssertUnwindSafe(module.call(function, call)).catch_unwind();
         tokio::pin!(work);
@@ -169,7 +169,7 @@ impl Registry {
                 )
             }
         };
-        tracing::info!(
+        tracing::debug!(
             jid = %jid,
             fun = %full,
             success = outcome.success,

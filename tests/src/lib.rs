@@ -1,1 +1,319 @@
-//! Harness for whole-system tests.
+//! Harness for whole-system tests: real `halite-master` and
+//! `halite-minion` processes on 127.0.0.1 with free ports and temp dirs,
+//! `master-cli` runs, and protocol-level fakes for the trust cases.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`,
+//! which the test command in the README does). Every process started
+//! here is killed, by PID, when its handle drops.
+
+pub mod fake;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Where cargo put the binaries: next to the `deps/` dir of this test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir of the test executable");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes,
+/// then panics naming `what`.
+pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// A child process killed (by PID) when dropped.
+pub struct Proc {
+    child: Option<Child>,
+    /// Its stderr log file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(binary: &str, config: &Path, log: PathBuf) -> Proc {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(bin(binary))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info,halite_master=debug,halite_minion=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn");
+        Proc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// PID of the running child.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to 10 s for a clean exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// The log so far, without ANSI colours.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Result of a `master-cli` run.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    fn from(output: Output) -> CliOutput {
+        CliOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// stdout parsed as JSON (panics with the output otherwise).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// A real `halite-master` in its own directory, on fixed free ports (so a
+/// restart comes back on the same ones).
+pub struct Master {
+    /// Directory holding config, pki, data and log.
+    pub dir: PathBuf,
+    /// Config file.
+    pub config: PathBuf,
+    /// ROUTER port.
+    pub return_port: u16,
+    /// PUB port.
+    pub publish_port: u16,
+    /// The process.
+    pub proc: Proc,
+}
+
+impl Master {
+    /// Starts a master under `dir` with `extra` TOML appended to the config.
+    pub fn start(dir: &Path, extra: &str) -> Master {
+        let dir = dir.join("master");
+        std::fs::create_dir_all(&dir).expect("master dir");
+        let (publish_port, return_port, api_port) = (free_port(), free_port(), free_port());
+        let config = dir.join("master.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "id = \"test-master\"\ninterface = \"127.0.0.1\"\npublish_port = {publish_port}\nreturn_port = {return_port}\napi_bind = \"127.0.0.1:{api_port}\"\npki_dir = \"pki\"\ndata_dir = \"data\"\nheartbeat_interval = 1\nbeacon_interval = 1\n{extra}\n"
+            ),
+        )
+        .expect("master config");
+        let proc = Proc::spawn("halite-master", &config, dir.join("master.log"));
+        let master = Master {
+            dir,
+            config,
+            return_port,
+            publish_port,
+            proc,
+        };
+        master.wait_ready();
+        master
+    }
+
+    fn wait_ready(&self) {
+        eventually(Duration::from_secs(20), "master API up", || {
+            self.cli(&["keys", "list", "--json"]).code == 0
+        });
+    }
+
+    /// Kills (SIGKILL) and starts again on the same config and ports.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Proc::spawn("halite-master", &self.config, self.dir.join("master.log"));
+        self.wait_ready();
+    }
+
+    /// `master-cli --config <this master> ARGS`.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let output = Command::new(bin("master-cli"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run master-cli");
+        CliOutput::from(output)
+    }
+
+    /// Accepts `id` once its key is pending, then waits until it is up.
+    pub fn accept(&self, id: &str) {
+        eventually(Duration::from_secs(20), &format!("key of {id} pending"), || {
+            self.key_status(id).as_deref() == Some("pending")
+        });
+        let out = self.cli(&["keys", "accept", id]);
+        assert_eq!(out.code, 0, "{out:?}");
+        self.wait_up(id);
+    }
+
+    /// Waits until `minion` is listed up.
+    pub fn wait_up(&self, id: &str) {
+        eventually(Duration::from_secs(20), &format!("{id} up"), || {
+            let out = self.cli(&["minions", "--json"]);
+            out.code == 0
+                && out
+                    .json()
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["id"] == id && m["status"] == "up"))
+        });
+    }
+
+    /// The state of a minion's key, if the master has one.
+    pub fn key_status(&self, id: &str) -> Option<String> {
+        let out = self.cli(&["keys", "list", "--json"]);
+        if out.code != 0 {
+            return None;
+        }
+        out.json()["keys"]
+            .as_array()?
+            .iter()
+            .find(|k| k["id"] == id)
+            .and_then(|k| k["status"].as_str().map(str::to_owned))
+    }
+
+    /// The master's log so far.
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+}
+
+/// A real `halite-minion` in its own directory.
+pub struct Minion {
+    /// Minion id.
+    pub id: String,
+    /// Directory holding config, pki, data and log.
+    pub dir: PathBuf,
+    /// Config file.
+    pub config: PathBuf,
+    /// The process.
+    pub proc: Proc,
+}
+
+impl Minion {
+    /// Starts minion `id` under `dir`, pointed at `127.0.0.1:return_port`,
+    /// with `extra` TOML appended (e.g. `[grains]`).
+    pub fn start(dir: &Path, id: &str, return_port: u16, extra: &str) -> Minion {
+        let dir = dir.join(id);
+        std::fs::create_dir_all(&dir).expect("minion dir");
+        let config = dir.join("minion.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "id = \"{id}\"\nmasters = [\"127.0.0.1:{return_port}\"]\npki_dir = \"pki\"\ndata_dir = \"data\"\nauth_retry = 1\n{extra}\n"
+            ),
+        )
+        .expect("minion config");
+        let proc = Proc::spawn("halite-minion", &config, dir.join("minion.log"));
+        Minion {
+            id: id.to_owned(),
+            dir,
+            config,
+            proc,
+        }
+    }
+
+    /// Kills (SIGKILL) and starts again with the same config and state.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Proc::spawn("halite-minion", &self.config, self.dir.join("minion.log"));
+    }
+
+    /// The minion's log so far.
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// Files waiting in the return spool.
+    pub fn spooled(&self) -> usize {
+        std::fs::read_dir(self.dir.join("data/spool"))
+            .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "ret")).count())
+            .unwrap_or(0)
+    }
+}
+
+/// Runs a config-validation case: the binary must exit with 78 and say
+/// `expect` on stderr.
+pub fn config_error(binary: &str, config: &Path) -> CliOutput {
+    let output = Command::new(bin(binary))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run binary");
+    CliOutput::from(output)
+}

@@ -1,0 +1,128 @@
+//! Nothing is lost: returns survive a master restart mid-job and a minion
+//! restart with unacknowledged returns; jobs survive a master restart.
+
+use std::time::Duration;
+
+use halite_tests::{eventually, Master, Minion};
+
+fn jid_of(out: &halite_tests::CliOutput) -> String {
+    out.json()["jid"].as_str().expect("jid").to_owned()
+}
+
+fn returned(master: &Master, jid: &str) -> bool {
+    let out = master.cli(&["jobs", "show", jid, "--json"]);
+    out.code == 0 && out.json()["missing"] == serde_json::json!([])
+}
+
+#[test]
+fn master_restart_mid_job_loses_no_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut master = Master::start(dir.path(), "");
+    let _web = Minion::start(dir.path(), "web01", master.return_port, "");
+    let _db = Minion::start(dir.path(), "db01", master.return_port, "");
+    master.accept("web01");
+    master.accept("db01");
+
+    let out = master.cli(&["run", "target=*", "test.sleep", "2", "--async", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = jid_of(&out);
+    // The minions are running it; the master dies hard and comes back.
+    master.restart();
+    eventually(Duration::from_secs(40), "both returns stored after the restart", || returned(&master, &jid));
+    let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
+    assert_eq!(doc["summary"]["succeeded"], 2, "{doc}");
+    assert_eq!(doc["fun"], "test.sleep");
+    // And the master serves new jobs to the reconnected minions.
+    let out = master.cli(&["run", "target=*", "test.ping"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn spooled_returns_survive_both_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut master = Master::start(dir.path(), "");
+    let mut web = Minion::start(dir.path(), "web01", master.return_port, "");
+    master.accept("web01");
+
+    let out = master.cli(&["run", "target=web01", "cmd.run", "sleep 1; echo done", "--async", "--json"]);
+    let jid = jid_of(&out);
+    master.proc.kill();
+    // The job finishes while no master listens: the return waits on disk.
+    eventually(Duration::from_secs(20), "return spooled", || web.spooled() == 1);
+    web.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(web.spooled(), 1, "spool lost across the minion restart");
+    master.restart();
+    eventually(Duration::from_secs(40), "spooled return delivered", || returned(&master, &jid));
+    let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
+    assert_eq!(doc["returns"]["web01"]["data"], "done", "{doc}");
+    eventually(Duration::from_secs(20), "spool emptied after the ack", || web.spooled() == 0);
+}
+
+#[test]
+fn secrets_travel_sealed_and_rotation_locks_out_removed_minions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "");
+    let web = Minion::start(dir.path(), "web01", master.return_port, "");
+    let db = Minion::start(dir.path(), "db01", master.return_port, "");
+    master.accept("web01");
+    master.accept("db01");
+    let secret = "s3cret-Value-4711";
+
+    let run = |target: &str| {
+        master.cli(&[
+            "run",
+            &format!("target={target}"),
+            "cmd.run",
+            "wc -c",
+            "--secret",
+            &format!("stdin={secret}"),
+            "--json",
+        ])
+    };
+    let out = run("web01");
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["returns"]["web01"]["data"], secret.len().to_string(), "{doc}");
+    let shown = master.cli(&["jobs", "show", doc["jid"].as_str().unwrap_or_default(), "--json"]).stdout;
+    assert!(!shown.contains(secret));
+
+    // Deleting db01's key rotates the session key; web01 fetches the new
+    // one and still opens secrets.
+    assert_eq!(master.cli(&["keys", "delete", "db01"]).code, 0);
+    eventually(Duration::from_secs(20), "web01 re-authenticated with the new session key", || {
+        web.log().contains("session key rotated")
+    });
+    master.wait_up("web01");
+    let out = run("web01");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["returns"]["web01"]["data"], secret.len().to_string());
+
+    // The secret is nowhere in clear: not in the store, not in any log.
+    for root in [master.dir.clone(), web.dir.clone(), db.dir.clone()] {
+        for path in files_under(&root) {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret in clear in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
