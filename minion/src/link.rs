@@ -17,8 +17,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use halite_pki::{Ephemeral, KeyPair, PublicKey, SessionKey};
 use halite_proto::message::{
-    Auth, AuthReply, Beacon, Catchup, CatchupReply, Heartbeat, HeartbeatAck, Job, KeyStatus, Return, ReturnAck,
-    TOPIC_BEACON, TOPIC_JOB,
+    Auth, AuthReply, Beacon, Catchup, CatchupReply, Heartbeat, HeartbeatAck, Job, KeyStatus,
+    Return, ReturnAck, TOPIC_BEACON, TOPIC_JOB,
 };
 use halite_proto::time::now_ms;
 use halite_proto::{Envelope, Jid, Kind};
@@ -192,7 +192,7 @@ impl Link {
                     }
                 }
                 message = rx.recv() => {
-                    let Some(envelope) = self.from_master(message?, 0, &accepted.master_pub) else { continue };
+                    let Some(envelope) = self.reply_from_master(message?, &accepted.master_pub) else { continue };
                     match envelope.kind {
                         Kind::ReturnAck => {
                             let Ok(ack) = envelope.open::<ReturnAck>() else { continue };
@@ -287,7 +287,9 @@ impl Link {
             let message = tokio::time::timeout_at(deadline, rx.recv())
                 .await
                 .map_err(|_| LinkError::AuthTimeout(CONNECT_TIMEOUT * 2))??;
-            let Some(body) = message.into_vec().into_iter().next() else { continue };
+            let Some(body) = message.into_vec().into_iter().next() else {
+                continue;
+            };
             if body.len() > MAX_FRAME {
                 continue;
             }
@@ -320,10 +322,10 @@ impl Link {
         }))
     }
 
-    /// Decodes and verifies a message from the master; logs and drops
-    /// anything else.
-    fn from_master(&self, message: ZmqMessage, frame_index: usize, master_pub: &PublicKey) -> Option<Envelope> {
-        let body = message.into_vec().into_iter().nth(frame_index)?;
+    /// Decodes and verifies a DEALER reply from the master; logs and
+    /// drops anything else.
+    fn reply_from_master(&self, message: ZmqMessage, master_pub: &PublicKey) -> Option<Envelope> {
+        let body = message.into_vec().into_iter().next()?;
         self.verify_master(&body, master_pub)
     }
 
