@@ -2,7 +2,54 @@
 //! and stop the same way.
 #![deny(missing_docs)]
 
+use std::fmt::Display;
+use std::process::ExitCode;
+
 use tracing_subscriber::EnvFilter;
+
+/// Exit code for a configuration error (sysexits' EX_CONFIG), so service
+/// managers and scripts can tell "fix the config" from a crash.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// The host name when it is usable as an id, else `fallback`.
+pub fn host_id(fallback: &str) -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.split('.').next().unwrap_or_default().to_owned())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
+/// Start-up common to both daemons: logging, then the configuration
+/// (validated before anything binds), then a tokio runtime with
+/// `workers` threads (all cores when `None`). On failure prints
+/// `NAME: reason` and gives the exit code to return.
+pub fn boot<C, E: Display>(
+    name: &str,
+    log_json: bool,
+    workers: Option<usize>,
+    load: impl FnOnce() -> Result<C, E>,
+) -> Result<(C, tokio::runtime::Runtime), ExitCode> {
+    init_tracing(log_json);
+    let config = load().map_err(|e| {
+        eprintln!("{name}: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder.enable_all().build().map_err(|e| {
+        eprintln!("{name}: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((config, runtime))
+}
 
 /// Sets up `tracing` once: level from `RUST_LOG` (default `info`), plain
 /// text to stderr, or JSON lines when `json` is set. Every line carries

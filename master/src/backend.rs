@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use halite_api::types::{EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView, Submitted};
+use halite_api::types::{
+    EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView, Submitted,
+};
 use halite_api::{ApiError, Backend, KeyAction};
 use halite_pki::PkiError;
 use halite_proto::time::now_ms;
@@ -36,7 +38,11 @@ impl Backend for ApiBackend {
     }
 
     fn jobs(&self, limit: usize, before: Option<Jid>) -> Result<Vec<JobSummary>, ApiError> {
-        let jobs = self.0.store.jobs(limit, before.as_ref()).map_err(internal)?;
+        let jobs = self
+            .0
+            .store
+            .jobs(limit, before.as_ref())
+            .map_err(internal)?;
         jobs.into_iter()
             .map(|job| {
                 let returns = self.0.store.returns(&job.record.jid).map_err(internal)?;
@@ -74,7 +80,12 @@ impl Backend for ApiBackend {
             .map(|id| {
                 let record = records.iter().find(|r| r.id == id);
                 MinionView {
-                    status: if self.0.presence.is_up(&id, now) { "up" } else { "down" }.to_owned(),
+                    status: if self.0.presence.is_up(&id, now) {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                    .to_owned(),
                     last_seen: record.map(|r| r.last_seen).filter(|&t| t > 0),
                     version: record.map(|r| r.version.clone()).filter(|v| !v.is_empty()),
                     os: record

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use halite_proto::config::{parse_toml, resolve_path, ConfigError};
+use halite_proto::config::{id_key, int_key, parse_toml, resolve_path, ConfigError};
 use serde::Deserialize;
 
 /// Where `halite-master` and `master-cli` look without `--config`.
@@ -76,18 +76,22 @@ impl Config {
     /// Validates TOML text as if read from `file`.
     pub fn from_toml(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = parse_toml(file, text)?;
-        let id = match raw.id {
-            Some(id) => id,
-            None => default_id(),
-        };
-        halite_proto::ident::validate_id(&id).map_err(|e| ConfigError::key(file, "id", e.to_string()))?;
+        let id = id_key(file, raw.id, || halite_daemon::host_id("master"))?;
         let interface = raw.interface.as_deref().unwrap_or("0.0.0.0");
         let interface: IpAddr = interface.parse().map_err(|_| {
-            ConfigError::key(file, "interface", format!("{interface:?} is not an IP address"))
+            ConfigError::key(
+                file,
+                "interface",
+                format!("{interface:?} is not an IP address"),
+            )
         })?;
         let api_bind = raw.api_bind.as_deref().unwrap_or("127.0.0.1:8000");
         let api_bind: SocketAddr = api_bind.parse().map_err(|_| {
-            ConfigError::key(file, "api_bind", format!("{api_bind:?} is not an address like 127.0.0.1:8000"))
+            ConfigError::key(
+                file,
+                "api_bind",
+                format!("{api_bind:?} is not an address like 127.0.0.1:8000"),
+            )
         })?;
         Ok(Config {
             file: file.to_path_buf(),
@@ -96,14 +100,48 @@ impl Config {
             publish_port: port(file, "publish_port", raw.publish_port, 4505)?,
             return_port: port(file, "return_port", raw.return_port, 4506)?,
             api_bind,
-            pki_dir: resolve_path(file, &raw.pki_dir.unwrap_or_else(|| "/etc/halite/pki/master".into())),
-            data_dir: resolve_path(file, &raw.data_dir.unwrap_or_else(|| "/var/lib/halite/master".into())),
+            pki_dir: resolve_path(
+                file,
+                &raw.pki_dir
+                    .unwrap_or_else(|| "/etc/halite/pki/master".into()),
+            ),
+            data_dir: resolve_path(
+                file,
+                &raw.data_dir
+                    .unwrap_or_else(|| "/var/lib/halite/master".into()),
+            ),
             auto_accept: raw.auto_accept.unwrap_or(false),
-            keep_jobs: Duration::from_secs(3600 * positive(file, "keep_jobs", raw.keep_jobs, 24, 24 * 365 * 10)?),
-            heartbeat_interval: Duration::from_secs(positive(file, "heartbeat_interval", raw.heartbeat_interval, 10, 3600)?),
-            missed_heartbeats: positive(file, "missed_heartbeats", raw.missed_heartbeats, 3, 1000)? as u32,
-            beacon_interval: Duration::from_secs(positive(file, "beacon_interval", raw.beacon_interval, 2, 3600)?),
-            job_timeout: Duration::from_secs(positive(file, "job_timeout", raw.job_timeout, 60, 7 * 86_400)?),
+            keep_jobs: Duration::from_secs(
+                3600 * int_key(file, "keep_jobs", raw.keep_jobs, 24, 1..=24 * 365 * 10)?,
+            ),
+            heartbeat_interval: Duration::from_secs(int_key(
+                file,
+                "heartbeat_interval",
+                raw.heartbeat_interval,
+                10,
+                1..=3600,
+            )?),
+            missed_heartbeats: int_key(
+                file,
+                "missed_heartbeats",
+                raw.missed_heartbeats,
+                3,
+                1..=1000,
+            )? as u32,
+            beacon_interval: Duration::from_secs(int_key(
+                file,
+                "beacon_interval",
+                raw.beacon_interval,
+                2,
+                1..=3600,
+            )?),
+            job_timeout: Duration::from_secs(int_key(
+                file,
+                "job_timeout",
+                raw.job_timeout,
+                60,
+                1..=7 * 86_400,
+            )?),
         })
     }
 
@@ -119,31 +157,11 @@ impl Config {
     }
 }
 
-fn default_id() -> String {
-    hostname_or("master")
-}
-
-/// The host name if it is a valid id, else `fallback`.
-pub fn hostname_or(fallback: &str) -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| halite_proto::ident::validate_id(h).is_ok())
-        .unwrap_or_else(|| fallback.to_owned())
-}
-
 fn port(file: &Path, key: &str, value: Option<i64>, default: u16) -> Result<u16, ConfigError> {
     match value {
         None => Ok(default),
-        Some(v) => u16::try_from(v).map_err(|_| ConfigError::key(file, key, format!("{v} is not a port (0-65535)"))),
-    }
-}
-
-fn positive(file: &Path, key: &str, value: Option<i64>, default: u64, max: u64) -> Result<u64, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) if v >= 1 && (v as u64) <= max => Ok(v as u64),
-        Some(v) => Err(ConfigError::key(file, key, format!("{v} is out of range (1-{max})"))),
+        Some(v) => u16::try_from(v)
+            .map_err(|_| ConfigError::key(file, key, format!("{v} is not a port (0-65535)"))),
     }
 }
 
@@ -193,6 +211,10 @@ mod tests {
     #[test]
     fn a_missing_file_is_named() {
         let err = Config::load(Path::new("/nonexistent/master.toml")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/master.toml: cannot read"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/master.toml: cannot read"),
+            "{err}"
+        );
     }
 }

@@ -14,8 +14,8 @@ use halite_api::types::{EventRecord, JobRecord, JobRequest, ReturnRecord, Submit
 use halite_api::ApiError;
 use halite_pki::{KeyPair, KeyStore, PublicKey};
 use halite_proto::message::{
-    Auth, AuthReply, Beacon, Catchup, CatchupReply, Event, Heartbeat, HeartbeatAck, Job, KeyStatus, Return,
-    ReturnAck, TOPIC_BEACON, TOPIC_JOB,
+    Auth, AuthReply, Beacon, Catchup, CatchupReply, Event, Heartbeat, HeartbeatAck, Job, KeyStatus,
+    Return, ReturnAck, TOPIC_BEACON, TOPIC_JOB,
 };
 use halite_proto::time::now_ms;
 use halite_proto::{Envelope, Jid, JidGenerator, Kind, Message, Target};
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::presence::Presence;
 use crate::session::SessionKeys;
-use crate::store::{StoredJob, Store};
+use crate::store::{Store, StoredJob};
 use crate::transport::{Publisher, Replier};
 
 /// Extra seconds the master waits past a job's timeout before it calls
@@ -157,7 +157,8 @@ impl Core {
     /// Checks a bearer token against the local CLI token (constant time).
     pub fn authenticate(&self, token: &str) -> Option<String> {
         let (a, b) = (token.as_bytes(), self.cli_token.as_bytes());
-        let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        let same =
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
         same.then(|| "root".to_owned())
     }
 
@@ -222,7 +223,10 @@ impl Core {
     /// its sender.
     fn verified<M: Message>(&self, envelope: &Envelope) -> Result<M, Drop> {
         halite_proto::ident::validate_id(&envelope.sender)?;
-        let key = self.keys.accepted_key(&envelope.sender).ok_or(Drop::NotAccepted)?;
+        let key = self
+            .keys
+            .accepted_key(&envelope.sender)
+            .ok_or(Drop::NotAccepted)?;
         halite_pki::verify_envelope(envelope, &key)?;
         Ok(envelope.open()?)
     }
@@ -247,7 +251,11 @@ impl Core {
             let transcript = halite_pki::transcript(&auth.id, &key, &self.master_pub, &auth.nonce);
             self.presence
                 .authenticated(&auth.id, auth.grains.clone(), &auth.version, now_ms());
-            Some(halite_pki::grant(&self.session.current(), &auth.eph_pub, &transcript)?)
+            Some(halite_pki::grant(
+                &self.session.current(),
+                &auth.eph_pub,
+                &transcript,
+            )?)
         } else {
             None
         };
@@ -286,7 +294,8 @@ impl Core {
         match self.verified::<Heartbeat>(&envelope) {
             Ok(heartbeat) => {
                 same_id(&envelope.sender, &heartbeat.id)?;
-                self.presence.seen(&heartbeat.id, Some(&heartbeat.version), now_ms());
+                self.presence
+                    .seen(&heartbeat.id, Some(&heartbeat.version), now_ms());
                 self.reply(
                     peer,
                     &HeartbeatAck {
@@ -409,7 +418,10 @@ impl Core {
     /// Removes jobs older than `keep_jobs`.
     pub fn prune(&self) {
         let cutoff_ms = now_ms().saturating_sub(self.config.keep_jobs.as_millis() as u64);
-        match self.store.prune_before(&Jid::from_unix_us(cutoff_ms * 1000)) {
+        match self
+            .store
+            .prune_before(&Jid::from_unix_us(cutoff_ms * 1000))
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "pruned old jobs"),
             Err(e) => tracing::warn!(error = %e, "prune failed"),
@@ -420,7 +432,8 @@ impl Core {
 
     /// Validates, records durably, then publishes a job.
     pub fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
-        halite_proto::ident::validate_function(&request.fun).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        halite_proto::ident::validate_function(&request.fun)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let target = Target::parse(request.tgt_type, &request.target)
             .map_err(|e| ApiError::bad_request(format!("target: {e}")))?;
         let timeout = request.timeout.unwrap_or(self.config.job_timeout.as_secs());
@@ -500,7 +513,10 @@ impl Core {
             });
         self.publisher.publish(TOPIC_JOB, envelope);
         tracing::info!(%jid, fun = %job.fun, target = %job.tgt, user, expected = expected.len(), "job published");
-        Ok(Submitted { jid, minions: expected })
+        Ok(Submitted {
+            jid,
+            minions: expected,
+        })
     }
 
     /// A job with its returns, what is missing and whether it is done.

@@ -83,7 +83,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         source,
     })?;
 
-    let bound = transport::bind(config.interface, config.publish_port, config.return_port, shutdown.clone()).await?;
+    let bound = transport::bind(
+        config.interface,
+        config.publish_port,
+        config.return_port,
+        shutdown.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(config.api_bind)
         .await
         .map_err(|source| Error::Io {
@@ -142,11 +148,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
-fn spawn_router_handlers(core: Arc<core::Core>, mut incoming: tokio::sync::mpsc::Receiver<transport::Incoming>) {
+fn spawn_router_handlers(
+    core: Arc<core::Core>,
+    mut incoming: tokio::sync::mpsc::Receiver<transport::Incoming>,
+) {
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     tokio::spawn(async move {
         while let Some(message) = incoming.recv().await {
-            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
             let core = core.clone();
             // One task per message: signature checks spread over all cores.
             tokio::spawn(async move {
@@ -178,7 +189,12 @@ fn spawn_timers(core: Arc<core::Core>, shutdown: CancellationToken) {
     });
 }
 
-fn write_ports(config: &Config, publish_port: u16, return_port: u16, api: SocketAddr) -> Result<(), Error> {
+fn write_ports(
+    config: &Config,
+    publish_port: u16,
+    return_port: u16,
+    api: SocketAddr,
+) -> Result<(), Error> {
     let body = serde_json::json!({
         "publish_port": publish_port,
         "return_port": return_port,

@@ -59,11 +59,13 @@ impl Presence {
         let was_down;
         let record = {
             let mut minions = self.write();
-            let record = minions.entry(id.to_owned()).or_insert_with(|| MinionRecord {
-                id: id.to_owned(),
-                grains: Value::Null,
-                ..Default::default()
-            });
+            let record = minions
+                .entry(id.to_owned())
+                .or_insert_with(|| MinionRecord {
+                    id: id.to_owned(),
+                    grains: Value::Null,
+                    ..Default::default()
+                });
             was_down = !self.is_up_at(record.last_seen, now);
             record.last_seen = now;
             if let Some(version) = version {

@@ -124,7 +124,11 @@ impl Store {
 
     /// One job, if known.
     pub fn job(&self, jid: &Jid) -> Result<Option<StoredJob>, StoreError> {
-        match self.jobs.get(jid.as_str().as_bytes()).map_err(sled_err("read job"))? {
+        match self
+            .jobs
+            .get(jid.as_str().as_bytes())
+            .map_err(sled_err("read job"))?
+        {
             Some(bytes) => Ok(Some(decode_job(&bytes)?)),
             None => Ok(None),
         }
@@ -200,7 +204,9 @@ impl Store {
             what: "event",
             reason: e.to_string(),
         })?;
-        self.events.insert(key, bytes).map_err(sled_err("write event"))?;
+        self.events
+            .insert(key, bytes)
+            .map_err(sled_err("write event"))?;
         Ok(event)
     }
 
@@ -251,7 +257,9 @@ impl Store {
 
     /// Forgets a minion (its key was deleted).
     pub fn remove_minion(&self, id: &str) -> Result<(), StoreError> {
-        self.minions.remove(id.as_bytes()).map_err(sled_err("remove minion"))?;
+        self.minions
+            .remove(id.as_bytes())
+            .map_err(sled_err("remove minion"))?;
         Ok(())
     }
 
@@ -335,7 +343,10 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store.put_job(&job(&jid)).unwrap();
-            assert_eq!(store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap(), vec![true]);
+            assert_eq!(
+                store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap(),
+                vec![true]
+            );
             store
                 .put_event(
                     &jid,
@@ -388,9 +399,19 @@ mod tests {
             store.put_job(&job(jid)).unwrap();
             store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap();
         }
-        let listed: Vec<Jid> = store.jobs(10, None).unwrap().into_iter().map(|j| j.record.jid).collect();
+        let listed: Vec<Jid> = store
+            .jobs(10, None)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.record.jid)
+            .collect();
         assert_eq!(listed, jids.iter().rev().cloned().collect::<Vec<_>>());
-        let page: Vec<Jid> = store.jobs(2, Some(&jids[3])).unwrap().into_iter().map(|j| j.record.jid).collect();
+        let page: Vec<Jid> = store
+            .jobs(2, Some(&jids[3]))
+            .unwrap()
+            .into_iter()
+            .map(|j| j.record.jid)
+            .collect();
         assert_eq!(page, vec![jids[2].clone(), jids[1].clone()]);
         assert_eq!(store.prune_before(&jids[2]).unwrap(), 2);
         assert!(store.job(&jids[0]).unwrap().is_none());

@@ -166,7 +166,8 @@ pub async fn bind(
                 }
             };
             let mut frames = message.into_vec().into_iter();
-            let (Some(peer), Some(body), None) = (frames.next(), frames.next(), frames.next()) else {
+            let (Some(peer), Some(body), None) = (frames.next(), frames.next(), frames.next())
+            else {
                 tracing::warn!("dropped a message that is not [identity, envelope]");
                 continue;
             };

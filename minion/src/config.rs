@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use halite_proto::config::{parse_toml, resolve_path, ConfigError};
+use halite_proto::config::{id_key, int_key, parse_toml, resolve_path, ConfigError};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -47,7 +47,13 @@ impl MasterAddr {
         let host: String = self
             .host
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         format!("{host}_{}", self.port)
     }
@@ -95,11 +101,14 @@ impl Config {
     /// Validates TOML text as if read from `file`.
     pub fn from_toml(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = parse_toml(file, text)?;
-        let id = raw.id.unwrap_or_else(default_id);
-        halite_proto::ident::validate_id(&id).map_err(|e| ConfigError::key(file, "id", e.to_string()))?;
+        let id = id_key(file, raw.id, || halite_daemon::host_id("minion"))?;
         let masters = raw.masters.unwrap_or_else(|| vec!["salt".to_owned()]);
         if masters.is_empty() {
-            return Err(ConfigError::key(file, "masters", "needs at least one master"));
+            return Err(ConfigError::key(
+                file,
+                "masters",
+                "needs at least one master",
+            ));
         }
         let masters = masters
             .iter()
@@ -108,42 +117,52 @@ impl Config {
         let master_fingerprint = match raw.master_fingerprint {
             None => None,
             Some(fp) => Some(halite_pki::normalize_fingerprint(&fp).ok_or_else(|| {
-                ConfigError::key(file, "master_fingerprint", "expected 32 hex pairs (SHA-256), e.g. from `master-cli keys fingerprint`")
+                ConfigError::key(
+                    file,
+                    "master_fingerprint",
+                    "expected 32 hex pairs (SHA-256), e.g. from `master-cli keys fingerprint`",
+                )
             })?),
         };
         let grains = match raw.grains {
             None => Map::new(),
             Some(table) => match serde_json::to_value(table) {
                 Ok(Value::Object(map)) => map,
-                _ => return Err(ConfigError::key(file, "grains", "must be a table of values")),
+                _ => {
+                    return Err(ConfigError::key(
+                        file,
+                        "grains",
+                        "must be a table of values",
+                    ))
+                }
             },
         };
         Ok(Config {
             id,
             masters,
-            pki_dir: resolve_path(file, &raw.pki_dir.unwrap_or_else(|| "/etc/halite/pki/minion".into())),
-            data_dir: resolve_path(file, &raw.data_dir.unwrap_or_else(|| "/var/lib/halite/minion".into())),
+            pki_dir: resolve_path(
+                file,
+                &raw.pki_dir
+                    .unwrap_or_else(|| "/etc/halite/pki/minion".into()),
+            ),
+            data_dir: resolve_path(
+                file,
+                &raw.data_dir
+                    .unwrap_or_else(|| "/var/lib/halite/minion".into()),
+            ),
             master_fingerprint,
             grains,
-            clock_skew: Duration::from_secs(seconds(file, "clock_skew", raw.clock_skew, 60)?),
-            auth_retry: Duration::from_secs(seconds(file, "auth_retry", raw.auth_retry, 10)?.max(1)),
+            clock_skew: Duration::from_secs(int_key(
+                file,
+                "clock_skew",
+                raw.clock_skew,
+                60,
+                0..=86_400,
+            )?),
+            auth_retry: Duration::from_secs(
+                int_key(file, "auth_retry", raw.auth_retry, 10, 0..=86_400)?.max(1),
+            ),
         })
-    }
-}
-
-fn default_id() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| halite_proto::ident::validate_id(h).is_ok())
-        .unwrap_or_else(|| "minion".to_owned())
-}
-
-fn seconds(file: &Path, key: &str, value: Option<i64>, default: u64) -> Result<u64, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) if (0..=86_400).contains(&v) => Ok(v as u64),
-        Some(v) => Err(ConfigError::key(file, key, format!("{v} is out of range (0-86400 seconds)"))),
     }
 }
 
@@ -190,9 +209,22 @@ mod tests {
 
     #[test]
     fn masters_take_host_or_host_port() {
-        let config = parse("id = \"web01\"\nmasters = [\"10.0.0.1\", \"m2:5506\", \"[::1]:7\"]").unwrap();
-        assert_eq!(config.masters[0], MasterAddr { host: "10.0.0.1".into(), port: 4506 });
-        assert_eq!(config.masters[1], MasterAddr { host: "m2".into(), port: 5506 });
+        let config =
+            parse("id = \"web01\"\nmasters = [\"10.0.0.1\", \"m2:5506\", \"[::1]:7\"]").unwrap();
+        assert_eq!(
+            config.masters[0],
+            MasterAddr {
+                host: "10.0.0.1".into(),
+                port: 4506
+            }
+        );
+        assert_eq!(
+            config.masters[1],
+            MasterAddr {
+                host: "m2".into(),
+                port: 5506
+            }
+        );
         assert_eq!(config.masters[2].endpoint(4505), "tcp://[::1]:4505");
     }
 
@@ -217,7 +249,10 @@ mod tests {
         ] {
             let err = parse(text).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");
-            assert!(err.to_string().starts_with("/etc/halite/minion.toml: key"), "{err}");
+            assert!(
+                err.to_string().starts_with("/etc/halite/minion.toml: key"),
+                "{err}"
+            );
         }
     }
 }

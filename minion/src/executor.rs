@@ -106,7 +106,10 @@ impl Executor {
 
     /// Jobs running now (reported in heartbeats).
     pub fn running(&self) -> Vec<Jid> {
-        self.running.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+        self.running
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The return spool.
@@ -218,7 +221,12 @@ impl Executor {
         .await
         .ok()
         .flatten()
-        .ok_or_else(|| format!("cannot open secret arguments: no session key of epoch {}", sealed.epoch))?;
+        .ok_or_else(|| {
+            format!(
+                "cannot open secret arguments: no session key of epoch {}",
+                sealed.epoch
+            )
+        })?;
         let plain = key
             .open(job.jid.as_str().as_bytes(), sealed)
             .map_err(|e| format!("cannot open secret arguments: {e}"))?;

@@ -57,9 +57,14 @@ pub fn default_registry() -> Arc<Registry> {
 ///
 /// With several masters listed, this version connects to the first one
 /// (the others are kept for failover, not yet implemented).
-pub fn start(config: Config, registry: Arc<Registry>, shutdown: CancellationToken) -> Result<Running, Error> {
+pub fn start(
+    config: Config,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
     let io = |context: String| move |source| Error::Io { context, source };
-    std::fs::create_dir_all(&config.data_dir).map_err(io(format!("create data_dir {}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io(format!("create data_dir {}", config.data_dir.display())))?;
     let (key, created) = halite_pki::KeyPair::load_or_generate(&config.pki_dir, "minion")?;
     if created {
         tracing::info!(minion = %config.id, fingerprint = %key.public().fingerprint(), "generated minion key");
@@ -72,10 +77,14 @@ pub fn start(config: Config, registry: Arc<Registry>, shutdown: CancellationToke
     let grains = Arc::new(grains);
     let now = halite_proto::time::now_ms();
     let seen_path = config.data_dir.join("seen_jobs");
-    let seen = seen::SeenJobs::open(&seen_path, now.saturating_sub(config.clock_skew.as_millis() as u64))
-        .map_err(io(format!("open {}", seen_path.display())))?;
+    let seen = seen::SeenJobs::open(
+        &seen_path,
+        now.saturating_sub(config.clock_skew.as_millis() as u64),
+    )
+    .map_err(io(format!("open {}", seen_path.display())))?;
     let spool_dir = config.data_dir.join("spool");
-    let spool = spool::Spool::open(&spool_dir).map_err(io(format!("create {}", spool_dir.display())))?;
+    let spool =
+        spool::Spool::open(&spool_dir).map_err(io(format!("create {}", spool_dir.display())))?;
 
     let (session_tx, session_rx) = watch::channel(None);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -93,7 +102,10 @@ pub fn start(config: Config, registry: Arc<Registry>, shutdown: CancellationToke
     }));
     let addr = config.masters[0].clone();
     let trust = trust::MasterTrust::new(
-        config.pki_dir.join("masters").join(format!("{}.pub", addr.file_name())),
+        config
+            .pki_dir
+            .join("masters")
+            .join(format!("{}.pub", addr.file_name())),
         config.master_fingerprint.clone(),
     );
     let link = link::Link {

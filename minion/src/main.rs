@@ -20,35 +20,24 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    halite_daemon::init_tracing(args.log_json);
-    let config = match halite_minion::Config::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("halite-minion: {e}");
-            return ExitCode::from(78); // EX_CONFIG
-        }
-    };
     // Two workers are plenty for a minion and keep its memory small.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("halite-minion: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (config, runtime) =
+        match halite_daemon::boot("halite-minion", args.log_json, Some(2), || {
+            halite_minion::Config::load(&args.config)
+        }) {
+            Ok(booted) => booted,
+            Err(code) => return code,
+        };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let running = match halite_minion::start(config, halite_minion::default_registry(), shutdown.clone()) {
-            Ok(running) => running,
-            Err(e) => {
-                eprintln!("halite-minion: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let running =
+            match halite_minion::start(config, halite_minion::default_registry(), shutdown) {
+                Ok(running) => running,
+                Err(e) => {
+                    eprintln!("halite-minion: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         halite_daemon::wait_for_signal().await;
         tracing::info!("shutting down");
         running.shutdown.cancel();

@@ -25,8 +25,12 @@ impl SeenJobs {
         if let Ok(text) = std::fs::read_to_string(path) {
             for line in text.lines() {
                 let mut parts = line.split_whitespace();
-                let (Some(jid), Some(until)) = (parts.next(), parts.next()) else { continue };
-                let (Ok(jid), Ok(until)) = (Jid::parse(jid), until.parse::<u64>()) else { continue };
+                let (Some(jid), Some(until)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let (Ok(jid), Ok(until)) = (Jid::parse(jid), until.parse::<u64>()) else {
+                    continue;
+                };
                 if until >= forget_before {
                     jids.insert(jid, until);
                 }
@@ -91,6 +95,9 @@ mod tests {
         }
         let mut seen = SeenJobs::open(&path, 500).unwrap();
         assert!(!seen.insert(&new, 900).unwrap(), "replay after restart");
-        assert!(seen.insert(&old, 100).unwrap(), "expired entries are forgotten");
+        assert!(
+            seen.insert(&old, 100).unwrap(),
+            "expired entries are forgotten"
+        );
     }
 }

@@ -20,7 +20,9 @@ impl Spool {
     /// Opens (creates) the spool in `dir`.
     pub fn open(dir: &Path) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
-        Ok(Spool { dir: dir.to_path_buf() })
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn path(&self, jid: &Jid) -> PathBuf {
@@ -91,9 +93,18 @@ mod tests {
         spool.put(&b, b"second").unwrap();
         std::fs::write(dir.path().join("junk.ret"), b"x").unwrap();
         let all = spool.all();
-        assert_eq!(all, vec![(b.clone(), b"second".to_vec()), (a.clone(), b"first".to_vec())]);
+        assert_eq!(
+            all,
+            vec![
+                (b.clone(), b"second".to_vec()),
+                (a.clone(), b"first".to_vec())
+            ]
+        );
         spool.remove(&b);
         spool.remove(&b);
-        assert_eq!(Spool::open(dir.path()).unwrap().all(), vec![(a, b"first".to_vec())]);
+        assert_eq!(
+            Spool::open(dir.path()).unwrap().all(),
+            vec![(a, b"first".to_vec())]
+        );
     }
 }

@@ -105,7 +105,10 @@ mod tests {
         let other = halite_pki::KeyPair::generate().unwrap().public();
         trust.check(&first).unwrap();
         trust.check(&first).unwrap();
-        assert!(matches!(trust.check(&other), Err(TrustError::Changed { .. })));
+        assert!(matches!(
+            trust.check(&other),
+            Err(TrustError::Changed { .. })
+        ));
     }
 
     #[test]
@@ -114,8 +117,14 @@ mod tests {
         let good = halite_pki::KeyPair::generate().unwrap().public();
         let bad = halite_pki::KeyPair::generate().unwrap().public();
         let trust = MasterTrust::new(dir.path().join("m.pub"), Some(good.fingerprint()));
-        assert!(matches!(trust.check(&bad), Err(TrustError::Fingerprint { .. })));
-        assert!(!dir.path().join("m.pub").exists(), "a refused key is not pinned");
+        assert!(matches!(
+            trust.check(&bad),
+            Err(TrustError::Fingerprint { .. })
+        ));
+        assert!(
+            !dir.path().join("m.pub").exists(),
+            "a refused key is not pinned"
+        );
         trust.check(&good).unwrap();
     }
 }

@@ -85,6 +85,39 @@ pub fn resolve_path(config_file: &Path, value: &Path) -> PathBuf {
     }
 }
 
+/// An integer key that must lie in `range`; `default` when absent.
+/// Config integers are read as `i64` so a negative value gets this
+/// message rather than a type error.
+pub fn int_key(
+    file: &Path,
+    key: &str,
+    value: Option<i64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v >= 0 && range.contains(&(v as u64)) => Ok(v as u64),
+        Some(v) => Err(ConfigError::key(
+            file,
+            key,
+            format!("{v} is out of range ({}-{})", range.start(), range.end()),
+        )),
+    }
+}
+
+/// The `id` key: the given value, or `default` (the host name), checked
+/// against the id pattern so it is safe in paths and logs.
+pub fn id_key(
+    file: &Path,
+    value: Option<String>,
+    default: impl FnOnce() -> String,
+) -> Result<String, ConfigError> {
+    let id = value.unwrap_or_else(default);
+    crate::ident::validate_id(&id).map_err(|e| ConfigError::key(file, "id", e.to_string()))?;
+    Ok(id)
+}
+
 fn unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     Some(rest.split('`').next()?.to_owned())
@@ -111,8 +144,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named_with_file_and_line() {
-        let err = parse_toml::<Sample>(Path::new("/etc/x.toml"), "name = \"a\"\nprot = 3\n")
-            .unwrap_err();
+        let err =
+            parse_toml::<Sample>(Path::new("/etc/x.toml"), "name = \"a\"\nprot = 3\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("prot"));
         let shown = err.to_string();
         assert!(shown.starts_with("/etc/x.toml: key `prot`"), "{shown}");
@@ -131,6 +164,26 @@ mod tests {
     fn syntax_errors_name_the_file() {
         let err = parse_toml::<Sample>(Path::new("m.toml"), "port = = 1").unwrap_err();
         assert!(err.to_string().starts_with("m.toml:"));
+    }
+
+    #[test]
+    fn integers_are_range_checked() {
+        let file = Path::new("m.toml");
+        assert_eq!(int_key(file, "n", None, 7, 1..=10).unwrap(), 7);
+        assert_eq!(int_key(file, "n", Some(10), 7, 1..=10).unwrap(), 10);
+        for bad in [0, 11, -1] {
+            let err = int_key(file, "n", Some(bad), 7, 1..=10).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("n"));
+            assert!(err.message.contains("out of range (1-10)"), "{err}");
+        }
+    }
+
+    #[test]
+    fn ids_default_and_are_validated() {
+        let file = Path::new("m.toml");
+        assert_eq!(id_key(file, None, || "host1".into()).unwrap(), "host1");
+        let err = id_key(file, Some("../x".into()), || "host1".into()).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("id"));
     }
 
     #[test]

@@ -81,8 +81,9 @@ impl Envelope {
     /// different envelopes share signing input.
     pub fn signing_input(v: u8, kind: Kind, sender: &str, payload: &[u8]) -> Vec<u8> {
         let kind = kind_tag(kind);
-        let mut out =
-            Vec::with_capacity(SIGNATURE_DOMAIN.len() + 1 + 12 + kind.len() + sender.len() + payload.len());
+        let mut out = Vec::with_capacity(
+            SIGNATURE_DOMAIN.len() + 1 + 12 + kind.len() + sender.len() + payload.len(),
+        );
         out.extend_from_slice(SIGNATURE_DOMAIN);
         out.push(v);
         for part in [kind.as_bytes(), sender.as_bytes(), payload] {

@@ -134,7 +134,13 @@ mod tests {
 
     #[test]
     fn parse_refuses_anything_but_twenty_digits() {
-        for bad in ["", "2023", "2023111422132000012x", "../../etc/passwd", "202311142213200001234"] {
+        for bad in [
+            "",
+            "2023",
+            "2023111422132000012x",
+            "../../etc/passwd",
+            "202311142213200001234",
+        ] {
             assert!(Jid::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

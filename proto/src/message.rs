@@ -70,7 +70,12 @@ pub struct Sealed {
 
 impl std::fmt::Debug for Sealed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealed(epoch {}, {} bytes)", self.epoch, self.ciphertext.len())
+        write!(
+            f,
+            "Sealed(epoch {}, {} bytes)",
+            self.epoch,
+            self.ciphertext.len()
+        )
     }
 }
 

@@ -20,24 +20,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    halite_daemon::init_tracing(args.log_json);
-    let config = match halite_master::Config::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("halite-master: {e}");
-            return ExitCode::from(78); // EX_CONFIG
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("halite-master: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (config, runtime) = match halite_daemon::boot("halite-master", args.log_json, None, || {
+        halite_master::Config::load(&args.config)
+    }) {
+        Ok(booted) => booted,
+        Err(code) => return code,
     };
     runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let running = match halite_master::start(config, shutdown.clone()).await {
+        let running = match halite_master::start(config, CancellationToken::new()).await {
             Ok(running) => running,
             Err(e) => {
                 eprintln!("halite-master: {e}");

@@ -55,7 +55,11 @@ impl Client {
     }
 
     /// POST a JSON body, read a JSON document.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
@@ -68,14 +72,25 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let response = request
             .header("X-Auth-Token", &self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the master API at {} (is halite-master running?)", self.base))?;
+            .with_context(|| {
+                format!(
+                    "cannot reach the master API at {} (is halite-master running?)",
+                    self.base
+                )
+            })?;
         let status = response.status();
-        let body = response.bytes().await.context("reading the master's answer")?;
+        let body = response
+            .bytes()
+            .await
+            .context("reading the master's answer")?;
         if !status.is_success() {
             let message = serde_json::from_slice::<halite_api::types::ErrorBody>(&body)
                 .map(|e| e.error)
@@ -88,9 +103,14 @@ impl Client {
 
 fn bound_api(config: &Config) -> anyhow::Result<SocketAddr> {
     let path = config.ports_file();
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("api_bind uses port 0; cannot read {} written by the master", path.display()))?;
-    let ports: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "api_bind uses port 0; cannot read {} written by the master",
+            path.display()
+        )
+    })?;
+    let ports: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     ports["api"]
         .as_str()
         .and_then(|a| a.parse().ok())

@@ -116,7 +116,10 @@ enum KeysCommand {
 /// Entry point of the `master-cli` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("master-cli: cannot start the runtime: {e}");
@@ -155,8 +158,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs {
             command: JobsCommand::List { limit },
         } => {
-            let jobs: Vec<halite_api::types::JobSummary> =
-                client.get(&format!("/v1/jobs?limit={}", limit.clamp(1, 1000))).await?;
+            let jobs: Vec<halite_api::types::JobSummary> = client
+                .get(&format!("/v1/jobs?limit={}", limit.clamp(1, 1000)))
+                .await?;
             output::jobs(&jobs, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -177,11 +181,19 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run(client: &Client, request: JobRequest, run_async: bool, progress: bool, json: bool) -> anyhow::Result<ExitCode> {
+async fn run(
+    client: &Client,
+    request: JobRequest,
+    run_async: bool,
+    progress: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let submitted: Submitted = client.post("/v1/jobs", &request).await?;
     if run_async {
         if json {
-            output::print_json(&serde_json::json!({ "jid": submitted.jid, "minions": submitted.minions }))?;
+            output::print_json(
+                &serde_json::json!({ "jid": submitted.jid, "minions": submitted.minions }),
+            )?;
         } else {
             output::line(&format!("Executed job with job ID {}", submitted.jid));
         }
@@ -248,15 +260,24 @@ async fn keys(client: &Client, command: KeysCommand, json: bool) -> anyhow::Resu
         }
         KeysCommand::Accept { all: true, .. } => "/v1/keys/accept-all".to_owned(),
         KeysCommand::Accept { id: Some(id), .. } => format!("/v1/keys/{}/accept", valid_id(&id)?),
-        KeysCommand::Accept { id: None, all: false } => unreachable_usage()?,
+        KeysCommand::Accept {
+            id: None,
+            all: false,
+        } => unreachable_usage()?,
         KeysCommand::Reject { id } => format!("/v1/keys/{}/reject", valid_id(&id)?),
         KeysCommand::Delete { id } => {
-            let changed: serde_json::Value = client.delete(&format!("/v1/keys/{}", valid_id(&id)?)).await?;
+            let changed: serde_json::Value = client
+                .delete(&format!("/v1/keys/{}", valid_id(&id)?))
+                .await?;
             return report_keys("Deleted", &changed, json);
         }
     };
     let changed: serde_json::Value = client.post(&path, &serde_json::json!({})).await?;
-    let verb = if path.ends_with("/reject") { "Rejected" } else { "Accepted" };
+    let verb = if path.ends_with("/reject") {
+        "Rejected"
+    } else {
+        "Accepted"
+    };
     report_keys(verb, &changed, json)
 }
 

@@ -21,7 +21,10 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn render(data: &serde_json::Value) -> String {
@@ -47,7 +50,9 @@ pub fn one_return(ret: &ReturnRecord) {
 /// A live event line.
 pub fn event(event: &EventRecord) {
     match &event.body {
-        EventBody::Progress { line: text, stream } => line(&format!("[{}] {stream}: {text}", event.id)),
+        EventBody::Progress { line: text, stream } => {
+            line(&format!("[{}] {stream}: {text}", event.id))
+        }
         EventBody::Stage {
             stage,
             status,
@@ -69,7 +74,11 @@ pub fn event(event: &EventRecord) {
 /// Counts for the summary line.
 fn counts(view: &JobView) -> (usize, usize, usize) {
     let succeeded = view.returns.values().filter(|r| r.success).count();
-    (succeeded, view.returns.len() - succeeded, view.missing.len())
+    (
+        succeeded,
+        view.returns.len() - succeeded,
+        view.missing.len(),
+    )
 }
 
 /// The closing summary line, and who did not return.
@@ -132,7 +141,10 @@ pub fn jobs(jobs: &[JobSummary], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&jobs);
     }
-    line(&format!("{:<20}  {:<19}  {:<20}  {:<20}  {:>9}  {:>6}  USER", "JID", "TIME (UTC)", "FUNCTION", "TARGET", "RETURNED", "FAILED"));
+    line(&format!(
+        "{:<20}  {:<19}  {:<20}  {:<20}  {:>9}  {:>6}  USER",
+        "JID", "TIME (UTC)", "FUNCTION", "TARGET", "RETURNED", "FAILED"
+    ));
     for job in jobs {
         line(&format!(
             "{:<20}  {:<19}  {:<20}  {:<20}  {:>9}  {:>6}  {}",
@@ -153,7 +165,10 @@ pub fn minions(minions: &[MinionView], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&minions);
     }
-    line(&format!("{:<24}  {:<6}  {:<19}  {:<10}  OS", "ID", "STATUS", "LAST SEEN (UTC)", "VERSION"));
+    line(&format!(
+        "{:<24}  {:<6}  {:<19}  {:<10}  OS",
+        "ID", "STATUS", "LAST SEEN (UTC)", "VERSION"
+    ));
     for m in minions {
         line(&format!(
             "{:<24}  {:<6}  {:<19}  {:<10}  {}",
@@ -165,7 +180,11 @@ pub fn minions(minions: &[MinionView], json: bool) -> anyhow::Result<()> {
         ));
     }
     let up = minions.iter().filter(|m| m.status == "up").count();
-    line(&format!("{} minions, {up} up, {} down", minions.len(), minions.len() - up));
+    line(&format!(
+        "{} minions, {up} up, {} down",
+        minions.len(),
+        minions.len() - up
+    ));
     Ok(())
 }
 

@@ -9,7 +9,11 @@ use halite_proto::TargetType;
 use serde_json::Value;
 
 /// Builds the request, or says which word is wrong.
-pub fn parse_run(words: &[String], timeout: Option<u64>, secrets: &[String]) -> Result<JobRequest, String> {
+pub fn parse_run(
+    words: &[String],
+    timeout: Option<u64>,
+    secrets: &[String],
+) -> Result<JobRequest, String> {
     let mut target = None;
     let mut tgt_type = TargetType::Glob;
     let mut rest = words.iter().peekable();
@@ -17,14 +21,19 @@ pub fn parse_run(words: &[String], timeout: Option<u64>, secrets: &[String]) -> 
         if let Some(value) = word.strip_prefix("target=") {
             target = Some(value.to_owned());
         } else if let Some(value) = word.strip_prefix("tgt_type=") {
-            tgt_type = value.parse().map_err(|e: halite_proto::TargetError| e.to_string())?;
+            tgt_type = value
+                .parse()
+                .map_err(|e: halite_proto::TargetError| e.to_string())?;
         } else {
             break;
         }
         rest.next();
     }
     let target = target.ok_or("the first word must be target=EXPR (e.g. target='web*')")?;
-    let fun = rest.next().ok_or("missing the function to run (e.g. test.ping)")?.clone();
+    let fun = rest
+        .next()
+        .ok_or("missing the function to run (e.g. test.ping)")?
+        .clone();
     halite_proto::ident::validate_function(&fun).map_err(|e| e.to_string())?;
     let mut arg = Vec::new();
     let mut kwarg = serde_json::Map::new();
@@ -40,8 +49,13 @@ pub fn parse_run(words: &[String], timeout: Option<u64>, secrets: &[String]) -> 
     }
     let mut secret = BTreeMap::new();
     for item in secrets {
-        let (key, value) = keyword(item).ok_or_else(|| format!("--secret {item:?}: expected KEY=VALUE"))?;
-        let value = if value == "-" { read_stdin()? } else { value.to_owned() };
+        let (key, value) =
+            keyword(item).ok_or_else(|| format!("--secret {item:?}: expected KEY=VALUE"))?;
+        let value = if value == "-" {
+            read_stdin()?
+        } else {
+            value.to_owned()
+        };
         secret.insert(key.to_owned(), value);
     }
     Ok(JobRequest {
@@ -60,7 +74,9 @@ pub fn parse_run(words: &[String], timeout: Option<u64>, secrets: &[String]) -> 
 fn keyword(word: &str) -> Option<(&str, &str)> {
     let (key, value) = word.split_once('=')?;
     let mut chars = key.chars();
-    let ident = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let ident = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     ident.then_some((key, value))
 }
@@ -97,7 +113,15 @@ mod tests {
     #[test]
     fn salt_style_words() {
         let request = parse_run(
-            &words(&["target=G@os:Linux and web*", "tgt_type=compound", "cmd.run", "uname -a", "cwd=/tmp", "timeout=5", "echo a=b"]),
+            &words(&[
+                "target=G@os:Linux and web*",
+                "tgt_type=compound",
+                "cmd.run",
+                "uname -a",
+                "cwd=/tmp",
+                "timeout=5",
+                "echo a=b",
+            ]),
             Some(9),
             &[],
         )
@@ -105,7 +129,10 @@ mod tests {
         assert_eq!(request.target, "G@os:Linux and web*");
         assert_eq!(request.tgt_type, TargetType::Compound);
         assert_eq!(request.fun, "cmd.run");
-        assert_eq!(request.arg, vec![Value::from("uname -a"), Value::from("echo a=b")]);
+        assert_eq!(
+            request.arg,
+            vec![Value::from("uname -a"), Value::from("echo a=b")]
+        );
         assert_eq!(request.kwarg["cwd"], Value::from("/tmp"));
         assert_eq!(request.kwarg["timeout"], Value::from(5));
         assert_eq!(request.timeout, Some(9));
@@ -122,19 +149,40 @@ mod tests {
 
     #[test]
     fn mistakes_are_explained() {
-        assert!(parse_run(&words(&["test.ping"]), None, &[]).unwrap_err().contains("target="));
-        assert!(parse_run(&words(&["target=*"]), None, &[]).unwrap_err().contains("function"));
-        assert!(parse_run(&words(&["target=*", "tgt_type=nope", "test.ping"]), None, &[]).is_err());
-        assert!(parse_run(&words(&["target=*", "Bad-Fun"]), None, &[]).is_err());
-        assert!(parse_run(&words(&["target=*", "test.echo", "a=1", "a=2"]), None, &[])
+        assert!(parse_run(&words(&["test.ping"]), None, &[])
             .unwrap_err()
-            .contains("twice"));
-        assert!(parse_run(&words(&["target=*", "test.ping"]), None, &["novalue".into()]).is_err());
+            .contains("target="));
+        assert!(parse_run(&words(&["target=*"]), None, &[])
+            .unwrap_err()
+            .contains("function"));
+        assert!(parse_run(
+            &words(&["target=*", "tgt_type=nope", "test.ping"]),
+            None,
+            &[]
+        )
+        .is_err());
+        assert!(parse_run(&words(&["target=*", "Bad-Fun"]), None, &[]).is_err());
+        assert!(
+            parse_run(&words(&["target=*", "test.echo", "a=1", "a=2"]), None, &[])
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(parse_run(
+            &words(&["target=*", "test.ping"]),
+            None,
+            &["novalue".into()]
+        )
+        .is_err());
     }
 
     #[test]
     fn secrets_are_kept_apart() {
-        let request = parse_run(&words(&["target=*", "test.ping"]), None, &["token=s3cret".into()]).unwrap();
+        let request = parse_run(
+            &words(&["target=*", "test.ping"]),
+            None,
+            &["token=s3cret".into()],
+        )
+        .unwrap();
         assert_eq!(request.secret["token"], "s3cret");
         assert!(request.kwarg.is_empty());
     }
