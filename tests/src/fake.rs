@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use halite_pki::{KeyPair, SessionKey};
 use halite_proto::message::{
-    Auth, AuthReply, Catchup, CatchupReply, Heartbeat, HeartbeatAck, Job, KeyStatus, Return, ReturnAck, TOPIC_JOB,
+    Auth, AuthReply, Catchup, CatchupReply, Heartbeat, HeartbeatAck, Job, KeyStatus, Return,
+    ReturnAck, TOPIC_JOB,
 };
 use halite_proto::time::now_ms;
 use halite_proto::{Envelope, Jid, JidGenerator, Kind, TargetType};
@@ -46,19 +47,32 @@ impl FakeMaster {
         };
         let returns = Arc::new(Mutex::new(Vec::new()));
         let catchups = Arc::new(Mutex::new(0));
-        let (task_key, task_returns, task_catchups) = (key.clone(), returns.clone(), catchups.clone());
+        let (task_key, task_returns, task_catchups) =
+            (key.clone(), returns.clone(), catchups.clone());
         tokio::spawn(async move {
             while let Ok(message) = router.recv().await {
                 let frames = message.into_vec();
-                let (Some(peer), Some(body)) = (frames.first(), frames.get(1)) else { continue };
-                let Ok(envelope) = Envelope::from_bytes(body) else { continue };
+                let (Some(peer), Some(body)) = (frames.first(), frames.get(1)) else {
+                    continue;
+                };
+                let Ok(envelope) = Envelope::from_bytes(body) else {
+                    continue;
+                };
                 let reply = match envelope.kind {
                     Kind::Auth => {
-                        let Ok(auth) = envelope.open::<Auth>() else { continue };
-                        let minion_pub = halite_pki::PublicKey::from_bytes(&auth.pubkey).expect("minion key");
-                        let transcript =
-                            halite_pki::transcript(&auth.id, &minion_pub, &task_key.public(), &auth.nonce);
-                        let grant = halite_pki::grant(&session, &auth.eph_pub, &transcript).expect("grant");
+                        let Ok(auth) = envelope.open::<Auth>() else {
+                            continue;
+                        };
+                        let minion_pub =
+                            halite_pki::PublicKey::from_bytes(&auth.pubkey).expect("minion key");
+                        let transcript = halite_pki::transcript(
+                            &auth.id,
+                            &minion_pub,
+                            &task_key.public(),
+                            &auth.nonce,
+                        );
+                        let grant =
+                            halite_pki::grant(&session, &auth.eph_pub, &transcript).expect("grant");
                         task_key.sign_message(
                             "fake-master",
                             &AuthReply {
@@ -73,7 +87,9 @@ impl FakeMaster {
                         )
                     }
                     Kind::Heartbeat => {
-                        let Ok(beat) = envelope.open::<Heartbeat>() else { continue };
+                        let Ok(beat) = envelope.open::<Heartbeat>() else {
+                            continue;
+                        };
                         task_key.sign_message(
                             "fake-master",
                             &HeartbeatAck {
@@ -84,7 +100,9 @@ impl FakeMaster {
                         )
                     }
                     Kind::Catchup => {
-                        let Ok(catchup) = envelope.open::<Catchup>() else { continue };
+                        let Ok(catchup) = envelope.open::<Catchup>() else {
+                            continue;
+                        };
                         if let Ok(mut n) = task_catchups.lock() {
                             *n += 1;
                         }
@@ -97,7 +115,9 @@ impl FakeMaster {
                         )
                     }
                     Kind::Return => {
-                        let Ok(ret) = envelope.open::<Return>() else { continue };
+                        let Ok(ret) = envelope.open::<Return>() else {
+                            continue;
+                        };
                         let ack = ReturnAck {
                             jid: ret.jid.clone(),
                             id: ret.id.clone(),
@@ -151,7 +171,26 @@ impl FakeMaster {
         let envelope = signer.sign_message("fake-master", job).expect("sign job");
         let mut message = ZmqMessage::from(TOPIC_JOB);
         message.push_back(Bytes::from(envelope.to_bytes()));
-        self.publisher.lock().await.send(message).await.expect("publish");
+        self.publisher
+            .lock()
+            .await
+            .send(message)
+            .await
+            .expect("publish");
+    }
+
+    /// Publishes raw frames (garbage, wrong kinds) as they are.
+    pub async fn publish_raw(&self, frames: Vec<Vec<u8>>) {
+        let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+        let Ok(message) = ZmqMessage::try_from(frames) else {
+            return;
+        };
+        self.publisher
+            .lock()
+            .await
+            .send(message)
+            .await
+            .expect("publish");
     }
 
     /// Returns received for `jid`.
@@ -170,7 +209,11 @@ impl FakeMaster {
             if let Some(ret) = self.returns_for(&job.jid).into_iter().next() {
                 return ret;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no return for {} within {timeout:?}", job.jid);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no return for {} within {timeout:?}",
+                job.jid
+            );
             self.publish(job, &self.key).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -181,7 +224,10 @@ impl FakeMaster {
     pub async fn wait_catchups(&self, n: u32, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         while self.catchups.lock().map(|c| *c).unwrap_or(0) < n {
-            assert!(tokio::time::Instant::now() < deadline, "minion did not connect within {timeout:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "minion did not connect within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -205,7 +251,10 @@ impl RawDealer {
 
     /// Sends one frame.
     pub async fn send(&mut self, bytes: Vec<u8>) {
-        self.socket.send(ZmqMessage::from(Bytes::from(bytes))).await.expect("send");
+        self.socket
+            .send(ZmqMessage::from(Bytes::from(bytes)))
+            .await
+            .expect("send");
     }
 }
 

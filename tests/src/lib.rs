@@ -97,7 +97,10 @@ impl Proc {
     /// SIGTERM, then wait up to 10 s for a clean exit.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -214,9 +217,11 @@ impl Master {
 
     /// Accepts `id` once its key is pending, then waits until it is up.
     pub fn accept(&self, id: &str) {
-        eventually(Duration::from_secs(20), &format!("key of {id} pending"), || {
-            self.key_status(id).as_deref() == Some("pending")
-        });
+        eventually(
+            Duration::from_secs(20),
+            &format!("key of {id} pending"),
+            || self.key_status(id).as_deref() == Some("pending"),
+        );
         let out = self.cli(&["keys", "accept", id]);
         assert_eq!(out.code, 0, "{out:?}");
         self.wait_up(id);
@@ -302,7 +307,11 @@ impl Minion {
     /// Files waiting in the return spool.
     pub fn spooled(&self) -> usize {
         std::fs::read_dir(self.dir.join("data/spool"))
-            .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "ret")).count())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "ret"))
+                    .count()
+            })
             .unwrap_or(0)
     }
 }

@@ -50,7 +50,11 @@ fn minion_config_errors_name_file_and_key() {
 #[test]
 fn master_cli_explains_a_missing_token() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write(dir.path(), "master.toml", "data_dir = \"data\"\npki_dir = \"pki\"\n");
+    let path = write(
+        dir.path(),
+        "master.toml",
+        "data_dir = \"data\"\npki_dir = \"pki\"\n",
+    );
     let out = std::process::Command::new(halite_tests::bin("master-cli"))
         .arg("--config")
         .arg(&path)

@@ -28,7 +28,11 @@ fn master_restart_mid_job_loses_no_return() {
     let jid = jid_of(&out);
     // The minions are running it; the master dies hard and comes back.
     master.restart();
-    eventually(Duration::from_secs(40), "both returns stored after the restart", || returned(&master, &jid));
+    eventually(
+        Duration::from_secs(40),
+        "both returns stored after the restart",
+        || returned(&master, &jid),
+    );
     let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
     assert_eq!(doc["summary"]["succeeded"], 2, "{doc}");
     assert_eq!(doc["fun"], "test.sleep");
@@ -44,19 +48,34 @@ fn spooled_returns_survive_both_restarts() {
     let mut web = Minion::start(dir.path(), "web01", master.return_port, "");
     master.accept("web01");
 
-    let out = master.cli(&["run", "target=web01", "cmd.run", "sleep 1; echo done", "--async", "--json"]);
+    let out = master.cli(&[
+        "run",
+        "target=web01",
+        "cmd.run",
+        "sleep 1; echo done",
+        "--async",
+        "--json",
+    ]);
     let jid = jid_of(&out);
     master.proc.kill();
     // The job finishes while no master listens: the return waits on disk.
-    eventually(Duration::from_secs(20), "return spooled", || web.spooled() == 1);
+    eventually(Duration::from_secs(20), "return spooled", || {
+        web.spooled() == 1
+    });
     web.restart();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(web.spooled(), 1, "spool lost across the minion restart");
     master.restart();
-    eventually(Duration::from_secs(40), "spooled return delivered", || returned(&master, &jid));
+    eventually(Duration::from_secs(40), "spooled return delivered", || {
+        returned(&master, &jid)
+    });
     let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
     assert_eq!(doc["returns"]["web01"]["data"], "done", "{doc}");
-    eventually(Duration::from_secs(20), "spool emptied after the ack", || web.spooled() == 0);
+    eventually(
+        Duration::from_secs(20),
+        "spool emptied after the ack",
+        || web.spooled() == 0,
+    );
 }
 
 #[test]
@@ -83,20 +102,36 @@ fn secrets_travel_sealed_and_rotation_locks_out_removed_minions() {
     let out = run("web01");
     assert_eq!(out.code, 0, "{out:?}");
     let doc = out.json();
-    assert_eq!(doc["returns"]["web01"]["data"], secret.len().to_string(), "{doc}");
-    let shown = master.cli(&["jobs", "show", doc["jid"].as_str().unwrap_or_default(), "--json"]).stdout;
+    assert_eq!(
+        doc["returns"]["web01"]["data"],
+        secret.len().to_string(),
+        "{doc}"
+    );
+    let shown = master
+        .cli(&[
+            "jobs",
+            "show",
+            doc["jid"].as_str().unwrap_or_default(),
+            "--json",
+        ])
+        .stdout;
     assert!(!shown.contains(secret));
 
     // Deleting db01's key rotates the session key; web01 fetches the new
     // one and still opens secrets.
     assert_eq!(master.cli(&["keys", "delete", "db01"]).code, 0);
-    eventually(Duration::from_secs(20), "web01 re-authenticated with the new session key", || {
-        web.log().contains("session key rotated")
-    });
+    eventually(
+        Duration::from_secs(20),
+        "web01 re-authenticated with the new session key",
+        || web.log().contains("session key rotated"),
+    );
     master.wait_up("web01");
     let out = run("web01");
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.json()["returns"]["web01"]["data"], secret.len().to_string());
+    assert_eq!(
+        out.json()["returns"]["web01"]["data"],
+        secret.len().to_string()
+    );
 
     // The secret is nowhere in clear: not in the store, not in any log.
     for root in [master.dir.clone(), web.dir.clone(), db.dir.clone()] {

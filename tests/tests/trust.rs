@@ -28,7 +28,9 @@ fn minion_runs_only_signed_fresh_unseen_jobs() {
 
         // A good job runs, exactly once, however often it is published.
         let good = master.job("good");
-        let ret = master.publish_until_returned(&good, Duration::from_secs(20)).await;
+        let ret = master
+            .publish_until_returned(&good, Duration::from_secs(20))
+            .await;
         assert_eq!(ret.data, serde_json::json!("good"));
         assert!(ret.success);
 
@@ -42,25 +44,64 @@ fn minion_runs_only_signed_fresh_unseen_jobs() {
         let mut expired = master.job("expired");
         expired.expires_at = halite_proto::time::now_ms() - 5_000;
         master.publish(&expired, &master.key).await;
+        // Garbage on the job topic, a non-job envelope there, an unknown topic.
+        master
+            .publish_raw(vec![b"job".to_vec(), b"\x00\xffnot msgpack".to_vec()])
+            .await;
+        master.publish_raw(vec![b"job".to_vec()]).await;
+        let heartbeat_as_job = master
+            .key
+            .sign_message(
+                "fake-master",
+                &halite_proto::message::Beacon {
+                    master: "x".into(),
+                    at: 0,
+                    session_epoch: 1,
+                },
+            )
+            .expect("sign");
+        master
+            .publish_raw(vec![b"job".to_vec(), heartbeat_as_job.to_bytes()])
+            .await;
         // PUB is ordered: once this sentinel returns, the three above were
         // seen and refused.
         let sentinel = master.job("sentinel");
-        master.publish_until_returned(&sentinel, Duration::from_secs(20)).await;
+        master
+            .publish_until_returned(&sentinel, Duration::from_secs(20))
+            .await;
         assert!(master.returns_for(&forged.jid).is_empty(), "forged job ran");
-        assert!(master.returns_for(&expired.jid).is_empty(), "expired job ran");
-        assert_eq!(master.returns_for(&good.jid).len(), 1, "replayed job ran twice");
+        assert!(
+            master.returns_for(&expired.jid).is_empty(),
+            "expired job ran"
+        );
+        assert_eq!(
+            master.returns_for(&good.jid).len(),
+            1,
+            "replayed job ran twice"
+        );
         let log = minion.log();
-        assert!(log.contains("dropped a message not signed by the master key"), "{log}");
+        assert!(
+            log.contains("dropped a message not signed by the master key"),
+            "{log}"
+        );
         assert!(log.contains("refused a replayed job"), "{log}");
         assert!(log.contains("refused an expired job"), "{log}");
+        assert!(log.contains("dropped a malformed message"), "{log}");
+        assert!(log.contains("unexpected topic"), "{log}");
 
         // After a restart the replay guard still holds.
         minion.restart();
         master.wait_catchups(2, Duration::from_secs(20)).await;
         master.publish(&good, &master.key).await;
         let after = master.job("after restart");
-        master.publish_until_returned(&after, Duration::from_secs(20)).await;
-        assert_eq!(master.returns_for(&good.jid).len(), 1, "job replayed after restart ran");
+        master
+            .publish_until_returned(&after, Duration::from_secs(20))
+            .await;
+        assert_eq!(
+            master.returns_for(&good.jid).len(),
+            1,
+            "job replayed after restart ran"
+        );
         assert!(minion.log().matches("refused a replayed job").count() >= 2);
     });
 }
@@ -80,15 +121,21 @@ fn minion_refuses_a_master_with_another_key() {
             &format!("master_fingerprint = \"{}\"", real.public().fingerprint()),
         );
         let log_says = |text: &str| minion.log().contains(text);
-        eventually(Duration::from_secs(20), "minion refuses the impostor", || {
-            log_says("does not match master_fingerprint")
-        });
+        eventually(
+            Duration::from_secs(20),
+            "minion refuses the impostor",
+            || log_says("does not match master_fingerprint"),
+        );
         let job = impostor.job("should not run");
         for _ in 0..5 {
             impostor.publish(&job, &impostor.key).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(*impostor.catchups.lock().expect("lock"), 0, "minion subscribed to an untrusted master");
+        assert_eq!(
+            *impostor.catchups.lock().expect("lock"),
+            0,
+            "minion subscribed to an untrusted master"
+        );
         assert!(impostor.returns_for(&job.jid).is_empty());
     });
 }
@@ -101,8 +148,16 @@ fn master_stores_only_returns_signed_by_accepted_keys() {
     let master = Master::start(dir.path(), "");
     let _web = Minion::start(dir.path(), "web01", master.return_port, "");
     master.accept("web01");
-    let out = master.cli(&["run", "target=web01", "test.sleep", "2", "--async", "--json"]);
-    let jid = halite_proto::Jid::parse(out.json()["jid"].as_str().expect("jid")).expect("valid jid");
+    let out = master.cli(&[
+        "run",
+        "target=web01",
+        "test.sleep",
+        "2",
+        "--async",
+        "--json",
+    ]);
+    let jid =
+        halite_proto::Jid::parse(out.json()["jid"].as_str().expect("jid")).expect("valid jid");
 
     let rt = runtime();
     rt.block_on(async {
@@ -121,12 +176,15 @@ fn master_stores_only_returns_signed_by_accepted_keys() {
 
     eventually(Duration::from_secs(10), "drops logged", || {
         let log = master.log();
-        log.contains("minion=ghost") && log.contains("no accepted key") && log.contains("bad signature")
+        log.contains("minion=ghost")
+            && log.contains("no accepted key")
+            && log.contains("bad signature")
     });
     assert!(master.log().contains("dropped undecodable message"));
     // The real return still arrives, and only it is stored.
     eventually(Duration::from_secs(15), "real return stored", || {
-        master.cli(&["jobs", "show", jid.as_str(), "--json"]).json()["missing"] == serde_json::json!([])
+        master.cli(&["jobs", "show", jid.as_str(), "--json"]).json()["missing"]
+            == serde_json::json!([])
     });
     let doc = master.cli(&["jobs", "show", jid.as_str(), "--json"]).json();
     assert_eq!(doc["returns"]["web01"]["data"], true, "{doc}");
@@ -152,23 +210,44 @@ fn key_states_gate_jobs() {
     assert!(!web.log().contains("job started"), "{}", web.log());
 
     let out = master.cli(&["keys", "list"]);
-    assert!(out.stdout.contains("Unaccepted Keys:\nweb01"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Unaccepted Keys:\nweb01"),
+        "{}",
+        out.stdout
+    );
     let out = master.cli(&["keys", "fingerprint"]);
-    let minion_fp = KeyPair::load_or_generate(&web.dir.join("pki"), "minion").expect("key").0.public().fingerprint();
+    let minion_fp = KeyPair::load_or_generate(&web.dir.join("pki"), "minion")
+        .expect("key")
+        .0
+        .public()
+        .fingerprint();
     assert!(out.stdout.contains(&minion_fp), "{}", out.stdout);
 
     master.accept("web01");
     assert_eq!(master.cli(&["run", "target=web01", "test.ping"]).code, 0);
     // The master fingerprint shown is the one the minion pinned.
-    let pinned = std::fs::read_dir(web.dir.join("pki/masters")).expect("pin dir").next().expect("pin").expect("entry").path();
-    let pinned_fp = halite_pki::PublicKey::read_file(&pinned).expect("pinned key").fingerprint();
-    assert!(master.cli(&["keys", "fingerprint"]).stdout.contains(&pinned_fp));
+    let pinned = std::fs::read_dir(web.dir.join("pki/masters"))
+        .expect("pin dir")
+        .next()
+        .expect("pin")
+        .expect("entry")
+        .path();
+    let pinned_fp = halite_pki::PublicKey::read_file(&pinned)
+        .expect("pinned key")
+        .fingerprint();
+    assert!(master
+        .cli(&["keys", "fingerprint"])
+        .stdout
+        .contains(&pinned_fp));
 
     // An impostor with the same id and another key: denied, web01 unaffected.
     let impostor_dir = dir.path().join("impostor");
     let _impostor = Minion::start(&impostor_dir, "web01", master.return_port, "");
     eventually(Duration::from_secs(20), "impostor denied", || {
-        master.cli(&["keys", "list"]).stdout.contains("Denied Keys:\nweb01")
+        master
+            .cli(&["keys", "list"])
+            .stdout
+            .contains("Denied Keys:\nweb01")
     });
     let out = master.cli(&["run", "target=web01", "test.ping", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
