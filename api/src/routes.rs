@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -34,15 +34,23 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/jobs/{jid}/events", get(job_events))
         .route("/v1/minions", get(minions))
         .route("/v1/keys", get(keys))
-        .route("/v1/keys/accept-all", post(accept_all))
+        // `_all` can never be a minion id (ids start with a letter or digit).
+        .route("/v1/keys/_all/accept", post(accept_all))
         .route("/v1/keys/{id}/accept", post(accept))
         .route("/v1/keys/{id}/reject", post(reject))
         .route("/v1/keys/{id}", delete(delete_key))
-        .route_layer(middleware::from_fn_with_state(backend.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(
+            backend.clone(),
+            require_token,
+        ));
     Router::new()
-        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(backend)
 }
 
@@ -59,15 +67,20 @@ async fn require_token(
             headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| {
+                    let (scheme, token) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+                })
         });
     match token.and_then(|t| backend.authenticate(t.trim())) {
         Some(user) => {
             request.extensions_mut().insert(User(user));
             next.run(request).await
         }
-        None => ApiError::unauthorized("missing or invalid token (X-Auth-Token or Authorization: Bearer)")
-            .into_response(),
+        None => ApiError::unauthorized(
+            "missing or invalid token (X-Auth-Token or Authorization: Bearer)",
+        )
+        .into_response(),
     }
 }
 
@@ -86,14 +99,35 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
 
 fn rejection_error(rejection: JsonRejection) -> ApiError {
     let status = rejection.status();
-    let message = rejection.body_text();
-    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        ApiError {
-            status,
-            message: "send JSON with Content-Type: application/json".into(),
-        }
+    let message = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        "send JSON with Content-Type: application/json".to_owned()
     } else {
-        ApiError::bad_request(message)
+        rejection.body_text()
+    };
+    // Keep axum's status (400, 413, 422 become 400 or stay what they are),
+    // but always answer in JSON.
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    ApiError { status, message }
+}
+
+/// One path segment (`{jid}`, `{id}`), whose rejection (e.g. bad UTF-8)
+/// is a JSON 400 naming the segment.
+struct Segment(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| Segment(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
     }
 }
 
@@ -127,7 +161,10 @@ async fn list_jobs(
     Ok(Json(backend.jobs(limit, before)?))
 }
 
-async fn show_job(State(backend): State<Shared>, Path(jid): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn show_job(
+    State(backend): State<Shared>,
+    Segment(jid): Segment,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(backend.job(&parse_jid(&jid)?)?))
 }
 
@@ -139,7 +176,7 @@ struct EventsQuery {
 
 async fn job_events(
     State(backend): State<Shared>,
-    Path(jid): Path<String>,
+    Segment(jid): Segment,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -162,14 +199,23 @@ async fn accept_all(State(backend): State<Shared>) -> Result<impl IntoResponse, 
     Ok(key_result(backend.key_action(KeyAction::AcceptAll)?))
 }
 
-async fn accept(State(backend): State<Shared>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn accept(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(key_result(backend.key_action(KeyAction::Accept(id))?))
 }
 
-async fn reject(State(backend): State<Shared>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn reject(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(key_result(backend.key_action(KeyAction::Reject(id))?))
 }
 
-async fn delete_key(State(backend): State<Shared>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn delete_key(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(key_result(backend.key_action(KeyAction::Delete(id))?))
 }

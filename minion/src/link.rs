@@ -128,13 +128,20 @@ impl Link {
         let mut dealer = DealerSocket::new();
         let mut monitor = dealer.monitor();
         let endpoint = self.addr.endpoint(self.addr.port);
-        tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&endpoint))
-            .await
-            .map_err(|_| LinkError::ConnectTimeout(endpoint.clone()))??;
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Next::Shutdown),
+            connected = tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&endpoint)) => {
+                connected.map_err(|_| LinkError::ConnectTimeout(endpoint.clone()))??;
+            }
+        }
         let (mut tx, mut rx) = dealer.split();
 
         let accepted = loop {
-            match self.auth(&mut tx, &mut rx).await? {
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Next::Shutdown),
+                answer = self.auth(&mut tx, &mut rx) => answer?,
+            };
+            match answer {
                 Ok(accepted) => break accepted,
                 Err(status) => {
                     match status {
@@ -165,9 +172,12 @@ impl Link {
 
         let mut sub = SubSocket::new();
         let pub_endpoint = self.addr.endpoint(accepted.publish_port);
-        tokio::time::timeout(CONNECT_TIMEOUT, sub.connect(&pub_endpoint))
-            .await
-            .map_err(|_| LinkError::ConnectTimeout(pub_endpoint.clone()))??;
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Next::Shutdown),
+            connected = tokio::time::timeout(CONNECT_TIMEOUT, sub.connect(&pub_endpoint)) => {
+                connected.map_err(|_| LinkError::ConnectTimeout(pub_endpoint.clone()))??;
+            }
+        }
         sub.subscribe(TOPIC_JOB).await?;
         sub.subscribe(TOPIC_BEACON).await?;
 

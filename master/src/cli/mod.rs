@@ -258,7 +258,7 @@ async fn keys(client: &Client, command: KeysCommand, json: bool) -> anyhow::Resu
             }
             return Ok(ExitCode::SUCCESS);
         }
-        KeysCommand::Accept { all: true, .. } => "/v1/keys/accept-all".to_owned(),
+        KeysCommand::Accept { all: true, .. } => "/v1/keys/_all/accept".to_owned(),
         KeysCommand::Accept { id: Some(id), .. } => format!("/v1/keys/{}/accept", valid_id(&id)?),
         KeysCommand::Accept {
             id: None,

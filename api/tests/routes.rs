@@ -1,0 +1,871 @@
+//! The `/v1` routes against an in-memory fake [`Backend`]: auth, JSON
+//! errors for bad input, and what each route hands to the backend.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use halite_api::types::{
+    EventRecord, JobRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView,
+    ReturnRecord, Submitted,
+};
+use halite_api::{router, ApiError, Backend, KeyAction};
+use halite_proto::message::{EventBody, KeyStatus};
+use halite_proto::{Jid, TargetType};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const TOKEN: &str = "good-token";
+const KNOWN: &str = "20261122153012123456";
+const OLDER: &str = "20261122150000000001";
+const UNKNOWN: &str = "20991231235959999999";
+
+/// In-memory master that records what the routes asked of it.
+#[derive(Default)]
+struct Fake {
+    submitted: Mutex<Vec<(String, JobRequest)>>,
+    listed: Mutex<Vec<(usize, Option<Jid>)>>,
+    key_actions: Mutex<Vec<KeyAction>>,
+}
+
+fn jid(s: &str) -> Jid {
+    Jid::parse(s).expect("test jid")
+}
+
+fn summary(j: &str, fun: &str) -> JobSummary {
+    JobSummary {
+        jid: jid(j),
+        fun: fun.into(),
+        target: "web*".into(),
+        user: "alice".into(),
+        issued_at: 1_700_000_000_000,
+        expected: 2,
+        returned: 1,
+        failed: 0,
+    }
+}
+
+fn event(cursor: u64, line: &str) -> EventRecord {
+    EventRecord {
+        cursor,
+        id: "web01".into(),
+        seq: cursor - 1,
+        at: 1_700_000_000_000 + cursor,
+        body: EventBody::Progress {
+            line: line.into(),
+            stream: "stdout".into(),
+        },
+    }
+}
+
+impl Backend for Fake {
+    fn authenticate(&self, token: &str) -> Option<String> {
+        (token == TOKEN).then(|| "alice".to_owned())
+    }
+
+    fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
+        if !request.fun.contains('.') {
+            return Err(ApiError::bad_request(format!(
+                "function {:?} is not module.function",
+                request.fun
+            )));
+        }
+        self.submitted
+            .lock()
+            .unwrap()
+            .push((user.to_owned(), request));
+        Ok(Submitted {
+            jid: jid(KNOWN),
+            minions: vec!["web01".into(), "web02".into()],
+        })
+    }
+
+    fn jobs(&self, limit: usize, before: Option<Jid>) -> Result<Vec<JobSummary>, ApiError> {
+        self.listed.lock().unwrap().push((limit, before.clone()));
+        let all = [summary(KNOWN, "test.ping"), summary(OLDER, "cmd.run")];
+        Ok(all
+            .into_iter()
+            .filter(|j| before.as_ref().is_none_or(|b| &j.jid < b))
+            .take(limit)
+            .collect())
+    }
+
+    fn job(&self, j: &Jid) -> Result<JobView, ApiError> {
+        if j.as_str() != KNOWN {
+            return Err(ApiError::not_found(format!("no job {j}")));
+        }
+        let ret = ReturnRecord {
+            id: "web01".into(),
+            fun: "test.ping".into(),
+            success: true,
+            retcode: 0,
+            data: json!(true),
+            started_at: 1,
+            finished_at: 2,
+            stored_at: 3,
+        };
+        Ok(JobView {
+            job: JobRecord {
+                jid: j.clone(),
+                target: "web*".into(),
+                tgt_type: TargetType::Glob,
+                fun: "test.ping".into(),
+                arg: vec![],
+                kwarg: Default::default(),
+                secret_keys: vec![],
+                user: "alice".into(),
+                timeout: 60,
+                issued_at: 1,
+                expires_at: 60_001,
+                expected: vec!["web01".into(), "web02".into()],
+            },
+            returns: BTreeMap::from([("web01".to_owned(), ret)]),
+            missing: vec!["web02".into()],
+            done: false,
+        })
+    }
+
+    fn events(&self, j: &Jid, after: Option<u64>) -> Result<Vec<EventRecord>, ApiError> {
+        if j.as_str() != KNOWN {
+            return Err(ApiError::not_found(format!("no job {j}")));
+        }
+        let all = [event(1, "one"), event(2, "two"), event(3, "three")];
+        Ok(all
+            .into_iter()
+            .filter(|e| after.is_none_or(|a| e.cursor > a))
+            .collect())
+    }
+
+    fn minions(&self) -> Result<Vec<MinionView>, ApiError> {
+        Ok(vec![MinionView {
+            id: "web01".into(),
+            status: "up".into(),
+            last_seen: Some(1_700_000_000_000),
+            version: Some("0.1.0".into()),
+            os: Some("Linux".into()),
+            grains: json!({"os": "Linux", "role": "web"}),
+        }])
+    }
+
+    fn keys(&self) -> Result<KeysView, ApiError> {
+        Ok(KeysView {
+            master_fingerprint: "ab:cd".into(),
+            keys: vec![
+                KeyView {
+                    id: "web01".into(),
+                    status: KeyStatus::Accepted,
+                    fingerprint: "11:22".into(),
+                },
+                KeyView {
+                    id: "web02".into(),
+                    status: KeyStatus::Pending,
+                    fingerprint: "33:44".into(),
+                },
+            ],
+        })
+    }
+
+    fn key_action(&self, action: KeyAction) -> Result<Vec<String>, ApiError> {
+        self.key_actions.lock().unwrap().push(action.clone());
+        match action {
+            KeyAction::AcceptAll => Ok(vec!["web02".into()]),
+            KeyAction::Accept(id) | KeyAction::Reject(id) | KeyAction::Delete(id)
+                if id == "ghost" =>
+            {
+                Err(ApiError::not_found(format!("no key for minion {id}")))
+            }
+            KeyAction::Accept(id) | KeyAction::Reject(id) | KeyAction::Delete(id) => Ok(vec![id]),
+        }
+    }
+}
+
+fn app() -> (Arc<Fake>, Router) {
+    let fake = Arc::new(Fake::default());
+    (fake.clone(), router(fake))
+}
+
+/// Sends one request; answers the status and the body parsed as JSON
+/// (a body that is not JSON fails the test, showing the text).
+async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("router is infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{status}: body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, body)
+}
+
+fn req(method: Method, uri: &str) -> axum::http::request::Builder {
+    Request::builder().method(method).uri(uri)
+}
+
+fn authed(method: Method, uri: &str) -> Request<Body> {
+    req(method, uri)
+        .header("X-Auth-Token", TOKEN)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    authed(Method::GET, uri)
+}
+
+fn post_json(uri: &str, body: &str) -> Request<Body> {
+    req(Method::POST, uri)
+        .header("X-Auth-Token", TOKEN)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+/// The body is exactly `{"error": "..."}` and the message contains every `part`.
+fn assert_error(body: &Value, parts: &[&str]) {
+    let object = body
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {body}"));
+    assert_eq!(object.len(), 1, "error body has only `error`: {body}");
+    let message = object["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("`error` is not a string: {body}"));
+    for part in parts {
+        assert!(
+            message.contains(part),
+            "error {message:?} should mention {part:?}"
+        );
+    }
+}
+
+// ---- auth ------------------------------------------------------------
+
+#[tokio::test]
+async fn health_needs_no_token() {
+    let (_, app) = app();
+    let (status, body) = call(
+        &app,
+        req(Method::GET, "/v1/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn no_token_is_401_on_every_protected_route() {
+    let (fake, app) = app();
+    for (method, uri) in [
+        (Method::GET, "/v1/jobs".to_owned()),
+        (Method::POST, "/v1/jobs".to_owned()),
+        (Method::GET, format!("/v1/jobs/{KNOWN}")),
+        (Method::GET, format!("/v1/jobs/{KNOWN}/events")),
+        (Method::GET, "/v1/minions".to_owned()),
+        (Method::GET, "/v1/keys".to_owned()),
+        (Method::POST, "/v1/keys/_all/accept".to_owned()),
+        (Method::POST, "/v1/keys/web02/accept".to_owned()),
+        (Method::POST, "/v1/keys/web02/reject".to_owned()),
+        (Method::DELETE, "/v1/keys/web02".to_owned()),
+    ] {
+        let (status, body) =
+            call(&app, req(method.clone(), &uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        assert_error(&body, &["token", "X-Auth-Token", "Bearer"]);
+    }
+    assert!(
+        fake.key_actions.lock().unwrap().is_empty(),
+        "no key action without a token"
+    );
+    assert!(fake.submitted.lock().unwrap().is_empty());
+    assert!(fake.listed.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_tokens_are_401() {
+    let (fake, app) = app();
+    for (name, value) in [
+        ("X-Auth-Token", "nope"),
+        ("X-Auth-Token", ""),
+        ("Authorization", "Bearer nope"),
+        ("Authorization", "Bearer "),
+        // Right token, wrong scheme or no scheme.
+        ("Authorization", &format!("Basic {TOKEN}")),
+        ("Authorization", TOKEN),
+    ] {
+        let request = req(Method::GET, "/v1/minions")
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(&app, request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {value}");
+        assert_error(&body, &["missing or invalid token"]);
+    }
+    // A header value that is not visible ASCII is refused, not a panic.
+    let request = req(Method::GET, "/v1/minions")
+        .header(
+            "X-Auth-Token",
+            axum::http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = call(&app, request).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&body, &["token"]);
+    // A wrong token never reaches a key action.
+    let request = req(Method::POST, "/v1/keys/_all/accept")
+        .header("Authorization", "Bearer nope")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, request).await.0, StatusCode::UNAUTHORIZED);
+    assert!(fake.key_actions.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn both_token_headers_work() {
+    let (_, app) = app();
+    for (name, value) in [
+        ("X-Auth-Token", TOKEN.to_owned()),
+        ("Authorization", format!("Bearer {TOKEN}")),
+    ] {
+        let request = req(Method::GET, "/v1/minions")
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(&app, request).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        assert_eq!(body[0]["id"], "web01", "{name}: {body}");
+    }
+}
+
+// ---- POST /v1/jobs ---------------------------------------------------
+
+#[tokio::test]
+async fn submit_happy_path() {
+    let (fake, app) = app();
+    let (status, body) = call(
+        &app,
+        post_json(
+            "/v1/jobs",
+            r#"{"target": "G@role:web", "tgt_type": "compound", "fun": "cmd.run",
+                "arg": ["uname -sr"], "kwarg": {"cwd": "/tmp"}, "timeout": 30}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body, json!({"jid": KNOWN, "minions": ["web01", "web02"]}));
+
+    let submitted = fake.submitted.lock().unwrap();
+    let (user, request) = &submitted[0];
+    assert_eq!(user, "alice", "the token's user is passed on");
+    assert_eq!(request.target, "G@role:web");
+    assert_eq!(request.tgt_type, TargetType::Compound);
+    assert_eq!(request.fun, "cmd.run");
+    assert_eq!(request.arg, vec![json!("uname -sr")]);
+    assert_eq!(request.kwarg["cwd"], "/tmp");
+    assert_eq!(request.timeout, Some(30));
+}
+
+#[tokio::test]
+async fn submit_defaults_and_bearer() {
+    let (fake, app) = app();
+    let request = req(Method::POST, "/v1/jobs")
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Body::from(r#"{"target": "*", "fun": "test.ping"}"#))
+        .unwrap();
+    let (status, body) = call(&app, request).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["jid"], KNOWN);
+    let submitted = fake.submitted.lock().unwrap();
+    let request = &submitted[0].1;
+    assert_eq!(request.tgt_type, TargetType::Glob);
+    assert!(request.arg.is_empty() && request.kwarg.is_empty() && request.secret.is_empty());
+    assert_eq!(request.timeout, None);
+}
+
+#[tokio::test]
+async fn submit_bad_json_is_400_naming_the_problem() {
+    let (fake, app) = app();
+    for (text, parts) in [
+        (r#"{"target": "*", "fun": "#, &["parse", "JSON"][..]),
+        ("not json at all", &["parse", "JSON"]),
+        ("", &["JSON"]),
+        ("[1, 2]", &["invalid type"]),
+        ("null", &["invalid type"]),
+    ] {
+        let (status, body) = call(&app, post_json("/v1/jobs", text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text:?}: {body}");
+        assert_error(&body, parts);
+    }
+    assert!(fake.submitted.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn submit_unknown_field_is_400_naming_it() {
+    let (fake, app) = app();
+    let (status, body) = call(
+        &app,
+        post_json(
+            "/v1/jobs",
+            r#"{"target": "*", "fun": "test.ping", "colour": "blue"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["unknown field", "colour"]);
+    assert!(fake.submitted.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn submit_wrong_types_and_missing_fields_are_400() {
+    let (fake, app) = app();
+    for (text, parts) in [
+        (
+            r#"{"target": "*", "fun": "test.ping", "arg": "x"}"#,
+            &["arg", "invalid type"][..],
+        ),
+        (r#"{"target": "*", "fun": 7}"#, &["fun", "invalid type"]),
+        (
+            r#"{"target": "*", "fun": "test.sleep", "timeout": -1}"#,
+            &["timeout"],
+        ),
+        (
+            r#"{"target": "*", "fun": "test.ping", "kwarg": [1]}"#,
+            &["kwarg", "invalid type"],
+        ),
+        (
+            r#"{"target": "*", "fun": "test.ping", "secret": {"token": 1}}"#,
+            &["secret", "invalid type"],
+        ),
+        (
+            r#"{"target": "*", "fun": "test.ping", "tgt_type": "regex"}"#,
+            &["tgt_type", "unknown variant", "regex"],
+        ),
+        (r#"{"target": "*"}"#, &["missing field", "fun"]),
+        (r#"{"fun": "test.ping"}"#, &["missing field", "target"]),
+    ] {
+        let (status, body) = call(&app, post_json("/v1/jobs", text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}: {body}");
+        assert_error(&body, parts);
+    }
+    assert!(fake.submitted.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn submit_without_json_content_type_is_415() {
+    let (fake, app) = app();
+    let body = r#"{"target": "*", "fun": "test.ping"}"#;
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = req(Method::POST, "/v1/jobs").header("X-Auth-Token", TOKEN);
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let (status, answer) = call(&app, request.body(Body::from(body)).unwrap()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+        assert_error(&answer, &["Content-Type: application/json"]);
+    }
+    assert!(fake.submitted.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn submit_backend_refusal_is_passed_on_as_json() {
+    let (_, app) = app();
+    let (status, body) = call(
+        &app,
+        post_json("/v1/jobs", r#"{"target": "*", "fun": "ping"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["\"ping\"", "module.function"]);
+}
+
+// ---- GET /v1/jobs ----------------------------------------------------
+
+#[tokio::test]
+async fn list_jobs_with_limit_and_before() {
+    let (fake, app) = app();
+    let (status, body) = call(&app, get("/v1/jobs")).await;
+    assert_eq!(status, StatusCode::OK);
+    let jids: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["jid"].as_str().unwrap())
+        .collect();
+    assert_eq!(jids, [KNOWN, OLDER]);
+    assert_eq!(body[1]["fun"], "cmd.run");
+    assert_eq!(body[0]["expected"], 2);
+
+    let (status, body) = call(&app, get(&format!("/v1/jobs?before={KNOWN}&limit=10"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert_eq!(body[0]["jid"], OLDER);
+
+    // Limits are clamped into 1..=1000, the default is 50.
+    assert_eq!(
+        call(&app, get("/v1/jobs?limit=0"))
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        call(&app, get("/v1/jobs?limit=5000")).await.0,
+        StatusCode::OK
+    );
+    let listed = fake.listed.lock().unwrap();
+    let limits: Vec<usize> = listed.iter().map(|(l, _)| *l).collect();
+    assert_eq!(limits, [50, 10, 1, 1000]);
+    assert_eq!(listed[1].1, Some(jid(KNOWN)));
+}
+
+#[tokio::test]
+async fn list_jobs_bad_before_is_400() {
+    let (fake, app) = app();
+    for before in [
+        "yesterday",
+        "2026",
+        "..%2F..%2Fetc",
+        "202611221530121234567",
+    ] {
+        let (status, body) = call(&app, get(&format!("/v1/jobs?before={before}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{before}");
+        assert_error(&body, &["jid", "20 digits"]);
+    }
+    assert!(fake.listed.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn list_jobs_bad_query_is_400() {
+    let (fake, app) = app();
+    for (query, parts) in [
+        ("limit=ten", &["limit"][..]),
+        ("limit=-1", &["limit"]),
+        ("limit=1.5", &["limit"]),
+        ("limit=99999999999999999999999", &["limit"]),
+        ("colour=blue", &["unknown field", "colour"]),
+    ] {
+        let (status, body) = call(&app, get(&format!("/v1/jobs?{query}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_error(&body, parts);
+    }
+    assert!(fake.listed.lock().unwrap().is_empty());
+}
+
+// ---- GET /v1/jobs/{jid} and events ------------------------------------
+
+#[tokio::test]
+async fn show_job() {
+    let (_, app) = app();
+    let (status, body) = call(&app, get(&format!("/v1/jobs/{KNOWN}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["jid"], KNOWN,
+        "the job record is flattened into the view: {body}"
+    );
+    assert_eq!(body["fun"], "test.ping");
+    assert_eq!(body["tgt_type"], "glob");
+    assert_eq!(body["returns"]["web01"]["data"], true);
+    assert_eq!(body["missing"], json!(["web02"]));
+    assert_eq!(body["done"], false);
+}
+
+#[tokio::test]
+async fn show_job_malformed_jid_is_400() {
+    let (_, app) = app();
+    for raw in [
+        "123",
+        "abcdefghijabcdefghij",
+        "..",
+        "%2E%2E%2Fkeys",
+        "2026112215301212345%00",
+    ] {
+        let (status, body) = call(&app, get(&format!("/v1/jobs/{raw}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{raw}");
+        assert_error(&body, &["jid", "20 digits"]);
+    }
+}
+
+#[tokio::test]
+async fn show_job_unknown_jid_is_404() {
+    let (_, app) = app();
+    let (status, body) = call(&app, get(&format!("/v1/jobs/{UNKNOWN}"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, &[&format!("no job {UNKNOWN}")]);
+}
+
+#[tokio::test]
+async fn events_all_and_after_a_cursor() {
+    let (_, app) = app();
+    let (status, body) = call(&app, get(&format!("/v1/jobs/{KNOWN}/events"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let cursors: Vec<u64> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cursor"].as_u64().unwrap())
+        .collect();
+    assert_eq!(cursors, [1, 2, 3]);
+    // The event body is flattened next to the cursor.
+    assert_eq!(body[0]["type"], "progress");
+    assert_eq!(body[0]["line"], "one");
+    assert_eq!(body[0]["stream"], "stdout");
+    assert_eq!(body[0]["id"], "web01");
+
+    let (status, body) = call(&app, get(&format!("/v1/jobs/{KNOWN}/events?after=1"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let lines: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["two", "three"]);
+
+    let (status, body) = call(&app, get(&format!("/v1/jobs/{KNOWN}/events?after=3"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!([]));
+}
+
+#[tokio::test]
+async fn events_bad_input() {
+    let (_, app) = app();
+    let (status, body) = call(&app, get(&format!("/v1/jobs/{KNOWN}/events?after=soon"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["after"]);
+
+    let (status, body) = call(&app, get(&format!("/v1/jobs/{KNOWN}/events?since=1"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["unknown field", "since"]);
+
+    let (status, body) = call(&app, get("/v1/jobs/12/events")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["jid"]);
+
+    let (status, body) = call(&app, get(&format!("/v1/jobs/{UNKNOWN}/events?after=1"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, &[&format!("no job {UNKNOWN}")]);
+}
+
+// ---- minions and keys -------------------------------------------------
+
+#[tokio::test]
+async fn minions_list() {
+    let (_, app) = app();
+    let (status, body) = call(&app, get("/v1/minions")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!([{
+            "id": "web01",
+            "status": "up",
+            "last_seen": 1_700_000_000_000u64,
+            "version": "0.1.0",
+            "os": "Linux",
+            "grains": {"os": "Linux", "role": "web"},
+        }])
+    );
+}
+
+#[tokio::test]
+async fn keys_list() {
+    let (fake, app) = app();
+    let (status, body) = call(&app, get("/v1/keys")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({
+            "master_fingerprint": "ab:cd",
+            "keys": [
+                {"id": "web01", "status": "accepted", "fingerprint": "11:22"},
+                {"id": "web02", "status": "pending", "fingerprint": "33:44"},
+            ],
+        })
+    );
+    assert!(
+        fake.key_actions.lock().unwrap().is_empty(),
+        "listing changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn key_actions_reach_the_backend() {
+    let (fake, app) = app();
+    for (method, uri, expected, ids) in [
+        (
+            Method::POST,
+            "/v1/keys/web02/accept",
+            KeyAction::Accept("web02".into()),
+            json!(["web02"]),
+        ),
+        (
+            Method::POST,
+            "/v1/keys/_all/accept",
+            KeyAction::AcceptAll,
+            json!(["web02"]),
+        ),
+        (
+            Method::POST,
+            "/v1/keys/web01/reject",
+            KeyAction::Reject("web01".into()),
+            json!(["web01"]),
+        ),
+        (
+            Method::DELETE,
+            "/v1/keys/db01",
+            KeyAction::Delete("db01".into()),
+            json!(["db01"]),
+        ),
+    ] {
+        let (status, body) = call(&app, authed(method.clone(), uri)).await;
+        assert_eq!(status, StatusCode::OK, "{method} {uri}");
+        assert_eq!(body, json!({ "ids": ids }), "{method} {uri}");
+        assert_eq!(
+            fake.key_actions.lock().unwrap().pop(),
+            Some(expected),
+            "{method} {uri}"
+        );
+    }
+    assert!(
+        fake.key_actions.lock().unwrap().is_empty(),
+        "one action per request"
+    );
+
+    // A JSON body (as master-cli sends) is ignored, not refused.
+    let (status, body) = call(&app, post_json("/v1/keys/web02/accept", "{}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"ids": ["web02"]}));
+}
+
+#[tokio::test]
+async fn key_action_errors_are_json() {
+    let (fake, app) = app();
+    let (status, body) = call(&app, authed(Method::POST, "/v1/keys/ghost/accept")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, &["no key for minion ghost"]);
+    assert_eq!(
+        fake.key_actions.lock().unwrap().pop(),
+        Some(KeyAction::Accept("ghost".into()))
+    );
+
+    // The id is percent-decoded and handed over as is: validating it is the backend's job.
+    let (status, _) = call(&app, authed(Method::DELETE, "/v1/keys/web%2F01")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        fake.key_actions.lock().unwrap().pop(),
+        Some(KeyAction::Delete("web/01".into()))
+    );
+
+    // A wrong method is refused before auth is even looked at (no handler
+    // runs), as JSON.
+    let (status, body) = call(
+        &app,
+        req(Method::GET, "/v1/keys/web02/accept")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&body, &["method"]);
+    assert!(fake.key_actions.lock().unwrap().is_empty());
+}
+
+// ---- everything else --------------------------------------------------
+
+#[tokio::test]
+async fn unknown_routes_are_404_json() {
+    let (_, app) = app();
+    for uri in [
+        "/",
+        "/v1",
+        "/v1/nothing",
+        "/v2/jobs",
+        &format!("/v1/jobs/{KNOWN}/returns"),
+    ] {
+        for request in [get(uri), req(Method::GET, uri).body(Body::empty()).unwrap()] {
+            let (status, body) = call(&app, request).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+            assert_error(&body, &["no such route"]);
+        }
+    }
+}
+
+// ---- regressions: gaps found in routes.rs, now fixed ------------------
+
+#[tokio::test]
+async fn wrong_method_is_405_json() {
+    let (fake, app) = app();
+    for (method, uri) in [
+        (Method::PUT, "/v1/jobs"),
+        (Method::GET, "/v1/keys/web02/accept"),
+    ] {
+        let (status, body) = call(&app, authed(method.clone(), uri)).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert_error(&body, &["method"]);
+    }
+    assert!(fake.key_actions.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn non_utf8_path_segment_is_400_json() {
+    let (fake, app) = app();
+    for (method, uri, part) in [
+        (Method::GET, "/v1/jobs/%FF", "jid"),
+        (Method::GET, "/v1/jobs/%FF/events", "jid"),
+        (Method::POST, "/v1/keys/%FF/accept", "id"),
+        (Method::DELETE, "/v1/keys/%FF", "id"),
+    ] {
+        let (status, body) = call(&app, authed(method.clone(), uri)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}");
+        assert_error(&body, &[part]);
+    }
+    assert!(fake.key_actions.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_json() {
+    let (fake, app) = app();
+    let big = format!(
+        r#"{{"target": "*", "fun": "test.echo", "arg": ["{}"]}}"#,
+        "x".repeat(3 << 20)
+    );
+    let (status, body) = call(&app, post_json("/v1/jobs", &big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&body, &["limit"]);
+    assert!(fake.submitted.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_minion_named_accept_all_can_be_deleted() {
+    let (fake, app) = app();
+    let (status, body) = call(&app, authed(Method::DELETE, "/v1/keys/accept-all")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"ids": ["accept-all"]}));
+    assert_eq!(
+        fake.key_actions.lock().unwrap().pop(),
+        Some(KeyAction::Delete("accept-all".into()))
+    );
+}
