@@ -7,6 +7,8 @@
 //! (who is up), [`session`] (the session key), [`store`] (sled),
 //! [`backend`] (the HTTP API's view of all this), [`cli`] (`master-cli`).
 
+#![deny(missing_docs)]
+
 pub mod backend;
 pub mod cli;
 pub mod collector;

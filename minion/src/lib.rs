@@ -7,6 +7,8 @@
 //! calls, signed returns and events), [`spool`] (returns on disk until
 //! acknowledged), [`seen`] (the replay guard).
 
+#![deny(missing_docs)]
+
 pub mod config;
 pub mod executor;
 pub mod link;

@@ -6,6 +6,8 @@
 //! which the test command in the README does). Every process started
 //! here is killed, by PID, when its handle drops.
 
+#![deny(missing_docs)]
+
 pub mod fake;
 
 use std::net::TcpListener;
