@@ -187,8 +187,18 @@ impl Executor {
         match self.key.sign_message(&self.id, &ret) {
             Ok(envelope) => {
                 let bytes = envelope.to_bytes();
-                if let Err(e) = self.spool.put(&job.jid, &bytes) {
-                    tracing::error!(error = %e, "cannot spool the return; sending it unspooled");
+                // fsync blocks: keep it off the async workers that carry
+                // heartbeats and other jobs.
+                let (spool, jid, copy) = (self.spool.clone(), job.jid.clone(), bytes.clone());
+                let spooled = tokio::task::spawn_blocking(move || spool.put(&jid, &copy)).await;
+                match spooled {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot spool the return; sending it unspooled")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "spool task failed; sending the return unspooled")
+                    }
                 }
                 let _ = self.out.send(Outgoing { bytes });
             }
