@@ -1,1 +1,76 @@
-fn main() {}
+//! `halite-bench`: benchmarks of halite with real processes, sockets,
+//! keys and signatures, on loopback. Results go in `bench/RESULTS.md`;
+//! how to run them is in `bench/README.md`.
+//!
+//! - `fanout --minions N`: publish-to-all-returns-stored time for a swarm
+//!   of N minions ([`fanout`]).
+//! - `idle-rss`: resident memory of one idle `halite-minion` ([`idle`]).
+//! - `swarm` (hidden): part of a swarm in a child process ([`swarm`]).
+//!
+//! Build everything in release mode first:
+//! `cargo build --release --workspace --bins`.
+
+// The tables on stdout are this program's output.
+#![allow(clippy::print_stdout)]
+
+mod fanout;
+mod idle;
+mod report;
+mod stored;
+mod swarm;
+mod sys;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::prelude::*;
+
+/// halite benchmarks (build with `cargo build --release --workspace --bins`).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Time from publishing test.ping until all N returns are stored.
+    Fanout(fanout::FanoutArgs),
+    /// Resident memory of one idle halite-minion process.
+    IdleRss(idle::IdleArgs),
+    /// Runs part of a swarm for `fanout` (internal).
+    #[command(hide = true)]
+    Swarm(swarm::SwarmArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs: warnings only by default (a swarm at `info` logs several lines
+    // per minion per job); RUST_LOG overrides. Separately, the master's
+    // `return stored` events are counted to time the rounds.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let counter = stored::StoredCounter::default();
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_filter(filter),
+        )
+        .with(counter.clone().with_filter(filter_fn(stored::StoredCounter::wants)))
+        .try_init();
+    let result = match cli.command {
+        Cmd::Fanout(args) => fanout::run(args, &counter),
+        Cmd::IdleRss(args) => idle::run(args),
+        Cmd::Swarm(args) => swarm::run_child(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("halite-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
