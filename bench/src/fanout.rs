@@ -350,8 +350,8 @@ pub fn run(args: FanoutArgs, counter: &StoredCounter) -> Result<()> {
         for child in &mut children {
             child.check_alive()?;
         }
-        let round =
-            run_round(&core, counter, n, poll, round_timeout).with_context(|| format!("round {}", r + 1))?;
+        let round = run_round(&core, counter, n, poll, round_timeout)
+            .with_context(|| format!("round {}", r + 1))?;
         eprintln!("round {}/{rounds}: {:.1} ms", r + 1, ms(round.total));
         results.push(round);
         if r + 1 < rounds {
@@ -465,7 +465,13 @@ fn spawn_child(
 /// Publishes one `test.ping` to `swarm-*` and waits until all `n` returns
 /// are in the store: by the master's `return stored` events, or by
 /// polling the store if those do not come.
-fn run_round(core: &Core, counter: &StoredCounter, n: usize, poll: Duration, timeout: Duration) -> Result<Round> {
+fn run_round(
+    core: &Core,
+    counter: &StoredCounter,
+    n: usize,
+    poll: Duration,
+    timeout: Duration,
+) -> Result<Round> {
     let request = JobRequest {
         target: "swarm-*".into(),
         tgt_type: TargetType::Glob,
@@ -481,12 +487,18 @@ fn run_round(core: &Core, counter: &StoredCounter, n: usize, poll: Duration, tim
     let outcome = wait_stored(core, counter, &submitted.jid, n, start, poll, timeout);
     counter.forget(&jid);
     if submitted.minions.len() != n {
-        bail!("the master expects {} minions, not {n}", submitted.minions.len());
+        bail!(
+            "the master expects {} minions, not {n}",
+            submitted.minions.len()
+        );
     }
     let (total, resolution) = outcome?;
     let returns = core.store.returns(&submitted.jid).context("read returns")?;
     if returns.len() < n {
-        bail!("job {jid}: {n} returns reported stored, but the store holds {}", returns.len());
+        bail!(
+            "job {jid}: {n} returns reported stored, but the store holds {}",
+            returns.len()
+        );
     }
     let job = core
         .store
@@ -497,7 +509,10 @@ fn run_round(core: &Core, counter: &StoredCounter, n: usize, poll: Duration, tim
     Ok(Round {
         total,
         resolution,
-        per_return_ms: returns.iter().map(|r| r.stored_at.saturating_sub(issued) as f64).collect(),
+        per_return_ms: returns
+            .iter()
+            .map(|r| r.stored_at.saturating_sub(issued) as f64)
+            .collect(),
         failed: returns.iter().filter(|r| !r.success).count(),
     })
 }
@@ -518,7 +533,9 @@ fn wait_stored(
     loop {
         let until = (Instant::now() + CHECK_EVERY).min(deadline);
         match counter.wait(jid.as_str(), n, until) {
-            Waited::Reached(at) => return Ok((at.saturating_duration_since(start), Duration::ZERO)),
+            Waited::Reached(at) => {
+                return Ok((at.saturating_duration_since(start), Duration::ZERO))
+            }
             Waited::TimedOut(stored) => {
                 if Instant::now() >= deadline {
                     return Err(not_all_stored(core, jid, n, stored, timeout));
@@ -528,7 +545,9 @@ fn wait_stored(
                 if stored == 0 && !core.store.returns(jid).context("read returns")?.is_empty() {
                     silent_checks += 1;
                     if silent_checks >= 2 {
-                        tracing::warn!("no `return stored` events from the master; polling the store instead");
+                        tracing::warn!(
+                            "no `return stored` events from the master; polling the store instead"
+                        );
                         return poll_stored(core, jid, n, start, poll, deadline, timeout);
                     }
                 }
@@ -564,12 +583,26 @@ fn poll_stored(
     }
 }
 
-fn not_all_stored(core: &Core, jid: &halite_proto::Jid, n: usize, stored: usize, timeout: Duration) -> anyhow::Error {
+fn not_all_stored(
+    core: &Core,
+    jid: &halite_proto::Jid,
+    n: usize,
+    stored: usize,
+    timeout: Duration,
+) -> anyhow::Error {
     let missing = match core.job_view(jid) {
-        Ok(view) => view.missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+        Ok(view) => view
+            .missing
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
         Err(e) => format!("(cannot read the job: {e})"),
     };
-    anyhow!("only {stored} of {n} returns stored after {timeout:?} (job {jid}); missing e.g. {missing}")
+    anyhow!(
+        "only {stored} of {n} returns stored after {timeout:?} (job {jid}); missing e.g. {missing}"
+    )
 }
 
 fn print_report(

@@ -59,7 +59,11 @@ fn main() -> ExitCode {
                 .with_target(false)
                 .with_filter(filter),
         )
-        .with(counter.clone().with_filter(filter_fn(stored::StoredCounter::wants)))
+        .with(
+            counter
+                .clone()
+                .with_filter(filter_fn(stored::StoredCounter::wants)),
+        )
         .try_init();
     let result = match cli.command {
         Cmd::Fanout(args) => fanout::run(args, &counter),

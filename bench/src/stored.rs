@@ -122,7 +122,9 @@ impl<S: Subscriber> Layer<S> for StoredCounter {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let (true, Some(jid)) = (fields.message, fields.jid) else { return };
+        let (true, Some(jid)) = (fields.message, fields.jid) else {
+            return;
+        };
         let mut counts = self.0.counts.lock().unwrap_or_else(|p| p.into_inner());
         let entry = counts.entry(jid).or_default();
         entry.stored += 1;

@@ -71,7 +71,7 @@ pub struct Core {
 
 /// Why a message from a minion was dropped (logged, never answered).
 #[derive(Debug, thiserror::Error)]
-enum Drop {
+enum Refusal {
     #[error("malformed: {0}")]
     Malformed(#[from] halite_proto::ProtoError),
     #[error("no accepted key for this id")]
@@ -181,7 +181,7 @@ impl Core {
         }
     }
 
-    async fn dispatch(&self, peer: Bytes, envelope: Envelope) -> Result<(), Drop> {
+    async fn dispatch(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {
         match envelope.kind {
             Kind::Auth => self.on_auth(peer, envelope),
             Kind::Heartbeat => self.on_heartbeat(peer, envelope),
@@ -215,18 +215,18 @@ impl Core {
                 );
                 Ok(())
             }
-            other => Err(Drop::UnexpectedKind(other)),
+            other => Err(Refusal::UnexpectedKind(other)),
         }
     }
 
     /// Opens a message after checking it is signed by the accepted key of
     /// its sender.
-    fn verified<M: Message>(&self, envelope: &Envelope) -> Result<M, Drop> {
+    fn verified<M: Message>(&self, envelope: &Envelope) -> Result<M, Refusal> {
         halite_proto::ident::validate_id(&envelope.sender)?;
         let key = self
             .keys
             .accepted_key(&envelope.sender)
-            .ok_or(Drop::NotAccepted)?;
+            .ok_or(Refusal::NotAccepted)?;
         halite_pki::verify_envelope(envelope, &key)?;
         Ok(envelope.open()?)
     }
@@ -238,7 +238,7 @@ impl Core {
         }
     }
 
-    fn on_auth(&self, peer: Bytes, envelope: Envelope) -> Result<(), Drop> {
+    fn on_auth(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {
         // Auth is self-signed: the signature proves the sender holds the key
         // it presents; whether that key is trusted is the key store's call.
         let auth: Auth = envelope.open()?;
@@ -289,7 +289,7 @@ impl Core {
         Ok(())
     }
 
-    fn on_heartbeat(&self, peer: Bytes, envelope: Envelope) -> Result<(), Drop> {
+    fn on_heartbeat(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {
         let epoch = self.session.current().epoch();
         match self.verified::<Heartbeat>(&envelope) {
             Ok(heartbeat) => {
@@ -306,7 +306,7 @@ impl Core {
                 );
                 Ok(())
             }
-            Err(Drop::NotAccepted) => {
+            Err(Refusal::NotAccepted) => {
                 // The key was deleted or rejected while the minion was
                 // connected: tell it to authenticate again, which puts it in
                 // front of an operator instead of leaving it waiting.
@@ -319,7 +319,7 @@ impl Core {
                         session_epoch: epoch,
                     },
                 );
-                Err(Drop::NotAccepted)
+                Err(Refusal::NotAccepted)
             }
             Err(other) => Err(other),
         }
@@ -560,11 +560,11 @@ impl Core {
     }
 }
 
-fn same_id(sender: &str, id: &str) -> Result<(), Drop> {
+fn same_id(sender: &str, id: &str) -> Result<(), Refusal> {
     if sender == id {
         Ok(())
     } else {
-        Err(Drop::Impersonation {
+        Err(Refusal::Impersonation {
             sender: sender.to_owned(),
             id: id.to_owned(),
         })

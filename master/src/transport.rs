@@ -161,7 +161,9 @@ pub async fn bind(
             let message = match message {
                 Ok(message) => message,
                 Err(e) => {
+                    // Per-peer errors end that peer's stream; never spin on them.
                     tracing::debug!(error = %e, "router receive error");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             };
