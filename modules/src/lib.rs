@@ -15,6 +15,10 @@
 //! Built in: `test` (ping, echo, sleep, version, fail), `cmd` (run,
 //! run_all) and `grains` (items, get, ls; [`grains::collect`] builds the
 //! grains object once at minion start).
+//!
+//! [`releases`] is the release-directory engine (Capistrano layout, atomic
+//! `current` switch, deploy lock, history, pruning) that the deploy
+//! modules share.
 #![deny(missing_docs)]
 
 pub mod args;
@@ -24,6 +28,7 @@ pub mod grains;
 mod module;
 mod outcome;
 mod registry;
+pub mod releases;
 mod test_module;
 
 pub use call::{Call, EventSink};
