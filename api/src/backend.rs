@@ -2,7 +2,9 @@
 
 use halite_proto::Jid;
 
-use crate::types::{EventRecord, JobRequest, JobSummary, JobView, KeysView, MinionView, Submitted};
+use crate::types::{
+    EventRecord, JobRequest, JobSummary, JobView, KeysView, MinionView, PresenceEvent, Submitted,
+};
 use crate::ApiError;
 
 /// A change to minion keys requested through the API.
@@ -33,6 +35,8 @@ pub trait Backend: Send + Sync + 'static {
     fn events(&self, jid: &Jid, after: Option<u64>) -> Result<Vec<EventRecord>, ApiError>;
     /// Accepted minions with their status.
     fn minions(&self) -> Result<Vec<MinionView>, ApiError>;
+    /// Recent up/down transitions, newest first.
+    fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, ApiError>;
     /// Every key and the master's fingerprint.
     fn keys(&self) -> Result<KeysView, ApiError>;
     /// Changes keys; returns the ids affected.

@@ -33,6 +33,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/jobs/{jid}", get(show_job))
         .route("/v1/jobs/{jid}/events", get(job_events))
         .route("/v1/minions", get(minions))
+        .route("/v1/presence", get(presence))
         .route("/v1/keys", get(keys))
         // `_all` can never be a minion id (ids start with a letter or digit).
         .route("/v1/keys/_all/accept", post(accept_all))
@@ -185,6 +186,22 @@ async fn job_events(
 
 async fn minions(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(backend.minions()?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceQuery {
+    limit: Option<usize>,
+}
+
+async fn presence(
+    State(backend): State<Shared>,
+    query: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(
+        backend.presence(query.limit.unwrap_or(100).clamp(1, 10_000))?,
+    ))
 }
 
 async fn keys(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {

@@ -33,6 +33,9 @@ pub struct JobRequest {
     /// Seconds the function may run on each minion (master default when absent).
     #[serde(default)]
     pub timeout: Option<u64>,
+    /// Refuse (409, nothing published) when a targeted minion is down.
+    #[serde(default)]
+    pub require_up: bool,
 }
 
 /// The answer to a job submission.
@@ -71,6 +74,10 @@ pub struct JobRecord {
     pub expires_at: u64,
     /// Minions expected to return.
     pub expected: Vec<String>,
+    /// Expected minions that were already down when the job was published
+    /// (they may still run it if they come back before it expires).
+    #[serde(default)]
+    pub down: Vec<String>,
 }
 
 /// One minion's return as stored.
@@ -156,10 +163,23 @@ pub struct MinionView {
     pub last_seen: Option<u64>,
     /// halite version it runs.
     pub version: Option<String>,
+    /// Round trip of its last heartbeat, in ms.
+    pub latency_ms: Option<u64>,
     /// `os` grain.
     pub os: Option<String>,
     /// All grains it reported.
     pub grains: Value,
+}
+
+/// A minion came up or went down (`GET /v1/presence`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct PresenceEvent {
+    /// Minion id.
+    pub id: String,
+    /// `minion/up` or `minion/down`.
+    pub event: String,
+    /// When the master noticed (unix ms).
+    pub at: u64,
 }
 
 /// A minion key and its state.

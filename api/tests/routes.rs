@@ -9,7 +9,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use halite_api::types::{
     EventRecord, JobRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView,
-    ReturnRecord, Submitted,
+    PresenceEvent, ReturnRecord, Submitted,
 };
 use halite_api::{router, ApiError, Backend, KeyAction};
 use halite_proto::message::{EventBody, KeyStatus};
@@ -121,6 +121,7 @@ impl Backend for Fake {
                 issued_at: 1,
                 expires_at: 60_001,
                 expected: vec!["web01".into(), "web02".into()],
+                down: vec![],
             },
             returns: BTreeMap::from([("web01".to_owned(), ret)]),
             missing: vec!["web02".into()],
@@ -145,9 +146,26 @@ impl Backend for Fake {
             status: "up".into(),
             last_seen: Some(1_700_000_000_000),
             version: Some("0.1.0".into()),
+            latency_ms: Some(3),
             os: Some("Linux".into()),
             grains: json!({"os": "Linux", "role": "web"}),
         }])
+    }
+
+    fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, ApiError> {
+        let all = [
+            PresenceEvent {
+                id: "web01".into(),
+                event: "minion/down".into(),
+                at: 2,
+            },
+            PresenceEvent {
+                id: "web01".into(),
+                event: "minion/up".into(),
+                at: 1,
+            },
+        ];
+        Ok(all.into_iter().take(limit).collect())
     }
 
     fn keys(&self) -> Result<KeysView, ApiError> {
@@ -274,6 +292,7 @@ async fn no_token_is_401_on_every_protected_route() {
         (Method::GET, format!("/v1/jobs/{KNOWN}")),
         (Method::GET, format!("/v1/jobs/{KNOWN}/events")),
         (Method::GET, "/v1/minions".to_owned()),
+        (Method::GET, "/v1/presence".to_owned()),
         (Method::GET, "/v1/keys".to_owned()),
         (Method::POST, "/v1/keys/_all/accept".to_owned()),
         (Method::POST, "/v1/keys/web02/accept".to_owned()),
@@ -684,10 +703,31 @@ async fn minions_list() {
             "status": "up",
             "last_seen": 1_700_000_000_000u64,
             "version": "0.1.0",
+            "latency_ms": 3,
             "os": "Linux",
             "grains": {"os": "Linux", "role": "web"},
         }])
     );
+}
+
+#[tokio::test]
+async fn presence_lists_transitions_newest_first() {
+    let (_, app) = app();
+    let (status, body) = call(&app, get("/v1/presence")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body[0],
+        json!({"id": "web01", "event": "minion/down", "at": 2})
+    );
+    assert_eq!(body.as_array().map(Vec::len), Some(2));
+    let (status, body) = call(&app, get("/v1/presence?limit=1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_array().map(Vec::len), Some(1));
+    for bad in ["/v1/presence?limit=x", "/v1/presence?since=1"] {
+        let (status, body) = call(&app, get(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_error(&body, &[]);
+    }
 }
 
 #[tokio::test]

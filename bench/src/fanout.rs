@@ -309,11 +309,7 @@ pub fn run(args: FanoutArgs, counter: &StoredCounter) -> Result<()> {
                 child.check_alive()?;
             }
             let accepted = core.keys.accepted_ids();
-            let now = halite_proto::time::now_ms();
-            let up = accepted
-                .iter()
-                .filter(|id| core.presence.is_up(id, now))
-                .count();
+            let up = accepted.iter().filter(|id| core.presence.is_up(id)).count();
             *progress = format!("{} accepted, {up} up", accepted.len());
             Ok((accepted.len() >= n && up >= n).then_some(()))
         },

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use halite_api::types::{
-    EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView, Submitted,
+    EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView, PresenceEvent,
+    Submitted,
 };
 use halite_api::{ApiError, Backend, KeyAction};
 use halite_pki::PkiError;
-use halite_proto::time::now_ms;
 use halite_proto::Jid;
 
 use crate::core::Core;
@@ -72,7 +72,6 @@ impl Backend for ApiBackend {
     }
 
     fn minions(&self) -> Result<Vec<MinionView>, ApiError> {
-        let now = now_ms();
         let accepted = self.0.keys.accepted_ids();
         let records = self.0.presence.all();
         Ok(accepted
@@ -80,7 +79,7 @@ impl Backend for ApiBackend {
             .map(|id| {
                 let record = records.iter().find(|r| r.id == id);
                 MinionView {
-                    status: if self.0.presence.is_up(&id, now) {
+                    status: if self.0.presence.is_up(&id) {
                         "up"
                     } else {
                         "down"
@@ -88,6 +87,7 @@ impl Backend for ApiBackend {
                     .to_owned(),
                     last_seen: record.map(|r| r.last_seen).filter(|&t| t > 0),
                     version: record.map(|r| r.version.clone()).filter(|v| !v.is_empty()),
+                    latency_ms: record.and_then(|r| r.rtt_ms),
                     os: record
                         .and_then(|r| r.grains.get("os"))
                         .and_then(|v| v.as_str())
@@ -97,6 +97,10 @@ impl Backend for ApiBackend {
                 }
             })
             .collect())
+    }
+
+    fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, ApiError> {
+        self.0.store.presence(limit).map_err(internal)
     }
 
     fn keys(&self) -> Result<KeysView, ApiError> {

@@ -111,7 +111,7 @@ impl Core {
     pub fn new(parts: CoreParts) -> Result<Core, crate::Error> {
         let down_after = parts.config.heartbeat_interval * parts.config.missed_heartbeats
             + std::time::Duration::from_secs(1);
-        let presence = Presence::load(parts.store.clone(), down_after)?;
+        let presence = Presence::load(parts.store.clone(), down_after, now_ms())?;
         let master_pub = parts.key.public();
         let core = Core {
             presence,
@@ -189,7 +189,7 @@ impl Core {
                 let ret: Return = self.verified(&envelope)?;
                 same_id(&envelope.sender, &ret.id)?;
                 tracing::debug!(jid = %ret.jid, minion = %ret.id, "return received");
-                self.presence.seen(&ret.id, None, now_ms());
+                self.presence.seen(&ret.id, None, None, now_ms());
                 // Back-pressure: a full collector slows the ROUTER reader,
                 // not the store.
                 let _ = self.returns.send(PendingReturn { peer, ret }).await;
@@ -294,8 +294,12 @@ impl Core {
         match self.verified::<Heartbeat>(&envelope) {
             Ok(heartbeat) => {
                 same_id(&envelope.sender, &heartbeat.id)?;
-                self.presence
-                    .seen(&heartbeat.id, Some(&heartbeat.version), now_ms());
+                self.presence.seen(
+                    &heartbeat.id,
+                    Some(&heartbeat.version),
+                    heartbeat.rtt_ms,
+                    now_ms(),
+                );
                 self.reply(
                     peer,
                     &HeartbeatAck {
@@ -415,9 +419,12 @@ impl Core {
         }
     }
 
-    /// Removes jobs older than `keep_jobs`.
+    /// Removes jobs and presence transitions older than `keep_jobs`.
     pub fn prune(&self) {
         let cutoff_ms = now_ms().saturating_sub(self.config.keep_jobs.as_millis() as u64);
+        if let Err(e) = self.store.prune_presence_before(cutoff_ms) {
+            tracing::warn!(error = %e, "prune of presence transitions failed");
+        }
         match self
             .store
             .prune_before(&Jid::from_unix_us(cutoff_ms * 1000))
@@ -463,6 +470,17 @@ impl Core {
             )
         };
         let expected = self.presence.matching(&self.keys.accepted_ids(), &target);
+        let down: Vec<String> = expected
+            .iter()
+            .filter(|id| !self.presence.is_up(id))
+            .cloned()
+            .collect();
+        if request.require_up && !down.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "targeted minions are down: {}; nothing was published",
+                down.join(", ")
+            )));
+        }
         let job = Job {
             jid: jid.clone(),
             tgt: request.target.clone(),
@@ -495,6 +513,7 @@ impl Core {
             issued_at,
             expires_at,
             expected: expected.clone(),
+            down,
         };
         self.store
             .put_job(&StoredJob {

@@ -175,10 +175,14 @@ fn spawn_timers(core: Arc<core::Core>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut beacon = tokio::time::interval(beacon_every);
         let mut prune = tokio::time::interval(std::time::Duration::from_secs(600));
+        let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = beacon.tick() => core.beacon(),
+                _ = sweep.tick() => {
+                    core.presence.sweep(halite_proto::time::now_ms());
+                }
                 _ = prune.tick() => {
                     let core = core.clone();
                     let _ = tokio::task::spawn_blocking(move || core.prune()).await;

@@ -1,10 +1,16 @@
-//! Who is up: last seen, version and grains of every minion, in memory,
-//! persisted to the store so a restarted master still knows its fleet.
+//! Who is up: last seen, latency, version and grains of every minion, in
+//! memory and written through to the store, plus the `minion/up` and
+//! `minion/down` transitions, recorded with their time.
+//!
+//! A minion goes up when anything signed by it arrives, and down when
+//! nothing has been heard for `down_after` (missed heartbeats); the
+//! master's timer calls [`Presence::sweep`] every second to notice.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use halite_api::types::PresenceEvent;
 use serde_json::Value;
 
 use crate::store::{MinionRecord, Store};
@@ -12,24 +18,39 @@ use crate::store::{MinionRecord, Store};
 /// In-memory view of minions, written through to the store.
 pub struct Presence {
     minions: RwLock<HashMap<String, MinionRecord>>,
+    /// Minions currently considered up (transitions are edges of this set).
+    up: Mutex<HashSet<String>>,
     store: Store,
     down_after: Duration,
 }
 
 impl Presence {
-    /// Loads what the store remembers. A minion is shown down once
-    /// nothing has been heard from it for `down_after`.
-    pub fn load(store: Store, down_after: Duration) -> Result<Self, crate::store::StoreError> {
-        let minions = store
+    /// Loads what the store remembers; minions heard from within
+    /// `down_after` start up, without a transition being recorded.
+    pub fn load(
+        store: Store,
+        down_after: Duration,
+        now: u64,
+    ) -> Result<Self, crate::store::StoreError> {
+        let minions: HashMap<String, MinionRecord> = store
             .minions()?
             .into_iter()
             .map(|m| (m.id.clone(), m))
             .collect();
-        Ok(Presence {
-            minions: RwLock::new(minions),
+        let presence = Presence {
+            up: Mutex::new(HashSet::new()),
+            minions: RwLock::new(HashMap::new()),
             store,
             down_after,
-        })
+        };
+        let up = minions
+            .values()
+            .filter(|m| presence.is_up_at(m.last_seen, now))
+            .map(|m| m.id.clone())
+            .collect();
+        *presence.up.lock().unwrap_or_else(|p| p.into_inner()) = up;
+        *presence.write() = minions;
+        Ok(presence)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, MinionRecord>> {
@@ -42,21 +63,26 @@ impl Presence {
 
     /// A minion authenticated: remember its grains and version.
     pub fn authenticated(&self, id: &str, grains: Value, version: &str, now: u64) {
-        let record = MinionRecord {
-            id: id.to_owned(),
-            grains,
-            version: version.to_owned(),
-            last_seen: now,
-        };
-        if let Err(e) = self.store.put_minion(&record) {
-            tracing::warn!(minion = id, error = %e, "cannot persist minion record");
-        }
-        self.write().insert(id.to_owned(), record);
+        self.update(id, now, |record| {
+            record.grains = grains;
+            record.version = version.to_owned();
+        });
     }
 
-    /// Something signed by the minion arrived.
-    pub fn seen(&self, id: &str, version: Option<&str>, now: u64) {
-        let was_down;
+    /// Something signed by the minion arrived (a heartbeat carries its
+    /// version and the round trip of the previous one).
+    pub fn seen(&self, id: &str, version: Option<&str>, rtt_ms: Option<u64>, now: u64) {
+        self.update(id, now, |record| {
+            if let Some(version) = version {
+                record.version = version.to_owned();
+            }
+            if rtt_ms.is_some() {
+                record.rtt_ms = rtt_ms;
+            }
+        });
+    }
+
+    fn update(&self, id: &str, now: u64, change: impl FnOnce(&mut MinionRecord)) {
         let record = {
             let mut minions = self.write();
             let record = minions
@@ -66,24 +92,62 @@ impl Presence {
                     grains: Value::Null,
                     ..Default::default()
                 });
-            was_down = !self.is_up_at(record.last_seen, now);
             record.last_seen = now;
-            if let Some(version) = version {
-                record.version = version.to_owned();
-            }
+            change(record);
             record.clone()
         };
-        if was_down {
-            tracing::info!(minion = id, "minion up");
-        }
         if let Err(e) = self.store.put_minion(&record) {
             tracing::warn!(minion = id, error = %e, "cannot persist minion record");
         }
+        let came_up = self
+            .up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned());
+        if came_up {
+            self.transition(id, "minion/up", now);
+        }
+    }
+
+    /// Marks down every minion silent for longer than `down_after`;
+    /// returns the transitions it recorded.
+    pub fn sweep(&self, now: u64) -> Vec<PresenceEvent> {
+        let silent: Vec<String> = {
+            let minions = self.read();
+            let up = self.up.lock().unwrap_or_else(|p| p.into_inner());
+            up.iter()
+                .filter(|id| {
+                    minions
+                        .get(id.as_str())
+                        .is_none_or(|m| !self.is_up_at(m.last_seen, now))
+                })
+                .cloned()
+                .collect()
+        };
+        silent
+            .into_iter()
+            .filter(|id| self.up.lock().unwrap_or_else(|p| p.into_inner()).remove(id))
+            .map(|id| self.transition(&id, "minion/down", now))
+            .collect()
+    }
+
+    fn transition(&self, id: &str, event: &str, at: u64) -> PresenceEvent {
+        let event = PresenceEvent {
+            id: id.to_owned(),
+            event: event.to_owned(),
+            at,
+        };
+        tracing::info!(minion = id, event = %event.event, "presence changed");
+        if let Err(e) = self.store.put_presence(&event) {
+            tracing::warn!(minion = id, error = %e, "cannot record presence change");
+        }
+        event
     }
 
     /// Forgets a minion whose key was deleted.
     pub fn forget(&self, id: &str) {
         self.write().remove(id);
+        self.up.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         if let Err(e) = self.store.remove_minion(id) {
             tracing::warn!(minion = id, error = %e, "cannot remove minion record");
         }
@@ -93,11 +157,14 @@ impl Presence {
         last_seen > 0 && now.saturating_sub(last_seen) <= self.down_after.as_millis() as u64
     }
 
-    /// Is the minion up at `now`?
-    pub fn is_up(&self, id: &str, now: u64) -> bool {
-        self.read()
-            .get(id)
-            .is_some_and(|m| self.is_up_at(m.last_seen, now))
+    /// Is the minion up? The same state the recorded transitions are
+    /// edges of, so what is shown always agrees with the history (a silent
+    /// minion turns down at the next sweep, within a second).
+    pub fn is_up(&self, id: &str) -> bool {
+        self.up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     /// The ids among `ids` whose last reported grains match `target`
@@ -119,5 +186,55 @@ impl Presence {
         let mut all: Vec<MinionRecord> = self.read().values().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_are_recorded_once_each_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
+        presence.seen("web01", Some("0.1.0"), Some(4), 1_000);
+        presence.seen("web01", None, None, 2_000);
+        assert!(presence.is_up("web01"));
+        assert!(presence.sweep(4_000).is_empty());
+        let down = presence.sweep(5_001);
+        assert_eq!(down.len(), 1);
+        assert_eq!(down[0].event, "minion/down");
+        assert!(presence.sweep(9_000).is_empty(), "down is recorded once");
+        presence.seen("web01", None, None, 10_000);
+        let events = store.presence(10).unwrap();
+        let kinds: Vec<(&str, u64)> = events.iter().map(|e| (e.event.as_str(), e.at)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("minion/up", 10_000),
+                ("minion/down", 5_001),
+                ("minion/up", 1_000)
+            ]
+        );
+        assert_eq!(
+            presence.all()[0].rtt_ms,
+            Some(4),
+            "latency kept until the next measurement"
+        );
+    }
+
+    #[test]
+    fn a_restarted_master_knows_who_was_up_without_new_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        {
+            let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
+            presence.seen("web01", None, None, 1_000);
+        }
+        let presence = Presence::load(store.clone(), Duration::from_secs(3), 2_000).unwrap();
+        assert!(presence.is_up("web01"));
+        assert_eq!(store.presence(10).unwrap().len(), 1);
+        assert_eq!(presence.sweep(10_000).len(), 1);
     }
 }

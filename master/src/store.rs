@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use halite_api::types::{EventRecord, JobRecord, ReturnRecord};
+use halite_api::types::{EventRecord, JobRecord, PresenceEvent, ReturnRecord};
 use halite_proto::envelope::{decode, encode};
 use halite_proto::Jid;
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,9 @@ pub struct MinionRecord {
     pub version: String,
     /// Last time anything signed by it arrived (unix ms).
     pub last_seen: u64,
+    /// Round trip of its last heartbeat.
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
 }
 
 /// The sled database and its trees.
@@ -70,6 +73,7 @@ pub struct Store {
     returns: sled::Tree,
     events: sled::Tree,
     minions: sled::Tree,
+    presence: sled::Tree,
 }
 
 fn return_key(jid: &Jid, id: &str) -> Vec<u8> {
@@ -101,6 +105,9 @@ impl Store {
             returns: db.open_tree("returns").map_err(sled_err("open returns"))?,
             events: db.open_tree("events").map_err(sled_err("open events"))?,
             minions: db.open_tree("minions").map_err(sled_err("open minions"))?,
+            presence: db
+                .open_tree("presence")
+                .map_err(sled_err("open presence"))?,
             db,
         })
     }
@@ -263,6 +270,53 @@ impl Store {
         Ok(())
     }
 
+    /// Records an up/down transition (key: time, then id, so listing is
+    /// a reverse range scan).
+    pub fn put_presence(&self, event: &PresenceEvent) -> Result<(), StoreError> {
+        let mut key = event.at.to_be_bytes().to_vec();
+        key.extend_from_slice(event.id.as_bytes());
+        let bytes = encode("presence", event).map_err(|e| StoreError::Corrupt {
+            what: "presence",
+            reason: e.to_string(),
+        })?;
+        self.presence
+            .insert(key, bytes)
+            .map_err(sled_err("write presence"))?;
+        Ok(())
+    }
+
+    /// Forgets transitions older than `cutoff_ms`.
+    pub fn prune_presence_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let old: Vec<sled::IVec> = self
+            .presence
+            .range(..cutoff_ms.to_be_bytes().to_vec())
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(sled_err("scan old presence"))?;
+        for key in &old {
+            self.presence
+                .remove(key)
+                .map_err(sled_err("prune presence"))?;
+        }
+        Ok(old.len())
+    }
+
+    /// Up/down transitions, newest first.
+    pub fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, StoreError> {
+        self.presence
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (_, bytes) = item.map_err(sled_err("scan presence"))?;
+                decode("presence", &bytes).map_err(|e| StoreError::Corrupt {
+                    what: "presence",
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Removes jobs older than `cutoff` with their returns and events.
     /// Returns how many jobs were pruned.
     pub fn prune_before(&self, cutoff: &Jid) -> Result<usize, StoreError> {
@@ -318,6 +372,7 @@ mod tests {
                 issued_at: 1,
                 expires_at: 2,
                 expected: vec!["a".into()],
+                down: vec![],
             },
             envelope: vec![1, 2, 3, 255],
         }

@@ -193,6 +193,8 @@ impl Link {
         let mut resend = tokio::time::interval_at(Instant::now() + RESEND_EVERY, RESEND_EVERY);
         let mut last_ack = Instant::now();
         let mut heartbeat_nonce = Vec::new();
+        let mut heartbeat_sent = Instant::now();
+        let mut rtt_ms = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Next::Shutdown),
@@ -216,6 +218,7 @@ impl Link {
                             let Ok(ack) = envelope.open::<HeartbeatAck>() else { continue };
                             if ack.nonce != heartbeat_nonce { continue }
                             last_ack = Instant::now();
+                            rtt_ms = Some(heartbeat_sent.elapsed().as_millis() as u64);
                             if !ack.accepted {
                                 return Ok(Next::Reconnect("the master no longer accepts this key"));
                             }
@@ -265,7 +268,9 @@ impl Link {
                         version: env!("CARGO_PKG_VERSION").to_owned(),
                         session_epoch: epoch,
                         running: self.executor.running(),
+                        rtt_ms,
                     })?;
+                    heartbeat_sent = Instant::now();
                     tx.send(frame(beat)).await?;
                 }
                 _ = resend.tick() => self.resend_spool(&mut tx, &mut awaiting).await?,

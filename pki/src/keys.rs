@@ -289,6 +289,7 @@ mod tests {
             version: "0.1.0".into(),
             session_epoch: 4,
             running: vec![],
+            rtt_ms: None,
         }
     }
 

@@ -262,6 +262,10 @@ pub struct Heartbeat {
     pub session_epoch: u64,
     /// Jobs running right now.
     pub running: Vec<Jid>,
+    /// Round trip of the previous heartbeat (send to verified ack), so
+    /// the master can show each minion's latency without comparing clocks.
+    #[serde(default)]
+    pub rtt_ms: Option<u64>,
 }
 message!(Heartbeat, Heartbeat, "heartbeat");
 

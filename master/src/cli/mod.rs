@@ -56,14 +56,21 @@ enum Command {
         /// Show output lines live as minions send them.
         #[arg(long)]
         progress: bool,
+        /// Refuse to start when a targeted minion is down (lists which).
+        #[arg(long)]
+        require_up: bool,
     },
     /// Past jobs.
     Jobs {
         #[command(subcommand)]
         command: JobsCommand,
     },
-    /// Accepted minions with status, last seen, version and os.
-    Minions,
+    /// Accepted minions with status, last seen, latency, version and os.
+    Minions {
+        /// Show recent up/down transitions instead.
+        #[arg(long)]
+        events: bool,
+    },
     /// Minion keys.
     Keys {
         #[command(subcommand)]
@@ -145,9 +152,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             run_async,
             secrets,
             progress,
+            require_up,
         } => {
             let request = match words::parse_run(&words, timeout, &secrets) {
-                Ok(request) => request,
+                Ok(request) => JobRequest {
+                    require_up,
+                    ..request
+                },
                 Err(e) => {
                     eprintln!("master-cli run: {e}");
                     return Ok(ExitCode::from(2));
@@ -172,9 +183,15 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             output::job(&view, json)?;
             Ok(output::exit_code(&view))
         }
-        Command::Minions => {
+        Command::Minions { events: false } => {
             let minions: Vec<MinionView> = client.get("/v1/minions").await?;
             output::minions(&minions, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Minions { events: true } => {
+            let events: Vec<halite_api::types::PresenceEvent> =
+                client.get("/v1/presence?limit=200").await?;
+            output::presence(&events, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command } => keys(&client, command, json).await,

@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use halite_api::types::{EventRecord, JobSummary, JobView, KeysView, MinionView, ReturnRecord};
+use halite_api::types::{
+    EventRecord, JobSummary, JobView, KeysView, MinionView, PresenceEvent, ReturnRecord,
+};
 use halite_proto::message::EventBody;
 use halite_proto::time::format_ms;
 use serde::Serialize;
@@ -81,14 +83,31 @@ fn counts(view: &JobView) -> (usize, usize, usize) {
     )
 }
 
-/// The closing summary line, and who did not return.
+/// The closing summary line, and who did not return (telling apart the
+/// minions that were already down when the job was published).
 pub fn summary(view: &JobView) {
     for id in &view.missing {
-        line(&format!("{id}:\n    Minion did not return. [No response]"));
+        if view.job.down.contains(id) {
+            line(&format!(
+                "{id}:\n    Minion was down before the job and did not return. [No response]"
+            ));
+        } else {
+            line(&format!("{id}:\n    Minion did not return. [No response]"));
+        }
     }
     let (succeeded, failed, missing) = counts(view);
+    let down = view
+        .missing
+        .iter()
+        .filter(|id| view.job.down.contains(id))
+        .count();
+    let missing_text = if down > 0 {
+        format!("{missing} did not return ({down} down before the job)")
+    } else {
+        format!("{missing} did not return")
+    };
     line(&format!(
-        "\n-------------------------------------------\nSummary: {} minions targeted, {succeeded} succeeded, {failed} failed, {missing} did not return (jid {})",
+        "\n-------------------------------------------\nSummary: {} minions targeted, {succeeded} succeeded, {failed} failed, {missing_text} (jid {})",
         view.job.expected.len(),
         view.job.jid
     ));
@@ -105,7 +124,13 @@ pub fn job(view: &JobView, json: bool) -> anyhow::Result<()> {
             "minions": view.job.expected,
             "returns": view.returns,
             "missing": view.missing,
-            "summary": { "succeeded": succeeded, "failed": failed, "did_not_return": missing },
+            "down_before_job": view.job.down,
+            "summary": {
+                "succeeded": succeeded,
+                "failed": failed,
+                "did_not_return": missing,
+                "down_before_job": view.missing.iter().filter(|id| view.job.down.contains(id)).count(),
+            },
         }));
     }
     line(&format!(
@@ -166,15 +191,18 @@ pub fn minions(minions: &[MinionView], json: bool) -> anyhow::Result<()> {
         return print_json(&minions);
     }
     line(&format!(
-        "{:<24}  {:<6}  {:<19}  {:<10}  OS",
-        "ID", "STATUS", "LAST SEEN (UTC)", "VERSION"
+        "{:<24}  {:<6}  {:<19}  {:>8}  {:<10}  OS",
+        "ID", "STATUS", "LAST SEEN (UTC)", "LATENCY", "VERSION"
     ));
     for m in minions {
         line(&format!(
-            "{:<24}  {:<6}  {:<19}  {:<10}  {}",
+            "{:<24}  {:<6}  {:<19}  {:>8}  {:<10}  {}",
             m.id,
             m.status,
             m.last_seen.map(format_ms).unwrap_or_else(|| "never".into()),
+            m.latency_ms
+                .map(|l| format!("{l} ms"))
+                .unwrap_or_else(|| "-".into()),
             m.version.as_deref().unwrap_or("-"),
             m.os.as_deref().unwrap_or("-")
         ));
@@ -185,6 +213,23 @@ pub fn minions(minions: &[MinionView], json: bool) -> anyhow::Result<()> {
         minions.len(),
         minions.len() - up
     ));
+    Ok(())
+}
+
+/// `minions --events`: up/down transitions, newest first.
+pub fn presence(events: &[PresenceEvent], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&events);
+    }
+    line(&format!("{:<19}  {:<12}  ID", "TIME (UTC)", "EVENT"));
+    for event in events {
+        line(&format!(
+            "{:<19}  {:<12}  {}",
+            format_ms(event.at),
+            event.event,
+            event.id
+        ));
+    }
     Ok(())
 }
 

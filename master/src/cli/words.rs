@@ -66,6 +66,7 @@ pub fn parse_run(
         kwarg,
         secret,
         timeout,
+        require_up: false,
     })
 }
 
