@@ -57,6 +57,12 @@ fn spooled_returns_survive_both_restarts() {
         "--json",
     ]);
     let jid = jid_of(&out);
+    // Kill the master only once the job has reached the minion (before
+    // that it is only in the master's store, and catch-up would deliver
+    // it after the restart: another test).
+    eventually(Duration::from_secs(20), "job started on the minion", || {
+        web.log().contains(&format!("jid={jid}")) && web.log().contains("job started")
+    });
     master.proc.kill();
     // The job finishes while no master listens: the return waits on disk.
     eventually(Duration::from_secs(20), "return spooled", || {
