@@ -194,7 +194,7 @@ impl Master {
     }
 
     fn wait_ready(&self) {
-        eventually(Duration::from_secs(20), "master API up", || {
+        eventually(Duration::from_secs(60), "master API up", || {
             self.cli(&["keys", "list", "--json"]).code == 0
         });
     }
@@ -220,7 +220,7 @@ impl Master {
     /// Accepts `id` once its key is pending, then waits until it is up.
     pub fn accept(&self, id: &str) {
         eventually(
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             &format!("key of {id} pending"),
             || self.key_status(id).as_deref() == Some("pending"),
         );
@@ -231,7 +231,7 @@ impl Master {
 
     /// Waits until `minion` is listed up.
     pub fn wait_up(&self, id: &str) {
-        eventually(Duration::from_secs(20), &format!("{id} up"), || {
+        eventually(Duration::from_secs(60), &format!("{id} up"), || {
             let out = self.cli(&["minions", "--json"]);
             out.code == 0
                 && out

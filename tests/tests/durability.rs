@@ -29,7 +29,7 @@ fn master_restart_mid_job_loses_no_return() {
     // The minions are running it; the master dies hard and comes back.
     master.restart();
     eventually(
-        Duration::from_secs(40),
+        Duration::from_secs(60),
         "both returns stored after the restart",
         || returned(&master, &jid),
     );
@@ -60,25 +60,25 @@ fn spooled_returns_survive_both_restarts() {
     // Kill the master only once the job has reached the minion (before
     // that it is only in the master's store, and catch-up would deliver
     // it after the restart: another test).
-    eventually(Duration::from_secs(20), "job started on the minion", || {
+    eventually(Duration::from_secs(60), "job started on the minion", || {
         web.log().contains(&format!("jid={jid}")) && web.log().contains("job started")
     });
     master.proc.kill();
     // The job finishes while no master listens: the return waits on disk.
-    eventually(Duration::from_secs(20), "return spooled", || {
+    eventually(Duration::from_secs(60), "return spooled", || {
         web.spooled() == 1
     });
     web.restart();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(web.spooled(), 1, "spool lost across the minion restart");
     master.restart();
-    eventually(Duration::from_secs(40), "spooled return delivered", || {
+    eventually(Duration::from_secs(60), "spooled return delivered", || {
         returned(&master, &jid)
     });
     let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
     assert_eq!(doc["returns"]["web01"]["data"], "done", "{doc}");
     eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "spool emptied after the ack",
         || web.spooled() == 0,
     );
@@ -127,7 +127,7 @@ fn secrets_travel_sealed_and_rotation_locks_out_removed_minions() {
     // one and still opens secrets.
     assert_eq!(master.cli(&["keys", "delete", "db01"]).code, 0);
     eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "web01 re-authenticated with the new session key",
         || web.log().contains("session key rotated"),
     );

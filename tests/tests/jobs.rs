@@ -27,7 +27,7 @@ fn fleet() -> Fleet {
         master.return_port,
         "[grains]\nrole = \"db\"",
     );
-    halite_tests::eventually(Duration::from_secs(20), "both keys pending", || {
+    halite_tests::eventually(Duration::from_secs(60), "both keys pending", || {
         master.key_status("web01").as_deref() == Some("pending")
             && master.key_status("db01").as_deref() == Some("pending")
     });
@@ -208,7 +208,7 @@ fn async_jobs_history_and_minions() {
         .to_owned();
     assert_eq!(jid.len(), 20, "{out:?}");
 
-    halite_tests::eventually(Duration::from_secs(15), "async job returns", || {
+    halite_tests::eventually(Duration::from_secs(60), "async job returns", || {
         let out = m.cli(&["jobs", "show", &jid, "--json"]);
         out.code == 0 && out.json()["missing"] == serde_json::json!([])
     });

@@ -24,12 +24,12 @@ fn minion_runs_only_signed_fresh_unseen_jobs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let master = FakeMaster::start().await;
         let mut minion = Minion::start(dir.path(), "web01", master.return_port, "clock_skew = 1");
-        master.wait_catchups(1, Duration::from_secs(20)).await;
+        master.wait_catchups(1, Duration::from_secs(60)).await;
 
         // A good job runs, exactly once, however often it is published.
         let good = master.job("good");
         let ret = master
-            .publish_until_returned(&good, Duration::from_secs(20))
+            .publish_until_returned(&good, Duration::from_secs(60))
             .await;
         assert_eq!(ret.data, serde_json::json!("good"));
         assert!(ret.success);
@@ -67,7 +67,7 @@ fn minion_runs_only_signed_fresh_unseen_jobs() {
         // seen and refused.
         let sentinel = master.job("sentinel");
         master
-            .publish_until_returned(&sentinel, Duration::from_secs(20))
+            .publish_until_returned(&sentinel, Duration::from_secs(60))
             .await;
         assert!(master.returns_for(&forged.jid).is_empty(), "forged job ran");
         assert!(
@@ -91,11 +91,11 @@ fn minion_runs_only_signed_fresh_unseen_jobs() {
 
         // After a restart the replay guard still holds.
         minion.restart();
-        master.wait_catchups(2, Duration::from_secs(20)).await;
+        master.wait_catchups(2, Duration::from_secs(60)).await;
         master.publish(&good, &master.key).await;
         let after = master.job("after restart");
         master
-            .publish_until_returned(&after, Duration::from_secs(20))
+            .publish_until_returned(&after, Duration::from_secs(60))
             .await;
         assert_eq!(
             master.returns_for(&good.jid).len(),
@@ -122,7 +122,7 @@ fn minion_refuses_a_master_with_another_key() {
         );
         let log_says = |text: &str| minion.log().contains(text);
         eventually(
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             "minion refuses the impostor",
             || log_says("does not match master_fingerprint"),
         );
@@ -177,7 +177,7 @@ fn master_stores_only_returns_signed_by_accepted_keys() {
         dealer
     });
 
-    eventually(Duration::from_secs(10), "drops logged", || {
+    eventually(Duration::from_secs(60), "drops logged", || {
         let log = master.log();
         log.contains("minion=ghost")
             && log.contains("no accepted key")
@@ -185,7 +185,7 @@ fn master_stores_only_returns_signed_by_accepted_keys() {
             && log.contains("dropped undecodable message")
     });
     // The real return still arrives, and only it is stored.
-    eventually(Duration::from_secs(15), "real return stored", || {
+    eventually(Duration::from_secs(60), "real return stored", || {
         master.cli(&["jobs", "show", jid.as_str(), "--json"]).json()["missing"]
             == serde_json::json!([])
     });
@@ -203,7 +203,7 @@ fn key_states_gate_jobs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let master = Master::start(dir.path(), "");
     let web = Minion::start(dir.path(), "web01", master.return_port, "");
-    eventually(Duration::from_secs(20), "web01 pending", || {
+    eventually(Duration::from_secs(60), "web01 pending", || {
         master.key_status("web01").as_deref() == Some("pending")
     });
     // Pending: not expected, and it cannot receive jobs.
@@ -246,7 +246,7 @@ fn key_states_gate_jobs() {
     // An impostor with the same id and another key: denied, web01 unaffected.
     let impostor_dir = dir.path().join("impostor");
     let _impostor = Minion::start(&impostor_dir, "web01", master.return_port, "");
-    eventually(Duration::from_secs(20), "impostor denied", || {
+    eventually(Duration::from_secs(60), "impostor denied", || {
         master
             .cli(&["keys", "list"])
             .stdout
@@ -262,7 +262,7 @@ fn key_states_gate_jobs() {
     assert_eq!(master.key_status("web01").as_deref(), Some("rejected"));
     let out = master.cli(&["run", "target=web01", "test.ping"]);
     assert_eq!(out.code, 1, "rejected minion was targeted: {out:?}");
-    eventually(Duration::from_secs(20), "minion told it is refused", || {
+    eventually(Duration::from_secs(60), "minion told it is refused", || {
         web.log().contains("refuses this minion's key")
     });
 
