@@ -119,10 +119,7 @@ impl Store {
 
     /// Records a job (before it is published, so no return can precede it).
     pub fn put_job(&self, job: &StoredJob) -> Result<(), StoreError> {
-        let bytes = encode("job", job).map_err(|e| StoreError::Corrupt {
-            what: "job",
-            reason: e.to_string(),
-        })?;
+        let bytes = to_bytes("job", job)?;
         self.jobs
             .insert(job.record.jid.as_str().as_bytes(), bytes)
             .map_err(sled_err("write job"))?;
@@ -136,7 +133,7 @@ impl Store {
             .get(jid.as_str().as_bytes())
             .map_err(sled_err("read job"))?
         {
-            Some(bytes) => Ok(Some(decode_job(&bytes)?)),
+            Some(bytes) => Ok(Some(from_bytes("job", &bytes)?)),
             None => Ok(None),
         }
     }
@@ -149,10 +146,7 @@ impl Store {
         };
         iter.rev()
             .take(limit)
-            .map(|item| {
-                let (_, bytes) = item.map_err(sled_err("scan jobs"))?;
-                decode_job(&bytes)
-            })
+            .map(|item| decode_item("scan jobs", "job", item))
             .collect()
     }
 
@@ -160,10 +154,7 @@ impl Store {
     pub fn jobs_since(&self, since: &Jid) -> Result<Vec<StoredJob>, StoreError> {
         self.jobs
             .range(since.as_str().as_bytes()..)
-            .map(|item| {
-                let (_, bytes) = item.map_err(sled_err("scan jobs"))?;
-                decode_job(&bytes)
-            })
+            .map(|item| decode_item("scan jobs", "job", item))
             .collect()
     }
 
@@ -174,10 +165,7 @@ impl Store {
         batch
             .iter()
             .map(|(jid, ret)| {
-                let bytes = encode("return", ret).map_err(|e| StoreError::Corrupt {
-                    what: "return",
-                    reason: e.to_string(),
-                })?;
+                let bytes = to_bytes("return", ret)?;
                 let previous = self
                     .returns
                     .compare_and_swap(return_key(jid, &ret.id), None as Option<&[u8]>, Some(bytes))
@@ -191,13 +179,7 @@ impl Store {
     pub fn returns(&self, jid: &Jid) -> Result<Vec<ReturnRecord>, StoreError> {
         self.returns
             .scan_prefix(jid_prefix(jid))
-            .map(|item| {
-                let (_, bytes) = item.map_err(sled_err("scan returns"))?;
-                decode("return", &bytes).map_err(|e| StoreError::Corrupt {
-                    what: "return",
-                    reason: e.to_string(),
-                })
-            })
+            .map(|item| decode_item("scan returns", "return", item))
             .collect()
     }
 
@@ -207,10 +189,7 @@ impl Store {
         event.cursor = self.db.generate_id().map_err(sled_err("event id"))?;
         let mut key = jid_prefix(jid);
         key.extend_from_slice(&event.cursor.to_be_bytes());
-        let bytes = encode("event", &event).map_err(|e| StoreError::Corrupt {
-            what: "event",
-            reason: e.to_string(),
-        })?;
+        let bytes = to_bytes("event", &event)?;
         self.events
             .insert(key, bytes)
             .map_err(sled_err("write event"))?;
@@ -226,22 +205,13 @@ impl Store {
         end.extend_from_slice(&u64::MAX.to_be_bytes());
         self.events
             .range(start..=end)
-            .map(|item| {
-                let (_, bytes) = item.map_err(sled_err("scan events"))?;
-                decode("event", &bytes).map_err(|e| StoreError::Corrupt {
-                    what: "event",
-                    reason: e.to_string(),
-                })
-            })
+            .map(|item| decode_item("scan events", "event", item))
             .collect()
     }
 
     /// Saves what is known of a minion.
     pub fn put_minion(&self, minion: &MinionRecord) -> Result<(), StoreError> {
-        let bytes = encode("minion", minion).map_err(|e| StoreError::Corrupt {
-            what: "minion",
-            reason: e.to_string(),
-        })?;
+        let bytes = to_bytes("minion", minion)?;
         self.minions
             .insert(minion.id.as_bytes(), bytes)
             .map_err(sled_err("write minion"))?;
@@ -252,13 +222,7 @@ impl Store {
     pub fn minions(&self) -> Result<Vec<MinionRecord>, StoreError> {
         self.minions
             .iter()
-            .map(|item| {
-                let (_, bytes) = item.map_err(sled_err("scan minions"))?;
-                decode("minion", &bytes).map_err(|e| StoreError::Corrupt {
-                    what: "minion",
-                    reason: e.to_string(),
-                })
-            })
+            .map(|item| decode_item("scan minions", "minion", item))
             .collect()
     }
 
@@ -275,10 +239,7 @@ impl Store {
     pub fn put_presence(&self, event: &PresenceEvent) -> Result<(), StoreError> {
         let mut key = event.at.to_be_bytes().to_vec();
         key.extend_from_slice(event.id.as_bytes());
-        let bytes = encode("presence", event).map_err(|e| StoreError::Corrupt {
-            what: "presence",
-            reason: e.to_string(),
-        })?;
+        let bytes = to_bytes("presence", event)?;
         self.presence
             .insert(key, bytes)
             .map_err(sled_err("write presence"))?;
@@ -307,13 +268,7 @@ impl Store {
             .iter()
             .rev()
             .take(limit)
-            .map(|item| {
-                let (_, bytes) = item.map_err(sled_err("scan presence"))?;
-                decode("presence", &bytes).map_err(|e| StoreError::Corrupt {
-                    what: "presence",
-                    reason: e.to_string(),
-                })
-            })
+            .map(|item| decode_item("scan presence", "presence", item))
             .collect()
     }
 
@@ -345,9 +300,32 @@ impl Store {
     }
 }
 
-fn decode_job(bytes: &[u8]) -> Result<StoredJob, StoreError> {
-    decode("job", bytes).map_err(|e| StoreError::Corrupt {
-        what: "job",
+/// Decodes one `(key, value)` of a scan; failures name the scan and the
+/// record kind.
+fn decode_item<T: serde::de::DeserializeOwned>(
+    context: &'static str,
+    what: &'static str,
+    item: sled::Result<(sled::IVec, sled::IVec)>,
+) -> Result<T, StoreError> {
+    let (_, bytes) = item.map_err(sled_err(context))?;
+    from_bytes(what, &bytes)
+}
+
+/// msgpack-encodes a record; a failure names the record kind.
+fn to_bytes<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    encode(what, value).map_err(|e| StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a stored record; a failure names the record kind.
+fn from_bytes<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    decode(what, bytes).map_err(|e| StoreError::Corrupt {
+        what,
         reason: e.to_string(),
     })
 }
