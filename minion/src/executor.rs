@@ -34,6 +34,16 @@ pub struct Outgoing {
     pub bytes: Vec<u8>,
 }
 
+/// How a job reached the minion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobSource {
+    /// Published on the PUB socket: a replay here is suspicious.
+    Published,
+    /// Re-offered by catch-up after a (re)connect: jobs this minion already
+    /// ran are expected among them.
+    Catchup,
+}
+
 /// Why a job was not run (already logged).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -118,7 +128,7 @@ impl Executor {
     }
 
     /// Takes a job whose signature the link verified: refuses it or starts it.
-    pub fn accept(self: &Arc<Self>, job: Job) -> Result<(), Refusal> {
+    pub fn accept(self: &Arc<Self>, job: Job, source: JobSource) -> Result<(), Refusal> {
         let span = tracing::info_span!("job", jid = %job.jid, minion = %self.id, fun = %job.fun);
         let _enter = span.enter();
         match Target::parse(job.tgt_type, &job.tgt) {
@@ -147,7 +157,11 @@ impl Executor {
             match seen.insert(&job.jid, keep_until) {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!("refused a replayed job (this jid already ran here)");
+                    if source == JobSource::Published {
+                        tracing::warn!("refused a replayed job (this jid already ran here)");
+                    } else {
+                        tracing::debug!("catch-up offered a job that already ran here");
+                    }
                     return Err(Refusal::Replayed);
                 }
                 Err(e) => {

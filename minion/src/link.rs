@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use crate::config::MasterAddr;
-use crate::executor::{nonce, Executor, Outgoing};
+use crate::executor::{nonce, Executor, JobSource, Outgoing};
 use crate::trust::MasterTrust;
 
 /// Frames larger than this are dropped unread.
@@ -230,7 +230,7 @@ impl Link {
                             let Ok(reply) = envelope.open::<CatchupReply>() else { continue };
                             tracing::debug!(jobs = reply.jobs.len(), "catch-up reply");
                             for job in reply.jobs {
-                                self.on_published(TOPIC_JOB, &job, &accepted.master_pub);
+                                self.on_published(TOPIC_JOB, &job, &accepted.master_pub, JobSource::Catchup);
                             }
                         }
                         _ => {}
@@ -240,7 +240,9 @@ impl Link {
                     let mut frames = message?.into_vec().into_iter();
                     let (Some(topic), Some(body)) = (frames.next(), frames.next()) else { continue };
                     let topic = String::from_utf8_lossy(&topic).into_owned();
-                    if let Some(beacon_epoch) = self.on_published(&topic, &body, &accepted.master_pub) {
+                    if let Some(beacon_epoch) =
+                        self.on_published(&topic, &body, &accepted.master_pub, JobSource::Published)
+                    {
                         if beacon_epoch > epoch {
                             return Ok(Next::Reconnect("session key rotated"));
                         }
@@ -365,12 +367,18 @@ impl Link {
 
     /// Handles a PUB message (or a job from catch-up). Returns a beacon's
     /// session epoch.
-    fn on_published(&self, topic: &str, body: &[u8], master_pub: &PublicKey) -> Option<u64> {
+    fn on_published(
+        &self,
+        topic: &str,
+        body: &[u8],
+        master_pub: &PublicKey,
+        source: JobSource,
+    ) -> Option<u64> {
         let envelope = self.verify_master(body, master_pub)?;
         match (topic, envelope.kind) {
             (TOPIC_JOB, Kind::Job) => match envelope.open::<Job>() {
                 Ok(job) => {
-                    let _ = self.executor.accept(job);
+                    let _ = self.executor.accept(job, source);
                     None
                 }
                 Err(e) => {
