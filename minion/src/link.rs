@@ -9,7 +9,7 @@
 //! `Disconnected`, a failed send, heartbeat acks missing for three
 //! intervals, or a newer session epoch (re-auth to fetch the key).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,8 +192,10 @@ impl Link {
         let mut heartbeat = tokio::time::interval(accepted.heartbeat);
         let mut resend = tokio::time::interval_at(Instant::now() + RESEND_EVERY, RESEND_EVERY);
         let mut last_ack = Instant::now();
-        let mut heartbeat_nonce = Vec::new();
-        let mut heartbeat_sent = Instant::now();
+        // Heartbeats still awaiting their ack (nonce, sent at): an ack that
+        // arrives after the next heartbeat went out still counts.
+        let mut in_flight: VecDeque<(Vec<u8>, Instant)> =
+            VecDeque::with_capacity(MISSED_ACKS as usize);
         let mut rtt_ms = None;
         loop {
             tokio::select! {
@@ -216,9 +218,11 @@ impl Link {
                         }
                         Kind::HeartbeatAck => {
                             let Ok(ack) = envelope.open::<HeartbeatAck>() else { continue };
-                            if ack.nonce != heartbeat_nonce { continue }
+                            let Some(index) = in_flight.iter().position(|(n, _)| *n == ack.nonce) else { continue };
+                            let (_, sent) = in_flight[index];
+                            in_flight.drain(..=index);
                             last_ack = Instant::now();
-                            rtt_ms = Some(heartbeat_sent.elapsed().as_millis() as u64);
+                            rtt_ms = Some(sent.elapsed().as_millis() as u64);
                             if !ack.accepted {
                                 return Ok(Next::Reconnect("the master no longer accepts this key"));
                             }
@@ -262,7 +266,7 @@ impl Link {
                     if last_ack.elapsed() > accepted.heartbeat * MISSED_ACKS {
                         return Ok(Next::Reconnect("heartbeat acks missing"));
                     }
-                    heartbeat_nonce = nonce();
+                    let heartbeat_nonce = nonce();
                     let beat = self.sign(&Heartbeat {
                         id: self.id.clone(),
                         nonce: heartbeat_nonce.clone(),
@@ -272,7 +276,10 @@ impl Link {
                         running: self.executor.running(),
                         rtt_ms,
                     })?;
-                    heartbeat_sent = Instant::now();
+                    if in_flight.len() == MISSED_ACKS as usize {
+                        in_flight.pop_front();
+                    }
+                    in_flight.push_back((heartbeat_nonce, Instant::now()));
                     tx.send(frame(beat)).await?;
                 }
                 _ = resend.tick() => self.resend_spool(&mut tx, &mut awaiting).await?,
