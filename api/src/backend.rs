@@ -3,7 +3,8 @@
 use halite_proto::Jid;
 
 use crate::types::{
-    EventRecord, JobRequest, JobSummary, JobView, KeysView, MinionView, PresenceEvent, Submitted,
+    CheckRecord, EventRecord, JobRequest, JobSummary, JobView, KeysView, MinionView, PresenceEvent,
+    Submitted,
 };
 use crate::ApiError;
 
@@ -37,6 +38,14 @@ pub trait Backend: Send + Sync + 'static {
     fn minions(&self) -> Result<Vec<MinionView>, ApiError>;
     /// Recent up/down transitions, newest first.
     fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, ApiError>;
+    /// Connectivity-check results at or after `since` (unix ms), newest
+    /// first; only failures when `failed_only`.
+    fn checks(
+        &self,
+        since: u64,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<CheckRecord>, ApiError>;
     /// Every key and the master's fingerprint.
     fn keys(&self) -> Result<KeysView, ApiError>;
     /// Changes keys; returns the ids affected.

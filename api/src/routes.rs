@@ -34,6 +34,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/jobs/{jid}/events", get(job_events))
         .route("/v1/minions", get(minions))
         .route("/v1/presence", get(presence))
+        .route("/v1/checks", get(checks))
         .route("/v1/keys", get(keys))
         // `_all` can never be a minion id (ids start with a letter or digit).
         .route("/v1/keys/_all/accept", post(accept_all))
@@ -202,6 +203,26 @@ async fn presence(
     Ok(Json(
         backend.presence(query.limit.unwrap_or(100).clamp(1, 10_000))?,
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChecksQuery {
+    since: Option<u64>,
+    failed: Option<bool>,
+    limit: Option<usize>,
+}
+
+async fn checks(
+    State(backend): State<Shared>,
+    query: Result<Query<ChecksQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(backend.checks(
+        query.since.unwrap_or(0),
+        query.failed.unwrap_or(false),
+        query.limit.unwrap_or(1000).clamp(1, 100_000),
+    )?))
 }
 
 async fn keys(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {

@@ -182,6 +182,23 @@ pub struct PresenceEvent {
     pub at: u64,
 }
 
+/// One minion's result in one periodic connectivity check
+/// (`GET /v1/checks`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct CheckRecord {
+    /// Minion id.
+    pub id: String,
+    /// When the check ran (unix ms).
+    pub at: u64,
+    /// Was the minion reachable: a heartbeat acknowledged within
+    /// `missed_heartbeats` intervals (both directions of its connection work)?
+    pub ok: bool,
+    /// Round trip of its last heartbeat, in ms.
+    pub latency_ms: Option<u64>,
+    /// Last time anything signed by it arrived (unix ms), if ever.
+    pub last_seen: Option<u64>,
+}
+
 /// A minion key and its state.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct KeyView {

@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use halite_api::types::{
-    EventRecord, JobRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView,
-    PresenceEvent, ReturnRecord, Submitted,
+    CheckRecord, EventRecord, JobRecord, JobRequest, JobSummary, JobView, KeyView, KeysView,
+    MinionView, PresenceEvent, ReturnRecord, Submitted,
 };
 use halite_api::{router, ApiError, Backend, KeyAction};
 use halite_proto::message::{EventBody, KeyStatus};
@@ -168,6 +168,26 @@ impl Backend for Fake {
         Ok(all.into_iter().take(limit).collect())
     }
 
+    fn checks(
+        &self,
+        since: u64,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<CheckRecord>, ApiError> {
+        let all = [(30, true), (20, false), (10, true)].map(|(at, ok)| CheckRecord {
+            id: "web01".into(),
+            at,
+            ok,
+            latency_ms: ok.then_some(2),
+            last_seen: Some(at),
+        });
+        Ok(all
+            .into_iter()
+            .filter(|c| c.at >= since && (!failed_only || !c.ok))
+            .take(limit)
+            .collect())
+    }
+
     fn keys(&self) -> Result<KeysView, ApiError> {
         Ok(KeysView {
             master_fingerprint: "ab:cd".into(),
@@ -293,6 +313,7 @@ async fn no_token_is_401_on_every_protected_route() {
         (Method::GET, format!("/v1/jobs/{KNOWN}/events")),
         (Method::GET, "/v1/minions".to_owned()),
         (Method::GET, "/v1/presence".to_owned()),
+        (Method::GET, "/v1/checks".to_owned()),
         (Method::GET, "/v1/keys".to_owned()),
         (Method::POST, "/v1/keys/_all/accept".to_owned()),
         (Method::POST, "/v1/keys/web02/accept".to_owned()),
@@ -708,6 +729,31 @@ async fn minions_list() {
             "grains": {"os": "Linux", "role": "web"},
         }])
     );
+}
+
+#[tokio::test]
+async fn checks_filter_by_time_and_failure() {
+    let (_, app) = app();
+    let (status, body) = call(&app, get("/v1/checks")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_array().map(Vec::len), Some(3));
+    let (status, body) = call(&app, get("/v1/checks?failed=true")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!([{"id": "web01", "at": 20, "ok": false, "latency_ms": null, "last_seen": 20}])
+    );
+    let (_, body) = call(&app, get("/v1/checks?since=25")).await;
+    assert_eq!(body.as_array().map(Vec::len), Some(1));
+    for bad in [
+        "/v1/checks?failed=maybe",
+        "/v1/checks?since=-1",
+        "/v1/checks?host=x",
+    ] {
+        let (status, body) = call(&app, get(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_error(&body, &[]);
+    }
 }
 
 #[tokio::test]

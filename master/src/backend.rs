@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use halite_api::types::{
-    EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView, PresenceEvent,
-    Submitted,
+    CheckRecord, EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView,
+    PresenceEvent, Submitted,
 };
 use halite_api::{ApiError, Backend, KeyAction};
 use halite_pki::PkiError;
@@ -101,6 +101,18 @@ impl Backend for ApiBackend {
 
     fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, ApiError> {
         self.0.store.presence(limit).map_err(internal)
+    }
+
+    fn checks(
+        &self,
+        since: u64,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<CheckRecord>, ApiError> {
+        self.0
+            .store
+            .checks(since, failed_only, limit)
+            .map_err(internal)
     }
 
     fn keys(&self) -> Result<KeysView, ApiError> {

@@ -30,6 +30,8 @@ struct RawConfig {
     missed_heartbeats: Option<i64>,
     beacon_interval: Option<i64>,
     job_timeout: Option<i64>,
+    check_interval: Option<i64>,
+    keep_checks: Option<i64>,
 }
 
 /// A validated master configuration.
@@ -63,6 +65,11 @@ pub struct Config {
     pub beacon_interval: Duration,
     /// Default job timeout when a request gives none.
     pub job_timeout: Duration,
+    /// How often every accepted minion's reachability is recorded.
+    pub check_interval: Duration,
+    /// How long check results are kept ("which servers failed a check
+    /// this week" needs at least a week).
+    pub keep_checks: Duration,
 }
 
 impl Config {
@@ -142,6 +149,22 @@ impl Config {
                 60,
                 1..=7 * 86_400,
             )?),
+            check_interval: Duration::from_secs(int_key(
+                file,
+                "check_interval",
+                raw.check_interval,
+                300,
+                1..=86_400,
+            )?),
+            keep_checks: Duration::from_secs(
+                3600 * int_key(
+                    file,
+                    "keep_checks",
+                    raw.keep_checks,
+                    24 * 14,
+                    1..=24 * 365 * 10,
+                )?,
+            ),
         })
     }
 

@@ -425,6 +425,10 @@ impl Core {
         if let Err(e) = self.store.prune_presence_before(cutoff_ms) {
             tracing::warn!(error = %e, "prune of presence transitions failed");
         }
+        let checks_cutoff = now_ms().saturating_sub(self.config.keep_checks.as_millis() as u64);
+        if let Err(e) = self.store.prune_checks_before(checks_cutoff) {
+            tracing::warn!(error = %e, "prune of connectivity checks failed");
+        }
         match self
             .store
             .prune_before(&Jid::from_unix_us(cutoff_ms * 1000))
@@ -567,6 +571,40 @@ impl Core {
             missing,
             done,
         })
+    }
+
+    /// Records whether each accepted minion is reachable right now: a
+    /// heartbeat acknowledged within `missed_heartbeats` intervals proves
+    /// both directions of its connection. Kept `keep_checks` hours.
+    pub fn check_connectivity(&self) {
+        let now = now_ms();
+        let records = self.presence.all();
+        let checks: Vec<halite_api::types::CheckRecord> = self
+            .keys
+            .accepted_ids()
+            .into_iter()
+            .map(|id| {
+                let record = records.iter().find(|r| r.id == id);
+                halite_api::types::CheckRecord {
+                    ok: self.presence.is_up(&id),
+                    latency_ms: record.and_then(|r| r.rtt_ms),
+                    last_seen: record.map(|r| r.last_seen).filter(|&t| t > 0),
+                    at: now,
+                    id,
+                }
+            })
+            .collect();
+        let failed = checks.iter().filter(|c| !c.ok).count();
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                checked = checks.len(),
+                "connectivity check: minions unreachable"
+            );
+        }
+        if let Err(e) = self.store.put_checks(&checks) {
+            tracing::warn!(error = %e, "cannot record connectivity checks");
+        }
     }
 
     /// Rotates the session key after a key was revoked, and tells minions

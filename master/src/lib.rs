@@ -176,12 +176,21 @@ fn spawn_timers(core: Arc<core::Core>, shutdown: CancellationToken) {
         let mut beacon = tokio::time::interval(beacon_every);
         let mut prune = tokio::time::interval(std::time::Duration::from_secs(600));
         let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+        // The first check waits a full interval: right after a start the
+        // minions have not reconnected yet.
+        let check_every = core.config.check_interval;
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = beacon.tick() => core.beacon(),
                 _ = sweep.tick() => {
                     core.presence.sweep(halite_proto::time::now_ms());
+                }
+                _ = check.tick() => {
+                    let core = core.clone();
+                    let _ = tokio::task::spawn_blocking(move || core.check_connectivity()).await;
                 }
                 _ = prune.tick() => {
                     let core = core.clone();

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use halite_api::types::{EventRecord, JobRecord, PresenceEvent, ReturnRecord};
+use halite_api::types::{CheckRecord, EventRecord, JobRecord, PresenceEvent, ReturnRecord};
 use halite_proto::envelope::{decode, encode};
 use halite_proto::Jid;
 use serde::{Deserialize, Serialize};
@@ -74,6 +74,7 @@ pub struct Store {
     events: sled::Tree,
     minions: sled::Tree,
     presence: sled::Tree,
+    checks: sled::Tree,
 }
 
 fn return_key(jid: &Jid, id: &str) -> Vec<u8> {
@@ -108,6 +109,7 @@ impl Store {
             presence: db
                 .open_tree("presence")
                 .map_err(sled_err("open presence"))?,
+            checks: db.open_tree("checks").map_err(sled_err("open checks"))?,
             db,
         })
     }
@@ -248,18 +250,46 @@ impl Store {
 
     /// Forgets transitions older than `cutoff_ms`.
     pub fn prune_presence_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
-        let old: Vec<sled::IVec> = self
-            .presence
-            .range(..cutoff_ms.to_be_bytes().to_vec())
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(sled_err("scan old presence"))?;
-        for key in &old {
-            self.presence
-                .remove(key)
-                .map_err(sled_err("prune presence"))?;
+        prune_timed(&self.presence, cutoff_ms)
+    }
+
+    /// Records one round of connectivity checks (key: time, then id).
+    pub fn put_checks(&self, checks: &[CheckRecord]) -> Result<(), StoreError> {
+        for check in checks {
+            let mut key = check.at.to_be_bytes().to_vec();
+            key.extend_from_slice(check.id.as_bytes());
+            self.checks
+                .insert(key, to_bytes("check", check)?)
+                .map_err(sled_err("write check"))?;
         }
-        Ok(old.len())
+        Ok(())
+    }
+
+    /// Check results at or after `since`, newest first, optionally only
+    /// the failures, at most `limit`.
+    pub fn checks(
+        &self,
+        since: u64,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<CheckRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.checks.range(since.to_be_bytes().to_vec()..).rev() {
+            let check: CheckRecord = decode_item("scan checks", "check", item)?;
+            if failed_only && check.ok {
+                continue;
+            }
+            out.push(check);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets check results older than `cutoff_ms`.
+    pub fn prune_checks_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        prune_timed(&self.checks, cutoff_ms)
     }
 
     /// Up/down transitions, newest first.
@@ -298,6 +328,20 @@ impl Store {
         }
         Ok(old.len())
     }
+}
+
+/// Removes the entries of a tree keyed by big-endian time older than
+/// `cutoff_ms`.
+fn prune_timed(tree: &sled::Tree, cutoff_ms: u64) -> Result<usize, StoreError> {
+    let old: Vec<sled::IVec> = tree
+        .range(..cutoff_ms.to_be_bytes().to_vec())
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(sled_err("scan old entries"))?;
+    for key in &old {
+        tree.remove(key).map_err(sled_err("prune"))?;
+    }
+    Ok(old.len())
 }
 
 /// Decodes one `(key, value)` of a scan; failures name the scan and the
@@ -419,6 +463,32 @@ mod tests {
             vec![true, false]
         );
         assert_eq!(store.returns(&jid).unwrap(), vec![ret("a", 0)]);
+    }
+
+    #[test]
+    fn checks_filter_by_time_and_failure_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (at, ok) in [(1_000, true), (2_000, false), (3_000, true)] {
+            let check = CheckRecord {
+                id: "web01".into(),
+                at,
+                ok,
+                latency_ms: None,
+                last_seen: None,
+            };
+            store.put_checks(&[check]).unwrap();
+        }
+        let ats = |v: Vec<CheckRecord>| v.into_iter().map(|c| c.at).collect::<Vec<_>>();
+        assert_eq!(
+            ats(store.checks(0, false, 10).unwrap()),
+            vec![3_000, 2_000, 1_000]
+        );
+        assert_eq!(ats(store.checks(0, true, 10).unwrap()), vec![2_000]);
+        assert_eq!(ats(store.checks(2_500, false, 10).unwrap()), vec![3_000]);
+        assert_eq!(ats(store.checks(0, false, 1).unwrap()), vec![3_000]);
+        assert_eq!(store.prune_checks_before(2_500).unwrap(), 2);
+        assert_eq!(ats(store.checks(0, false, 10).unwrap()), vec![3_000]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ fn status(master: &Master, id: &str) -> serde_json::Value {
 #[test]
 fn down_minions_are_noticed_reported_and_caught_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let master = Master::start(dir.path(), "missed_heartbeats = 2");
+    let master = Master::start(dir.path(), "missed_heartbeats = 2\ncheck_interval = 1");
     let _web = Minion::start(dir.path(), "web01", master.return_port, "");
     let mut db = Minion::start(dir.path(), "db01", master.return_port, "");
     master.accept("web01");
@@ -48,6 +48,44 @@ fn down_minions_are_noticed_reported_and_caught_up() {
         .cli(&["minions", "--events"])
         .stdout
         .contains("minion/down"));
+
+    // The periodic check keeps the failure: "which servers failed a check".
+    eventually(
+        Duration::from_secs(60),
+        "a failed check of db01 recorded",
+        || {
+            let failed = master
+                .cli(&["minions", "--checks", "--failed", "--json"])
+                .json();
+            failed
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["id"] == "db01" && c["ok"] == false))
+        },
+    );
+    let failed = master
+        .cli(&["minions", "--checks", "--failed", "--json"])
+        .json();
+    // (web01 may have failed one before it first connected; not since.)
+    let down_at = down["at"].as_u64().unwrap_or(0);
+    assert!(
+        failed.as_array().is_some_and(|cs| cs
+            .iter()
+            .filter(|c| c["at"].as_u64() > Some(down_at))
+            .all(|c| c["id"] == "db01")),
+        "{failed}"
+    );
+    let out = master.cli(&["minions", "--checks", "--since", "1"]);
+    assert!(
+        out.stdout
+            .contains("Failed checks in the last 1 h:\n  db01: "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("web01") && out.stdout.contains(" ok "),
+        "{}",
+        out.stdout
+    );
 
     // --require-up refuses and publishes nothing.
     let jobs_before = master

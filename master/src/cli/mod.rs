@@ -68,8 +68,17 @@ enum Command {
     /// Accepted minions with status, last seen, latency, version and os.
     Minions {
         /// Show recent up/down transitions instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "checks")]
         events: bool,
+        /// Show periodic connectivity-check results instead.
+        #[arg(long)]
+        checks: bool,
+        /// With --checks: only the failed checks.
+        #[arg(long, requires = "checks")]
+        failed: bool,
+        /// With --checks: how many hours back (default a week).
+        #[arg(long, requires = "checks", default_value_t = 168)]
+        since: u64,
     },
     /// Minion keys.
     Keys {
@@ -183,15 +192,31 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             output::job(&view, json)?;
             Ok(output::exit_code(&view))
         }
-        Command::Minions { events: false } => {
-            let minions: Vec<MinionView> = client.get("/v1/minions").await?;
-            output::minions(&minions, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Minions { events: true } => {
+        Command::Minions { events: true, .. } => {
             let events: Vec<halite_api::types::PresenceEvent> =
                 client.get("/v1/presence?limit=200").await?;
             output::presence(&events, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Minions {
+            checks: true,
+            failed,
+            since,
+            ..
+        } => {
+            let since_ms =
+                halite_proto::time::now_ms().saturating_sub(since.saturating_mul(3_600_000));
+            let checks: Vec<halite_api::types::CheckRecord> = client
+                .get(&format!(
+                    "/v1/checks?since={since_ms}&failed={failed}&limit=100000"
+                ))
+                .await?;
+            output::checks(&checks, since, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Minions { .. } => {
+            let minions: Vec<MinionView> = client.get("/v1/minions").await?;
+            output::minions(&minions, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command } => keys(&client, command, json).await,

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use halite_api::types::{
-    EventRecord, JobSummary, JobView, KeysView, MinionView, PresenceEvent, ReturnRecord,
+    CheckRecord, EventRecord, JobSummary, JobView, KeysView, MinionView, PresenceEvent,
+    ReturnRecord,
 };
 use halite_proto::message::EventBody;
 use halite_proto::time::format_ms;
@@ -229,6 +230,43 @@ pub fn presence(events: &[PresenceEvent], json: bool) -> anyhow::Result<()> {
             event.event,
             event.id
         ));
+    }
+    Ok(())
+}
+
+/// `minions --checks`: check results newest first, then how many checks
+/// each minion failed in the period.
+pub fn checks(checks: &[CheckRecord], hours: u64, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&checks);
+    }
+    line(&format!(
+        "{:<19}  {:<24}  {:<6}  LATENCY",
+        "TIME (UTC)", "ID", "RESULT"
+    ));
+    for check in checks {
+        line(&format!(
+            "{:<19}  {:<24}  {:<6}  {}",
+            format_ms(check.at),
+            check.id,
+            if check.ok { "ok" } else { "FAILED" },
+            check
+                .latency_ms
+                .map(|l| format!("{l} ms"))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    let mut failed: std::collections::BTreeMap<&str, usize> = Default::default();
+    for check in checks.iter().filter(|c| !c.ok) {
+        *failed.entry(check.id.as_str()).or_default() += 1;
+    }
+    if failed.is_empty() {
+        line(&format!("No failed checks in the last {hours} h."));
+    } else {
+        line(&format!("Failed checks in the last {hours} h:"));
+        for (id, n) in failed {
+            line(&format!("  {id}: {n}"));
+        }
     }
     Ok(())
 }
