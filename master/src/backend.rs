@@ -73,11 +73,14 @@ impl Backend for ApiBackend {
 
     fn minions(&self) -> Result<Vec<MinionView>, ApiError> {
         let accepted = self.0.keys.accepted_ids();
-        let records = self.0.presence.all();
+        let all = self.0.presence.all();
+        // One map, not a scan per minion: listing stays linear in fleet size.
+        let records: std::collections::HashMap<&str, &crate::store::MinionRecord> =
+            all.iter().map(|r| (r.id.as_str(), r)).collect();
         Ok(accepted
             .into_iter()
             .map(|id| {
-                let record = records.iter().find(|r| r.id == id);
+                let record = records.get(id.as_str());
                 MinionView {
                     status: if self.0.presence.is_up(&id) {
                         "up"

@@ -578,13 +578,16 @@ impl Core {
     /// both directions of its connection. Kept `keep_checks` hours.
     pub fn check_connectivity(&self) {
         let now = now_ms();
-        let records = self.presence.all();
+        let all = self.presence.all();
+        // One map, not a scan per minion: listing stays linear in fleet size.
+        let records: std::collections::HashMap<&str, &crate::store::MinionRecord> =
+            all.iter().map(|r| (r.id.as_str(), r)).collect();
         let checks: Vec<halite_api::types::CheckRecord> = self
             .keys
             .accepted_ids()
             .into_iter()
             .map(|id| {
-                let record = records.iter().find(|r| r.id == id);
+                let record = records.get(id.as_str());
                 halite_api::types::CheckRecord {
                     ok: self.presence.is_up(&id),
                     latency_ms: record.and_then(|r| r.rtt_ms),

@@ -51,9 +51,7 @@ pub enum Refusal {
     NotForMe,
     /// Its `expires_at` has passed.
     Expired,
-    /// Its jid already ran here.
-    Replayed,
-    /// The target or the guard could not be evaluated.
+    /// The target could not be parsed.
     Error,
 }
 
@@ -127,7 +125,9 @@ impl Executor {
         &self.spool
     }
 
-    /// Takes a job whose signature the link verified: refuses it or starts it.
+    /// Takes a job whose signature the link verified. Refusals decided at
+    /// once (target, expiry) come back as `Err`; the replay guard is checked
+    /// in the spawned task (it fsyncs), which refuses and logs a replay.
     pub fn accept(self: &Arc<Self>, job: Job, source: JobSource) -> Result<(), Refusal> {
         let span = tracing::info_span!("job", jid = %job.jid, minion = %self.id, fun = %job.fun);
         let _enter = span.enter();
@@ -148,33 +148,53 @@ impl Executor {
             tracing::warn!(expires_at = job.expires_at, now, "refused an expired job");
             return Err(Refusal::Expired);
         }
-        {
-            let mut seen = match self.seen.lock() {
-                Ok(seen) => seen,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            seen.prune(now.saturating_sub(self.clock_skew.as_millis() as u64));
-            match seen.insert(&job.jid, keep_until) {
-                Ok(true) => {}
-                Ok(false) => {
-                    if source == JobSource::Published {
-                        tracing::warn!("refused a replayed job (this jid already ran here)");
-                    } else {
-                        tracing::debug!("catch-up offered a job that already ran here");
-                    }
-                    return Err(Refusal::Replayed);
-                }
-                Err(e) => {
-                    // Without a durable record the job could run twice.
-                    tracing::error!(error = %e, path = %seen.path().display(), "cannot record the jid; job not run");
-                    return Err(Refusal::Error);
-                }
-            }
-        }
-        tracing::info!("job started");
+        // The replay guard fsyncs: record the jid on the blocking pool, not
+        // on the connection loop that called us. Its mutex still lets only
+        // one of two deliveries of a jid through.
         let executor = self.clone();
-        tokio::spawn(async move { executor.run(job).await }.instrument(span.clone()));
+        tokio::spawn(
+            async move {
+                let (guard, jid) = (executor.clone(), job.jid.clone());
+                let recorded =
+                    tokio::task::spawn_blocking(move || guard.record_jid(&jid, keep_until, now))
+                        .await;
+                match recorded {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) if source == JobSource::Published => {
+                        tracing::warn!("refused a replayed job (this jid already ran here)");
+                        return;
+                    }
+                    Ok(Ok(false)) => {
+                        tracing::debug!("catch-up offered a job that already ran here");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        // Without a durable record the job could run twice.
+                        tracing::error!(error = %e, "cannot record the jid; job not run");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "replay guard task failed; job not run");
+                        return;
+                    }
+                }
+                tracing::info!("job started");
+                executor.run(job).await
+            }
+            .instrument(span.clone()),
+        );
         Ok(())
+    }
+
+    /// Records `jid` in the replay guard; false if it already ran here.
+    fn record_jid(&self, jid: &Jid, keep_until: u64, now: u64) -> Result<bool, String> {
+        let mut seen = match self.seen.lock() {
+            Ok(seen) => seen,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        seen.prune(now.saturating_sub(self.clock_skew.as_millis() as u64));
+        seen.insert(jid, keep_until)
+            .map_err(|e| format!("{}: {e}", seen.path().display()))
     }
 
     async fn run(self: Arc<Self>, job: Job) {
