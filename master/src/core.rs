@@ -39,6 +39,10 @@ pub struct PendingReturn {
     pub ret: Return,
 }
 
+/// Who to acknowledge, with what, once a batch is stored (and whether the
+/// return succeeded, for the log line).
+type PendingAck = (Bytes, ReturnAck, bool);
+
 /// A job still within its expiry, kept in memory for catch-up.
 struct RecentJob {
     expires_at: u64,
@@ -66,7 +70,7 @@ pub struct Core {
     replier: Replier,
     returns: mpsc::Sender<PendingReturn>,
     publish_port: u16,
-    cli_token: String,
+    cli_token: halite_pki::Secret,
 }
 
 /// Why a message from a minion was dropped (logged, never answered).
@@ -126,7 +130,7 @@ impl Core {
             replier: parts.replier,
             returns: parts.returns,
             publish_port: parts.publish_port,
-            cli_token: parts.cli_token,
+            cli_token: halite_pki::Secret::new(parts.cli_token),
             config: parts.config,
         };
         core.reload_recent()?;
@@ -156,10 +160,7 @@ impl Core {
 
     /// Checks a bearer token against the local CLI token (constant time).
     pub fn authenticate(&self, token: &str) -> Option<String> {
-        let (a, b) = (token.as_bytes(), self.cli_token.as_bytes());
-        let same =
-            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-        same.then(|| "root".to_owned())
+        (halite_pki::Secret::new(token) == self.cli_token).then(|| "root".to_owned())
     }
 
     // ---- messages from minions ------------------------------------------------
@@ -357,24 +358,29 @@ impl Core {
     /// collector only, so flushes are grouped.
     pub fn store_returns(&self, batch: Vec<PendingReturn>) {
         let now = now_ms();
-        let records: Vec<(Jid, ReturnRecord)> = batch
-            .iter()
-            .map(|p| {
-                (
-                    p.ret.jid.clone(),
-                    ReturnRecord {
-                        id: p.ret.id.clone(),
-                        fun: p.ret.fun.clone(),
-                        success: p.ret.success,
-                        retcode: p.ret.retcode,
-                        data: p.ret.data.clone(),
-                        started_at: p.ret.started_at,
-                        finished_at: p.ret.finished_at,
-                        stored_at: now,
-                    },
-                )
+        // Each return is split once: what the ack needs, and the record
+        // (its data moved, not copied).
+        let (acks, records): (Vec<PendingAck>, Vec<(Jid, ReturnRecord)>) = batch
+            .into_iter()
+            .map(|PendingReturn { peer, ret }| {
+                let ack = ReturnAck {
+                    jid: ret.jid.clone(),
+                    id: ret.id.clone(),
+                    nonce: ret.nonce,
+                };
+                let record = ReturnRecord {
+                    id: ret.id,
+                    fun: ret.fun,
+                    success: ret.success,
+                    retcode: ret.retcode,
+                    data: ret.data,
+                    started_at: ret.started_at,
+                    finished_at: ret.finished_at,
+                    stored_at: now,
+                };
+                ((peer, ack, ret.success), (ret.jid, record))
             })
-            .collect();
+            .unzip();
         let stored = self.store.put_returns(&records).and_then(|new| {
             self.store.flush()?;
             Ok(new)
@@ -383,24 +389,17 @@ impl Core {
             Ok(new) => new,
             Err(e) => {
                 // Not acknowledged: the minions keep the returns and re-send.
-                tracing::error!(error = %e, returns = batch.len(), "cannot store returns; minions will re-send");
+                tracing::error!(error = %e, returns = acks.len(), "cannot store returns; minions will re-send");
                 return;
             }
         };
-        for (pending, is_new) in batch.into_iter().zip(new) {
+        for ((peer, ack, success), is_new) in acks.into_iter().zip(new) {
             if is_new {
-                tracing::info!(jid = %pending.ret.jid, minion = %pending.ret.id, success = pending.ret.success, "return stored");
+                tracing::info!(jid = %ack.jid, minion = %ack.id, success, "return stored");
             } else {
-                tracing::debug!(jid = %pending.ret.jid, minion = %pending.ret.id, "duplicate return acknowledged");
+                tracing::debug!(jid = %ack.jid, minion = %ack.id, "duplicate return acknowledged");
             }
-            self.reply(
-                pending.peer,
-                &ReturnAck {
-                    jid: pending.ret.jid,
-                    id: pending.ret.id,
-                    nonce: pending.ret.nonce,
-                },
-            );
+            self.reply(peer, &ack);
         }
     }
 

@@ -32,6 +32,8 @@ const SESSION_WAIT: Duration = Duration::from_secs(10);
 pub struct Outgoing {
     /// Envelope bytes.
     pub bytes: Vec<u8>,
+    /// For a return: its jid and nonce, which the master's ack must echo.
+    pub ack: Option<(Jid, Vec<u8>)>,
 }
 
 /// How a job reached the minion.
@@ -218,6 +220,7 @@ impl Executor {
             nonce: nonce(),
         };
         tracing::info!(success = ret.success, retcode = ret.retcode, "job finished");
+        let ack = Some((ret.jid.clone(), ret.nonce.clone()));
         match self.key.sign_message(&self.id, &ret) {
             Ok(envelope) => {
                 let bytes = envelope.to_bytes();
@@ -234,7 +237,7 @@ impl Executor {
                         tracing::error!(error = %e, "spool task failed; sending the return unspooled")
                     }
                 }
-                let _ = self.out.send(Outgoing { bytes });
+                let _ = self.out.send(Outgoing { bytes, ack });
             }
             Err(e) => tracing::error!(error = %e, "cannot sign the return"),
         }
@@ -342,6 +345,7 @@ async fn forward_events(
             Ok(envelope) => {
                 let _ = out.send(Outgoing {
                     bytes: envelope.to_bytes(),
+                    ack: None,
                 });
             }
             Err(e) => tracing::warn!(error = %e, "cannot sign an event"),

@@ -254,7 +254,7 @@ impl Link {
                 }
                 outgoing = self.out_rx.recv() => {
                     let Some(outgoing) = outgoing else { return Ok(Next::Shutdown) };
-                    if let Some((jid, nonce)) = return_nonce(&outgoing.bytes) {
+                    if let Some((jid, nonce)) = outgoing.ack {
                         awaiting.insert(jid, nonce);
                     }
                     if let Err(e) = tx.send(frame(outgoing.bytes)).await {
@@ -425,7 +425,8 @@ fn frame(bytes: Vec<u8>) -> ZmqMessage {
     ZmqMessage::from(Bytes::from(bytes))
 }
 
-/// The (jid, nonce) of a signed return we produced, to match its ack.
+/// The (jid, nonce) of a spooled return read back from disk, to match
+/// its ack.
 fn return_nonce(bytes: &[u8]) -> Option<(Jid, Vec<u8>)> {
     let envelope = Envelope::from_bytes(bytes).ok()?;
     if envelope.kind != Kind::Return {
