@@ -3,8 +3,8 @@
 use halite_proto::Jid;
 
 use crate::types::{
-    CheckRecord, EventRecord, JobRequest, JobSummary, JobView, KeysView, MinionView, PresenceEvent,
-    Submitted,
+    AppReleases, CheckRecord, EventRecord, JobRequest, JobSummary, JobView, KeysView, MinionView,
+    PresenceEvent, Submitted,
 };
 use crate::ApiError;
 
@@ -50,4 +50,8 @@ pub trait Backend: Send + Sync + 'static {
     fn keys(&self) -> Result<KeysView, ApiError>;
     /// Changes keys; returns the ids affected.
     fn key_action(&self, action: KeyAction) -> Result<Vec<String>, ApiError>;
+    /// Every app definition, by name.
+    fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, ApiError>;
+    /// What is live where for one app, and its last `limit` deploys.
+    fn app_releases(&self, app: &str, limit: usize) -> Result<AppReleases, ApiError>;
 }

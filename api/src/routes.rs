@@ -41,6 +41,8 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/keys/{id}/accept", post(accept))
         .route("/v1/keys/{id}/reject", post(reject))
         .route("/v1/keys/{id}", delete(delete_key))
+        .route("/v1/apps", get(apps))
+        .route("/v1/apps/{name}/releases", get(app_releases))
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
             require_token,
@@ -256,4 +258,25 @@ async fn delete_key(
     Segment(id): Segment,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(key_result(backend.key_action(KeyAction::Delete(id))?))
+}
+
+async fn apps(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(backend.apps()?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleasesQuery {
+    limit: Option<usize>,
+}
+
+async fn app_releases(
+    State(backend): State<Shared>,
+    Segment(name): Segment,
+    query: Result<Query<ReleasesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    halite_proto::ident::validate_id(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limit = query.limit.unwrap_or(200).clamp(1, 100_000);
+    Ok(Json(backend.app_releases(&name, limit)?))
 }

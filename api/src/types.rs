@@ -225,3 +225,49 @@ pub struct ErrorBody {
     /// What went wrong, for a human.
     pub error: String,
 }
+
+/// One deploy or rollback of an app on one minion, as the master keeps it
+/// (from the minion's signed return), so "what is live where" and "what was
+/// live before" outlive job pruning.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct DeployRecord {
+    /// App name.
+    pub app: String,
+    /// Minion id.
+    pub minion: String,
+    /// The job that did it.
+    pub jid: Jid,
+    /// `deploy` or `rollback`.
+    pub action: String,
+    /// Did the job succeed?
+    pub success: bool,
+    /// Where the release ended: `live`, `failed` (never went live),
+    /// `rolled_back` (went live, switched back) or `unchanged`.
+    pub result: String,
+    /// Commit id.
+    pub revision: Option<String>,
+    /// Tag or branch asked for.
+    pub reference: Option<String>,
+    /// Release directory name on the minion.
+    pub release: Option<String>,
+    /// The release that was live before.
+    pub previous: Option<String>,
+    /// What failed, for a failed job.
+    pub error: Option<String>,
+    /// When the minion finished (unix ms).
+    pub at: u64,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// `GET /v1/apps/{name}/releases`: what is live on each minion, and the
+/// deploy history, newest first.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct AppReleases {
+    /// App name.
+    pub app: String,
+    /// Per minion, the latest record whose release is live now.
+    pub live: Vec<DeployRecord>,
+    /// Every recorded deploy and rollback, newest first.
+    pub history: Vec<DeployRecord>,
+}

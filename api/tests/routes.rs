@@ -218,6 +218,25 @@ impl Backend for Fake {
             KeyAction::Accept(id) | KeyAction::Reject(id) | KeyAction::Delete(id) => Ok(vec![id]),
         }
     }
+
+    fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    fn app_releases(
+        &self,
+        app: &str,
+        limit: usize,
+    ) -> Result<halite_api::types::AppReleases, ApiError> {
+        if app != "shop" {
+            return Err(ApiError::not_found(format!("no app {app:?}")));
+        }
+        Ok(halite_api::types::AppReleases {
+            app: format!("{app}:{limit}"),
+            live: Vec::new(),
+            history: Vec::new(),
+        })
+    }
 }
 
 fn app() -> (Arc<Fake>, Router) {
@@ -954,4 +973,21 @@ async fn a_minion_named_accept_all_can_be_deleted() {
         fake.key_actions.lock().unwrap().pop(),
         Some(KeyAction::Delete("accept-all".into()))
     );
+}
+
+#[tokio::test]
+async fn app_releases_check_the_name_and_limit() {
+    let (_, app) = app();
+    let (status, body) = call(&app, get("/v1/apps/shop/releases?limit=7")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["app"], "shop:7");
+    let (status, body) = call(&app, get("/v1/apps/nope/releases")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = call(&app, get("/v1/apps/..%2Fx/releases")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = call(&app, get("/v1/apps/shop/releases?limit=x")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = call(&app, get("/v1/apps")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([]));
 }

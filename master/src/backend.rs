@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use halite_api::types::{
-    CheckRecord, EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView, MinionView,
-    PresenceEvent, Submitted,
+    AppReleases, CheckRecord, EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView,
+    MinionView, PresenceEvent, Submitted,
 };
 use halite_api::{ApiError, Backend, KeyAction};
 use halite_pki::PkiError;
@@ -157,5 +157,22 @@ impl Backend for ApiBackend {
         };
         tracing::info!(ids = ?affected, "key state changed");
         Ok(affected)
+    }
+
+    fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, ApiError> {
+        self.0.config.apps().load().map_err(internal)
+    }
+
+    fn app_releases(&self, app: &str, limit: usize) -> Result<AppReleases, ApiError> {
+        let apps = self.0.config.apps().load().map_err(internal)?;
+        let history = self.0.store.deploys(app, limit).map_err(internal)?;
+        if history.is_empty() && !apps.iter().any(|a| a.name == app) {
+            return Err(ApiError::not_found(format!("no app {app:?}")));
+        }
+        Ok(AppReleases {
+            app: app.to_owned(),
+            live: crate::apps::live_by_minion(&history),
+            history,
+        })
     }
 }

@@ -32,6 +32,8 @@ struct RawConfig {
     job_timeout: Option<i64>,
     check_interval: Option<i64>,
     keep_checks: Option<i64>,
+    apps_dir: Option<PathBuf>,
+    secrets_file: Option<PathBuf>,
 }
 
 /// A validated master configuration.
@@ -70,6 +72,11 @@ pub struct Config {
     /// How long check results are kept ("which servers failed a check
     /// this week" needs at least a week).
     pub keep_checks: Duration,
+    /// Application definitions, one TOML file per app (read on every
+    /// deploy job, so edits need no restart).
+    pub apps_dir: PathBuf,
+    /// Named repository credentials the apps refer to; never logged.
+    pub secrets_file: PathBuf,
 }
 
 impl Config {
@@ -165,7 +172,17 @@ impl Config {
                     1..=24 * 365 * 10,
                 )?,
             ),
+            apps_dir: resolve_path(file, &raw.apps_dir.unwrap_or_else(|| "apps.d".into())),
+            secrets_file: resolve_path(
+                file,
+                &raw.secrets_file.unwrap_or_else(|| "secrets.toml".into()),
+            ),
         })
+    }
+
+    /// The app definitions and credentials this master deploys from.
+    pub fn apps(&self) -> crate::apps::Catalog {
+        crate::apps::Catalog::new(self.apps_dir.clone(), self.secrets_file.clone())
     }
 
     /// Where the root-only CLI token lives.
@@ -211,6 +228,11 @@ mod tests {
         let config = parse("id = \"m1\"\npki_dir = \"pki\"\ndata_dir = \"data\"").unwrap();
         assert_eq!(config.pki_dir, PathBuf::from("/etc/halite/pki"));
         assert_eq!(config.data_dir, PathBuf::from("/etc/halite/data"));
+        assert_eq!(config.apps_dir, PathBuf::from("/etc/halite/apps.d"));
+        assert_eq!(
+            config.secrets_file,
+            PathBuf::from("/etc/halite/secrets.toml")
+        );
     }
 
     #[test]

@@ -382,6 +382,11 @@ impl Core {
             })
             .unzip();
         let stored = self.store.put_returns(&records).and_then(|new| {
+            for ((jid, record), _) in records.iter().zip(&new).filter(|(_, is_new)| **is_new) {
+                if let Some(deploy) = crate::apps::deploy_record(jid, record) {
+                    self.store.put_deploy(&deploy)?;
+                }
+            }
             self.store.flush()?;
             Ok(new)
         });
@@ -441,11 +446,14 @@ impl Core {
     // ---- API -----------------------------------------------------------------
 
     /// Validates, records durably, then publishes a job.
-    pub fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
+    pub fn submit(&self, user: &str, mut request: JobRequest) -> Result<Submitted, ApiError> {
         halite_proto::ident::validate_function(&request.fun)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let target = Target::parse(request.tgt_type, &request.target)
             .map_err(|e| ApiError::bad_request(format!("target: {e}")))?;
+        if crate::apps::needs_app(&request.fun) {
+            self.complete_app(&mut request, &target)?;
+        }
         let timeout = request.timeout.unwrap_or(self.config.job_timeout.as_secs());
         if timeout == 0 || timeout > 7 * 86_400 {
             return Err(ApiError::bad_request("timeout must be 1 to 604800 seconds"));
@@ -539,6 +547,40 @@ impl Core {
             jid,
             minions: expected,
         })
+    }
+
+    /// Fills in an app module's job from the app catalog (see
+    /// [`crate::apps::Catalog::complete`]). Secrets given on the command
+    /// line for the same names are refused rather than overridden.
+    fn complete_app(&self, request: &mut JobRequest, target: &Target) -> Result<(), ApiError> {
+        let accepted = self.keys.accepted_ids();
+        let job_minions = self.presence.matching(&accepted, target);
+        let app_minions = |app: &halite_proto::app::AppSpec| {
+            let theirs = Target::parse(app.tgt_type, &app.target)
+                .map_err(|e| format!("app {}: target: {e}", app.name))?;
+            Ok(self.presence.matching(&accepted, &theirs))
+        };
+        let mut secret = BTreeMap::new();
+        let app = self
+            .config
+            .apps()
+            .complete(
+                &mut request.kwarg,
+                &mut secret,
+                &request.target,
+                &job_minions,
+                app_minions,
+            )
+            .map_err(ApiError::bad_request)?;
+        for (key, value) in secret {
+            if request.secret.insert(key.clone(), value).is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "`{key}` comes from app {}'s credentials; do not pass it as well",
+                    app.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A job with its returns, what is missing and whether it is done.

@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod apps;
 pub mod backend;
 pub mod cli;
 pub mod collector;

@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use halite_api::types::{CheckRecord, EventRecord, JobRecord, PresenceEvent, ReturnRecord};
+use halite_api::types::{
+    CheckRecord, DeployRecord, EventRecord, JobRecord, PresenceEvent, ReturnRecord,
+};
 use halite_proto::envelope::{decode, encode};
 use halite_proto::Jid;
 use serde::{Deserialize, Serialize};
@@ -75,6 +77,7 @@ pub struct Store {
     minions: sled::Tree,
     presence: sled::Tree,
     checks: sled::Tree,
+    deploys: sled::Tree,
 }
 
 fn return_key(jid: &Jid, id: &str) -> Vec<u8> {
@@ -82,6 +85,12 @@ fn return_key(jid: &Jid, id: &str) -> Vec<u8> {
     key.extend_from_slice(jid.as_str().as_bytes());
     key.push(0);
     key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn app_prefix(app: &str) -> Vec<u8> {
+    let mut key = app.as_bytes().to_vec();
+    key.push(0);
     key
 }
 
@@ -110,6 +119,7 @@ impl Store {
                 .open_tree("presence")
                 .map_err(sled_err("open presence"))?,
             checks: db.open_tree("checks").map_err(sled_err("open checks"))?,
+            deploys: db.open_tree("deploys").map_err(sled_err("open deploys"))?,
             db,
         })
     }
@@ -174,6 +184,31 @@ impl Store {
                     .map_err(sled_err("write return"))?;
                 Ok(previous.is_ok())
             })
+            .collect()
+    }
+
+    /// Records a deploy or rollback (key: app, time, minion, jid, so one
+    /// app's history is one ordered range and a re-sent return overwrites
+    /// its own record). Not durable until [`Store::flush`].
+    pub fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
+        let mut key = app_prefix(&record.app);
+        key.extend_from_slice(&record.at.to_be_bytes());
+        key.extend_from_slice(record.minion.as_bytes());
+        key.push(0);
+        key.extend_from_slice(record.jid.as_str().as_bytes());
+        self.deploys
+            .insert(key, to_bytes("deploy", record)?)
+            .map_err(sled_err("write deploy"))?;
+        Ok(())
+    }
+
+    /// An app's deploys and rollbacks, newest first, at most `limit`.
+    pub fn deploys(&self, app: &str, limit: usize) -> Result<Vec<DeployRecord>, StoreError> {
+        self.deploys
+            .scan_prefix(app_prefix(app))
+            .rev()
+            .take(limit)
+            .map(|item| decode_item("scan deploys", "deploy", item))
             .collect()
     }
 

@@ -504,6 +504,49 @@ impl Finished {
     }
 }
 
+/// How a shell command run for another module ended: its exit code and
+/// its output (stdout and stderr interleaved, capped like `cmd.run`).
+#[derive(Debug)]
+pub(crate) struct ShellResult {
+    /// 0 on success; 128 + signal when killed by one.
+    pub(crate) retcode: i32,
+    /// The output, trailing newlines trimmed.
+    pub(crate) output: String,
+}
+
+/// Runs `cmd` through the platform shell in `cwd` with `env` added, its
+/// lines streamed to `events` as they come — the one way every module runs
+/// a hook or a check command, so they all time out, cancel and kill
+/// process groups like `cmd.run`. Err is a message (did not start, timed
+/// out, cancelled).
+pub(crate) async fn run_shell(
+    fun: &'static str,
+    cmd: &str,
+    cwd: &std::path::Path,
+    env: BTreeMap<String, String>,
+    timeout: Duration,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<ShellResult, String> {
+    let spec = CmdSpec {
+        fun,
+        cmd: cmd.to_owned(),
+        cwd: Some(cwd.to_path_buf()),
+        stdin: None,
+        shell: None,
+        env,
+        timeout: Some(timeout),
+        output_cap: DEFAULT_OUTPUT_CAP,
+    };
+    let finished = execute(&spec, events, cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ShellResult {
+        retcode: finished.retcode(),
+        output: text(&finished.capture.combined),
+    })
+}
+
 /// Runs the command to its end, its timeout or the call's cancellation.
 async fn execute(
     spec: &CmdSpec,

@@ -13,8 +13,9 @@
 //! keywords the same way.
 //!
 //! Built in: `test` (ping, echo, sleep, version, fail), `cmd` (run,
-//! run_all) and `grains` (items, get, ls; [`grains::collect`] builds the
-//! grains object once at minion start).
+//! run_all), `grains` (items, get, ls; [`grains::collect`] builds the
+//! grains object once at minion start) and `git_deploy` (deploy, rollback,
+//! releases, status: git checkouts fetched with gix, no system git).
 //!
 //! [`releases`] is the release-directory engine (Capistrano layout, atomic
 //! `current` switch, deploy lock, history, pruning) that the deploy
@@ -24,7 +25,9 @@
 pub mod args;
 mod call;
 mod cmd;
+mod git_deploy;
 pub mod grains;
+mod http;
 mod module;
 mod outcome;
 mod registry;

@@ -47,12 +47,13 @@ impl Registry {
     }
 
     /// A registry with the built-in modules every minion has: `test`, `cmd`,
-    /// `grains`.
+    /// `grains`, `git_deploy`.
     pub fn with_builtins() -> Self {
         let mut registry = Registry::new();
         registry.register(Arc::new(crate::test_module::TestModule));
         registry.register(Arc::new(crate::cmd::CmdModule));
         registry.register(Arc::new(crate::grains::GrainsModule));
+        registry.register(Arc::new(crate::git_deploy::GitDeployModule));
         registry
     }
 

@@ -381,8 +381,20 @@ impl Releases {
     }
 
     /// Appends a record to the history.
-    pub fn record(&self, record: ReleaseRecord) -> Result<(), ReleaseError> {
+    /// A record without a revision (a rollback marking the release it left)
+    /// takes the release's revision and reference from its earlier records.
+    pub fn record(&self, mut record: ReleaseRecord) -> Result<(), ReleaseError> {
         let mut history = self.history()?;
+        if record.revision.is_empty() {
+            if let Some(known) = history
+                .iter()
+                .rev()
+                .find(|r| r.release == record.release && !r.revision.is_empty())
+            {
+                record.revision = known.revision.clone();
+                record.reference = record.reference.or_else(|| known.reference.clone());
+            }
+        }
         if record.result == "rolled_back" {
             // Mark the earlier "live" record too, so the release is known bad.
             for earlier in history.iter_mut().filter(|r| r.release == record.release) {
@@ -403,6 +415,24 @@ impl Releases {
         file.write_all(&bytes).map_err(io("write", &tmp))?;
         file.sync_all().map_err(io("sync", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io("replace", &path))
+    }
+
+    /// Deletes a release that never went live (a failed deploy's
+    /// directory). The live release is never deleted.
+    pub fn discard(&self, name: &str) -> Result<(), ReleaseError> {
+        let dir = self.path_of(name)?;
+        if self.current()?.as_deref() == Some(name) {
+            return Ok(());
+        }
+        std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
+    }
+
+    /// The job holding the deploy lock right now, if any (for `status`).
+    pub fn lock_holder(&self) -> Option<(String, u32, u64)> {
+        let path = self.root.join(".halite").join("lock");
+        let bytes = std::fs::read(path).ok()?;
+        let holder: Holder = serde_json::from_slice(&bytes).ok()?;
+        pid_alive(holder.pid).then_some((holder.jid, holder.pid, holder.since))
     }
 
     /// Every record, oldest first.

@@ -9,6 +9,7 @@
 //! which bytes are signed ([`Envelope::signing_input`]).
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod config;
 pub mod envelope;
 pub mod error;

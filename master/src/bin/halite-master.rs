@@ -21,7 +21,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let (config, runtime) = match halite_daemon::boot("halite-master", args.log_json, None, || {
-        halite_master::Config::load(&args.config)
+        let config = halite_master::Config::load(&args.config)?;
+        // A broken app or secrets file stops the master here, named.
+        config.apps().check()?;
+        Ok::<_, halite_proto::config::ConfigError>(config)
     }) {
         Ok(booted) => booted,
         Err(code) => return code,

@@ -85,6 +85,20 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// App definitions in the master's apps_dir.
+    Apps,
+    /// What is live where for an app (`releases shop`), or its deploy
+    /// history with `--history`.
+    Releases {
+        /// App name.
+        app: String,
+        /// Every deploy and rollback, newest first.
+        #[arg(long)]
+        history: bool,
+        /// How many history records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +234,25 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command } => keys(&client, command, json).await,
+        Command::Apps => {
+            let apps: Vec<halite_proto::app::AppSpec> = client.get("/v1/apps").await?;
+            output::apps(&apps, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Releases {
+            app,
+            history,
+            limit,
+        } => {
+            let releases: halite_api::types::AppReleases = client
+                .get(&format!(
+                    "/v1/apps/{}/releases?limit={limit}",
+                    valid_id(&app)?
+                ))
+                .await?;
+            output::releases(&releases, history, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -230,6 +263,7 @@ async fn run(
     progress: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let request_fun = request.fun.clone();
     let submitted: Submitted = client.post("/v1/jobs", &request).await?;
     if run_async {
         if json {
@@ -253,8 +287,11 @@ async fn run(
     let mut shown = std::collections::BTreeSet::new();
     let mut cursor: Option<u64> = None;
     let path = format!("/v1/jobs/{}", submitted.jid);
+    // App modules (deploys) always show their stages and output live;
+    // other functions show stage changes, and output lines with --progress.
+    let lines = progress || crate::apps::needs_app(&request_fun);
     let view = loop {
-        if progress && !json {
+        if !json {
             let events: Vec<halite_api::types::EventRecord> = client
                 .get(&match cursor {
                     Some(c) => format!("{path}/events?after={c}"),
@@ -262,7 +299,14 @@ async fn run(
                 })
                 .await?;
             for event in &events {
-                output::event(event);
+                if lines
+                    || !matches!(
+                        event.body,
+                        halite_proto::message::EventBody::Progress { .. }
+                    )
+                {
+                    output::event(event);
+                }
                 cursor = Some(event.cursor);
             }
         }

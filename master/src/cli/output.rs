@@ -31,12 +31,56 @@ fn indent(text: &str) -> String {
 }
 
 fn render(data: &serde_json::Value) -> String {
+    if let Some(text) = render_deploy(data) {
+        return text;
+    }
     match data {
         serde_json::Value::String(s) if !s.is_empty() => s.clone(),
         serde_json::Value::Bool(true) => "True".into(),
         serde_json::Value::Bool(false) => "False".into(),
         other => serde_json::to_string_pretty(other).unwrap_or_default(),
     }
+}
+
+/// A deploy or rollback return in a few lines: what, where it ended,
+/// how long, and what failed. Other data is shown as it is.
+fn render_deploy(data: &serde_json::Value) -> Option<String> {
+    let map = data.as_object()?;
+    let text = |key: &str| map.get(key).and_then(|v| v.as_str());
+    let (app, action, result) = (text("app")?, text("action")?, text("result")?);
+    map.get("stages")?;
+    let revision = text("revision")
+        .map(|r| &r[..r.len().min(12)])
+        .unwrap_or("-");
+    let what = match text("reference") {
+        Some(reference) => format!("{reference} ({revision})"),
+        None => revision.to_owned(),
+    };
+    let ms = map.get("duration_ms").and_then(|v| v.as_u64()).unwrap_or(0);
+    let mut lines = vec![format!("{action} {app} {what}: {result} in {ms} ms")];
+    if let Some(release) = text("release") {
+        let previous = text("previous")
+            .map(|p| format!(", previous {p}"))
+            .unwrap_or_default();
+        lines.push(format!("release {release}{previous}"));
+    }
+    if let Some(message) = text("message") {
+        lines.push(message.to_owned());
+    }
+    if let Some(error) = text("error") {
+        lines.push(format!("error: {error}"));
+    }
+    for warning in map
+        .get("warnings")
+        .and_then(|w| w.as_array())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(w) = warning.as_str() {
+            lines.push(format!("warning: {w}"));
+        }
+    }
+    Some(lines.join("\n"))
 }
 
 /// One minion's return as a block.
@@ -287,4 +331,82 @@ pub fn keys(view: &KeysView, fingerprints: bool) {
             }
         }
     }
+}
+
+/// `apps`: one line per app.
+pub fn apps(apps: &[halite_proto::app::AppSpec], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&apps);
+    }
+    line(&format!(
+        "{:<16}  {:<20}  {:<24}  REPOSITORY",
+        "APP", "TARGET", "PATH"
+    ));
+    for app in apps {
+        line(&format!(
+            "{:<16}  {:<20}  {:<24}  {}",
+            app.name,
+            app.target,
+            app.path.display(),
+            app.repo
+        ));
+    }
+    Ok(())
+}
+
+/// `releases APP`: what is live on each minion; with `history`, every
+/// deploy and rollback.
+pub fn releases(
+    view: &halite_api::types::AppReleases,
+    history: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(view);
+    }
+    let short = |r: &Option<String>| {
+        r.as_deref()
+            .map(|r| r[..r.len().min(12)].to_owned())
+            .unwrap_or_else(|| "-".into())
+    };
+    if history {
+        line(&format!(
+            "{:<19}  {:<20}  {:<8}  {:<11}  {:<12}  {:<12}  {:<20}  ERROR",
+            "TIME (UTC)", "MINION", "ACTION", "RESULT", "REF", "REVISION", "JID"
+        ));
+        for r in &view.history {
+            line(&format!(
+                "{:<19}  {:<20}  {:<8}  {:<11}  {:<12}  {:<12}  {:<20}  {}",
+                format_ms(r.at),
+                r.minion,
+                r.action,
+                r.result,
+                r.reference.as_deref().unwrap_or("-"),
+                short(&r.revision),
+                r.jid,
+                r.error.as_deref().unwrap_or("")
+            ));
+        }
+        return Ok(());
+    }
+    if view.live.is_empty() {
+        line(&format!("{} is not live on any minion yet", view.app));
+        return Ok(());
+    }
+    line(&format!(
+        "{:<20}  {:<12}  {:<12}  {:<19}  {:<20}  RELEASE",
+        "MINION", "REF", "REVISION", "SINCE (UTC)", "JID"
+    ));
+    for r in &view.live {
+        line(&format!(
+            "{:<20}  {:<12}  {:<12}  {:<19}  {:<20}  {}",
+            r.minion,
+            r.reference.as_deref().unwrap_or("-"),
+            short(&r.revision),
+            format_ms(r.at),
+            r.jid,
+            r.release.as_deref().unwrap_or("-")
+        ));
+    }
+    Ok(())
 }

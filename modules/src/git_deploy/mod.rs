@@ -1,0 +1,1184 @@
+//! `git_deploy`: put a tag, branch or commit of an application live, and
+//! take it back in a blink.
+//!
+//! The app's definition ([`AppSpec`]) arrives with the job (the master
+//! adds it from its `apps_dir`), so a minion needs no configuration of its
+//! own. A deploy runs four stages, each reported as a stage event with its
+//! duration and its output lines:
+//!
+//! 1. **prepare** — take the path's lock, fetch into the bare cache
+//!    (`<path>/.halite/cache.git`), resolve the revision; stop here if it
+//!    is already live; export its tree into `releases/<rev>-<time>/` and
+//!    link the shared paths. Nothing live has changed yet.
+//! 2. **pre_deploy** — the app's hook, run in the new release (so
+//!    `composer install` or `npm ci` builds it before it goes live).
+//! 3. **deploy** — switch `current` to the new release atomically.
+//! 4. **post_deploy** — the app's hook, then the health check. A failure
+//!    here switches back to the previous release when `auto_rollback` is
+//!    set, and the return says so.
+//!
+//! A failure before the switch leaves the live release untouched and
+//! removes the half-built one. `rollback` is a switch to a kept release
+//! (never a fetch), followed by the post_deploy hook and health check.
+
+mod health;
+mod repo;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use halite_proto::app::{AppSpec, LockPolicy, SECRET_PASSWORD, SECRET_USERNAME};
+use serde_json::{json, Value};
+
+use crate::args::{ArgError, Args, Signature};
+use crate::module::unknown_function;
+use crate::releases::{ReleaseError, ReleaseRecord, Releases};
+use crate::{Call, EventSink, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR, RETCODE_TIMEOUT};
+use repo::{Source, Wanted};
+
+static DEPLOY: Signature = Signature {
+    fun: "git_deploy.deploy",
+    params: &[
+        "tag",
+        "branch",
+        "rev",
+        "app",
+        SECRET_USERNAME,
+        SECRET_PASSWORD,
+    ],
+};
+static ROLLBACK: Signature = Signature {
+    fun: "git_deploy.rollback",
+    params: &["to", "app", SECRET_USERNAME, SECRET_PASSWORD],
+};
+static RELEASES: Signature = Signature {
+    fun: "git_deploy.releases",
+    params: &["app", SECRET_USERNAME, SECRET_PASSWORD],
+};
+static STATUS: Signature = Signature {
+    fun: "git_deploy.status",
+    params: &["app", SECRET_USERNAME, SECRET_PASSWORD],
+};
+
+/// The `git_deploy` module.
+pub(crate) struct GitDeployModule;
+
+impl Module for GitDeployModule {
+    fn name(&self) -> &'static str {
+        "git_deploy"
+    }
+
+    fn functions(&self) -> &'static [&'static str] {
+        &["deploy", "rollback", "releases", "status"]
+    }
+
+    fn default_function(&self) -> Option<&'static str> {
+        Some("deploy")
+    }
+
+    fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match function {
+                "deploy" => deploy(call).await,
+                "rollback" => rollback(call).await,
+                "releases" => releases(call).await,
+                "status" => status(call).await,
+                _ => unknown_function(self, function),
+            }
+        })
+    }
+}
+
+/// The app definition a job carries in its `app` argument.
+fn app_of(args: &Args<'_>, fun: &'static str) -> Result<AppSpec, Outcome> {
+    let Some(value) = args.value("app") else {
+        return Err(Outcome::failed(
+            RETCODE_BAD_ARGS,
+            format!("{fun}: no app definition in the job; run it through the master with app=NAME (apps live in the master's apps_dir)"),
+        ));
+    };
+    let app: AppSpec = serde_json::from_value(value.clone()).map_err(|e| {
+        Outcome::from(ArgError::Invalid {
+            fun,
+            name: "app",
+            expected: "an app definition (the master fills it in from app=NAME)".into(),
+            got: e.to_string(),
+        })
+    })?;
+    app.validate().map_err(|(key, message)| {
+        Outcome::failed(
+            RETCODE_BAD_ARGS,
+            format!("{fun}: app {:?}: key `{key}`: {message}", app.name),
+        )
+    })?;
+    Ok(app)
+}
+
+/// The revision a deploy asks for: at most one of tag/branch/rev, else the
+/// app's default tag, else its default branch.
+fn wanted_of(args: &Args<'_>, app: &AppSpec) -> Result<Wanted, Outcome> {
+    let tag = args.string("tag").map_err(Outcome::from)?;
+    let branch = args.string("branch").map_err(Outcome::from)?;
+    let rev = args.string("rev").map_err(Outcome::from)?;
+    let given = [&tag, &branch, &rev].iter().filter(|v| v.is_some()).count();
+    if given > 1 {
+        return Err(Outcome::failed(
+            RETCODE_BAD_ARGS,
+            "git_deploy.deploy: give one of tag=, branch= or rev=, not several",
+        ));
+    }
+    let wanted = match (tag, branch, rev) {
+        (Some(t), _, _) => Wanted::Tag(t),
+        (_, Some(b), _) => Wanted::Branch(b),
+        (_, _, Some(r)) => Wanted::Rev(r),
+        _ => match (&app.tag, &app.branch) {
+            (Some(t), _) => Wanted::Tag(t.clone()),
+            (_, Some(b)) => Wanted::Branch(b.clone()),
+            _ => {
+                return Err(Outcome::failed(
+                    RETCODE_BAD_ARGS,
+                    format!(
+                        "git_deploy.deploy: say what to deploy (tag=, branch= or rev=); app {} has no default tag or branch",
+                        app.name
+                    ),
+                ))
+            }
+        },
+    };
+    let name = match &wanted {
+        Wanted::Tag(n) | Wanted::Branch(n) => n,
+        Wanted::Rev(r) => {
+            let hex = r.len() >= 4 && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                return Err(Outcome::failed(
+                    RETCODE_BAD_ARGS,
+                    format!(
+                        "git_deploy.deploy: rev {r:?} must be a commit id (4 to 64 hex digits)"
+                    ),
+                ));
+            }
+            r
+        }
+    };
+    halite_proto::app::validate_ref_name(name)
+        .map_err(|m| Outcome::failed(RETCODE_BAD_ARGS, format!("git_deploy.deploy: {m}")))?;
+    Ok(wanted)
+}
+
+fn credentials_of(args: &Args<'_>) -> Result<Option<(String, String)>, Outcome> {
+    let user = args.string(SECRET_USERNAME).map_err(Outcome::from)?;
+    let password = args.string(SECRET_PASSWORD).map_err(Outcome::from)?;
+    Ok(password.map(|p| (user.unwrap_or_else(|| "git".to_owned()), p)))
+}
+
+/// Sets `flag` when the call is cancelled, so blocking git work stops.
+struct Interrupt {
+    flag: Arc<AtomicBool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Interrupt {
+    fn new(call: &Call) -> Interrupt {
+        let flag = Arc::new(AtomicBool::new(false));
+        let cancel = call.cancel.clone();
+        let set = Arc::clone(&flag);
+        let watcher = tokio::spawn(async move {
+            cancel.cancelled().await;
+            set.store(true, Ordering::Relaxed);
+        });
+        Interrupt { flag, watcher }
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Runs blocking filesystem/git work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(format!("internal error: {e}")))
+}
+
+/// The stages of one deploy or rollback: their events and, for the
+/// return, what each did and how long it took.
+struct Stages {
+    events: EventSink,
+    done: Vec<Value>,
+}
+
+impl Stages {
+    fn start(&self, stage: &'static str) -> (&'static str, Instant) {
+        self.events.stage(stage, "started", None, None);
+        (stage, Instant::now())
+    }
+
+    fn end(&mut self, (stage, started): (&'static str, Instant), result: &Result<String, String>) {
+        let ms = started.elapsed().as_millis() as u64;
+        let (status, message) = match result {
+            Ok(m) => ("succeeded", m),
+            Err(m) => ("failed", m),
+        };
+        self.events
+            .stage(stage, status, Some(ms), Some(message.clone()));
+        self.done.push(json!({
+            "stage": stage,
+            "status": status,
+            "duration_ms": ms,
+            "message": message,
+        }));
+    }
+
+    fn log(&self, line: &str) {
+        self.events.progress("log", line);
+    }
+}
+
+/// What every deploy or rollback return says, success or not.
+struct Report {
+    app: String,
+    action: &'static str,
+    started: Instant,
+    revision: Option<String>,
+    reference: Option<String>,
+    release: Option<String>,
+    previous: Option<String>,
+}
+
+impl Report {
+    fn finish(self, stages: Stages, result: &'static str, extra: Value) -> Value {
+        let mut data = json!({
+            "app": self.app,
+            "action": self.action,
+            "result": result,
+            "revision": self.revision,
+            "reference": self.reference,
+            "release": self.release,
+            "previous": self.previous,
+            "stages": stages.done,
+            "duration_ms": self.started.elapsed().as_millis() as u64,
+        });
+        if let (Some(map), Value::Object(more)) = (data.as_object_mut(), extra) {
+            map.extend(more);
+        }
+        data
+    }
+
+    fn record(&self, jid: &str, result: &str) -> ReleaseRecord {
+        ReleaseRecord {
+            release: self.release.clone().unwrap_or_default(),
+            revision: self.revision.clone().unwrap_or_default(),
+            reference: self.reference.clone(),
+            jid: jid.to_owned(),
+            action: self.action.to_owned(),
+            result: result.to_owned(),
+            at: halite_proto::time::now_ms(),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// A failed deploy or rollback: structured data with an `error` sentence
+/// naming the stage, so the master can record it and people can read it.
+///
+/// `result` is where the release ended: `failed` (it never went live),
+/// `rolled_back` (it went live and was switched back) or `live` (it is
+/// live although a later step failed), as in the release history.
+fn failure(
+    report: Report,
+    stages: Stages,
+    stage: &str,
+    error: String,
+    extra: Value,
+    result: &'static str,
+) -> Outcome {
+    let retcode = if error.contains("cancelled") {
+        RETCODE_TIMEOUT
+    } else {
+        RETCODE_ERROR
+    };
+    let mut more = json!({
+        "failed_stage": stage,
+        "error": format!("{stage} failed: {error}"),
+    });
+    if let (Some(map), Value::Object(extra)) = (more.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    Outcome {
+        success: false,
+        retcode,
+        data: report.finish(stages, result, more),
+    }
+}
+
+/// Environment every hook and check command gets.
+fn hook_env(
+    app: &AppSpec,
+    jid: &str,
+    release: &str,
+    revision: &str,
+    reference: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("HALITE_APP".into(), app.name.clone());
+    env.insert("HALITE_JID".into(), jid.to_owned());
+    env.insert("HALITE_PATH".into(), app.path.display().to_string());
+    env.insert("HALITE_RELEASE".into(), release.to_owned());
+    env.insert(
+        "HALITE_RELEASE_DIR".into(),
+        app.path
+            .join("releases")
+            .join(release)
+            .display()
+            .to_string(),
+    );
+    env.insert("HALITE_REVISION".into(), revision.to_owned());
+    env.insert(
+        "HALITE_REF".into(),
+        reference.unwrap_or_default().to_owned(),
+    );
+    env
+}
+
+/// Runs a hook; Ok is a summary, Err the failure with its last lines.
+async fn run_hook(
+    fun: &'static str,
+    name: &str,
+    command: &str,
+    dir: &Path,
+    env: BTreeMap<String, String>,
+    app: &AppSpec,
+    call: &Call,
+) -> Result<String, String> {
+    let timeout = Duration::from_secs(app.hook_timeout);
+    match crate::cmd::run_shell(fun, command, dir, env, timeout, &call.events, &call.cancel).await {
+        Ok(done) if done.retcode == 0 => Ok(format!("{name} `{command}` exited 0")),
+        Ok(done) => {
+            let tail: Vec<&str> = done.output.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(format!(
+                "{name} `{command}` exited {}{}",
+                done.retcode,
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", tail.join(" / "))
+                }
+            ))
+        }
+        Err(e) => Err(format!("{name} `{command}`: {e}")),
+    }
+}
+
+/// Opens the layout and takes the lock, reporting a wait; Err is the
+/// message for the failed return.
+async fn lock_path(
+    app: &AppSpec,
+    jid: &str,
+    stages: &Stages,
+) -> Result<(Releases, crate::releases::DeployLock), String> {
+    let path = app.path.clone();
+    let owner = jid.to_owned();
+    let first = blocking(move || {
+        let releases = Releases::open(&path).map_err(|e| e.to_string())?;
+        let lock = releases.lock(&owner, None);
+        Ok((releases, lock))
+    })
+    .await?;
+    match first {
+        (releases, Ok(lock)) => Ok((releases, lock)),
+        (releases, Err(ReleaseError::Locked { jid: holder, .. }))
+            if app.lock == LockPolicy::Wait =>
+        {
+            stages.log(&format!(
+                "waiting up to {}s for job {holder}, which is deploying to {}",
+                app.lock_wait,
+                app.path.display()
+            ));
+            let owner = jid.to_owned();
+            let wait = Duration::from_secs(app.lock_wait);
+            blocking(move || {
+                let lock = releases
+                    .lock(&owner, Some(wait))
+                    .map_err(|e| e.to_string())?;
+                Ok((releases, lock))
+            })
+            .await
+        }
+        (_, Err(e)) => Err(e.to_string()),
+    }
+}
+
+/// The revision the live release was deployed from, per its history.
+fn live_revision(releases: &Releases) -> Result<Option<(String, String)>, ReleaseError> {
+    let Some(live) = releases.current()? else {
+        return Ok(None);
+    };
+    let revision = releases
+        .list()?
+        .into_iter()
+        .find(|r| r.name == live)
+        .and_then(|r| r.last)
+        .map(|r| r.revision)
+        .unwrap_or_default();
+    Ok(Some((live, revision)))
+}
+
+async fn deploy(call: Call) -> Outcome {
+    let parsed = (|| {
+        let args = Args::from_call(&DEPLOY, &call).map_err(Outcome::from)?;
+        let app = app_of(&args, DEPLOY.fun)?;
+        let wanted = wanted_of(&args, &app)?;
+        let credentials = credentials_of(&args)?;
+        Ok::<_, Outcome>((app, wanted, credentials))
+    })();
+    let (app, wanted, credentials) = match parsed {
+        Ok(p) => p,
+        Err(outcome) => return outcome,
+    };
+    let jid = call.jid.to_string();
+    let mut stages = Stages {
+        events: call.events.clone(),
+        done: Vec::new(),
+    };
+    let mut report = Report {
+        app: app.name.clone(),
+        action: "deploy",
+        started: Instant::now(),
+        revision: None,
+        reference: wanted.reference(),
+        release: None,
+        previous: None,
+    };
+    let interrupt = Interrupt::new(&call);
+    tracing::info!(jid = %jid, app = %app.name, wanted = %wanted.describe(), "deploy starting");
+
+    // ---- prepare: lock, fetch, resolve, export, link shared ----------------
+    let stage = stages.start("prepare");
+    let roots = match crate::http::extra_roots(app.ca_file.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            stages.end(stage, &Err(e.clone()));
+            return failure(report, stages, "prepare", e, json!({}), "failed");
+        }
+    };
+    let (releases, lock) = match lock_path(&app, &jid, &stages).await {
+        Ok(held) => held,
+        Err(e) => {
+            stages.end(stage, &Err(e.clone()));
+            return failure(report, stages, "prepare", e, json!({}), "failed");
+        }
+    };
+    stages.log(&format!("fetching {} ({})", app.repo, wanted.describe()));
+    let prepared = {
+        let releases = releases.clone();
+        let app = app.clone();
+        let wanted = wanted.clone();
+        let flag = Arc::clone(&interrupt.flag);
+        let events = call.events.clone();
+        blocking(move || prepare(&releases, &app, &wanted, credentials, roots, &flag, &events))
+            .await
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            stages.end(stage, &Err(e.clone()));
+            let _ = blocking_record(&releases, report.record(&jid, "failed")).await;
+            return failure(report, stages, "prepare", e, json!({}), "failed");
+        }
+    };
+    report.revision = Some(prepared.revision.clone());
+    let release = match prepared.release {
+        Prepared::AlreadyLive(live) => {
+            let message = format!(
+                "{} ({}) is already live in release {live}; nothing to do",
+                short(&prepared.revision),
+                wanted.describe()
+            );
+            stages.end(stage, &Ok(message.clone()));
+            report.release = Some(live);
+            drop(lock);
+            tracing::info!(jid = %jid, app = %app.name, "deploy: revision already live");
+            return Outcome::ok(report.finish(
+                stages,
+                "unchanged",
+                json!({ "changed": false, "message": message }),
+            ));
+        }
+        Prepared::Built { name, summary } => {
+            stages.end(stage, &Ok(summary));
+            name
+        }
+    };
+    report.release = Some(release.clone());
+    let release_dir = app.path.join("releases").join(&release);
+    let env = hook_env(
+        &app,
+        &jid,
+        &release,
+        &prepared.revision,
+        report.reference.as_deref(),
+    );
+
+    // ---- pre_deploy: hook in the new release ------------------------------------
+    let mut warnings: Vec<String> = Vec::new();
+    let stage = stages.start("pre_deploy");
+    let result = match &app.pre_deploy {
+        Some(hook) => {
+            run_hook(
+                "git_deploy.pre_deploy",
+                "pre_deploy",
+                hook,
+                &release_dir,
+                env.clone(),
+                &app,
+                &call,
+            )
+            .await
+        }
+        None => Ok("no pre_deploy hook".to_owned()),
+    };
+    stages.end(stage, &result);
+    if let Err(e) = result {
+        if app.stop_on_error || call.cancel.is_cancelled() {
+            discard(&releases, &release).await;
+            let _ = blocking_record(&releases, report.record(&jid, "failed")).await;
+            return failure(
+                report,
+                stages,
+                "pre_deploy",
+                e,
+                json!({ "live_unchanged": true }),
+                "failed",
+            );
+        }
+        warnings.push(e);
+    }
+
+    // ---- deploy: switch current ------------------------------------------------------
+    let stage = stages.start("deploy");
+    let switched = {
+        let releases = releases.clone();
+        let name = release.clone();
+        blocking(move || releases.switch(&name).map_err(|e| e.to_string())).await
+    };
+    match switched {
+        Ok(previous) => {
+            report.previous = previous.clone();
+            let message = match &previous {
+                Some(p) => format!("current -> releases/{release} (was {p})"),
+                None => format!("current -> releases/{release} (first release)"),
+            };
+            stages.end(stage, &Ok(message));
+        }
+        Err(e) => {
+            stages.end(stage, &Err(e.clone()));
+            discard(&releases, &release).await;
+            let _ = blocking_record(&releases, report.record(&jid, "failed")).await;
+            return failure(
+                report,
+                stages,
+                "deploy",
+                e,
+                json!({ "live_unchanged": true }),
+                "failed",
+            );
+        }
+    }
+
+    // ---- post_deploy: hook, then health check ---------------------------------------
+    let stage = stages.start("post_deploy");
+    let mut result = match &app.post_deploy {
+        Some(hook) => {
+            run_hook(
+                "git_deploy.post_deploy",
+                "post_deploy",
+                hook,
+                &release_dir,
+                env.clone(),
+                &app,
+                &call,
+            )
+            .await
+        }
+        None => Ok("no post_deploy hook".to_owned()),
+    };
+    if let Err(e) = &result {
+        if !app.stop_on_error && !call.cancel.is_cancelled() {
+            warnings.push(e.clone());
+            result = Ok(format!("{e} (ignored: stop_on_error = false)"));
+        }
+    }
+    if let (Ok(hook_summary), Some(check)) = (&result, &app.health) {
+        let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
+        result = health::check(check, &release_dir, &env, roots, &call.events, &call.cancel)
+            .await
+            .map(|h| format!("{hook_summary}; {h}"));
+    }
+    stages.end(stage, &result);
+    if let Err(e) = result {
+        let mut extra = json!({});
+        let mut ended = "live";
+        let error = match (&report.previous, app.auto_rollback) {
+            (Some(previous), true) => {
+                let back = {
+                    let releases = releases.clone();
+                    let previous = previous.clone();
+                    blocking(move || releases.switch(&previous).map_err(|e| e.to_string())).await
+                };
+                match back {
+                    Ok(_) => {
+                        stages.log(&format!("auto_rollback: current -> releases/{previous}"));
+                        extra = json!({ "rolled_back_to": previous });
+                        ended = "rolled_back";
+                        let _ =
+                            blocking_record(&releases, report.record(&jid, "rolled_back")).await;
+                        format!("{e}; auto_rollback switched back to {previous}")
+                    }
+                    Err(back_err) => {
+                        let _ = blocking_record(&releases, report.record(&jid, "live")).await;
+                        format!("{e}; auto_rollback to {previous} FAILED: {back_err}; {release} is still live")
+                    }
+                }
+            }
+            (Some(_), false) => {
+                let _ = blocking_record(&releases, report.record(&jid, "live")).await;
+                format!("{e}; {release} stays live (auto_rollback is off)")
+            }
+            (None, _) => {
+                let _ = blocking_record(&releases, report.record(&jid, "live")).await;
+                format!("{e}; {release} stays live (there is no previous release to go back to)")
+            }
+        };
+        drop(lock);
+        tracing::warn!(jid = %jid, app = %app.name, "deploy failed in post_deploy: {error}");
+        return failure(report, stages, "post_deploy", error, extra, ended);
+    }
+
+    let record = report.record(&jid, "live");
+    let keep = app.keep_releases;
+    let pruned = {
+        let releases = releases.clone();
+        blocking(move || {
+            releases.record(record).map_err(|e| e.to_string())?;
+            releases.prune(keep).map_err(|e| e.to_string())
+        })
+        .await
+    };
+    let pruned = match pruned {
+        Ok(p) => p,
+        Err(e) => {
+            warnings.push(format!("release is live, but history/prune failed: {e}"));
+            Vec::new()
+        }
+    };
+    drop(lock);
+    tracing::info!(jid = %jid, app = %app.name, release = %release, "deploy live");
+    Outcome::ok(report.finish(
+        stages,
+        "live",
+        json!({ "changed": true, "pruned": pruned, "warnings": warnings, "files": prepared.files }),
+    ))
+}
+
+fn short(revision: &str) -> &str {
+    &revision[..revision.len().min(12)]
+}
+
+async fn discard(releases: &Releases, name: &str) {
+    let releases = releases.clone();
+    let name = name.to_owned();
+    if let Err(e) = blocking(move || releases.discard(&name).map_err(|e| e.to_string())).await {
+        tracing::warn!("cannot remove a failed release: {e}");
+    }
+}
+
+async fn blocking_record(releases: &Releases, record: ReleaseRecord) -> Result<(), String> {
+    let releases = releases.clone();
+    let result = blocking(move || releases.record(record).map_err(|e| e.to_string())).await;
+    if let Err(e) = &result {
+        tracing::warn!("cannot write release history: {e}");
+    }
+    result
+}
+
+enum Prepared {
+    AlreadyLive(String),
+    Built { name: String, summary: String },
+}
+
+struct PrepareResult {
+    revision: String,
+    release: Prepared,
+    files: usize,
+}
+
+/// Fetch (unless a wanted commit is already cached), resolve, and build the
+/// release directory. Blocking.
+fn prepare(
+    releases: &Releases,
+    app: &AppSpec,
+    wanted: &Wanted,
+    credentials: Option<(String, String)>,
+    roots: Vec<reqwest::Certificate>,
+    interrupt: &AtomicBool,
+    events: &EventSink,
+) -> Result<PrepareResult, String> {
+    let started = Instant::now();
+    let cache = cache_path(&app.path);
+    let repo = repo::open_cache(&cache).map_err(|e| e.to_string())?;
+    let cached = match wanted {
+        Wanted::Rev(_) => repo::resolve(&repo, wanted, &app.repo).ok(),
+        _ => None,
+    };
+    let commit = match cached {
+        Some(commit) => {
+            events.progress(
+                "log",
+                &format!(
+                    "{} is already in the cache; not fetching",
+                    wanted.describe()
+                ),
+            );
+            commit
+        }
+        None => {
+            let source = Source {
+                url: &app.repo,
+                credentials,
+                roots,
+            };
+            let fetched = repo::fetch(&repo, &source, interrupt).map_err(|e| e.to_string())?;
+            events.progress(
+                "log",
+                &if fetched.changed {
+                    format!(
+                        "fetched {} KiB in {} ms",
+                        fetched.bytes / 1024,
+                        started.elapsed().as_millis()
+                    )
+                } else {
+                    format!("cache up to date ({} ms)", started.elapsed().as_millis())
+                },
+            );
+            repo::resolve(&repo, wanted, &app.repo).map_err(|e| e.to_string())?
+        }
+    };
+    let revision = commit.to_string();
+    events.progress("log", &format!("{} is {revision}", wanted.describe()));
+    if let Some((live, live_rev)) = live_revision(releases).map_err(|e| e.to_string())? {
+        if live_rev == revision {
+            return Ok(PrepareResult {
+                revision,
+                release: Prepared::AlreadyLive(live),
+                files: 0,
+            });
+        }
+    }
+    let name = releases
+        .create(&revision, halite_proto::time::now_ms())
+        .map_err(|e| e.to_string())?;
+    let dir = app.path.join("releases").join(&name);
+    let export_started = Instant::now();
+    let built = repo::export(&repo, commit, &dir, interrupt)
+        .map_err(|e| e.to_string())
+        .and_then(|exported| {
+            releases
+                .link_shared(&name, &app.shared)
+                .map_err(|e| e.to_string())
+                .map(|()| exported)
+        });
+    match built {
+        Ok(exported) => {
+            for submodule in &exported.submodules {
+                events.progress(
+                    "log",
+                    &format!("submodule {submodule} left empty (submodules are not fetched)"),
+                );
+            }
+            let summary = format!(
+                "{} files ({} KiB) exported to releases/{name} in {} ms",
+                exported.files,
+                exported.bytes / 1024,
+                export_started.elapsed().as_millis()
+            );
+            events.progress("log", &summary);
+            Ok(PrepareResult {
+                revision,
+                release: Prepared::Built { name, summary },
+                files: exported.files,
+            })
+        }
+        Err(e) => {
+            if let Err(cleanup) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "cannot remove a half-built release: {cleanup}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn cache_path(root: &Path) -> PathBuf {
+    root.join(".halite").join("cache.git")
+}
+
+async fn rollback(call: Call) -> Outcome {
+    let parsed = (|| {
+        let args = Args::from_call(&ROLLBACK, &call).map_err(Outcome::from)?;
+        let app = app_of(&args, ROLLBACK.fun)?;
+        let to = args.string("to").map_err(Outcome::from)?;
+        Ok::<_, Outcome>((app, to))
+    })();
+    let (app, to) = match parsed {
+        Ok(p) => p,
+        Err(outcome) => return outcome,
+    };
+    let jid = call.jid.to_string();
+    let mut stages = Stages {
+        events: call.events.clone(),
+        done: Vec::new(),
+    };
+    let mut report = Report {
+        app: app.name.clone(),
+        action: "rollback",
+        started: Instant::now(),
+        revision: None,
+        reference: None,
+        release: None,
+        previous: None,
+    };
+    if !app.path.join("releases").is_dir() {
+        return failure(
+            report,
+            stages,
+            "deploy",
+            format!(
+                "{} has never been deployed to {}",
+                app.name,
+                app.path.display()
+            ),
+            json!({}),
+            "failed",
+        );
+    }
+    let stage = stages.start("deploy");
+    let (releases, lock) = match lock_path(&app, &jid, &stages).await {
+        Ok(held) => held,
+        Err(e) => {
+            stages.end(stage, &Err(e.clone()));
+            return failure(report, stages, "deploy", e, json!({}), "failed");
+        }
+    };
+    let chosen = {
+        let releases = releases.clone();
+        let app = app.clone();
+        blocking(move || choose_rollback(&releases, &app, to.as_deref())).await
+    };
+    let (target, revision, reference) = match chosen {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            let message = "nothing to do: that release is already live".to_owned();
+            stages.end(stage, &Ok(message.clone()));
+            drop(lock);
+            return Outcome::ok(report.finish(
+                stages,
+                "unchanged",
+                json!({ "changed": false, "message": message }),
+            ));
+        }
+        Err(e) => {
+            stages.end(stage, &Err(e.clone()));
+            return failure(
+                report,
+                stages,
+                "deploy",
+                e,
+                json!({ "live_unchanged": true }),
+                "failed",
+            );
+        }
+    };
+    report.release = Some(target.clone());
+    report.revision = Some(revision.clone());
+    report.reference = reference;
+    let switched = {
+        let releases = releases.clone();
+        let name = target.clone();
+        blocking(move || releases.switch(&name).map_err(|e| e.to_string())).await
+    };
+    match switched {
+        Ok(previous) => {
+            report.previous = previous.clone();
+            stages.end(
+                stage,
+                &Ok(format!(
+                    "current -> releases/{target} (was {})",
+                    previous.as_deref().unwrap_or("nothing")
+                )),
+            );
+        }
+        Err(e) => {
+            stages.end(stage, &Err(e.clone()));
+            return failure(
+                report,
+                stages,
+                "deploy",
+                e,
+                json!({ "live_unchanged": true }),
+                "failed",
+            );
+        }
+    }
+    // The release that was taken back is known bad: a later plain rollback
+    // must not return to it.
+    if let Some(previous) = report.previous.clone() {
+        let bad = ReleaseRecord {
+            release: previous,
+            revision: String::new(),
+            reference: None,
+            jid: jid.clone(),
+            action: "rollback".into(),
+            result: "rolled_back".into(),
+            at: halite_proto::time::now_ms(),
+            duration_ms: 0,
+        };
+        let _ = blocking_record(&releases, bad).await;
+    }
+
+    let release_dir = app.path.join("releases").join(&target);
+    let env = hook_env(&app, &jid, &target, &revision, report.reference.as_deref());
+    let stage = stages.start("post_deploy");
+    let mut result = match &app.post_deploy {
+        Some(hook) => {
+            run_hook(
+                "git_deploy.post_deploy",
+                "post_deploy",
+                hook,
+                &release_dir,
+                env.clone(),
+                &app,
+                &call,
+            )
+            .await
+        }
+        None => Ok("no post_deploy hook".to_owned()),
+    };
+    if let (Ok(hook_summary), Some(check)) = (&result, &app.health) {
+        let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
+        result = health::check(check, &release_dir, &env, roots, &call.events, &call.cancel)
+            .await
+            .map(|h| format!("{hook_summary}; {h}"));
+    }
+    stages.end(stage, &result);
+    let _ = blocking_record(&releases, report.record(&jid, "live")).await;
+    drop(lock);
+    match result {
+        Ok(_) => {
+            tracing::info!(jid = %jid, app = %app.name, release = %target, "rollback live");
+            Outcome::ok(report.finish(stages, "live", json!({ "changed": true })))
+        }
+        Err(e) => failure(
+            report,
+            stages,
+            "post_deploy",
+            format!("{e}; {target} is live (a rollback does not switch again on its own)"),
+            json!({}),
+            "live",
+        ),
+    }
+}
+
+/// The kept release a rollback goes to: `to` as a release name, a
+/// revision prefix, or a tag looked up in the cache (never fetched); or,
+/// without `to`, the previous release. `Ok(None)`: it is already live.
+fn choose_rollback(
+    releases: &Releases,
+    app: &AppSpec,
+    to: Option<&str>,
+) -> Result<Option<(String, String, Option<String>)>, String> {
+    let kept = releases.list().map_err(|e| e.to_string())?;
+    let live = releases.current().map_err(|e| e.to_string())?;
+    let describe = |name: &str| {
+        kept.iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.last.clone())
+            .map(|r| (r.revision, r.reference))
+            .unwrap_or_default()
+    };
+    let target = match to {
+        None => releases
+            .previous()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "there is no previous release to roll back to".to_owned())?,
+        Some(to) => {
+            if kept.iter().any(|r| r.name == to) {
+                to.to_owned()
+            } else {
+                let by_revision = |revision: &str| {
+                    kept.iter()
+                        .rev()
+                        .find(|r| {
+                            r.last.as_ref().is_some_and(|l| {
+                                !l.revision.is_empty() && l.revision.starts_with(revision)
+                            })
+                        })
+                        .map(|r| r.name.clone())
+                };
+                let is_hex = to.len() >= 4 && to.bytes().all(|b| b.is_ascii_hexdigit());
+                let found = if is_hex {
+                    by_revision(&to.to_ascii_lowercase())
+                } else {
+                    None
+                };
+                let found = found.or_else(|| {
+                    let cache = cache_path(&app.path);
+                    if !cache.join("HEAD").is_file() {
+                        return None;
+                    }
+                    let repo = repo::open_cache(&cache).ok()?;
+                    let commit =
+                        repo::resolve(&repo, &Wanted::Tag(to.to_owned()), &app.repo).ok()?;
+                    by_revision(&commit.to_string())
+                });
+                found.ok_or_else(|| {
+                    let names: Vec<&str> = kept.iter().map(|r| r.name.as_str()).collect();
+                    format!(
+                        "no kept release matches {to:?} (a release name, a revision or a tag); kept: {}",
+                        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                    )
+                })?
+            }
+        }
+    };
+    if live.as_deref() == Some(target.as_str()) {
+        return Ok(None);
+    }
+    let (revision, reference) = describe(&target);
+    Ok(Some((target, revision, reference)))
+}
+
+/// Opens the layout of an app that was deployed here, or says it was not.
+fn deployed(app: &AppSpec) -> Result<Releases, Outcome> {
+    if !app.path.join("releases").is_dir() {
+        return Err(Outcome::failed(
+            RETCODE_ERROR,
+            format!(
+                "{} has never been deployed to {} on this minion",
+                app.name,
+                app.path.display()
+            ),
+        ));
+    }
+    Releases::open(&app.path).map_err(|e| Outcome::failed(RETCODE_ERROR, e.to_string()))
+}
+
+async fn releases(call: Call) -> Outcome {
+    let app = match Args::from_call(&RELEASES, &call)
+        .map_err(Outcome::from)
+        .and_then(|a| app_of(&a, RELEASES.fun))
+    {
+        Ok(app) => app,
+        Err(outcome) => return outcome,
+    };
+    let listed = tokio::task::spawn_blocking(move || {
+        let releases = deployed(&app)?;
+        let kept = releases
+            .list()
+            .map_err(|e| Outcome::failed(RETCODE_ERROR, e.to_string()))?;
+        let rows: Vec<Value> = kept
+            .iter()
+            .rev()
+            .map(|r| {
+                let last = r.last.as_ref();
+                json!({
+                    "release": r.name,
+                    "live": r.live,
+                    "revision": last.map(|l| l.revision.clone()),
+                    "reference": last.and_then(|l| l.reference.clone()),
+                    "jid": last.map(|l| l.jid.clone()),
+                    "at": last.map(|l| l.at),
+                    "action": last.map(|l| l.action.clone()),
+                    "result": last.map(|l| l.result.clone()),
+                })
+            })
+            .collect();
+        Ok(Outcome::ok(json!({
+            "app": app.name,
+            "path": app.path,
+            "live": kept.iter().find(|r| r.live).map(|r| r.name.clone()),
+            "releases": rows,
+        })))
+    })
+    .await;
+    listed
+        .unwrap_or_else(|e| {
+            Err(Outcome::failed(
+                RETCODE_ERROR,
+                format!("internal error: {e}"),
+            ))
+        })
+        .unwrap_or_else(|o| o)
+}
+
+async fn status(call: Call) -> Outcome {
+    let app = match Args::from_call(&STATUS, &call)
+        .map_err(Outcome::from)
+        .and_then(|a| app_of(&a, STATUS.fun))
+    {
+        Ok(app) => app,
+        Err(outcome) => return outcome,
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        if !app.path.join("releases").is_dir() {
+            return Ok(Outcome::ok(json!({
+                "app": app.name,
+                "path": app.path,
+                "deployed": false,
+                "live": null,
+            })));
+        }
+        let releases = deployed(&app)?;
+        let fail = |e: ReleaseError| Outcome::failed(RETCODE_ERROR, e.to_string());
+        let kept = releases.list().map_err(fail)?;
+        let live = kept.iter().find(|r| r.live);
+        let last = live.and_then(|r| r.last.clone());
+        let lock = releases
+            .lock_holder()
+            .map(|(jid, pid, since)| json!({"jid": jid, "pid": pid, "since": since}));
+        Ok(Outcome::ok(json!({
+            "app": app.name,
+            "path": app.path,
+            "deployed": live.is_some(),
+            "live": live.map(|r| r.name.clone()),
+            "revision": last.as_ref().map(|l| l.revision.clone()),
+            "reference": last.as_ref().and_then(|l| l.reference.clone()),
+            "since": last.as_ref().map(|l| l.at),
+            "jid": last.as_ref().map(|l| l.jid.clone()),
+            "previous": releases.previous().map_err(fail)?,
+            "releases_kept": kept.len(),
+            "locked_by": lock,
+            "cache": cache_path(&app.path).join("HEAD").is_file(),
+        })))
+    })
+    .await;
+    result
+        .unwrap_or_else(|e| {
+            Err(Outcome::failed(
+                RETCODE_ERROR,
+                format!("internal error: {e}"),
+            ))
+        })
+        .unwrap_or_else(|o| o)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,494 @@
+//! The minion's side of git: a bare cache per deploy path, fetched with
+//! gix (no system `git` or `ssh` needed for HTTP(S) and `git://`), the
+//! revision a job asks for resolved in it, and a commit's tree exported
+//! into a fresh release directory.
+//!
+//! Everything here blocks; callers run it on the blocking pool. A fetch
+//! stops when `interrupt` is set (the job was cancelled or timed out).
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gix::bstr::ByteSlice;
+use gix::remote::Direction;
+
+/// What a deploy asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Wanted {
+    /// `tag=v3`.
+    Tag(String),
+    /// `branch=main`.
+    Branch(String),
+    /// `rev=<commit id or unique prefix>`.
+    Rev(String),
+}
+
+impl Wanted {
+    /// `tag v3`, `branch main`, `rev 1a2b3c` — for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Wanted::Tag(t) => format!("tag {t}"),
+            Wanted::Branch(b) => format!("branch {b}"),
+            Wanted::Rev(r) => format!("rev {r}"),
+        }
+    }
+
+    /// What the history records as the reference (`v3`, `main`), if any.
+    pub(crate) fn reference(&self) -> Option<String> {
+        match self {
+            Wanted::Tag(name) | Wanted::Branch(name) => Some(name.clone()),
+            Wanted::Rev(_) => None,
+        }
+    }
+}
+
+/// Where and how to fetch.
+pub(crate) struct Source<'a> {
+    /// The repository URL or local path.
+    pub(crate) url: &'a str,
+    /// HTTPS user and password/token, from the job's sealed arguments.
+    pub(crate) credentials: Option<(String, String)>,
+    /// Extra trusted CA certificates (already read).
+    pub(crate) roots: Vec<reqwest::Certificate>,
+}
+
+/// Why git work failed, worded for the operator reading the return.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GitError {
+    /// The cache could not be created or opened.
+    #[error("cannot open the repository cache {}: {message}", path.display())]
+    Cache {
+        /// The cache directory.
+        path: PathBuf,
+        /// gix's message.
+        message: String,
+    },
+    /// Talking to the remote failed (unreachable, refused, bad credentials).
+    #[error("cannot fetch {url}: {message}")]
+    Fetch {
+        /// The remote (never with credentials: they are not in URLs).
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The fetch was interrupted by cancellation.
+    #[error("fetch of {0} was cancelled")]
+    Cancelled(String),
+    /// The tag, branch or revision does not exist in the repository.
+    #[error("{what} not found in {url}{hint}")]
+    NotFound {
+        /// `tag v9`.
+        what: String,
+        /// The repository.
+        url: String,
+        /// `; tags: v1, v2` — what there is.
+        hint: String,
+    },
+    /// Reading objects or writing the release failed.
+    #[error("{0}")]
+    Export(String),
+}
+
+/// Opens the bare cache at `path`, creating it on first use. Git
+/// configuration of the machine and user is ignored (isolated), so a
+/// deploy does the same on every server.
+pub(crate) fn open_cache(path: &Path) -> Result<gix::Repository, GitError> {
+    let cache_err = |message: String| GitError::Cache {
+        path: path.to_path_buf(),
+        message,
+    };
+    let repo = if path.join("HEAD").is_file() {
+        gix::open_opts(path, gix::open::Options::isolated())
+            .map_err(|e| cache_err(e.to_string()))?
+    } else {
+        if path.exists() {
+            // A half-created cache from an interrupted first fetch.
+            std::fs::remove_dir_all(path).map_err(|e| cache_err(e.to_string()))?;
+        }
+        gix::ThreadSafeRepository::init_opts(
+            path,
+            gix::create::Kind::Bare,
+            gix::create::Options::default(),
+            gix::open::Options::isolated(),
+        )
+        .map_err(|e| cache_err(e.to_string()))?
+        .to_thread_local()
+    };
+    let mut repo = repo;
+    repo.object_cache_size_if_unset(16 * 1024 * 1024);
+    Ok(repo)
+}
+
+/// A fetch's summary, for the progress log.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// Did new objects arrive?
+    pub(crate) changed: bool,
+    /// Bytes of pack data received.
+    pub(crate) bytes: u64,
+}
+
+/// Fetches every branch and tag of `source` into the cache: branches as
+/// `refs/remotes/origin/*`, tags as `refs/tags/*` (moved tags follow).
+pub(crate) fn fetch(
+    repo: &gix::Repository,
+    source: &Source<'_>,
+    interrupt: &AtomicBool,
+) -> Result<Fetched, GitError> {
+    let url = source.url.to_owned();
+    let fetch_err = |message: String| GitError::Fetch {
+        url: url.clone(),
+        message,
+    };
+    let remote = repo
+        .remote_at(source.url)
+        .map_err(|e| fetch_err(e.to_string()))?
+        .with_refspecs(
+            [
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+            Direction::Fetch,
+        )
+        .map_err(|e| fetch_err(e.to_string()))?
+        .with_fetch_tags(gix::remote::fetch::Tags::None);
+    let mut connection = remote
+        .connect(Direction::Fetch)
+        .map_err(|e| fetch_err(crate::http::error_chain(&e)))?;
+    let credentials = source.credentials.clone();
+    connection.set_credentials(move |action| match (action, &credentials) {
+        (gix::credentials::helper::Action::Get(context), Some((user, password))) => {
+            Ok(Some(gix::credentials::protocol::Outcome {
+                identity: gix::sec::identity::Account {
+                    username: user.clone(),
+                    password: password.clone(),
+                    oauth_refresh_token: None,
+                },
+                next: context.into(),
+            }))
+        }
+        // No credentials configured, or the server's verdict on them
+        // (store/erase): nothing to remember, nothing to prompt for.
+        _ => Ok(None),
+    });
+    if source.url.starts_with("https://") || source.url.starts_with("http://") {
+        let roots = source.roots.clone();
+        let backend = gix::protocol::transport::client::blocking_io::http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| {
+                crate::http::install_tls_provider();
+                Ok(builder.tls_certs_merge(roots.clone()))
+            })),
+            configure_request: None,
+        };
+        let options = gix::protocol::transport::client::blocking_io::http::Options {
+            connect_timeout: Some(Duration::from_secs(30)),
+            // A stalled server (under 1 KiB/s for a minute) ends the fetch.
+            low_speed_limit_bytes_per_second: 1024,
+            low_speed_time_seconds: 60,
+            user_agent: Some(concat!("halite-minion/", env!("CARGO_PKG_VERSION")).to_owned()),
+            backend: Some(std::sync::Arc::new(std::sync::Mutex::new(backend))),
+            ..Default::default()
+        };
+        connection.set_transport_options(Box::new(options));
+    }
+    let prepared = connection
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|e| fetch_err(crate::http::error_chain(&e)))?;
+    let outcome = prepared
+        .receive(gix::progress::Discard, interrupt)
+        .map_err(|e| {
+            if interrupt.load(Ordering::Relaxed) {
+                GitError::Cancelled(url.clone())
+            } else {
+                fetch_err(crate::http::error_chain(&e))
+            }
+        })?;
+    Ok(match outcome.status {
+        gix::remote::fetch::Status::Change {
+            write_pack_bundle, ..
+        } => Fetched {
+            changed: true,
+            bytes: write_pack_bundle
+                .data_path
+                .as_ref()
+                .and_then(|p| p.metadata().ok())
+                .map_or(0, |m| m.len()),
+        },
+        _ => Fetched {
+            changed: false,
+            bytes: 0,
+        },
+    })
+}
+
+/// The commit `wanted` names in the cache (tags peeled; a branch is the
+/// fetched remote branch).
+pub(crate) fn resolve(
+    repo: &gix::Repository,
+    wanted: &Wanted,
+    url: &str,
+) -> Result<gix::ObjectId, GitError> {
+    let not_found = |hint: String| GitError::NotFound {
+        what: wanted.describe(),
+        url: url.to_owned(),
+        hint,
+    };
+    let reference = match wanted {
+        Wanted::Tag(tag) => format!("refs/tags/{tag}"),
+        Wanted::Branch(branch) => format!("refs/remotes/origin/{branch}"),
+        Wanted::Rev(rev) => {
+            let id = repo
+                .rev_parse_single(rev.as_str())
+                .map_err(|e| not_found(format!(" ({e})")))?;
+            return peel_to_commit(repo, id.detach()).map_err(|_| not_found(String::new()));
+        }
+    };
+    match repo.try_find_reference(reference.as_str()) {
+        Ok(Some(mut r)) => {
+            let id = r
+                .peel_to_id()
+                .map_err(|e| GitError::Export(format!("cannot peel {reference}: {e}")))?;
+            peel_to_commit(repo, id.detach())
+                .map_err(|e| GitError::Export(format!("{reference} does not name a commit: {e}")))
+        }
+        Ok(None) => Err(not_found(available(repo, wanted))),
+        Err(e) => Err(GitError::Export(format!("cannot read {reference}: {e}"))),
+    }
+}
+
+fn peel_to_commit(repo: &gix::Repository, id: gix::ObjectId) -> Result<gix::ObjectId, String> {
+    let object = repo.find_object(id).map_err(|e| e.to_string())?;
+    let commit = object.peel_to_commit().map_err(|e| e.to_string())?;
+    Ok(commit.id)
+}
+
+/// `; tags: v1, v2, v3` — the newest names of the same kind, to show what
+/// could have been meant.
+fn available(repo: &gix::Repository, wanted: &Wanted) -> String {
+    let (prefix, label) = match wanted {
+        Wanted::Tag(_) => ("refs/tags/", "tags"),
+        Wanted::Branch(_) => ("refs/remotes/origin/", "branches"),
+        Wanted::Rev(_) => return String::new(),
+    };
+    let Ok(platform) = repo.references() else {
+        return String::new();
+    };
+    let Ok(iter) = platform.prefixed(prefix) else {
+        return String::new();
+    };
+    let mut names: Vec<String> = iter
+        .filter_map(Result::ok)
+        .map(|r| {
+            r.name()
+                .as_bstr()
+                .to_str_lossy()
+                .trim_start_matches(prefix)
+                .to_owned()
+        })
+        .collect();
+    if names.is_empty() {
+        return format!("; the repository has no {label}");
+    }
+    names.sort();
+    let shown: Vec<String> = names.iter().rev().take(10).rev().cloned().collect();
+    format!("; {label}: {}", shown.join(", "))
+}
+
+/// How many files an export wrote, for the progress log.
+#[derive(Debug, Default)]
+pub(crate) struct Exported {
+    /// Regular files and symlinks written.
+    pub(crate) files: usize,
+    /// Bytes of file content written.
+    pub(crate) bytes: u64,
+    /// Submodule paths left empty (their commits are not fetched).
+    pub(crate) submodules: Vec<String>,
+}
+
+/// Writes the tree of `commit` into the empty directory `dest`: files with
+/// their executable bit, symlinks as symlinks, submodules as empty
+/// directories. Paths that could escape `dest` (`..`, `.git`) are refused.
+/// Work is spread over a few threads; `interrupt` stops it.
+pub(crate) fn export(
+    repo: &gix::Repository,
+    commit: gix::ObjectId,
+    dest: &Path,
+    interrupt: &AtomicBool,
+) -> Result<Exported, GitError> {
+    let export_err =
+        |what: &str, e: &dyn std::fmt::Display| GitError::Export(format!("{what}: {e}"));
+    let tree = repo
+        .find_object(commit)
+        .map_err(|e| export_err("cannot read the commit", &e))?
+        .peel_to_tree()
+        .map_err(|e| export_err("cannot read the commit's tree", &e))?;
+    let mut recorder = gix::traverse::tree::Recorder::default();
+    tree.traverse()
+        .breadthfirst(&mut recorder)
+        .map_err(|e| export_err("cannot walk the tree", &e))?;
+
+    let mut files = Vec::new();
+    let mut exported = Exported::default();
+    for entry in recorder.records {
+        let relative = safe_relative(entry.filepath.as_bstr())?;
+        let target = dest.join(&relative);
+        match entry.mode.kind() {
+            gix::object::tree::EntryKind::Tree => {
+                std::fs::create_dir(&target)
+                    .map_err(|e| export_err(&format!("cannot create {}", target.display()), &e))?;
+            }
+            gix::object::tree::EntryKind::Commit => {
+                std::fs::create_dir(&target)
+                    .map_err(|e| export_err(&format!("cannot create {}", target.display()), &e))?;
+                exported
+                    .submodules
+                    .push(relative.to_string_lossy().into_owned());
+            }
+            kind => files.push((target, kind, entry.oid)),
+        }
+    }
+    exported.files = files.len();
+
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+        .min(files.len().max(1));
+    let shared = repo.clone().into_sync();
+    let chunk = files.len().div_ceil(threads).max(1);
+    let results: Vec<Result<u64, GitError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                let shared = &shared;
+                scope.spawn(move || -> Result<u64, GitError> {
+                    let mut repo = shared.to_thread_local();
+                    repo.object_cache_size_if_unset(4 * 1024 * 1024);
+                    let mut bytes = 0u64;
+                    for (target, kind, oid) in part {
+                        if interrupt.load(Ordering::Relaxed) {
+                            return Err(GitError::Export("export cancelled".into()));
+                        }
+                        bytes += write_entry(&repo, target, *kind, *oid)?;
+                    }
+                    Ok(bytes)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(GitError::Export("an export thread panicked".into())))
+            })
+            .collect()
+    });
+    for result in results {
+        exported.bytes += result?;
+    }
+    Ok(exported)
+}
+
+fn write_entry(
+    repo: &gix::Repository,
+    target: &Path,
+    kind: gix::object::tree::EntryKind,
+    oid: gix::ObjectId,
+) -> Result<u64, GitError> {
+    let blob = repo
+        .find_object(oid)
+        .map_err(|e| GitError::Export(format!("cannot read object {oid}: {e}")))?;
+    let data = &blob.data;
+    let write_err =
+        |e: std::io::Error| GitError::Export(format!("cannot write {}: {e}", target.display()));
+    match kind {
+        gix::object::tree::EntryKind::Link => {
+            let link = std::str::from_utf8(data).map_err(|_| {
+                GitError::Export(format!("symlink {} is not UTF-8", target.display()))
+            })?;
+            make_symlink(link, target).map_err(write_err)?;
+        }
+        gix::object::tree::EntryKind::BlobExecutable => {
+            std::fs::write(target, data).map_err(write_err)?;
+            set_executable(target).map_err(write_err)?;
+        }
+        _ => std::fs::write(target, data).map_err(write_err)?,
+    }
+    Ok(data.len() as u64)
+}
+
+#[cfg(unix)]
+fn make_symlink(link: &str, target: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(link, target)
+}
+
+/// Windows: a symlink needs a privilege a service may lack; the link's
+/// text is written as a file, like git with `core.symlinks=false`.
+#[cfg(not(unix))]
+fn make_symlink(link: &str, target: &Path) -> std::io::Result<()> {
+    std::fs::write(target, link)
+}
+
+#[cfg(unix)]
+fn set_executable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+#[cfg(not(unix))]
+fn set_executable(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// A tree path as a relative path that stays under the release: no `..`,
+/// no absolute parts, no `.git` (which would plant hooks or config).
+fn safe_relative(path: &gix::bstr::BStr) -> Result<PathBuf, GitError> {
+    let text = path
+        .to_str()
+        .map_err(|_| GitError::Export(format!("path {path:?} in the tree is not UTF-8")))?;
+    let relative = PathBuf::from(text);
+    let ok = !text.is_empty()
+        && relative.components().all(|c| match c {
+            Component::Normal(part) => !part.eq_ignore_ascii_case(".git"),
+            _ => false,
+        });
+    if ok {
+        Ok(relative)
+    } else {
+        Err(GitError::Export(format!(
+            "refusing tree path {text:?}: it would leave the release directory"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_tree_paths_are_refused() {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            ".git/hooks/post-checkout",
+            "a/.GIT/config",
+            "",
+        ] {
+            assert!(safe_relative(bad.into()).is_err(), "{bad}");
+        }
+        for ok in ["a", "a/b.txt", ".env.example", "x/.gitignore"] {
+            assert!(safe_relative(ok.into()).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn wanted_describes_itself() {
+        assert_eq!(Wanted::Tag("v3".into()).describe(), "tag v3");
+        assert_eq!(
+            Wanted::Branch("main".into()).reference().as_deref(),
+            Some("main")
+        );
+        assert_eq!(Wanted::Rev("abc".into()).reference(), None);
+    }
+}

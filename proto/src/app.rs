@@ -1,0 +1,381 @@
+//! Application definitions: what `git_deploy` (and the other deploy
+//! modules) release, where, and how it is checked.
+//!
+//! An app is written once on the master (`<apps_dir>/shop.toml`) and
+//! travels inside each deploy job as the `app` keyword argument, so a
+//! minion needs no local configuration to deploy it and the stored job
+//! says exactly which definition was used. Credentials never travel here:
+//! the definition only names them, and the master seals the values into
+//! the job's secret arguments ([`SECRET_USERNAME`], [`SECRET_PASSWORD`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{parse_toml, ConfigError};
+use crate::target::{Target, TargetType};
+
+/// Secret argument carrying the HTTPS user name for the app's repository.
+pub const SECRET_USERNAME: &str = "repo_username";
+/// Secret argument carrying the HTTPS password or token for the repository.
+pub const SECRET_PASSWORD: &str = "repo_password";
+
+/// Default number of releases kept on a minion (the live one included).
+pub const DEFAULT_KEEP_RELEASES: usize = 5;
+
+/// One deployable application, as written in `<apps_dir>/<name>.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// The app's name (`app=NAME` on the command line); defaults to the
+    /// file name without `.toml`.
+    #[serde(default)]
+    pub name: String,
+    /// Where the code comes from: `https://…`, `http://…` (no
+    /// credentials), `git://…`, `file://…` or a local path on the minion.
+    pub repo: String,
+    /// Which minions get it.
+    pub target: String,
+    /// How `target` is read (`glob` unless given).
+    #[serde(default)]
+    pub tgt_type: TargetType,
+    /// The deploy path on the minion: `releases/`, `shared/`, `current`.
+    pub path: PathBuf,
+    /// Branch deployed when a job names no tag, branch or rev.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Tag deployed when a job names no tag, branch or rev (wins over `branch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Releases kept on disk for instant rollback, the live one included.
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: usize,
+    /// Paths under `shared/` linked into every release (`storage`, `.env`).
+    #[serde(default)]
+    pub shared: Vec<String>,
+    /// Shell command run in the new release before it goes live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_deploy: Option<String>,
+    /// Shell command run in the release after it went live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_deploy: Option<String>,
+    /// Seconds a hook may run before it is killed and counts as failed.
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout: u64,
+    /// A failing hook fails the deploy (true) or is reported and ignored.
+    #[serde(default = "yes")]
+    pub stop_on_error: bool,
+    /// After a failure past the switch, switch back to the previous release.
+    #[serde(default = "yes")]
+    pub auto_rollback: bool,
+    /// Name of an entry in the master's secrets file (HTTPS user/token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// Extra CA certificate (PEM, a path on the minion) trusted for the
+    /// repository and the health URL, for in-house certificate authorities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// What a second deploy to the same path does while one runs.
+    #[serde(default)]
+    pub lock: LockPolicy,
+    /// Seconds a waiting deploy waits for the lock before giving up.
+    #[serde(default = "default_lock_wait")]
+    pub lock_wait: u64,
+    /// Checked after `post_deploy`; a failure fails the deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+}
+
+/// What a deploy does when another one holds the path's lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockPolicy {
+    /// Wait up to `lock_wait` seconds, then fail naming the holder.
+    #[default]
+    Wait,
+    /// Fail at once, naming the job that holds the lock.
+    Refuse,
+}
+
+/// How a new release is checked once live: an HTTP URL answering the
+/// expected status, or a command exiting 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// URL fetched with GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Shell command run in the release directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// HTTP status that means healthy.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// Attempts before the check counts as failed.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Seconds between attempts.
+    #[serde(default = "default_interval")]
+    pub interval: u64,
+    /// Seconds one attempt may take.
+    #[serde(default = "default_attempt_timeout")]
+    pub timeout: u64,
+}
+
+fn default_keep_releases() -> usize {
+    DEFAULT_KEEP_RELEASES
+}
+fn default_hook_timeout() -> u64 {
+    600
+}
+fn default_lock_wait() -> u64 {
+    600
+}
+fn yes() -> bool {
+    true
+}
+fn default_expect_status() -> u16 {
+    200
+}
+fn default_retries() -> u32 {
+    5
+}
+fn default_interval() -> u64 {
+    2
+}
+fn default_attempt_timeout() -> u64 {
+    5
+}
+
+impl AppSpec {
+    /// Reads the definition in `file` (its text given): unknown keys,
+    /// wrong types and bad values are errors naming the file and the key.
+    pub fn from_toml(file: &Path, text: &str) -> Result<AppSpec, ConfigError> {
+        let mut app: AppSpec = parse_toml(file, text)?;
+        if app.name.is_empty() {
+            app.name = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        app.validate()
+            .map_err(|(key, message)| ConfigError::key(file, key, message))?;
+        Ok(app)
+    }
+
+    /// Checks the values serde cannot: `Err((key, message))`. Minions run
+    /// it too, on the definition a job carries.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        crate::ident::validate_id(&self.name).map_err(|e| ("name", e.to_string()))?;
+        if self.repo.trim().is_empty() {
+            return Err(("repo", "must not be empty".into()));
+        }
+        if self.repo.starts_with("http://") && self.credentials.is_some() {
+            return Err((
+                "credentials",
+                "credentials are never sent over plain http://; use https://".into(),
+            ));
+        }
+        Target::parse(self.tgt_type, &self.target).map_err(|e| ("target", e.to_string()))?;
+        if !is_absolute_anywhere(&self.path) {
+            return Err(("path", "must be an absolute path".into()));
+        }
+        if self.keep_releases == 0 || self.keep_releases > 1000 {
+            return Err(("keep_releases", "must be 1 to 1000".into()));
+        }
+        for shared in &self.shared {
+            let p = Path::new(shared);
+            let escapes = shared.is_empty()
+                || is_absolute_anywhere(p)
+                || p.components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if escapes {
+                return Err((
+                    "shared",
+                    format!("{shared:?} must be a relative path without `..`"),
+                ));
+            }
+        }
+        for (key, hook) in [
+            ("pre_deploy", &self.pre_deploy),
+            ("post_deploy", &self.post_deploy),
+        ] {
+            if hook.as_deref().is_some_and(|h| h.trim().is_empty()) {
+                return Err((key, "must not be empty (leave it out instead)".into()));
+            }
+        }
+        if self.hook_timeout == 0 {
+            return Err(("hook_timeout", "must be at least 1 second".into()));
+        }
+        for (key, name) in [("tag", &self.tag), ("branch", &self.branch)] {
+            if let Some(name) = name {
+                validate_ref_name(name).map_err(|m| (key, m))?;
+            }
+        }
+        if let Some(health) = &self.health {
+            match (&health.url, &health.command) {
+                (None, None) => {
+                    return Err(("health", "needs `url` or `command`".into()));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(("health", "give `url` or `command`, not both".into()));
+                }
+                (Some(url), None)
+                    if !(url.starts_with("http://") || url.starts_with("https://")) =>
+                {
+                    return Err(("health.url", "must start with http:// or https://".into()));
+                }
+                _ => {}
+            }
+            if health.retries == 0 {
+                return Err(("health.retries", "must be at least 1".into()));
+            }
+            if health.timeout == 0 {
+                return Err(("health.timeout", "must be at least 1 second".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tag or branch name as a job may give it: no spaces, control
+/// characters, `..`, or leading `-` (git's own rules, the parts that
+/// matter for safety).
+pub fn validate_ref_name(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.starts_with(['-', '/'])
+        || name.ends_with(['/', '.'])
+        || name.contains("..")
+        || name.contains("@{")
+        || name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\'));
+    if bad {
+        Err(format!("{name:?} is not a valid git ref name"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Absolute on either platform (`/srv/x` or `C:\srv\x`), so a master on
+/// Linux can check a path meant for a Windows minion.
+fn is_absolute_anywhere(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    let bytes = text.as_bytes();
+    text.starts_with('/')
+        || text.starts_with("\\\\")
+        || (bytes.len() >= 3
+            && bytes[0].is_ascii_alphabetic()
+            && bytes[1] == b':'
+            && matches!(bytes[2], b'\\' | b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOP: &str = r#"
+name = "shop"
+repo = "https://git.example.com/shop.git"
+target = "web*"
+path = "/srv/shop"
+keep_releases = 5
+shared = ["storage", ".env"]
+pre_deploy = "composer install --no-dev"
+post_deploy = "systemctl reload php-fpm"
+stop_on_error = true
+auto_rollback = true
+credentials = "shop-git"
+[health]
+url = "http://127.0.0.1:8080/health"
+expect_status = 200
+retries = 5
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let app = AppSpec::from_toml(Path::new("apps.d/shop.toml"), SHOP).expect("valid");
+        assert_eq!(app.name, "shop");
+        assert_eq!(app.tgt_type, TargetType::Glob);
+        assert_eq!(app.shared, vec!["storage", ".env"]);
+        assert_eq!(app.lock, LockPolicy::Wait);
+        let health = app.health.expect("health");
+        assert_eq!(
+            (health.expect_status, health.retries, health.interval),
+            (200, 5, 2)
+        );
+    }
+
+    #[test]
+    fn name_defaults_to_the_file_stem() {
+        let text = "repo = \"git://h/x\"\ntarget = \"*\"\npath = \"/srv/blog\"\n";
+        let app =
+            AppSpec::from_toml(Path::new("/etc/halite/apps.d/blog.toml"), text).expect("valid");
+        assert_eq!(app.name, "blog");
+        assert_eq!(app.keep_releases, DEFAULT_KEEP_RELEASES);
+        assert!(app.auto_rollback && app.stop_on_error);
+    }
+
+    #[test]
+    fn the_definition_survives_json() {
+        let app = AppSpec::from_toml(Path::new("shop.toml"), SHOP).expect("valid");
+        let json = serde_json::to_value(&app).expect("json");
+        let back: AppSpec = serde_json::from_value(json).expect("back");
+        assert_eq!(back, app);
+    }
+
+    fn err(text: &str) -> ConfigError {
+        AppSpec::from_toml(Path::new("apps.d/x.toml"), text).expect_err("invalid")
+    }
+
+    #[test]
+    fn bad_values_name_file_and_key() {
+        let base = "repo = \"git://h/x\"\ntarget = \"*\"\n";
+        for (extra, key) in [
+            ("path = \"srv/x\"\n", "path"),
+            ("path = \"/srv/x\"\nkeep_releases = 0\n", "keep_releases"),
+            ("path = \"/srv/x\"\nshared = [\"../etc\"]\n", "shared"),
+            ("path = \"/srv/x\"\nshared = [\"/etc\"]\n", "shared"),
+            ("path = \"/srv/x\"\ntag = \"v1 2\"\n", "tag"),
+            ("path = \"/srv/x\"\npre_deploy = \" \"\n", "pre_deploy"),
+            ("path = \"/srv/x\"\n[health]\nretries = 2\n", "health"),
+            (
+                "path = \"/srv/x\"\n[health]\nurl = \"ftp://x\"\n",
+                "health.url",
+            ),
+            ("path = \"/srv/x\"\nlock = \"maybe\"\n", "lock"),
+            ("path = \"/srv/x\"\nkeep = 3\n", "keep"),
+        ] {
+            let e = err(&format!("{base}{extra}"));
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+            assert!(e.to_string().starts_with("apps.d/x.toml: key"), "{e}");
+        }
+        let e = err("repo = \"http://h/x\"\ntarget = \"*\"\npath = \"/x\"\ncredentials = \"c\"\n");
+        assert_eq!(e.key.as_deref(), Some("credentials"));
+        let e =
+            err("repo = \"git://h/x\"\ntarget = \"web(\"\ntgt_type = \"pcre\"\npath = \"/x\"\n");
+        assert_eq!(e.key.as_deref(), Some("target"));
+        let e = err("target = \"*\"\npath = \"/x\"\n");
+        assert!(e.to_string().contains("repo"), "{e}");
+    }
+
+    #[test]
+    fn windows_paths_are_absolute_too() {
+        assert!(is_absolute_anywhere(Path::new("C:\\inetpub\\shop")));
+        assert!(is_absolute_anywhere(Path::new("\\\\server\\share")));
+        assert!(!is_absolute_anywhere(Path::new("inetpub")));
+    }
+
+    #[test]
+    fn ref_names() {
+        for ok in ["v3", "release/2026-11", "v1.2.3", "feature_x"] {
+            assert!(validate_ref_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "-x", "a..b", "a b", "x~1", "x^", "a:b", "x/", "x.", "@{-1}",
+        ] {
+            assert!(validate_ref_name(bad).is_err(), "{bad}");
+        }
+    }
+}
