@@ -169,6 +169,7 @@ pub fn run(args: IdleArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("start a runtime for the HTTP client")?;
+    halite_pki::install_tls_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

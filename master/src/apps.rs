@@ -187,10 +187,12 @@ impl Catalog {
                 }
                 match matching.len() {
                     1 => matching.remove(0),
-                    0 => return Err(format!(
+                    0 => {
+                        return Err(format!(
                         "no app targets the minions of `{job_target}`; name one with app=NAME ({})",
                         names(&apps)
-                    )),
+                    ))
+                    }
                     _ => {
                         return Err(format!(
                             "`{job_target}` matches several apps ({}); name one with app=NAME",

@@ -7,19 +7,7 @@
 //! certificate authorities.
 
 use std::path::Path;
-use std::sync::Once;
 use std::time::Duration;
-
-/// Installs ring as rustls' process-wide provider, once. reqwest is built
-/// without a provider of its own and would panic on the first HTTPS
-/// request without it.
-pub(crate) fn install_tls_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Err means another part of the process installed one first: fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
 
 /// The certificates in `ca_file` (PEM, one or more), to be trusted on top
 /// of the system's. Err is a message naming the file.
@@ -43,7 +31,7 @@ pub(crate) fn client(
     roots: Vec<reqwest::Certificate>,
     timeout: Duration,
 ) -> Result<reqwest::Client, String> {
-    install_tls_provider();
+    halite_pki::install_tls_provider();
     reqwest::Client::builder()
         .tls_certs_merge(roots)
         .timeout(timeout)

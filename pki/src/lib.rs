@@ -21,9 +21,11 @@ pub mod keystore;
 mod pem;
 pub mod secret;
 pub mod session;
+pub mod tls;
 
 pub use error::PkiError;
 pub use keys::{normalize_fingerprint, verify_envelope, KeyPair, PublicKey};
 pub use keystore::{KeyEntry, KeyStore};
 pub use secret::Secret;
 pub use session::{grant, transcript, Ephemeral, SessionKey};
+pub use tls::install_tls_provider;

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod fake;
+pub mod git;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -63,12 +64,29 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(binary: &str, config: &Path, log: PathBuf) -> Proc {
+        Proc::spawn_in(binary, config, log, None)
+    }
+
+    /// With `setup`, the binary runs in a mount namespace of its own,
+    /// after `setup` (shell) ran there: a test can give one process a
+    /// full or read-only filesystem that vanishes with it.
+    fn spawn_in(binary: &str, config: &Path, log: PathBuf, setup: Option<&str>) -> Proc {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = Command::new(bin(binary))
+        let mut command = match setup {
+            None => Command::new(bin(binary)),
+            Some(setup) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!("{setup} && exec \"$0\" \"$@\""))
+                    .arg(bin(binary));
+                c
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info,halite_master=debug,halite_minion=debug")
@@ -194,9 +212,14 @@ impl Master {
     }
 
     fn wait_ready(&self) {
-        eventually(Duration::from_secs(60), "master API up", || {
-            self.cli(&["keys", "list", "--json"]).code == 0
-        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.cli(&["keys", "list", "--json"]).code == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("master API not up after 60 s; its log:\n{}", self.log());
     }
 
     /// Kills (SIGKILL) and starts again on the same config and ports.
@@ -276,6 +299,18 @@ impl Minion {
     /// Starts minion `id` under `dir`, pointed at `127.0.0.1:return_port`,
     /// with `extra` TOML appended (e.g. `[grains]`).
     pub fn start(dir: &Path, id: &str, return_port: u16, extra: &str) -> Minion {
+        Minion::start_in(dir, id, return_port, extra, None)
+    }
+
+    /// Like [`Minion::start`], in a mount namespace prepared by `setup`
+    /// (see `Proc::spawn_in`); restarts run without it.
+    pub fn start_in(
+        dir: &Path,
+        id: &str,
+        return_port: u16,
+        extra: &str,
+        setup: Option<&str>,
+    ) -> Minion {
         let dir = dir.join(id);
         std::fs::create_dir_all(&dir).expect("minion dir");
         let config = dir.join("minion.toml");
@@ -286,7 +321,7 @@ impl Minion {
             ),
         )
         .expect("minion config");
-        let proc = Proc::spawn("halite-minion", &config, dir.join("minion.log"));
+        let proc = Proc::spawn_in("halite-minion", &config, dir.join("minion.log"), setup);
         Minion {
             id: id.to_owned(),
             dir,

@@ -38,6 +38,8 @@ impl Client {
         if addr.ip().is_unspecified() {
             addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port());
         }
+        // reqwest needs rustls' provider even for plain http (see halite-pki).
+        halite_pki::install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()

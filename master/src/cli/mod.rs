@@ -113,6 +113,9 @@ enum JobsCommand {
     Show {
         /// Job id.
         jid: String,
+        /// Also the job's stored events (stages and output lines), in order.
+        #[arg(long)]
+        events: bool,
     },
 }
 
@@ -199,10 +202,21 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs {
-            command: JobsCommand::Show { jid },
+            command: JobsCommand::Show { jid, events },
         } => {
             let jid = halite_proto::Jid::parse(&jid)?;
             let view: JobView = client.get(&format!("/v1/jobs/{jid}")).await?;
+            if events {
+                let events: Vec<halite_api::types::EventRecord> =
+                    client.get(&format!("/v1/jobs/{jid}/events")).await?;
+                if json {
+                    output::print_json(&serde_json::json!({ "job": view, "events": events }))?;
+                    return Ok(output::exit_code(&view));
+                }
+                for event in &events {
+                    output::event(event);
+                }
+            }
             output::job(&view, json)?;
             Ok(output::exit_code(&view))
         }

@@ -176,7 +176,7 @@ pub(crate) fn fetch(
         let roots = source.roots.clone();
         let backend = gix::protocol::transport::client::blocking_io::http::reqwest::Options {
             configure_client: Some(Box::new(move |builder| {
-                crate::http::install_tls_provider();
+                halite_pki::install_tls_provider();
                 Ok(builder.tls_certs_merge(roots.clone()))
             })),
             configure_request: None,
