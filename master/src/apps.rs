@@ -109,7 +109,16 @@ impl Catalog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
             Err(e) => return Err(ConfigError::file(file, format!("cannot read: {e}"))),
         };
-        let all: BTreeMap<String, Credential> = parse_toml(file, &text)?;
+        // The parser's message may quote the offending value, which here
+        // is a secret: keep the file, key and line, drop the rest.
+        let all: BTreeMap<String, Credential> = parse_toml(file, &text).map_err(|mut e| {
+            let line = e.message.rfind(" (line ").map(|i| e.message[i..].to_owned());
+            e.message = format!(
+                "invalid entry{} (details withheld: this file holds secrets; expected `[name]` tables with `username` and one of `token` or `password`, all strings)",
+                line.unwrap_or_default()
+            );
+            e
+        })?;
         for (name, credential) in &all {
             if credential.token.is_some() == credential.password.is_some() {
                 return Err(ConfigError::key(

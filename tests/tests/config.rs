@@ -31,6 +31,61 @@ fn master_config_errors_name_file_and_key() {
 }
 
 #[test]
+fn broken_app_and_secrets_files_stop_the_master_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "master.toml",
+        "data_dir = \"data\"\npki_dir = \"pki\"\n",
+    );
+    std::fs::create_dir_all(dir.path().join("apps.d")).expect("apps.d");
+    let app = dir.path().join("apps.d/shop.toml");
+    for (text, key) in [
+        (
+            "repo = \"git://h/x\"\ntarget = \"web*\"\npath = \"srv\"\n",
+            "path",
+        ),
+        (
+            "repo = \"git://h/x\"\ntarget = \"web*\"\npath = \"/srv\"\nkeep = 3\n",
+            "keep",
+        ),
+        (
+            "repo = \"git://h/x\"\ntarget = \"web*\"\npath = \"/srv\"\ncredentials = \"nope\"\n",
+            "credentials",
+        ),
+    ] {
+        std::fs::write(&app, text).expect("write app");
+        let out = config_error("halite-master", &path);
+        assert_eq!(out.code, 78, "{text}: {out:?}");
+        assert!(out.stderr.contains("apps.d/shop.toml: key"), "{out:?}");
+        assert!(out.stderr.contains(&format!("`{key}`")), "{text}: {out:?}");
+    }
+    std::fs::write(
+        &app,
+        "repo = \"https://h/x\"\ntarget = \"web*\"\npath = \"/srv\"\ncredentials = \"git\"\n",
+    )
+    .expect("write app");
+    write(
+        dir.path(),
+        "secrets.toml",
+        "[git]\nusername = \"u\"\ntoken = 5\n",
+    );
+    let out = config_error("halite-master", &path);
+    assert_eq!(out.code, 78, "{out:?}");
+    assert!(out.stderr.contains("secrets.toml: key `token`"), "{out:?}");
+    // The message names the key, never the secret values.
+    write(
+        dir.path(),
+        "secrets.toml",
+        "[git]\nusername = \"u\"\ntoken = \"hush-123\"\npassword = \"hush-456\"\n",
+    );
+    let out = config_error("halite-master", &path);
+    assert_eq!(out.code, 78, "{out:?}");
+    assert!(out.stderr.contains("secrets.toml: key `git`"), "{out:?}");
+    assert!(!out.stderr.contains("hush"), "{out:?}");
+}
+
+#[test]
 fn minion_config_errors_name_file_and_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (text, key) in [

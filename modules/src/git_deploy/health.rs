@@ -91,3 +91,111 @@ async fn probe_url(client: &reqwest::Client, url: &str, expect: u16) -> Result<S
         Err(e) => Err(format!("GET {url}: {}", crate::http::error_chain(&e))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP server on 127.0.0.1 answering 503 to the first `failures`
+    /// requests, then 200. Returns its URL and the request counter.
+    async fn flaky_server(failures: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/health", listener.local_addr().expect("addr"));
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = socket.read(&mut buf).await;
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let status = if n < failures {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let reply =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = socket.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, count)
+    }
+
+    fn check_of(url: &str, retries: u32) -> HealthCheck {
+        HealthCheck {
+            url: Some(url.to_owned()),
+            command: None,
+            expect_status: 200,
+            retries,
+            interval: 0,
+            timeout: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn url_check_retries_until_the_expected_status() {
+        let (url, count) = flaky_server(2).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = check(
+            &check_of(&url, 3),
+            dir.path(),
+            &BTreeMap::new(),
+            Vec::new(),
+            &EventSink::discard(),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("healthy on the third attempt");
+        assert!(
+            ok.contains("attempt 3/3") && ok.contains("answered 200"),
+            "{ok}"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+
+        let (url, _) = flaky_server(5).await;
+        let err = check(
+            &check_of(&url, 2),
+            dir.path(),
+            &BTreeMap::new(),
+            Vec::new(),
+            &EventSink::discard(),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("still failing");
+        assert!(
+            err.contains("after 2 attempt(s)") && err.contains("answered 503, expected 200"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_named() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("http://127.0.0.1:{port}/");
+        let err = check(
+            &check_of(&url, 1),
+            dir.path(),
+            &BTreeMap::new(),
+            Vec::new(),
+            &EventSink::discard(),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("nothing listens");
+        assert!(err.contains(&format!("GET {url}")), "{err}");
+        assert!(
+            err.to_lowercase().contains("refused") || err.contains("connect"),
+            "{err}"
+        );
+    }
+}
