@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A local halite in one command: a master and three minions (web01, web02,
-# db01) on 127.0.0.1 with an embedded store, keys accepted, and real jobs
-# run through master-cli. Everything lives in .halite-demo/ (git-ignored).
+# db01) on 127.0.0.1 with an embedded store, keys accepted, real jobs run
+# through master-cli, and a git_deploy of a sample app (served by
+# `git daemon`) with a rollback. Everything lives in .halite-demo/
+# (git-ignored).
 #
 #   scripts/demo.sh          run the demo, then stop what it started
 #   scripts/demo.sh --keep   leave the master and minions running
@@ -113,6 +115,35 @@ pki_dir = "pki"
 data_dir = "data"
 heartbeat_interval = 2
 EOF
+# A sample app for git_deploy: a repository with tags v1 and v2, served
+# by git-daemon (the demo's only use of system git; minions fetch with
+# their own git code).
+if command -v git >/dev/null; then
+    git_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$demo/git" "$demo/shop-work" "$demo/master/apps.d"
+    g() { git -C "$demo/shop-work" -c user.name=demo -c user.email=demo@example.invalid "$@"; }
+    g init -q -b main
+    git init -q --bare "$demo/git/shop.git"
+    for v in v1 v2; do
+        echo "<h1>shop $v</h1>" >"$demo/shop-work/index.html"
+        g add -A && g commit -qm "$v" && g tag "$v"
+    done
+    g push -q "$demo/git/shop.git" main --tags
+    # git-daemon itself, not the `git` wrapper, so its PID is the server's.
+    "$(git --exec-path)/git-daemon" --reuseaddr --export-all --listen=127.0.0.1 --port="$git_port" \
+        --base-path="$demo/git" "$demo/git" >"$demo/git/log" 2>&1 &
+    pids+=($!)
+    echo "$!" >>"$demo/pids"
+    cat >"$demo/master/apps.d/shop.toml" <<APP
+repo = "git://127.0.0.1:$git_port/shop.git"
+target = "web01"
+path = "$demo/srv/shop"
+shared = ["storage"]
+post_deploy = "echo live: \$(cat index.html)"
+[health]
+command = "test -s index.html"
+APP
+fi
 NO_COLOR=1 "$bin/halite-master" --config "$config" >"$demo/master/log" 2>&1 &
 pids+=($!)
 echo "$!" >>"$demo/pids"
@@ -151,3 +182,15 @@ show run target='web*' test.ping
 show run target='*' cmd.run 'uname -sr'
 show run 'target=G@role:db or web01' tgt_type=compound grains.get os
 show jobs list
+
+if [ -f "$demo/master/apps.d/shop.toml" ]; then
+    say "Releasing an app (apps.d/shop.toml, fetched from git-daemon by the minion)"
+    show apps
+    show run target=web01 git_deploy tag=v1
+    show run target=web01 git_deploy tag=v2
+    show run target=web01 git_deploy.rollback
+    show releases shop --history
+    echo "live: $(cat "$demo/srv/shop/current/index.html")"
+else
+    say "git is not installed: skipping the git_deploy part of the demo"
+fi

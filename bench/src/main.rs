@@ -13,6 +13,7 @@
 // The tables on stdout are this program's output.
 #![allow(clippy::print_stdout)]
 
+mod deploy;
 mod fanout;
 mod idle;
 mod report;
@@ -38,6 +39,8 @@ struct Cli {
 enum Cmd {
     /// Time from publishing test.ping until all N returns are stored.
     Fanout(fanout::FanoutArgs),
+    /// git_deploy (first deploy, one-file redeploy, rollback) against system git.
+    Deploy(deploy::DeployArgs),
     /// Resident memory of one idle halite-minion process.
     IdleRss(idle::IdleArgs),
     /// Runs part of a swarm for `fanout` (internal).
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Fanout(args) => fanout::run(args, &counter),
         Cmd::IdleRss(args) => idle::run(args),
+        Cmd::Deploy(args) => deploy::run(args),
         Cmd::Swarm(args) => swarm::run_child(args),
     };
     match result {

@@ -21,8 +21,12 @@ pub mod store;
 pub mod token;
 pub mod transport;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -151,24 +155,77 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
+/// How long a peer's worker waits for its next message before it ends
+/// (a new one starts with the peer's next message).
+const PEER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A message waiting for its peer's worker, holding its in-flight permit.
+type Queued = (Bytes, tokio::sync::OwnedSemaphorePermit);
+
+/// Handles ROUTER messages: in order per peer (a minion's events are
+/// stored in the order it sent them, and its return after them), in
+/// parallel across peers (signature checks spread over all cores), with
+/// at most [`MAX_IN_FLIGHT`] messages accepted and not yet handled.
 fn spawn_router_handlers(
     core: Arc<core::Core>,
     mut incoming: tokio::sync::mpsc::Receiver<transport::Incoming>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     tokio::spawn(async move {
+        let mut workers: HashMap<Bytes, mpsc::UnboundedSender<Queued>> = HashMap::new();
+        let mut since_sweep = 0usize;
         while let Some(message) = incoming.recv().await {
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
-            let core = core.clone();
-            // One task per message: signature checks spread over all cores.
-            tokio::spawn(async move {
-                core.handle(message.peer, message.body).await;
-                drop(permit);
-            });
+            let mut queued = (message.body, permit);
+            loop {
+                let worker = workers
+                    .entry(message.peer.clone())
+                    .or_insert_with(|| spawn_peer_worker(core.clone(), message.peer.clone()));
+                match worker.send(queued) {
+                    Ok(()) => break,
+                    // That worker went idle and closed: start another.
+                    Err(mpsc::error::SendError(back)) => {
+                        workers.remove(&message.peer);
+                        queued = back;
+                    }
+                }
+            }
+            since_sweep += 1;
+            if since_sweep >= 4096 {
+                since_sweep = 0;
+                workers.retain(|_, tx| !tx.is_closed());
+            }
         }
     });
+}
+
+/// One peer's messages, handled one after the other. After
+/// [`PEER_IDLE`] without a message the worker closes its queue, handles
+/// what is still in it, and ends.
+fn spawn_peer_worker(core: Arc<core::Core>, peer: Bytes) -> mpsc::UnboundedSender<Queued> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+    tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(PEER_IDLE, rx.recv()).await {
+                Ok(Some((body, permit))) => {
+                    core.handle(peer.clone(), body).await;
+                    drop(permit);
+                }
+                Ok(None) => return,
+                Err(_idle) => {
+                    rx.close();
+                    while let Ok((body, permit)) = rx.try_recv() {
+                        core.handle(peer.clone(), body).await;
+                        drop(permit);
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    tx
 }
 
 fn spawn_timers(core: Arc<core::Core>, shutdown: CancellationToken) {

@@ -92,9 +92,11 @@ impl Drop for Server {
 /// `git daemon` exporting every repository under `root`.
 pub fn daemon(root: &Path) -> Server {
     let port = crate::free_port();
-    let child = Command::new("git")
+    // git-daemon itself: the `git daemon` wrapper forks it, and killing
+    // the wrapper would leave the server running.
+    let exec_path = git(root, &["--exec-path"]);
+    let child = Command::new(Path::new(&exec_path).join("git-daemon"))
         .args([
-            "daemon",
             "--reuseaddr",
             "--export-all",
             "--listen=127.0.0.1",
