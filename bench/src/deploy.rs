@@ -84,17 +84,33 @@ pub fn run(args: DeployArgs) -> Result<()> {
                 events: EventSink::discard(),
             }
         };
-        let timed = |c: Call| -> Result<Duration> {
+        // Times a call; the module's own log lines (fetch and export
+        // times) are kept to show where the time went.
+        let timed = |mut c: Call, notes: &mut Vec<String>| -> Result<Duration> {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            c.events = EventSink::new(tx);
             let started = Instant::now();
             let outcome = runtime.block_on(registry.run(c));
             let took = started.elapsed();
             if !outcome.success {
                 bail!("deploy failed: {}", outcome.data);
             }
+            while let Ok(event) = rx.try_recv() {
+                if let halite_proto::message::EventBody::Progress { line, .. } = event {
+                    if line.contains(" ms") {
+                        notes.push(line);
+                    }
+                }
+            }
             Ok(took)
         };
+        let mut notes = Vec::new();
 
-        halite_first.push(ms(timed(call("git_deploy.deploy", json!({"tag": "v1"})))?));
+        halite_first.push(ms(timed(
+            call("git_deploy.deploy", json!({"tag": "v1"})),
+            &mut notes,
+        )?));
+        let first_notes = notes.join("; ");
         let clone = dir.path().join(format!("clone{round}"));
         git_first.push(ms(time_git(|| {
             run_git(
@@ -120,15 +136,23 @@ pub fn run(args: DeployArgs) -> Result<()> {
         git(&work, &["tag", &tag]);
         git(&work, &["push", "-q", "origin", "main", "--tags"]);
 
-        halite_redeploy.push(ms(timed(call("git_deploy.deploy", json!({"tag": tag})))?));
+        notes.clear();
+        halite_redeploy.push(ms(timed(
+            call("git_deploy.deploy", json!({"tag": tag})),
+            &mut notes,
+        )?));
+        let redeploy_notes = notes.join("; ");
         git_redeploy.push(ms(time_git(|| {
             run_git(&clone, &["fetch", "-q", "--tags", "origin"])?;
             run_git(&clone, &["checkout", "-q", &tag])
         })?));
-        halite_rollback.push(ms(timed(call("git_deploy.rollback", json!({})))?));
+        halite_rollback.push(ms(timed(
+            call("git_deploy.rollback", json!({})),
+            &mut Vec::new(),
+        )?));
         let live = std::fs::read_link(path.join("current"))?;
         eprintln!(
-            "round {}: first {:.0} ms (git {:.0} ms), one-file redeploy {:.0} ms (git {:.0} ms), rollback {:.1} ms -> {}",
+            "round {}: first {:.0} ms (git {:.0} ms) [{first_notes}], one-file redeploy {:.0} ms (git {:.0} ms) [{redeploy_notes}], rollback {:.1} ms -> {}",
             round + 1,
             halite_first[round],
             git_first[round],

@@ -89,6 +89,46 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Relea
     }
 }
 
+/// What a file looked like when its release was exported: any write to
+/// it changes its modification time, and replacing it changes its inode,
+/// so an equal stamp means the content is still what git had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// Inode number (0 where the platform has none).
+    pub inode: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl Stamp {
+    /// The stamp of the file at `path` now (not following a symlink).
+    pub fn of(path: &Path) -> std::io::Result<Stamp> {
+        let meta = std::fs::symlink_metadata(path)?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        Ok(Stamp {
+            inode: inode_of(&meta),
+            size: meta.len(),
+            mtime_ns,
+        })
+    }
+}
+
+#[cfg(unix)]
+fn inode_of(meta: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(meta)
+}
+
+#[cfg(not(unix))]
+fn inode_of(_meta: &std::fs::Metadata) -> u64 {
+    0
+}
+
 /// One line of a deploy path's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
@@ -314,7 +354,20 @@ impl Releases {
                 entry.file_name().into_string().ok()
             })
             .collect();
-        names.sort_by(|a, b| stamp_of(a).cmp(stamp_of(b)).then(a.cmp(b)));
+        // By creation time; within one second, by first appearance in the
+        // history (the names' revision prefixes are in no useful order).
+        let first_seen = |name: &str| {
+            history
+                .iter()
+                .position(|r| r.release == name)
+                .unwrap_or(usize::MAX)
+        };
+        names.sort_by(|a, b| {
+            stamp_of(a)
+                .cmp(stamp_of(b))
+                .then(first_seen(a).cmp(&first_seen(b)))
+                .then(a.cmp(b))
+        });
         Ok(names
             .into_iter()
             .map(|name| ReleaseInfo {
@@ -376,6 +429,7 @@ impl Releases {
         for name in &doomed {
             let dir = self.releases_dir().join(name);
             std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+            let _ = std::fs::remove_file(self.manifest_path(name));
         }
         Ok(doomed)
     }
@@ -411,9 +465,16 @@ impl Releases {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+        // Written beside and renamed over: a reader (or a crash) sees the
+        // old history or the new one. Not fsynced on purpose: on ext4
+        // (data=ordered) an fsync here waits for the whole freshly
+        // exported release to reach the disk, which made a 5 000-file
+        // redeploy take seconds instead of a few hundred ms; the release
+        // tree and `current` are not fsynced either, so after a power
+        // loss history and tree stay consistent with each other.
         let mut file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
         file.write_all(&bytes).map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("sync", &tmp))?;
+        drop(file);
         std::fs::rename(&tmp, &path).map_err(io("replace", &path))
     }
 
@@ -424,7 +485,63 @@ impl Releases {
         if self.current()?.as_deref() == Some(name) {
             return Ok(());
         }
-        std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
+        std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+        let _ = std::fs::remove_file(self.manifest_path(name));
+        Ok(())
+    }
+
+    fn manifest_path(&self, name: &str) -> PathBuf {
+        self.root.join(".halite").join("manifests").join(name)
+    }
+
+    /// Records how each file of release `name` looked right after it was
+    /// exported (see [`Stamp`]), so a later deploy can share unchanged
+    /// files with it and a rollback can tell whether any was changed.
+    pub fn write_manifest(
+        &self,
+        name: &str,
+        files: &[(String, Stamp)],
+    ) -> Result<(), ReleaseError> {
+        check_name(name)?;
+        let path = self.manifest_path(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
+        let mut text = String::with_capacity(files.len() * 64);
+        for (file, stamp) in files {
+            // Tab-separated; tree paths never hold tabs or newlines that
+            // we accept (they are refused at export).
+            text.push_str(&format!(
+                "{}\t{}\t{}\t{}\n",
+                stamp.inode, stamp.size, stamp.mtime_ns, file
+            ));
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("replace", &path))
+    }
+
+    /// The manifest of release `name`, if one was written (releases made
+    /// before manifests existed have none).
+    pub fn manifest(&self, name: &str) -> Option<std::collections::HashMap<String, Stamp>> {
+        check_name(name).ok()?;
+        let text = std::fs::read_to_string(self.manifest_path(name)).ok()?;
+        let mut files = std::collections::HashMap::new();
+        for line in text.lines() {
+            let mut parts = line.splitn(4, '\t');
+            let (Some(inode), Some(size), Some(mtime), Some(file)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            let stamp = Stamp {
+                inode: inode.parse().ok()?,
+                size: size.parse().ok()?,
+                mtime_ns: mtime.parse().ok()?,
+            };
+            files.insert(file.to_owned(), stamp);
+        }
+        Some(files)
     }
 
     /// The job holding the deploy lock right now, if any (for `status`).
@@ -486,8 +603,9 @@ fn try_lock(path: &Path, jid: &str) -> Result<DeployLock, LockAttempt> {
                 since: halite_proto::time::now_ms(),
             };
             let bytes = serde_json::to_vec(&holder).unwrap_or_default();
+            // No fsync: a lock only means something while its process
+            // lives, and a lock left behind by a crash is taken over.
             file.write_all(&bytes)
-                .and_then(|()| file.sync_all())
                 .map_err(|e| LockAttempt::Io(io("write", path)(e)))?;
             Ok(DeployLock {
                 path: path.to_path_buf(),

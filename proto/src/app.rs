@@ -81,6 +81,13 @@ pub struct AppSpec {
     /// Seconds a waiting deploy waits for the lock before giving up.
     #[serde(default = "default_lock_wait")]
     pub lock_wait: u64,
+    /// Hard-link files unchanged since the live release instead of
+    /// writing them again (a one-file change is then a one-file write).
+    /// Safe as long as hooks replace files rather than edit them in
+    /// place; an in-place edit is detected (by modification time) and the
+    /// file is written afresh next time, and a rollback restores it.
+    #[serde(default = "yes")]
+    pub link_unchanged: bool,
     /// Checked after `post_deploy`; a failure fails the deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,

@@ -784,18 +784,32 @@ fn prepare(
             });
         }
     }
+    // Files unchanged since the live release are hard-linked from it
+    // (see `link_unchanged`), which makes a small change a small write.
+    let base = if app.link_unchanged {
+        live_base(releases, &repo, &app.path)
+    } else {
+        None
+    };
     let name = releases
         .create(&revision, halite_proto::time::now_ms())
         .map_err(|e| e.to_string())?;
     let dir = app.path.join("releases").join(&name);
     let export_started = Instant::now();
-    let built = repo::export(&repo, commit, &dir, interrupt)
+    let built = repo::export(&repo, commit, &dir, base.as_ref(), interrupt)
         .map_err(|e| e.to_string())
-        .and_then(|exported| {
+        .and_then(|mut exported| {
             releases
                 .link_shared(&name, &app.shared)
-                .map_err(|e| e.to_string())
-                .map(|()| exported)
+                .map_err(|e| e.to_string())?;
+            // Shared paths are links to shared/ now, not release files.
+            exported
+                .stamps
+                .retain(|(file, _)| !app.shared.iter().any(|s| is_under(file, s)));
+            releases
+                .write_manifest(&name, &exported.stamps)
+                .map_err(|e| e.to_string())?;
+            Ok(exported)
         });
     match built {
         Ok(exported) => {
@@ -805,8 +819,16 @@ fn prepare(
                     &format!("submodule {submodule} left empty (submodules are not fetched)"),
                 );
             }
+            let shared = if exported.linked > 0 {
+                format!(
+                    ", {} unchanged files shared with the live release",
+                    exported.linked
+                )
+            } else {
+                String::new()
+            };
             let summary = format!(
-                "{} files ({} KiB) exported to releases/{name} in {} ms",
+                "{} files ({} KiB written{shared}) exported to releases/{name} in {} ms",
                 exported.files,
                 exported.bytes / 1024,
                 export_started.elapsed().as_millis()
@@ -825,6 +847,23 @@ fn prepare(
             Err(e)
         }
     }
+}
+
+/// The live release as a base to share files with, when it has a
+/// manifest and its commit is in the cache.
+fn live_base(releases: &Releases, repo: &gix::Repository, root: &Path) -> Option<repo::Base> {
+    let (live, revision) = live_revision(releases).ok()??;
+    let manifest = releases.manifest(&live)?;
+    repo::Base::new(repo, &revision, root.join("releases").join(&live), manifest)
+}
+
+/// Is tree path `file` the shared path `shared` or inside it?
+fn is_under(file: &str, shared: &str) -> bool {
+    let shared = shared.trim_end_matches('/');
+    file == shared
+        || file
+            .strip_prefix(shared)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn cache_path(root: &Path) -> PathBuf {
@@ -910,6 +949,29 @@ async fn rollback(call: Call) -> Outcome {
     report.release = Some(target.clone());
     report.revision = Some(revision.clone());
     report.reference = reference;
+    // Files it shares with later releases may have been edited in place
+    // there: check them against its manifest and restore from the cache.
+    let verified = {
+        let releases = releases.clone();
+        let app = app.clone();
+        let (name, revision) = (target.clone(), revision.clone());
+        blocking(move || verify_release(&releases, &app, &name, &revision)).await
+    };
+    match verified {
+        Ok(Some(note)) => stages.log(&note),
+        Ok(None) => {}
+        Err(e) => {
+            stages.end(stage, &Err(e.clone()));
+            return failure(
+                report,
+                stages,
+                "deploy",
+                e,
+                json!({ "live_unchanged": true }),
+                "failed",
+            );
+        }
+    }
     let switched = {
         let releases = releases.clone();
         let name = target.clone();
@@ -1064,6 +1126,52 @@ fn choose_rollback(
     }
     let (revision, reference) = describe(&target);
     Ok(Some((target, revision, reference)))
+}
+
+/// Checks every file of release `name` against its manifest; files
+/// changed since the export are rewritten from the cache. `Ok(Some)` is a
+/// note of what was restored; Err when files changed and cannot be.
+fn verify_release(
+    releases: &Releases,
+    app: &AppSpec,
+    name: &str,
+    revision: &str,
+) -> Result<Option<String>, String> {
+    let Some(manifest) = releases.manifest(name) else {
+        return Ok(None);
+    };
+    let dir = releases.path_of(name).map_err(|e| e.to_string())?;
+    let mut changed: Vec<String> = manifest
+        .iter()
+        .filter(|(file, stamp)| crate::releases::Stamp::of(&dir.join(file)).ok() != Some(**stamp))
+        .map(|(file, _)| file.clone())
+        .collect();
+    if changed.is_empty() {
+        return Ok(None);
+    }
+    changed.sort();
+    let cache = cache_path(&app.path);
+    let commit = gix::ObjectId::from_hex(revision.as_bytes()).ok();
+    let (Some(commit), true) = (commit, cache.join("HEAD").is_file()) else {
+        return Err(format!(
+            "{} file(s) of release {name} were changed since it was deployed (first: {}), and there is no cache to restore them from",
+            changed.len(),
+            changed[0]
+        ));
+    };
+    let repo = repo::open_cache(&cache).map_err(|e| e.to_string())?;
+    let restored = repo::restore(&repo, commit, &dir, &changed).map_err(|e| e.to_string())?;
+    let mut all: std::collections::HashMap<String, crate::releases::Stamp> = manifest;
+    all.extend(restored);
+    let all: Vec<(String, crate::releases::Stamp)> = all.into_iter().collect();
+    releases
+        .write_manifest(name, &all)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(format!(
+        "restored {} file(s) of {name} that were changed since it was deployed (first: {})",
+        changed.len(),
+        changed[0]
+    )))
 }
 
 /// Opens the layout of an app that was deployed here, or says it was not.

@@ -170,11 +170,12 @@ async fn deploy_redeploy_rollback_and_stages() {
         out.data
     );
     let v1_rev = {
-        let (out, _) = run("git_deploy.releases", kw(&app, json!({}))).await;
-        out.data["releases"][1]["revision"]
-            .as_str()
-            .expect("rev")
-            .to_owned()
+        let out = Command::new("git")
+            .args(["rev-parse", "v1^{commit}"])
+            .current_dir(&repo)
+            .output()
+            .expect("git rev-parse");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     let (out, _) = run("git_deploy.deploy", kw(&app, json!({"rev": &v1_rev[..8]}))).await;
     assert!(out.success, "{:?}", out.data);
@@ -315,4 +316,68 @@ async fn bad_arguments_are_refused_before_anything_runs() {
         );
     }
     assert!(!path.exists(), "nothing created for refused arguments");
+}
+
+#[cfg(unix)]
+fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("stat"))
+}
+
+#[tokio::test]
+async fn unchanged_files_are_shared_and_rollback_restores_edits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = source_repo(dir.path());
+    let path = dir.path().join("srv/shop");
+    let app = app(&repo, &path, json!({}));
+    let (out, _) = run("git_deploy", kw(&app, json!({"tag": "v1"}))).await;
+    let v1 = path
+        .join("releases")
+        .join(out.data["release"].as_str().expect("release"));
+    let (out, events) = run("git_deploy", kw(&app, json!({"tag": "v2"}))).await;
+    assert!(out.success, "{:?}", out.data);
+    let v2 = path
+        .join("releases")
+        .join(out.data["release"].as_str().expect("release"));
+    assert!(
+        events.iter().any(|e| matches!(e, EventBody::Progress { line, .. } if line.contains("1 unchanged files shared"))),
+        "{events:?}"
+    );
+    // run.sh did not change between v1 and v2: one file, two names.
+    assert_eq!(inode(&v1.join("lib/run.sh")), inode(&v2.join("lib/run.sh")));
+    assert_ne!(inode(&v1.join("index.html")), inode(&v2.join("index.html")));
+
+    // Someone edits the live copy in place, which also changes v1's.
+    std::fs::write(path.join("current/lib/run.sh"), "#!/bin/sh\necho edited\n").expect("edit");
+    let (out, events) = run("git_deploy.rollback", kw(&app, json!({}))).await;
+    assert!(out.success, "{:?}", out.data);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, EventBody::Progress { line, .. } if line.contains("restored 1 file(s)"))
+        ),
+        "{events:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(path.join("current/lib/run.sh")).expect("read"),
+        "#!/bin/sh\necho hi\n"
+    );
+    // The next deploy does not link from the edited copy.
+    let (out, _) = run("git_deploy.rollback", kw(&app, json!({"to": "v2"}))).await;
+    assert!(out.success, "{:?}", out.data);
+
+    // Opting out writes every file.
+    let other = dir.path().join("srv/plain");
+    let plain = app_with_path(&repo, &other, json!({"link_unchanged": false}));
+    let (out, _) = run("git_deploy", kw(&plain, json!({"tag": "v1"}))).await;
+    let p1 = other
+        .join("releases")
+        .join(out.data["release"].as_str().expect("release"));
+    let (out, _) = run("git_deploy", kw(&plain, json!({"tag": "v2"}))).await;
+    let p2 = other
+        .join("releases")
+        .join(out.data["release"].as_str().expect("release"));
+    assert_ne!(inode(&p1.join("lib/run.sh")), inode(&p2.join("lib/run.sh")));
+}
+
+fn app_with_path(repo: &Path, path: &Path, extra: Value) -> Value {
+    app(repo, path, extra)
 }
