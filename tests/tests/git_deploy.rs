@@ -257,11 +257,11 @@ fn git_daemon_lock_and_failures_keep_the_live_release() {
     let master = Master::start(dir.path(), "");
     let _blog01 = Minion::start(dir.path(), "blog01", master.return_port, "");
     let setup = format!(
-        "mount -t tmpfs -o size=1m tmpfs {} && mount -t tmpfs -o ro,size=1m tmpfs {}",
+        "mount -t tmpfs -o size=1m tmpfs {} && mount -t tmpfs -o size=1m tmpfs {}",
         full.display(),
         ro.display()
     );
-    let _box01 = Minion::start_in(dir.path(), "box01", master.return_port, "", Some(&setup));
+    let box01 = Minion::start_in(dir.path(), "box01", master.return_port, "", Some(&setup));
     master.accept("blog01");
     master.accept("box01");
 
@@ -337,13 +337,42 @@ fn git_daemon_lock_and_failures_keep_the_live_release() {
         "{out:?}"
     );
 
-    // A read-only path: refused clearly, before any fetch.
+    // A path that turns read-only after a deploy: refused clearly, and
+    // the live release stays. (The filesystem exists only in the minion's
+    // mount namespace, so it is remounted there.)
     let out = master.cli(&["run", "target=box01", "git_deploy", "app=frozen", "tag=v1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let remount = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &box01.proc.pid().to_string(),
+            "-m",
+            "mount",
+            "-o",
+            "remount,ro",
+        ])
+        .arg(&ro)
+        .status()
+        .expect("nsenter runs");
+    assert!(remount.success(), "remount read-only");
+    let out = master.cli(&["run", "target=box01", "git_deploy", "app=frozen", "tag=v2"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stdout.contains("Read-only file system"),
         "{}",
         out.stdout
+    );
+    let out = master.cli(&[
+        "run",
+        "target=box01",
+        "git_deploy.status",
+        "app=frozen",
+        "--json",
+    ]);
+    assert_eq!(
+        out.json()["returns"]["box01"]["data"]["reference"],
+        "v1",
+        "{out:?}"
     );
 
     // An unreachable remote.

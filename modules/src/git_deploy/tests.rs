@@ -381,3 +381,30 @@ async fn unchanged_files_are_shared_and_rollback_restores_edits() {
 fn app_with_path(repo: &Path, path: &Path, extra: Value) -> Value {
     app(repo, path, extra)
 }
+
+#[tokio::test]
+async fn a_waiting_deploy_starts_when_the_lock_is_released() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = source_repo(dir.path());
+    let path = dir.path().join("srv/shop");
+    let app = app(&repo, &path, json!({"lock": "wait", "lock_wait": 30}));
+    let releases = Releases::open(&path).expect("open");
+    let held = releases.lock("20260101000000000077", None).expect("lock");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let (out, events) = run("git_deploy", kw(&app, json!({"tag": "v1"}))).await;
+    release.join().expect("thread");
+    assert!(out.success, "{:?}", out.data);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EventBody::Progress { line, .. }
+            if line.contains("waiting up to 30s for job 20260101000000000077"))),
+        "{events:?}"
+    );
+    assert_eq!(live(&path), "one");
+}
