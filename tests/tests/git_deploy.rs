@@ -15,6 +15,17 @@ fn live(path: &Path) -> String {
     std::fs::read_to_string(path.join("current/index.html")).unwrap_or_default()
 }
 
+/// The tag or branch live for `app` on `minion`, as git_deploy.status says.
+fn live_reference(master: &Master, minion: &str, app: &str) -> String {
+    let target = format!("target={minion}");
+    let app = format!("app={app}");
+    let out = master.cli(&["run", &target, "git_deploy.status", &app, "--json"]);
+    out.json()["returns"][minion]["data"]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, text).expect("write");
@@ -324,18 +335,7 @@ fn git_daemon_lock_and_failures_keep_the_live_release() {
         "{}",
         out.stdout
     );
-    let out = master.cli(&[
-        "run",
-        "target=box01",
-        "git_deploy.status",
-        "app=big",
-        "--json",
-    ]);
-    assert_eq!(
-        out.json()["returns"]["box01"]["data"]["reference"],
-        "v1",
-        "{out:?}"
-    );
+    assert_eq!(live_reference(&master, "box01", "big"), "v1");
 
     // A path that turns read-only after a deploy: refused clearly, and
     // the live release stays. (The filesystem exists only in the minion's
@@ -362,18 +362,7 @@ fn git_daemon_lock_and_failures_keep_the_live_release() {
         "{}",
         out.stdout
     );
-    let out = master.cli(&[
-        "run",
-        "target=box01",
-        "git_deploy.status",
-        "app=frozen",
-        "--json",
-    ]);
-    assert_eq!(
-        out.json()["returns"]["box01"]["data"]["reference"],
-        "v1",
-        "{out:?}"
-    );
+    assert_eq!(live_reference(&master, "box01", "frozen"), "v1");
 
     // An unreachable remote.
     write(

@@ -126,6 +126,21 @@ mod tests {
         (url, count)
     }
 
+    /// Runs a URL check of `url` with `retries` attempts and no pause.
+    async fn probe(url: &str, retries: u32, dir: &std::path::Path) -> Result<String, String> {
+        let events = EventSink::discard();
+        let cancel = CancellationToken::new();
+        check(
+            &check_of(url, retries),
+            dir,
+            &BTreeMap::new(),
+            Vec::new(),
+            &events,
+            &cancel,
+        )
+        .await
+    }
+
     fn check_of(url: &str, retries: u32) -> HealthCheck {
         HealthCheck {
             url: Some(url.to_owned()),
@@ -141,16 +156,9 @@ mod tests {
     async fn url_check_retries_until_the_expected_status() {
         let (url, count) = flaky_server(2).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let ok = check(
-            &check_of(&url, 3),
-            dir.path(),
-            &BTreeMap::new(),
-            Vec::new(),
-            &EventSink::discard(),
-            &CancellationToken::new(),
-        )
-        .await
-        .expect("healthy on the third attempt");
+        let ok = probe(&url, 3, dir.path())
+            .await
+            .expect("healthy on the third attempt");
         assert!(
             ok.contains("attempt 3/3") && ok.contains("answered 200"),
             "{ok}"
@@ -158,16 +166,7 @@ mod tests {
         assert_eq!(count.load(Ordering::SeqCst), 3);
 
         let (url, _) = flaky_server(5).await;
-        let err = check(
-            &check_of(&url, 2),
-            dir.path(),
-            &BTreeMap::new(),
-            Vec::new(),
-            &EventSink::discard(),
-            &CancellationToken::new(),
-        )
-        .await
-        .expect_err("still failing");
+        let err = probe(&url, 2, dir.path()).await.expect_err("still failing");
         assert!(
             err.contains("after 2 attempt(s)") && err.contains("answered 503, expected 200"),
             "{err}"
@@ -182,16 +181,9 @@ mod tests {
             .expect("port");
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("http://127.0.0.1:{port}/");
-        let err = check(
-            &check_of(&url, 1),
-            dir.path(),
-            &BTreeMap::new(),
-            Vec::new(),
-            &EventSink::discard(),
-            &CancellationToken::new(),
-        )
-        .await
-        .expect_err("nothing listens");
+        let err = probe(&url, 1, dir.path())
+            .await
+            .expect_err("nothing listens");
         assert!(err.contains(&format!("GET {url}")), "{err}");
         assert!(
             err.to_lowercase().contains("refused") || err.contains("connect"),

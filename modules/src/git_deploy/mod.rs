@@ -217,6 +217,13 @@ struct Stages {
 }
 
 impl Stages {
+    fn new(call: &Call) -> Stages {
+        Stages {
+            events: call.events.clone(),
+            done: Vec::new(),
+        }
+    }
+
     fn start(&self, stage: &'static str) -> (&'static str, Instant) {
         self.events.stage(stage, "started", None, None);
         (stage, Instant::now())
@@ -255,6 +262,18 @@ struct Report {
 }
 
 impl Report {
+    fn new(app: &AppSpec, action: &'static str, reference: Option<String>) -> Report {
+        Report {
+            app: app.name.clone(),
+            action,
+            started: Instant::now(),
+            revision: None,
+            reference,
+            release: None,
+            previous: None,
+        }
+    }
+
     fn finish(self, stages: Stages, result: &'static str, extra: Value) -> Value {
         let mut data = json!({
             "app": self.app,
@@ -320,6 +339,19 @@ fn failure(
     }
 }
 
+/// Ends the running `stage` as failed and gives the failed return for a
+/// release that never went live.
+fn abort(
+    report: Report,
+    mut stages: Stages,
+    stage: (&'static str, Instant),
+    error: String,
+    extra: Value,
+) -> Outcome {
+    stages.end(stage, &Err(error.clone()));
+    failure(report, stages, stage.0, error, extra, "failed")
+}
+
 /// Environment every hook and check command gets.
 fn hook_env(
     app: &AppSpec,
@@ -377,6 +409,46 @@ async fn run_hook(
         }
         Err(e) => Err(format!("{name} `{command}`: {e}")),
     }
+}
+
+/// The post_deploy stage's work, for a deploy and a rollback alike: the
+/// hook (its failure only a warning when `stop_on_error` is off), then
+/// the health check. Ok is the stage's summary.
+async fn post_deploy_checks(
+    app: &AppSpec,
+    call: &Call,
+    release_dir: &Path,
+    env: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<String, String> {
+    let mut result = match &app.post_deploy {
+        Some(hook) => {
+            run_hook(
+                "git_deploy.post_deploy",
+                "post_deploy",
+                hook,
+                release_dir,
+                env.clone(),
+                app,
+                call,
+            )
+            .await
+        }
+        None => Ok("no post_deploy hook".to_owned()),
+    };
+    if let Err(e) = &result {
+        if !app.stop_on_error && !call.cancel.is_cancelled() {
+            warnings.push(e.clone());
+            result = Ok(format!("{e} (ignored: stop_on_error = false)"));
+        }
+    }
+    let (Ok(hook_summary), Some(check)) = (&result, &app.health) else {
+        return result;
+    };
+    let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
+    health::check(check, release_dir, env, roots, &call.events, &call.cancel)
+        .await
+        .map(|h| format!("{hook_summary}; {h}"))
 }
 
 /// Opens the layout and takes the lock, reporting a wait; Err is the
@@ -446,19 +518,8 @@ async fn deploy(call: Call) -> Outcome {
         Err(outcome) => return outcome,
     };
     let jid = call.jid.to_string();
-    let mut stages = Stages {
-        events: call.events.clone(),
-        done: Vec::new(),
-    };
-    let mut report = Report {
-        app: app.name.clone(),
-        action: "deploy",
-        started: Instant::now(),
-        revision: None,
-        reference: wanted.reference(),
-        release: None,
-        previous: None,
-    };
+    let mut stages = Stages::new(&call);
+    let mut report = Report::new(&app, "deploy", wanted.reference());
     let interrupt = Interrupt::new(&call);
     tracing::info!(jid = %jid, app = %app.name, wanted = %wanted.describe(), "deploy starting");
 
@@ -467,15 +528,13 @@ async fn deploy(call: Call) -> Outcome {
     let roots = match crate::http::extra_roots(app.ca_file.as_deref()) {
         Ok(r) => r,
         Err(e) => {
-            stages.end(stage, &Err(e.clone()));
-            return failure(report, stages, "prepare", e, json!({}), "failed");
+            return abort(report, stages, stage, e, json!({}));
         }
     };
     let (releases, lock) = match lock_path(&app, &jid, &stages).await {
         Ok(held) => held,
         Err(e) => {
-            stages.end(stage, &Err(e.clone()));
-            return failure(report, stages, "prepare", e, json!({}), "failed");
+            return abort(report, stages, stage, e, json!({}));
         }
     };
     stages.log(&format!("fetching {} ({})", app.repo, wanted.describe()));
@@ -491,9 +550,8 @@ async fn deploy(call: Call) -> Outcome {
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => {
-            stages.end(stage, &Err(e.clone()));
             let _ = blocking_record(&releases, report.record(&jid, "failed")).await;
-            return failure(report, stages, "prepare", e, json!({}), "failed");
+            return abort(report, stages, stage, e, json!({}));
         }
     };
     report.revision = Some(prepared.revision.clone());
@@ -581,49 +639,15 @@ async fn deploy(call: Call) -> Outcome {
             stages.end(stage, &Ok(message));
         }
         Err(e) => {
-            stages.end(stage, &Err(e.clone()));
             discard(&releases, &release).await;
             let _ = blocking_record(&releases, report.record(&jid, "failed")).await;
-            return failure(
-                report,
-                stages,
-                "deploy",
-                e,
-                json!({ "live_unchanged": true }),
-                "failed",
-            );
+            return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
         }
     }
 
     // ---- post_deploy: hook, then health check ---------------------------------------
     let stage = stages.start("post_deploy");
-    let mut result = match &app.post_deploy {
-        Some(hook) => {
-            run_hook(
-                "git_deploy.post_deploy",
-                "post_deploy",
-                hook,
-                &release_dir,
-                env.clone(),
-                &app,
-                &call,
-            )
-            .await
-        }
-        None => Ok("no post_deploy hook".to_owned()),
-    };
-    if let Err(e) = &result {
-        if !app.stop_on_error && !call.cancel.is_cancelled() {
-            warnings.push(e.clone());
-            result = Ok(format!("{e} (ignored: stop_on_error = false)"));
-        }
-    }
-    if let (Ok(hook_summary), Some(check)) = (&result, &app.health) {
-        let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
-        result = health::check(check, &release_dir, &env, roots, &call.events, &call.cancel)
-            .await
-            .map(|h| format!("{hook_summary}; {h}"));
-    }
+    let result = post_deploy_checks(&app, &call, &release_dir, &env, &mut warnings).await;
     stages.end(stage, &result);
     if let Err(e) = result {
         let mut extra = json!({});
@@ -882,19 +906,8 @@ async fn rollback(call: Call) -> Outcome {
         Err(outcome) => return outcome,
     };
     let jid = call.jid.to_string();
-    let mut stages = Stages {
-        events: call.events.clone(),
-        done: Vec::new(),
-    };
-    let mut report = Report {
-        app: app.name.clone(),
-        action: "rollback",
-        started: Instant::now(),
-        revision: None,
-        reference: None,
-        release: None,
-        previous: None,
-    };
+    let mut stages = Stages::new(&call);
+    let mut report = Report::new(&app, "rollback", None);
     if !app.path.join("releases").is_dir() {
         return failure(
             report,
@@ -913,8 +926,7 @@ async fn rollback(call: Call) -> Outcome {
     let (releases, lock) = match lock_path(&app, &jid, &stages).await {
         Ok(held) => held,
         Err(e) => {
-            stages.end(stage, &Err(e.clone()));
-            return failure(report, stages, "deploy", e, json!({}), "failed");
+            return abort(report, stages, stage, e, json!({}));
         }
     };
     let chosen = {
@@ -935,15 +947,7 @@ async fn rollback(call: Call) -> Outcome {
             ));
         }
         Err(e) => {
-            stages.end(stage, &Err(e.clone()));
-            return failure(
-                report,
-                stages,
-                "deploy",
-                e,
-                json!({ "live_unchanged": true }),
-                "failed",
-            );
+            return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
         }
     };
     report.release = Some(target.clone());
@@ -961,15 +965,7 @@ async fn rollback(call: Call) -> Outcome {
         Ok(Some(note)) => stages.log(&note),
         Ok(None) => {}
         Err(e) => {
-            stages.end(stage, &Err(e.clone()));
-            return failure(
-                report,
-                stages,
-                "deploy",
-                e,
-                json!({ "live_unchanged": true }),
-                "failed",
-            );
+            return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
         }
     }
     let switched = {
@@ -989,15 +985,7 @@ async fn rollback(call: Call) -> Outcome {
             );
         }
         Err(e) => {
-            stages.end(stage, &Err(e.clone()));
-            return failure(
-                report,
-                stages,
-                "deploy",
-                e,
-                json!({ "live_unchanged": true }),
-                "failed",
-            );
+            return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
         }
     }
     // The release that was taken back is known bad: a later plain rollback
@@ -1019,27 +1007,7 @@ async fn rollback(call: Call) -> Outcome {
     let release_dir = app.path.join("releases").join(&target);
     let env = hook_env(&app, &jid, &target, &revision, report.reference.as_deref());
     let stage = stages.start("post_deploy");
-    let mut result = match &app.post_deploy {
-        Some(hook) => {
-            run_hook(
-                "git_deploy.post_deploy",
-                "post_deploy",
-                hook,
-                &release_dir,
-                env.clone(),
-                &app,
-                &call,
-            )
-            .await
-        }
-        None => Ok("no post_deploy hook".to_owned()),
-    };
-    if let (Ok(hook_summary), Some(check)) = (&result, &app.health) {
-        let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
-        result = health::check(check, &release_dir, &env, roots, &call.events, &call.cancel)
-            .await
-            .map(|h| format!("{hook_summary}; {h}"));
-    }
+    let result = post_deploy_checks(&app, &call, &release_dir, &env, &mut Vec::new()).await;
     stages.end(stage, &result);
     let _ = blocking_record(&releases, report.record(&jid, "live")).await;
     drop(lock);
