@@ -550,8 +550,9 @@ impl Core {
     }
 
     /// Fills in an app module's job from the app catalog (see
-    /// [`crate::apps::Catalog::complete`]). Secrets given on the command
-    /// line for the same names are refused rather than overridden.
+    /// [`crate::apps::Catalog::complete`]), with the app's `timeout` when
+    /// the request gives none. Secrets given on the command line for the
+    /// same names are refused rather than overridden.
     fn complete_app(&self, request: &mut JobRequest, target: &Target) -> Result<(), ApiError> {
         let accepted = self.keys.accepted_ids();
         let job_minions = self.presence.matching(&accepted, target);
@@ -572,6 +573,7 @@ impl Core {
                 app_minions,
             )
             .map_err(ApiError::bad_request)?;
+        request.timeout.get_or_insert(app.timeout);
         for (key, value) in secret {
             if request.secret.insert(key.clone(), value).is_some() {
                 return Err(ApiError::bad_request(format!(

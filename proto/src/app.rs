@@ -62,6 +62,11 @@ pub struct AppSpec {
     /// Seconds a hook may run before it is killed and counts as failed.
     #[serde(default = "default_hook_timeout")]
     pub hook_timeout: u64,
+    /// Seconds a deploy job on this app may run on each minion when the
+    /// job gives no `--timeout` (a first fetch and a build take longer
+    /// than the master's general `job_timeout`).
+    #[serde(default = "default_deploy_timeout")]
+    pub timeout: u64,
     /// A failing hook fails the deploy (true) or is reported and ignored.
     #[serde(default = "yes")]
     pub stop_on_error: bool,
@@ -133,7 +138,10 @@ fn default_keep_releases() -> usize {
     DEFAULT_KEEP_RELEASES
 }
 fn default_hook_timeout() -> u64 {
-    600
+    300
+}
+fn default_deploy_timeout() -> u64 {
+    900
 }
 fn default_lock_wait() -> u64 {
     600
@@ -210,6 +218,9 @@ impl AppSpec {
             if hook.as_deref().is_some_and(|h| h.trim().is_empty()) {
                 return Err((key, "must not be empty (leave it out instead)".into()));
             }
+        }
+        if self.timeout == 0 || self.timeout > 7 * 86_400 {
+            return Err(("timeout", "must be 1 to 604800 seconds".into()));
         }
         if self.hook_timeout == 0 {
             return Err(("hook_timeout", "must be at least 1 second".into()));
@@ -342,6 +353,7 @@ retries = 5
         for (extra, key) in [
             ("path = \"srv/x\"\n", "path"),
             ("path = \"/srv/x\"\nkeep_releases = 0\n", "keep_releases"),
+            ("path = \"/srv/x\"\ntimeout = 0\n", "timeout"),
             ("path = \"/srv/x\"\nshared = [\"../etc\"]\n", "shared"),
             ("path = \"/srv/x\"\nshared = [\"/etc\"]\n", "shared"),
             ("path = \"/srv/x\"\ntag = \"v1 2\"\n", "tag"),

@@ -125,6 +125,8 @@ fn deploy_over_https_with_a_token_rollback_and_records() {
 
     // The stages are stored with the job.
     let out = master.cli(&["jobs", "show", &v3_jid, "--events", "--json"]);
+    // No --timeout given: the app's (900 s), not the master's 60 s.
+    assert_eq!(out.json()["job"]["timeout"], 900, "{out:?}");
     let stages: Vec<String> = out.json()["events"]
         .as_array()
         .expect("events")
