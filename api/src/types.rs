@@ -78,6 +78,10 @@ pub struct JobRecord {
     /// (they may still run it if they come back before it expires).
     #[serde(default)]
     pub down: Vec<String>,
+    /// Set when another master published the job and this one only holds
+    /// the returns minions sent it (hot multi-master): that master's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_by: Option<String>,
 }
 
 /// One minion's return as stored.

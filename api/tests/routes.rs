@@ -122,6 +122,7 @@ impl Backend for Fake {
                 expires_at: 60_001,
                 expected: vec!["web01".into(), "web02".into()],
                 down: vec![],
+                published_by: None,
             },
             returns: BTreeMap::from([("web01".to_owned(), ret)]),
             missing: vec!["web02".into()],

@@ -358,6 +358,19 @@ impl Core {
     /// collector only, so flushes are grouped.
     pub fn store_returns(&self, batch: Vec<PendingReturn>) {
         let now = now_ms();
+        // Returns of jobs another master published (hot multi-master).
+        let foreign: Vec<(Jid, String, String, u64)> = batch
+            .iter()
+            .filter(|p| !p.ret.master.is_empty() && p.ret.master != self.config.id)
+            .map(|p| {
+                (
+                    p.ret.jid.clone(),
+                    p.ret.master.clone(),
+                    p.ret.fun.clone(),
+                    p.ret.started_at,
+                )
+            })
+            .collect();
         // Each return is split once: what the ack needs, and the record
         // (its data moved, not copied).
         let (acks, records): (Vec<PendingAck>, Vec<(Jid, ReturnRecord)>) = batch
@@ -382,6 +395,9 @@ impl Core {
             })
             .unzip();
         let stored = self.store.put_returns(&records).and_then(|new| {
+            for (jid, master, fun, started_at) in &foreign {
+                self.record_foreign_job(jid, master, fun, *started_at)?;
+            }
             for ((jid, record), _) in records.iter().zip(&new).filter(|(_, is_new)| **is_new) {
                 if let Some(deploy) = crate::apps::deploy_record(jid, record) {
                     self.store.put_deploy(&deploy)?;
@@ -406,6 +422,43 @@ impl Core {
             }
             self.reply(peer, &ack);
         }
+    }
+
+    /// Makes sure a job another master published has a record here, so
+    /// its returns (sent to every master in hot mode) can be listed and
+    /// shown like this master's own. The record says who published it and
+    /// has no envelope (it is never offered for catch-up).
+    fn record_foreign_job(
+        &self,
+        jid: &Jid,
+        master: &str,
+        fun: &str,
+        started_at: u64,
+    ) -> Result<(), crate::store::StoreError> {
+        if self.store.job(jid)?.is_some() {
+            return Ok(());
+        }
+        let record = JobRecord {
+            jid: jid.clone(),
+            target: String::new(),
+            tgt_type: Default::default(),
+            fun: fun.to_owned(),
+            arg: Vec::new(),
+            kwarg: Default::default(),
+            secret_keys: Vec::new(),
+            user: String::new(),
+            timeout: 0,
+            issued_at: started_at,
+            expires_at: 0,
+            expected: Vec::new(),
+            down: Vec::new(),
+            published_by: Some(master.to_owned()),
+        };
+        tracing::info!(%jid, master, "returns of a job published by another master");
+        self.store.put_job(&StoredJob {
+            record,
+            envelope: Vec::new(),
+        })
     }
 
     // ---- timers --------------------------------------------------------------
@@ -525,6 +578,7 @@ impl Core {
             expires_at,
             expected: expected.clone(),
             down,
+            published_by: None,
         };
         self.store
             .put_job(&StoredJob {

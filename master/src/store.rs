@@ -430,6 +430,7 @@ mod tests {
                 expires_at: 2,
                 expected: vec!["a".into()],
                 down: vec![],
+                published_by: None,
             },
             envelope: vec![1, 2, 3, 255],
         }

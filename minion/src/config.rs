@@ -21,6 +21,21 @@ struct RawConfig {
     grains: Option<toml::Table>,
     clock_skew: Option<i64>,
     auth_retry: Option<i64>,
+    master_type: Option<MasterType>,
+    random_master: Option<bool>,
+    master_alive_interval: Option<i64>,
+    master_failback: Option<bool>,
+}
+
+/// How a minion uses several masters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MasterType {
+    /// One master at a time, the next when it stops answering.
+    #[default]
+    Failover,
+    /// Connected to every master at once; jobs from any, returns to all.
+    Hot,
 }
 
 /// Where a master listens for minions.
@@ -88,6 +103,15 @@ pub struct Config {
     pub clock_skew: Duration,
     /// How long to wait between auth attempts while the key is pending.
     pub auth_retry: Duration,
+    /// `hot` or `failover` (the default; with one master the same).
+    pub master_type: MasterType,
+    /// Failover: start with a random master instead of the first.
+    pub random_master: bool,
+    /// Failover: a master silent (no beacon, no heartbeat ack) this long
+    /// is left for the next.
+    pub master_alive_interval: Duration,
+    /// Failover: move back to the first master once it answers again.
+    pub master_failback: bool,
 }
 
 impl Config {
@@ -162,6 +186,16 @@ impl Config {
             auth_retry: Duration::from_secs(
                 int_key(file, "auth_retry", raw.auth_retry, 10, 0..=86_400)?.max(1),
             ),
+            master_type: raw.master_type.unwrap_or_default(),
+            random_master: raw.random_master.unwrap_or(false),
+            master_alive_interval: Duration::from_secs(int_key(
+                file,
+                "master_alive_interval",
+                raw.master_alive_interval,
+                30,
+                1..=86_400,
+            )?),
+            master_failback: raw.master_failback.unwrap_or(false),
         })
     }
 }
@@ -246,6 +280,9 @@ mod tests {
             ("clock_skew = -5", "clock_skew"),
             ("color = 1", "color"),
             ("masters = \"m1\"", "masters"),
+            ("master_type = \"warm\"", "master_type"),
+            ("master_alive_interval = 0", "master_alive_interval"),
+            ("master_failback = \"yes\"", "master_failback"),
         ] {
             let err = parse(text).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");

@@ -20,12 +20,17 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::outbox::Outbox;
 use crate::seen::SeenJobs;
-use crate::spool::Spool;
 
 /// How long a job sealed under a newer session key waits for the link to
 /// fetch that key before failing.
 const SESSION_WAIT: Duration = Duration::from_secs(10);
+
+/// The session keys of every master this minion is authenticated with,
+/// by epoch (epochs are creation times in ms, so masters do not clash).
+/// A job's sealed arguments name the epoch that opens them.
+pub type SessionKeys = std::collections::BTreeMap<u64, SessionKey>;
 
 /// A signed message for the master(s).
 #[derive(Clone, Debug)]
@@ -64,9 +69,8 @@ pub struct Executor {
     registry: Arc<Registry>,
     grains: Arc<Value>,
     seen: Mutex<SeenJobs>,
-    spool: Spool,
-    session: watch::Receiver<Option<SessionKey>>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    outbox: Arc<Outbox>,
+    session: watch::Receiver<SessionKeys>,
     clock_skew: Duration,
     running: Arc<Mutex<HashSet<Jid>>>,
     shutdown: CancellationToken,
@@ -84,12 +88,10 @@ pub struct ExecutorParts {
     pub grains: Arc<Value>,
     /// Replay guard.
     pub seen: SeenJobs,
-    /// Return spool.
-    pub spool: Spool,
-    /// Session key as last received from the master.
-    pub session: watch::Receiver<Option<SessionKey>>,
-    /// Where signed messages go.
-    pub out: mpsc::UnboundedSender<Outgoing>,
+    /// Where signed returns and events go (and returns are spooled).
+    pub outbox: Arc<Outbox>,
+    /// Session keys as received from the masters.
+    pub session: watch::Receiver<SessionKeys>,
     /// Expiry tolerance.
     pub clock_skew: Duration,
     /// Cancels running jobs.
@@ -105,9 +107,8 @@ impl Executor {
             registry: parts.registry,
             grains: parts.grains,
             seen: Mutex::new(parts.seen),
-            spool: parts.spool,
+            outbox: parts.outbox,
             session: parts.session,
-            out: parts.out,
             clock_skew: parts.clock_skew,
             running: Arc::new(Mutex::new(HashSet::new())),
             shutdown: parts.shutdown,
@@ -120,11 +121,6 @@ impl Executor {
             .lock()
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// The return spool.
-    pub fn spool(&self) -> &Spool {
-        &self.spool
     }
 
     /// Takes a job whose signature the link verified. Refusals decided at
@@ -218,6 +214,7 @@ impl Executor {
             started_at,
             finished_at: now_ms(),
             nonce: nonce(),
+            master: job.master.clone(),
         };
         tracing::info!(success = ret.success, retcode = ret.retcode, "job finished");
         let ack = Some((ret.jid.clone(), ret.nonce.clone()));
@@ -226,8 +223,8 @@ impl Executor {
                 let bytes = envelope.to_bytes();
                 // fsync blocks: keep it off the async workers that carry
                 // heartbeats and other jobs.
-                let (spool, jid, copy) = (self.spool.clone(), job.jid.clone(), bytes.clone());
-                let spooled = tokio::task::spawn_blocking(move || spool.put(&jid, &copy)).await;
+                let (outbox, jid, copy) = (self.outbox.clone(), job.jid.clone(), bytes.clone());
+                let spooled = tokio::task::spawn_blocking(move || outbox.spool(&jid, &copy)).await;
                 match spooled {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -237,7 +234,7 @@ impl Executor {
                         tracing::error!(error = %e, "spool task failed; sending the return unspooled")
                     }
                 }
-                let _ = self.out.send(Outgoing { bytes, ack });
+                self.outbox.send(Outgoing { bytes, ack });
             }
             Err(e) => tracing::error!(error = %e, "cannot sign the return"),
         }
@@ -255,10 +252,8 @@ impl Executor {
         let mut session = self.session.clone();
         let key = tokio::time::timeout(SESSION_WAIT, async {
             loop {
-                if let Some(key) = session.borrow_and_update().as_ref() {
-                    if key.epoch() >= sealed.epoch {
-                        return Some(key.clone());
-                    }
+                if let Some(key) = session.borrow_and_update().get(&sealed.epoch) {
+                    return Some(key.clone());
                 }
                 if session.changed().await.is_err() {
                     return None;
@@ -292,7 +287,7 @@ impl Executor {
             self.id.clone(),
             job.jid.clone(),
             events_rx,
-            self.out.clone(),
+            self.outbox.clone(),
         ));
         let cancel = self.shutdown.child_token();
         let call = Call {
@@ -329,7 +324,7 @@ async fn forward_events(
     id: String,
     jid: Jid,
     mut rx: mpsc::UnboundedReceiver<EventBody>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: Arc<Outbox>,
 ) {
     let mut seq = 0;
     while let Some(body) = rx.recv().await {
@@ -343,7 +338,7 @@ async fn forward_events(
         seq += 1;
         match key.sign_message(&id, &event) {
             Ok(envelope) => {
-                let _ = out.send(Outgoing {
+                out.send(Outgoing {
                     bytes: envelope.to_bytes(),
                     ack: None,
                 });

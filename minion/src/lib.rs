@@ -2,7 +2,9 @@
 //! calls [`start`]; the benchmark swarm starts thousands in one process.
 //!
 //! Map: [`config`] (validated first), [`link`] (the supervised connection
-//! to a master: auth, SUB, heartbeats, catch-up, re-sends), [`trust`]
+//! to a master: auth, SUB, heartbeats, catch-up, re-sends; failover
+//! across masters), [`outbox`] (returns and events to one or every
+//! master), [`trust`]
 //! (master key pinning), [`executor`] (replay/expiry/target checks, module
 //! calls, signed returns and events), [`spool`] (returns on disk until
 //! acknowledged), [`seen`] (the replay guard).
@@ -12,6 +14,7 @@
 pub mod config;
 pub mod executor;
 pub mod link;
+pub mod outbox;
 pub mod seen;
 pub mod spool;
 pub mod trust;
@@ -19,7 +22,7 @@ pub mod trust;
 use std::sync::Arc;
 
 use halite_modules::Registry;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -54,11 +57,13 @@ pub fn default_registry() -> Arc<Registry> {
     Arc::new(Registry::with_builtins())
 }
 
-/// Loads keys and state and starts the link to the first master. Returns
-/// at once; the minion runs until `shutdown` fires.
+/// Loads keys and state and starts the links to the masters. Returns at
+/// once; the minion runs until `shutdown` fires.
 ///
-/// With several masters listed, this version connects to the first one
-/// (the others are kept for failover, not yet implemented).
+/// One master, or `master_type = "failover"`: one connection at a time
+/// ([`link::run_failover`]), one spool whose returns go to whichever
+/// master is active. `master_type = "hot"`: a connection to every master,
+/// each with its own spool, so every master receives every return.
 pub fn start(
     config: Config,
     registry: Arc<Registry>,
@@ -84,44 +89,89 @@ pub fn start(
         now.saturating_sub(config.clock_skew.as_millis() as u64),
     )
     .map_err(io(format!("open {}", seen_path.display())))?;
+    let hot = config.master_type == config::MasterType::Hot && config.masters.len() > 1;
     let spool_dir = config.data_dir.join("spool");
-    let spool =
-        spool::Spool::open(&spool_dir).map_err(io(format!("create {}", spool_dir.display())))?;
+    let spool_dirs: Vec<std::path::PathBuf> = if hot {
+        config
+            .masters
+            .iter()
+            .map(|m| spool_dir.join(m.file_name()))
+            .collect()
+    } else {
+        vec![spool_dir]
+    };
+    let spools = spool_dirs
+        .iter()
+        .map(|dir| spool::Spool::open(dir).map_err(io(format!("create {}", dir.display()))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (outbox, queues) = outbox::Outbox::new(spools.clone());
 
-    let (session_tx, session_rx) = watch::channel(None);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (session_tx, session_rx) = watch::channel(executor::SessionKeys::new());
     let executor = Arc::new(executor::Executor::new(executor::ExecutorParts {
         id: config.id.clone(),
         key: key.clone(),
         registry,
         grains: grains.clone(),
         seen,
-        spool,
+        outbox: Arc::new(outbox),
         session: session_rx,
-        out: out_tx,
         clock_skew: config.clock_skew,
         shutdown: shutdown.clone(),
     }));
-    let addr = config.masters[0].clone();
-    let trust = trust::MasterTrust::new(
-        config
-            .pki_dir
-            .join("masters")
-            .join(format!("{}.pub", addr.file_name())),
-        config.master_fingerprint.clone(),
+    let links: Vec<link::Link> = config
+        .masters
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let route = if hot { i } else { 0 };
+            link::Link {
+                addr: addr.clone(),
+                trust: trust::MasterTrust::new(
+                    config
+                        .pki_dir
+                        .join("masters")
+                        .join(format!("{}.pub", addr.file_name())),
+                    config.master_fingerprint.clone(),
+                ),
+                id: config.id.clone(),
+                key: key.clone(),
+                grains: grains.clone(),
+                executor: executor.clone(),
+                session_tx: session_tx.clone(),
+                out_rx: queues[route].clone(),
+                spool: spools[route].clone(),
+                auth_retry: config.auth_retry,
+                alive: config.master_alive_interval,
+                epoch: None,
+            }
+        })
+        .collect();
+    let masters: Vec<String> = config.masters.iter().map(|m| m.to_string()).collect();
+    tracing::info!(
+        minion = %config.id,
+        version = env!("CARGO_PKG_VERSION"),
+        masters = %masters.join(", "),
+        mode = if hot { "hot" } else { "failover" },
+        "halite-minion starting"
     );
-    let link = link::Link {
-        addr,
-        trust,
-        id: config.id.clone(),
-        key,
-        grains,
-        executor,
-        session_tx,
-        out_rx,
-        auth_retry: config.auth_retry,
+    let task = if hot {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let runs: Vec<_> = links
+                .into_iter()
+                .map(|link| tokio::spawn(link.run(stop.clone())))
+                .collect();
+            for run in runs {
+                let _ = run.await;
+            }
+        })
+    } else {
+        tokio::spawn(link::run_failover(
+            links,
+            config.random_master,
+            config.master_failback,
+            shutdown.clone(),
+        ))
     };
-    tracing::info!(minion = %config.id, version = env!("CARGO_PKG_VERSION"), master = %link.addr, "halite-minion starting");
-    let task = tokio::spawn(link.run(shutdown.clone()));
     Ok(Running { shutdown, task })
 }

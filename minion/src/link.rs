@@ -1,5 +1,8 @@
 //! The minion's connection to one master, supervised.
 //!
+//! With several masters, hot mode runs one `Link` per master ([`Link::run`]),
+//! failover mode runs them one at a time ([`run_failover`]).
+//!
 //! A session is: connect a DEALER, authenticate (pinning or checking the
 //! master key, receiving the session key), subscribe to the PUB socket,
 //! ask for missed jobs, re-send unacknowledged returns, then serve until
@@ -23,13 +26,15 @@ use halite_proto::message::{
 use halite_proto::time::now_ms;
 use halite_proto::{Envelope, Jid, Kind};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use crate::config::MasterAddr;
-use crate::executor::{nonce, Executor, JobSource, Outgoing};
+use crate::executor::{nonce, Executor, JobSource, SessionKeys};
+use crate::outbox::Queue;
+use crate::spool::Spool;
 use crate::trust::MasterTrust;
 
 /// Frames larger than this are dropped unread.
@@ -63,7 +68,10 @@ enum LinkError {
 /// How a session ended.
 enum Next {
     Shutdown,
+    /// Connect to the same master again (key rotated, key refused).
     Reconnect(&'static str),
+    /// The master stopped answering: in failover mode, try the next one.
+    Lost(String),
 }
 
 /// Everything the link shares with the rest of the minion.
@@ -80,12 +88,18 @@ pub struct Link {
     pub grains: Arc<Value>,
     /// Runs jobs.
     pub executor: Arc<Executor>,
-    /// Where the current session key is published for the executor.
-    pub session_tx: watch::Sender<Option<SessionKey>>,
-    /// Signed returns and events to send.
-    pub out_rx: mpsc::UnboundedReceiver<Outgoing>,
+    /// Where session keys are published for the executor.
+    pub session_tx: watch::Sender<SessionKeys>,
+    /// Signed returns and events to send (shared by a failover group).
+    pub out_rx: Queue,
+    /// Returns this master has not acknowledged yet.
+    pub spool: Spool,
     /// Pause between auth attempts while not accepted.
     pub auth_retry: Duration,
+    /// A master silent this long (no beacon, no heartbeat ack) is lost.
+    pub alive: Duration,
+    /// Epoch of the session key this link published, replaced on re-auth.
+    pub epoch: Option<u64>,
 }
 
 /// An accepted auth.
@@ -98,7 +112,8 @@ struct Accepted {
 }
 
 impl Link {
-    /// Keeps a session with the master alive until `shutdown`.
+    /// Keeps a session with the master alive until `shutdown` (one master,
+    /// or one of a hot group).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -107,6 +122,11 @@ impl Link {
                 Ok(Next::Shutdown) => return,
                 Ok(Next::Reconnect(why)) => {
                     tracing::info!(master = %self.addr, reason = why, "reconnecting");
+                    backoff = Duration::from_millis(500);
+                    Duration::from_millis(200)
+                }
+                Ok(Next::Lost(why)) => {
+                    tracing::warn!(master = %self.addr, reason = %why, "master lost; reconnecting");
                     backoff = Duration::from_millis(500);
                     Duration::from_millis(200)
                 }
@@ -167,7 +187,13 @@ impl Link {
             }
         };
         let epoch = accepted.session.epoch();
-        self.session_tx.send_replace(Some(accepted.session.clone()));
+        let previous = self.epoch.replace(epoch);
+        self.session_tx.send_modify(|keys| {
+            if let Some(old) = previous {
+                keys.remove(&old);
+            }
+            keys.insert(epoch, accepted.session.clone());
+        });
         tracing::info!(master = %accepted.master, addr = %self.addr, "authenticated");
 
         let mut sub = SubSocket::new();
@@ -181,6 +207,8 @@ impl Link {
         sub.subscribe(TOPIC_JOB).await?;
         sub.subscribe(TOPIC_BEACON).await?;
 
+        // In a failover group only the active link drains the queue.
+        let mut out_rx = self.out_rx.clone().lock_owned().await;
         let mut awaiting: HashMap<Jid, Vec<u8>> = HashMap::new();
         let catchup = self.sign(&Catchup {
             id: self.id.clone(),
@@ -197,12 +225,14 @@ impl Link {
         let mut in_flight: VecDeque<(Vec<u8>, Instant)> =
             VecDeque::with_capacity(MISSED_ACKS as usize);
         let mut rtt_ms = None;
+        // Last sign of life from the master: a beacon or a heartbeat ack.
+        let mut last_contact = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Next::Shutdown),
                 event = monitor.next() => {
                     if matches!(event, Some(SocketEvent::Disconnected(_)) | None) {
-                        return Ok(Next::Reconnect("connection to the master lost"));
+                        return Ok(Next::Lost("connection to the master lost".into()));
                     }
                 }
                 message = rx.recv() => {
@@ -212,7 +242,7 @@ impl Link {
                             let Ok(ack) = envelope.open::<ReturnAck>() else { continue };
                             if ack.id == self.id && awaiting.get(&ack.jid) == Some(&ack.nonce) {
                                 awaiting.remove(&ack.jid);
-                                self.executor.spool().remove(&ack.jid);
+                                self.spool.remove(&ack.jid);
                                 tracing::debug!(jid = %ack.jid, "return acknowledged");
                             }
                         }
@@ -222,6 +252,7 @@ impl Link {
                             let (_, sent) = in_flight[index];
                             in_flight.drain(..=index);
                             last_ack = Instant::now();
+                            last_contact = last_ack;
                             rtt_ms = Some(sent.elapsed().as_millis() as u64);
                             if !ack.accepted {
                                 return Ok(Next::Reconnect("the master no longer accepts this key"));
@@ -247,24 +278,28 @@ impl Link {
                     if let Some(beacon_epoch) =
                         self.on_published(&topic, &body, &accepted.master_pub, JobSource::Published)
                     {
+                        last_contact = Instant::now();
                         if beacon_epoch > epoch {
                             return Ok(Next::Reconnect("session key rotated"));
                         }
                     }
                 }
-                outgoing = self.out_rx.recv() => {
+                outgoing = out_rx.recv() => {
                     let Some(outgoing) = outgoing else { return Ok(Next::Shutdown) };
                     if let Some((jid, nonce)) = outgoing.ack {
                         awaiting.insert(jid, nonce);
                     }
                     if let Err(e) = tx.send(frame(outgoing.bytes)).await {
                         tracing::warn!(error = %e, "send to master failed");
-                        return Ok(Next::Reconnect("send failed"));
+                        return Ok(Next::Lost(format!("send failed: {e}")));
                     }
                 }
                 _ = heartbeat.tick() => {
                     if last_ack.elapsed() > accepted.heartbeat * MISSED_ACKS {
-                        return Ok(Next::Reconnect("heartbeat acks missing"));
+                        return Ok(Next::Lost("heartbeat acks missing".into()));
+                    }
+                    if last_contact.elapsed() > self.alive {
+                        return Ok(Next::Lost(format!("no beacon or ack for {:?}", self.alive)));
                     }
                     let heartbeat_nonce = nonce();
                     let beat = self.sign(&Heartbeat {
@@ -406,7 +441,7 @@ impl Link {
         tx: &mut zeromq::DealerSendHalf,
         awaiting: &mut HashMap<Jid, Vec<u8>>,
     ) -> Result<(), LinkError> {
-        for (jid, bytes) in self.executor.spool().all() {
+        for (jid, bytes) in self.spool.all() {
             if let Some((_, nonce)) = return_nonce(&bytes) {
                 awaiting.insert(jid.clone(), nonce);
             }
@@ -414,6 +449,19 @@ impl Link {
             tx.send(frame(bytes)).await?;
         }
         Ok(())
+    }
+
+    /// Can this master be reached and does it accept this minion right
+    /// now? A full auth on a throwaway connection (the failback probe).
+    async fn answers(&self) -> bool {
+        let mut dealer = DealerSocket::new();
+        let endpoint = self.addr.endpoint(self.addr.port);
+        match tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&endpoint)).await {
+            Ok(Ok(())) => {}
+            _ => return false,
+        }
+        let (mut tx, mut rx) = dealer.split();
+        matches!(self.auth(&mut tx, &mut rx).await, Ok(Ok(_)))
     }
 
     fn sign<M: halite_proto::Message>(&self, message: &M) -> Result<Vec<u8>, LinkError> {
@@ -434,4 +482,93 @@ fn return_nonce(bytes: &[u8]) -> Option<(Jid, Vec<u8>)> {
     }
     let ret: Return = envelope.open().ok()?;
     Some((ret.jid, ret.nonce))
+}
+
+/// Failover: one master at a time, in order (from a random one with
+/// `random_start`). A master that is lost (connection gone, silent for
+/// `alive`, or unreachable) is left for the next at once; after a whole
+/// round without success the minion waits (500 ms, doubling to 30 s)
+/// before the next round. With `failback`, while on another master the
+/// first one is probed every `alive` and the minion moves back as soon as
+/// it accepts this minion again.
+pub async fn run_failover(
+    mut links: Vec<Link>,
+    random_start: bool,
+    failback: bool,
+    shutdown: CancellationToken,
+) {
+    if links.is_empty() {
+        return;
+    }
+    let count = links.len();
+    let mut current = if random_start {
+        rand::Rng::gen_range(&mut rand::thread_rng(), 0..count)
+    } else {
+        0
+    };
+    let mut failed_in_a_row = 0usize;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let (first, rest) = links.split_at_mut(1);
+        let (link, probe) = if current == 0 {
+            (&mut first[0], None)
+        } else {
+            (&mut rest[current - 1], failback.then_some(&first[0]))
+        };
+        tracing::info!(master = %link.addr, "using master");
+        let alive = link.alive;
+        let probe_first = async {
+            match probe {
+                None => std::future::pending::<()>().await,
+                Some(first) => loop {
+                    tokio::time::sleep(alive).await;
+                    if first.answers().await {
+                        return;
+                    }
+                },
+            }
+        };
+        let outcome = tokio::select! {
+            result = link.session(&shutdown) => Some(result),
+            () = probe_first => None,
+        };
+        match outcome {
+            None => {
+                tracing::info!(from = %link.addr, "the first master answers again; failing back");
+                current = 0;
+                failed_in_a_row = 0;
+                continue;
+            }
+            Some(Ok(Next::Shutdown)) => return,
+            Some(Ok(Next::Reconnect(why))) => {
+                tracing::info!(master = %link.addr, reason = why, "reconnecting");
+                failed_in_a_row = 0;
+                backoff = Duration::from_millis(500);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
+            Some(Ok(Next::Lost(why))) => {
+                tracing::warn!(master = %link.addr, reason = %why, "master lost; failing over");
+                failed_in_a_row = 1;
+                backoff = Duration::from_millis(500);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(master = %link.addr, error = %e, "master unavailable; failing over");
+                failed_in_a_row += 1;
+            }
+        }
+        current = (current + 1) % count;
+        if failed_in_a_row >= count {
+            failed_in_a_row = 0;
+            tracing::warn!(retry_in = ?backoff, "no master answers");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
 }

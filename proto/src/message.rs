@@ -190,6 +190,10 @@ pub struct Return {
     /// Random nonce, echoed in the ack.
     #[serde(with = "serde_bytes")]
     pub nonce: Vec<u8>,
+    /// Id of the master that published the job. In hot mode a return goes
+    /// to every master, so a master can tell another one's job from its own.
+    #[serde(default)]
+    pub master: String,
 }
 message!(Return, Return, "return");
 

@@ -270,6 +270,7 @@ pub fn signed_return(signer: &KeyPair, sender: &str, jid: &Jid) -> Vec<u8> {
         started_at: now_ms(),
         finished_at: now_ms(),
         nonce: vec![7; 16],
+        master: "test-master".into(),
     };
     signer.sign_message(sender, &ret).expect("sign").to_bytes()
 }

@@ -101,6 +101,13 @@ impl Proc {
         }
     }
 
+    /// Has the process ended?
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// PID of the running child.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
@@ -192,15 +199,21 @@ impl Master {
         std::fs::create_dir_all(&dir).expect("master dir");
         let (publish_port, return_port, api_port) = (free_port(), free_port(), free_port());
         let config = dir.join("master.toml");
+        // `extra` may name the master itself (several masters in a test).
+        let id = if extra.lines().any(|l| l.trim_start().starts_with("id ")) {
+            ""
+        } else {
+            "id = \"test-master\"\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "id = \"test-master\"\ninterface = \"127.0.0.1\"\npublish_port = {publish_port}\nreturn_port = {return_port}\napi_bind = \"127.0.0.1:{api_port}\"\npki_dir = \"pki\"\ndata_dir = \"data\"\nheartbeat_interval = 1\nbeacon_interval = 1\n{extra}\n"
+                "{id}interface = \"127.0.0.1\"\npublish_port = {publish_port}\nreturn_port = {return_port}\napi_bind = \"127.0.0.1:{api_port}\"\npki_dir = \"pki\"\ndata_dir = \"data\"\nheartbeat_interval = 1\nbeacon_interval = 1\n{extra}\n"
             ),
         )
         .expect("master config");
         let proc = Proc::spawn("halite-master", &config, dir.join("master.log"));
-        let master = Master {
+        let mut master = Master {
             dir,
             config,
             return_port,
@@ -211,11 +224,14 @@ impl Master {
         master
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.cli(&["keys", "list", "--json"]).code == 0 {
                 return;
+            }
+            if self.proc.exited() {
+                panic!("master exited at start; its log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -314,10 +330,19 @@ impl Minion {
         let dir = dir.join(id);
         std::fs::create_dir_all(&dir).expect("minion dir");
         let config = dir.join("minion.toml");
+        // `extra` may list the masters itself (multi-master tests).
+        let masters = if extra
+            .lines()
+            .any(|l| l.trim_start().starts_with("masters "))
+        {
+            String::new()
+        } else {
+            format!("masters = [\"127.0.0.1:{return_port}\"]\n")
+        };
         std::fs::write(
             &config,
             format!(
-                "id = \"{id}\"\nmasters = [\"127.0.0.1:{return_port}\"]\npki_dir = \"pki\"\ndata_dir = \"data\"\nauth_retry = 1\n{extra}\n"
+                "id = \"{id}\"\n{masters}pki_dir = \"pki\"\ndata_dir = \"data\"\nauth_retry = 1\n{extra}\n"
             ),
         )
         .expect("minion config");

@@ -166,6 +166,7 @@ pub fn job(view: &JobView, json: bool) -> anyhow::Result<()> {
             "jid": view.job.jid,
             "fun": view.job.fun,
             "target": view.job.target,
+            "published_by": view.job.published_by,
             "minions": view.job.expected,
             "returns": view.returns,
             "missing": view.missing,
@@ -178,15 +179,23 @@ pub fn job(view: &JobView, json: bool) -> anyhow::Result<()> {
             },
         }));
     }
-    line(&format!(
-        "Job {}: {} on {} ({}) by {} at {}",
-        view.job.jid,
-        view.job.fun,
-        view.job.target,
-        view.job.tgt_type,
-        view.job.user,
-        format_ms(view.job.issued_at)
-    ));
+    match &view.job.published_by {
+        Some(master) => line(&format!(
+            "Job {}: {}, published by master {master} (returns sent here too) at {}",
+            view.job.jid,
+            view.job.fun,
+            format_ms(view.job.issued_at)
+        )),
+        None => line(&format!(
+            "Job {}: {} on {} ({}) by {} at {}",
+            view.job.jid,
+            view.job.fun,
+            view.job.target,
+            view.job.tgt_type,
+            view.job.user,
+            format_ms(view.job.issued_at)
+        )),
+    }
     for ret in view.returns.values() {
         one_return(ret);
     }
@@ -196,9 +205,13 @@ pub fn job(view: &JobView, json: bool) -> anyhow::Result<()> {
 
 /// 0 only when every expected minion returned success.
 pub fn exit_code(view: &JobView) -> ExitCode {
-    let all_ok = !view.job.expected.is_empty()
-        && view.missing.is_empty()
-        && view.returns.values().all(|r| r.success);
+    // Another master's job: who was expected is only known there.
+    let someone = if view.job.published_by.is_some() {
+        !view.returns.is_empty()
+    } else {
+        !view.job.expected.is_empty()
+    };
+    let all_ok = someone && view.missing.is_empty() && view.returns.values().all(|r| r.success);
     if all_ok {
         ExitCode::SUCCESS
     } else {

@@ -1,0 +1,199 @@
+//! Several masters: failover (kill -9 of the active master during a job,
+//! failback) and hot mode (jobs from either master, returns in both
+//! stores), with real processes on loopback.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use halite_tests::{eventually, Master, Minion};
+
+/// Seconds a failover minion waits for a silent master.
+const ALIVE: u64 = 3;
+
+fn two_masters(dir: &Path) -> (Master, Master) {
+    // auto_accept: a failover minion meets the second master only when
+    // the first is gone, with nobody there to accept its key.
+    let a = Master::start(&dir.join("a"), "id = \"master-a\"\nauto_accept = true");
+    let b = Master::start(&dir.join("b"), "id = \"master-b\"\nauto_accept = true");
+    (a, b)
+}
+
+fn minion_config(a: &Master, b: &Master, extra: &str) -> String {
+    format!(
+        "masters = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\nmaster_alive_interval = {ALIVE}\n{extra}",
+        a.return_port, b.return_port
+    )
+}
+
+/// Ids listed `up` by a master.
+fn up(master: &Master) -> Vec<String> {
+    let out = master.cli(&["minions", "--json"]);
+    if out.code != 0 {
+        return Vec::new();
+    }
+    out.json()
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| m["status"] == "up")
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Returns a master stored for `jid`, by minion.
+fn returns(master: &Master, jid: &str) -> serde_json::Value {
+    let out = master.cli(&["jobs", "show", jid, "--json"]);
+    if out.code != 0 {
+        // Not there yet (a master learns of another's job with its first return).
+        return serde_json::Value::Null;
+    }
+    out.json()["returns"].clone()
+}
+
+#[test]
+fn failover_after_kill_9_keeps_every_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut a, b) = two_masters(dir.path());
+    let ids: Vec<String> = (1..=20).map(|i| format!("fo{i:02}")).collect();
+    let config = minion_config(&a, &b, "master_type = \"failover\"");
+    let _minions: Vec<Minion> = ids
+        .iter()
+        .map(|id| Minion::start(dir.path(), id, a.return_port, &config))
+        .collect();
+    eventually(Duration::from_secs(90), "20 minions up on master-a", || {
+        up(&a).len() == 20
+    });
+    assert!(
+        up(&b).is_empty(),
+        "failover minions use one master at a time"
+    );
+
+    // A job that is still running when the master dies.
+    let out = a.cli(&["run", "target=fo*", "test.sleep", "3", "--async", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = out.json()["jid"].as_str().expect("jid").to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+    a.proc.kill();
+    let killed = Instant::now();
+
+    eventually(Duration::from_secs(60), "20 minions up on master-b", || {
+        up(&b).len() == 20
+    });
+    let moved = killed.elapsed();
+    assert!(
+        moved <= Duration::from_secs(2 * ALIVE),
+        "minions took {moved:?} to move (limit 2 x master_alive_interval = {}s)",
+        2 * ALIVE
+    );
+    // The interrupted job's returns reach the master that is left.
+    eventually(Duration::from_secs(60), "20 returns on master-b", || {
+        returns(&b, &jid).as_object().is_some_and(|r| r.len() == 20)
+    });
+    let out = b.cli(&["jobs", "show", &jid, "--json"]);
+    assert_eq!(out.json()["published_by"], "master-a", "{out:?}");
+    let out = b.cli(&["jobs", "show", &jid]);
+    assert!(
+        out.stdout.contains("published by master master-a"),
+        "{}",
+        out.stdout
+    );
+
+    // master-a comes back: without failback the minions stay on master-b.
+    a.restart();
+    std::thread::sleep(Duration::from_secs(ALIVE + 1));
+    assert!(up(&a).is_empty(), "{:?}", up(&a));
+    let _ = &a;
+}
+
+#[test]
+fn failback_returns_to_the_first_master() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut a, b) = two_masters(dir.path());
+    let config = minion_config(&a, &b, "master_type = \"failover\"\nmaster_failback = true");
+    let _m1 = Minion::start(dir.path(), "fb01", a.return_port, &config);
+    let _m2 = Minion::start(dir.path(), "fb02", a.return_port, &config);
+    eventually(Duration::from_secs(60), "both up on master-a", || {
+        up(&a).len() == 2
+    });
+    a.proc.kill();
+    eventually(Duration::from_secs(60), "both up on master-b", || {
+        up(&b).len() == 2
+    });
+    a.restart();
+    eventually(Duration::from_secs(60), "both back on master-a", || {
+        up(&a).len() == 2
+    });
+    let out = a.cli(&["run", "target=fb*", "test.ping"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn hot_minions_run_jobs_from_either_master_once_and_both_store_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = two_masters(dir.path());
+    let config = minion_config(&a, &b, "master_type = \"hot\"");
+    let ids = ["hot01", "hot02", "hot03"];
+    let minions: Vec<Minion> = ids
+        .iter()
+        .map(|id| Minion::start(dir.path(), id, a.return_port, &config))
+        .collect();
+    eventually(Duration::from_secs(60), "up on both masters", || {
+        up(&a).len() == 3 && up(&b).len() == 3
+    });
+    let ran = dir.path().join("ran.txt");
+    for (publisher, other, name) in [(&a, &b, "master-a"), (&b, &a, "master-b")] {
+        // Each minion appends "<master> <its pid>": one line per minion.
+        let out = publisher.cli(&[
+            "run",
+            "target=hot*",
+            "cmd.run",
+            &format!("echo {name} $PPID >> {}", ran.display()),
+            "--json",
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let jid = out.json()["jid"].as_str().expect("jid").to_owned();
+        assert_eq!(out.json()["returns"].as_object().map(|r| r.len()), Some(3));
+        eventually(
+            Duration::from_secs(30),
+            "returns in the other store",
+            || {
+                returns(other, &jid)
+                    .as_object()
+                    .is_some_and(|r| r.len() == 3)
+            },
+        );
+    }
+    let lines = std::fs::read_to_string(&ran).expect("ran.txt");
+    for name in ["master-a", "master-b"] {
+        let pids: std::collections::BTreeSet<&str> =
+            lines.lines().filter_map(|l| l.strip_prefix(name)).collect();
+        let count = lines.lines().filter(|l| l.starts_with(name)).count();
+        assert_eq!((count, pids.len()), (3, 3), "{lines}");
+    }
+    // Every spool emptied: each master acknowledged each return.
+    for minion in &minions {
+        eventually(Duration::from_secs(30), "spools empty", || {
+            walk_count(&minion.dir.join("data/spool")) == 0
+        });
+    }
+}
+
+/// Spooled returns under `dir`, in every master's spool.
+fn walk_count(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk_count(&path)
+            } else {
+                usize::from(path.extension().is_some_and(|x| x == "ret"))
+            }
+        })
+        .sum()
+}
