@@ -33,7 +33,12 @@ impl FakeMaster {
     /// Binds ROUTER and PUB on 127.0.0.1 and answers auth (accepted),
     /// heartbeats, catch-up (empty) and returns (acked) in the background.
     pub async fn start() -> FakeMaster {
-        let key = Arc::new(KeyPair::generate().expect("key"));
+        FakeMaster::start_with_key(Arc::new(KeyPair::generate().expect("key"))).await
+    }
+
+    /// Like [`FakeMaster::start`] with a given key: several fakes sharing
+    /// one key stand for masters that share a key.
+    pub async fn start_with_key(key: Arc<KeyPair>) -> FakeMaster {
         let session = SessionKey::generate(1).expect("session key");
         let mut router = RouterSocket::new();
         let return_port = match router.bind("tcp://127.0.0.1:0").await.expect("bind router") {

@@ -132,7 +132,7 @@ fn failback_returns_to_the_first_master() {
 #[test]
 fn hot_minions_run_jobs_from_either_master_once_and_both_store_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b) = two_masters(dir.path());
+    let (mut a, b) = two_masters(dir.path());
     let config = minion_config(&a, &b, "master_type = \"hot\"");
     let ids = ["hot01", "hot02", "hot03"];
     let minions: Vec<Minion> = ids
@@ -178,6 +178,32 @@ fn hot_minions_run_jobs_from_either_master_once_and_both_store_them() {
             walk_count(&minion.dir.join("data/spool")) == 0
         });
     }
+
+    // master-a is gone while master-b runs a job: each minion keeps the
+    // return for master-a and delivers it when master-a is back.
+    a.proc.kill();
+    let out = b.cli(&["run", "target=hot*", "test.ping", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = out.json()["jid"].as_str().expect("jid").to_owned();
+    for minion in &minions {
+        assert_eq!(
+            walk_count(&minion.dir.join("data/spool")),
+            1,
+            "{}",
+            minion.id
+        );
+    }
+    a.restart();
+    eventually(
+        Duration::from_secs(60),
+        "returns delivered to master-a",
+        || returns(&a, &jid).as_object().is_some_and(|r| r.len() == 3),
+    );
+    for minion in &minions {
+        eventually(Duration::from_secs(30), "spools empty again", || {
+            walk_count(&minion.dir.join("data/spool")) == 0
+        });
+    }
 }
 
 /// Spooled returns under `dir`, in every master's spool.
@@ -196,4 +222,43 @@ fn walk_count(dir: &Path) -> usize {
             }
         })
         .sum()
+}
+
+#[test]
+fn a_job_relayed_by_two_masters_runs_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = std::sync::Arc::new(halite_pki::KeyPair::generate().expect("key"));
+        let one = halite_tests::fake::FakeMaster::start_with_key(key.clone()).await;
+        let two = halite_tests::fake::FakeMaster::start_with_key(key.clone()).await;
+        let config = format!(
+            "masters = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\nmaster_type = \"hot\"",
+            one.return_port, two.return_port
+        );
+        let _minion = Minion::start(dir.path(), "relay01", one.return_port, &config);
+        one.wait_catchups(1, Duration::from_secs(60)).await;
+        two.wait_catchups(1, Duration::from_secs(60)).await;
+
+        let ran = dir.path().join("ran.txt");
+        let mut job = one.job("unused");
+        job.fun = "cmd.run".into();
+        job.arg = vec![format!("echo once >> {}", ran.display()).into()];
+        // Both masters publish the same signed job, several times.
+        for _ in 0..3 {
+            one.publish(&job, &key).await;
+            two.publish(&job, &key).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while one.returns_for(&job.jid).is_empty() || two.returns_for(&job.jid).is_empty() {
+            assert!(Instant::now() < deadline, "returns to both masters");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(std::fs::read_to_string(&ran).expect("ran.txt"), "once\n");
+    });
 }
