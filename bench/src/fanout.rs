@@ -108,6 +108,11 @@ pub struct FanoutArgs {
     /// Keep the temp dirs (master store, minion dirs) and print where.
     #[arg(long)]
     pub keep_dirs: bool,
+    /// Before the rounds, measure the master's CPU and memory with the N
+    /// minions connected and idle for this many seconds (use with
+    /// `--master-config` giving production heartbeat/beacon intervals).
+    #[arg(long, default_value_t = 0)]
+    pub idle_seconds: u64,
     /// Goal for p99 in ms (default: the issue's, 1000 for N = 1000 and
     /// 5000 for N = 10000; none for other N).
     #[arg(long)]
@@ -125,7 +130,7 @@ struct Round {
 }
 
 /// The master settings of the bench, overridden by `--master-config`.
-fn master_config(dir: &Path, overrides: Option<&Path>) -> Result<halite_master::Config> {
+pub(crate) fn master_config(dir: &Path, overrides: Option<&Path>) -> Result<halite_master::Config> {
     let mut table = toml::Table::new();
     table.insert("id".into(), "bench-master".into());
     table.insert("interface".into(), "127.0.0.1".into());
@@ -289,6 +294,7 @@ pub fn run(args: FanoutArgs, counter: &StoredCounter) -> Result<()> {
             master: &master_addr,
             wave: args.wave,
             wave_timeout: Duration::from_secs(args.wave_timeout),
+            failover: None,
         };
         in_process = swarm::start_minions(&rt, &plan, &minion_shutdown)?;
         minion_rt = Some(rt);
@@ -346,6 +352,9 @@ pub fn run(args: FanoutArgs, counter: &StoredCounter) -> Result<()> {
         swarm_rss_kib as f64 / 1024.0,
         swarm_rss_kib as f64 / n as f64
     );
+    if args.idle_seconds > 0 {
+        measure_idle(n, args.idle_seconds, !children.is_empty(), &core)?;
+    }
     // The API's minion listing at this size (informational).
     let listing = Instant::now();
     let listed = ApiBackend(core.clone())
@@ -705,4 +714,35 @@ fn print_report(
         met,
     ]);
     print!("{}", table.render(args.markdown));
+}
+
+/// Samples this process (the master, when the minions run in child
+/// processes) while N minions are connected and idle: CPU time used over
+/// the window and resident memory at its end.
+fn measure_idle(
+    n: usize,
+    seconds: u64,
+    minions_elsewhere: bool,
+    core: &std::sync::Arc<halite_master::core::Core>,
+) -> Result<()> {
+    let pid = std::process::id();
+    let cpu_before = sys::cpu_seconds(pid)?;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = sys::cpu_seconds(pid)? - cpu_before;
+    let (rss, peak) = sys::memory_kib(pid)?;
+    let accepted = core.keys.accepted_ids();
+    let up = accepted.iter().filter(|id| core.presence.is_up(id)).count();
+    eprintln!(
+        "idle {:.0} s with {} minions connected ({up} up at the end): master CPU {:.1}% of one core ({:.2} s), RSS {:.1} MiB (peak {:.1} MiB){}",
+        wall,
+        grouped(n),
+        100.0 * cpu / wall,
+        cpu,
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        if minions_elsewhere { "" } else { " — minions run in this process too: not the master alone" }
+    );
+    Ok(())
 }

@@ -14,6 +14,7 @@
 #![allow(clippy::print_stdout)]
 
 mod deploy;
+mod failover;
 mod fanout;
 mod idle;
 mod report;
@@ -41,6 +42,8 @@ enum Cmd {
     Fanout(fanout::FanoutArgs),
     /// git_deploy (first deploy, one-file redeploy, rollback) against system git.
     Deploy(deploy::DeployArgs),
+    /// Time for failover minions to move to the second master when the first dies.
+    Failover(failover::FailoverArgs),
     /// Resident memory of one idle halite-minion process.
     IdleRss(idle::IdleArgs),
     /// Runs part of a swarm for `fanout` (internal).
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Cmd::Fanout(args) => fanout::run(args, &counter),
         Cmd::IdleRss(args) => idle::run(args),
         Cmd::Deploy(args) => deploy::run(args),
+        Cmd::Failover(args) => failover::run(args),
         Cmd::Swarm(args) => swarm::run_child(args),
     };
     match result {

@@ -123,6 +123,18 @@ pub fn prepare_minion(
     id: &str,
     master: &str,
 ) -> Result<halite_minion::Config> {
+    prepare_minion_with(root, cache, id, &[master], toml::Table::new())
+}
+
+/// Like [`prepare_minion`] with several masters and extra config keys
+/// (`master_type`, `master_alive_interval`, ...).
+pub fn prepare_minion_with(
+    root: &Path,
+    cache: &Path,
+    id: &str,
+    masters: &[&str],
+    extra: toml::Table,
+) -> Result<halite_minion::Config> {
     let dir = root.join(id);
     let pki_dir = dir.join("pki");
     let data_dir = dir.join("data");
@@ -142,10 +154,14 @@ pub fn prepare_minion(
     }
     let mut table = toml::Table::new();
     table.insert("id".into(), id.into());
-    table.insert("masters".into(), toml::Value::Array(vec![master.into()]));
+    table.insert(
+        "masters".into(),
+        toml::Value::Array(masters.iter().map(|m| (*m).into()).collect()),
+    );
     table.insert("pki_dir".into(), pki_dir.display().to_string().into());
     table.insert("data_dir".into(), data_dir.display().to_string().into());
     table.insert("auth_retry".into(), 1.into());
+    table.extend(extra);
     let text = toml::to_string(&table).context("render a minion config")?;
     halite_minion::Config::from_toml(&dir.join("minion.toml"), &text)
         .with_context(|| format!("minion config of {id}"))
@@ -176,6 +192,8 @@ pub struct SwarmPlan<'a> {
     pub wave: usize,
     /// How long one wave may take to authenticate.
     pub wave_timeout: Duration,
+    /// Failover minions: the second master and `master_alive_interval`.
+    pub failover: Option<(&'a str, u64)>,
 }
 
 /// Starts the minions on `runtime` in waves, each wave waiting until all
@@ -190,7 +208,15 @@ pub fn start_minions(
     for wave in plan.ids.chunks(plan.wave.max(1)) {
         let mut pins = Vec::with_capacity(wave.len());
         for id in wave {
-            let config = prepare_minion(plan.root, plan.cache, id, plan.master)?;
+            let config = match plan.failover {
+                None => prepare_minion(plan.root, plan.cache, id, plan.master)?,
+                Some((second, alive)) => {
+                    let mut extra = toml::Table::new();
+                    extra.insert("master_type".into(), "failover".into());
+                    extra.insert("master_alive_interval".into(), (alive as i64).into());
+                    prepare_minion_with(plan.root, plan.cache, id, &[plan.master, second], extra)?
+                }
+            };
             pins.push(pin_file(plan.root, id, plan.master)?);
             let _entered = runtime.enter();
             running.push(
@@ -275,6 +301,7 @@ pub fn run_child(args: SwarmArgs) -> Result<()> {
         master: &args.master,
         wave: args.wave,
         wave_timeout: Duration::from_secs(args.wave_timeout),
+        failover: None,
     };
     let started = Instant::now();
     let running = start_minions(&runtime, &plan, &shutdown)?;
