@@ -41,6 +41,14 @@ pub struct Outgoing {
     pub ack: Option<(Jid, Vec<u8>)>,
 }
 
+/// What is kept about a running job, to report it if the minion dies.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marker {
+    fun: String,
+    master: String,
+    started_at: u64,
+}
+
 /// How a job reached the minion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobSource {
@@ -73,6 +81,9 @@ pub struct Executor {
     session: watch::Receiver<SessionKeys>,
     clock_skew: Duration,
     running: Arc<Mutex<HashSet<Jid>>>,
+    /// `data_dir/running`: a marker per job between its start and its
+    /// spooled return, so a job cut short by a crash still gets a return.
+    markers: std::path::PathBuf,
     shutdown: CancellationToken,
 }
 
@@ -96,6 +107,8 @@ pub struct ExecutorParts {
     pub clock_skew: Duration,
     /// Cancels running jobs.
     pub shutdown: CancellationToken,
+    /// Where running-job markers live (`data_dir/running`).
+    pub markers: std::path::PathBuf,
 }
 
 impl Executor {
@@ -111,6 +124,7 @@ impl Executor {
             session: parts.session,
             clock_skew: parts.clock_skew,
             running: Arc::new(Mutex::new(HashSet::new())),
+            markers: parts.markers,
             shutdown: parts.shutdown,
         }
     }
@@ -153,9 +167,19 @@ impl Executor {
         tokio::spawn(
             async move {
                 let (guard, jid) = (executor.clone(), job.jid.clone());
-                let recorded =
-                    tokio::task::spawn_blocking(move || guard.record_jid(&jid, keep_until, now))
-                        .await;
+                let marker = Marker {
+                    fun: job.fun.clone(),
+                    master: job.master.clone(),
+                    started_at: now,
+                };
+                let recorded = tokio::task::spawn_blocking(move || {
+                    let first = guard.record_jid(&jid, keep_until, now)?;
+                    if first {
+                        guard.mark_running(&jid, &marker);
+                    }
+                    Ok::<_, String>(first)
+                })
+                .await;
                 match recorded {
                     Ok(Ok(true)) => {}
                     Ok(Ok(false)) if source == JobSource::Published => {
@@ -182,6 +206,72 @@ impl Executor {
             .instrument(span.clone()),
         );
         Ok(())
+    }
+
+    /// Notes that `jid` is running (best effort: without the marker a
+    /// crash mid-job leaves the job without a return, as before).
+    fn mark_running(&self, jid: &Jid, marker: &Marker) {
+        let written = std::fs::create_dir_all(&self.markers).and_then(|()| {
+            let bytes = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
+            std::fs::write(self.markers.join(jid.as_str()), bytes)
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, dir = %self.markers.display(), "cannot write the running-job marker");
+        }
+    }
+
+    /// Gives every job that was running when the minion last stopped
+    /// (crash, kill -9, power loss) a failed return saying so, spooled
+    /// like any other: the master then records what happened instead of
+    /// "did not return". Call once at start, before the links run.
+    pub fn recover_interrupted(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.markers) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed = Jid::parse(&name).ok().zip(
+                std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Marker>(&b).ok()),
+            );
+            let Some((jid, marker)) = parsed else {
+                tracing::warn!(file = %path.display(), "dropped an unreadable running-job marker");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let ret = Return {
+                jid: jid.clone(),
+                id: self.id.clone(),
+                fun: marker.fun,
+                success: false,
+                retcode: RETCODE_ERROR,
+                data: Value::String(
+                    "interrupted: the minion stopped (crash, kill or power loss) while this job ran; \
+                     what it did before is unknown — check the server before running it again"
+                        .to_owned(),
+                ),
+                started_at: marker.started_at,
+                finished_at: now_ms(),
+                nonce: nonce(),
+                master: marker.master,
+            };
+            match self.key.sign_message(&self.id, &ret) {
+                Ok(envelope) => match self.outbox.spool(&jid, &envelope.to_bytes()) {
+                    Ok(()) => {
+                        tracing::warn!(%jid, minion = %self.id, "job was interrupted by a minion stop; a failed return is spooled");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        tracing::error!(%jid, error = %e, "cannot spool the return of an interrupted job")
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(%jid, error = %e, "cannot sign the return of an interrupted job")
+                }
+            }
+        }
     }
 
     /// Records `jid` in the replay guard; false if it already ran here.
@@ -235,6 +325,10 @@ impl Executor {
                     }
                 }
                 self.outbox.send(Outgoing { bytes, ack });
+                let marker = self.markers.join(job.jid.as_str());
+                if let Err(e) = std::fs::remove_file(&marker) {
+                    tracing::debug!(error = %e, "no running marker to remove");
+                }
             }
             Err(e) => tracing::error!(error = %e, "cannot sign the return"),
         }

@@ -117,7 +117,9 @@ pub fn start(
         session: session_rx,
         clock_skew: config.clock_skew,
         shutdown: shutdown.clone(),
+        markers: config.data_dir.join("running"),
     }));
+    executor.recover_interrupted();
     let links: Vec<link::Link> = config
         .masters
         .iter()

@@ -10,6 +10,7 @@
 
 pub mod fake;
 pub mod git;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -183,3 +183,96 @@ fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_minion_killed_mid_job_reports_the_interruption_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "");
+    let mut web = Minion::start(dir.path(), "web01", master.return_port, "");
+    master.accept("web01");
+
+    let out = master.cli(&[
+        "run",
+        "target=web01",
+        "test.sleep",
+        "30",
+        "--async",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = jid_of(&out);
+    let marker = web.dir.join("data/running").join(&jid);
+    eventually(Duration::from_secs(60), "the job running", || {
+        marker.exists()
+    });
+    // kill -9 and start again: the job cannot finish, and catch-up must
+    // not run it a second time.
+    web.restart();
+    eventually(Duration::from_secs(60), "the interruption reported", || {
+        // A failed return makes `jobs show` exit 1: read the document.
+        let out = master.cli(&["jobs", "show", &jid, "--json"]);
+        !out.stdout.is_empty() && out.json()["returns"]["web01"].is_object()
+    });
+    let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
+    let ret = &doc["returns"]["web01"];
+    assert_eq!(ret["success"], false, "{doc}");
+    assert!(
+        ret["data"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("interrupted: the minion stopped")),
+        "{doc}"
+    );
+    assert!(!marker.exists());
+    // Exactly once: nothing more arrives, and the minion serves new jobs.
+    let out = master.cli(&["run", "target=web01", "test.ping"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
+    assert_eq!(
+        doc["returns"].as_object().map(|r| r.len()),
+        Some(1),
+        "{doc}"
+    );
+    assert_eq!(web.spooled(), 0);
+}
+
+#[test]
+fn a_minion_cut_off_runs_the_missed_job_once_when_reconnected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "missed_heartbeats = 2");
+    // The minion reaches the master only through a proxy the test can cut.
+    let proxy = halite_tests::proxy::Proxy::start(&[master.return_port, master.publish_port]);
+    let masters = format!("masters = [\"127.0.0.2:{}\"]", master.return_port);
+    let web = Minion::start(dir.path(), "web01", master.return_port, &masters);
+    master.accept("web01");
+
+    proxy.cut();
+    eventually(Duration::from_secs(60), "web01 shown down", || {
+        let out = master.cli(&["minions", "--json"]);
+        out.code == 0 && out.json()[0]["status"] == "down"
+    });
+    let out = master.cli(&[
+        "run",
+        "target=web01",
+        "test.echo",
+        "missed",
+        "--async",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = jid_of(&out);
+    proxy.restore();
+    eventually(Duration::from_secs(60), "the missed job's return", || {
+        returned(&master, &jid)
+    });
+    let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
+    assert_eq!(
+        doc["down_before_job"],
+        serde_json::json!(["web01"]),
+        "{doc}"
+    );
+    assert_eq!(doc["returns"]["web01"]["data"], "missed", "{doc}");
+    assert_eq!(doc["returns"].as_object().map(|r| r.len()), Some(1));
+    // Ran once: the catch-up after every reconnect does not run it again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(web.log().matches("job started").count(), 1, "{}", web.log());
+}

@@ -389,3 +389,59 @@ fn git_daemon_lock_and_failures_keep_the_live_release() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(live(&blog_path), "one");
 }
+
+#[test]
+fn a_master_restart_mid_deploy_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("git");
+    let _repo = Repo::create(dir.path(), &root, "shop", &[("v1", "one")]);
+    let daemon = git::daemon(&root);
+    let path = dir.path().join("srv/shop");
+    write(
+        &dir.path().join("master/apps.d/shop.toml"),
+        &format!(
+            "repo = \"git://127.0.0.1:{}/shop.git\"\ntarget = \"web01\"\npath = \"{}\"\npre_deploy = \"sleep 3\"\n",
+            daemon.port,
+            path.display()
+        ),
+    );
+    let mut master = Master::start(dir.path(), "");
+    let _web = Minion::start(dir.path(), "web01", master.return_port, "");
+    master.accept("web01");
+    let out = master.cli(&[
+        "run",
+        "target=web01",
+        "git_deploy",
+        "tag=v1",
+        "--async",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = out.json()["jid"].as_str().expect("jid").to_owned();
+    halite_tests::eventually(std::time::Duration::from_secs(30), "deploy running", || {
+        path.join(".halite/lock").exists()
+    });
+    master.restart();
+    halite_tests::eventually(
+        std::time::Duration::from_secs(60),
+        "deploy return stored",
+        || master.cli(&["jobs", "show", &jid]).code == 0,
+    );
+    assert_eq!(live(&path), "one");
+    // Recorded once, with its stages, on the restarted master.
+    let out = master.cli(&["releases", "shop", "--json"]);
+    let history = out.json()["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(history.len(), 1, "{out:?}");
+    assert_eq!(history[0]["jid"], jid.as_str());
+    let out = master.cli(&["jobs", "show", &jid, "--events", "--json"]);
+    let events = out.json()["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["stage"] == "post_deploy" && e["status"] == "succeeded"),
+        "{out:?}"
+    );
+}
