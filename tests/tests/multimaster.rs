@@ -262,3 +262,40 @@ fn a_job_relayed_by_two_masters_runs_once() {
         assert_eq!(std::fs::read_to_string(&ran).expect("ran.txt"), "once\n");
     });
 }
+
+#[test]
+fn a_hung_master_is_left_after_master_alive_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = two_masters(dir.path());
+    let config = minion_config(&a, &b, "master_type = \"failover\"");
+    let _m1 = Minion::start(dir.path(), "hang01", a.return_port, &config);
+    let _m2 = Minion::start(dir.path(), "hang02", a.return_port, &config);
+    eventually(Duration::from_secs(60), "both up on master-a", || {
+        up(&a).len() == 2
+    });
+    // SIGSTOP: master-a's connections stay open but it says nothing more
+    // (no beacons, no acks), as a hung process or a black-holed network.
+    let pid = a.proc.pid().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let stopped = Instant::now();
+    eventually(Duration::from_secs(60), "both up on master-b", || {
+        up(&b).len() == 2
+    });
+    let moved = stopped.elapsed();
+    signal("-CONT");
+    assert!(
+        moved >= Duration::from_secs(ALIVE - 1),
+        "moved after {moved:?}: before master_alive_interval, so not for silence"
+    );
+    assert!(
+        moved <= Duration::from_secs(2 * ALIVE + 1),
+        "moved after {moved:?} (limit about 2 x master_alive_interval)"
+    );
+}
