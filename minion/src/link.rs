@@ -484,6 +484,16 @@ fn return_nonce(bytes: &[u8]) -> Option<(Jid, Vec<u8>)> {
     Some((ret.jid, ret.nonce))
 }
 
+/// Where a failover minion starts: the first master, or with
+/// `random_master` a random one, so a fleet spreads over its masters.
+fn first_master(count: usize, random: bool, rng: &mut impl rand::Rng) -> usize {
+    if random && count > 1 {
+        rng.gen_range(0..count)
+    } else {
+        0
+    }
+}
+
 /// Failover: one master at a time, in order (from a random one with
 /// `random_start`). A master that is lost (connection gone, silent for
 /// `alive`, or unreachable) is left for the next at once; after a whole
@@ -501,11 +511,7 @@ pub async fn run_failover(
         return;
     }
     let count = links.len();
-    let mut current = if random_start {
-        rand::Rng::gen_range(&mut rand::thread_rng(), 0..count)
-    } else {
-        0
-    };
+    let mut current = first_master(count, random_start, &mut rand::thread_rng());
     let mut failed_in_a_row = 0usize;
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -570,5 +576,28 @@ pub async fn run_failover(
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn random_master_spreads_a_fleet_and_order_does_not() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut counts = [0usize; 3];
+        for _ in 0..3000 {
+            counts[first_master(3, true, &mut rng)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        assert_eq!(first_master(3, false, &mut rng), 0);
+        assert_eq!(first_master(1, true, &mut rng), 0);
+    }
+
+    #[test]
+    fn spooled_returns_are_matched_by_jid_and_nonce() {
+        assert_eq!(return_nonce(b"not an envelope"), None);
     }
 }
