@@ -195,10 +195,13 @@ pub struct Master {
 
 impl Master {
     /// Starts a master under `dir` with `extra` TOML appended to the config.
+    ///
+    /// Ports are picked free just before the master binds them; another
+    /// test may take one in between, so a master that cannot bind is
+    /// started again on new ports (a few times).
     pub fn start(dir: &Path, extra: &str) -> Master {
         let dir = dir.join("master");
         std::fs::create_dir_all(&dir).expect("master dir");
-        let (publish_port, return_port, api_port) = (free_port(), free_port(), free_port());
         let config = dir.join("master.toml");
         // `extra` may name the master itself (several masters in a test).
         let id = if extra.lines().any(|l| l.trim_start().starts_with("id ")) {
@@ -206,33 +209,44 @@ impl Master {
         } else {
             "id = \"test-master\"\n"
         };
-        std::fs::write(
-            &config,
-            format!(
-                "{id}interface = \"127.0.0.1\"\npublish_port = {publish_port}\nreturn_port = {return_port}\napi_bind = \"127.0.0.1:{api_port}\"\npki_dir = \"pki\"\ndata_dir = \"data\"\nheartbeat_interval = 1\nbeacon_interval = 1\n{extra}\n"
-            ),
-        )
-        .expect("master config");
-        let proc = Proc::spawn("halite-master", &config, dir.join("master.log"));
-        let mut master = Master {
-            dir,
-            config,
-            return_port,
-            publish_port,
-            proc,
-        };
-        master.wait_ready();
-        master
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let (publish_port, return_port, api_port) = (free_port(), free_port(), free_port());
+            std::fs::write(
+                &config,
+                format!(
+                    "{id}interface = \"127.0.0.1\"\npublish_port = {publish_port}\nreturn_port = {return_port}\napi_bind = \"127.0.0.1:{api_port}\"\npki_dir = \"pki\"\ndata_dir = \"data\"\nheartbeat_interval = 1\nbeacon_interval = 1\n{extra}\n"
+                ),
+            )
+            .expect("master config");
+            let proc = Proc::spawn("halite-master", &config, dir.join("master.log"));
+            let mut master = Master {
+                dir: dir.clone(),
+                config: config.clone(),
+                return_port,
+                publish_port,
+                proc,
+            };
+            match master.wait_ready() {
+                Ok(()) => return master,
+                Err(log) if log.contains("Address already in use") || log.contains("in use") => {
+                    last_log = log;
+                }
+                Err(log) => panic!("master exited at start; its log:\n{log}"),
+            }
+        }
+        panic!("master could not bind free ports in 5 attempts; last log:\n{last_log}");
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for the API; Err is the log of a master that exited.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.cli(&["keys", "list", "--json"]).code == 0 {
-                return;
+                return Ok(());
             }
             if self.proc.exited() {
-                panic!("master exited at start; its log:\n{}", self.log());
+                return Err(self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -243,7 +257,9 @@ impl Master {
     pub fn restart(&mut self) {
         self.proc.kill();
         self.proc = Proc::spawn("halite-master", &self.config, self.dir.join("master.log"));
-        self.wait_ready();
+        if let Err(log) = self.wait_ready() {
+            panic!("master exited on restart; its log:\n{log}");
+        }
     }
 
     /// `master-cli --config <this master> ARGS`.
