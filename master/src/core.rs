@@ -359,7 +359,8 @@ impl Core {
     pub fn store_returns(&self, batch: Vec<PendingReturn>) {
         let now = now_ms();
         // Returns of jobs another master published (hot multi-master).
-        let foreign: Vec<(Jid, String, String, u64)> = batch
+        // One per job, however many of its returns are in the batch.
+        let mut foreign: Vec<(Jid, String, String, u64)> = batch
             .iter()
             .filter(|p| !p.ret.master.is_empty() && p.ret.master != self.config.id)
             .map(|p| {
@@ -371,6 +372,8 @@ impl Core {
                 )
             })
             .collect();
+        foreign.sort_by(|a, b| a.0.cmp(&b.0));
+        foreign.dedup_by(|a, b| a.0 == b.0);
         // Each return is split once: what the ack needs, and the record
         // (its data moved, not copied).
         let (acks, records): (Vec<PendingAck>, Vec<(Jid, ReturnRecord)>) = batch
@@ -435,7 +438,7 @@ impl Core {
         fun: &str,
         started_at: u64,
     ) -> Result<(), crate::store::StoreError> {
-        if self.store.job(jid)?.is_some() {
+        if self.store.has_job(jid)? {
             return Ok(());
         }
         let record = JobRecord {
@@ -504,8 +507,10 @@ impl Core {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let target = Target::parse(request.tgt_type, &request.target)
             .map_err(|e| ApiError::bad_request(format!("target: {e}")))?;
+        let accepted = self.keys.accepted_ids();
+        let expected = self.presence.matching(&accepted, &target);
         if crate::apps::needs_app(&request.fun) {
-            self.complete_app(&mut request, &target)?;
+            self.complete_app(&mut request, &accepted, &expected)?;
         }
         let timeout = request.timeout.unwrap_or(self.config.job_timeout.as_secs());
         if timeout == 0 || timeout > 7 * 86_400 {
@@ -533,7 +538,6 @@ impl Core {
                     .map_err(|e| ApiError::internal(e.to_string()))?,
             )
         };
-        let expected = self.presence.matching(&self.keys.accepted_ids(), &target);
         let down: Vec<String> = expected
             .iter()
             .filter(|id| !self.presence.is_up(id))
@@ -607,13 +611,18 @@ impl Core {
     /// [`crate::apps::Catalog::complete`]), with the app's `timeout` when
     /// the request gives none. Secrets given on the command line for the
     /// same names are refused rather than overridden.
-    fn complete_app(&self, request: &mut JobRequest, target: &Target) -> Result<(), ApiError> {
-        let accepted = self.keys.accepted_ids();
-        let job_minions = self.presence.matching(&accepted, target);
+    /// `accepted` are the accepted minions, `job_minions` those the job
+    /// targets (computed once by `submit`).
+    fn complete_app(
+        &self,
+        request: &mut JobRequest,
+        accepted: &[String],
+        job_minions: &[String],
+    ) -> Result<(), ApiError> {
         let app_minions = |app: &halite_proto::app::AppSpec| {
             let theirs = Target::parse(app.tgt_type, &app.target)
                 .map_err(|e| format!("app {}: target: {e}", app.name))?;
-            Ok(self.presence.matching(&accepted, &theirs))
+            Ok(self.presence.matching(accepted, &theirs))
         };
         let mut secret = BTreeMap::new();
         let app = self
@@ -623,7 +632,7 @@ impl Core {
                 &mut request.kwarg,
                 &mut secret,
                 &request.target,
-                &job_minions,
+                job_minions,
                 app_minions,
             )
             .map_err(ApiError::bad_request)?;

@@ -214,14 +214,9 @@ fn spawn_peer_worker(core: Arc<core::Core>, peer: Bytes) -> mpsc::UnboundedSende
                     drop(permit);
                 }
                 Ok(None) => return,
-                Err(_idle) => {
-                    rx.close();
-                    while let Ok((body, permit)) = rx.try_recv() {
-                        core.handle(peer.clone(), body).await;
-                        drop(permit);
-                    }
-                    return;
-                }
+                // Idle: refuse new messages; `recv` still yields what is
+                // queued, then None.
+                Err(_idle) => rx.close(),
             }
         }
     });

@@ -138,6 +138,13 @@ impl Store {
         Ok(())
     }
 
+    /// Is `jid` recorded? (A key lookup, without decoding the job.)
+    pub fn has_job(&self, jid: &Jid) -> Result<bool, StoreError> {
+        self.jobs
+            .contains_key(jid.as_str().as_bytes())
+            .map_err(sled_err("read job"))
+    }
+
     /// One job, if known.
     pub fn job(&self, jid: &Jid) -> Result<Option<StoredJob>, StoreError> {
         match self

@@ -56,6 +56,16 @@ pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     panic!("timed out after {timeout:?} waiting for: {what}");
 }
 
+/// Does the TOML snippet `extra` set top-level `key` itself (so the
+/// harness must not write its own)?
+fn sets_key(extra: &str, key: &str) -> bool {
+    extra.lines().any(|line| {
+        line.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+}
+
 /// A child process killed (by PID) when dropped.
 pub struct Proc {
     child: Option<Child>,
@@ -204,7 +214,7 @@ impl Master {
         std::fs::create_dir_all(&dir).expect("master dir");
         let config = dir.join("master.toml");
         // `extra` may name the master itself (several masters in a test).
-        let id = if extra.lines().any(|l| l.trim_start().starts_with("id ")) {
+        let id = if sets_key(extra, "id") {
             ""
         } else {
             "id = \"test-master\"\n"
@@ -348,10 +358,7 @@ impl Minion {
         std::fs::create_dir_all(&dir).expect("minion dir");
         let config = dir.join("minion.toml");
         // `extra` may list the masters itself (multi-master tests).
-        let masters = if extra
-            .lines()
-            .any(|l| l.trim_start().starts_with("masters "))
-        {
+        let masters = if sets_key(extra, "masters") {
             String::new()
         } else {
             format!("masters = [\"127.0.0.1:{return_port}\"]\n")

@@ -419,6 +419,7 @@ async fn post_deploy_checks(
     call: &Call,
     release_dir: &Path,
     env: &BTreeMap<String, String>,
+    roots: Vec<reqwest::Certificate>,
     warnings: &mut Vec<String>,
 ) -> Result<String, String> {
     let mut result = match &app.post_deploy {
@@ -445,7 +446,6 @@ async fn post_deploy_checks(
     let (Ok(hook_summary), Some(check)) = (&result, &app.health) else {
         return result;
     };
-    let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
     health::check(check, release_dir, env, roots, &call.events, &call.cancel)
         .await
         .map(|h| format!("{hook_summary}; {h}"))
@@ -544,13 +544,14 @@ async fn deploy(call: Call) -> Outcome {
         let wanted = wanted.clone();
         let flag = Arc::clone(&interrupt.flag);
         let events = call.events.clone();
+        let roots = roots.clone();
         blocking(move || prepare(&releases, &app, &wanted, credentials, roots, &flag, &events))
             .await
     };
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => {
-            let _ = blocking_record(&releases, report.record(&jid, "failed")).await;
+            blocking_record(&releases, report.record(&jid, "failed")).await;
             return abort(report, stages, stage, e, json!({}));
         }
     };
@@ -609,7 +610,7 @@ async fn deploy(call: Call) -> Outcome {
     if let Err(e) = result {
         if app.stop_on_error || call.cancel.is_cancelled() {
             discard(&releases, &release).await;
-            let _ = blocking_record(&releases, report.record(&jid, "failed")).await;
+            blocking_record(&releases, report.record(&jid, "failed")).await;
             return failure(
                 report,
                 stages,
@@ -640,14 +641,14 @@ async fn deploy(call: Call) -> Outcome {
         }
         Err(e) => {
             discard(&releases, &release).await;
-            let _ = blocking_record(&releases, report.record(&jid, "failed")).await;
+            blocking_record(&releases, report.record(&jid, "failed")).await;
             return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
         }
     }
 
     // ---- post_deploy: hook, then health check ---------------------------------------
     let stage = stages.start("post_deploy");
-    let result = post_deploy_checks(&app, &call, &release_dir, &env, &mut warnings).await;
+    let result = post_deploy_checks(&app, &call, &release_dir, &env, roots, &mut warnings).await;
     stages.end(stage, &result);
     if let Err(e) = result {
         let mut extra = json!({});
@@ -664,22 +665,21 @@ async fn deploy(call: Call) -> Outcome {
                         stages.log(&format!("auto_rollback: current -> releases/{previous}"));
                         extra = json!({ "rolled_back_to": previous });
                         ended = "rolled_back";
-                        let _ =
-                            blocking_record(&releases, report.record(&jid, "rolled_back")).await;
+                        blocking_record(&releases, report.record(&jid, "rolled_back")).await;
                         format!("{e}; auto_rollback switched back to {previous}")
                     }
                     Err(back_err) => {
-                        let _ = blocking_record(&releases, report.record(&jid, "live")).await;
+                        blocking_record(&releases, report.record(&jid, "live")).await;
                         format!("{e}; auto_rollback to {previous} FAILED: {back_err}; {release} is still live")
                     }
                 }
             }
             (Some(_), false) => {
-                let _ = blocking_record(&releases, report.record(&jid, "live")).await;
+                blocking_record(&releases, report.record(&jid, "live")).await;
                 format!("{e}; {release} stays live (auto_rollback is off)")
             }
             (None, _) => {
-                let _ = blocking_record(&releases, report.record(&jid, "live")).await;
+                blocking_record(&releases, report.record(&jid, "live")).await;
                 format!("{e}; {release} stays live (there is no previous release to go back to)")
             }
         };
@@ -726,13 +726,13 @@ async fn discard(releases: &Releases, name: &str) {
     }
 }
 
-async fn blocking_record(releases: &Releases, record: ReleaseRecord) -> Result<(), String> {
+/// Appends to the path's history; a failure is logged, never fatal (the
+/// release itself is what matters to the deploy).
+async fn blocking_record(releases: &Releases, record: ReleaseRecord) {
     let releases = releases.clone();
-    let result = blocking(move || releases.record(record).map_err(|e| e.to_string())).await;
-    if let Err(e) = &result {
+    if let Err(e) = blocking(move || releases.record(record).map_err(|e| e.to_string())).await {
         tracing::warn!("cannot write release history: {e}");
     }
-    result
 }
 
 enum Prepared {
@@ -799,21 +799,23 @@ fn prepare(
     };
     let revision = commit.to_string();
     events.progress("log", &format!("{} is {revision}", wanted.describe()));
-    if let Some((live, live_rev)) = live_revision(releases).map_err(|e| e.to_string())? {
-        if live_rev == revision {
+    let live = live_revision(releases).map_err(|e| e.to_string())?;
+    if let Some((live, live_rev)) = &live {
+        if *live_rev == revision {
             return Ok(PrepareResult {
                 revision,
-                release: Prepared::AlreadyLive(live),
+                release: Prepared::AlreadyLive(live.clone()),
                 files: 0,
             });
         }
     }
     // Files unchanged since the live release are hard-linked from it
     // (see `link_unchanged`), which makes a small change a small write.
-    let base = if app.link_unchanged {
-        live_base(releases, &repo, &app.path)
-    } else {
-        None
+    let base = match live {
+        Some((live, live_rev)) if app.link_unchanged => {
+            live_base(releases, &repo, &app.path, &live, &live_rev)
+        }
+        _ => None,
     };
     let name = releases
         .create(&revision, halite_proto::time::now_ms())
@@ -875,10 +877,15 @@ fn prepare(
 
 /// The live release as a base to share files with, when it has a
 /// manifest and its commit is in the cache.
-fn live_base(releases: &Releases, repo: &gix::Repository, root: &Path) -> Option<repo::Base> {
-    let (live, revision) = live_revision(releases).ok()??;
-    let manifest = releases.manifest(&live)?;
-    repo::Base::new(repo, &revision, root.join("releases").join(&live), manifest)
+fn live_base(
+    releases: &Releases,
+    repo: &gix::Repository,
+    root: &Path,
+    live: &str,
+    revision: &str,
+) -> Option<repo::Base> {
+    let manifest = releases.manifest(live)?;
+    repo::Base::new(repo, revision, root.join("releases").join(live), manifest)
 }
 
 /// Is tree path `file` the shared path `shared` or inside it?
@@ -908,19 +915,8 @@ async fn rollback(call: Call) -> Outcome {
     let jid = call.jid.to_string();
     let mut stages = Stages::new(&call);
     let mut report = Report::new(&app, "rollback", None);
-    if !app.path.join("releases").is_dir() {
-        return failure(
-            report,
-            stages,
-            "deploy",
-            format!(
-                "{} has never been deployed to {}",
-                app.name,
-                app.path.display()
-            ),
-            json!({}),
-            "failed",
-        );
+    if let Some(message) = never_deployed(&app) {
+        return failure(report, stages, "deploy", message, json!({}), "failed");
     }
     let stage = stages.start("deploy");
     let (releases, lock) = match lock_path(&app, &jid, &stages).await {
@@ -1001,15 +997,18 @@ async fn rollback(call: Call) -> Outcome {
             at: halite_proto::time::now_ms(),
             duration_ms: 0,
         };
-        let _ = blocking_record(&releases, bad).await;
+        blocking_record(&releases, bad).await;
     }
 
     let release_dir = app.path.join("releases").join(&target);
     let env = hook_env(&app, &jid, &target, &revision, report.reference.as_deref());
     let stage = stages.start("post_deploy");
-    let result = post_deploy_checks(&app, &call, &release_dir, &env, &mut Vec::new()).await;
+    // A CA file that cannot be read leaves only the system roots, as a
+    // deploy would have failed on it before.
+    let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
+    let result = post_deploy_checks(&app, &call, &release_dir, &env, roots, &mut Vec::new()).await;
     stages.end(stage, &result);
-    let _ = blocking_record(&releases, report.record(&jid, "live")).await;
+    blocking_record(&releases, report.record(&jid, "live")).await;
     drop(lock);
     match result {
         Ok(_) => {
@@ -1142,34 +1141,50 @@ fn verify_release(
     )))
 }
 
-/// Opens the layout of an app that was deployed here, or says it was not.
-fn deployed(app: &AppSpec) -> Result<Releases, Outcome> {
-    if !app.path.join("releases").is_dir() {
-        return Err(Outcome::failed(
-            RETCODE_ERROR,
-            format!(
-                "{} has never been deployed to {} on this minion",
-                app.name,
-                app.path.display()
-            ),
-        ));
-    }
-    Releases::open(&app.path).map_err(|e| Outcome::failed(RETCODE_ERROR, e.to_string()))
+/// Why a path holds no deploy of `app` yet, if it does not.
+fn never_deployed(app: &AppSpec) -> Option<String> {
+    (!app.path.join("releases").is_dir()).then(|| {
+        format!(
+            "{} has never been deployed to {} on this minion",
+            app.name,
+            app.path.display()
+        )
+    })
 }
 
-async fn releases(call: Call) -> Outcome {
-    let app = match Args::from_call(&RELEASES, &call)
+/// A read-only function (`releases`, `status`): its arguments, then
+/// `read` on the blocking pool (it reads the release directory).
+async fn inspect(
+    call: Call,
+    sig: &'static Signature,
+    read: fn(AppSpec) -> Result<Value, Outcome>,
+) -> Outcome {
+    let app = match Args::from_call(sig, &call)
         .map_err(Outcome::from)
-        .and_then(|a| app_of(&a, RELEASES.fun))
+        .and_then(|a| app_of(&a, sig.fun))
     {
         Ok(app) => app,
         Err(outcome) => return outcome,
     };
-    let listed = tokio::task::spawn_blocking(move || {
-        let releases = deployed(&app)?;
-        let kept = releases
-            .list()
-            .map_err(|e| Outcome::failed(RETCODE_ERROR, e.to_string()))?;
+    match tokio::task::spawn_blocking(move || read(app)).await {
+        Ok(Ok(data)) => Outcome::ok(data),
+        Ok(Err(outcome)) => outcome,
+        Err(e) => Outcome::failed(RETCODE_ERROR, format!("internal error: {e}")),
+    }
+}
+
+fn failed(e: ReleaseError) -> Outcome {
+    Outcome::failed(RETCODE_ERROR, e.to_string())
+}
+
+async fn releases(call: Call) -> Outcome {
+    inspect(call, &RELEASES, |app| {
+        if let Some(message) = never_deployed(&app) {
+            return Err(Outcome::failed(RETCODE_ERROR, message));
+        }
+        let kept = Releases::open(&app.path)
+            .and_then(|r| r.list())
+            .map_err(failed)?;
         let rows: Vec<Value> = kept
             .iter()
             .rev()
@@ -1187,50 +1202,34 @@ async fn releases(call: Call) -> Outcome {
                 })
             })
             .collect();
-        Ok(Outcome::ok(json!({
+        Ok(json!({
             "app": app.name,
             "path": app.path,
             "live": kept.iter().find(|r| r.live).map(|r| r.name.clone()),
             "releases": rows,
-        })))
+        }))
     })
-    .await;
-    listed
-        .unwrap_or_else(|e| {
-            Err(Outcome::failed(
-                RETCODE_ERROR,
-                format!("internal error: {e}"),
-            ))
-        })
-        .unwrap_or_else(|o| o)
+    .await
 }
 
 async fn status(call: Call) -> Outcome {
-    let app = match Args::from_call(&STATUS, &call)
-        .map_err(Outcome::from)
-        .and_then(|a| app_of(&a, STATUS.fun))
-    {
-        Ok(app) => app,
-        Err(outcome) => return outcome,
-    };
-    let result = tokio::task::spawn_blocking(move || {
-        if !app.path.join("releases").is_dir() {
-            return Ok(Outcome::ok(json!({
+    inspect(call, &STATUS, |app| {
+        if never_deployed(&app).is_some() {
+            return Ok(json!({
                 "app": app.name,
                 "path": app.path,
                 "deployed": false,
                 "live": null,
-            })));
+            }));
         }
-        let releases = deployed(&app)?;
-        let fail = |e: ReleaseError| Outcome::failed(RETCODE_ERROR, e.to_string());
-        let kept = releases.list().map_err(fail)?;
+        let releases = Releases::open(&app.path).map_err(failed)?;
+        let kept = releases.list().map_err(failed)?;
         let live = kept.iter().find(|r| r.live);
         let last = live.and_then(|r| r.last.clone());
         let lock = releases
             .lock_holder()
             .map(|(jid, pid, since)| json!({"jid": jid, "pid": pid, "since": since}));
-        Ok(Outcome::ok(json!({
+        Ok(json!({
             "app": app.name,
             "path": app.path,
             "deployed": live.is_some(),
@@ -1239,21 +1238,13 @@ async fn status(call: Call) -> Outcome {
             "reference": last.as_ref().and_then(|l| l.reference.clone()),
             "since": last.as_ref().map(|l| l.at),
             "jid": last.as_ref().map(|l| l.jid.clone()),
-            "previous": releases.previous().map_err(fail)?,
+            "previous": releases.previous().map_err(failed)?,
             "releases_kept": kept.len(),
             "locked_by": lock,
             "cache": cache_path(&app.path).join("HEAD").is_file(),
-        })))
+        }))
     })
-    .await;
-    result
-        .unwrap_or_else(|e| {
-            Err(Outcome::failed(
-                RETCODE_ERROR,
-                format!("internal error: {e}"),
-            ))
-        })
-        .unwrap_or_else(|o| o)
+    .await
 }
 
 #[cfg(test)]

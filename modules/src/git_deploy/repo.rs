@@ -333,11 +333,7 @@ impl Base {
         manifest: HashMap<String, Stamp>,
     ) -> Option<Base> {
         let commit = gix::ObjectId::from_hex(revision.as_bytes()).ok()?;
-        let entries = tree_entries(repo, commit)
-            .ok()?
-            .into_iter()
-            .map(|e| (e.path.to_string_lossy().into_owned(), (e.oid, e.kind)))
-            .collect();
+        let entries = tree_map(repo, commit).ok()?;
         Some(Base {
             dir,
             entries,
@@ -393,6 +389,18 @@ fn tree_entries(repo: &gix::Repository, commit: gix::ObjectId) -> Result<Vec<Tre
             })
         })
         .collect()
+}
+
+/// `commit`'s tree as path → (blob, kind), the form the manifests and
+/// the live release are compared in.
+fn tree_map(
+    repo: &gix::Repository,
+    commit: gix::ObjectId,
+) -> Result<HashMap<String, (gix::ObjectId, EntryKind)>, GitError> {
+    Ok(tree_entries(repo, commit)?
+        .into_iter()
+        .map(|e| (e.path.to_string_lossy().into_owned(), (e.oid, e.kind)))
+        .collect())
 }
 
 /// Writes the tree of `commit` into the empty directory `dest`: files with
@@ -507,10 +515,7 @@ pub(crate) fn restore(
     dest: &Path,
     paths: &[String],
 ) -> Result<Vec<(String, Stamp)>, GitError> {
-    let entries: HashMap<String, (gix::ObjectId, EntryKind)> = tree_entries(repo, commit)?
-        .into_iter()
-        .map(|e| (e.path.to_string_lossy().into_owned(), (e.oid, e.kind)))
-        .collect();
+    let entries = tree_map(repo, commit)?;
     let mut stamps = Vec::with_capacity(paths.len());
     for path in paths {
         let (oid, kind) = entries
