@@ -2,9 +2,13 @@
 
 use halite_proto::Jid;
 
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
 use crate::types::{
-    AppReleases, CheckRecord, EventRecord, JobRequest, JobSummary, JobView, KeysView, MinionView,
-    PresenceEvent, Submitted,
+    AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
+    JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
 use crate::ApiError;
 
@@ -21,21 +25,49 @@ pub enum KeyAction {
     Delete(String),
 }
 
+/// A grant beyond running functions, checked by [`Backend::require`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// Key management (Salt's `@wheel`).
+    Wheel,
+    /// Job lookups through salt-api's runner client (Salt's `@jobs`).
+    Jobs,
+}
+
+/// A deploy-module action on an app (`POST /v1/apps/{name}/deploy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppAction {
+    /// Release a revision.
+    Deploy,
+    /// Go back to the previous (or a named) release.
+    Rollback,
+}
+
 /// The master, as the HTTP routes see it. Calls are short and
-/// synchronous (store reads, a channel send to the publisher).
+/// synchronous (store reads, a channel send to the publisher), except
+/// [`Backend::login`], which is slow on purpose and is called off the
+/// async workers.
 pub trait Backend: Send + Sync + 'static {
     /// The user a token belongs to, if the token is valid.
     fn authenticate(&self, token: &str) -> Option<String>;
-    /// Validates, records and publishes a job.
+    /// Checks a password and issues a token (401 when wrong).
+    fn login(&self, user: &str, password: &str) -> Result<LoginToken, ApiError>;
+    /// 403 unless `user` has `grant`.
+    fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError>;
+    /// Validates, checks the ACL, records and publishes a job.
     fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError>;
-    /// Jobs newest first.
-    fn jobs(&self, limit: usize, before: Option<Jid>) -> Result<Vec<JobSummary>, ApiError>;
+    /// Stops a running job on the minions that have not returned.
+    fn cancel(&self, user: &str, jid: &Jid) -> Result<Value, ApiError>;
+    /// Jobs newest first, filtered, one page.
+    fn jobs(&self, filter: &JobFilter) -> Result<JobPage, ApiError>;
     /// One job with its returns.
     fn job(&self, jid: &Jid) -> Result<JobView, ApiError>;
     /// A job's events after a cursor.
     fn events(&self, jid: &Jid, after: Option<u64>) -> Result<Vec<EventRecord>, ApiError>;
     /// Accepted minions with their status.
     fn minions(&self) -> Result<Vec<MinionView>, ApiError>;
+    /// One accepted minion (404 if none).
+    fn minion(&self, id: &str) -> Result<MinionView, ApiError>;
     /// Recent up/down transitions, newest first.
     fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, ApiError>;
     /// Connectivity-check results at or after `since` (unix ms), newest
@@ -54,4 +86,32 @@ pub trait Backend: Send + Sync + 'static {
     fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, ApiError>;
     /// What is live where for one app, and its last `limit` deploys.
     fn app_releases(&self, app: &str, limit: usize) -> Result<AppReleases, ApiError>;
+    /// Deploys or rolls back an app on its target (or a narrower one
+    /// given as `target`); `options` are the module's keyword arguments
+    /// (`tag`, `branch`, `rev`, `to`, `timeout`...).
+    fn app_action(
+        &self,
+        user: &str,
+        app: &str,
+        action: AppAction,
+        options: Map<String, Value>,
+    ) -> Result<Submitted, ApiError>;
+    /// Deploy statistics over `[from, to)` (unix ms).
+    fn stats(&self, from: u64, to: u64) -> Result<DeployStats, ApiError>;
+    /// Records a request that changed something (or a failed login).
+    fn audit(&self, record: AuditRecord);
+    /// Audit records in `[from, to)`, newest first.
+    fn audit_log(&self, from: u64, to: u64, limit: usize) -> Result<Vec<AuditRecord>, ApiError>;
+    /// Event-stream entries after `after`, oldest first; only one job's
+    /// (its events and returns) when `jid` is given.
+    fn stream(
+        &self,
+        after: u64,
+        jid: Option<&Jid>,
+        limit: usize,
+    ) -> Result<Vec<BusEntry>, ApiError>;
+    /// The newest entry's id (where a client that asks for "from now on" starts).
+    fn stream_head(&self) -> Result<u64, ApiError>;
+    /// Live entries from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>>;
 }

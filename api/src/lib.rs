@@ -9,8 +9,11 @@
 pub mod backend;
 pub mod error;
 pub mod routes;
+pub(crate) mod salt;
+pub mod sse;
 pub mod types;
+pub mod words;
 
-pub use backend::{Backend, KeyAction};
+pub use backend::{AppAction, Backend, Grant, KeyAction};
 pub use error::ApiError;
 pub use routes::router;

@@ -4,92 +4,235 @@
 //! `Authorization: Bearer`). Bad JSON, unknown fields and bad ids get a
 //! 4xx with a JSON body naming the problem.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use halite_proto::Jid;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
-use crate::backend::{Backend, KeyAction};
-use crate::types::JobRequest;
+use crate::backend::{AppAction, Backend, Grant, KeyAction};
+use crate::types::{AuditRecord, JobFilter, JobRequest, LoginRequest, LoginToken};
 use crate::ApiError;
 
-type Shared = Arc<dyn Backend>;
+pub(crate) type Shared = Arc<dyn Backend>;
 
 /// The user a request was authenticated as, for handlers that record it.
 #[derive(Clone, Debug)]
-struct User(String);
+pub(crate) struct User(pub String);
 
-/// Builds the API router over a backend.
+/// Builds the API router over a backend: the native `/v1` routes and
+/// salt-api's (see [`crate::salt`]).
 pub fn router(backend: Arc<dyn Backend>) -> Router {
     let authed = Router::new()
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{jid}", get(show_job))
+        .route("/v1/jobs/{jid}/cancel", post(cancel))
         .route("/v1/jobs/{jid}/events", get(job_events))
+        .route("/v1/events", get(all_events))
         .route("/v1/minions", get(minions))
+        .route("/v1/minions/{id}", get(minion))
+        .route("/v1/minions/{id}/jobs", get(minion_jobs))
         .route("/v1/presence", get(presence))
         .route("/v1/checks", get(checks))
         .route("/v1/keys", get(keys))
         // `_all` can never be a minion id (ids start with a letter or digit).
         .route("/v1/keys/_all/accept", post(accept_all))
+        .route("/v1/keys/{id}", get(key).delete(delete_key))
         .route("/v1/keys/{id}/accept", post(accept))
         .route("/v1/keys/{id}/reject", post(reject))
-        .route("/v1/keys/{id}", delete(delete_key))
         .route("/v1/apps", get(apps))
+        .route("/v1/apps/{name}", get(app))
         .route("/v1/apps/{name}/releases", get(app_releases))
+        .route("/v1/apps/{name}/deploy", post(app_deploy))
+        .route("/v1/apps/{name}/rollback", post(app_rollback))
+        .route("/v1/stats", get(stats))
+        .route("/v1/audit", get(audit_log).post(audit_note))
+        .merge(crate::salt::authed_routes())
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
             require_token,
         ));
     Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { Json(serde_json::json!({"ok": true})) }),
-        )
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/login", post(login))
+        .merge(crate::salt::open_routes())
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(backend)
 }
 
+async fn health() -> Json<Value> {
+    Json(serde_json::json!({"ok": true}))
+}
+
+/// The OpenAPI document of `/v1`, kept in the repository (`api/openapi.json`).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// What a handler that changed something says about it, for the audit
+/// log (put in the response's extensions).
+#[derive(Clone, Debug)]
+pub(crate) struct AuditDetail(pub String);
+
+/// The client address: the connection's peer when the server was started
+/// with connect info, else `unknown`.
+pub(crate) fn client_address(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(
+            || "unknown".to_owned(),
+            |ConnectInfo(addr)| addr.to_string(),
+        )
+}
+
+/// The token a request carries: `X-Auth-Token`, `Authorization: Bearer`,
+/// or (for event streams only, since browsers' EventSource cannot set
+/// headers, as salt-api allows) a `token` query parameter.
+fn request_token(request: &Request) -> Option<String> {
+    let headers = request.headers();
+    if let Some(token) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+        return Some(token.trim().to_owned());
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        });
+    if let Some(token) = bearer {
+        return Some(token.trim().to_owned());
+    }
+    // salt-api's session cookie, set by `/login`.
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("session_id=").map(str::to_owned));
+    if cookie.is_some() {
+        return cookie;
+    }
+    if request.uri().path().ends_with("/events") {
+        let query = request.uri().query().unwrap_or_default();
+        return query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            (key == "token").then(|| value.to_owned())
+        });
+    }
+    None
+}
+
+/// Authenticates every protected route, and writes requests that may
+/// change something (anything but GET/HEAD) to the audit log with the
+/// answer's status.
 async fn require_token(
     State(backend): State<Shared>,
-    headers: HeaderMap,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = headers
-        .get("x-auth-token")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    let (scheme, token) = v.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then_some(token)
-                })
-        });
-    match token.and_then(|t| backend.authenticate(t.trim())) {
-        Some(user) => {
-            request.extensions_mut().insert(User(user));
-            next.run(request).await
-        }
-        None => ApiError::unauthorized(
+    let Some(user) = request_token(&request).and_then(|t| backend.authenticate(&t)) else {
+        return ApiError::unauthorized(
             "missing or invalid token (X-Auth-Token or Authorization: Bearer)",
         )
-        .into_response(),
+        .into_response();
+    };
+    let method = request.method().clone();
+    let audited = method != Method::GET && method != Method::HEAD;
+    let (from, path) = (client_address(&request), request.uri().path().to_owned());
+    request.extensions_mut().insert(User(user.clone()));
+    let response = next.run(request).await;
+    if audited {
+        backend.audit(AuditRecord {
+            at: now_ms(),
+            user,
+            from,
+            method: method.to_string(),
+            path,
+            status: response.status().as_u16(),
+            detail: response
+                .extensions()
+                .get::<AuditDetail>()
+                .map(|d| d.0.clone()),
+        });
     }
+    response
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn login(State(backend): State<Shared>, request: Request) -> Result<Response, ApiError> {
+    let from = client_address(&request);
+    let body: LoginRequest = crate::salt::json_or_form(request).await?;
+    let token = check_login(&backend, body, from).await?;
+    Ok(Json(token).into_response())
+}
+
+/// Password checks run at once, at most.
+const LOGIN_CHECKS: usize = 2;
+
+/// Runs the (slow) password check off the async workers and audits the
+/// attempt, whatever its outcome.
+pub(crate) async fn check_login(
+    backend: &Shared,
+    body: LoginRequest,
+    from: String,
+) -> Result<LoginToken, ApiError> {
+    // Password checks are slow on purpose; a flood of logins queues here
+    // instead of taking every core from jobs and returns.
+    static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOGIN_CHECKS);
+    let _permit = CHECKS
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("login queue closed: {e}")))?;
+    let worker = backend.clone();
+    let user = body.username.clone();
+    let result = tokio::task::spawn_blocking(move || worker.login(&body.username, &body.password))
+        .await
+        .map_err(|e| ApiError::internal(format!("login task failed: {e}")))?;
+    backend.audit(AuditRecord {
+        at: now_ms(),
+        user,
+        from,
+        method: "POST".into(),
+        path: "/login".into(),
+        status: match &result {
+            Ok(_) => 200,
+            Err(e) => e.status.as_u16(),
+        },
+        detail: Some(
+            if result.is_ok() {
+                "login"
+            } else {
+                "failed login"
+            }
+            .into(),
+        ),
+    });
+    result
 }
 
 /// JSON body whose rejections are JSON errors naming the problem.
-struct Body<T>(T);
+pub(crate) struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
@@ -120,7 +263,7 @@ fn rejection_error(rejection: JsonRejection) -> ApiError {
 
 /// One path segment (`{jid}`, `{id}`), whose rejection (e.g. bad UTF-8)
 /// is a JSON 400 naming the segment.
-struct Segment(String);
+pub(crate) struct Segment(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Segment {
     type Rejection = ApiError;
@@ -135,7 +278,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
     }
 }
 
-fn parse_jid(raw: &str) -> Result<Jid, ApiError> {
+pub(crate) fn parse_jid(raw: &str) -> Result<Jid, ApiError> {
     Jid::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -143,26 +286,71 @@ async fn submit(
     State(backend): State<Shared>,
     axum::Extension(User(user)): axum::Extension<User>,
     Body(request): Body<JobRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    let detail = AuditDetail(format!("{} on {}", request.fun, request.target));
     let submitted = backend.submit(&user, request)?;
-    Ok((StatusCode::ACCEPTED, Json(submitted)))
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Extension(detail),
+        Json(submitted),
+    )
+        .into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<usize>,
-    before: Option<String>,
+async fn cancel(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Segment(jid): Segment,
+) -> Result<impl IntoResponse, ApiError> {
+    let jid = parse_jid(&jid)?;
+    let answer = backend.cancel(&user, &jid)?;
+    Ok((
+        axum::Extension(AuditDetail(format!("cancel {jid}"))),
+        Json(answer),
+    ))
+}
+
+/// A query string parsed into `T`, whose rejection is a JSON 400.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Params(value))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+fn check_filter(filter: &JobFilter) -> Result<(), ApiError> {
+    if let Some(before) = &filter.before {
+        parse_jid(before)?;
+    }
+    if let Some(result) = &filter.result {
+        if !matches!(result.as_str(), "success" | "failed" | "running") {
+            return Err(ApiError::bad_request(format!(
+                "result={result:?}: use success, failed or running"
+            )));
+        }
+    }
+    if let (Some(from), Some(to)) = (filter.from, filter.to) {
+        if from >= to {
+            return Err(ApiError::bad_request("from must be before to"));
+        }
+    }
+    Ok(())
 }
 
 async fn list_jobs(
     State(backend): State<Shared>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    Params(filter): Params<JobFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let before = query.before.as_deref().map(parse_jid).transpose()?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    Ok(Json(backend.jobs(limit, before)?))
+    check_filter(&filter)?;
+    Ok(Json(backend.jobs(&filter)?))
 }
 
 async fn show_job(
@@ -176,19 +364,107 @@ async fn show_job(
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     after: Option<u64>,
+    token: Option<String>,
 }
 
+/// Does the client ask for Server-Sent Events?
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// Where a stream resumes: `Last-Event-ID` (a reconnecting EventSource),
+/// else `after`.
+fn resume_point(headers: &HeaderMap, after: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a number")),
+        None => Ok(after),
+    }
+}
+
+/// A job's events: JSON (stored events after a cursor) by default; with
+/// `Accept: text/event-stream`, a live stream of its stage changes,
+/// output lines and returns, from the beginning (or after
+/// `Last-Event-ID`), ending with a `done` event when the job is done.
 async fn job_events(
     State(backend): State<Shared>,
     Segment(jid): Segment,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    Ok(Json(backend.events(&parse_jid(&jid)?, query.after)?))
+    headers: HeaderMap,
+    Params(query): Params<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let _ = query.token;
+    let jid = parse_jid(&jid)?;
+    if wants_sse(&headers) {
+        backend.job(&jid)?;
+        let after = resume_point(&headers, query.after)?.unwrap_or(0);
+        return Ok(
+            crate::sse::stream(backend, Some(jid), after, crate::sse::Shape::Native)
+                .into_response(),
+        );
+    }
+    Ok(Json(backend.events(&jid, query.after)?).into_response())
+}
+
+/// Every job's and minion's events as Server-Sent Events, from now on (or
+/// after `Last-Event-ID` / `after`).
+async fn all_events(
+    State(backend): State<Shared>,
+    headers: HeaderMap,
+    Params(query): Params<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let _ = query.token;
+    let after = match resume_point(&headers, query.after)? {
+        Some(after) => after,
+        None => backend.stream_head()?,
+    };
+    Ok(crate::sse::stream(backend, None, after, crate::sse::Shape::Native).into_response())
 }
 
 async fn minions(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(backend.minions()?))
+}
+
+fn valid_id(id: &str) -> Result<(), ApiError> {
+    halite_proto::ident::validate_id(id).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn minion(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+) -> Result<impl IntoResponse, ApiError> {
+    valid_id(&id)?;
+    Ok(Json(backend.minion(&id)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+async fn minion_jobs(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+    Params(query): Params<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    valid_id(&id)?;
+    backend.minion(&id)?;
+    let filter = JobFilter {
+        limit: query.limit,
+        before: query.before,
+        minion: Some(id),
+        ..JobFilter::default()
+    };
+    check_filter(&filter)?;
+    Ok(Json(backend.jobs(&filter)?))
 }
 
 #[derive(Deserialize)]
@@ -199,9 +475,8 @@ struct PresenceQuery {
 
 async fn presence(
     State(backend): State<Shared>,
-    query: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+    Params(query): Params<PresenceQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(
         backend.presence(query.limit.unwrap_or(100).clamp(1, 10_000))?,
     ))
@@ -217,9 +492,8 @@ struct ChecksQuery {
 
 async fn checks(
     State(backend): State<Shared>,
-    query: Result<Query<ChecksQuery>, axum::extract::rejection::QueryRejection>,
+    Params(query): Params<ChecksQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(backend.checks(
         query.since.unwrap_or(0),
         query.failed.unwrap_or(false),
@@ -231,37 +505,90 @@ async fn keys(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiErr
     Ok(Json(backend.keys()?))
 }
 
-fn key_result(ids: Vec<String>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ids": ids }))
+async fn key(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+) -> Result<impl IntoResponse, ApiError> {
+    let view = backend.keys()?;
+    view.keys
+        .into_iter()
+        .find(|k| k.id == id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no key for {id:?}")))
 }
 
-async fn accept_all(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {
-    Ok(key_result(backend.key_action(KeyAction::AcceptAll)?))
+fn key_result(action: &str, ids: Vec<String>) -> Response {
+    let detail = AuditDetail(format!("{action} {}", ids.join(", ")));
+    (
+        axum::Extension(detail),
+        Json(serde_json::json!({ "ids": ids })),
+    )
+        .into_response()
+}
+
+fn key_change(backend: &Shared, user: &str, action: KeyAction) -> Result<Vec<String>, ApiError> {
+    backend.require(user, Grant::Wheel)?;
+    backend.key_action(action)
+}
+
+async fn accept_all(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+) -> Result<Response, ApiError> {
+    Ok(key_result(
+        "accept",
+        key_change(&backend, &user, KeyAction::AcceptAll)?,
+    ))
 }
 
 async fn accept(
     State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
     Segment(id): Segment,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(key_result(backend.key_action(KeyAction::Accept(id))?))
+) -> Result<Response, ApiError> {
+    Ok(key_result(
+        "accept",
+        key_change(&backend, &user, KeyAction::Accept(id))?,
+    ))
 }
 
 async fn reject(
     State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
     Segment(id): Segment,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(key_result(backend.key_action(KeyAction::Reject(id))?))
+) -> Result<Response, ApiError> {
+    Ok(key_result(
+        "reject",
+        key_change(&backend, &user, KeyAction::Reject(id))?,
+    ))
 }
 
 async fn delete_key(
     State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
     Segment(id): Segment,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(key_result(backend.key_action(KeyAction::Delete(id))?))
+) -> Result<Response, ApiError> {
+    Ok(key_result(
+        "delete",
+        key_change(&backend, &user, KeyAction::Delete(id))?,
+    ))
 }
 
 async fn apps(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(backend.apps()?))
+}
+
+async fn app(
+    State(backend): State<Shared>,
+    Segment(name): Segment,
+) -> Result<impl IntoResponse, ApiError> {
+    valid_id(&name)?;
+    backend
+        .apps()?
+        .into_iter()
+        .find(|a| a.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no app {name:?}")))
 }
 
 #[derive(Deserialize)]
@@ -273,10 +600,113 @@ struct ReleasesQuery {
 async fn app_releases(
     State(backend): State<Shared>,
     Segment(name): Segment,
-    query: Result<Query<ReleasesQuery>, axum::extract::rejection::QueryRejection>,
+    Params(query): Params<ReleasesQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    halite_proto::ident::validate_id(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    valid_id(&name)?;
     let limit = query.limit.unwrap_or(200).clamp(1, 100_000);
     Ok(Json(backend.app_releases(&name, limit)?))
+}
+
+async fn app_deploy(
+    state: State<Shared>,
+    user: axum::Extension<User>,
+    name: Segment,
+    body: Body<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    app_action(state, user, name, body, AppAction::Deploy).await
+}
+
+async fn app_rollback(
+    state: State<Shared>,
+    user: axum::Extension<User>,
+    name: Segment,
+    body: Body<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    app_action(state, user, name, body, AppAction::Rollback).await
+}
+
+async fn app_action(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Segment(name): Segment,
+    Body(options): Body<Map<String, Value>>,
+    action: AppAction,
+) -> Result<Response, ApiError> {
+    valid_id(&name)?;
+    let submitted = backend.app_action(&user, &name, action, options)?;
+    let detail = AuditDetail(format!("{action:?} {name}").to_lowercase());
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Extension(detail),
+        Json(submitted),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `[from, to)` with defaults: the last 30 days up to now.
+fn range(query: &RangeQuery) -> Result<(u64, u64), ApiError> {
+    let to = query.to.unwrap_or_else(|| now_ms() + 1);
+    let from = query.from.unwrap_or(to.saturating_sub(30 * 86_400_000));
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    Ok((from, to))
+}
+
+async fn stats(
+    State(backend): State<Shared>,
+    Params(query): Params<RangeQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    if query.limit.is_some() {
+        return Err(ApiError::bad_request("stats take from and to only"));
+    }
+    let (from, to) = range(&query)?;
+    Ok(Json(backend.stats(from, to)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditNote {
+    detail: String,
+}
+
+/// `POST /v1/audit`: a change made outside the API (`master-cli users`
+/// edits the users file) written to the audit log; needs `@wheel`.
+async fn audit_note(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Body(note): Body<AuditNote>,
+) -> Result<Response, ApiError> {
+    backend.require(&user, Grant::Wheel)?;
+    let detail: String = note
+        .detail
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(500)
+        .collect();
+    if detail.trim().is_empty() {
+        return Err(ApiError::bad_request("detail must not be empty"));
+    }
+    Ok((
+        axum::Extension(AuditDetail(detail)),
+        Json(serde_json::json!({ "recorded": true })),
+    )
+        .into_response())
+}
+
+async fn audit_log(
+    State(backend): State<Shared>,
+    Params(query): Params<RangeQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (from, to) = range(&query)?;
+    let limit = query.limit.unwrap_or(200).clamp(1, 10_000);
+    Ok(Json(backend.audit_log(from, to, limit)?))
 }

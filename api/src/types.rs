@@ -36,6 +36,11 @@ pub struct JobRequest {
     /// Refuse (409, nothing published) when a targeted minion is down.
     #[serde(default)]
     pub require_up: bool,
+    /// Run on this many minions at a time (`"10"`) or this share of them
+    /// (`"25%"`); the next batch starts when every minion of the previous
+    /// one returned or its time ran out.
+    #[serde(default)]
+    pub batch: Option<String>,
 }
 
 /// The answer to a job submission.
@@ -82,7 +87,26 @@ pub struct JobRecord {
     /// the returns minions sent it (hot multi-master): that master's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_by: Option<String>,
+    /// Minions per batch, for a job run in batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
 }
+
+impl JobRecord {
+    /// When the master stops waiting for returns (unix ms): the job's
+    /// timeout per batch, plus a grace for returns in flight.
+    pub fn deadline(&self) -> u64 {
+        let batches = match self.batch_size {
+            Some(size) if size > 0 => self.expected.len().div_ceil(size).max(1) as u64,
+            _ => 1,
+        };
+        self.issued_at + self.timeout * 1000 * batches + RETURN_GRACE_MS
+    }
+}
+
+/// Extra time the master waits past a job's timeout before it calls the
+/// job done and the missing minions "did not return".
+pub const RETURN_GRACE_MS: u64 = 5_000;
 
 /// One minion's return as stored.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -154,6 +178,9 @@ pub struct JobSummary {
     pub returned: usize,
     /// How many of those failed.
     pub failed: usize,
+    /// Every expected minion returned, or the job's time is up.
+    #[serde(default)]
+    pub done: bool,
 }
 
 /// A minion as the master sees it.
@@ -258,6 +285,9 @@ pub struct DeployRecord {
     pub previous: Option<String>,
     /// What failed, for a failed job.
     pub error: Option<String>,
+    /// The stage that failed (`fetch`, `prepare`, `deploy`, `verify`).
+    #[serde(default)]
+    pub failed_stage: Option<String>,
     /// When the minion finished (unix ms).
     pub at: u64,
     /// How long it took.
@@ -274,4 +304,148 @@ pub struct AppReleases {
     pub live: Vec<DeployRecord>,
     /// Every recorded deploy and rollback, newest first.
     pub history: Vec<DeployRecord>,
+}
+
+/// One entry of the master's event stream (`GET /v1/events`,
+/// `GET /v1/jobs/{jid}/events` as Server-Sent Events). `id` is the SSE id:
+/// a client that reconnects with `Last-Event-ID` gets every later entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct BusEntry {
+    /// Position in the stream; strictly increasing, survives restarts.
+    pub id: u64,
+    /// `job/new`, `job/event`, `job/return`, `job/cancel`, `minion/up`,
+    /// `minion/down`.
+    pub kind: String,
+    /// When it happened (unix ms).
+    pub at: u64,
+    /// The job, for `job/*` kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jid: Option<Jid>,
+    /// The minion, when one is concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minion: Option<String>,
+    /// The payload: the job summary, the event (stage change or output
+    /// line), or the return.
+    pub data: Value,
+}
+
+/// `POST /v1/login` body (JSON or form).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct LoginRequest {
+    /// User name (from `master-cli users add`).
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Accepted and ignored (salt-api clients send `eauth`).
+    #[serde(default)]
+    pub eauth: Option<String>,
+}
+
+/// A session token and what it allows.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct LoginToken {
+    /// Send it as `X-Auth-Token` or `Authorization: Bearer`.
+    pub token: String,
+    /// User name.
+    pub user: String,
+    /// When it was issued (unix ms).
+    pub issued_at: u64,
+    /// When it stops working (unix ms).
+    pub expires_at: u64,
+    /// The user's grants as written in the master's `[acl]`.
+    pub perms: Vec<Value>,
+}
+
+/// One request that changed something (`GET /v1/audit`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct AuditRecord {
+    /// When (unix ms).
+    pub at: u64,
+    /// Who (`root` for the local CLI; the name tried for a failed login).
+    pub user: String,
+    /// Client address as seen by the master.
+    pub from: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path (without the query string).
+    pub path: String,
+    /// Response status.
+    pub status: u16,
+    /// What was asked, briefly (function and target, key id...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `GET /v1/stats`: deploy statistics over a time range, for a dashboard.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct DeployStats {
+    /// Start of the range (unix ms, inclusive).
+    pub from: u64,
+    /// End of the range (unix ms, exclusive).
+    pub to: u64,
+    /// Deploys and rollbacks in the range, per minion.
+    pub total: u64,
+    /// How many of them succeeded.
+    pub succeeded: u64,
+    /// succeeded / total (1.0 when there were none).
+    pub success_rate: f64,
+    /// Median duration (ms).
+    pub median_ms: u64,
+    /// 95th percentile duration (ms).
+    pub p95_ms: u64,
+    /// Per app and UTC day (`YYYY-MM-DD`): count and failures.
+    pub per_app_day: Vec<AppDayStats>,
+    /// Failures by minion id.
+    pub failures_by_minion: BTreeMap<String, u64>,
+    /// Failures by the stage that failed (`fetch`, `prepare`, `deploy`,
+    /// `verify`, or `unknown`).
+    pub failures_by_stage: BTreeMap<String, u64>,
+}
+
+/// Deploys of one app on one day.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct AppDayStats {
+    /// App name.
+    pub app: String,
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Deploys and rollbacks (per minion).
+    pub deploys: u64,
+    /// How many failed.
+    pub failed: u64,
+}
+
+/// `GET /v1/jobs` filters and page.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    /// Page size (default 50, at most 1000).
+    pub limit: Option<usize>,
+    /// Only jobs older than this jid (the previous page's `next`).
+    pub before: Option<String>,
+    /// Function, exact or a `*` glob (`git_deploy.*`).
+    pub fun: Option<String>,
+    /// Target expression as submitted, exact.
+    pub target: Option<String>,
+    /// Submitting user.
+    pub user: Option<String>,
+    /// Issued at or after (unix ms).
+    pub from: Option<u64>,
+    /// Issued before (unix ms).
+    pub to: Option<u64>,
+    /// `success` (every expected minion returned success), `failed` (a
+    /// return failed or a minion never returned), `running`.
+    pub result: Option<String>,
+    /// Only jobs that ran on this minion.
+    pub minion: Option<String>,
+}
+
+/// A page of `GET /v1/jobs`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JobPage {
+    /// Jobs, newest first.
+    pub jobs: Vec<JobSummary>,
+    /// Pass as `before` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }

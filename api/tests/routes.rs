@@ -8,10 +8,11 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use halite_api::types::{
-    CheckRecord, EventRecord, JobRecord, JobRequest, JobSummary, JobView, KeyView, KeysView,
-    MinionView, PresenceEvent, ReturnRecord, Submitted,
+    AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage, JobRecord,
+    JobRequest, JobSummary, JobView, KeyView, KeysView, LoginToken, MinionView, PresenceEvent,
+    ReturnRecord, Submitted,
 };
-use halite_api::{router, ApiError, Backend, KeyAction};
+use halite_api::{router, ApiError, AppAction, Backend, Grant, KeyAction};
 use halite_proto::message::{EventBody, KeyStatus};
 use halite_proto::{Jid, TargetType};
 use http_body_util::BodyExt;
@@ -19,16 +20,51 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 const TOKEN: &str = "good-token";
+/// A user without any grant.
+const VIEWER_TOKEN: &str = "viewer-token";
 const KNOWN: &str = "20261122153012123456";
 const OLDER: &str = "20261122150000000001";
 const UNKNOWN: &str = "20991231235959999999";
 
 /// In-memory master that records what the routes asked of it.
-#[derive(Default)]
 struct Fake {
     submitted: Mutex<Vec<(String, JobRequest)>>,
-    listed: Mutex<Vec<(usize, Option<Jid>)>>,
+    listed: Mutex<Vec<JobFilter>>,
     key_actions: Mutex<Vec<KeyAction>>,
+    audited: Mutex<Vec<AuditRecord>>,
+    stream: Mutex<Vec<BusEntry>>,
+    live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        Fake {
+            submitted: Mutex::default(),
+            listed: Mutex::default(),
+            key_actions: Mutex::default(),
+            audited: Mutex::default(),
+            stream: Mutex::default(),
+            live: tokio::sync::broadcast::channel(64).0,
+        }
+    }
+}
+
+impl Fake {
+    /// Appends a stream entry (ids 1, 2, ...) and tells subscribers.
+    fn publish(&self, kind: &str, jid: Option<&str>) -> u64 {
+        let mut stream = self.stream.lock().unwrap();
+        let entry = BusEntry {
+            id: stream.len() as u64 + 1,
+            kind: kind.into(),
+            at: 1,
+            jid: jid.map(self::jid),
+            minion: Some("web01".into()),
+            data: json!({ "n": stream.len() + 1 }),
+        };
+        stream.push(entry.clone());
+        let _ = self.live.send(Arc::new(entry));
+        stream.len() as u64
+    }
 }
 
 fn jid(s: &str) -> Jid {
@@ -45,6 +81,7 @@ fn summary(j: &str, fun: &str) -> JobSummary {
         expected: 2,
         returned: 1,
         failed: 0,
+        done: false,
     }
 }
 
@@ -63,7 +100,118 @@ fn event(cursor: u64, line: &str) -> EventRecord {
 
 impl Backend for Fake {
     fn authenticate(&self, token: &str) -> Option<String> {
-        (token == TOKEN).then(|| "alice".to_owned())
+        match token {
+            TOKEN => Some("alice".to_owned()),
+            VIEWER_TOKEN => Some("viewer".to_owned()),
+            _ => None,
+        }
+    }
+
+    fn login(&self, user: &str, password: &str) -> Result<LoginToken, ApiError> {
+        if (user, password) != ("alice", "pw") {
+            return Err(ApiError::unauthorized("wrong user name or password"));
+        }
+        Ok(LoginToken {
+            token: TOKEN.into(),
+            user: user.into(),
+            issued_at: 1_000,
+            expires_at: 2_000,
+            perms: vec![json!(".*")],
+        })
+    }
+
+    fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError> {
+        if user == "alice" {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("{user} lacks {grant:?}")))
+        }
+    }
+
+    fn cancel(&self, user: &str, j: &Jid) -> Result<Value, ApiError> {
+        if j.as_str() != KNOWN {
+            return Err(ApiError::not_found(format!("no job {j}")));
+        }
+        Ok(json!({ "jid": j, "by": user }))
+    }
+
+    fn minion(&self, id: &str) -> Result<MinionView, ApiError> {
+        self.minions()?
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| ApiError::not_found(format!("no minion {id}")))
+    }
+
+    fn app_action(
+        &self,
+        user: &str,
+        app: &str,
+        action: AppAction,
+        options: serde_json::Map<String, Value>,
+    ) -> Result<Submitted, ApiError> {
+        if app != "shop" {
+            return Err(ApiError::not_found(format!("no app {app:?}")));
+        }
+        let mut kwarg = options;
+        kwarg.insert("app".into(), json!(app));
+        self.submit(
+            user,
+            JobRequest {
+                target: "web*".into(),
+                fun: format!("git_deploy.{}", format!("{action:?}").to_lowercase()),
+                kwarg,
+                ..JobRequest::default()
+            },
+        )
+    }
+
+    fn stats(&self, from: u64, to: u64) -> Result<DeployStats, ApiError> {
+        Ok(DeployStats {
+            from,
+            to,
+            success_rate: 1.0,
+            ..DeployStats::default()
+        })
+    }
+
+    fn audit(&self, record: AuditRecord) {
+        self.audited.lock().unwrap().push(record);
+    }
+
+    fn audit_log(&self, from: u64, to: u64, limit: usize) -> Result<Vec<AuditRecord>, ApiError> {
+        let all = self.audited.lock().unwrap();
+        Ok(all
+            .iter()
+            .rev()
+            .filter(|r| r.at >= from && r.at < to)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn stream(
+        &self,
+        after: u64,
+        jid: Option<&Jid>,
+        limit: usize,
+    ) -> Result<Vec<BusEntry>, ApiError> {
+        Ok(self
+            .stream
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.id > after && (jid.is_none() || e.jid.as_ref() == jid))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn stream_head(&self) -> Result<u64, ApiError> {
+        Ok(self.stream.lock().unwrap().len() as u64)
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>> {
+        self.live.subscribe()
     }
 
     fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
@@ -83,14 +231,19 @@ impl Backend for Fake {
         })
     }
 
-    fn jobs(&self, limit: usize, before: Option<Jid>) -> Result<Vec<JobSummary>, ApiError> {
-        self.listed.lock().unwrap().push((limit, before.clone()));
+    fn jobs(&self, filter: &JobFilter) -> Result<JobPage, ApiError> {
+        self.listed.lock().unwrap().push(filter.clone());
+        let before = filter.before.as_deref().map(jid);
+        let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
         let all = [summary(KNOWN, "test.ping"), summary(OLDER, "cmd.run")];
-        Ok(all
-            .into_iter()
-            .filter(|j| before.as_ref().is_none_or(|b| &j.jid < b))
-            .take(limit)
-            .collect())
+        Ok(JobPage {
+            jobs: all
+                .into_iter()
+                .filter(|j| before.as_ref().is_none_or(|b| &j.jid < b))
+                .take(limit)
+                .collect(),
+            next: None,
+        })
     }
 
     fn job(&self, j: &Jid) -> Result<JobView, ApiError> {
@@ -123,6 +276,7 @@ impl Backend for Fake {
                 expected: vec!["web01".into(), "web02".into()],
                 down: vec![],
                 published_by: None,
+                batch_size: None,
             },
             returns: BTreeMap::from([("web01".to_owned(), ret)]),
             missing: vec!["web02".into()],
@@ -567,6 +721,7 @@ async fn list_jobs_with_limit_and_before() {
     let (fake, app) = app();
     let (status, body) = call(&app, get("/v1/jobs")).await;
     assert_eq!(status, StatusCode::OK);
+    let body = &body["jobs"];
     let jids: Vec<&str> = body
         .as_array()
         .unwrap()
@@ -579,14 +734,12 @@ async fn list_jobs_with_limit_and_before() {
 
     let (status, body) = call(&app, get(&format!("/v1/jobs?before={KNOWN}&limit=10"))).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body.as_array().unwrap().len(), 1);
-    assert_eq!(body[0]["jid"], OLDER);
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(body["jobs"][0]["jid"], OLDER);
 
-    // Limits are clamped into 1..=1000, the default is 50.
+    // Limits reach the backend as given (it clamps them into 1..=1000).
     assert_eq!(
-        call(&app, get("/v1/jobs?limit=0"))
-            .await
-            .1
+        call(&app, get("/v1/jobs?limit=0")).await.1["jobs"]
             .as_array()
             .unwrap()
             .len(),
@@ -597,9 +750,9 @@ async fn list_jobs_with_limit_and_before() {
         StatusCode::OK
     );
     let listed = fake.listed.lock().unwrap();
-    let limits: Vec<usize> = listed.iter().map(|(l, _)| *l).collect();
-    assert_eq!(limits, [50, 10, 1, 1000]);
-    assert_eq!(listed[1].1, Some(jid(KNOWN)));
+    let limits: Vec<Option<usize>> = listed.iter().map(|f| f.limit).collect();
+    assert_eq!(limits, [None, Some(10), Some(0), Some(5000)]);
+    assert_eq!(listed[1].before.as_deref(), Some(KNOWN));
 }
 
 #[tokio::test]
@@ -905,7 +1058,6 @@ async fn key_action_errors_are_json() {
 async fn unknown_routes_are_404_json() {
     let (_, app) = app();
     for uri in [
-        "/",
         "/v1",
         "/v1/nothing",
         "/v2/jobs",
@@ -991,4 +1143,486 @@ async fn app_releases_check_the_name_and_limit() {
     let (status, body) = call(&app, get("/v1/apps")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!([]));
+}
+
+// ---- portal features: login, ACL refusals, audit, SSE, OpenAPI --------
+
+fn post_form(uri: &str, body: &str) -> Request<Body> {
+    req(Method::POST, uri)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn login_by_json_and_form_and_every_attempt_is_audited() {
+    let (fake, app) = app();
+    let request = req(Method::POST, "/v1/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"username":"alice","password":"pw"}"#))
+        .unwrap();
+    let (status, body) = call(&app, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token"], TOKEN);
+    assert_eq!(body["expires_at"], 2000);
+    let (status, body) = call(&app, post_form("/v1/login", "username=alice&password=pw")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&app, post_form("/v1/login", "username=alice&password=no")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&body, &["wrong user name or password"]);
+    let (status, body) = call(&app, post_form("/v1/login", "username=alice")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["password"]);
+    let (status, _) = call(&app, post_json("/v1/login", "{not json")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let audited = fake.audited.lock().unwrap();
+    let outcomes: Vec<(u16, &str)> = audited
+        .iter()
+        .map(|r| (r.status, r.detail.as_deref().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [(200, "login"), (200, "login"), (401, "failed login")]
+    );
+    assert!(audited.iter().all(|r| r.user == "alice"));
+}
+
+#[tokio::test]
+async fn changes_are_audited_with_user_status_and_detail_and_reads_are_not() {
+    let (fake, app) = app();
+    let (status, _) = call(
+        &app,
+        post_json("/v1/jobs", r#"{"target":"web*","fun":"test.ping"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = call(
+        &app,
+        post_json("/v1/jobs", r#"{"target":"web*","fun":"ping"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    call(&app, get("/v1/jobs")).await;
+    call(&app, authed(Method::POST, "/v1/keys/web02/accept")).await;
+    let (status, log) = call(&app, get("/v1/audit")).await;
+    assert_eq!(status, StatusCode::OK);
+    let rows: Vec<(String, String, u64, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_str().unwrap().to_owned(),
+                r["path"].as_str().unwrap().to_owned(),
+                r["status"].as_u64().unwrap(),
+                r["detail"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "alice".into(),
+                "/v1/keys/web02/accept".into(),
+                200,
+                "accept web02".into()
+            ),
+            ("alice".into(), "/v1/jobs".into(), 400, String::new()),
+            (
+                "alice".into(),
+                "/v1/jobs".into(),
+                202,
+                "test.ping on web*".into()
+            ),
+        ]
+    );
+    assert_eq!(fake.audited.lock().unwrap().len(), 3);
+    let (status, body) = call(&app, get("/v1/audit?from=10&to=5")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["from"]);
+}
+
+#[tokio::test]
+async fn a_user_without_the_grant_gets_403_and_nothing_changes() {
+    let (fake, app) = app();
+    for (method, uri) in [
+        (Method::POST, "/v1/keys/web02/accept"),
+        (Method::POST, "/v1/keys/_all/accept"),
+        (Method::DELETE, "/v1/keys/web02"),
+    ] {
+        let request = req(method.clone(), uri)
+            .header("x-auth-token", VIEWER_TOKEN)
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(&app, request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}");
+        assert_error(&body, &["viewer"]);
+    }
+    assert!(fake.key_actions.lock().unwrap().is_empty());
+    let audited = fake.audited.lock().unwrap();
+    assert_eq!(audited.len(), 3);
+    assert!(audited
+        .iter()
+        .all(|r| r.status == 403 && r.user == "viewer"));
+}
+
+#[tokio::test]
+async fn cancel_minion_detail_app_actions_and_stats() {
+    let (fake, app) = app();
+    let (status, body) = call(
+        &app,
+        authed(Method::POST, &format!("/v1/jobs/{KNOWN}/cancel")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["by"], "alice");
+    let (status, _) = call(
+        &app,
+        authed(Method::POST, &format!("/v1/jobs/{UNKNOWN}/cancel")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = call(&app, get("/v1/minions/web01")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], "web01");
+    let (status, body) = call(&app, get("/v1/minions/ghost")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, &["ghost"]);
+    let (status, _) = call(&app, get("/v1/minions/..%2Fetc")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = call(&app, get("/v1/minions/web01/jobs?limit=5")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        fake.listed.lock().unwrap()[0].minion.as_deref(),
+        Some("web01")
+    );
+    let (status, body) = call(&app, post_json("/v1/apps/shop/deploy", r#"{"tag":"v3"}"#)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, _) = call(&app, post_json("/v1/apps/shop/rollback", "{}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = call(&app, post_json("/v1/apps/nope/deploy", "{}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&app, post_json("/v1/apps/shop/deploy", "[1]")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    {
+        let submitted = fake.submitted.lock().unwrap();
+        assert_eq!(submitted[0].1.fun, "git_deploy.deploy");
+        assert_eq!(submitted[0].1.kwarg["tag"], "v3");
+        assert_eq!(submitted[1].1.fun, "git_deploy.rollback");
+    }
+    let (status, body) = call(&app, get("/v1/stats?from=5&to=10")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (body["from"].as_u64(), body["to"].as_u64()),
+        (Some(5), Some(10))
+    );
+    let (status, _) = call(&app, get("/v1/stats?from=soon")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn job_filters_are_checked() {
+    let (fake, app) = app();
+    let (status, body) = call(&app, get("/v1/jobs?result=maybe")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["result", "success"]);
+    let (status, _) = call(&app, get("/v1/jobs?from=10&to=10")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(fake.listed.lock().unwrap().is_empty());
+    let (status, _) = call(
+        &app,
+        get("/v1/jobs?fun=git_deploy.*&user=bob&result=failed&from=1&to=2&target=web*"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = fake.listed.lock().unwrap();
+    assert_eq!(listed[0].fun.as_deref(), Some("git_deploy.*"));
+    assert_eq!(listed[0].result.as_deref(), Some("failed"));
+    assert_eq!(listed[0].from, Some(1));
+}
+
+/// Reads SSE frames until `want` `data:` lines arrived (bounded wait).
+async fn sse_data(body: &mut axum::body::Body, want: usize) -> Vec<(Option<String>, Value)> {
+    let mut text = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while out.len() < want {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("SSE frames in time")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let id = block
+                .lines()
+                .find_map(|l| l.strip_prefix("id:").map(|v| v.trim().to_owned()));
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                out.push((id, serde_json::from_str(data.trim()).expect("JSON data")));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn job_events_stream_resumes_after_last_event_id_and_follows_live() {
+    let (fake, app) = app();
+    fake.publish("job/event", Some(KNOWN));
+    fake.publish("job/event", Some(OLDER));
+    fake.publish("job/event", Some(KNOWN));
+    fake.publish("job/return", Some(KNOWN));
+    let request = req(Method::GET, &format!("/v1/jobs/{KNOWN}/events"))
+        .header("x-auth-token", TOKEN)
+        .header(header::ACCEPT, "text/event-stream")
+        .header("last-event-id", "1")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = response.into_body();
+    let first = sse_data(&mut body, 2).await;
+    let ids: Vec<Option<String>> = first.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(
+        ids,
+        [Some("3".into()), Some("4".into())],
+        "only KNOWN's, after 1"
+    );
+    assert_eq!(first[1].1["kind"], "job/return");
+    fake.publish("job/event", Some(OLDER));
+    fake.publish("job/event", Some(KNOWN));
+    let live = sse_data(&mut body, 1).await;
+    assert_eq!(live[0].0.as_deref(), Some("6"));
+
+    // The global stream starts from now unless told otherwise, and takes
+    // the token from the query (EventSource cannot set headers).
+    let request = req(Method::GET, &format!("/v1/events?token={TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    fake.publish("minion/up", None);
+    let live = sse_data(&mut body, 1).await;
+    assert_eq!(live[0].0.as_deref(), Some("7"));
+    assert_eq!(live[0].1["kind"], "minion/up");
+
+    // salt-api's /events: the same stream in Salt's tag/data shape.
+    let request = req(Method::GET, "/events")
+        .header("x-auth-token", TOKEN)
+        .header("last-event-id", "3")
+        .body(Body::empty())
+        .unwrap();
+    let mut body = app.clone().oneshot(request).await.unwrap().into_body();
+    let salt = sse_data(&mut body, 1).await;
+    assert_eq!(salt[0].1["tag"], format!("salt/job/{KNOWN}/ret/web01"));
+
+    let request = req(Method::GET, "/v1/events")
+        .header("x-auth-token", TOKEN)
+        .header("last-event-id", "yesterday")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body) = call(&app, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, &["Last-Event-ID"]);
+}
+
+#[tokio::test]
+async fn salt_api_shapes() {
+    let (fake, app) = app();
+    let (status, body) = call(
+        &app,
+        post_form("/login", "username=alice&password=pw&eauth=pam"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["return"][0]["token"], TOKEN);
+    assert_eq!(body["return"][0]["eauth"], "pam");
+    assert_eq!(body["return"][0]["expire"], 2.0);
+
+    let (status, body) = call(
+        &app,
+        post_json(
+            "/",
+            r#"[{"client":"local_async","tgt":"web*","fun":"git_deploy.deploy","arg":["tag=v3","version=3"]}]"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["return"][0]["jid"], KNOWN);
+    assert_eq!(body["return"][0]["minions"], json!(["web01", "web02"]));
+    {
+        let submitted = fake.submitted.lock().unwrap();
+        let request = &submitted[0].1;
+        assert_eq!(request.kwarg["tag"], "v3");
+        assert_eq!(request.kwarg["version"], 3);
+        assert!(request.arg.is_empty());
+    }
+    // A form body: one chunk, repeated `arg`.
+    let (status, body) = call(
+        &app,
+        req(Method::POST, "/")
+            .header("x-auth-token", TOKEN)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(
+                "client=local_async&tgt=web*&fun=cmd.run&arg=uname+-a",
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(fake.submitted.lock().unwrap()[1].1.arg, [json!("uname -a")]);
+
+    let (status, body) = call(
+        &app,
+        post_json(
+            "/",
+            &format!(r#"{{"client":"runner","fun":"jobs.lookup_jid","jid":"{KNOWN}"}}"#),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["return"][0]["web01"], true);
+    let (status, body) = call(
+        &app,
+        post_json("/", r#"{"client":"runner","fun":"jobs.list_jobs"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["return"][0][KNOWN]["Function"], "test.ping");
+
+    for (lowstate, parts) in [
+        (
+            r#"{"client":"wheel","fun":"key.list_all"}"#,
+            &["wheel", "not supported"][..],
+        ),
+        (r#"{"client":"local","fun":"test.ping"}"#, &["tgt"]),
+        (r#"{"client":"local_async","tgt":"*"}"#, &["fun"]),
+        (
+            r#"{"client":"local_async","tgt":"*","fun":"test.ping","tgt_type":"magic"}"#,
+            &["tgt_type"],
+        ),
+        (r#"{"client":"runner","fun":"manage.up"}"#, &["manage.up"]),
+        ("[]", &["no chunk"]),
+        ("42", &["lowstate"]),
+    ] {
+        let (status, body) = call(&app, post_json("/", lowstate)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{lowstate}: {body}");
+        assert_error(&body, parts);
+    }
+    let request = req(Method::POST, "/")
+        .header("x-auth-token", VIEWER_TOKEN)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"client":"runner","fun":"jobs.list_jobs"}"#))
+        .unwrap();
+    assert_eq!(call(&app, request).await.0, StatusCode::FORBIDDEN);
+
+    let (status, body) = call(&app, get("/keys")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["return"]["minions"], json!(["web01"]));
+    assert_eq!(body["return"]["minions_pre"], json!(["web02"]));
+    let (status, body) = call(&app, get("/minions")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["return"][0]["web01"].is_object(), "{body}");
+    let (status, body) = call(&app, get(&format!("/jobs/{KNOWN}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["info"][0]["Function"], "test.ping");
+    assert_eq!(body["info"][0]["Result"]["web01"]["return"], true);
+    assert_eq!(body["return"][0]["web01"], true);
+    let (status, body) = call(
+        &app,
+        post_json("/minions", r#"{"tgt":"web*","fun":"test.ping"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["_links"]["jobs"][0]["href"], format!("/jobs/{KNOWN}"));
+    // The session cookie /login sets works in place of the header.
+    let request = req(Method::GET, "/keys")
+        .header(header::COOKIE, format!("other=1; session_id={TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, request).await.0, StatusCode::OK);
+}
+
+/// `(METHOD, /v1/path)` pairs the router source declares.
+fn declared_routes() -> std::collections::BTreeSet<(String, String)> {
+    let source = include_str!("../src/routes.rs");
+    let mut routes = std::collections::BTreeSet::new();
+    for line in source.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix(".route(\"") else {
+            continue;
+        };
+        let Some((path, handlers)) = rest.split_once('"') else {
+            continue;
+        };
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for method in ["get", "post", "delete", "put", "patch"] {
+            if handlers.contains(&format!("{method}(")) {
+                routes.insert((method.to_uppercase(), path.to_owned()));
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn openapi_documents_every_v1_route_and_is_served() {
+    let (_, app) = app();
+    let (status, served) = call(
+        &app,
+        req(Method::GET, "/v1/openapi.json")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let spec: Value = serde_json::from_str(halite_api::routes::OPENAPI).unwrap();
+    assert_eq!(served, spec);
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let declared = declared_routes();
+    assert!(declared.len() > 20, "{declared:?}");
+    assert_eq!(
+        documented, declared,
+        "api/openapi.json and routes.rs disagree"
+    );
+    // Every documented route is really routed (no 404 "no such route", no 405).
+    for (method, path) in &documented {
+        let uri = path
+            .replace("{jid}", KNOWN)
+            .replace("{id}", "web01")
+            .replace("{name}", "shop");
+        let request = req(Method::from_bytes(method.as_bytes()).unwrap(), &uri)
+            .header("x-auth-token", TOKEN)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_ne!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+        if response.status() == StatusCode::NOT_FOUND {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("no such route"),
+                "{method} {uri} is documented but not routed"
+            );
+        }
+    }
 }

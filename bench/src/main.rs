@@ -4,6 +4,8 @@
 //!
 //! - `fanout --minions N`: publish-to-all-returns-stored time for a swarm
 //!   of N minions ([`fanout`]).
+//! - `api --jobs N`: HTTP API requests/s and p99 with N stored jobs ([`api`]).
+//! - `lua`: a Lua module call against the same Rust module call ([`lua`]).
 //! - `idle-rss`: resident memory of one idle `halite-minion` ([`idle`]).
 //! - `swarm` (hidden): part of a swarm in a child process ([`swarm`]).
 //!
@@ -13,10 +15,12 @@
 // The tables on stdout are this program's output.
 #![allow(clippy::print_stdout)]
 
+mod api;
 mod deploy;
 mod failover;
 mod fanout;
 mod idle;
+mod lua;
 mod report;
 mod stored;
 mod swarm;
@@ -38,12 +42,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// HTTP API requests/s and latency with many stored jobs, under wrk.
+    Api(api::ApiArgs),
     /// Time from publishing test.ping until all N returns are stored.
     Fanout(fanout::FanoutArgs),
     /// git_deploy (first deploy, one-file redeploy, rollback) against system git.
     Deploy(deploy::DeployArgs),
     /// Time for failover minions to move to the second master when the first dies.
     Failover(failover::FailoverArgs),
+    /// Cost of a Lua module call compared with the same Rust module call.
+    Lua(lua::LuaArgs),
     /// Resident memory of one idle halite-minion process.
     IdleRss(idle::IdleArgs),
     /// Runs part of a swarm for `fanout` (internal).
@@ -72,8 +80,10 @@ fn main() -> ExitCode {
         )
         .try_init();
     let result = match cli.command {
+        Cmd::Api(args) => api::run(args),
         Cmd::Fanout(args) => fanout::run(args, &counter),
         Cmd::IdleRss(args) => idle::run(args),
+        Cmd::Lua(args) => lua::run(args),
         Cmd::Deploy(args) => deploy::run(args),
         Cmd::Failover(args) => failover::run(args),
         Cmd::Swarm(args) => swarm::run_child(args),

@@ -16,7 +16,7 @@ use halite_proto::config::{parse_toml, ConfigError};
 use serde::Deserialize;
 
 /// Functions whose jobs carry an app definition.
-pub const APP_MODULES: &[&str] = &["git_deploy"];
+pub const APP_MODULES: &[&str] = &["git_deploy", "java_tomcat", "dotnet_iis"];
 
 /// The app definitions and credentials of one master.
 #[derive(Clone, Debug)]
@@ -164,9 +164,23 @@ impl Catalog {
         secret: &mut BTreeMap<String, String>,
         job_target: &str,
         job_minions: &[String],
+        module: &str,
         app_minions: impl Fn(&AppSpec) -> Result<Vec<String>, String>,
     ) -> Result<AppSpec, String> {
-        let apps = self.load().map_err(|e| e.to_string())?;
+        let all = self.load().map_err(|e| e.to_string())?;
+        // A deploy module takes only apps of its kind; a Lua module any.
+        let of_kind = |a: &&AppSpec| !APP_MODULES.contains(&module) || a.kind.module() == module;
+        if let Some(serde_json::Value::String(name)) = kwarg.get("app") {
+            if let Some(app) = all.iter().find(|a| &a.name == name && !of_kind(a)) {
+                return Err(format!(
+                    "app {} is a {:?} app: release it with {}, not {module}",
+                    app.name,
+                    app.kind,
+                    app.kind.module()
+                ));
+            }
+        }
+        let apps: Vec<AppSpec> = all.iter().filter(of_kind).cloned().collect();
         if apps.is_empty() {
             return Err(format!(
                 "no apps are defined: add one to {} (see docs/git-deploy.md)",
@@ -246,7 +260,12 @@ impl Catalog {
 /// Does a job's function take an app definition?
 pub fn needs_app(fun: &str) -> bool {
     let module = fun.split('.').next().unwrap_or(fun);
-    APP_MODULES.contains(&module)
+    APP_MODULES.contains(&module) && !halite_proto::app::APP_FREE_FUNCTIONS.contains(&fun)
+}
+
+/// The deploy module that releases an app (`POST /v1/apps/{name}/deploy`).
+pub fn module_for(app: &AppSpec) -> &'static str {
+    app.kind.module()
 }
 
 /// The deploy record a return carries, if it is an app module's deploy
@@ -273,6 +292,7 @@ pub fn deploy_record(jid: &halite_proto::Jid, ret: &ReturnRecord) -> Option<Depl
         release: text("release"),
         previous: text("previous"),
         error: text("error"),
+        failed_stage: text("failed_stage"),
         at: ret.finished_at,
         duration_ms: data
             .get("duration_ms")
@@ -360,7 +380,7 @@ mod tests {
         let mut secret = BTreeMap::new();
         let web = vec!["web1".to_owned(), "web2".to_owned()];
         let app = c
-            .complete(&mut kwarg, &mut secret, "web*", &web, fleet)
+            .complete(&mut kwarg, &mut secret, "web*", &web, "git_deploy", fleet)
             .expect("shop");
         assert_eq!(app.name, "shop");
         assert_eq!(kwarg["app"]["path"], "/srv/shop");
@@ -385,25 +405,53 @@ mod tests {
         let c = catalog(dir.path());
         let all = vec!["web1".to_owned(), "blog1".to_owned()];
         let err = c
-            .complete(&mut Map::new(), &mut BTreeMap::new(), "*", &all, fleet)
+            .complete(
+                &mut Map::new(),
+                &mut BTreeMap::new(),
+                "*",
+                &all,
+                "git_deploy",
+                fleet,
+            )
             .expect_err("none");
         assert!(err.contains("no apps are defined"), "{err}");
         write_app(dir.path(), "shop", "web*", "");
         write_app(dir.path(), "blog", "blog*", "");
         let err = c
-            .complete(&mut Map::new(), &mut BTreeMap::new(), "*", &all, fleet)
+            .complete(
+                &mut Map::new(),
+                &mut BTreeMap::new(),
+                "*",
+                &all,
+                "git_deploy",
+                fleet,
+            )
             .expect_err("several");
         assert!(err.contains("several apps (blog, shop)"), "{err}");
         let mut kwarg = Map::new();
         kwarg.insert("app".into(), json!("shop"));
         let err = c
-            .complete(&mut kwarg, &mut BTreeMap::new(), "*", &all, fleet)
+            .complete(
+                &mut kwarg,
+                &mut BTreeMap::new(),
+                "*",
+                &all,
+                "git_deploy",
+                fleet,
+            )
             .expect_err("stray");
         assert!(err.starts_with("blog1 not in app shop's target"), "{err}");
         let mut kwarg = Map::new();
         kwarg.insert("app".into(), json!("nope"));
         let err = c
-            .complete(&mut kwarg, &mut BTreeMap::new(), "web1", &all[..1], fleet)
+            .complete(
+                &mut kwarg,
+                &mut BTreeMap::new(),
+                "web1",
+                &all[..1],
+                "git_deploy",
+                fleet,
+            )
             .expect_err("unknown");
         assert!(err.contains("no app \"nope\"; apps: blog, shop"), "{err}");
     }

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use halite_api::types::{
-    AppReleases, CheckRecord, EventRecord, JobRequest, JobSummary, JobView, KeyView, KeysView,
-    MinionView, PresenceEvent, Submitted,
+    AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
+    JobRequest, JobView, KeyView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
-use halite_api::{ApiError, Backend, KeyAction};
+use halite_api::{ApiError, AppAction, Backend, Grant, KeyAction};
+use serde_json::{Map, Value};
+
+use crate::acl::Special;
 use halite_pki::PkiError;
 use halite_proto::Jid;
 
@@ -37,27 +40,26 @@ impl Backend for ApiBackend {
         self.0.submit(user, request)
     }
 
-    fn jobs(&self, limit: usize, before: Option<Jid>) -> Result<Vec<JobSummary>, ApiError> {
-        let jobs = self
-            .0
-            .store
-            .jobs(limit, before.as_ref())
-            .map_err(internal)?;
-        jobs.into_iter()
-            .map(|job| {
-                let returns = self.0.store.returns(&job.record.jid).map_err(internal)?;
-                Ok(JobSummary {
-                    failed: returns.iter().filter(|r| !r.success).count(),
-                    returned: returns.len(),
-                    expected: job.record.expected.len(),
-                    jid: job.record.jid,
-                    fun: job.record.fun,
-                    target: job.record.target,
-                    user: job.record.user,
-                    issued_at: job.record.issued_at,
-                })
-            })
-            .collect()
+    fn login(&self, user: &str, password: &str) -> Result<LoginToken, ApiError> {
+        self.0.login(user, password)
+    }
+
+    fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError> {
+        self.0.require(
+            user,
+            match grant {
+                Grant::Wheel => Special::Wheel,
+                Grant::Jobs => Special::Jobs,
+            },
+        )
+    }
+
+    fn cancel(&self, user: &str, jid: &Jid) -> Result<Value, ApiError> {
+        self.0.cancel(user, jid)
+    }
+
+    fn jobs(&self, filter: &JobFilter) -> Result<JobPage, ApiError> {
+        crate::listing::jobs(&self.0, filter)
     }
 
     fn job(&self, jid: &Jid) -> Result<JobView, ApiError> {
@@ -100,6 +102,13 @@ impl Backend for ApiBackend {
                 }
             })
             .collect())
+    }
+
+    fn minion(&self, id: &str) -> Result<MinionView, ApiError> {
+        self.minions()?
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| ApiError::not_found(format!("no accepted minion {id:?}")))
     }
 
     fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, ApiError> {
@@ -174,5 +183,93 @@ impl Backend for ApiBackend {
             live: crate::apps::live_by_minion(&history),
             history,
         })
+    }
+
+    fn app_action(
+        &self,
+        user: &str,
+        app: &str,
+        action: AppAction,
+        mut options: Map<String, Value>,
+    ) -> Result<Submitted, ApiError> {
+        let apps = self.0.config.apps().load().map_err(internal)?;
+        let spec = apps
+            .iter()
+            .find(|a| a.name == app)
+            .ok_or_else(|| ApiError::not_found(format!("no app {app:?}")))?;
+        let text = |options: &mut Map<String, Value>, key: &str| match options.remove(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "`{key}` must be text, not {other}"
+            ))),
+        };
+        let target = text(&mut options, "target")?;
+        let timeout =
+            match options.remove("timeout") {
+                None => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    ApiError::bad_request("`timeout` must be a number of seconds")
+                })?),
+            };
+        let (target, tgt_type) = match target {
+            // A narrower target is read as a glob or compound; the master
+            // still refuses minions outside the app's own target.
+            Some(t) => (t, halite_proto::TargetType::Compound),
+            None => (spec.target.clone(), spec.tgt_type),
+        };
+        options.insert("app".into(), Value::String(app.to_owned()));
+        let function = match action {
+            AppAction::Deploy => "deploy",
+            AppAction::Rollback => "rollback",
+        };
+        let request = JobRequest {
+            target,
+            tgt_type,
+            fun: format!("{}.{function}", crate::apps::module_for(spec)),
+            kwarg: options,
+            timeout,
+            ..JobRequest::default()
+        };
+        self.0.submit(user, request)
+    }
+
+    fn stats(&self, from: u64, to: u64) -> Result<DeployStats, ApiError> {
+        let records = self.0.store.deploys_between(from, to).map_err(internal)?;
+        Ok(crate::stats::deploy_stats(&records, from, to))
+    }
+
+    fn audit(&self, record: AuditRecord) {
+        tracing::info!(
+            user = %record.user, from = %record.from, method = %record.method,
+            path = %record.path, status = record.status, detail = ?record.detail, "audit"
+        );
+        if let Err(e) = self.0.store.put_audit(&record) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+
+    fn audit_log(&self, from: u64, to: u64, limit: usize) -> Result<Vec<AuditRecord>, ApiError> {
+        self.0.store.audit(from, to, limit).map_err(internal)
+    }
+
+    fn stream(
+        &self,
+        after: u64,
+        jid: Option<&Jid>,
+        limit: usize,
+    ) -> Result<Vec<BusEntry>, ApiError> {
+        self.0
+            .store
+            .stream_after(after, jid, limit)
+            .map_err(internal)
+    }
+
+    fn stream_head(&self) -> Result<u64, ApiError> {
+        self.0.store.stream_head().map_err(internal)
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>> {
+        self.0.store.subscribe()
     }
 }

@@ -34,6 +34,12 @@ struct RawConfig {
     keep_checks: Option<i64>,
     apps_dir: Option<PathBuf>,
     secrets_file: Option<PathBuf>,
+    users_file: Option<PathBuf>,
+    lua_modules_dir: Option<PathBuf>,
+    token_expire: Option<i64>,
+    api_tls_cert: Option<PathBuf>,
+    api_tls_key: Option<PathBuf>,
+    acl: Option<toml::Table>,
 }
 
 /// A validated master configuration.
@@ -77,6 +83,17 @@ pub struct Config {
     pub apps_dir: PathBuf,
     /// Named repository credentials the apps refer to; never logged.
     pub secrets_file: PathBuf,
+    /// API users and their password hashes (`master-cli users`).
+    pub users_file: PathBuf,
+    /// Lua modules (`<name>.lua`), synced to minions signed.
+    pub lua_modules_dir: PathBuf,
+    /// How long a token from `POST /v1/login` is valid.
+    pub token_expire: Duration,
+    /// Certificate chain and key (PEM) to serve the API over HTTPS; both
+    /// or neither.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// Who may run what where (`[acl]`).
+    pub acl: crate::acl::Acl,
 }
 
 impl Config {
@@ -177,12 +194,51 @@ impl Config {
                 file,
                 &raw.secrets_file.unwrap_or_else(|| "secrets.toml".into()),
             ),
+            users_file: resolve_path(file, &raw.users_file.unwrap_or_else(|| "users.toml".into())),
+            lua_modules_dir: resolve_path(
+                file,
+                &raw.lua_modules_dir.unwrap_or_else(|| "lua-modules".into()),
+            ),
+            token_expire: Duration::from_secs(
+                3600 * int_key(file, "token_expire", raw.token_expire, 12, 1..=24 * 365)?,
+            ),
+            api_tls: match (raw.api_tls_cert, raw.api_tls_key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => {
+                    Some((resolve_path(file, &cert), resolve_path(file, &key)))
+                }
+                (Some(_), None) => {
+                    return Err(ConfigError::key(
+                        file,
+                        "api_tls_key",
+                        "api_tls_cert is set: set the key too",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::key(
+                        file,
+                        "api_tls_cert",
+                        "api_tls_key is set: set the certificate too",
+                    ))
+                }
+            },
+            acl: crate::acl::Acl::parse(file, &raw.acl.unwrap_or_default())?,
         })
     }
 
     /// The app definitions and credentials this master deploys from.
     pub fn apps(&self) -> crate::apps::Catalog {
         crate::apps::Catalog::new(self.apps_dir.clone(), self.secrets_file.clone())
+    }
+
+    /// The Lua modules this master hands out.
+    pub fn lua_modules(&self) -> crate::lua_modules::LuaCatalog {
+        crate::lua_modules::LuaCatalog::new(self.lua_modules_dir.clone())
+    }
+
+    /// The API users file.
+    pub fn users(&self) -> crate::users::Users {
+        crate::users::Users::new(self.users_file.clone())
     }
 
     /// Where the root-only CLI token lives.
@@ -246,6 +302,9 @@ mod tests {
             ("id = \"../evil\"", "id"),
             ("auto_accept = \"yes\"", "auto_accept"),
             ("colour = \"blue\"", "colour"),
+            ("token_expire = 0", "token_expire"),
+            ("api_tls_cert = \"c.pem\"", "api_tls_key"),
+            ("[acl]\nbob = [\"@nope\"]", "acl.bob[0]"),
         ] {
             let err = parse(text).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");

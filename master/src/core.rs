@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use halite_api::types::{EventRecord, JobRecord, JobRequest, ReturnRecord, Submitted};
+use halite_api::types::{EventRecord, JobRecord, JobRequest, LoginToken, ReturnRecord, Submitted};
 use halite_api::ApiError;
 use halite_pki::{KeyPair, KeyStore, PublicKey};
 use halite_proto::message::{
@@ -27,9 +27,7 @@ use crate::session::SessionKeys;
 use crate::store::{Store, StoredJob};
 use crate::transport::{Publisher, Replier};
 
-/// Extra seconds the master waits past a job's timeout before it calls
-/// the job done and the missing minions "did not return".
-pub const RETURN_GRACE_MS: u64 = 5_000;
+pub use halite_api::types::RETURN_GRACE_MS;
 
 /// A return waiting to be stored and acknowledged.
 pub struct PendingReturn {
@@ -71,6 +69,9 @@ pub struct Core {
     returns: mpsc::Sender<PendingReturn>,
     publish_port: u16,
     cli_token: halite_pki::Secret,
+    batches: mpsc::UnboundedSender<crate::batch::BatchPlan>,
+    batch_plans: Mutex<Option<mpsc::UnboundedReceiver<crate::batch::BatchPlan>>>,
+    cancelled: Mutex<std::collections::HashSet<Jid>>,
 }
 
 /// Why a message from a minion was dropped (logged, never answered).
@@ -117,7 +118,11 @@ impl Core {
             + std::time::Duration::from_secs(1);
         let presence = Presence::load(parts.store.clone(), down_after, now_ms())?;
         let master_pub = parts.key.public();
+        let (batches, batch_plans) = mpsc::unbounded_channel();
         let core = Core {
+            batches,
+            batch_plans: Mutex::new(Some(batch_plans)),
+            cancelled: Mutex::new(Default::default()),
             presence,
             session: SessionKeys::new()?,
             jids: JidGenerator::new(),
@@ -153,14 +158,139 @@ impl Core {
         Ok(())
     }
 
+    /// The plans of jobs run in batches, for the batch driver (once).
+    pub fn take_batch_plans(&self) -> Option<mpsc::UnboundedReceiver<crate::batch::BatchPlan>> {
+        self.batch_plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Hands the batch plans a previous run left in the store to the batch
+    /// driver (at start).
+    pub fn resume_batches(&self) -> Result<usize, crate::store::StoreError> {
+        let plans = self.store.batches()?;
+        let count = plans.len();
+        for plan in plans {
+            tracing::info!(jid = %plan.template.jid, remaining = plan.rest.len(), "resuming a job in batches");
+            if self.batches.send(plan).is_err() {
+                tracing::error!("the batch driver is not running");
+            }
+        }
+        Ok(count)
+    }
+
+    /// Has the job been cancelled (so no further batch starts)?
+    pub fn is_cancelled(&self, jid: &Jid) -> bool {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(jid)
+    }
+
+    /// Publishes one later batch of a job in batches: the first batch's
+    /// job, re-signed for `minions` with its own time window. Returns
+    /// when that window ends (unix ms).
+    pub fn publish_batch(&self, template: &Job, minions: &[String]) -> Result<u64, ApiError> {
+        let mut job = template.clone();
+        job.tgt = minions.join(",");
+        job.tgt_type = halite_proto::TargetType::List;
+        job.issued_at = now_ms();
+        job.expires_at = job.issued_at + job.timeout * 1000;
+        let envelope = self
+            .key
+            .sign_message(&self.config.id, &job)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .to_bytes();
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(RecentJob {
+                expires_at: job.expires_at,
+                expected: minions.to_vec(),
+                envelope: Arc::new(envelope.clone()),
+            });
+        self.publisher.publish(TOPIC_JOB, envelope);
+        tracing::info!(jid = %job.jid, minions = minions.len(), "next batch published");
+        let entry = halite_api::types::BusEntry {
+            id: 0,
+            kind: "job/batch".to_owned(),
+            at: job.issued_at,
+            jid: Some(job.jid.clone()),
+            minion: None,
+            data: serde_json::json!({ "minions": minions }),
+        };
+        if let Err(e) = self.store.publish(entry) {
+            tracing::warn!(jid = %job.jid, error = %e, "cannot publish the batch on the event stream");
+        }
+        Ok(job.expires_at)
+    }
+
     /// Fingerprint of the master key, which minions pin.
     pub fn fingerprint(&self) -> String {
         self.master_pub.fingerprint()
     }
 
-    /// Checks a bearer token against the local CLI token (constant time).
+    /// The user a token authenticates: the local CLI token (compared in
+    /// constant time) is `root`; others are looked up by their hash
+    /// among the unexpired login tokens.
     pub fn authenticate(&self, token: &str) -> Option<String> {
-        (halite_pki::Secret::new(token) == self.cli_token).then(|| "root".to_owned())
+        if halite_pki::Secret::new(token) == self.cli_token {
+            return Some(crate::users::ROOT.to_owned());
+        }
+        let record = match self.store.token(&token_hash(token)) {
+            Ok(record) => record?,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read tokens");
+                return None;
+            }
+        };
+        (record.expires_at > now_ms()).then_some(record.user)
+    }
+
+    /// Checks a user's password (slowly, by design: call it off the async
+    /// workers) and issues a token valid for `token_expire`.
+    pub fn login(&self, user: &str, password: &str) -> Result<LoginToken, ApiError> {
+        let valid = self
+            .config
+            .users()
+            .verify(user, password)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if !valid {
+            tracing::warn!(user = %printable(user), "failed login");
+            return Err(ApiError::unauthorized("wrong user name or password"));
+        }
+        let mut bytes = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
+        let token = hex::encode(bytes);
+        let issued_at = now_ms();
+        let expires_at = issued_at + self.config.token_expire.as_millis() as u64;
+        self.store
+            .put_token(
+                &token_hash(&token),
+                &crate::store::TokenRecord {
+                    user: user.to_owned(),
+                    issued_at,
+                    expires_at,
+                },
+            )
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        tracing::info!(user, "login");
+        Ok(LoginToken {
+            token,
+            user: user.to_owned(),
+            issued_at,
+            expires_at,
+            perms: self.config.acl.written(user),
+        })
+    }
+
+    /// Refuses with 403 unless `user` has the special grant.
+    pub fn require(&self, user: &str, special: crate::acl::Special) -> Result<(), ApiError> {
+        self.config
+            .acl
+            .check_special(user, special)
+            .map_err(|denied| ApiError::forbidden(denied.0))
     }
 
     // ---- messages from minions ------------------------------------------------
@@ -338,8 +468,13 @@ impl Core {
             at: event.at,
             body: event.body,
         };
-        if let Err(e) = self.store.put_event(&event.jid, record) {
-            tracing::warn!(jid = %event.jid, minion = %event.id, error = %e, "cannot store event");
+        let jid = event.jid;
+        let stored = self
+            .store
+            .put_event(&jid, record)
+            .and_then(|record| self.store.publish(crate::store::event_entry(&jid, &record)));
+        if let Err(e) = stored {
+            tracing::warn!(jid = %jid, minion = %event.id, error = %e, "cannot store event");
         }
     }
 
@@ -405,6 +540,8 @@ impl Core {
                 if let Some(deploy) = crate::apps::deploy_record(jid, record) {
                     self.store.put_deploy(&deploy)?;
                 }
+                self.store
+                    .publish(crate::store::return_entry(jid, record))?;
             }
             self.store.flush()?;
             Ok(new)
@@ -456,6 +593,7 @@ impl Core {
             expected: Vec::new(),
             down: Vec::new(),
             published_by: Some(master.to_owned()),
+            batch_size: None,
         };
         tracing::info!(%jid, master, "returns of a job published by another master");
         self.store.put_job(&StoredJob {
@@ -482,6 +620,12 @@ impl Core {
     /// Removes jobs and presence transitions older than `keep_jobs`.
     pub fn prune(&self) {
         let cutoff_ms = now_ms().saturating_sub(self.config.keep_jobs.as_millis() as u64);
+        if let Err(e) = self.store.prune_stream_before(cutoff_ms) {
+            tracing::warn!(error = %e, "prune of the event stream failed");
+        }
+        if let Err(e) = self.store.prune_tokens(now_ms()) {
+            tracing::warn!(error = %e, "prune of expired tokens failed");
+        }
         if let Err(e) = self.store.prune_presence_before(cutoff_ms) {
             tracing::warn!(error = %e, "prune of presence transitions failed");
         }
@@ -501,15 +645,107 @@ impl Core {
 
     // ---- API -----------------------------------------------------------------
 
-    /// Validates, records durably, then publishes a job.
-    pub fn submit(&self, user: &str, mut request: JobRequest) -> Result<Submitted, ApiError> {
+    /// Validates, checks the ACL, records durably, then publishes a job.
+    pub fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
+        self.publish_job(user, request, true)
+    }
+
+    /// Cancels a running job: a signed `saltutil.kill_job` to the minions
+    /// that have not returned. Allowed to the user who submitted the job
+    /// and to anyone the ACL lets run its function on those minions.
+    pub fn cancel(&self, user: &str, jid: &Jid) -> Result<serde_json::Value, ApiError> {
+        let view = self.job_view(jid)?;
+        if view.job.published_by.is_some() {
+            return Err(ApiError::conflict(format!(
+                "job {jid} was published by master {}; cancel it there",
+                view.job.published_by.as_deref().unwrap_or_default()
+            )));
+        }
+        if view.done {
+            return Err(ApiError::conflict(format!(
+                "job {jid} is done; nothing to cancel"
+            )));
+        }
+        if view.job.user != user {
+            self.config
+                .acl
+                .check_job(
+                    user,
+                    &acl_function(&view.job.fun),
+                    &view.missing,
+                    |ids, t| self.presence.matching(ids, t),
+                )
+                .map_err(|denied| ApiError::forbidden(denied.0))?;
+        }
+        let request = JobRequest {
+            target: view.missing.join(","),
+            tgt_type: halite_proto::TargetType::List,
+            fun: halite_proto::message::KILL_JOB.to_owned(),
+            arg: vec![serde_json::Value::String(jid.to_string())],
+            timeout: Some(30),
+            ..JobRequest::default()
+        };
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(jid.clone());
+        if let Err(e) = self
+            .store
+            .delete_batch(jid)
+            .and_then(|()| self.store.flush())
+        {
+            tracing::warn!(%jid, error = %e, "cannot delete the batch plan of a cancelled job");
+        }
+        let submitted = self.publish_job(user, request, false)?;
+        let entry = halite_api::types::BusEntry {
+            id: 0,
+            kind: "job/cancel".to_owned(),
+            at: now_ms(),
+            jid: Some(jid.clone()),
+            minion: None,
+            data: serde_json::json!({ "by": user, "kill_jid": submitted.jid, "minions": submitted.minions }),
+        };
+        if let Err(e) = self.store.publish(entry) {
+            tracing::warn!(%jid, error = %e, "cannot publish the cancel on the event stream");
+        }
+        tracing::warn!(%jid, user, minions = ?submitted.minions, "job cancelled");
+        Ok(serde_json::json!({
+            "jid": jid,
+            "kill_jid": submitted.jid,
+            "minions": submitted.minions,
+        }))
+    }
+
+    fn publish_job(
+        &self,
+        user: &str,
+        mut request: JobRequest,
+        check_acl: bool,
+    ) -> Result<Submitted, ApiError> {
         halite_proto::ident::validate_function(&request.fun)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let target = Target::parse(request.tgt_type, &request.target)
             .map_err(|e| ApiError::bad_request(format!("target: {e}")))?;
         let accepted = self.keys.accepted_ids();
         let expected = self.presence.matching(&accepted, &target);
-        if crate::apps::needs_app(&request.fun) {
+        if check_acl {
+            self.config
+                .acl
+                .check_job(user, &acl_function(&request.fun), &expected, |ids, t| {
+                    self.presence.matching(ids, t)
+                })
+                .map_err(|denied| {
+                    tracing::warn!(user, fun = %request.fun, target = %request.target, "refused by the ACL");
+                    ApiError::forbidden(denied.0)
+                })?;
+        }
+        let modules = self.lua_modules_for(&mut request)?;
+        // A Lua module given `app=NAME` gets the app's definition and
+        // credentials like git_deploy does (it may call git_deploy).
+        let lua_app = !modules.is_empty()
+            && request.fun != halite_proto::message::SYNC_MODULES
+            && request.kwarg.get("app").is_some_and(|a| a.is_string());
+        if crate::apps::needs_app(&request.fun) || lua_app {
             self.complete_app(&mut request, &accepted, &expected)?;
         }
         let timeout = request.timeout.unwrap_or(self.config.job_timeout.as_secs());
@@ -549,10 +785,25 @@ impl Core {
                 down.join(", ")
             )));
         }
+        let batch_size = match request.batch.as_deref() {
+            Some(batch) => Some(crate::batch::parse_size(batch, expected.len())?),
+            None => None,
+        }
+        .filter(|&size| size < expected.len());
+        // A job in batches goes first to the first batch, by list; the
+        // batch driver publishes the rest of the same jid, one batch at a time.
+        let first: Vec<String> = match batch_size {
+            Some(size) => expected[..size].to_vec(),
+            None => expected.clone(),
+        };
+        let (tgt, tgt_type) = match batch_size {
+            Some(_) => (first.join(","), halite_proto::TargetType::List),
+            None => (request.target.clone(), request.tgt_type),
+        };
         let job = Job {
             jid: jid.clone(),
-            tgt: request.target.clone(),
-            tgt_type: request.tgt_type,
+            tgt,
+            tgt_type,
             fun: request.fun.clone(),
             arg: request.arg.clone(),
             kwarg: request.kwarg.clone(),
@@ -562,6 +813,7 @@ impl Core {
             expires_at,
             master: self.config.id.clone(),
             user: user.to_owned(),
+            modules,
         };
         let envelope = self
             .key
@@ -583,11 +835,27 @@ impl Core {
             expected: expected.clone(),
             down,
             published_by: None,
+            batch_size,
         };
+        // A job in batches keeps its plan beside it, so a restarted master
+        // goes on with the next batch.
+        let plan = batch_size.map(|size| crate::batch::BatchPlan {
+            rest: expected[size..]
+                .chunks(size)
+                .map(<[String]>::to_vec)
+                .collect(),
+            waiting_for: first.clone(),
+            deadline: expires_at + RETURN_GRACE_MS,
+            template: job.clone(),
+        });
         self.store
             .put_job(&StoredJob {
                 record,
                 envelope: envelope.clone(),
+            })
+            .and_then(|()| match &plan {
+                Some(plan) => self.store.put_batch(plan),
+                None => Ok(()),
             })
             .and_then(|()| self.store.flush())
             .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -596,11 +864,30 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner())
             .push(RecentJob {
                 expires_at,
-                expected: expected.clone(),
+                expected: first.clone(),
                 envelope: Arc::new(envelope.clone()),
             });
         self.publisher.publish(TOPIC_JOB, envelope);
+        if let Some(plan) = plan {
+            if self.batches.send(plan).is_err() {
+                tracing::error!(%jid, "the batch driver is not running; only the first batch was published");
+            }
+        }
         tracing::info!(%jid, fun = %job.fun, target = %job.tgt, user, expected = expected.len(), "job published");
+        let entry = halite_api::types::BusEntry {
+            id: 0,
+            kind: "job/new".to_owned(),
+            at: issued_at,
+            jid: Some(jid.clone()),
+            minion: None,
+            data: serde_json::json!({
+                "fun": job.fun, "target": job.tgt, "tgt_type": job.tgt_type,
+                "user": user, "minions": expected,
+            }),
+        };
+        if let Err(e) = self.store.publish(entry) {
+            tracing::warn!(%jid, error = %e, "cannot publish the job on the event stream");
+        }
         Ok(Submitted {
             jid,
             minions: expected,
@@ -633,6 +920,7 @@ impl Core {
                 &mut secret,
                 &request.target,
                 job_minions,
+                request.fun.split('.').next().unwrap_or_default(),
                 app_minions,
             )
             .map_err(ApiError::bad_request)?;
@@ -646,6 +934,44 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// The signed Lua modules a job carries: the one its function names
+    /// (if the master has such a Lua module), or all of them for
+    /// `saltutil.sync_modules`. `saltutil.list_modules` gets the master's
+    /// versions as its `master` argument, so minions say which are current.
+    fn lua_modules_for(
+        &self,
+        request: &mut JobRequest,
+    ) -> Result<Vec<halite_proto::message::SignedModule>, ApiError> {
+        use halite_proto::message::{LIST_MODULES, SYNC_MODULES};
+        let catalog = self.config.lua_modules();
+        let broken = |e: halite_proto::config::ConfigError| ApiError::internal(e.to_string());
+        let wanted: Vec<(String, String)> = if request.fun == SYNC_MODULES {
+            catalog.all().map_err(broken)?.into_iter().collect()
+        } else if request.fun == LIST_MODULES {
+            let versions: serde_json::Map<String, serde_json::Value> = catalog
+                .all()
+                .map_err(broken)?
+                .into_iter()
+                .map(|(name, source)| (name, halite_pki::sha256_hex(source.as_bytes()).into()))
+                .collect();
+            request.kwarg.insert("master".into(), versions.into());
+            Vec::new()
+        } else {
+            let module = request.fun.split('.').next().unwrap_or_default();
+            match catalog.get(module).map_err(broken)? {
+                Some(source) => vec![(module.to_owned(), source)],
+                None => Vec::new(),
+            }
+        };
+        wanted
+            .into_iter()
+            .map(|(name, source)| {
+                crate::lua_modules::sign(&self.key, &self.config.id, &name, source)
+                    .map_err(|e| ApiError::internal(e.to_string()))
+            })
+            .collect()
     }
 
     /// A job with its returns, what is missing and whether it is done.
@@ -669,7 +995,7 @@ impl Core {
             .filter(|id| !returns.contains_key(*id))
             .cloned()
             .collect();
-        let deadline = job.record.issued_at + job.record.timeout * 1000 + RETURN_GRACE_MS;
+        let deadline = job.record.deadline();
         let done = missing.is_empty() || now_ms() >= deadline;
         Ok(halite_api::types::JobView {
             job: job.record,
@@ -723,6 +1049,24 @@ impl Core {
             tracing::error!(error = %e, "cannot rotate the session key");
         }
         self.beacon();
+    }
+}
+
+/// SHA-256 of a token: what the store keeps instead of the token.
+fn token_hash(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// The function name the ACL checks: a deploy module named alone means
+/// its `deploy` function, so `git_deploy` needs the same grant as
+/// `git_deploy.deploy`.
+fn acl_function(fun: &str) -> String {
+    if !fun.contains('.') && crate::apps::needs_app(fun) {
+        format!("{fun}.deploy")
+    } else {
+        fun.to_owned()
     }
 }
 

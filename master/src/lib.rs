@@ -9,17 +9,24 @@
 
 #![deny(missing_docs)]
 
+pub mod acl;
+pub mod api_tls;
 pub mod apps;
 pub mod backend;
+pub mod batch;
 pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod core;
+pub mod listing;
+pub mod lua_modules;
 pub mod presence;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod token;
 pub mod transport;
+pub mod users;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +35,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use axum::serve::ListenerExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +53,9 @@ pub enum Error {
     /// A ZeroMQ socket could not be bound.
     #[error(transparent)]
     Bind(#[from] transport::BindError),
+    /// The API's TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] api_tls::TlsConfigError),
     /// Something on disk (data_dir, token, HTTP port).
     #[error("{context}: {source}")]
     Io {
@@ -97,6 +108,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )
     .await?;
+    // A bad certificate stops the master before it binds anything else.
+    let tls = match &config.api_tls {
+        Some((cert, key)) => Some(api_tls::server_config(cert, key)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.api_bind)
         .await
         .map_err(|source| Error::Io {
@@ -122,19 +138,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })?);
 
     tokio::spawn(collector::run(core.clone(), returns_rx));
+    if let Some(plans) = core.take_batch_plans() {
+        tokio::spawn(batch::run(core.clone(), plans));
+    }
+    core.resume_batches()?;
     spawn_router_handlers(core.clone(), bound.incoming);
     spawn_timers(core.clone(), shutdown.clone());
 
-    let app = halite_api::router(Arc::new(backend::ApiBackend(core.clone())));
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP API stopped");
+    let app = halite_api::router(Arc::new(backend::ApiBackend(core.clone())))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(tls) => {
+            let listener = api_tls::TlsListener::new(listener, tls)
+                .map_err(|source| Error::Io {
+                    context: "start the HTTPS listener".into(),
+                    source,
+                })?
+                // tap_io gives the listener axum's connect-info support.
+                .tap_io(|_| {});
+            tokio::spawn(serve_api(listener, app, shutdown.clone()));
         }
-    });
+        None => {
+            tokio::spawn(serve_api(listener, app, shutdown.clone()));
+        }
+    }
 
     write_ports(&config, bound.publish_port, bound.return_port, api_addr)?;
     tracing::info!(
@@ -153,6 +180,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         core,
         shutdown,
     })
+}
+
+/// Serves the API on `listener` (plain TCP or TLS) until `stop`.
+async fn serve_api<L>(
+    listener: L,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    stop: CancellationToken,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP API stopped");
+    }
 }
 
 /// How long a peer's worker waits for its next message before it ends

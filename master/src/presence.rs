@@ -141,6 +141,17 @@ impl Presence {
         if let Err(e) = self.store.put_presence(&event) {
             tracing::warn!(minion = id, error = %e, "cannot record presence change");
         }
+        let entry = halite_api::types::BusEntry {
+            id: 0,
+            kind: event.event.clone(),
+            at,
+            jid: None,
+            minion: Some(id.to_owned()),
+            data: serde_json::json!({ "id": id }),
+        };
+        if let Err(e) = self.store.publish(entry) {
+            tracing::warn!(minion = id, error = %e, "cannot publish presence change");
+        }
         event
     }
 

@@ -6,9 +6,11 @@
 //! per flush and acknowledges them after it.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use halite_api::types::{
-    CheckRecord, DeployRecord, EventRecord, JobRecord, PresenceEvent, ReturnRecord,
+    AuditRecord, BusEntry, CheckRecord, DeployRecord, EventRecord, JobRecord, PresenceEvent,
+    ReturnRecord,
 };
 use halite_proto::envelope::{decode, encode};
 use halite_proto::Jid;
@@ -51,6 +53,38 @@ pub struct StoredJob {
     pub envelope: Vec<u8>,
 }
 
+/// The fields of a stored job that listing filters look at.
+#[derive(Clone, Debug, Deserialize)]
+pub struct JobHead {
+    /// Job id.
+    pub jid: Jid,
+    /// Function.
+    pub fun: String,
+    /// Target expression as submitted.
+    pub target: String,
+    /// Who submitted it.
+    pub user: String,
+    /// When (unix ms).
+    pub issued_at: u64,
+}
+
+/// A stored job's record, decoded for its head only (the named msgpack
+/// map lets serde skip the other fields without building them).
+#[derive(Deserialize)]
+struct HeadOnly {
+    record: JobHead,
+}
+
+/// A stored job not decoded yet.
+pub struct LazyJob(sled::IVec);
+
+impl LazyJob {
+    /// Decodes the whole job.
+    pub fn decode(&self) -> Result<StoredJob, StoreError> {
+        from_bytes("job", &self.0)
+    }
+}
+
 /// What the master remembers of a minion between restarts.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct MinionRecord {
@@ -78,6 +112,30 @@ pub struct Store {
     presence: sled::Tree,
     checks: sled::Tree,
     deploys: sled::Tree,
+    tokens: sled::Tree,
+    audit: sled::Tree,
+    bus: sled::Tree,
+    minion_jobs: sled::Tree,
+    job_stream: sled::Tree,
+    batches: sled::Tree,
+    publishing: Arc<std::sync::Mutex<()>>,
+    live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
+}
+
+/// How many stream entries a slow live subscriber may fall behind before
+/// it re-reads from the store (it loses nothing either way).
+const LIVE_CAPACITY: usize = 4096;
+
+/// A session token as kept: only its SHA-256 is stored, so a copy of the
+/// store does not hand out working tokens.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    /// Who it authenticates.
+    pub user: String,
+    /// Issued (unix ms).
+    pub issued_at: u64,
+    /// Expires (unix ms).
+    pub expires_at: u64,
 }
 
 fn return_key(jid: &Jid, id: &str) -> Vec<u8> {
@@ -120,6 +178,18 @@ impl Store {
                 .map_err(sled_err("open presence"))?,
             checks: db.open_tree("checks").map_err(sled_err("open checks"))?,
             deploys: db.open_tree("deploys").map_err(sled_err("open deploys"))?,
+            tokens: db.open_tree("tokens").map_err(sled_err("open tokens"))?,
+            audit: db.open_tree("audit").map_err(sled_err("open audit"))?,
+            bus: db.open_tree("bus").map_err(sled_err("open bus"))?,
+            minion_jobs: db
+                .open_tree("minion_jobs")
+                .map_err(sled_err("open minion_jobs"))?,
+            job_stream: db
+                .open_tree("job_stream")
+                .map_err(sled_err("open job_stream"))?,
+            batches: db.open_tree("batches").map_err(sled_err("open batches"))?,
+            publishing: Arc::new(std::sync::Mutex::new(())),
+            live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
             db,
         })
     }
@@ -169,6 +239,26 @@ impl Store {
             .collect()
     }
 
+    /// Jobs newest first, strictly older than `before`, as the caller
+    /// walks (listing with filters stops when its page is full). Each
+    /// comes as its [`JobHead`] (what filters look at, decoded without the
+    /// envelope and arguments) and a [`LazyJob`] that decodes the rest only
+    /// for the jobs a filter keeps.
+    pub fn scan_jobs(
+        &self,
+        before: Option<&Jid>,
+    ) -> impl Iterator<Item = Result<(JobHead, LazyJob), StoreError>> {
+        let iter = match before {
+            Some(before) => self.jobs.range(..before.as_str().as_bytes()),
+            None => self.jobs.iter(),
+        };
+        iter.rev().map(|item| {
+            let (_, bytes) = item.map_err(sled_err("scan jobs"))?;
+            let head: HeadOnly = from_bytes("job", &bytes)?;
+            Ok((head.record, LazyJob(bytes)))
+        })
+    }
+
     /// Jobs issued at or after `since`, oldest first.
     pub fn jobs_since(&self, since: &Jid) -> Result<Vec<StoredJob>, StoreError> {
         self.jobs
@@ -179,7 +269,8 @@ impl Store {
 
     /// Stores a batch of returns; a `(jid, id)` already stored is left as
     /// it was (re-sends are normal). Returns, per item, whether it was new.
-    /// Not durable until [`Store::flush`].
+    /// A new return is indexed under its minion and goes on the event
+    /// stream. Not durable until [`Store::flush`].
     pub fn put_returns(&self, batch: &[(Jid, ReturnRecord)]) -> Result<Vec<bool>, StoreError> {
         batch
             .iter()
@@ -189,9 +280,257 @@ impl Store {
                     .returns
                     .compare_and_swap(return_key(jid, &ret.id), None as Option<&[u8]>, Some(bytes))
                     .map_err(sled_err("write return"))?;
-                Ok(previous.is_ok())
+                let new = previous.is_ok();
+                if new {
+                    let mut index = jid_prefix_of_id(&ret.id);
+                    index.extend_from_slice(jid.as_str().as_bytes());
+                    self.minion_jobs
+                        .insert(index, &[])
+                        .map_err(sled_err("index return"))?;
+                }
+                Ok(new)
             })
             .collect()
+    }
+
+    /// Jids of the jobs `minion` returned for, newest first, strictly
+    /// older than `before`.
+    pub fn minion_jobs(
+        &self,
+        minion: &str,
+        limit: usize,
+        before: Option<&Jid>,
+    ) -> Result<Vec<Jid>, StoreError> {
+        let prefix = jid_prefix_of_id(minion);
+        let end = match before {
+            Some(before) => {
+                let mut end = prefix.clone();
+                end.extend_from_slice(before.as_str().as_bytes());
+                end
+            }
+            None => {
+                let mut end = prefix.clone();
+                end.push(0xff);
+                end
+            }
+        };
+        self.minion_jobs
+            .range(prefix.clone()..end)
+            .keys()
+            .rev()
+            .take(limit)
+            .map(|key| {
+                let key = key.map_err(sled_err("scan minion jobs"))?;
+                let raw = std::str::from_utf8(&key[prefix.len()..]).unwrap_or_default();
+                Jid::parse(raw).map_err(|e| StoreError::Corrupt {
+                    what: "minion job index",
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    // ---- the event stream -------------------------------------------------
+
+    /// Appends an entry to the event stream, giving it the next id, and
+    /// tells live subscribers. Ids are handed out and sent under one lock,
+    /// so subscribers see them in increasing order and a client resuming
+    /// after id N misses nothing. Not durable until [`Store::flush`].
+    pub fn publish(&self, mut entry: BusEntry) -> Result<u64, StoreError> {
+        let _order = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        entry.id = self.db.generate_id().map_err(sled_err("stream id"))? + 1;
+        self.bus
+            .insert(entry.id.to_be_bytes(), to_bytes("stream entry", &entry)?)
+            .map_err(sled_err("write stream entry"))?;
+        if let Some(jid) = &entry.jid {
+            let mut index = jid_prefix(jid);
+            index.extend_from_slice(&entry.id.to_be_bytes());
+            self.job_stream
+                .insert(index, &[])
+                .map_err(sled_err("index stream entry"))?;
+        }
+        let id = entry.id;
+        // No subscriber is fine: the entry is stored for later readers.
+        let _ = self.live.send(Arc::new(entry));
+        Ok(id)
+    }
+
+    /// Stream entries with an id greater than `after`, oldest first; only
+    /// one job's when `jid` is given.
+    pub fn stream_after(
+        &self,
+        after: u64,
+        jid: Option<&Jid>,
+        limit: usize,
+    ) -> Result<Vec<BusEntry>, StoreError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        let Some(jid) = jid else {
+            return self
+                .bus
+                .range(start..)
+                .take(limit)
+                .map(|item| decode_item("scan stream", "stream entry", item))
+                .collect();
+        };
+        let prefix = jid_prefix(jid);
+        let mut from = prefix.clone();
+        from.extend_from_slice(&start);
+        let mut to = prefix.clone();
+        to.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        for key in self.job_stream.range(from..=to).keys().take(limit) {
+            let key = key.map_err(sled_err("scan job stream"))?;
+            let id = &key[prefix.len()..];
+            if let Some(bytes) = self.bus.get(id).map_err(sled_err("read stream entry"))? {
+                out.push(from_bytes("stream entry", &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The id of the newest stream entry (0 when empty).
+    pub fn stream_head(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .bus
+            .last()
+            .map_err(sled_err("read stream"))?
+            .and_then(|(key, _)| <[u8; 8]>::try_from(key.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Live stream entries from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>> {
+        self.live.subscribe()
+    }
+
+    /// Drops stream entries older than `cutoff_ms`.
+    pub fn prune_stream_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for item in self.bus.iter() {
+            let (key, bytes) = item.map_err(sled_err("scan stream"))?;
+            let entry: BusEntry = from_bytes("stream entry", &bytes)?;
+            if entry.at >= cutoff_ms {
+                break;
+            }
+            old.push((key, entry.jid));
+        }
+        for (key, jid) in &old {
+            self.bus.remove(key).map_err(sled_err("prune stream"))?;
+            if let Some(jid) = jid {
+                let mut index = jid_prefix(jid);
+                index.extend_from_slice(key);
+                self.job_stream
+                    .remove(index)
+                    .map_err(sled_err("prune stream"))?;
+            }
+        }
+        Ok(old.len())
+    }
+
+    // ---- jobs in batches -----------------------------------------------------
+
+    /// Saves a job's batch plan (what is left to publish).
+    pub fn put_batch(&self, plan: &crate::batch::BatchPlan) -> Result<(), StoreError> {
+        self.batches
+            .insert(
+                plan.template.jid.as_str().as_bytes(),
+                to_bytes("batch plan", plan)?,
+            )
+            .map_err(sled_err("write batch plan"))?;
+        Ok(())
+    }
+
+    /// Forgets a job's batch plan (done or cancelled).
+    pub fn delete_batch(&self, jid: &Jid) -> Result<(), StoreError> {
+        self.batches
+            .remove(jid.as_str().as_bytes())
+            .map_err(sled_err("delete batch plan"))?;
+        Ok(())
+    }
+
+    /// Every batch plan left.
+    pub fn batches(&self) -> Result<Vec<crate::batch::BatchPlan>, StoreError> {
+        self.batches
+            .iter()
+            .map(|item| decode_item("scan batch plans", "batch plan", item))
+            .collect()
+    }
+
+    // ---- tokens and audit ---------------------------------------------------
+
+    /// Stores a session token (by its hash).
+    pub fn put_token(&self, token_hash: &[u8], record: &TokenRecord) -> Result<(), StoreError> {
+        self.tokens
+            .insert(token_hash, to_bytes("token", record)?)
+            .map_err(sled_err("write token"))?;
+        self.flush()
+    }
+
+    /// The token with this hash, if stored (expired or not).
+    pub fn token(&self, token_hash: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
+        match self
+            .tokens
+            .get(token_hash)
+            .map_err(sled_err("read token"))?
+        {
+            Some(bytes) => Ok(Some(from_bytes("token", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes tokens that expired before `now_ms`.
+    pub fn prune_tokens(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for item in self.tokens.iter() {
+            let (key, bytes) = item.map_err(sled_err("scan tokens"))?;
+            let record: TokenRecord = from_bytes("token", &bytes)?;
+            if record.expires_at <= now_ms {
+                expired.push(key);
+            }
+        }
+        for key in &expired {
+            self.tokens.remove(key).map_err(sled_err("prune tokens"))?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Appends an audit record (durably: an audit log that loses entries
+    /// on a crash is not one).
+    pub fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let mut key = record.at.to_be_bytes().to_vec();
+        key.extend_from_slice(
+            &self
+                .db
+                .generate_id()
+                .map_err(sled_err("audit id"))?
+                .to_be_bytes(),
+        );
+        self.audit
+            .insert(key, to_bytes("audit", record)?)
+            .map_err(sled_err("write audit"))?;
+        self.flush()
+    }
+
+    /// Audit records in `[from, to)`, newest first, at most `limit`.
+    pub fn audit(&self, from: u64, to: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit
+            .range(from.to_be_bytes().to_vec()..to.to_be_bytes().to_vec())
+            .rev()
+            .take(limit)
+            .map(|item| decode_item("scan audit", "audit", item))
+            .collect()
+    }
+
+    /// Every deploy record whose time is in `[from, to)`, all apps.
+    pub fn deploys_between(&self, from: u64, to: u64) -> Result<Vec<DeployRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.deploys.iter() {
+            let record: DeployRecord = decode_item("scan deploys", "deploy", item)?;
+            if record.at >= from && record.at < to {
+                out.push(record);
+            }
+        }
+        Ok(out)
     }
 
     /// Records a deploy or rollback (key: app, time, minion, jid, so one
@@ -363,12 +702,52 @@ impl Store {
                     .collect::<Result<_, _>>()
                     .map_err(sled_err("scan old records"))?;
                 for k in keys {
+                    if std::ptr::eq(tree, &self.returns) {
+                        // returns are jid NUL minion; the index is minion NUL jid.
+                        let mut index = k[prefix.len()..].to_vec();
+                        index.push(0);
+                        index.extend_from_slice(key);
+                        self.minion_jobs
+                            .remove(index)
+                            .map_err(sled_err("prune index"))?;
+                    }
                     tree.remove(k).map_err(sled_err("prune"))?;
                 }
             }
             self.jobs.remove(key).map_err(sled_err("prune job"))?;
         }
         Ok(old.len())
+    }
+}
+
+/// The index prefix of one minion's entries (`id` NUL).
+fn jid_prefix_of_id(id: &str) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+/// The stream entry of a stored return.
+pub fn return_entry(jid: &Jid, ret: &ReturnRecord) -> BusEntry {
+    BusEntry {
+        id: 0,
+        kind: "job/return".to_owned(),
+        at: ret.stored_at,
+        jid: Some(jid.clone()),
+        minion: Some(ret.id.clone()),
+        data: serde_json::to_value(ret).unwrap_or(Value::Null),
+    }
+}
+
+/// The stream entry of a stored job event.
+pub fn event_entry(jid: &Jid, event: &EventRecord) -> BusEntry {
+    BusEntry {
+        id: 0,
+        kind: "job/event".to_owned(),
+        at: event.at,
+        jid: Some(jid.clone()),
+        minion: Some(event.id.clone()),
+        data: serde_json::to_value(event).unwrap_or(Value::Null),
     }
 }
 
@@ -438,6 +817,7 @@ mod tests {
                 expected: vec!["a".into()],
                 down: vec![],
                 published_by: None,
+                batch_size: None,
             },
             envelope: vec![1, 2, 3, 255],
         }

@@ -1,7 +1,6 @@
 //! The local root token: how `master-cli` on the master host proves it
 //! may use the API, like Salt's local client reading the root key.
 
-use std::io::Write;
 use std::path::Path;
 
 /// Reads the token at `path`, or creates a new random one readable by its
@@ -16,17 +15,7 @@ pub fn ensure(path: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
     let token = hex::encode(bytes);
-    let tmp = path.with_extension("tmp");
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(token.as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    halite_pki::write_atomic(path, token.as_bytes(), true).map_err(std::io::Error::other)?;
     Ok(token)
 }
 

@@ -25,6 +25,23 @@ struct RawConfig {
     random_master: Option<bool>,
     master_alive_interval: Option<i64>,
     master_failback: Option<bool>,
+    lua: Option<RawLua>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLua {
+    roots: Option<Vec<PathBuf>>,
+    memory_mb: Option<i64>,
+    instructions: Option<i64>,
+    timeout: Option<i64>,
+    modules: Option<std::collections::BTreeMap<String, RawLuaModule>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLuaModule {
+    roots: Option<Vec<PathBuf>>,
 }
 
 /// How a minion uses several masters.
@@ -112,6 +129,8 @@ pub struct Config {
     pub master_alive_interval: Duration,
     /// Failover: move back to the first master once it answers again.
     pub master_failback: bool,
+    /// How Lua modules run: limits and the directories they may use.
+    pub lua: halite_modules::lua::LuaConfig,
 }
 
 impl Config {
@@ -196,8 +215,57 @@ impl Config {
                 1..=86_400,
             )?),
             master_failback: raw.master_failback.unwrap_or(false),
+            lua: lua_config(file, raw.lua.unwrap_or_default())?,
         })
     }
+}
+
+/// `[lua]`: limits per call, `roots` every module may use, and
+/// `[lua.modules.NAME] roots` for one module. Roots must be absolute
+/// (relative ones are read against the config file's directory).
+fn lua_config(file: &Path, raw: RawLua) -> Result<halite_modules::lua::LuaConfig, ConfigError> {
+    let defaults = halite_modules::lua::Limits::default();
+    let roots = |list: Option<Vec<PathBuf>>| -> Vec<PathBuf> {
+        list.unwrap_or_default()
+            .iter()
+            .map(|p| resolve_path(file, p))
+            .collect()
+    };
+    let mut module_roots = std::collections::HashMap::new();
+    for (name, module) in raw.modules.unwrap_or_default() {
+        halite_proto::ident::validate_lua_module(&name)
+            .map_err(|e| ConfigError::key(file, &format!("lua.modules.{name}"), e.to_string()))?;
+        module_roots.insert(name, roots(module.roots));
+    }
+    Ok(halite_modules::lua::LuaConfig {
+        limits: halite_modules::lua::Limits {
+            memory: int_key(
+                file,
+                "lua.memory_mb",
+                raw.memory_mb,
+                (defaults.memory / (1024 * 1024)) as u64,
+                1..=65_536,
+            )? as usize
+                * 1024
+                * 1024,
+            instructions: int_key(
+                file,
+                "lua.instructions",
+                raw.instructions,
+                defaults.instructions,
+                10_000..=u64::MAX / 2,
+            )?,
+            timeout: Duration::from_secs(int_key(
+                file,
+                "lua.timeout",
+                raw.timeout,
+                defaults.timeout.as_secs(),
+                1..=7 * 86_400,
+            )?),
+        },
+        roots: roots(raw.roots),
+        module_roots,
+    })
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to 4506.

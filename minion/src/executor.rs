@@ -6,13 +6,13 @@
 //! configured clock skew), or its jid was already run (the replay guard
 //! is on disk, so this holds across restarts).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use halite_modules::{Call, EventSink, Outcome, Registry, RETCODE_ERROR, RETCODE_TIMEOUT};
 use halite_pki::{KeyPair, SessionKey};
-use halite_proto::message::{Event, EventBody, Job, Return};
+use halite_proto::message::{Event, EventBody, Job, Return, KILL_JOB, LIST_MODULES, SYNC_MODULES};
 use halite_proto::time::now_ms;
 use halite_proto::{Jid, Target};
 use serde_json::{Map, Value};
@@ -80,11 +80,13 @@ pub struct Executor {
     outbox: Arc<Outbox>,
     session: watch::Receiver<SessionKeys>,
     clock_skew: Duration,
-    running: Arc<Mutex<HashSet<Jid>>>,
+    /// Running jobs and the handle that cancels each (`saltutil.kill_job`).
+    running: Arc<Mutex<HashMap<Jid, CancellationToken>>>,
     /// `data_dir/running`: a marker per job between its start and its
     /// spooled return, so a job cut short by a crash still gets a return.
     markers: std::path::PathBuf,
     shutdown: CancellationToken,
+    lua: Arc<crate::lua_store::LuaStore>,
 }
 
 /// What [`Executor::new`] needs.
@@ -109,6 +111,8 @@ pub struct ExecutorParts {
     pub shutdown: CancellationToken,
     /// Where running-job markers live (`data_dir/running`).
     pub markers: std::path::PathBuf,
+    /// Lua modules (installed from jobs, checked against the master's signature).
+    pub lua: Arc<crate::lua_store::LuaStore>,
 }
 
 impl Executor {
@@ -123,9 +127,10 @@ impl Executor {
             outbox: parts.outbox,
             session: parts.session,
             clock_skew: parts.clock_skew,
-            running: Arc::new(Mutex::new(HashSet::new())),
+            running: Arc::new(Mutex::new(HashMap::new())),
             markers: parts.markers,
             shutdown: parts.shutdown,
+            lua: parts.lua,
         }
     }
 
@@ -133,7 +138,7 @@ impl Executor {
     pub fn running(&self) -> Vec<Jid> {
         self.running
             .lock()
-            .map(|r| r.iter().cloned().collect())
+            .map(|r| r.keys().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -286,12 +291,21 @@ impl Executor {
     }
 
     async fn run(self: Arc<Self>, job: Job) {
+        let cancel = self.shutdown.child_token();
         if let Ok(mut running) = self.running.lock() {
-            running.insert(job.jid.clone());
+            running.insert(job.jid.clone(), cancel.clone());
         }
         let started_at = now_ms();
         let outcome = match self.unseal(&job).await {
-            Ok(kwargs) => self.call(&job, kwargs).await,
+            Ok(_) if job.fun == KILL_JOB => self.kill(&job),
+            Ok(_) if job.fun == SYNC_MODULES => self.lua.sync(&job.modules),
+            Ok(kwargs) if job.fun == LIST_MODULES => self
+                .lua
+                .list(kwargs.get("master").and_then(|v| v.as_object())),
+            Ok(kwargs) => match self.install_modules(&job) {
+                Ok(()) => self.call(&job, kwargs, cancel).await,
+                Err(message) => Outcome::failed(RETCODE_ERROR, message),
+            },
             Err(message) => Outcome::failed(RETCODE_ERROR, message),
         };
         let ret = Return {
@@ -374,7 +388,53 @@ impl Executor {
         Ok(kwargs)
     }
 
-    async fn call(&self, job: &Job, kwargs: Map<String, Value>) -> Outcome {
+    /// Installs the Lua modules a job carries (signed by the master) that
+    /// this minion lacks or has another version of.
+    fn install_modules(&self, job: &Job) -> Result<(), String> {
+        for module in &job.modules {
+            self.lua.install(module).inspect_err(|message| {
+                tracing::warn!(module = %module.name, "{message}");
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `saltutil.kill_job JID`: cancels a running job (which then stops,
+    /// rolling back what it can within the registry's grace, and returns
+    /// as cancelled). The request itself is a job signed by the master.
+    fn kill(&self, job: &Job) -> Outcome {
+        let Some(target) = job
+            .arg
+            .first()
+            .and_then(|v| v.as_str())
+            .and_then(|s| Jid::parse(s).ok())
+        else {
+            return Outcome::failed(RETCODE_ERROR, format!("{KILL_JOB} needs a job id"));
+        };
+        let token = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|running| running.get(&target).cloned());
+        match token {
+            Some(token) => {
+                token.cancel();
+                tracing::warn!(target_jid = %target, "job cancelled by the master");
+                Outcome::ok(serde_json::json!({ "cancelled": target.as_str() }))
+            }
+            None => Outcome::failed(
+                RETCODE_ERROR,
+                format!("job {target} is not running on this minion"),
+            ),
+        }
+    }
+
+    async fn call(
+        &self,
+        job: &Job,
+        kwargs: Map<String, Value>,
+        cancel: CancellationToken,
+    ) -> Outcome {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let forwarder = tokio::spawn(forward_events(
             self.key.clone(),
@@ -383,7 +443,6 @@ impl Executor {
             events_rx,
             self.outbox.clone(),
         ));
-        let cancel = self.shutdown.child_token();
         let call = Call {
             jid: job.jid.clone(),
             fun: job.fun.clone(),

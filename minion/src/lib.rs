@@ -14,6 +14,7 @@
 pub mod config;
 pub mod executor;
 pub mod link;
+pub mod lua_store;
 pub mod outbox;
 pub mod seen;
 pub mod spool;
@@ -106,6 +107,12 @@ pub fn start(
         .collect::<Result<Vec<_>, _>>()?;
     let (outbox, queues) = outbox::Outbox::new(spools.clone());
 
+    let lua = Arc::new(lua_store::LuaStore::open(
+        config.data_dir.join("lua_modules"),
+        config.pki_dir.join("masters"),
+        config.lua.clone(),
+        registry.clone(),
+    ));
     let (session_tx, session_rx) = watch::channel(executor::SessionKeys::new());
     let executor = Arc::new(executor::Executor::new(executor::ExecutorParts {
         id: config.id.clone(),
@@ -118,6 +125,7 @@ pub fn start(
         clock_skew: config.clock_skew,
         shutdown: shutdown.clone(),
         markers: config.data_dir.join("running"),
+        lua,
     }));
     executor.recover_interrupted();
     let links: Vec<link::Link> = config

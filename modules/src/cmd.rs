@@ -13,7 +13,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use serde_json::json;
+use serde_json::{json, Value};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -163,6 +163,9 @@ pub(crate) fn shell_argv(os: Os, shell: Option<&str>, cmd: &str) -> ShellCommand
 struct CmdSpec {
     fun: &'static str,
     cmd: String,
+    /// Run this program with these arguments directly, without a shell
+    /// (`cmd` is then only the text for messages).
+    argv: Option<Vec<String>>,
     cwd: Option<PathBuf>,
     stdin: Option<String>,
     shell: Option<String>,
@@ -204,6 +207,7 @@ impl CmdSpec {
         Ok(CmdSpec {
             fun: sig.fun,
             cmd,
+            argv: None,
             cwd: args.string("cwd")?.map(PathBuf::from),
             stdin: args.string("stdin")?,
             shell: args.string("shell")?.filter(|s| !s.is_empty()),
@@ -531,6 +535,7 @@ pub(crate) async fn run_shell(
     let spec = CmdSpec {
         fun,
         cmd: cmd.to_owned(),
+        argv: None,
         cwd: Some(cwd.to_path_buf()),
         stdin: None,
         shell: None,
@@ -545,6 +550,62 @@ pub(crate) async fn run_shell(
         retcode: finished.retcode(),
         output: text(&finished.capture.combined),
     })
+}
+
+/// A command a Lua module runs (`halite.run`): a program and its
+/// arguments, or a shell command line.
+#[derive(Debug, Default)]
+pub(crate) struct CommandRequest {
+    /// Program and arguments, run without a shell.
+    pub(crate) argv: Option<Vec<String>>,
+    /// A command line for the platform shell.
+    pub(crate) shell_cmd: Option<String>,
+    /// Working directory.
+    pub(crate) cwd: Option<PathBuf>,
+    /// Variables added to the environment.
+    pub(crate) env: BTreeMap<String, String>,
+    /// Text written to its stdin.
+    pub(crate) stdin: Option<String>,
+    /// How long it may run.
+    pub(crate) timeout: Duration,
+}
+
+/// Runs a command for another module the way `cmd.run_all` does (lines
+/// streamed live, timeout and cancellation kill the process group) and
+/// answers `cmd.run_all`'s data: `pid`, `retcode`, `stdout`, `stderr`,
+/// `truncated`. Err: it did not start, timed out or was cancelled.
+pub(crate) async fn run_request(
+    fun: &'static str,
+    request: CommandRequest,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Value, String> {
+    let (cmd, argv) = match (request.argv, request.shell_cmd) {
+        (Some(argv), None) if !argv.is_empty() && !argv[0].is_empty() => {
+            (argv.join(" "), Some(argv))
+        }
+        (None, Some(cmd)) if !cmd.trim().is_empty() => (cmd, None),
+        _ => {
+            return Err(format!(
+                "{fun}: give either argv (a non-empty list) or cmd (a command line)"
+            ))
+        }
+    };
+    let spec = CmdSpec {
+        fun,
+        cmd,
+        argv,
+        cwd: request.cwd,
+        stdin: request.stdin,
+        shell: None,
+        env: request.env,
+        timeout: Some(request.timeout),
+        output_cap: DEFAULT_OUTPUT_CAP,
+    };
+    let finished = execute(&spec, events, cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(finished.run_all_outcome().data)
 }
 
 /// Runs the command to its end, its timeout or the call's cancellation.
@@ -573,7 +634,13 @@ async fn execute(
         }
     }
 
-    let argv = shell_argv(Os::current(), spec.shell.as_deref(), &spec.cmd);
+    let argv = match &spec.argv {
+        Some(direct) => ShellCommand {
+            program: direct.first().cloned().unwrap_or_default(),
+            args: direct.iter().skip(1).cloned().map(Arg::Quoted).collect(),
+        },
+        None => shell_argv(Os::current(), spec.shell.as_deref(), &spec.cmd),
+    };
     let mut command = tokio::process::Command::new(&argv.program);
     for arg in &argv.args {
         match arg {

@@ -23,16 +23,25 @@
 #![deny(missing_docs)]
 
 pub mod args;
+pub mod artifact;
 mod call;
 mod cmd;
+mod dotnet_iis;
 mod git_deploy;
 pub mod grains;
+mod health;
+mod history;
 mod http;
+mod java_tomcat;
+pub mod lua;
 mod module;
 mod outcome;
 mod registry;
 pub mod releases;
+mod stages;
 mod test_module;
+mod win_task;
+mod wintool;
 
 pub use call::{Call, EventSink};
 pub use module::Module;

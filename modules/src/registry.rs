@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -18,7 +18,8 @@ const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(30);
 
 /// The modules a minion can run, by name.
 pub struct Registry {
-    modules: BTreeMap<&'static str, Arc<dyn Module>>,
+    /// Behind a lock: synced Lua modules come and go while jobs run.
+    modules: RwLock<BTreeMap<&'static str, Arc<dyn Module>>>,
     cancel_grace: Duration,
 }
 
@@ -31,7 +32,7 @@ impl Default for Registry {
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("modules", &self.modules.keys().collect::<Vec<_>>())
+            .field("modules", &self.read().keys().collect::<Vec<_>>())
             .field("cancel_grace", &self.cancel_grace)
             .finish()
     }
@@ -41,7 +42,7 @@ impl Registry {
     /// An empty registry, for callers that choose every module themselves.
     pub fn new() -> Self {
         Registry {
-            modules: BTreeMap::new(),
+            modules: RwLock::new(BTreeMap::new()),
             cancel_grace: DEFAULT_CANCEL_GRACE,
         }
     }
@@ -49,11 +50,14 @@ impl Registry {
     /// A registry with the built-in modules every minion has: `test`, `cmd`,
     /// `grains`, `git_deploy`.
     pub fn with_builtins() -> Self {
-        let mut registry = Registry::new();
+        let registry = Registry::new();
         registry.register(Arc::new(crate::test_module::TestModule));
         registry.register(Arc::new(crate::cmd::CmdModule));
         registry.register(Arc::new(crate::grains::GrainsModule));
         registry.register(Arc::new(crate::git_deploy::GitDeployModule));
+        registry.register(Arc::new(crate::java_tomcat::JavaTomcatModule));
+        registry.register(Arc::new(crate::win_task::WinTaskModule::system()));
+        registry.register(Arc::new(crate::dotnet_iis::DotnetIisModule::system()));
         registry
     }
 
@@ -67,11 +71,26 @@ impl Registry {
 
     /// Adds a module; one with the same name is replaced (a synced Lua
     /// module can shadow a built-in of the same name on purpose).
-    pub fn register(&mut self, module: Arc<dyn Module>) {
+    pub fn register(&self, module: Arc<dyn Module>) {
         let name = module.name();
-        if self.modules.insert(name, module).is_some() {
-            tracing::warn!(module = name, "module registered twice; the later one wins");
+        let mut modules = self.modules.write().unwrap_or_else(|p| p.into_inner());
+        if modules.insert(name, module).is_some() {
+            tracing::debug!(module = name, "module replaced");
         }
+    }
+
+    /// Removes a module (a Lua module the master no longer has); the
+    /// built-in it shadowed, if any, is not restored until restart.
+    pub fn unregister(&self, name: &str) -> bool {
+        self.modules
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .is_some()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<&'static str, Arc<dyn Module>>> {
+        self.modules.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves "module.function" or "module" (→ default function). Err is
@@ -81,8 +100,9 @@ impl Registry {
             Some((m, f)) => (m, Some(f)),
             None => (fun, None),
         };
-        let Some(module) = self.modules.get(module_name) else {
-            let names: Vec<&str> = self.modules.keys().copied().collect();
+        let modules = self.read();
+        let Some(module) = modules.get(module_name) else {
+            let names: Vec<&str> = modules.keys().copied().collect();
             return Err(format!(
                 "unknown function `{fun}`; the minion has modules: {}",
                 names.join(", ")
@@ -185,7 +205,7 @@ impl Registry {
     /// listings and error messages).
     pub fn functions(&self) -> Vec<String> {
         let mut all: Vec<String> = self
-            .modules
+            .read()
             .values()
             .flat_map(|m| {
                 m.functions()
@@ -232,7 +252,7 @@ mod tests {
     }
 
     fn registry() -> Registry {
-        let mut r = Registry::with_builtins();
+        let r = Registry::with_builtins();
         r.register(Arc::new(Deploy));
         r
     }
@@ -273,7 +293,7 @@ mod tests {
         let err = registry().resolve("nope.x").err().expect("unknown");
         assert_eq!(
             err,
-            "unknown function `nope.x`; the minion has modules: cmd, git_deploy, grains, test"
+            "unknown function `nope.x`; the minion has modules: cmd, dotnet_iis, git_deploy, grains, java_tomcat, test, win_task"
         );
     }
 

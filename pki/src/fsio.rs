@@ -76,7 +76,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
 /// new one, never a torn key: write a temp file beside it, fsync, rename.
 /// `private` files get mode 0600 on unix (from creation, so the secret is
 /// never readable by others even briefly); others 0644.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

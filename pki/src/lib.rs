@@ -24,8 +24,15 @@ pub mod session;
 pub mod tls;
 
 pub use error::PkiError;
+pub use fsio::write_atomic;
 pub use keys::{normalize_fingerprint, verify_envelope, KeyPair, PublicKey};
 pub use keystore::{KeyEntry, KeyStore};
 pub use secret::Secret;
 pub use session::{grant, transcript, Ephemeral, SessionKey};
 pub use tls::install_tls_provider;
+
+/// SHA-256 of `bytes`, lower-case hex: how Lua module versions are named
+/// and checked on both sides.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}

@@ -20,6 +20,21 @@ pub const SECRET_USERNAME: &str = "repo_username";
 /// Secret argument carrying the HTTPS password or token for the repository.
 pub const SECRET_PASSWORD: &str = "repo_password";
 
+/// Functions of deploy modules that work on server objects by name and
+/// take no app definition (the master does not complete them with one).
+pub const APP_FREE_FUNCTIONS: &[&str] = &[
+    "dotnet_iis.apppool_recycle",
+    "dotnet_iis.apppool_start",
+    "dotnet_iis.apppool_stop",
+    "dotnet_iis.bindings",
+    "dotnet_iis.create_apppool",
+    "dotnet_iis.create_site",
+    "dotnet_iis.list_apppools",
+    "dotnet_iis.list_sites",
+    "dotnet_iis.site_start",
+    "dotnet_iis.site_stop",
+];
+
 /// Default number of releases kept on a minion (the live one included).
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
 
@@ -31,8 +46,15 @@ pub struct AppSpec {
     /// file name without `.toml`.
     #[serde(default)]
     pub name: String,
+    /// What is released: a git checkout (`git`, the default, by
+    /// `git_deploy`), a WAR on Tomcat (`tomcat`, by `java_tomcat`) or a
+    /// zipped site on IIS (`iis`, by `dotnet_iis`).
+    #[serde(default)]
+    pub kind: AppKind,
     /// Where the code comes from: `https://…`, `http://…` (no
     /// credentials), `git://…`, `file://…` or a local path on the minion.
+    /// Required for `kind = "git"`; artifact apps get a URL per deploy.
+    #[serde(default)]
     pub repo: String,
     /// Which minions get it.
     pub target: String,
@@ -96,6 +118,89 @@ pub struct AppSpec {
     /// Checked after `post_deploy`; a failure fails the deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// `kind = "tomcat"`: where and how the WAR is deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tomcat: Option<TomcatSpec>,
+    /// `kind = "iis"`: the site, application and pool the release goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iis: Option<IisSpec>,
+}
+
+/// What kind of thing an app is, and so which module releases it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppKind {
+    /// A git checkout, by `git_deploy`.
+    #[default]
+    Git,
+    /// A WAR on Tomcat, by `java_tomcat`.
+    Tomcat,
+    /// A zipped .NET site on IIS, by `dotnet_iis`.
+    Iis,
+}
+
+impl AppKind {
+    /// The module that deploys this kind of app.
+    pub fn module(self) -> &'static str {
+        match self {
+            AppKind::Git => "git_deploy",
+            AppKind::Tomcat => "java_tomcat",
+            AppKind::Iis => "dotnet_iis",
+        }
+    }
+}
+
+/// A Tomcat app's `[tomcat]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TomcatSpec {
+    /// The manager's text API (`http://127.0.0.1:8080/manager/text`); its
+    /// `manager-script` user comes from `credentials` in the secrets file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_url: Option<String>,
+    /// The context path (`/shop`; `/` for ROOT).
+    pub context: String,
+    /// Without a manager: the `webapps` directory the WAR is copied into
+    /// (Tomcat's autodeploy picks it up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webapps: Option<PathBuf>,
+    /// Keep the previous version deployed after a successful switch
+    /// (its sessions end on their own); default undeploy it.
+    #[serde(default)]
+    pub keep_old: bool,
+    /// Seconds to wait for a version copied into `webapps` to start.
+    #[serde(default = "default_autodeploy_wait")]
+    pub autodeploy_wait: u64,
+}
+
+fn default_autodeploy_wait() -> u64 {
+    60
+}
+
+/// An IIS app's `[iis]` table. Releases unpack into `<path>\releases\<version>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IisSpec {
+    /// The site (`Default Web Site`).
+    pub site: String,
+    /// The application within it (`/` for the site root, `/api`).
+    #[serde(default = "default_application")]
+    pub application: String,
+    /// The application pool stopped and started around the switch.
+    pub app_pool: String,
+    /// Put `app_offline.htm` up during the switch.
+    #[serde(default)]
+    pub app_offline: bool,
+    /// Seconds to wait for the pool to stop (or start) before giving up.
+    #[serde(default = "default_pool_wait")]
+    pub pool_wait: u64,
+}
+
+fn default_application() -> String {
+    "/".into()
+}
+fn default_pool_wait() -> u64 {
+    60
 }
 
 /// What a deploy does when another one holds the path's lock.
@@ -182,8 +287,19 @@ impl AppSpec {
     /// it too, on the definition a job carries.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         crate::ident::validate_id(&self.name).map_err(|e| ("name", e.to_string()))?;
-        if self.repo.trim().is_empty() {
-            return Err(("repo", "must not be empty".into()));
+        match self.kind {
+            AppKind::Git if self.repo.trim().is_empty() => {
+                return Err(("repo", "must not be empty".into()));
+            }
+            AppKind::Git | AppKind::Iis if self.tomcat.is_some() => {
+                return Err(("tomcat", "only for kind = \"tomcat\"".into()));
+            }
+            AppKind::Git | AppKind::Tomcat if self.iis.is_some() => {
+                return Err(("iis", "only for kind = \"iis\"".into()));
+            }
+            AppKind::Tomcat => self.validate_tomcat()?,
+            AppKind::Iis => self.validate_iis()?,
+            AppKind::Git => {}
         }
         if self.repo.starts_with("http://") && self.credentials.is_some() {
             return Err((
@@ -253,6 +369,72 @@ impl AppSpec {
             }
         }
         Ok(())
+    }
+}
+
+impl AppSpec {
+    fn validate_iis(&self) -> Result<(), (&'static str, String)> {
+        let Some(iis) = &self.iis else {
+            return Err((
+                "iis",
+                "kind = \"iis\" needs an [iis] table with `site` and `app_pool`".into(),
+            ));
+        };
+        let quoted = |s: &str| s.contains(['"', '\n', '\r']);
+        if iis.site.trim().is_empty() || quoted(&iis.site) {
+            return Err(("iis.site", "must be a site name without quotes".into()));
+        }
+        if iis.app_pool.trim().is_empty() || quoted(&iis.app_pool) {
+            return Err(("iis.app_pool", "must be a pool name without quotes".into()));
+        }
+        if !iis.application.starts_with('/')
+            || quoted(&iis.application)
+            || iis.application.contains("..")
+        {
+            return Err((
+                "iis.application",
+                "must start with / (`/` for the site root)".into(),
+            ));
+        }
+        if iis.pool_wait == 0 || iis.pool_wait > 3600 {
+            return Err(("iis.pool_wait", "must be 1 to 3600 seconds".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_tomcat(&self) -> Result<(), (&'static str, String)> {
+        let Some(tomcat) = &self.tomcat else {
+            return Err((
+                "tomcat",
+                "kind = \"tomcat\" needs a [tomcat] table with `context`".into(),
+            ));
+        };
+        if !tomcat.context.starts_with('/') || tomcat.context.contains(['#', '?', ' ', '\\']) {
+            return Err((
+                "tomcat.context",
+                format!(
+                    "{:?} must start with / and hold no #, ?, space or \\",
+                    tomcat.context
+                ),
+            ));
+        }
+        match (&tomcat.manager_url, &tomcat.webapps) {
+            (None, None) => Err(("tomcat", "needs `manager_url` or `webapps`".into())),
+            (Some(url), _) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                Err((
+                    "tomcat.manager_url",
+                    "must start with http:// or https://".into(),
+                ))
+            }
+            (Some(_), _) if self.credentials.is_none() => Err((
+                "credentials",
+                "the manager needs a manager-script user: name it from the secrets file".into(),
+            )),
+            (_, Some(webapps)) if !is_absolute_anywhere(webapps) => {
+                Err(("tomcat.webapps", "must be an absolute path".into()))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -47,6 +47,9 @@ pub enum Kind {
     Catchup,
     /// master → minion: the signed jobs still in force.
     CatchupReply,
+    /// master → minions: this Lua module (by name and hash) is mine; kept
+    /// beside the module on the minion and checked every time it loads.
+    ModuleManifest,
 }
 
 /// A payload type with a fixed [`Kind`], so encoding and opening cannot
@@ -154,6 +157,7 @@ fn kind_tag(kind: Kind) -> &'static str {
         Kind::HeartbeatAck => "heartbeat_ack",
         Kind::Catchup => "catchup",
         Kind::CatchupReply => "catchup_reply",
+        Kind::ModuleManifest => "module_manifest",
     }
 }
 

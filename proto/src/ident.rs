@@ -32,14 +32,31 @@ pub fn validate_id(value: &str) -> Result<(), ProtoError> {
     }
 }
 
+/// One part of a function name: lower-case `[a-z_][a-z0-9_]*`.
+fn name_part(p: &str) -> bool {
+    let mut bytes = p.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
+/// Checks a Lua module name (its file name without `.lua`): what the
+/// first part of a function name may be, at most 64 characters.
+pub fn validate_lua_module(value: &str) -> Result<(), ProtoError> {
+    if value.len() <= 64 && name_part(value) {
+        Ok(())
+    } else {
+        Err(ProtoError::Invalid {
+            what: "Lua module name",
+            value: shown(value),
+            rule: "lower-case letters, digits and _, starting with a letter or _",
+        })
+    }
+}
+
 /// Checks a function name: `module` or `module.function`, each part
 /// lower-case `[a-z_][a-z0-9_]*`, at most 128 characters.
 pub fn validate_function(value: &str) -> Result<(), ProtoError> {
-    fn part(p: &str) -> bool {
-        let mut bytes = p.bytes();
-        matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
-            && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
-    }
+    let part = name_part;
     let mut parts = value.split('.');
     let ok = value.len() <= MAX_ID
         && parts.next().is_some_and(part)

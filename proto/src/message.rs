@@ -52,8 +52,45 @@ pub struct Job {
     /// Who asked for it (for audit on the minion side).
     #[serde(default)]
     pub user: String,
+    /// Lua modules the job needs, signed by the master: the minion
+    /// installs any it lacks or has another version of before running
+    /// the job (and `saltutil.sync_modules` carries them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<SignedModule>,
 }
 message!(Job, Job, "job");
+
+/// A Lua module with the master's signed manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignedModule {
+    /// Module name (the file name without `.lua`).
+    pub name: String,
+    /// The Lua source.
+    pub source: String,
+    /// A signed [`ModuleManifest`] envelope (bytes) naming the module and
+    /// the SHA-256 of `source`.
+    #[serde(with = "serde_bytes")]
+    pub manifest: Vec<u8>,
+}
+
+/// What a master signs for each Lua module it hands out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModuleManifest {
+    /// Module name.
+    pub name: String,
+    /// SHA-256 of the source, lower-case hex.
+    pub sha256: String,
+    /// The master that signed it.
+    pub master: String,
+}
+message!(ModuleManifest, ModuleManifest, "module manifest");
+
+/// The function of a job that installs the master's Lua modules (carried
+/// in the job) and removes the ones it no longer has, as Salt's.
+pub const SYNC_MODULES: &str = "saltutil.sync_modules";
+
+/// The function of a job that lists a minion's Lua modules and versions.
+pub const LIST_MODULES: &str = "saltutil.list_modules";
 
 /// Bytes sealed with AEAD under the session key of `epoch`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -313,5 +350,9 @@ message!(CatchupReply, CatchupReply, "catchup_reply");
 
 /// PUB topic of jobs for all minions.
 pub const TOPIC_JOB: &str = "job";
+
+/// The function of a job that cancels another running job (`arg[0]` is
+/// its jid), named as in Salt. Minions handle it themselves.
+pub const KILL_JOB: &str = "saltutil.kill_job";
 /// PUB topic of master beacons.
 pub const TOPIC_BEACON: &str = "beacon";

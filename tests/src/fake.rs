@@ -167,6 +167,7 @@ impl FakeMaster {
             expires_at: now + 60_000,
             master: "fake-master".into(),
             user: "test".into(),
+            modules: Vec::new(),
         }
     }
 

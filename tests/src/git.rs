@@ -231,3 +231,27 @@ pub fn http(root: &Path, tls: Option<&TestCa>, auth: Option<&str>) -> Server {
         .unwrap_or_else(|| panic!("git http server did not start: {line:?}"));
     Server { child, port }
 }
+
+/// A plain HTTP server of the files under `root` (python's http.server),
+/// for health checks of deployed releases.
+pub fn static_files(root: &Path) -> Server {
+    let port = crate::free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    crate::eventually(Duration::from_secs(30), "http server listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Server { child, port }
+}

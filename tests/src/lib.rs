@@ -11,6 +11,7 @@
 pub mod fake;
 pub mod git;
 pub mod proxy;
+pub mod tomcat;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -281,6 +282,49 @@ impl Master {
             .output()
             .expect("run master-cli");
         CliOutput::from(output)
+    }
+
+    /// `master-cli --config <this master> ARGS` with `input` on stdin.
+    pub fn cli_input(&self, args: &[&str], input: &str) -> CliOutput {
+        use std::io::Write;
+        let mut child = Command::new(bin("master-cli"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run master-cli");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("write stdin");
+        }
+        CliOutput::from(child.wait_with_output().expect("master-cli output"))
+    }
+
+    /// The API's base URL (`http://127.0.0.1:PORT`, or https with TLS on),
+    /// from the ports file the master writes.
+    pub fn api_url(&self) -> String {
+        let ports: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.dir.join("data/ports.json")).expect("ports.json"),
+        )
+        .expect("ports.json is JSON");
+        let tls = std::fs::read_to_string(&self.config)
+            .unwrap_or_default()
+            .contains("api_tls_cert");
+        format!(
+            "{}://{}",
+            if tls { "https" } else { "http" },
+            ports["api"].as_str().expect("api address")
+        )
+    }
+
+    /// The local root token (what master-cli uses).
+    pub fn root_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/cli.token"))
+            .expect("cli.token")
+            .trim()
+            .to_owned()
     }
 
     /// Accepts `id` once its key is pending, then waits until it is up.

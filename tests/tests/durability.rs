@@ -276,3 +276,58 @@ fn a_minion_cut_off_runs_the_missed_job_once_when_reconnected() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(web.log().matches("job started").count(), 1, "{}", web.log());
 }
+
+#[test]
+fn a_job_in_batches_goes_on_after_a_master_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut master = Master::start(dir.path(), "");
+    let ids = ["web01", "web02", "web03"];
+    let _minions: Vec<Minion> = ids
+        .iter()
+        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
+        .collect();
+    for id in ids {
+        master.accept(id);
+    }
+    let out = master.cli(&[
+        "run",
+        "target=web*",
+        "test.sleep",
+        "2",
+        "--batch",
+        "1",
+        "--async",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = jid_of(&out);
+    // Killed while the first batch runs: the plan is in the store.
+    std::thread::sleep(Duration::from_millis(500));
+    master.restart();
+    eventually(
+        Duration::from_secs(90),
+        "every batch ran after the restart",
+        || returned(&master, &jid),
+    );
+    let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
+    let mut runs: Vec<(u64, u64)> = ids
+        .iter()
+        .map(|id| {
+            let ret = &doc["returns"][id];
+            assert_eq!(ret["success"], true, "{doc}");
+            (
+                ret["started_at"].as_u64().unwrap(),
+                ret["finished_at"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    runs.sort();
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "batches overlapped: {runs:?}");
+    }
+    assert!(
+        master.log().contains("resuming a job in batches"),
+        "{}",
+        master.log()
+    );
+}

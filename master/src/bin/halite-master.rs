@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         let config = halite_master::Config::load(&args.config)?;
         // A broken app or secrets file stops the master here, named.
         config.apps().check()?;
+        config.lua_modules().check()?;
         Ok::<_, halite_proto::config::ConfigError>(config)
     }) {
         Ok(booted) => booted,

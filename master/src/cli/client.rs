@@ -40,12 +40,23 @@ impl Client {
         }
         // reqwest needs rustls' provider even for plain http (see halite-pki).
         halite_pki::install_tls_provider();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        let scheme = match &config.api_tls {
+            Some((cert, _)) => {
+                // The API's own chain is trusted on top of the system's, so a
+                // certificate from an in-house CA works without more setup.
+                let pem = std::fs::read(cert)
+                    .with_context(|| format!("cannot read api_tls_cert {}", cert.display()))?;
+                let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("api_tls_cert {} is not PEM", cert.display()))?;
+                builder = builder.tls_certs_merge(roots);
+                "https"
+            }
+            None => "http",
+        };
+        let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Client {
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             token,
             http,
         })

@@ -59,6 +59,9 @@ enum Command {
         /// Refuse to start when a targeted minion is down (lists which).
         #[arg(long)]
         require_up: bool,
+        /// Run on this many minions at a time (`10`) or this share (`25%`).
+        #[arg(long, short = 'b')]
+        batch: Option<String>,
     },
     /// Past jobs.
     Jobs {
@@ -87,6 +90,26 @@ enum Command {
     },
     /// App definitions in the master's apps_dir.
     Apps,
+    /// Send the master's Lua modules to minions (`sync target=web*`;
+    /// all minions without a target); modules the master no longer has
+    /// are removed from them.
+    Sync {
+        /// `target=EXPR` and optional `tgt_type=T`.
+        words: Vec<String>,
+        /// Seconds to wait for the minions.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Lua modules on minions.
+    Modules {
+        #[command(subcommand)]
+        command: ModulesCommand,
+    },
+    /// API users (in the master's users_file; no running master needed).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// What is live where for an app (`releases shop`), or its deploy
     /// history with `--history`.
     Releases {
@@ -102,12 +125,61 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ModulesCommand {
+    /// Which version of each Lua module every minion has, against the
+    /// master's (`current`, `outdated`, `missing`, `refused`).
+    List {
+        /// `target=EXPR` and optional `tgt_type=T` (all minions without).
+        words: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user; the password is read from stdin when it is not a
+    /// terminal (`echo pw | master-cli users add alice`), else prompted.
+    Add {
+        /// User name.
+        name: String,
+    },
+    /// Set a user's password (read like `add`).
+    Passwd {
+        /// User name.
+        name: String,
+    },
+    /// Remove a user (their tokens stop working when they expire).
+    Delete {
+        /// User name.
+        name: String,
+    },
+    /// User names.
+    List,
+}
+
+#[derive(Subcommand)]
 enum JobsCommand {
     /// Recent jobs, newest first.
     List {
         /// How many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only this function (`*` globs: `git_deploy.*`).
+        #[arg(long)]
+        fun: Option<String>,
+        /// Only jobs submitted by this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only `success`, `failed` or `running` jobs.
+        #[arg(long)]
+        result: Option<String>,
+        /// Only jobs this minion returned for.
+        #[arg(long)]
+        minion: Option<String>,
+    },
+    /// Stop a running job on the minions that have not returned.
+    Cancel {
+        /// Job id.
+        jid: String,
     },
     /// One job with every return.
     Show {
@@ -169,9 +241,89 @@ pub fn main() -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Users { command } = &cli.command {
+        let code = users(&cli.config, command, cli.json)?;
+        if let Some(detail) = users_change(command) {
+            // The edit is done; the master's audit log hears of it if it runs.
+            let noted = match Client::from_config(&cli.config) {
+                Ok(client) => client
+                    .post::<_, serde_json::Value>(
+                        "/v1/audit",
+                        &serde_json::json!({ "detail": detail }),
+                    )
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = noted {
+                eprintln!("master-cli: note: not in the master's audit log ({e:#})");
+            }
+        }
+        return Ok(code);
+    }
     let client = Client::from_config(&cli.config)?;
     let json = cli.json;
     match cli.command {
+        Command::Users { .. } => unreachable_usage().map(|_| ExitCode::from(2)),
+        Command::Sync { words, timeout } => {
+            let request = match target_request(&words, halite_proto::message::SYNC_MODULES, timeout)
+            {
+                Ok(request) => request,
+                Err(e) => {
+                    eprintln!("master-cli sync: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            run(&client, request, false, false, json).await
+        }
+        Command::Modules {
+            command: ModulesCommand::List { words },
+        } => {
+            let request = match target_request(&words, halite_proto::message::LIST_MODULES, None) {
+                Ok(request) => request,
+                Err(e) => {
+                    eprintln!("master-cli modules list: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let submitted: Submitted = client.post("/v1/jobs", &request).await?;
+            let path = format!("/v1/jobs/{}", submitted.jid);
+            let view: JobView = loop {
+                let view: JobView = client.get(&path).await?;
+                if view.done {
+                    break view;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            if json {
+                output::job(&view, true)?;
+            } else {
+                output::module_versions(&view);
+            }
+            Ok(output::exit_code(&view))
+        }
+        Command::Jobs {
+            command: JobsCommand::Cancel { jid },
+        } => {
+            let jid = halite_proto::Jid::parse(&jid)?;
+            let answer: serde_json::Value = client
+                .post(&format!("/v1/jobs/{jid}/cancel"), &serde_json::json!({}))
+                .await?;
+            if json {
+                output::print_json(&answer)?;
+            } else {
+                let minions: Vec<&str> = answer["minions"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                output::line(&format!(
+                    "Cancelling job {jid} on {} (kill job {}).",
+                    minions.join(", "),
+                    answer["kill_jid"].as_str().unwrap_or_default()
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             words,
             timeout,
@@ -179,10 +331,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             secrets,
             progress,
             require_up,
+            batch,
         } => {
             let request = match words::parse_run(&words, timeout, &secrets) {
                 Ok(request) => JobRequest {
                     require_up,
+                    batch,
                     ..request
                 },
                 Err(e) => {
@@ -193,12 +347,30 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             run(&client, request, run_async, progress, json).await
         }
         Command::Jobs {
-            command: JobsCommand::List { limit },
+            command:
+                JobsCommand::List {
+                    limit,
+                    fun,
+                    user,
+                    result,
+                    minion,
+                },
         } => {
-            let jobs: Vec<halite_api::types::JobSummary> = client
-                .get(&format!("/v1/jobs?limit={}", limit.clamp(1, 1000)))
-                .await?;
-            output::jobs(&jobs, json)?;
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.clamp(1, 1000).to_string());
+            for (key, value) in [
+                ("fun", fun),
+                ("user", user),
+                ("result", result),
+                ("minion", minion),
+            ] {
+                if let Some(value) = value {
+                    query.append_pair(key, &value);
+                }
+            }
+            let page: halite_api::types::JobPage =
+                client.get(&format!("/v1/jobs?{}", query.finish())).await?;
+            output::jobs(&page.jobs, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs {
@@ -379,6 +551,86 @@ async fn keys(client: &Client, command: KeysCommand, json: bool) -> anyhow::Resu
         "Accepted"
     };
     report_keys(verb, &changed, json)
+}
+
+/// A job of `fun` on the target the words give (`target=EXPR`,
+/// `tgt_type=T`), all minions when they give none.
+fn target_request(words: &[String], fun: &str, timeout: Option<u64>) -> Result<JobRequest, String> {
+    let mut all: Vec<String> = words.to_vec();
+    if !all.iter().any(|w| w.starts_with("target=")) {
+        all.insert(0, "target=*".to_owned());
+    }
+    if let Some(stray) = all
+        .iter()
+        .find(|w| !w.starts_with("target=") && !w.starts_with("tgt_type="))
+    {
+        return Err(format!(
+            "unexpected {stray:?}: give target=EXPR and tgt_type=T only"
+        ));
+    }
+    all.push(fun.to_owned());
+    words::parse_run(&all, timeout, &[])
+}
+
+/// What a users command changed, for the audit log (`None` for `list`).
+fn users_change(command: &UsersCommand) -> Option<String> {
+    match command {
+        UsersCommand::Add { name } => Some(format!("users add {name}")),
+        UsersCommand::Passwd { name } => Some(format!("users passwd {name}")),
+        UsersCommand::Delete { name } => Some(format!("users delete {name}")),
+        UsersCommand::List => None,
+    }
+}
+
+/// `users add|passwd|delete|list`: edits the users file directly (it is
+/// the master host's file; the master re-reads it on every login).
+fn users(config: &std::path::Path, command: &UsersCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(config)?;
+    let users = config.users();
+    match command {
+        UsersCommand::List => {
+            let names = users.names()?;
+            if json {
+                output::print_json(&names)?;
+            } else {
+                for name in names {
+                    output::line(&name);
+                }
+            }
+        }
+        UsersCommand::Add { name } => {
+            crate::users::validate_name(name)?;
+            users.add(name, &read_password(name)?)?;
+            output::line(&format!("Added user {name}."));
+        }
+        UsersCommand::Passwd { name } => {
+            crate::users::validate_name(name)?;
+            users.passwd(name, &read_password(name)?)?;
+            output::line(&format!("Changed the password of {name}."));
+        }
+        UsersCommand::Delete { name } => {
+            users.delete(name)?;
+            output::line(&format!("Deleted user {name}."));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The password: stdin's first line when stdin is not a terminal (for
+/// scripts), else typed twice at a prompt without echo.
+fn read_password(name: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        anyhow::ensure!(!password.is_empty(), "no password on stdin");
+        return Ok(password);
+    }
+    let first = rpassword::prompt_password(format!("Password for {name}: "))?;
+    let second = rpassword::prompt_password("Again: ")?;
+    anyhow::ensure!(first == second, "the passwords differ; nothing changed");
+    Ok(first)
 }
 
 fn unreachable_usage() -> anyhow::Result<String> {

@@ -423,3 +423,57 @@ pub fn releases(
     }
     Ok(())
 }
+
+/// `modules list`: one line per minion and module, then who did not answer.
+pub fn module_versions(view: &JobView) {
+    let mut rows = Vec::new();
+    for (minion, ret) in &view.returns {
+        match ret.data.as_object() {
+            Some(modules) if ret.success && modules.is_empty() => {
+                rows.push((
+                    minion.clone(),
+                    "-".to_owned(),
+                    "no Lua modules".to_owned(),
+                    String::new(),
+                ));
+            }
+            Some(modules) if ret.success => {
+                for (name, info) in modules {
+                    let status = info["status"].as_str().unwrap_or("?").to_owned();
+                    let detail = info["sha256"]
+                        .as_str()
+                        .map(|s| s.chars().take(12).collect())
+                        .or_else(|| info["error"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    rows.push((minion.clone(), name.clone(), status, detail));
+                }
+            }
+            _ => rows.push((
+                minion.clone(),
+                "-".to_owned(),
+                "failed".to_owned(),
+                ret.data.to_string(),
+            )),
+        }
+    }
+    let width = |f: fn(&(String, String, String, String)) -> &String| {
+        rows.iter().map(|r| f(r).len()).max().unwrap_or(0)
+    };
+    let (w0, w1, w2) = (
+        width(|r| &r.0).max(6),
+        width(|r| &r.1).max(6),
+        width(|r| &r.2).max(6),
+    );
+    line(&format!(
+        "{:w0$}  {:w1$}  {:w2$}  VERSION",
+        "MINION", "MODULE", "STATUS"
+    ));
+    for (minion, module, status, detail) in &rows {
+        line(&format!(
+            "{minion:w0$}  {module:w1$}  {status:w2$}  {detail}"
+        ));
+    }
+    for minion in &view.missing {
+        line(&format!("{minion:w0$}  did not return"));
+    }
+}

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use halite_api::types::JobRequest;
+use halite_api::words::{keyword, value_of};
 use halite_proto::TargetType;
-use serde_json::Value;
 
 /// Builds the request, or says which word is wrong.
 pub fn parse_run(
@@ -67,32 +67,8 @@ pub fn parse_run(
         secret,
         timeout,
         require_up: false,
+        batch: None,
     })
-}
-
-/// `KEY=VALUE` where KEY is an identifier; anything else is positional
-/// (so `cmd.run "echo a=b"` keeps its argument).
-fn keyword(word: &str) -> Option<(&str, &str)> {
-    let (key, value) = word.split_once('=')?;
-    let mut chars = key.chars();
-    let ident = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    ident.then_some((key, value))
-}
-
-/// Numbers, booleans, null, JSON arrays and objects are typed; anything
-/// else is a string.
-fn value_of(word: &str) -> Value {
-    let looks_typed = matches!(word.chars().next(), Some('[' | '{' | '-' | '0'..='9'))
-        || matches!(word, "true" | "false" | "null");
-    if looks_typed {
-        if let Ok(value) = serde_json::from_str(word) {
-            return value;
-        }
-    }
-    Value::String(word.to_owned())
 }
 
 fn read_stdin() -> Result<String, String> {
@@ -106,6 +82,7 @@ fn read_stdin() -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn words(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()

@@ -21,7 +21,6 @@
 //! removes the half-built one. `rollback` is a switch to a kept release
 //! (never a fetch), followed by the post_deploy hook and health check.
 
-mod health;
 mod repo;
 
 use std::collections::BTreeMap;
@@ -37,7 +36,8 @@ use serde_json::{json, Value};
 use crate::args::{ArgError, Args, Signature};
 use crate::module::unknown_function;
 use crate::releases::{ReleaseError, ReleaseRecord, Releases};
-use crate::{Call, EventSink, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR, RETCODE_TIMEOUT};
+use crate::stages::{abort, failure, Report, Stages};
+use crate::{Call, EventSink, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
 use repo::{Source, Wanted};
 
 static DEPLOY: Signature = Signature {
@@ -94,7 +94,7 @@ impl Module for GitDeployModule {
 }
 
 /// The app definition a job carries in its `app` argument.
-fn app_of(args: &Args<'_>, fun: &'static str) -> Result<AppSpec, Outcome> {
+pub(crate) fn app_of(args: &Args<'_>, fun: &'static str) -> Result<AppSpec, Outcome> {
     let Some(value) = args.value("app") else {
         return Err(Outcome::failed(
             RETCODE_BAD_ARGS,
@@ -169,7 +169,7 @@ fn wanted_of(args: &Args<'_>, app: &AppSpec) -> Result<Wanted, Outcome> {
     Ok(wanted)
 }
 
-fn credentials_of(args: &Args<'_>) -> Result<Option<(String, String)>, Outcome> {
+pub(crate) fn credentials_of(args: &Args<'_>) -> Result<Option<(String, String)>, Outcome> {
     let user = args.string(SECRET_USERNAME).map_err(Outcome::from)?;
     let password = args.string(SECRET_PASSWORD).map_err(Outcome::from)?;
     Ok(password.map(|p| (user.unwrap_or_else(|| "git".to_owned()), p)))
@@ -207,149 +207,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(format!("internal error: {e}")))
-}
-
-/// The stages of one deploy or rollback: their events and, for the
-/// return, what each did and how long it took.
-struct Stages {
-    events: EventSink,
-    done: Vec<Value>,
-}
-
-impl Stages {
-    fn new(call: &Call) -> Stages {
-        Stages {
-            events: call.events.clone(),
-            done: Vec::new(),
-        }
-    }
-
-    fn start(&self, stage: &'static str) -> (&'static str, Instant) {
-        self.events.stage(stage, "started", None, None);
-        (stage, Instant::now())
-    }
-
-    fn end(&mut self, (stage, started): (&'static str, Instant), result: &Result<String, String>) {
-        let ms = started.elapsed().as_millis() as u64;
-        let (status, message) = match result {
-            Ok(m) => ("succeeded", m),
-            Err(m) => ("failed", m),
-        };
-        self.events
-            .stage(stage, status, Some(ms), Some(message.clone()));
-        self.done.push(json!({
-            "stage": stage,
-            "status": status,
-            "duration_ms": ms,
-            "message": message,
-        }));
-    }
-
-    fn log(&self, line: &str) {
-        self.events.progress("log", line);
-    }
-}
-
-/// What every deploy or rollback return says, success or not.
-struct Report {
-    app: String,
-    action: &'static str,
-    started: Instant,
-    revision: Option<String>,
-    reference: Option<String>,
-    release: Option<String>,
-    previous: Option<String>,
-}
-
-impl Report {
-    fn new(app: &AppSpec, action: &'static str, reference: Option<String>) -> Report {
-        Report {
-            app: app.name.clone(),
-            action,
-            started: Instant::now(),
-            revision: None,
-            reference,
-            release: None,
-            previous: None,
-        }
-    }
-
-    fn finish(self, stages: Stages, result: &'static str, extra: Value) -> Value {
-        let mut data = json!({
-            "app": self.app,
-            "action": self.action,
-            "result": result,
-            "revision": self.revision,
-            "reference": self.reference,
-            "release": self.release,
-            "previous": self.previous,
-            "stages": stages.done,
-            "duration_ms": self.started.elapsed().as_millis() as u64,
-        });
-        if let (Some(map), Value::Object(more)) = (data.as_object_mut(), extra) {
-            map.extend(more);
-        }
-        data
-    }
-
-    fn record(&self, jid: &str, result: &str) -> ReleaseRecord {
-        ReleaseRecord {
-            release: self.release.clone().unwrap_or_default(),
-            revision: self.revision.clone().unwrap_or_default(),
-            reference: self.reference.clone(),
-            jid: jid.to_owned(),
-            action: self.action.to_owned(),
-            result: result.to_owned(),
-            at: halite_proto::time::now_ms(),
-            duration_ms: self.started.elapsed().as_millis() as u64,
-        }
-    }
-}
-
-/// A failed deploy or rollback: structured data with an `error` sentence
-/// naming the stage, so the master can record it and people can read it.
-///
-/// `result` is where the release ended: `failed` (it never went live),
-/// `rolled_back` (it went live and was switched back) or `live` (it is
-/// live although a later step failed), as in the release history.
-fn failure(
-    report: Report,
-    stages: Stages,
-    stage: &str,
-    error: String,
-    extra: Value,
-    result: &'static str,
-) -> Outcome {
-    let retcode = if error.contains("cancelled") {
-        RETCODE_TIMEOUT
-    } else {
-        RETCODE_ERROR
-    };
-    let mut more = json!({
-        "failed_stage": stage,
-        "error": format!("{stage} failed: {error}"),
-    });
-    if let (Some(map), Value::Object(extra)) = (more.as_object_mut(), extra) {
-        map.extend(extra);
-    }
-    Outcome {
-        success: false,
-        retcode,
-        data: report.finish(stages, result, more),
-    }
-}
-
-/// Ends the running `stage` as failed and gives the failed return for a
-/// release that never went live.
-fn abort(
-    report: Report,
-    mut stages: Stages,
-    stage: (&'static str, Instant),
-    error: String,
-    extra: Value,
-) -> Outcome {
-    stages.end(stage, &Err(error.clone()));
-    failure(report, stages, stage.0, error, extra, "failed")
 }
 
 /// Environment every hook and check command gets.
@@ -446,7 +303,7 @@ async fn post_deploy_checks(
     let (Ok(hook_summary), Some(check)) = (&result, &app.health) else {
         return result;
     };
-    health::check(check, release_dir, env, roots, &call.events, &call.cancel)
+    crate::health::check(check, release_dir, env, roots, &call.events, &call.cancel)
         .await
         .map(|h| format!("{hook_summary}; {h}"))
 }

@@ -32,7 +32,7 @@ pub(crate) async fn check(
             (Some(client), Some(url), _) => probe_url(client, url, health.expect_status).await,
             (_, _, Some(command)) => {
                 match crate::cmd::run_shell(
-                    "git_deploy.health",
+                    "health",
                     command,
                     release_dir,
                     env.clone(),

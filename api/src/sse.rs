@@ -1,0 +1,193 @@
+//! The event stream as Server-Sent Events, for `/v1/events`,
+//! `/v1/jobs/{jid}/events` and salt-api's `/events`.
+//!
+//! A stream first replays what the store holds after the client's
+//! resume point, then follows live entries. It subscribes *before* it
+//! reads the store and skips live entries it already sent, and the
+//! master hands out ids and sends entries in one order, so nothing falls
+//! in between; a subscriber that falls too far behind the live channel
+//! re-reads from the store. Every entry carries its `id`, so a client
+//! that reconnects with `Last-Event-ID` misses nothing.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use halite_proto::Jid;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::types::BusEntry;
+use crate::Backend;
+
+/// How many stored entries one read replays.
+const PAGE: usize = 1000;
+
+/// How often a job's stream checks whether the job is done while nothing
+/// arrives (a minion that never returns ends it at the job's deadline).
+const DONE_CHECK: Duration = Duration::from_secs(2);
+
+/// The JSON each entry is sent as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// halite's [`BusEntry`].
+    Native,
+    /// salt-api's `{"tag": ..., "data": ...}`.
+    Salt,
+}
+
+struct State {
+    backend: Arc<dyn Backend>,
+    live: broadcast::Receiver<Arc<BusEntry>>,
+    jid: Option<Jid>,
+    last: u64,
+    pending: VecDeque<BusEntry>,
+    /// The last store read was a full page: read again before going live.
+    more: bool,
+    shape: Shape,
+    finished: bool,
+}
+
+/// The SSE response for entries after `after` (one job's when `jid` is set).
+pub fn stream(
+    backend: Arc<dyn Backend>,
+    jid: Option<Jid>,
+    after: u64,
+    shape: Shape,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let live = backend.subscribe();
+    let state = State {
+        backend,
+        live,
+        jid,
+        last: after,
+        pending: VecDeque::new(),
+        more: true,
+        shape,
+        finished: false,
+    };
+    let events = futures::stream::unfold(state, |mut state| async move {
+        let event = state.next().await?;
+        Some((Ok(event), state))
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+impl State {
+    async fn next(&mut self) -> Option<Event> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            if self.pending.is_empty() && self.more {
+                self.refill();
+            }
+            if let Some(entry) = self.pending.pop_front() {
+                return Some(self.send(entry));
+            }
+            let received = tokio::time::timeout(DONE_CHECK, self.live.recv()).await;
+            match received {
+                Ok(Ok(entry)) => {
+                    let for_me = self.jid.is_none() || entry.jid == self.jid;
+                    if entry.id > self.last && for_me {
+                        return Some(self.send((*entry).clone()));
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                    tracing::debug!(
+                        missed,
+                        "event stream subscriber lagged; re-reading the store"
+                    );
+                    self.more = true;
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                Err(_idle) => {
+                    if let Some(done) = self.done_event() {
+                        return Some(done);
+                    }
+                }
+            }
+        }
+    }
+
+    fn refill(&mut self) {
+        match self.backend.stream(self.last, self.jid.as_ref(), PAGE) {
+            Ok(entries) => {
+                self.more = entries.len() == PAGE;
+                self.pending.extend(entries);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cannot read the event stream");
+                self.more = false;
+            }
+        }
+    }
+
+    /// For a job's stream: the closing `done` event once the job is done.
+    fn done_event(&mut self) -> Option<Event> {
+        let jid = self.jid.as_ref()?;
+        let view = self.backend.job(jid).ok()?;
+        if !view.done {
+            return None;
+        }
+        self.finished = true;
+        let data = json!({ "jid": jid, "missing": view.missing });
+        Some(Event::default().event("done").data(data.to_string()))
+    }
+
+    fn send(&mut self, entry: BusEntry) -> Event {
+        self.last = entry.id;
+        let id = entry.id.to_string();
+        let data = match self.shape {
+            Shape::Native => serde_json::to_string(&entry).unwrap_or_default(),
+            Shape::Salt => salt_event(&entry).to_string(),
+        };
+        Event::default().id(id).data(data)
+    }
+}
+
+/// An entry as Salt's event bus would have tagged it.
+pub fn salt_event(entry: &BusEntry) -> Value {
+    let jid = entry.jid.as_ref().map(|j| j.as_str()).unwrap_or_default();
+    let minion = entry.minion.as_deref().unwrap_or_default();
+    let stamp = entry.at;
+    match entry.kind.as_str() {
+        "job/new" => {
+            let mut data = entry.data.clone();
+            if let Some(map) = data.as_object_mut() {
+                map.insert("jid".into(), json!(jid));
+                if let Some(target) = map.remove("target") {
+                    map.insert("tgt".into(), target);
+                }
+                map.insert("_stamp".into(), json!(stamp));
+            }
+            json!({ "tag": format!("salt/job/{jid}/new"), "data": data })
+        }
+        "job/return" => {
+            let ret = &entry.data;
+            json!({
+                "tag": format!("salt/job/{jid}/ret/{minion}"),
+                "data": {
+                    "jid": jid,
+                    "id": minion,
+                    "fun": ret.get("fun"),
+                    "return": ret.get("data"),
+                    "success": ret.get("success"),
+                    "retcode": ret.get("retcode"),
+                    "_stamp": stamp,
+                }
+            })
+        }
+        "job/event" => json!({
+            "tag": format!("salt/job/{jid}/prog/{minion}/{}", entry.id),
+            "data": entry.data,
+        }),
+        other => json!({
+            "tag": format!("halite/{other}/{minion}"),
+            "data": entry.data,
+        }),
+    }
+}

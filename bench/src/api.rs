@@ -1,0 +1,223 @@
+//! `api`: requests per second and latency of the HTTP API with many
+//! stored jobs, under `wrk` (a local load generator in its own process).
+//!
+//! The store is filled with `--jobs` jobs (each with one return) before
+//! the master starts; the master runs in this process on its own runtime;
+//! `wrk` then hits `GET /v1/jobs/{jid}` for random stored jids, the first
+//! page of `GET /v1/jobs`, and a filtered page (`fun=` matching one job
+//! in a hundred), each for `--seconds`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use halite_api::types::{JobRecord, ReturnRecord};
+use halite_master::store::{Store, StoredJob};
+use halite_proto::{JidGenerator, TargetType};
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{grouped, Table};
+
+/// Options of `halite-bench api`.
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// Jobs in the store.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: usize,
+    /// Seconds of load per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Open connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// wrk threads.
+    #[arg(long, default_value_t = 1)]
+    wrk_threads: usize,
+    /// Worker threads of the master's runtime.
+    #[arg(long, default_value_t = 2)]
+    master_workers: usize,
+    /// Print Markdown tables (for bench/RESULTS.md).
+    #[arg(long)]
+    markdown: bool,
+}
+
+/// What wrk measured for one scenario.
+struct Measured {
+    requests_per_s: f64,
+    p50: String,
+    p99: String,
+    errors: u64,
+}
+
+fn fill(dir: &Path, jobs: usize) -> Result<Vec<String>> {
+    let store = Store::open(&dir.join("data/store")).context("open the store")?;
+    let jids = JidGenerator::new();
+    let mut all = Vec::with_capacity(jobs);
+    for n in 0..jobs {
+        let jid = jids.next();
+        let fun = if n % 100 == 0 {
+            "git_deploy.deploy"
+        } else {
+            "test.ping"
+        };
+        let now = halite_proto::time::now_ms();
+        let record = JobRecord {
+            jid: jid.clone(),
+            target: format!("web{}", n % 50),
+            tgt_type: TargetType::Glob,
+            fun: fun.into(),
+            arg: Vec::new(),
+            kwarg: Default::default(),
+            secret_keys: Vec::new(),
+            user: "bench".into(),
+            timeout: 60,
+            issued_at: now,
+            expires_at: now + 60_000,
+            expected: vec![format!("web{}", n % 50)],
+            down: Vec::new(),
+            published_by: None,
+            batch_size: None,
+        };
+        store.put_job(&StoredJob {
+            record,
+            // A signed job envelope is about this size.
+            envelope: vec![0u8; 320],
+        })?;
+        let ret = ReturnRecord {
+            id: format!("web{}", n % 50),
+            fun: fun.into(),
+            success: true,
+            retcode: 0,
+            data: serde_json::Value::Bool(true),
+            started_at: now,
+            finished_at: now,
+            stored_at: now,
+        };
+        store.put_returns(&[(jid.clone(), ret)])?;
+        all.push(jid.to_string());
+    }
+    store.flush()?;
+    Ok(all)
+}
+
+fn wrk(args: &ApiArgs, url: &str, script: &Path) -> Result<Measured> {
+    let output = Command::new("wrk")
+        .arg(format!("-t{}", args.wrk_threads))
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{}s", args.seconds))
+        .arg("--latency")
+        .arg("-s")
+        .arg(script)
+        .arg(url)
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "wrk failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let field = |prefix: &str| -> Option<String> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_owned())
+    };
+    Ok(Measured {
+        requests_per_s: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?,
+        p50: field("50%").unwrap_or_default(),
+        p99: field("99%").unwrap_or_default(),
+        errors: field("Non-2xx or 3xx responses:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+/// Runs the benchmark.
+pub fn run(args: ApiArgs) -> Result<()> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let started = Instant::now();
+    let jids = fill(dir.path(), args.jobs)?;
+    eprintln!(
+        "stored {} jobs in {:.1}s",
+        grouped(args.jobs),
+        started.elapsed().as_secs_f64()
+    );
+    let config = crate::fanout::master_config(dir.path(), None)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.master_workers.max(1))
+        .thread_name("master")
+        .enable_all()
+        .build()
+        .context("start the master runtime")?;
+    let shutdown = CancellationToken::new();
+    let running = runtime
+        .block_on(halite_master::start(config.clone(), shutdown.clone()))
+        .context("start the master")?;
+    let token = std::fs::read_to_string(config.token_file())?
+        .trim()
+        .to_owned();
+    let base = format!("http://{}", running.api_addr);
+
+    // wrk scripts: the token header, and random stored jids for lookups.
+    let sample: Vec<&String> = jids.iter().step_by((jids.len() / 10_000).max(1)).collect();
+    let lookup = dir.path().join("lookup.lua");
+    std::fs::write(
+        &lookup,
+        format!(
+            "wrk.headers[\"X-Auth-Token\"] = \"{token}\"\nlocal jids = {{{}}}\nmath.randomseed(42)\nrequest = function()\n  return wrk.format(\"GET\", \"/v1/jobs/\" .. jids[math.random(#jids)])\nend\n",
+            sample.iter().map(|j| format!("\"{j}\"")).collect::<Vec<_>>().join(",")
+        ),
+    )?;
+    let plain = dir.path().join("plain.lua");
+    std::fs::write(
+        &plain,
+        format!("wrk.headers[\"X-Auth-Token\"] = \"{token}\"\n"),
+    )?;
+
+    let scenarios = [
+        (
+            "GET /v1/jobs/{jid} (random)",
+            format!("{base}/v1/jobs/x"),
+            &lookup,
+        ),
+        (
+            "GET /v1/jobs?limit=50",
+            format!("{base}/v1/jobs?limit=50"),
+            &plain,
+        ),
+        (
+            "GET /v1/jobs?fun=git_deploy.*&limit=50 (1 job in 100 matches)",
+            format!("{base}/v1/jobs?fun=git_deploy.*&limit=50"),
+            &plain,
+        ),
+    ];
+    let mut table = Table::new(&[
+        "request",
+        "jobs stored",
+        "requests/s",
+        "p50",
+        "p99",
+        "errors",
+    ]);
+    for (name, url, script) in scenarios {
+        let measured = wrk(&args, &url, script)?;
+        table.row(vec![
+            name.to_owned(),
+            grouped(args.jobs),
+            format!("{:.0}", measured.requests_per_s),
+            measured.p50,
+            measured.p99,
+            measured.errors.to_string(),
+        ]);
+    }
+    println!("{}", table.render(args.markdown));
+    shutdown.cancel();
+    drop(running);
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Job listing with filters and pages (`GET /v1/jobs`,
+//! `GET /v1/minions/{id}/jobs`), over the store's newest-first scans.
+
+use halite_api::types::{JobFilter, JobPage, JobSummary};
+use halite_api::ApiError;
+use halite_proto::time::now_ms;
+use halite_proto::Jid;
+
+use crate::core::Core;
+use crate::store::{JobHead, StoredJob};
+
+/// Default and largest page sizes.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// One page of jobs matching `filter`, newest first; `next` is set when
+/// more may follow.
+pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, ApiError> {
+    let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut before = filter
+        .before
+        .as_deref()
+        .map(Jid::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(to) = filter.to {
+        let bound = Jid::from_unix_us(to.saturating_mul(1000));
+        if before.as_ref().is_none_or(|b| bound < *b) {
+            before = Some(bound);
+        }
+    }
+    let fun = filter
+        .fun
+        .as_deref()
+        .map(glob_regex)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("fun: {e}")))?;
+    let mut page = Vec::with_capacity(limit);
+    let mut visit = |head: &JobHead, job: &dyn Fn() -> Result<StoredJob, ApiError>| {
+        if filter.from.is_some_and(|from| head.issued_at < from) {
+            return Ok::<_, ApiError>(false);
+        }
+        let wanted = fun.as_ref().is_none_or(|f| f.is_match(&head.fun))
+            && filter.target.as_ref().is_none_or(|t| *t == head.target)
+            && filter.user.as_ref().is_none_or(|u| *u == head.user);
+        if wanted {
+            let summary = summarize(core, job()?)?;
+            if filter
+                .result
+                .as_deref()
+                .is_none_or(|r| r == result_of(&summary))
+            {
+                page.push(summary);
+            }
+        }
+        Ok(page.len() <= limit)
+    };
+    match &filter.minion {
+        Some(minion) => {
+            let mut cursor = before.clone();
+            'scan: loop {
+                let jids = core
+                    .store
+                    .minion_jobs(minion, 256, cursor.as_ref())
+                    .map_err(internal)?;
+                let Some(last) = jids.last().cloned() else {
+                    break;
+                };
+                for jid in jids {
+                    if let Some(stored) = core.store.job(&jid).map_err(internal)? {
+                        let head = JobHead {
+                            jid: stored.record.jid.clone(),
+                            fun: stored.record.fun.clone(),
+                            target: stored.record.target.clone(),
+                            user: stored.record.user.clone(),
+                            issued_at: stored.record.issued_at,
+                        };
+                        if !visit(&head, &|| Ok(stored.clone()))? {
+                            break 'scan;
+                        }
+                    }
+                }
+                cursor = Some(last);
+            }
+        }
+        None => {
+            for item in core.store.scan_jobs(before.as_ref()) {
+                let (head, lazy) = item.map_err(internal)?;
+                if !visit(&head, &|| lazy.decode().map_err(internal))? {
+                    break;
+                }
+            }
+        }
+    }
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|j| j.jid.to_string())
+    } else {
+        None
+    };
+    Ok(JobPage { jobs: page, next })
+}
+
+fn summarize(core: &Core, job: StoredJob) -> Result<JobSummary, ApiError> {
+    let record = job.record;
+    let returns = core.store.returns(&record.jid).map_err(internal)?;
+    let failed = returns.iter().filter(|r| !r.success).count();
+    let returned = returns.len();
+    let deadline = record.deadline();
+    Ok(JobSummary {
+        done: returned >= record.expected.len() || now_ms() >= deadline,
+        failed,
+        returned,
+        expected: record.expected.len(),
+        jid: record.jid,
+        fun: record.fun,
+        target: record.target,
+        user: record.user,
+        issued_at: record.issued_at,
+    })
+}
+
+/// `running`, `success` or `failed` (failed also when a minion never returned).
+pub fn result_of(job: &JobSummary) -> &'static str {
+    if job.failed > 0 || (job.done && job.returned < job.expected) {
+        "failed"
+    } else if job.done {
+        "success"
+    } else {
+        "running"
+    }
+}
+
+/// A `*` glob as an anchored regex (`git_deploy.*`).
+fn glob_regex(glob: &str) -> Result<regex::Regex, regex::Error> {
+    let pattern: Vec<String> = glob.split('*').map(regex::escape).collect();
+    regex::Regex::new(&format!("^{}$", pattern.join(".*")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_whole_names() {
+        let re = glob_regex("git_deploy.*").unwrap();
+        assert!(re.is_match("git_deploy.deploy"));
+        assert!(!re.is_match("xgit_deploy.deploy"));
+        assert!(glob_regex("test.ping").unwrap().is_match("test.ping"));
+        assert!(!glob_regex("test.ping").unwrap().is_match("test.pingX"));
+    }
+}

@@ -1,0 +1,346 @@
+//! API users: names and salted, deliberately slow password hashes in a
+//! TOML file beside the master config (`users_file`).
+//!
+//! `master-cli users add/passwd/delete` writes the file on the master host;
+//! the master reads it again on every login, so a new user or password
+//! needs no restart. Hashes are PBKDF2-HMAC-SHA256 with a random 16-byte
+//! salt and [`ITERATIONS`] rounds (OWASP's 2023 figure), stored as
+//! `pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>` so the cost can be
+//! raised later without breaking stored hashes.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// PBKDF2 rounds for new hashes: slow enough that a stolen file is
+/// expensive to attack, fast enough (~0.3 s) for a login.
+pub const ITERATIONS: u32 = 600_000;
+
+/// The name the local CLI token authenticates as; no file user may take it.
+pub const ROOT: &str = "root";
+
+const SCHEME: &str = "pbkdf2-sha256";
+const ALGORITHM: ring::pbkdf2::Algorithm = ring::pbkdf2::PBKDF2_HMAC_SHA256;
+
+/// Why the users file could not be read, written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// The file exists but cannot be read or parsed.
+    #[error("{file}: {message}")]
+    File {
+        /// The users file.
+        file: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A user name that is not allowed.
+    #[error("invalid user name {name:?}: {why}")]
+    Name {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
+    /// `add` of a user that exists, or `passwd`/`delete` of one that does not.
+    #[error("{0}")]
+    Exists(String),
+    /// An empty password.
+    #[error("the password is empty")]
+    EmptyPassword,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: BTreeMap<String, UserEntry>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct UserEntry {
+    hash: String,
+}
+
+/// The users file at one path.
+#[derive(Clone, Debug)]
+pub struct Users {
+    file: PathBuf,
+}
+
+impl Users {
+    /// The users file at `file` (it need not exist: then there are no users).
+    pub fn new(file: PathBuf) -> Users {
+        Users { file }
+    }
+
+    /// The file's path, for messages.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn load(&self) -> Result<UsersFile, UsersError> {
+        let text = match std::fs::read_to_string(&self.file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(UsersFile::default()),
+            Err(e) => return Err(self.error(format!("cannot read: {e}"))),
+        };
+        let parsed: UsersFile = toml::from_str(&text).map_err(|e| self.error(e.to_string()))?;
+        for (name, entry) in &parsed.users {
+            Hash::parse(&entry.hash)
+                .map_err(|why| self.error(format!("key `users.{name}.hash`: {why}")))?;
+        }
+        Ok(parsed)
+    }
+
+    fn error(&self, message: String) -> UsersError {
+        UsersError::File {
+            file: self.file.clone(),
+            message,
+        }
+    }
+
+    /// Names of every user.
+    pub fn names(&self) -> Result<Vec<String>, UsersError> {
+        Ok(self.load()?.users.into_keys().collect())
+    }
+
+    /// Checks a name and password. `Ok(false)` for an unknown user or a
+    /// wrong password (indistinguishable to the caller, and as slow).
+    pub fn verify(&self, name: &str, password: &str) -> Result<bool, UsersError> {
+        let users = self.load()?;
+        match users.users.get(name) {
+            Some(entry) => Ok(Hash::parse(&entry.hash)
+                .map(|hash| hash.matches(password))
+                .unwrap_or(false)),
+            None => {
+                // Spend the same time as a real check, so timing does not
+                // tell which names exist.
+                let _ = Hash::new(password);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Adds a user; refuses an existing name.
+    pub fn add(&self, name: &str, password: &str) -> Result<(), UsersError> {
+        self.change(name, |users| {
+            if users.contains_key(name) {
+                return Err(UsersError::Exists(format!(
+                    "user {name:?} exists; use `users passwd`"
+                )));
+            }
+            users.insert(
+                name.to_owned(),
+                UserEntry {
+                    hash: Hash::new(password)?.to_string(),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// Sets an existing user's password.
+    pub fn passwd(&self, name: &str, password: &str) -> Result<(), UsersError> {
+        self.change(name, |users| {
+            let entry = users
+                .get_mut(name)
+                .ok_or_else(|| UsersError::Exists(format!("no user {name:?}")))?;
+            entry.hash = Hash::new(password)?.to_string();
+            Ok(())
+        })
+    }
+
+    /// Removes a user.
+    pub fn delete(&self, name: &str) -> Result<(), UsersError> {
+        self.change(name, |users| {
+            users
+                .remove(name)
+                .map(|_| ())
+                .ok_or_else(|| UsersError::Exists(format!("no user {name:?}")))
+        })
+    }
+
+    fn change(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut BTreeMap<String, UserEntry>) -> Result<(), UsersError>,
+    ) -> Result<(), UsersError> {
+        validate_name(name)?;
+        let mut users = self.load()?;
+        edit(&mut users.users)?;
+        let text = toml::to_string(&users).map_err(|e| self.error(e.to_string()))?;
+        let text = format!(
+            "# halite API users, written by `master-cli users`. Hashes are\n# PBKDF2-HMAC-SHA256; edit only with the CLI.\n{text}"
+        );
+        halite_pki::write_atomic(&self.file, text.as_bytes(), true)
+            .map_err(|e| self.error(format!("cannot write: {e}")))
+    }
+}
+
+/// A user name: like a minion id (letters, digits, `.-_@`), and not `root`.
+pub fn validate_name(name: &str) -> Result<(), UsersError> {
+    let bad = |why| UsersError::Name {
+        name: name.to_owned(),
+        why,
+    };
+    if name == ROOT {
+        return Err(bad("`root` is the local CLI's token"));
+    }
+    if name.is_empty() || name.len() > 64 {
+        return Err(bad("must be 1 to 64 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
+    {
+        return Err(bad("use letters, digits and . - _ @"));
+    }
+    Ok(())
+}
+
+/// A parsed password hash.
+struct Hash {
+    iterations: NonZeroU32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl Hash {
+    fn new(password: &str) -> Result<Hash, UsersError> {
+        if password.is_empty() {
+            return Err(UsersError::EmptyPassword);
+        }
+        let mut salt = vec![0u8; 16];
+        rand::Rng::fill(&mut rand::thread_rng(), salt.as_mut_slice());
+        let iterations = NonZeroU32::new(ITERATIONS).unwrap_or(NonZeroU32::MIN);
+        let mut hash = vec![0u8; 32];
+        ring::pbkdf2::derive(ALGORITHM, iterations, &salt, password.as_bytes(), &mut hash);
+        Ok(Hash {
+            iterations,
+            salt,
+            hash,
+        })
+    }
+
+    fn parse(text: &str) -> Result<Hash, String> {
+        let parts: Vec<&str> = text.split('$').collect();
+        let [scheme, iterations, salt, hash] = parts.as_slice() else {
+            return Err("not a hash written by `master-cli users`".into());
+        };
+        if *scheme != SCHEME {
+            return Err(format!("unknown scheme {scheme:?} (expected {SCHEME})"));
+        }
+        let iterations = iterations
+            .parse::<u32>()
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or("bad iteration count")?;
+        let salt = hex::decode(salt).map_err(|_| "bad salt")?;
+        let hash = hex::decode(hash).map_err(|_| "bad hash")?;
+        if salt.len() < 8 || hash.len() != 32 {
+            return Err("salt or hash has the wrong length".into());
+        }
+        Ok(Hash {
+            iterations,
+            salt,
+            hash,
+        })
+    }
+
+    /// Constant-time comparison (ring's verify).
+    fn matches(&self, password: &str) -> bool {
+        ring::pbkdf2::verify(
+            ALGORITHM,
+            self.iterations,
+            &self.salt,
+            password.as_bytes(),
+            &self.hash,
+        )
+        .is_ok()
+    }
+}
+
+impl std::fmt::Display for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{SCHEME}${}${}${}",
+            self.iterations,
+            hex::encode(&self.salt),
+            hex::encode(&self.hash)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_passwd_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = Users::new(dir.path().join("users.toml"));
+        assert!(!users.verify("alice", "pw").unwrap(), "no file, no users");
+        users.add("alice", "s3cret").unwrap();
+        assert!(users.verify("alice", "s3cret").unwrap());
+        assert!(!users.verify("alice", "wrong").unwrap());
+        assert!(!users.verify("bob", "s3cret").unwrap());
+        assert!(matches!(
+            users.add("alice", "x"),
+            Err(UsersError::Exists(_))
+        ));
+        users.passwd("alice", "new").unwrap();
+        assert!(!users.verify("alice", "s3cret").unwrap());
+        assert!(users.verify("alice", "new").unwrap());
+        let text = std::fs::read_to_string(users.file()).unwrap();
+        assert!(!text.contains("new\""), "no clear password in {text}");
+        assert!(text.contains("pbkdf2-sha256$600000$"), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(users.file())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        users.delete("alice").unwrap();
+        assert!(users.names().unwrap().is_empty());
+        assert!(users.passwd("alice", "x").is_err());
+    }
+
+    #[test]
+    fn bad_names_and_passwords_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = Users::new(dir.path().join("users.toml"));
+        for name in ["root", "", "a b", "../x"] {
+            assert!(
+                matches!(users.add(name, "pw"), Err(UsersError::Name { .. })),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            users.add("bob", ""),
+            Err(UsersError::EmptyPassword)
+        ));
+    }
+
+    #[test]
+    fn a_broken_file_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        std::fs::write(&path, "[users.alice]\nhash = \"md5$abc\"\n").unwrap();
+        let err = Users::new(path.clone()).verify("alice", "x").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("users.toml") && text.contains("users.alice.hash"),
+            "{text}"
+        );
+        std::fs::write(&path, "[users.alice\n").unwrap();
+        let err = Users::new(path).names().unwrap_err();
+        assert!(err.to_string().contains("users.toml"), "{err}");
+    }
+}

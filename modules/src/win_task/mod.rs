@@ -1,0 +1,468 @@
+//! `win_task`: Windows scheduled tasks from a definition — create,
+//! update, run, end, enable, disable, delete, info, list.
+//!
+//! Everything that decides what to run and reads what comes back is
+//! platform-neutral and tested on Linux: the definition
+//! ([`definition`]), its Task Scheduler XML ([`xml`]), the `schtasks.exe`
+//! argument lists and the parsing of its CSV output ([`schtasks`]). Only
+//! starting `schtasks.exe` is `cfg(windows)`; on other systems every
+//! function fails saying it needs a Windows minion. The tests drive the
+//! module against a double of schtasks that keeps tasks as Task Scheduler
+//! does.
+
+mod definition;
+#[cfg(test)]
+mod fake;
+mod schtasks;
+mod xml;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+
+use crate::module::unknown_function;
+use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
+use definition::{task_path, TaskDefinition};
+use schtasks::{Schtasks, ToolOutput};
+
+/// The `win_task` module over a schtasks runner.
+pub(crate) struct WinTaskModule {
+    tool: Arc<dyn Schtasks>,
+}
+
+impl WinTaskModule {
+    /// The module over this machine's `schtasks.exe`.
+    pub(crate) fn system() -> WinTaskModule {
+        WinTaskModule {
+            tool: Arc::new(schtasks::system()),
+        }
+    }
+}
+
+impl Module for WinTaskModule {
+    fn name(&self) -> &'static str {
+        "win_task"
+    }
+
+    fn functions(&self) -> &'static [&'static str] {
+        &[
+            "create", "delete", "disable", "enable", "end", "info", "list", "run", "update",
+        ]
+    }
+
+    fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let fun = match function {
+                "create" | "update" => return self.define(function == "create", &call).await,
+                "list" => return self.list(&call).await,
+                "run" | "end" | "enable" | "disable" | "delete" | "info" => function,
+                _ => return unknown_function(self, function),
+            };
+            let path = match named_task(&call, fun) {
+                Ok(path) => path,
+                Err(outcome) => return outcome,
+            };
+            match fun {
+                "info" => self.info(&path).await,
+                other => self.change(other, &path).await,
+            }
+        })
+    }
+}
+
+fn bad(fun: &str, message: impl std::fmt::Display) -> Outcome {
+    Outcome::failed(RETCODE_BAD_ARGS, format!("win_task.{fun}: {message}"))
+}
+
+/// `name` (and `folder`) of an existing task, as `\Folder\Name`.
+fn named_task(call: &Call, fun: &str) -> Result<String, Outcome> {
+    for key in call.kwargs.keys() {
+        if key != "name" && key != "folder" {
+            return Err(bad(
+                fun,
+                format!("unknown argument `{key}` (takes name and folder)"),
+            ));
+        }
+    }
+    let name = call
+        .kwargs
+        .get("name")
+        .and_then(Value::as_str)
+        .or_else(|| call.args.first().and_then(Value::as_str))
+        .ok_or_else(|| bad(fun, "needs name=TASK"))?;
+    let folder = call
+        .kwargs
+        .get("folder")
+        .and_then(Value::as_str)
+        .unwrap_or("\\");
+    if name.contains(['\\', '/']) || !folder.starts_with('\\') {
+        return Err(bad(fun, "name is a task name and folder starts with \\"));
+    }
+    Ok(task_path(folder, name))
+}
+
+impl WinTaskModule {
+    async fn schtasks(&self, fun: &str, args: Vec<String>) -> Result<ToolOutput, Outcome> {
+        self.tool
+            .run(args)
+            .await
+            .map_err(|e| Outcome::failed(RETCODE_ERROR, format!("win_task.{fun}: {e}")))
+    }
+
+    /// The task's info, or None when it does not exist.
+    async fn query(&self, fun: &str, path: &str) -> Result<Option<Value>, Outcome> {
+        let out = self.schtasks(fun, schtasks::query(Some(path))).await?;
+        if schtasks::not_found(&out) {
+            return Ok(None);
+        }
+        if out.code != 0 {
+            return Err(failed(fun, &out));
+        }
+        Ok(schtasks::parse_query(&out.stdout)
+            .into_iter()
+            .find(|t| t["path"] == path))
+    }
+
+    /// `create` / `update`, reported as stages like the deploy modules:
+    /// prepare (check the definition, render the XML), deploy (schtasks
+    /// imports it), verify (the task is there as defined).
+    async fn define(&self, create: bool, call: &Call) -> Outcome {
+        let fun = if create { "create" } else { "update" };
+        let events = &call.events;
+        let stage = |name: &str, result: &Result<String, &Outcome>| match result {
+            Ok(message) => events.stage(name, "succeeded", None, Some(message.clone())),
+            Err(outcome) => events.stage(
+                name,
+                "failed",
+                None,
+                outcome.data.as_str().map(str::to_owned),
+            ),
+        };
+        events.stage("prepare", "started", None, None);
+        let prepared = self.prepare(create, fun, call).await;
+        let (path, file) = match prepared {
+            Ok(ready) => {
+                stage("prepare", &Ok(format!("{} rendered", ready.0)));
+                ready
+            }
+            Err(outcome) => {
+                stage("prepare", &Err(&outcome));
+                return outcome;
+            }
+        };
+        events.stage("deploy", "started", None, None);
+        let out = self
+            .schtasks(fun, schtasks::create(&path, &file.display().to_string()))
+            .await;
+        let _ = std::fs::remove_file(&file);
+        let imported = match out {
+            Ok(out) if out.code == 0 => Ok(()),
+            Ok(out) => Err(failed(fun, &out)),
+            Err(outcome) => Err(outcome),
+        };
+        if let Err(outcome) = imported {
+            stage("deploy", &Err(&outcome));
+            return outcome;
+        }
+        stage("deploy", &Ok(format!("schtasks imported {path}")));
+        events.stage("verify", "started", None, None);
+        let outcome = match self.query(fun, &path).await {
+            Ok(Some(info)) => Outcome::ok(json!({ "changed": true, "task": info })),
+            Ok(None) => Outcome::failed(
+                RETCODE_ERROR,
+                format!("win_task.{fun}: {path} is not there after schtasks said it was"),
+            ),
+            Err(outcome) => outcome,
+        };
+        stage(
+            "verify",
+            &if outcome.success {
+                Ok(format!("{path} is registered"))
+            } else {
+                Err(&outcome)
+            },
+        );
+        outcome
+    }
+
+    /// Checks the definition and the task's existence, writes the XML
+    /// file; the task path and the file.
+    async fn prepare(
+        &self,
+        create: bool,
+        fun: &str,
+        call: &Call,
+    ) -> Result<(String, std::path::PathBuf), Outcome> {
+        let def: TaskDefinition =
+            serde_json::from_value(Value::Object(call.kwargs.clone())).map_err(|e| bad(fun, e))?;
+        def.validate().map_err(|e| bad(fun, e))?;
+        let path = def.path();
+        let exists = self.query(fun, &path).await?.is_some();
+        match (create, exists) {
+            (true, true) => {
+                return Err(Outcome::failed(
+                    RETCODE_ERROR,
+                    format!("win_task.create: task {path} exists; use win_task.update"),
+                ))
+            }
+            (false, false) => {
+                return Err(Outcome::failed(
+                    RETCODE_ERROR,
+                    format!("win_task.update: no task {path}; use win_task.create"),
+                ))
+            }
+            _ => {}
+        }
+        let file = std::env::temp_dir().join(format!("halite-task-{}.xml", call.jid));
+        std::fs::write(&file, xml::utf16_file(&xml::render(&def))).map_err(|e| {
+            Outcome::failed(
+                RETCODE_ERROR,
+                format!("win_task.{fun}: cannot write {}: {e}", file.display()),
+            )
+        })?;
+        Ok((path, file))
+    }
+
+    async fn info(&self, path: &str) -> Outcome {
+        match self.query("info", path).await {
+            Ok(Some(info)) => Outcome::ok(info),
+            Ok(None) => Outcome::failed(RETCODE_ERROR, format!("win_task.info: no task {path}")),
+            Err(outcome) => outcome,
+        }
+    }
+
+    async fn change(&self, fun: &str, path: &str) -> Outcome {
+        let args = match fun {
+            "run" => schtasks::run(path),
+            "end" => schtasks::end(path),
+            "enable" => schtasks::enable(path, true),
+            "disable" => schtasks::enable(path, false),
+            _ => schtasks::delete(path),
+        };
+        let out = match self.schtasks(fun, args).await {
+            Ok(out) => out,
+            Err(outcome) => return outcome,
+        };
+        if schtasks::not_found(&out) {
+            return Outcome::failed(RETCODE_ERROR, format!("win_task.{fun}: no task {path}"));
+        }
+        if out.code != 0 {
+            return failed(fun, &out);
+        }
+        if fun == "delete" {
+            return Outcome::ok(json!({ "deleted": path }));
+        }
+        self.info(path).await
+    }
+
+    async fn list(&self, call: &Call) -> Outcome {
+        if let Some(key) = call.kwargs.keys().find(|k| *k != "folder") {
+            return bad("list", format!("unknown argument `{key}` (takes folder)"));
+        }
+        let folder = call.kwargs.get("folder").and_then(Value::as_str);
+        let out = match self.schtasks("list", schtasks::query(None)).await {
+            Ok(out) if out.code == 0 => out,
+            Ok(out) => return failed("list", &out),
+            Err(outcome) => return outcome,
+        };
+        let tasks: Vec<Value> = schtasks::parse_query(&out.stdout)
+            .into_iter()
+            .filter(|t| {
+                folder.is_none_or(|f| {
+                    t["folder"].as_str() == Some(f.trim_end_matches('\\'))
+                        || (f == "\\" && t["folder"] == "\\")
+                })
+            })
+            .collect();
+        Outcome::ok(Value::Array(tasks))
+    }
+}
+
+fn failed(fun: &str, out: &ToolOutput) -> Outcome {
+    let said = if out.stderr.trim().is_empty() {
+        out.stdout.trim()
+    } else {
+        out.stderr.trim()
+    };
+    Outcome::failed(
+        RETCODE_ERROR,
+        format!("win_task.{fun}: schtasks exited {}: {said}", out.code),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::tests::call;
+
+    fn module() -> (Arc<fake::FakeSchtasks>, WinTaskModule) {
+        let fake = Arc::new(fake::FakeSchtasks::default());
+        (fake.clone(), WinTaskModule { tool: fake })
+    }
+
+    fn task() -> Value {
+        json!({
+            "name": "Rotate logs",
+            "folder": "\\Halite",
+            "command": "C:\\tools\\rotate.exe",
+            "triggers": [{ "type": "daily", "start": "2026-11-23T02:00:00" }],
+        })
+    }
+
+    #[tokio::test]
+    async fn a_task_through_its_life() {
+        let (fake, m) = module();
+        let out = m
+            .call("create", call("win_task.create", vec![], task()))
+            .await;
+        assert!(out.success, "{out:?}");
+        assert_eq!(out.data["task"]["status"], "Ready");
+        assert_eq!(out.data["task"]["run_as"], "SYSTEM");
+        let xml = fake.tasks.lock().unwrap()["\\Halite\\Rotate logs"]
+            .xml
+            .clone();
+        assert!(xml.contains("<DaysInterval>1</DaysInterval>"), "{xml}");
+
+        let again = m
+            .call("create", call("win_task.create", vec![], task()))
+            .await;
+        assert!(!again.success);
+        assert!(
+            again.data.as_str().unwrap().contains("use win_task.update"),
+            "{again:?}"
+        );
+
+        let mut changed = task();
+        changed["command"] = json!("C:\\tools\\rotate2.exe");
+        let out = m
+            .call("update", call("win_task.update", vec![], changed))
+            .await;
+        assert_eq!(
+            out.data["task"]["command"], "C:\\tools\\rotate2.exe",
+            "{out:?}"
+        );
+
+        let named = json!({ "name": "Rotate logs", "folder": "\\Halite" });
+        let out = m
+            .call("run", call("win_task.run", vec![], named.clone()))
+            .await;
+        assert_eq!(out.data["status"], "Running", "{out:?}");
+        let out = m
+            .call("end", call("win_task.end", vec![], named.clone()))
+            .await;
+        assert_eq!(
+            out.data["last_result_text"], "terminated by the user",
+            "{out:?}"
+        );
+        let out = m
+            .call("disable", call("win_task.disable", vec![], named.clone()))
+            .await;
+        assert_eq!(
+            (out.data["status"].clone(), out.data["enabled"].clone()),
+            (json!("Disabled"), json!(false))
+        );
+        let out = m
+            .call("run", call("win_task.run", vec![], named.clone()))
+            .await;
+        assert!(
+            !out.success && out.data.as_str().unwrap().contains("disabled"),
+            "{out:?}"
+        );
+        let out = m
+            .call("enable", call("win_task.enable", vec![], named.clone()))
+            .await;
+        assert_eq!(out.data["enabled"], true);
+
+        let out = m
+            .call(
+                "list",
+                call("win_task.list", vec![], json!({ "folder": "\\Halite" })),
+            )
+            .await;
+        assert_eq!(out.data.as_array().unwrap().len(), 1, "{out:?}");
+        let out = m
+            .call(
+                "list",
+                call("win_task.list", vec![], json!({ "folder": "\\Other" })),
+            )
+            .await;
+        assert_eq!(out.data, json!([]));
+
+        let out = m
+            .call("delete", call("win_task.delete", vec![], named.clone()))
+            .await;
+        assert!(out.success, "{out:?}");
+        let out = m.call("info", call("win_task.info", vec![], named)).await;
+        assert!(!out.success);
+        assert_eq!(
+            out.data,
+            json!("win_task.info: no task \\Halite\\Rotate logs")
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_named_and_changes_nothing() {
+        let (fake, m) = module();
+        let mut bad_schedule = task();
+        bad_schedule["triggers"] =
+            json!([{ "type": "weekly", "start": "2026-11-23T02:00:00", "days": ["someday"] }]);
+        let out = m
+            .call("create", call("win_task.create", vec![], bad_schedule))
+            .await;
+        assert_eq!(out.retcode, RETCODE_BAD_ARGS);
+        assert!(out.data.as_str().unwrap().contains("someday"), "{out:?}");
+        let out = m
+            .call("update", call("win_task.update", vec![], task()))
+            .await;
+        assert!(
+            out.data.as_str().unwrap().contains("use win_task.create"),
+            "{out:?}"
+        );
+        for fun in ["run", "end", "enable", "disable", "delete"] {
+            let out = m
+                .call(
+                    fun,
+                    call(
+                        &format!("win_task.{fun}"),
+                        vec![],
+                        json!({ "name": "ghost" }),
+                    ),
+                )
+                .await;
+            assert_eq!(
+                out.data,
+                json!(format!("win_task.{fun}: no task \\ghost")),
+                "{fun}"
+            );
+        }
+        let out = m
+            .call(
+                "run",
+                call("win_task.run", vec![], json!({ "name": "x", "colour": 1 })),
+            )
+            .await;
+        assert_eq!(out.retcode, RETCODE_BAD_ARGS);
+        assert!(fake.tasks.lock().unwrap().is_empty());
+    }
+
+    #[cfg(not(windows))]
+    #[tokio::test]
+    async fn elsewhere_it_says_it_needs_windows() {
+        let m = WinTaskModule::system();
+        let out = m
+            .call(
+                "info",
+                call("win_task.info", vec![], json!({ "name": "x" })),
+            )
+            .await;
+        assert!(!out.success);
+        assert!(
+            out.data
+                .as_str()
+                .unwrap()
+                .contains("needs a Windows minion"),
+            "{out:?}"
+        );
+    }
+}
