@@ -246,6 +246,13 @@ impl Executor {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
+            if self.outbox.holds(&jid) {
+                // Stopped after the real return was spooled: that return
+                // stands, and goes out like any other.
+                tracing::info!(%jid, minion = %self.id, "job finished before the minion stopped; its spooled return stands");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             let ret = Return {
                 jid: jid.clone(),
                 id: self.id.clone(),
@@ -330,7 +337,15 @@ impl Executor {
                 let (outbox, jid, copy) = (self.outbox.clone(), job.jid.clone(), bytes.clone());
                 let spooled = tokio::task::spawn_blocking(move || outbox.spool(&jid, &copy)).await;
                 match spooled {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        // The return is on disk: the marker has done its
+                        // job. Unspooled, the marker stays, so a crash
+                        // before the master has the return still reports one.
+                        let marker = self.markers.join(job.jid.as_str());
+                        if let Err(e) = std::fs::remove_file(&marker) {
+                            tracing::debug!(error = %e, "no running marker to remove");
+                        }
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "cannot spool the return; sending it unspooled")
                     }
@@ -339,10 +354,6 @@ impl Executor {
                     }
                 }
                 self.outbox.send(Outgoing { bytes, ack });
-                let marker = self.markers.join(job.jid.as_str());
-                if let Err(e) = std::fs::remove_file(&marker) {
-                    tracing::debug!(error = %e, "no running marker to remove");
-                }
             }
             Err(e) => tracing::error!(error = %e, "cannot sign the return"),
         }
@@ -506,4 +517,79 @@ pub fn nonce() -> Vec<u8> {
     let mut bytes = vec![0u8; 16];
     rand::Rng::fill(&mut rand::thread_rng(), bytes.as_mut_slice());
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::Spool;
+    use halite_proto::Envelope;
+
+    fn executor(dir: &std::path::Path) -> (Executor, Spool) {
+        let spool = Spool::open(&dir.join("spool")).expect("spool");
+        let (outbox, _queues) = Outbox::new(vec![spool.clone()]);
+        let registry = Arc::new(Registry::new());
+        let (_tx, session) = watch::channel(SessionKeys::new());
+        let executor = Executor::new(ExecutorParts {
+            id: "web01".to_owned(),
+            key: Arc::new(KeyPair::generate().expect("key")),
+            registry: registry.clone(),
+            grains: Arc::new(Value::Null),
+            seen: SeenJobs::open(&dir.join("seen"), 0).expect("seen"),
+            outbox: Arc::new(outbox),
+            session,
+            clock_skew: Duration::from_secs(30),
+            shutdown: CancellationToken::new(),
+            markers: dir.join("running"),
+            lua: Arc::new(crate::lua_store::LuaStore::open(
+                dir.join("lua"),
+                dir.join("masters"),
+                Default::default(),
+                registry,
+            )),
+        });
+        (executor, spool)
+    }
+
+    fn mark(executor: &Executor, jid: &Jid) {
+        let marker = Marker {
+            fun: "cmd.run".to_owned(),
+            master: "m1".to_owned(),
+            started_at: 1,
+        };
+        executor.mark_running(jid, &marker);
+    }
+
+    #[test]
+    fn a_marker_without_a_return_becomes_a_failed_return() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (executor, spool) = executor(dir.path());
+        let jid = Jid::from_unix_us(1_000_000);
+        mark(&executor, &jid);
+        executor.recover_interrupted();
+        let spooled = spool.all();
+        assert_eq!(spooled.len(), 1);
+        let envelope = Envelope::from_bytes(&spooled[0].1).expect("envelope");
+        let ret: Return = envelope.open().expect("return");
+        assert!(!ret.success);
+        assert_eq!((ret.fun.as_str(), ret.master.as_str()), ("cmd.run", "m1"));
+        assert!(!dir.path().join("running").join(jid.as_str()).exists());
+    }
+
+    #[test]
+    fn a_spooled_return_outlives_the_marker_of_its_job() {
+        // Killed after the real return reached the spool but before the
+        // marker went: the real return is what the master must get.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (executor, spool) = executor(dir.path());
+        let jid = Jid::from_unix_us(2_000_000);
+        mark(&executor, &jid);
+        spool.put(&jid, b"the real return").expect("put");
+        executor.recover_interrupted();
+        assert_eq!(
+            spool.all(),
+            vec![(jid.clone(), b"the real return".to_vec())]
+        );
+        assert!(!dir.path().join("running").join(jid.as_str()).exists());
+    }
 }

@@ -58,6 +58,11 @@ impl Outbox {
         result
     }
 
+    /// Does any route's spool hold a return for `jid`?
+    pub fn holds(&self, jid: &Jid) -> bool {
+        self.routes.iter().any(|route| route.spool.holds(jid))
+    }
+
     /// Queues a message for every route.
     pub fn send(&self, outgoing: Outgoing) {
         for route in &self.routes {

@@ -46,6 +46,12 @@ impl Spool {
         Ok(())
     }
 
+    /// Is a return for `jid` waiting here? (A job killed between
+    /// spooling its return and dropping its running marker finished.)
+    pub fn holds(&self, jid: &Jid) -> bool {
+        self.path(jid).exists()
+    }
+
     /// Forgets an acknowledged return.
     pub fn remove(&self, jid: &Jid) {
         match std::fs::remove_file(self.path(jid)) {
@@ -100,8 +106,10 @@ mod tests {
                 (a.clone(), b"first".to_vec())
             ]
         );
+        assert!(spool.holds(&b));
         spool.remove(&b);
         spool.remove(&b);
+        assert!(!spool.holds(&b));
         assert_eq!(
             Spool::open(dir.path()).unwrap().all(),
             vec![(a, b"first".to_vec())]

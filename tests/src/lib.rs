@@ -46,7 +46,18 @@ pub fn free_port() -> u16 {
 
 /// Polls `check` every 50 ms until it returns true or `timeout` passes,
 /// then panics naming `what`.
-pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub fn eventually(timeout: Duration, what: &str, check: impl FnMut() -> bool) {
+    eventually_or(timeout, what, check, String::new);
+}
+
+/// Like [`eventually`], with `context` (say, the processes' logs) in the
+/// panic message: a timeout in CI must explain itself.
+pub fn eventually_or(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if check() {
@@ -54,7 +65,10 @@ pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("timed out after {timeout:?} waiting for: {what}");
+    panic!(
+        "timed out after {timeout:?} waiting for: {what}\n{}",
+        context()
+    );
 }
 
 /// Does the TOML snippet `extra` set top-level `key` itself (so the
