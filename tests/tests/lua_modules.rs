@@ -51,6 +51,13 @@ fn ret(master: &Master, args: &[&str]) -> (i32, Value) {
     (out.code, doc)
 }
 
+/// `master-cli run target=web1 FUN ARGS --json`.
+fn on_web1(master: &Master, fun: &str, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["run", "target=web1", fun];
+    all.extend_from_slice(args);
+    ret(master, &all)
+}
+
 #[test]
 fn sync_run_update_list_and_tamper() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -64,10 +71,7 @@ fn sync_run_update_list_and_tamper() {
     master.accept("web1");
 
     // A job naming a Lua module brings it along; it runs like a Rust module.
-    let (code, doc) = ret(
-        &master,
-        &["run", "target=web1", "hello.greet", "first", "name=web"],
-    );
+    let (code, doc) = on_web1(&master, "hello.greet", &["first", "name=web"]);
     assert_eq!(code, 0, "{doc}");
     let data = &doc["returns"]["web1"]["data"];
     assert_eq!(data["hello"], "web", "{doc}");
@@ -80,7 +84,7 @@ fn sync_run_update_list_and_tamper() {
         &modules.join("hello.lua"),
         &HELLO.replace("version = 1", "version = 2"),
     );
-    let (_, doc) = ret(&master, &["run", "target=web1", "hello.greet", "name=web"]);
+    let (_, doc) = on_web1(&master, "hello.greet", &["name=web"]);
     assert_eq!(doc["returns"]["web1"]["data"]["version"], 2, "{doc}");
 
     let (code, doc) = ret(&master, &["modules", "list", "target=web1"]);
@@ -105,7 +109,7 @@ fn sync_run_update_list_and_tamper() {
     let synced = &doc["returns"]["web1"]["data"];
     assert_eq!(synced["removed"], serde_json::json!(["hello"]), "{doc}");
     assert!(synced["installed"].as_array().unwrap().len() == 2, "{doc}");
-    let (code, doc) = ret(&master, &["run", "target=web1", "hello.greet"]);
+    let (code, doc) = on_web1(&master, "hello.greet", &[]);
     assert_ne!(code, 0);
     assert!(
         doc["returns"]["web1"]["data"]
@@ -121,7 +125,7 @@ fn sync_run_update_list_and_tamper() {
         ("runaway.hog", "memory limit"),
         ("runaway.boom", "runaway.lua:5: disk full"),
     ] {
-        let (code, doc) = ret(&master, &["run", "target=web1", fun]);
+        let (code, doc) = on_web1(&master, fun, &[]);
         assert_eq!(code, 1, "{fun}: {doc}");
         let message = doc["returns"]["web1"]["data"]
             .as_str()
@@ -129,7 +133,7 @@ fn sync_run_update_list_and_tamper() {
             .to_owned();
         assert!(message.contains(needle), "{fun}: {message}");
     }
-    let (code, _) = ret(&master, &["run", "target=web1", "test.ping"]);
+    let (code, _) = on_web1(&master, "test.ping", &[]);
     assert_eq!(code, 0);
 
     // Tampered on the minion's disk: refused at the next start.
@@ -153,7 +157,7 @@ fn sync_run_update_list_and_tamper() {
         "{doc}"
     );
     // The master's signed copy, sent with the next job, replaces it.
-    let (code, doc) = ret(&master, &["run", "target=web1", "extra.f"]);
+    let (code, doc) = on_web1(&master, "extra.f", &[]);
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["returns"]["web1"]["data"], 1);
 }
@@ -195,12 +199,10 @@ fn shipped_modules_end_to_end() {
     std::fs::create_dir_all(&cache).unwrap();
     std::fs::write(cache.join("stale.php"), "old").unwrap();
     let health = format!("health_url=http://127.0.0.1:{port}/shop/current/index.html");
-    let (code, doc) = ret(
+    let (code, doc) = on_web1(
         &master,
+        "php_app.deploy",
         &[
-            "run",
-            "target=web1",
-            "php_app.deploy",
             "app=shop",
             "tag=v1",
             &reload_cmd,
@@ -214,17 +216,10 @@ fn shipped_modules_end_to_end() {
         "one"
     );
     assert!(!cache.join("stale.php").exists(), "cache emptied");
-    let (code, doc) = ret(
+    let (code, doc) = on_web1(
         &master,
-        &[
-            "run",
-            "target=web1",
-            "php_app.deploy",
-            "app=shop",
-            "tag=v2",
-            &reload_cmd,
-            &health,
-        ],
+        "php_app.deploy",
+        &["app=shop", "tag=v2", &reload_cmd, &health],
     );
     assert_eq!(code, 0, "{doc}");
     assert_eq!(
@@ -239,12 +234,10 @@ fn shipped_modules_end_to_end() {
     // A release whose health check fails goes back to the previous one.
     repo.commit_tag("v3", "three");
     let bad_health = format!("health_url=http://127.0.0.1:{port}/shop/current/missing.html");
-    let (code, doc) = ret(
+    let (code, doc) = on_web1(
         &master,
+        "php_app.deploy",
         &[
-            "run",
-            "target=web1",
-            "php_app.deploy",
             "app=shop",
             "tag=v3",
             &reload_cmd,
@@ -271,32 +264,19 @@ fn shipped_modules_end_to_end() {
     // refused and the previous file stays.
     let conf = srv.join("nginx/shop.conf");
     let validate = format!("validate_cmd=grep -q 'server {{' {}", conf.display());
-    let (code, doc) = ret(
-        &master,
-        &[
-            "run",
-            "target=web1",
+    let path = format!("path={}", conf.display());
+    let deploy_conf = |content: &str| {
+        let content = format!("content={content}");
+        on_web1(
+            &master,
             "nginx_conf.deploy",
-            &format!("path={}", conf.display()),
-            "content=server { listen 8080; }",
-            &validate,
-            &reload_cmd,
-        ],
-    );
+            &[&path, &content, &validate, &reload_cmd],
+        )
+    };
+    let (code, doc) = deploy_conf("server { listen 8080; }");
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["returns"]["web1"]["data"]["changed"], true);
-    let (code, doc) = ret(
-        &master,
-        &[
-            "run",
-            "target=web1",
-            "nginx_conf.deploy",
-            &format!("path={}", conf.display()),
-            "content=listen garbage",
-            &validate,
-            &reload_cmd,
-        ],
-    );
+    let (code, doc) = deploy_conf("listen garbage");
     assert_eq!(code, 1, "{doc}");
     assert!(
         doc["returns"]["web1"]["data"]
@@ -310,29 +290,12 @@ fn shipped_modules_end_to_end() {
         "server { listen 8080; }"
     );
     let reloads_before = std::fs::read_to_string(&reloads).unwrap().lines().count();
-    let (code, doc) = ret(
-        &master,
-        &[
-            "run",
-            "target=web1",
-            "nginx_conf.deploy",
-            &format!("path={}", conf.display()),
-            "content=server { listen 9090; }",
-            &validate,
-            &reload_cmd,
-        ],
-    );
+    let (code, doc) = deploy_conf("server { listen 9090; }");
     assert_eq!(code, 0, "{doc}");
-    let (code, doc) = ret(
+    let (code, doc) = on_web1(
         &master,
-        &[
-            "run",
-            "target=web1",
-            "nginx_conf.rollback",
-            &format!("path={}", conf.display()),
-            &validate,
-            &reload_cmd,
-        ],
+        "nginx_conf.rollback",
+        &[&path, &validate, &reload_cmd],
     );
     assert_eq!(code, 0, "{doc}");
     assert_eq!(
@@ -344,16 +307,10 @@ fn shipped_modules_end_to_end() {
         reloads_before + 2
     );
     // Outside the allowed roots: refused, nothing written.
-    let (code, doc) = ret(
+    let (code, doc) = on_web1(
         &master,
-        &[
-            "run",
-            "target=web1",
-            "nginx_conf.deploy",
-            "path=/etc/halite-test.conf",
-            "content=server {}",
-            &validate,
-        ],
+        "nginx_conf.deploy",
+        &["path=/etc/halite-test.conf", "content=server {}", &validate],
     );
     assert_eq!(code, 1, "{doc}");
     assert!(
@@ -366,28 +323,17 @@ fn shipped_modules_end_to_end() {
 
     // maintenance: up, status, down.
     let docroot = format!("docroot={}", shop.join("current").display());
-    let (code, doc) = ret(
+    let (code, doc) = on_web1(
         &master,
-        &[
-            "run",
-            "target=web1",
-            "maintenance.on",
-            &docroot,
-            "message=Back at two",
-        ],
+        "maintenance.on",
+        &[&docroot, "message=Back at two"],
     );
     assert_eq!(code, 0, "{doc}");
     let page = std::fs::read_to_string(shop.join("current/maintenance.html")).unwrap();
     assert!(page.contains("Back at two"), "{page}");
-    let (_, doc) = ret(
-        &master,
-        &["run", "target=web1", "maintenance.status", &docroot],
-    );
+    let (_, doc) = on_web1(&master, "maintenance.status", &[&docroot]);
     assert_eq!(doc["returns"]["web1"]["data"]["enabled"], true);
-    let (_, doc) = ret(
-        &master,
-        &["run", "target=web1", "maintenance.off", &docroot],
-    );
+    let (_, doc) = on_web1(&master, "maintenance.off", &[&docroot]);
     assert_eq!(doc["returns"]["web1"]["data"]["removed"], true);
     assert!(!shop.join("current/maintenance.html").exists());
 }
