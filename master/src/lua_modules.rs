@@ -37,14 +37,9 @@ impl LuaCatalog {
             let path = entry
                 .map_err(|e| ConfigError::file(&self.dir, format!("cannot list: {e}")))?
                 .path();
-            if path.extension().and_then(|e| e.to_str()) != Some("lua") {
+            let Some(name) = halite_proto::ident::lua_module_file(&path) else {
                 continue;
-            }
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_owned();
+            };
             modules.insert(name.clone(), read_module(&path, &name)?);
         }
         Ok(modules)

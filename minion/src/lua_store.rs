@@ -76,14 +76,9 @@ impl LuaStore {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("lua") {
+            let Some(name) = halite_proto::ident::lua_module_file(&path) else {
                 continue;
-            }
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_owned();
+            };
             let loaded = self.load_from_disk(&name);
             let state = match loaded {
                 Ok(module) => {

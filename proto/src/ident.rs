@@ -53,6 +53,16 @@ pub fn validate_lua_module(value: &str) -> Result<(), ProtoError> {
     }
 }
 
+/// The module a file in a Lua modules directory would be (its stem, for
+/// a `.lua` file; the name is not checked here). Master and minion list
+/// their directories the same way through this.
+pub fn lua_module_file(path: &std::path::Path) -> Option<String> {
+    if path.extension().and_then(|e| e.to_str()) != Some("lua") {
+        return None;
+    }
+    Some(path.file_stem()?.to_string_lossy().into_owned())
+}
+
 /// Checks a function name: `module` or `module.function`, each part
 /// lower-case `[a-z_][a-z0-9_]*`, at most 128 characters.
 pub fn validate_function(value: &str) -> Result<(), ProtoError> {
@@ -76,6 +86,19 @@ pub fn validate_function(value: &str) -> Result<(), ProtoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lua_module_files_are_named_by_their_stem() {
+        use std::path::Path;
+        let name = |p: &str| lua_module_file(Path::new(p));
+        assert_eq!(
+            name("/srv/lua-modules/php_app.lua").as_deref(),
+            Some("php_app")
+        );
+        assert_eq!(name("Deploy-App.lua").as_deref(), Some("Deploy-App"));
+        assert_eq!(name("notes.txt"), None);
+        assert_eq!(name("lua"), None);
+    }
 
     #[test]
     fn ids_accept_host_names() {

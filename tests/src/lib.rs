@@ -71,6 +71,29 @@ pub fn eventually_or(
     );
 }
 
+/// Checks a job view (`jobs show --json`) of a job run one minion per
+/// batch: every minion in `ids` succeeded, and no run began before the
+/// previous one ended.
+pub fn assert_batches_in_turn(view: &Value, ids: &[&str]) {
+    let mut runs: Vec<(u64, u64)> = ids
+        .iter()
+        .map(|id| {
+            let ret = &view["returns"][id];
+            assert_eq!(ret["success"], true, "{view}");
+            let at = |key: &str| {
+                ret[key]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{id}: no {key}: {view}"))
+            };
+            (at("started_at"), at("finished_at"))
+        })
+        .collect();
+    runs.sort();
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "batches overlapped: {runs:?}");
+    }
+}
+
 /// Does the TOML snippet `extra` set top-level `key` itself (so the
 /// harness must not write its own)?
 fn sets_key(extra: &str, key: &str) -> bool {

@@ -455,22 +455,7 @@ fn api_over_tls_and_jobs_in_batches() {
         "--json",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
-    let view = out.json();
-    let mut runs: Vec<(u64, u64)> = ["web1", "web2", "web3"]
-        .iter()
-        .map(|id| {
-            let ret = &view["returns"][id];
-            assert_eq!(ret["success"], true, "{view}");
-            (
-                ret["started_at"].as_u64().unwrap(),
-                ret["finished_at"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    runs.sort();
-    for pair in runs.windows(2) {
-        assert!(pair[1].0 >= pair[0].1, "batches overlapped: {runs:?}");
-    }
+    halite_tests::assert_batches_in_turn(&out.json(), &["web1", "web2", "web3"]);
     let out = master.cli(&["run", "target=web*", "test.ping", "--batch", "0%"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("batch"), "{out:?}");

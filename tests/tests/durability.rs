@@ -316,21 +316,7 @@ fn a_job_in_batches_goes_on_after_a_master_restart() {
         || returned(&master, &jid),
     );
     let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
-    let mut runs: Vec<(u64, u64)> = ids
-        .iter()
-        .map(|id| {
-            let ret = &doc["returns"][id];
-            assert_eq!(ret["success"], true, "{doc}");
-            (
-                ret["started_at"].as_u64().unwrap(),
-                ret["finished_at"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    runs.sort();
-    for pair in runs.windows(2) {
-        assert!(pair[1].0 >= pair[0].1, "batches overlapped: {runs:?}");
-    }
+    halite_tests::assert_batches_in_turn(&doc, &ids);
     assert!(
         master.log().contains("resuming a job in batches"),
         "{}",
