@@ -5,7 +5,7 @@
 //! rollback from the artifact cache; bad hash, unreachable manager and
 //! wrong credentials each fail naming the problem and change nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use halite_tests::git::static_files;
 use halite_tests::tomcat::{war, Tomcat};
@@ -29,6 +29,21 @@ fn run(master: &Master, args: &[&str]) -> (i32, Value) {
     (out.code, doc["returns"]["web1"].clone())
 }
 
+/// `dir/wars` with two WARs of `app` that pass the health check, whose
+/// pages say "APP v1" and "APP v2": (the directory, v1, v2).
+fn healthy_wars(dir: &Path, app: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let wars = dir.join("wars");
+    std::fs::create_dir_all(&wars).expect("wars dir");
+    let [v1, v2] = ["v1", "v2"].map(|v| {
+        war(
+            &wars,
+            &format!("{app}-{v}"),
+            &[("index.html", &format!("{app} {v}")), ("health.html", "ok")],
+        )
+    });
+    (wars, v1, v2)
+}
+
 fn app(name: &str, path: &Path, manager: &str, credentials: &str, health_port: u16) -> String {
     format!(
         "kind = \"tomcat\"\ntarget = \"web*\"\npath = \"{}\"\ncredentials = \"{credentials}\"\n[tomcat]\nmanager_url = \"{manager}\"\ncontext = \"/{name}\"\n[health]\nurl = \"http://127.0.0.1:{health_port}/{name}/health.html\"\nretries = 3\ninterval = 1\n",
@@ -40,18 +55,7 @@ fn app(name: &str, path: &Path, manager: &str, credentials: &str, health_port: u
 fn deploy_switch_failed_health_rollback_and_refusals() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tomcat = Tomcat::start(dir.path(), "deployer", "s3cret-manager");
-    let wars = dir.path().join("wars");
-    std::fs::create_dir_all(&wars).unwrap();
-    let v1 = war(
-        &wars,
-        "shop-v1",
-        &[("index.html", "shop v1"), ("health.html", "ok")],
-    );
-    let v2 = war(
-        &wars,
-        "shop-v2",
-        &[("index.html", "shop v2"), ("health.html", "ok")],
-    );
+    let (wars, v1, v2) = healthy_wars(dir.path(), "shop");
     let v3 = war(&wars, "shop-v3", &[("index.html", "shop v3 (broken)")]);
     let files = static_files(&wars);
     let url = |name: &str| format!("url=http://127.0.0.1:{}/{name}.war", files.port);
@@ -248,18 +252,7 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
 fn without_the_manager_the_war_goes_into_webapps() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tomcat = Tomcat::start(dir.path(), "deployer", "unused-here");
-    let wars = dir.path().join("wars");
-    std::fs::create_dir_all(&wars).unwrap();
-    let v1 = war(
-        &wars,
-        "blog-v1",
-        &[("index.html", "blog v1"), ("health.html", "ok")],
-    );
-    let v2 = war(
-        &wars,
-        "blog-v2",
-        &[("index.html", "blog v2"), ("health.html", "ok")],
-    );
+    let (wars, v1, v2) = healthy_wars(dir.path(), "blog");
     let files = static_files(&wars);
     write(
         &dir.path().join("master/apps.d/blog.toml"),

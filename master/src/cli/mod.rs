@@ -274,7 +274,14 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            run(&client, request, false, false, json).await
+            run(
+                &client,
+                request,
+                false,
+                Report::Live { progress: false },
+                json,
+            )
+            .await
         }
         Command::Modules {
             command: ModulesCommand::List { words },
@@ -286,21 +293,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let submitted: Submitted = client.post("/v1/jobs", &request).await?;
-            let path = format!("/v1/jobs/{}", submitted.jid);
-            let view: JobView = loop {
-                let view: JobView = client.get(&path).await?;
-                if view.done {
-                    break view;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
-            if json {
-                output::job(&view, true)?;
-            } else {
-                output::module_versions(&view);
-            }
-            Ok(output::exit_code(&view))
+            run(&client, request, false, Report::ModuleVersions, json).await
         }
         Command::Jobs {
             command: JobsCommand::Cancel { jid },
@@ -344,7 +337,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            run(&client, request, run_async, progress, json).await
+            run(&client, request, run_async, Report::Live { progress }, json).await
         }
         Command::Jobs {
             command:
@@ -442,11 +435,21 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How [`run`] shows a job (without `--json`).
+#[derive(Clone, Copy)]
+enum Report {
+    /// Events and each minion's return as they come, then a summary;
+    /// output lines too with `progress` (always for app modules).
+    Live { progress: bool },
+    /// Nothing while it runs, then each minion's Lua module versions.
+    ModuleVersions,
+}
+
 async fn run(
     client: &Client,
     request: JobRequest,
     run_async: bool,
-    progress: bool,
+    report: Report,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let request_fun = request.fun.clone();
@@ -475,9 +478,12 @@ async fn run(
     let path = format!("/v1/jobs/{}", submitted.jid);
     // App modules (deploys) always show their stages and output live;
     // other functions show stage changes, and output lines with --progress.
-    let lines = progress || crate::apps::needs_app(&request_fun);
+    let (live, lines) = match report {
+        Report::Live { progress } => (!json, progress || crate::apps::needs_app(&request_fun)),
+        Report::ModuleVersions => (false, false),
+    };
     let view = loop {
-        if !json {
+        if live {
             let events: Vec<halite_api::types::EventRecord> = client
                 .get(&match cursor {
                     Some(c) => format!("{path}/events?after={c}"),
@@ -497,7 +503,7 @@ async fn run(
             }
         }
         let view: JobView = client.get(&path).await?;
-        if !json {
+        if live {
             for (id, ret) in &view.returns {
                 if shown.insert(id.clone()) {
                     output::one_return(ret);
@@ -509,10 +515,10 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    if json {
-        output::job(&view, true)?;
-    } else {
-        output::summary(&view);
+    match (json, report) {
+        (true, _) => output::job(&view, true)?,
+        (false, Report::Live { .. }) => output::summary(&view),
+        (false, Report::ModuleVersions) => output::module_versions(&view),
     }
     Ok(output::exit_code(&view))
 }
