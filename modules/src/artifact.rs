@@ -1,8 +1,8 @@
 //! Release artifacts (a WAR, a zipped site) fetched by URL with a
-//! required SHA-256: downloaded once into a cache, checked while it is
-//! written (a mismatch leaves nothing behind and changes nothing), named
-//! by its hash, and kept for the last `keep` versions so a rollback needs
-//! no download.
+//! required SHA-256: downloaded once into a cache (hashed while it is
+//! written), then checked against the job's hash in the prepare stage (a
+//! mismatch leaves nothing behind and changes nothing), named by its hash,
+//! and kept for the last `keep` versions so a rollback needs no download.
 //!
 //! The cache is `<dir>/<sha256>` files plus `<dir>/index.json`, the
 //! versions newest first (version, hash, URL, file name).
@@ -58,31 +58,58 @@ impl Wanted {
         }
     }
 
-    /// The fetch stage of an app's deploy: the verified file from the
-    /// app's cache (`<path>/artifacts`), downloading it if needed, and the
-    /// stage's message.
+    /// The fetch stage of an app's deploy: the file from the app's cache
+    /// (`<path>/artifacts`), downloaded if needed but not yet checked,
+    /// and the stage's message.
     pub(crate) async fn fetch_for(
         &self,
         app: &halite_proto::app::AppSpec,
-    ) -> Result<(PathBuf, String), String> {
+    ) -> Result<(Fetched, String), String> {
         let roots = crate::http::extra_roots(app.ca_file.as_deref())?;
         let client = crate::http::client(roots, std::time::Duration::from_secs(app.timeout))?;
-        let cache = ArtifactCache::new(app.path.join("artifacts"));
-        let (path, downloaded) = cache
-            .fetch(
-                &client,
-                &self.url,
-                &self.sha256,
-                &self.version,
-                app.keep_releases,
-            )
+        let fetched = cache_of(app)
+            .fetch(&client, &self.url, &self.sha256, &self.version)
             .await?;
-        let message = if downloaded {
+        let message = if fetched.downloaded() {
             format!("downloaded {}", self.url)
         } else {
             "in the cache".to_owned()
         };
-        Ok((path, message))
+        Ok((fetched, message))
+    }
+
+    /// The first step of the prepare stage: the fetched file checked
+    /// against the job's hash and kept in the app's cache.
+    pub(crate) fn check_for(
+        &self,
+        app: &halite_proto::app::AppSpec,
+        fetched: Fetched,
+    ) -> Result<PathBuf, String> {
+        cache_of(app).keep(fetched, app.keep_releases)
+    }
+}
+
+/// An app's artifact cache.
+fn cache_of(app: &halite_proto::app::AppSpec) -> ArtifactCache {
+    ArtifactCache::new(app.path.join("artifacts"))
+}
+
+/// A file fetched for a version and hashed, not yet accepted: see
+/// [`ArtifactCache::keep`].
+#[derive(Debug)]
+pub struct Fetched {
+    url: String,
+    expected: String,
+    actual: String,
+    version: String,
+    /// The download, beside the cache, when it was not cached already.
+    partial: Option<PathBuf>,
+}
+
+impl Fetched {
+    /// Was it downloaded (rather than found in the cache)?
+    pub fn downloaded(&self) -> bool {
+        self.partial.is_some()
     }
 }
 
@@ -168,30 +195,59 @@ impl ArtifactCache {
         Ok(verify_file(&path, &entry.sha256).then_some((entry, path)))
     }
 
-    /// The verified file for `version`: from the cache when this hash is
-    /// there, else downloaded from `url` with `client`. Keeps the newest
-    /// `keep` versions. Err says what went wrong (nothing is changed).
+    /// Step one: the file for `version` from the cache when this hash is
+    /// there, else downloaded from `url` with `client` and hashed on the
+    /// way. Nothing in the cache changes yet.
     pub async fn fetch(
         &self,
         client: &reqwest::Client,
         url: &str,
         sha256: &str,
         version: &str,
-        keep: usize,
-    ) -> Result<(PathBuf, bool), String> {
-        let sha256 = parse_sha256(sha256)?;
+    ) -> Result<Fetched, String> {
+        let expected = parse_sha256(sha256)?;
         validate_version(version)?;
-        let path = self.dir.join(&sha256);
-        let downloaded = if verify_file(&path, &sha256) {
-            false
+        let (actual, partial) = if verify_file(&self.dir.join(&expected), &expected) {
+            (expected.clone(), None)
         } else {
             tokio::fs::create_dir_all(&self.dir)
                 .await
                 .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-            self.download(client, url, &sha256, &path).await?;
-            true
+            let partial = self.dir.join(format!("{expected}.partial"));
+            let actual = download(client, url, &partial).await.inspect_err(|_| {
+                let _ = std::fs::remove_file(&partial);
+            })?;
+            (actual, Some(partial))
         };
-        let file_name = url
+        Ok(Fetched {
+            url: url.to_owned(),
+            expected,
+            actual,
+            version: version.to_owned(),
+            partial,
+        })
+    }
+
+    /// Step two: a fetched file whose hash is the one the job expects goes
+    /// into the cache as the newest version (the newest `keep` are kept);
+    /// any other is deleted, and Err names both hashes.
+    pub fn keep(&self, fetched: Fetched, keep: usize) -> Result<PathBuf, String> {
+        let path = self.dir.join(&fetched.expected);
+        if fetched.actual != fetched.expected {
+            if let Some(partial) = &fetched.partial {
+                let _ = std::fs::remove_file(partial);
+            }
+            return Err(format!(
+                "{}: SHA-256 is {}, the job expects {}; nothing was changed",
+                fetched.url, fetched.actual, fetched.expected
+            ));
+        }
+        if let Some(partial) = &fetched.partial {
+            std::fs::rename(partial, &path)
+                .map_err(|e| format!("cannot store {}: {e}", path.display()))?;
+        }
+        let file_name = fetched
+            .url
             .rsplit('/')
             .next()
             .and_then(|n| n.split(['?', '#']).next())
@@ -199,13 +255,13 @@ impl ArtifactCache {
             .unwrap_or("artifact")
             .to_owned();
         let mut index = self.index()?;
-        index.retain(|c| c.version != version);
+        index.retain(|c| c.version != fetched.version);
         index.insert(
             0,
             Cached {
-                version: version.to_owned(),
-                sha256: sha256.clone(),
-                url: url.to_owned(),
+                version: fetched.version,
+                sha256: fetched.expected,
+                url: fetched.url,
                 file_name,
             },
         );
@@ -216,64 +272,31 @@ impl ArtifactCache {
                 let _ = std::fs::remove_file(self.dir.join(&old.sha256));
             }
         }
-        Ok((path, downloaded))
+        Ok(path)
     }
+}
 
-    async fn download(
-        &self,
-        client: &reqwest::Client,
-        url: &str,
-        sha256: &str,
-        path: &Path,
-    ) -> Result<(), String> {
-        let response = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("cannot fetch {url}: {}", crate::http::error_chain(&e)))?;
-        if !response.status().is_success() {
-            return Err(format!("cannot fetch {url}: HTTP {}", response.status()));
-        }
-        let partial = path.with_extension("partial");
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut body = response.bytes_stream();
-        let written: Result<(), String> = async {
-            while let Some(chunk) = body.next().await {
-                let chunk =
-                    chunk.map_err(|e| format!("{url}: {}", crate::http::error_chain(&e)))?;
-                digest.update(&chunk);
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-            }
-            file.sync_all()
-                .await
-                .map_err(|e| format!("cannot write {}: {e}", partial.display()))
-        }
-        .await;
-        let actual = hex(digest.finish().as_ref());
-        let checked = written.and_then(|()| {
-            if actual == sha256 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{url}: SHA-256 is {actual}, the job expects {sha256}; nothing was changed"
-                ))
-            }
-        });
-        match checked {
-            Ok(()) => tokio::fs::rename(&partial, path)
-                .await
-                .map_err(|e| format!("cannot store {}: {e}", path.display())),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                Err(e)
-            }
-        }
+/// Streams `url` into `file` (synced); the SHA-256 of what was written.
+async fn download(client: &reqwest::Client, url: &str, file: &Path) -> Result<String, String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {}", crate::http::error_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(format!("cannot fetch {url}: HTTP {}", response.status()));
     }
+    let cannot_write = |e: std::io::Error| format!("cannot write {}: {e}", file.display());
+    let mut out = tokio::fs::File::create(file).await.map_err(cannot_write)?;
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("{url}: {}", crate::http::error_chain(&e)))?;
+        digest.update(&chunk);
+        out.write_all(&chunk).await.map_err(cannot_write)?;
+    }
+    out.sync_all().await.map_err(cannot_write)?;
+    Ok(hex(digest.finish().as_ref()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -319,40 +342,46 @@ mod tests {
         let client = crate::http::client(Vec::new(), std::time::Duration::from_secs(5)).unwrap();
         let (url, hits) = serve(b"war one".to_vec()).await;
         let sum = halite_pki::sha256_hex(b"war one");
-        let (path, downloaded) = cache.fetch(&client, &url, &sum, "v1", 2).await.unwrap();
+        let fetch_and_keep = |url: String, sum: String, version: &'static str| {
+            let (cache, client) = (cache.clone(), client.clone());
+            async move {
+                let fetched = cache.fetch(&client, &url, &sum, version).await?;
+                let downloaded = fetched.downloaded();
+                cache.keep(fetched, 2).map(|path| (path, downloaded))
+            }
+        };
+        let (path, downloaded) = fetch_and_keep(url.clone(), sum.clone(), "v1")
+            .await
+            .unwrap();
         assert!(downloaded);
         assert_eq!(std::fs::read(&path).unwrap(), b"war one");
-        let (_, downloaded) = cache
-            .fetch(&client, &url, &sum.to_uppercase(), "v1", 2)
+        let (_, downloaded) = fetch_and_keep(url.clone(), sum.to_uppercase(), "v1")
             .await
             .unwrap();
         assert!(!downloaded, "cached by hash");
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(cache.lookup("v1").unwrap().unwrap().0.file_name, "shop.war");
 
-        // A wrong hash: an error naming both, nothing cached.
-        let err = cache
-            .fetch(&client, &url, &"0".repeat(64), "v2", 2)
+        // A wrong hash: fetched fine, refused when kept, with an error
+        // naming both; nothing cached, no partial file left.
+        let fetched = cache
+            .fetch(&client, &url, &"0".repeat(64), "v2")
             .await
-            .unwrap_err();
+            .unwrap();
+        let err = cache.keep(fetched, 2).unwrap_err();
         assert!(
             err.contains(&sum) && err.contains("nothing was changed"),
             "{err}"
         );
         assert!(cache.lookup("v2").unwrap().is_none());
         assert_eq!(cache.index().unwrap().len(), 1);
+        let files = std::fs::read_dir(dir.path().join("cache")).unwrap().count();
+        assert_eq!(files, 2, "the v1 file and the index only");
 
-        for (n, version) in ["v2", "v3"].iter().enumerate() {
+        for (n, version) in ["v2", "v3"].into_iter().enumerate() {
             let body = format!("war {n}");
             let (url, _) = serve(body.clone().into_bytes()).await;
-            cache
-                .fetch(
-                    &client,
-                    &url,
-                    &halite_pki::sha256_hex(body.as_bytes()),
-                    version,
-                    2,
-                )
+            fetch_and_keep(url, halite_pki::sha256_hex(body.as_bytes()), version)
                 .await
                 .unwrap();
         }

@@ -162,7 +162,7 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
     let out = master.cli(&["releases", "shop", "--json"]);
     assert_eq!(out.json()["live"][0]["release"], "v1", "{}", out.stdout);
 
-    // A hash mismatch fails the fetch and changes nothing.
+    // A hash mismatch fails the prepare stage and changes nothing.
     let files = static_files(&wars);
     let url2 = format!("url=http://127.0.0.1:{}/shop-v2.war", files.port);
     let (code, ret) = run(
@@ -178,7 +178,7 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
         ],
     );
     assert_eq!(code, 1);
-    assert_eq!(ret["data"]["failed_stage"], "fetch", "{ret}");
+    assert_eq!(ret["data"]["failed_stage"], "prepare", "{ret}");
     assert!(
         ret["data"]["error"].as_str().unwrap().contains("SHA-256"),
         "{ret}"

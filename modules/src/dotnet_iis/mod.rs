@@ -1,9 +1,10 @@
 //! `dotnet_iis`: releases a zipped .NET site on IIS in one job, with the
 //! four live stages of the other deploy modules:
 //!
-//! 1. **fetch**: the zip by URL into the app's artifact cache, checked
-//!    against the job's `sha256`;
-//! 2. **prepare**: the site and pool exist, what the application serves
+//! 1. **fetch**: the zip by URL into the app's artifact cache (or found
+//!    there);
+//! 2. **prepare**: the zip checked against the job's `sha256` (a mismatch
+//!    fails here and changes nothing), the site and pool exist, what the application serves
 //!    now, and the zip unpacked into `<path>/releases/<version>` (entries
 //!    that would escape it are refused);
 //! 3. **deploy**: `app_offline.htm` up (if asked), the pool stopped (its
@@ -260,15 +261,19 @@ impl Iis<'_> {
         let mut stages = Stages::new(call);
 
         let stage = stages.start("fetch");
-        let zip = match wanted.fetch_for(&app).await {
-            Ok((zip, message)) => {
+        let fetched = match wanted.fetch_for(&app).await {
+            Ok((fetched, message)) => {
                 stages.end(stage, &Ok(message));
-                zip
+                fetched
             }
             Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
         };
 
         let stage = stages.start("prepare");
+        let zip = match wanted.check_for(&app, fetched) {
+            Ok(zip) => zip,
+            Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
+        };
         let release = app.path.join("releases").join(&version);
         let prepared = async {
             self.text_of(appcmd::site_state(&iis.site)).await?;

@@ -280,7 +280,11 @@ async fn failures_before_the_switch_change_nothing() {
         .module
         .call("deploy", call("dotnet_iis.deploy", vec![], kwargs))
         .await;
-    assert_eq!(out.data["failed_stage"], "fetch", "{out:?}");
+    assert_eq!(out.data["failed_stage"], "prepare", "{out:?}");
+    assert!(
+        out.data["error"].as_str().unwrap().contains("SHA-256"),
+        "{out:?}"
+    );
     assert_eq!(s.path(), before);
     let log = s.fake.state.lock().unwrap().log.clone();
     assert!(!log.iter().any(|l| l.starts_with("set vdir")), "{log:?}");

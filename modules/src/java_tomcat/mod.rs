@@ -1,10 +1,11 @@
 //! `java_tomcat`: releases a Java web application (a WAR) on Tomcat in
 //! one job, with git_deploy's four stages shown live:
 //!
-//! 1. **fetch**: the WAR by URL into the app's artifact cache, checked
-//!    against the job's `sha256` (a mismatch changes nothing);
-//! 2. **prepare**: the manager answers with these credentials, and the
-//!    versions of the context deployed now;
+//! 1. **fetch**: the WAR by URL into the app's artifact cache (or found
+//!    there);
+//! 2. **prepare**: the WAR checked against the job's `sha256` (a mismatch
+//!    fails here and changes nothing), the manager answers with these
+//!    credentials, and the versions of the context deployed now;
 //! 3. **deploy**: the WAR goes in as `context##version` next to the old
 //!    version (Tomcat parallel deployment: old sessions stay on the old
 //!    version, new ones go to the new one), or is copied into `webapps/`
@@ -304,15 +305,19 @@ async fn deploy(call: &Call) -> Result<Outcome, Outcome> {
     let mut stages = Stages::new(call);
 
     let stage = stages.start("fetch");
-    let war = match wanted.fetch_for(app).await {
-        Ok((war, message)) => {
+    let fetched = match wanted.fetch_for(app).await {
+        Ok((fetched, message)) => {
             stages.end(stage, &Ok(message));
-            war
+            fetched
         }
         Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
     };
 
     let stage = stages.start("prepare");
+    let war = match wanted.check_for(app, fetched) {
+        Ok(war) => war,
+        Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
+    };
     let before = match deployed(&target).await {
         Ok(before) => before,
         Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
