@@ -602,7 +602,8 @@ async fn app_releases(
     Segment(name): Segment,
     Params(query): Params<ReleasesQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    valid_id(&name)?;
+    halite_proto::ident::validate_release_name(&name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let limit = query.limit.unwrap_or(200).clamp(1, 100_000);
     Ok(Json(backend.app_releases(&name, limit)?))
 }

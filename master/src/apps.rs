@@ -268,10 +268,20 @@ pub fn module_for(app: &AppSpec) -> &'static str {
     app.kind.module()
 }
 
-/// The deploy record a return carries, if it is an app module's deploy
-/// or rollback (its data names the app and the action).
+/// Functions that release something other than an app: a scheduled
+/// task's definition, recorded under the task's path.
+const TASK_RELEASES: &[&str] = &["win_task.create", "win_task.update"];
+
+/// Does a job's function release something: its returns are release
+/// records, and `master-cli run` shows its stages live?
+pub fn releases(fun: &str) -> bool {
+    needs_app(fun) || TASK_RELEASES.contains(&fun)
+}
+
+/// The deploy record a return carries, if it is a release (its data
+/// names the app and the action).
 pub fn deploy_record(jid: &halite_proto::Jid, ret: &ReturnRecord) -> Option<DeployRecord> {
-    if !needs_app(&ret.fun) {
+    if !releases(&ret.fun) {
         return None;
     }
     let data = ret.data.as_object()?;

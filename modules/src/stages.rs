@@ -69,8 +69,14 @@ pub(crate) struct Report {
 
 impl Report {
     pub(crate) fn new(app: &AppSpec, action: &'static str, reference: Option<String>) -> Report {
+        Report::named(&app.name, action, reference)
+    }
+
+    /// For a release of something that is not an app definition (a
+    /// scheduled task, under its path).
+    pub(crate) fn named(name: &str, action: &'static str, reference: Option<String>) -> Report {
         Report {
-            app: app.name.clone(),
+            app: name.to_owned(),
             action,
             started: Instant::now(),
             revision: None,

@@ -32,6 +32,27 @@ pub fn validate_id(value: &str) -> Result<(), ProtoError> {
     }
 }
 
+/// Checks the name a release is recorded under: an app's id, or a
+/// scheduled task's path (`\Folder\Name`: `\` first, at most 300
+/// characters, no control characters).
+pub fn validate_release_name(value: &str) -> Result<(), ProtoError> {
+    if validate_id(value).is_ok() {
+        return Ok(());
+    }
+    let task = value.starts_with('\\')
+        && value.chars().count() <= 300
+        && !value.chars().any(char::is_control);
+    if task {
+        Ok(())
+    } else {
+        Err(ProtoError::Invalid {
+            what: "release name",
+            value: shown(value),
+            rule: "an app id, or a task path starting with \\",
+        })
+    }
+}
+
 /// One part of a function name: lower-case `[a-z_][a-z0-9_]*`.
 fn name_part(p: &str) -> bool {
     let mut bytes = p.bytes();
@@ -86,6 +107,15 @@ pub fn validate_function(value: &str) -> Result<(), ProtoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_names_are_app_ids_or_task_paths() {
+        assert!(validate_release_name("shop").is_ok());
+        assert!(validate_release_name("\\Halite\\Rotate logs").is_ok());
+        assert!(validate_release_name("../shop").is_err());
+        assert!(validate_release_name("\\bad\nline").is_err());
+        assert!(validate_release_name("").is_err());
+    }
 
     #[test]
     fn lua_module_files_are_named_by_their_stem() {

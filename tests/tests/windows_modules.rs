@@ -2,7 +2,8 @@
 //! runs on Windows is tested in the modules crate against doubles of
 //! appcmd and schtasks; here, the master completes an `iis` app's job,
 //! the minion fetches and checks the artifact and then says plainly that
-//! it needs Windows, and the failed deploy is recorded like any other.
+//! it needs Windows, and the failed deploy is recorded like any other (a
+//! scheduled task's definition too, under the task's path).
 
 use halite_tests::git::static_files;
 use halite_tests::{Master, Minion};
@@ -92,6 +93,34 @@ fn on_linux_they_fail_saying_they_need_windows_and_are_recorded() {
     let history = out.json()["history"].clone();
     assert_eq!(history[0]["failed_stage"], "prepare", "{history}");
     assert_eq!(history[0]["result"], "failed");
+
+    // A task definition is a release too, recorded under the task's path
+    // (backslashes and a space travel to the API unchanged).
+    let out = master.cli(&[
+        "run",
+        "target=web1",
+        "win_task.create",
+        "name=Rotate logs",
+        "folder=\\Halite",
+        "command=C:\\tools\\rotate.exe",
+        "triggers=[{\"type\":\"daily\",\"start\":\"2026-11-23T02:00:00\"}]",
+        "--json",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let data = out.json()["returns"]["web1"]["data"].clone();
+    assert_eq!(data["failed_stage"], "fetch", "{data}");
+    let out = master.cli(&["releases", "\\Halite\\Rotate logs", "--history", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let history = out.json()["history"].clone();
+    assert_eq!(history[0]["app"], "\\Halite\\Rotate logs", "{history}");
+    assert_eq!(history[0]["failed_stage"], "fetch", "{history}");
+    assert!(
+        history[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("needs a Windows minion"),
+        "{history}"
+    );
 
     // The kind picks the module: a git job refuses the iis app.
     let out = master.cli(&[

@@ -426,7 +426,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let releases: halite_api::types::AppReleases = client
                 .get(&format!(
                     "/v1/apps/{}/releases?limit={limit}",
-                    valid_id(&app)?
+                    path_segment(&app)
                 ))
                 .await?;
             output::releases(&releases, history, json)?;
@@ -476,10 +476,10 @@ async fn run(
     let mut shown = std::collections::BTreeSet::new();
     let mut cursor: Option<u64> = None;
     let path = format!("/v1/jobs/{}", submitted.jid);
-    // App modules (deploys) always show their stages and output live;
+    // Releases (app deploys, task definitions) always show their stages and output live;
     // other functions show stage changes, and output lines with --progress.
     let (live, lines) = match report {
-        Report::Live { progress } => (!json, progress || crate::apps::needs_app(&request_fun)),
+        Report::Live { progress } => (!json, progress || crate::apps::releases(&request_fun)),
         Report::ModuleVersions => (false, false),
     };
     let view = loop {
@@ -641,6 +641,19 @@ fn read_password(name: &str) -> anyhow::Result<String> {
 
 fn unreachable_usage() -> anyhow::Result<String> {
     anyhow::bail!("keys accept needs an ID or --all")
+}
+
+/// `text` as one URL path segment: a release's name may be a task path
+/// (`\Halite\Rotate logs`), which must reach the API unchanged.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn valid_id(id: &str) -> anyhow::Result<&str> {

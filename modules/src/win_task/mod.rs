@@ -1,5 +1,7 @@
 //! `win_task`: Windows scheduled tasks from a definition — create,
-//! update, run, end, enable, disable, delete, info, list.
+//! update, run, end, enable, disable, delete, info, list. `create` and
+//! `update` are releases of the definition (four stages, release records
+//! on the master under the task's path).
 //!
 //! Everything that decides what to run and reads what comes back is
 //! platform-neutral and tested on Linux: the definition
@@ -22,6 +24,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use crate::module::unknown_function;
+use crate::stages::{abort, Report, Stages};
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
 use definition::{task_path, TaskDefinition};
 use schtasks::{Schtasks, ToolOutput};
@@ -124,104 +127,83 @@ impl WinTaskModule {
             .find(|t| t["path"] == path))
     }
 
-    /// `create` / `update`, reported as stages like the deploy modules:
-    /// prepare (check the definition, render the XML), deploy (schtasks
-    /// imports it), verify (the task is there as defined).
+    /// `create` / `update`: a task definition released like an app, under
+    /// the task's path, in the deploy modules' four stages — fetch (what
+    /// Task Scheduler has now), prepare (create needs no task yet, update
+    /// an existing one; the XML written), deploy (schtasks imports it),
+    /// verify (the task is registered). The return has their shape too
+    /// (`release`: the first 12 hex digits of the XML's SHA-256), so the
+    /// master keeps the task's release history.
     async fn define(&self, create: bool, call: &Call) -> Outcome {
         let fun = if create { "create" } else { "update" };
-        let events = &call.events;
-        let stage = |name: &str, result: &Result<String, &Outcome>| match result {
-            Ok(message) => events.stage(name, "succeeded", None, Some(message.clone())),
-            Err(outcome) => events.stage(
-                name,
-                "failed",
-                None,
-                outcome.data.as_str().map(str::to_owned),
+        let def: TaskDefinition = match serde_json::from_value(Value::Object(call.kwargs.clone())) {
+            Ok(def) => def,
+            Err(e) => return bad(fun, e),
+        };
+        if let Err(e) = def.validate() {
+            return bad(fun, e);
+        }
+        let path = def.path();
+        let xml = xml::render(&def);
+        let revision = halite_pki::sha256_hex(xml.as_bytes());
+        let mut report = Report::named(&path, "deploy", None);
+        report.release = Some(revision[..12].to_owned());
+        report.revision = Some(revision);
+        let mut stages = Stages::new(call);
+
+        let stage = stages.start("fetch");
+        let before = match self.query(fun, &path).await {
+            Ok(before) => before,
+            Err(outcome) => return abort(report, stages, stage, text(outcome), json!({})),
+        };
+        let found = match &before {
+            Some(task) => format!(
+                "{path} is there ({})",
+                task["status"].as_str().unwrap_or("?")
             ),
+            None => format!("no task {path} yet"),
         };
-        events.stage("prepare", "started", None, None);
-        let prepared = self.prepare(create, fun, call).await;
-        let (path, file) = match prepared {
-            Ok(ready) => {
-                stage("prepare", &Ok(format!("{} rendered", ready.0)));
-                ready
-            }
-            Err(outcome) => {
-                stage("prepare", &Err(&outcome));
-                return outcome;
-            }
+        stages.end(stage, &Ok(found));
+
+        let stage = stages.start("prepare");
+        let file = std::env::temp_dir().join(format!("halite-task-{}.xml", call.jid));
+        let prepared = match (create, before.is_some()) {
+            (true, true) => Err(format!("task {path} exists; use win_task.update")),
+            (false, false) => Err(format!("no task {path}; use win_task.create")),
+            _ => std::fs::write(&file, xml::utf16_file(&xml))
+                .map_err(|e| format!("cannot write {}: {e}", file.display())),
         };
-        events.stage("deploy", "started", None, None);
+        if let Err(e) = prepared {
+            return abort(report, stages, stage, e, json!({}));
+        }
+        stages.end(stage, &Ok(format!("{path} rendered")));
+
+        let stage = stages.start("deploy");
         let out = self
             .schtasks(fun, schtasks::create(&path, &file.display().to_string()))
             .await;
         let _ = std::fs::remove_file(&file);
         let imported = match out {
             Ok(out) if out.code == 0 => Ok(()),
-            Ok(out) => Err(failed(fun, &out)),
-            Err(outcome) => Err(outcome),
+            Ok(out) => Err(said(fun, &out)),
+            Err(outcome) => Err(text(outcome)),
         };
-        if let Err(outcome) = imported {
-            stage("deploy", &Err(&outcome));
-            return outcome;
+        if let Err(e) = imported {
+            return abort(report, stages, stage, e, json!({}));
         }
-        stage("deploy", &Ok(format!("schtasks imported {path}")));
-        events.stage("verify", "started", None, None);
-        let outcome = match self.query(fun, &path).await {
-            Ok(Some(info)) => Outcome::ok(json!({ "changed": true, "task": info })),
-            Ok(None) => Outcome::failed(
-                RETCODE_ERROR,
-                format!("win_task.{fun}: {path} is not there after schtasks said it was"),
-            ),
-            Err(outcome) => outcome,
-        };
-        stage(
-            "verify",
-            &if outcome.success {
-                Ok(format!("{path} is registered"))
-            } else {
-                Err(&outcome)
-            },
-        );
-        outcome
-    }
+        stages.end(stage, &Ok(format!("schtasks imported {path}")));
 
-    /// Checks the definition and the task's existence, writes the XML
-    /// file; the task path and the file.
-    async fn prepare(
-        &self,
-        create: bool,
-        fun: &str,
-        call: &Call,
-    ) -> Result<(String, std::path::PathBuf), Outcome> {
-        let def: TaskDefinition =
-            serde_json::from_value(Value::Object(call.kwargs.clone())).map_err(|e| bad(fun, e))?;
-        def.validate().map_err(|e| bad(fun, e))?;
-        let path = def.path();
-        let exists = self.query(fun, &path).await?.is_some();
-        match (create, exists) {
-            (true, true) => {
-                return Err(Outcome::failed(
-                    RETCODE_ERROR,
-                    format!("win_task.create: task {path} exists; use win_task.update"),
-                ))
+        let stage = stages.start("verify");
+        let info = match self.query(fun, &path).await {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                let e = format!("{path} is not there after schtasks said it was");
+                return abort(report, stages, stage, e, json!({}));
             }
-            (false, false) => {
-                return Err(Outcome::failed(
-                    RETCODE_ERROR,
-                    format!("win_task.update: no task {path}; use win_task.create"),
-                ))
-            }
-            _ => {}
-        }
-        let file = std::env::temp_dir().join(format!("halite-task-{}.xml", call.jid));
-        std::fs::write(&file, xml::utf16_file(&xml::render(&def))).map_err(|e| {
-            Outcome::failed(
-                RETCODE_ERROR,
-                format!("win_task.{fun}: cannot write {}: {e}", file.display()),
-            )
-        })?;
-        Ok((path, file))
+            Err(outcome) => return abort(report, stages, stage, text(outcome), json!({})),
+        };
+        stages.end(stage, &Ok(format!("{path} is registered")));
+        Outcome::ok(report.finish(stages, "live", json!({ "changed": true, "task": info })))
     }
 
     async fn info(&self, path: &str) -> Outcome {
@@ -280,15 +262,25 @@ impl WinTaskModule {
 }
 
 fn failed(fun: &str, out: &ToolOutput) -> Outcome {
+    Outcome::failed(RETCODE_ERROR, said(fun, out))
+}
+
+/// What a failed schtasks run said, for a failure message.
+fn said(fun: &str, out: &ToolOutput) -> String {
     let said = if out.stderr.trim().is_empty() {
         out.stdout.trim()
     } else {
         out.stderr.trim()
     };
-    Outcome::failed(
-        RETCODE_ERROR,
-        format!("win_task.{fun}: schtasks exited {}: {said}", out.code),
-    )
+    format!("win_task.{fun}: schtasks exited {}: {said}", out.code)
+}
+
+/// The message of a failed outcome, to carry into a stage's failure.
+fn text(outcome: Outcome) -> String {
+    match outcome.data {
+        Value::String(message) => message,
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +310,14 @@ mod tests {
             .await;
         assert!(out.success, "{out:?}");
         assert_eq!(out.data["task"]["status"], "Ready");
+        let stages: Vec<&str> = out.data["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(stages, ["fetch", "prepare", "deploy", "verify"]);
+        let first_release = out.data["release"].clone();
         assert_eq!(out.data["task"]["run_as"], "SYSTEM");
         let xml = fake.tasks.lock().unwrap()["\\Halite\\Rotate logs"]
             .xml
@@ -328,8 +328,12 @@ mod tests {
             .call("create", call("win_task.create", vec![], task()))
             .await;
         assert!(!again.success);
+        assert_eq!(again.data["failed_stage"], "prepare", "{again:?}");
         assert!(
-            again.data.as_str().unwrap().contains("use win_task.update"),
+            again.data["error"]
+                .as_str()
+                .unwrap()
+                .contains("use win_task.update"),
             "{again:?}"
         );
 
@@ -342,6 +346,11 @@ mod tests {
             out.data["task"]["command"], "C:\\tools\\rotate2.exe",
             "{out:?}"
         );
+        // Released like an app, under the task's path: a new release.
+        assert_eq!(out.data["app"], "\\Halite\\Rotate logs");
+        assert_eq!(out.data["result"], "live");
+        assert_ne!(out.data["release"], first_release);
+        assert_eq!(out.data["release"].as_str().map(str::len), Some(12));
 
         let named = json!({ "name": "Rotate logs", "folder": "\\Halite" });
         let out = m
@@ -416,7 +425,10 @@ mod tests {
             .call("update", call("win_task.update", vec![], task()))
             .await;
         assert!(
-            out.data.as_str().unwrap().contains("use win_task.create"),
+            out.data["error"]
+                .as_str()
+                .unwrap()
+                .contains("use win_task.create"),
             "{out:?}"
         );
         for fun in ["run", "end", "enable", "disable", "delete"] {
