@@ -12,7 +12,9 @@ Keyword arguments:
   to              rollback only: the release, revision or tag to go back to
   cache_dirs      directories emptied after the switch: absolute, or
                   relative to the live release (e.g. {"var/cache"})
-  reload_cmd      reloads php-fpm (default: systemctl reload php-fpm)
+  service         the php-fpm service, reloaded through the service module
+                  (systemd or SysV init; default php-fpm)
+  reload_cmd      a command that reloads instead (e.g. a container's own)
   health_url      must answer HTTP 200 after the reload (optional)
   health_retries  tries of health_url (default 5)
   health_interval seconds between tries (default 1)
@@ -58,10 +60,16 @@ local function clear_caches(k)
 end
 
 local function reload(k)
-  local cmd = k.reload_cmd or "systemctl reload php-fpm"
-  local r = halite.run({ cmd = cmd, timeout = 60 })
+  if not k.reload_cmd then
+    local r = halite.call("service.reload", { name = k.service or "php-fpm" })
+    if not r.success then
+      error(tostring(r.data))
+    end
+    return
+  end
+  local r = halite.run({ cmd = k.reload_cmd, timeout = 60 })
   if r.retcode ~= 0 then
-    error(string.format("%s exited with %d: %s", cmd, r.retcode, r.stderr))
+    error(string.format("%s exited with %d: %s", k.reload_cmd, r.retcode, r.stderr))
   end
 end
 

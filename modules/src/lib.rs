@@ -38,6 +38,7 @@ mod module;
 mod outcome;
 mod registry;
 pub mod releases;
+mod service;
 mod stages;
 mod test_module;
 mod win_task;
