@@ -163,3 +163,12 @@ pub(crate) fn abort(
     stages.end(stage, &Err(error.clone()));
     failure(report, stages, stage.0, error, extra, "failed")
 }
+
+/// The stage names a deploy return lists, in order (for tests).
+#[cfg(test)]
+pub(crate) fn stage_names(data: &Value) -> Vec<&str> {
+    data["stages"]
+        .as_array()
+        .map(|stages| stages.iter().filter_map(|s| s["stage"].as_str()).collect())
+        .unwrap_or_default()
+}

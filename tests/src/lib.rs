@@ -71,6 +71,14 @@ pub fn eventually_or(
     );
 }
 
+/// The stage names a deploy return's data lists, in order.
+pub fn stage_names(data: &Value) -> Vec<&str> {
+    data["stages"]
+        .as_array()
+        .map(|stages| stages.iter().filter_map(|s| s["stage"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// Checks a job view (`jobs show --json`) of a job run one minion per
 /// batch: every minion in `ids` succeeded, and no run began before the
 /// previous one ended.

@@ -119,12 +119,7 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
     let (code, ret) = deploy("shop", "shop-v1", &sha256(&v1), "v1");
     assert_eq!(code, 0, "{ret}");
     assert_eq!(tomcat.get("/shop/index.html"), (200, "shop v1".into()));
-    let stages: Vec<&str> = ret["data"]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["stage"].as_str().unwrap())
-        .collect();
+    let stages = halite_tests::stage_names(&ret["data"]);
     assert_eq!(stages, ["fetch", "prepare", "deploy", "verify"]);
 
     let (code, ret) = deploy("shop", "shop-v2", &sha256(&v2), "v2");

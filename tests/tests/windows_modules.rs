@@ -77,12 +77,7 @@ fn on_linux_they_fail_saying_they_need_windows_and_are_recorded() {
             .contains("needs a Windows minion"),
         "{data}"
     );
-    let stages: Vec<&str> = data["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["stage"].as_str().unwrap())
-        .collect();
+    let stages = halite_tests::stage_names(&data);
     assert_eq!(
         stages,
         ["fetch", "prepare"],

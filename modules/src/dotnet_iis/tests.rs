@@ -155,12 +155,7 @@ async fn release_flow_in_order_and_rollback() {
         at("stop apppool") < at("set vdir") && at("set vdir") < at("start apppool"),
         "{log:?}"
     );
-    let stages: Vec<&str> = out.data["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["stage"].as_str().unwrap())
-        .collect();
+    let stages = crate::stages::stage_names(&out.data);
     assert_eq!(stages, ["fetch", "prepare", "deploy", "verify"]);
 
     let out = s.deploy("v2", "v2", s.app("Shop", 5)).await;

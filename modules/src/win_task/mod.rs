@@ -310,12 +310,7 @@ mod tests {
             .await;
         assert!(out.success, "{out:?}");
         assert_eq!(out.data["task"]["status"], "Ready");
-        let stages: Vec<&str> = out.data["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["stage"].as_str().unwrap())
-            .collect();
+        let stages = crate::stages::stage_names(&out.data);
         assert_eq!(stages, ["fetch", "prepare", "deploy", "verify"]);
         let first_release = out.data["release"].clone();
         assert_eq!(out.data["task"]["run_as"], "SYSTEM");
