@@ -414,55 +414,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = catalog(dir.path());
         let all = vec!["web1".to_owned(), "blog1".to_owned()];
-        let err = c
-            .complete(
-                &mut Map::new(),
+        // The error completing a git_deploy job on `minions` that names
+        // `app` (or none).
+        let refusal = |app: Option<&str>, target: &str, minions: &[String]| {
+            let mut kwarg = Map::new();
+            if let Some(app) = app {
+                kwarg.insert("app".into(), json!(app));
+            }
+            c.complete(
+                &mut kwarg,
                 &mut BTreeMap::new(),
-                "*",
-                &all,
+                target,
+                minions,
                 "git_deploy",
                 fleet,
             )
-            .expect_err("none");
+            .expect_err("refused")
+        };
+        let err = refusal(None, "*", &all);
         assert!(err.contains("no apps are defined"), "{err}");
         write_app(dir.path(), "shop", "web*", "");
         write_app(dir.path(), "blog", "blog*", "");
-        let err = c
-            .complete(
-                &mut Map::new(),
-                &mut BTreeMap::new(),
-                "*",
-                &all,
-                "git_deploy",
-                fleet,
-            )
-            .expect_err("several");
+        let err = refusal(None, "*", &all);
         assert!(err.contains("several apps (blog, shop)"), "{err}");
-        let mut kwarg = Map::new();
-        kwarg.insert("app".into(), json!("shop"));
-        let err = c
-            .complete(
-                &mut kwarg,
-                &mut BTreeMap::new(),
-                "*",
-                &all,
-                "git_deploy",
-                fleet,
-            )
-            .expect_err("stray");
+        let err = refusal(Some("shop"), "*", &all);
         assert!(err.starts_with("blog1 not in app shop's target"), "{err}");
-        let mut kwarg = Map::new();
-        kwarg.insert("app".into(), json!("nope"));
-        let err = c
-            .complete(
-                &mut kwarg,
-                &mut BTreeMap::new(),
-                "web1",
-                &all[..1],
-                "git_deploy",
-                fleet,
-            )
-            .expect_err("unknown");
+        let err = refusal(Some("nope"), "web1", &all[..1]);
         assert!(err.contains("no app \"nope\"; apps: blog, shop"), "{err}");
     }
 

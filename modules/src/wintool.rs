@@ -57,3 +57,37 @@ async fn run_system(program: &str, module: &str, _args: Vec<String>) -> Result<T
         std::env::consts::OS
     ))
 }
+
+#[cfg(all(test, not(windows)))]
+mod tests {
+    use serde_json::json;
+
+    use crate::call::tests::call;
+    use crate::Module;
+
+    #[tokio::test]
+    async fn off_windows_every_windows_module_says_it_needs_windows() {
+        let modules: [(Box<dyn Module>, &str, serde_json::Value); 2] = [
+            (
+                Box::new(crate::dotnet_iis::DotnetIisModule::system()),
+                "list_sites",
+                json!({}),
+            ),
+            (
+                Box::new(crate::win_task::WinTaskModule::system()),
+                "info",
+                json!({ "name": "x" }),
+            ),
+        ];
+        for (module, fun, kwargs) in modules {
+            let name = format!("{}.{fun}", module.name());
+            let out = module.call(fun, call(&name, vec![], kwargs)).await;
+            assert!(!out.success, "{name}: {out:?}");
+            let message = out.data.as_str().unwrap_or_default();
+            assert!(
+                message.contains("needs a Windows minion"),
+                "{name}: {out:?}"
+            );
+        }
+    }
+}

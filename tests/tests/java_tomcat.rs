@@ -21,6 +21,31 @@ fn sha256(path: &Path) -> String {
     halite_pki::sha256_hex(&std::fs::read(path).expect("war"))
 }
 
+/// `java_tomcat.deploy` of `app` on web1 from the WAR at `url`, plus
+/// `extra` command-line words.
+fn deploy(
+    master: &Master,
+    app: &str,
+    url: &str,
+    sha256: &str,
+    version: &str,
+    extra: &[&str],
+) -> (i32, Value) {
+    let (app, url) = (format!("app={app}"), format!("url={url}"));
+    let (sha256, version) = (format!("sha256={sha256}"), format!("version={version}"));
+    let mut args = vec![
+        "run",
+        "target=web1",
+        "java_tomcat.deploy",
+        &app,
+        &url,
+        &sha256,
+        &version,
+    ];
+    args.extend_from_slice(extra);
+    run(master, &args)
+}
+
 fn run(master: &Master, args: &[&str]) -> (i32, Value) {
     let mut all = args.to_vec();
     all.push("--json");
@@ -58,7 +83,7 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
     let (wars, v1, v2) = healthy_wars(dir.path(), "shop");
     let v3 = war(&wars, "shop-v3", &[("index.html", "shop v3 (broken)")]);
     let files = static_files(&wars);
-    let url = |name: &str| format!("url=http://127.0.0.1:{}/{name}.war", files.port);
+    let url = |name: &str| format!("http://127.0.0.1:{}/{name}.war", files.port);
 
     let manager = format!("http://127.0.0.1:{}/manager/text", tomcat.port);
     let apps = dir.path().join("master/apps.d");
@@ -101,34 +126,23 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
     let _web = Minion::start(dir.path(), "web1", master.return_port, "");
     master.accept("web1");
 
-    let deploy = |app: &str, name: &str, sum: &str, version: &str| {
-        run(
-            &master,
-            &[
-                "run",
-                "target=web1",
-                "java_tomcat.deploy",
-                &format!("app={app}"),
-                &url(name),
-                &format!("sha256={sum}"),
-                &format!("version={version}"),
-            ],
-        )
+    let deploy_war = |app: &str, name: &str, sum: &str, version: &str| {
+        deploy(&master, app, &url(name), sum, version, &[])
     };
 
-    let (code, ret) = deploy("shop", "shop-v1", &sha256(&v1), "v1");
+    let (code, ret) = deploy_war("shop", "shop-v1", &sha256(&v1), "v1");
     assert_eq!(code, 0, "{ret}");
     assert_eq!(tomcat.get("/shop/index.html"), (200, "shop v1".into()));
     let stages = halite_tests::stage_names(&ret["data"]);
     assert_eq!(stages, ["fetch", "prepare", "deploy", "verify"]);
 
-    let (code, ret) = deploy("shop", "shop-v2", &sha256(&v2), "v2");
+    let (code, ret) = deploy_war("shop", "shop-v2", &sha256(&v2), "v2");
     assert_eq!(code, 0, "{ret}");
     assert_eq!(tomcat.get("/shop/index.html"), (200, "shop v2".into()));
     assert_eq!(ret["data"]["undeployed"], serde_json::json!(["v1"]));
 
     // v3 fails its health check: undeployed, v2 serves on.
-    let (code, ret) = deploy("shop", "shop-v3", &sha256(&v3), "v3");
+    let (code, ret) = deploy_war("shop", "shop-v3", &sha256(&v3), "v3");
     assert_eq!(code, 1, "{ret}");
     assert_eq!(ret["data"]["failed_stage"], "verify", "{ret}");
     assert_eq!(ret["data"]["result"], "rolled_back");
@@ -159,19 +173,8 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
 
     // A hash mismatch fails the prepare stage and changes nothing.
     let files = static_files(&wars);
-    let url2 = format!("url=http://127.0.0.1:{}/shop-v2.war", files.port);
-    let (code, ret) = run(
-        &master,
-        &[
-            "run",
-            "target=web1",
-            "java_tomcat.deploy",
-            "app=shop",
-            &url2,
-            &format!("sha256={}", "ab".repeat(32)),
-            "version=v9",
-        ],
-    );
+    let url2 = format!("http://127.0.0.1:{}/shop-v2.war", files.port);
+    let (code, ret) = deploy(&master, "shop", &url2, &"ab".repeat(32), "v9", &[]);
     assert_eq!(code, 1);
     assert_eq!(ret["data"]["failed_stage"], "prepare", "{ret}");
     assert!(
@@ -181,18 +184,7 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
     assert_eq!(tomcat.get("/shop/index.html"), (200, "shop v1".into()));
 
     // Wrong credentials and an unreachable manager: prepare fails, named.
-    let (code, ret) = run(
-        &master,
-        &[
-            "run",
-            "target=web1",
-            "java_tomcat.deploy",
-            "app=badcreds",
-            &url2,
-            &format!("sha256={}", sha256(&v2)),
-            "version=v2",
-        ],
-    );
+    let (code, ret) = deploy(&master, "badcreds", &url2, &sha256(&v2), "v2", &[]);
     assert_eq!(code, 1, "{ret}");
     assert!(
         ret["data"]["error"]
@@ -205,18 +197,7 @@ fn deploy_switch_failed_health_rollback_and_refusals() {
         !ret.to_string().contains("guess"),
         "the password never shows: {ret}"
     );
-    let (code, ret) = run(
-        &master,
-        &[
-            "run",
-            "target=web1",
-            "java_tomcat.deploy",
-            "app=nomanager",
-            &url2,
-            &format!("sha256={}", sha256(&v2)),
-            "version=v2",
-        ],
-    );
+    let (code, ret) = deploy(&master, "nomanager", &url2, &sha256(&v2), "v2", &[]);
     assert_eq!(code, 1, "{ret}");
     assert!(
         ret["data"]["error"]
@@ -263,19 +244,14 @@ fn without_the_manager_the_war_goes_into_webapps() {
     master.accept("web1");
     for (war, version, page) in [(&v1, "v1", "blog v1"), (&v2, "v2", "blog v2")] {
         let name = war.file_stem().unwrap().to_string_lossy().into_owned();
-        let (code, ret) = run(
+        let url = format!("http://127.0.0.1:{}/{name}.war", files.port);
+        let (code, ret) = deploy(
             &master,
-            &[
-                "run",
-                "target=web1",
-                "java_tomcat.deploy",
-                "app=blog",
-                &format!("url=http://127.0.0.1:{}/{name}.war", files.port),
-                &format!("sha256={}", sha256(war)),
-                &format!("version={version}"),
-                "--timeout",
-                "180",
-            ],
+            "blog",
+            &url,
+            &sha256(war),
+            version,
+            &["--timeout", "180"],
         );
         assert_eq!(code, 0, "{ret}");
         assert_eq!(tomcat.get("/blog/index.html"), (200, page.into()));

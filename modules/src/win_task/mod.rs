@@ -452,24 +452,4 @@ mod tests {
         assert_eq!(out.retcode, RETCODE_BAD_ARGS);
         assert!(fake.tasks.lock().unwrap().is_empty());
     }
-
-    #[cfg(not(windows))]
-    #[tokio::test]
-    async fn elsewhere_it_says_it_needs_windows() {
-        let m = WinTaskModule::system();
-        let out = m
-            .call(
-                "info",
-                call("win_task.info", vec![], json!({ "name": "x" })),
-            )
-            .await;
-        assert!(!out.success);
-        assert!(
-            out.data
-                .as_str()
-                .unwrap()
-                .contains("needs a Windows minion"),
-            "{out:?}"
-        );
-    }
 }
