@@ -12,7 +12,7 @@ pub mod routes;
 pub(crate) mod salt;
 pub mod sse;
 pub mod types;
-pub mod words;
+pub use halite_proto::words;
 
 pub use backend::{AppAction, Backend, Grant, KeyAction};
 pub use error::ApiError;

@@ -49,6 +49,10 @@ struct State {
     more: bool,
     shape: Shape,
     finished: bool,
+    /// A job's stream checks whether the job is done before it waits:
+    /// at the start and after each return it sent, so the `done` event
+    /// follows the last return at once.
+    check_done: bool,
 }
 
 /// The SSE response for entries after `after` (one job's when `jid` is set).
@@ -62,10 +66,11 @@ pub fn stream(
     let state = State {
         backend,
         live,
-        jid,
         last: after,
         pending: VecDeque::new(),
         more: true,
+        check_done: jid.is_some(),
+        jid,
         shape,
         finished: false,
     };
@@ -87,6 +92,11 @@ impl State {
             }
             if let Some(entry) = self.pending.pop_front() {
                 return Some(self.send(entry));
+            }
+            if std::mem::take(&mut self.check_done) && !self.more {
+                if let Some(done) = self.done_event() {
+                    return Some(done);
+                }
             }
             let received = tokio::time::timeout(DONE_CHECK, self.live.recv()).await;
             match received {
@@ -140,6 +150,7 @@ impl State {
 
     fn send(&mut self, entry: BusEntry) -> Event {
         self.last = entry.id;
+        self.check_done |= self.jid.is_some() && entry.kind == "job/return";
         let id = entry.id.to_string();
         let data = match self.shape {
             Shape::Native => serde_json::to_string(&entry).unwrap_or_default(),

@@ -5,7 +5,11 @@
 //! the master starts; the master runs in this process on its own runtime;
 //! `wrk` then hits `GET /v1/jobs/{jid}` for random stored jids, the first
 //! page of `GET /v1/jobs`, and a filtered page (`fun=` matching one job
-//! in a hundred), each for `--seconds`.
+//! in a hundred), each for `--seconds`. With `--submits N`, the random
+//! lookups run once more while another client submits N jobs a second
+//! through `POST /v1/jobs` (each stored, flushed and signed by the master):
+//! the p99 of lookups then shows whether submissions stall the API's
+//! workers.
 
 use std::path::Path;
 use std::process::Command;
@@ -38,6 +42,10 @@ pub struct ApiArgs {
     /// Worker threads of the master's runtime.
     #[arg(long, default_value_t = 2)]
     master_workers: usize,
+    /// Also measure lookups while this many jobs a second are submitted
+    /// (0: skip).
+    #[arg(long, default_value_t = 50)]
+    submits: u32,
     /// Print Markdown tables (for bench/RESULTS.md).
     #[arg(long)]
     markdown: bool,
@@ -216,8 +224,75 @@ pub fn run(args: ApiArgs) -> Result<()> {
             measured.errors.to_string(),
         ]);
     }
+    if args.submits > 0 {
+        let submitter = Submitter::start(&base, &token, args.submits)?;
+        let measured = wrk(&args, &format!("{base}/v1/jobs/x"), &lookup)?;
+        let (submitted, failed) = submitter.stop();
+        table.row(vec![
+            format!(
+                "GET /v1/jobs/{{jid}} (random) while {} jobs/s are submitted ({submitted} done, {failed} failed)",
+                args.submits
+            ),
+            grouped(args.jobs),
+            format!("{:.0}", measured.requests_per_s),
+            measured.p50,
+            measured.p99,
+            measured.errors.to_string(),
+        ]);
+    }
     println!("{}", table.render(args.markdown));
     shutdown.cancel();
     drop(running);
     Ok(())
+}
+
+/// Submits jobs at a steady rate from its own thread until stopped.
+struct Submitter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Submitter {
+    fn start(base: &str, token: &str, per_second: u32) -> Result<Submitter> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = format!("{base}/v1/jobs");
+        let token = token.to_owned();
+        let flag = stop.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("submitter runtime")?;
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                halite_pki::install_tls_provider();
+                let client = reqwest::Client::new();
+                let mut every =
+                    tokio::time::interval(std::time::Duration::from_secs(1) / per_second.max(1));
+                let (mut done, mut failed) = (0u64, 0u64);
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    every.tick().await;
+                    let sent = client
+                        .post(&url)
+                        .header("X-Auth-Token", &token)
+                        .json(&serde_json::json!({
+                            "target": "nobody-*", "fun": "test.ping", "arg": ["x".repeat(512)]
+                        }))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) if response.status().is_success() => done += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (done, failed)
+            })
+        });
+        Ok(Submitter { stop, thread })
+    }
+
+    /// Stops submitting; how many submissions succeeded and failed.
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or((0, 0))
+    }
 }

@@ -511,7 +511,7 @@ fn run_round(
     };
     let start = Instant::now();
     let submitted = core
-        .submit(halite_master::users::ROOT, request)
+        .submit(halite_pki::users::ROOT, request)
         .map_err(|e| anyhow!("submit test.ping: {e}"))?;
     let jid = submitted.jid.as_str().to_owned();
     let outcome = wait_stored(core, counter, &submitted.jid, n, start, poll, timeout);

@@ -165,7 +165,7 @@ impl Acl {
         minions: &[String],
         matching: impl Fn(&[String], &Target) -> Vec<String>,
     ) -> Result<(), Denied> {
-        if user == crate::users::ROOT {
+        if user == halite_pki::users::ROOT {
             return Ok(());
         }
         let grants: Vec<&Grant> = self
@@ -214,7 +214,7 @@ impl Acl {
 
     /// Has `user` the special grant (or root)? `Runner` also satisfies `Jobs`.
     pub fn check_special(&self, user: &str, special: Special) -> Result<(), Denied> {
-        if user == crate::users::ROOT {
+        if user == halite_pki::users::ROOT {
             return Ok(());
         }
         let has = self.users.get(user).is_some_and(|u| {
@@ -237,7 +237,7 @@ impl Acl {
 
     /// A user's grants as written in the config (salt-api's `perms`).
     pub fn written(&self, user: &str) -> Vec<serde_json::Value> {
-        if user == crate::users::ROOT {
+        if user == halite_pki::users::ROOT {
             return vec![
                 serde_json::json!(".*"),
                 serde_json::json!("@wheel"),

@@ -10,13 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use halite_api::types::{DeployRecord, ReturnRecord};
+use halite_model::{DeployRecord, ReturnRecord};
 use halite_proto::app::{AppSpec, SECRET_PASSWORD, SECRET_USERNAME};
 use halite_proto::config::{parse_toml, ConfigError};
 use serde::Deserialize;
-
-/// Functions whose jobs carry an app definition.
-pub const APP_MODULES: &[&str] = &["git_deploy", "java_tomcat", "dotnet_iis"];
 
 /// The app definitions and credentials of one master.
 #[derive(Clone, Debug)]
@@ -169,7 +166,8 @@ impl Catalog {
     ) -> Result<AppSpec, String> {
         let all = self.load().map_err(|e| e.to_string())?;
         // A deploy module takes only apps of its kind; a Lua module any.
-        let of_kind = |a: &&AppSpec| !APP_MODULES.contains(&module) || a.kind.module() == module;
+        let built_in = halite_proto::catalog::module(module).is_some();
+        let of_kind = |a: &&AppSpec| !built_in || a.kind.module() == module;
         if let Some(serde_json::Value::String(name)) = kwarg.get("app") {
             if let Some(app) = all.iter().find(|a| &a.name == name && !of_kind(a)) {
                 return Err(format!(
@@ -257,31 +255,15 @@ impl Catalog {
     }
 }
 
-/// Does a job's function take an app definition?
-pub fn needs_app(fun: &str) -> bool {
-    let module = fun.split('.').next().unwrap_or(fun);
-    APP_MODULES.contains(&module) && !halite_proto::app::APP_FREE_FUNCTIONS.contains(&fun)
-}
-
 /// The deploy module that releases an app (`POST /v1/apps/{name}/deploy`).
 pub fn module_for(app: &AppSpec) -> &'static str {
     app.kind.module()
 }
 
-/// Functions that release something other than an app: a scheduled
-/// task's definition, recorded under the task's path.
-const TASK_RELEASES: &[&str] = &["win_task.create", "win_task.update"];
-
-/// Does a job's function release something: its returns are release
-/// records, and `master-cli run` shows its stages live?
-pub fn releases(fun: &str) -> bool {
-    needs_app(fun) || TASK_RELEASES.contains(&fun)
-}
-
 /// The deploy record a return carries, if it is a release (its data
 /// names the app and the action).
 pub fn deploy_record(jid: &halite_proto::Jid, ret: &ReturnRecord) -> Option<DeployRecord> {
-    if !releases(&ret.fun) {
+    if !halite_proto::catalog::releases(&ret.fun) {
         return None;
     }
     let data = ret.data.as_object()?;

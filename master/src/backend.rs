@@ -1,33 +1,43 @@
-//! The master as the HTTP API's [`Backend`].
+//! The master as the HTTP API's [`Backend`]: a thin adapter over
+//! [`Core`], and the one place where the centre's [`CoreError`] becomes an
+//! HTTP status. Every call that touches the store, key files or signing
+//! goes through [`blocking`], so an axum worker is never stalled by it.
 
 use std::sync::Arc;
 
 use halite_api::types::{
     AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
-    JobRequest, JobView, KeyView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
+    JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
 use halite_api::{ApiError, AppAction, Backend, Grant, KeyAction};
+use halite_pki::PkiError;
+use halite_proto::Jid;
 use serde_json::{Map, Value};
 
 use crate::acl::Special;
-use halite_pki::PkiError;
-use halite_proto::Jid;
-
-use crate::core::Core;
+use crate::core::views::{KeyChange, ReleaseAction};
+use crate::core::{blocking, Core, CoreError};
 
 /// Adapter from the API's trait to [`Core`].
 pub struct ApiBackend(pub Arc<Core>);
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e.to_string())
-}
-
-fn key_error(e: PkiError) -> ApiError {
-    match e {
-        PkiError::NoSuchKey { .. } => ApiError::not_found(e.to_string()),
-        PkiError::InvalidId { .. } => ApiError::bad_request(e.to_string()),
-        PkiError::State { .. } => ApiError::conflict(e.to_string()),
-        other => internal(other),
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            CoreError::Invalid(_) => ApiError::bad_request(message),
+            CoreError::BadCredentials(_) => ApiError::unauthorized(message),
+            CoreError::Forbidden(_) => ApiError::forbidden(message),
+            CoreError::NotFound(_) => ApiError::not_found(message),
+            CoreError::Conflict(_) => ApiError::conflict(message),
+            CoreError::Keys(PkiError::NoSuchKey { .. }) => ApiError::not_found(message),
+            CoreError::Keys(PkiError::InvalidId { .. }) => ApiError::bad_request(message),
+            CoreError::Keys(PkiError::State { .. }) => ApiError::conflict(message),
+            CoreError::Keys(_)
+            | CoreError::Store(_)
+            | CoreError::Users(_)
+            | CoreError::Config(_) => ApiError::internal(message),
+        }
     }
 }
 
@@ -36,83 +46,49 @@ impl Backend for ApiBackend {
         self.0.authenticate(token)
     }
 
-    fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
-        self.0.submit(user, request)
-    }
-
     fn login(&self, user: &str, password: &str) -> Result<LoginToken, ApiError> {
-        self.0.login(user, password)
+        // The route already runs logins on the blocking pool.
+        Ok(self.0.login(user, password)?)
     }
 
     fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError> {
-        self.0.require(
-            user,
-            match grant {
-                Grant::Wheel => Special::Wheel,
-                Grant::Jobs => Special::Jobs,
-            },
-        )
+        let special = match grant {
+            Grant::Wheel => Special::Wheel,
+            Grant::Jobs => Special::Jobs,
+        };
+        Ok(self.0.require(user, special)?)
+    }
+
+    fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
+        Ok(blocking(|| self.0.submit(user, request))?)
     }
 
     fn cancel(&self, user: &str, jid: &Jid) -> Result<Value, ApiError> {
-        self.0.cancel(user, jid)
+        Ok(blocking(|| self.0.cancel(user, jid))?)
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<JobPage, ApiError> {
-        crate::listing::jobs(&self.0, filter)
+        Ok(blocking(|| self.0.jobs(filter))?)
     }
 
     fn job(&self, jid: &Jid) -> Result<JobView, ApiError> {
-        self.0.job_view(jid)
+        Ok(blocking(|| self.0.job_view(jid))?)
     }
 
     fn events(&self, jid: &Jid, after: Option<u64>) -> Result<Vec<EventRecord>, ApiError> {
-        if self.0.store.job(jid).map_err(internal)?.is_none() {
-            return Err(ApiError::not_found(format!("no job {jid}")));
-        }
-        self.0.store.events(jid, after).map_err(internal)
+        Ok(blocking(|| self.0.job_events(jid, after))?)
     }
 
     fn minions(&self) -> Result<Vec<MinionView>, ApiError> {
-        let accepted = self.0.keys.accepted_ids();
-        let all = self.0.presence.all();
-        // One map, not a scan per minion: listing stays linear in fleet size.
-        let records: std::collections::HashMap<&str, &crate::store::MinionRecord> =
-            all.iter().map(|r| (r.id.as_str(), r)).collect();
-        Ok(accepted
-            .into_iter()
-            .map(|id| {
-                let record = records.get(id.as_str());
-                MinionView {
-                    status: if self.0.presence.is_up(&id) {
-                        "up"
-                    } else {
-                        "down"
-                    }
-                    .to_owned(),
-                    last_seen: record.map(|r| r.last_seen).filter(|&t| t > 0),
-                    version: record.map(|r| r.version.clone()).filter(|v| !v.is_empty()),
-                    latency_ms: record.and_then(|r| r.rtt_ms),
-                    os: record
-                        .and_then(|r| r.grains.get("os"))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned),
-                    grains: record.map_or(serde_json::Value::Null, |r| r.grains.clone()),
-                    id,
-                }
-            })
-            .collect())
+        Ok(blocking(|| self.0.minions()))
     }
 
     fn minion(&self, id: &str) -> Result<MinionView, ApiError> {
-        self.minions()?
-            .into_iter()
-            .find(|m| m.id == id)
-            .ok_or_else(|| ApiError::not_found(format!("no accepted minion {id:?}")))
+        Ok(blocking(|| self.0.minion(id))?)
     }
 
     fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, ApiError> {
-        self.0.store.presence(limit).map_err(internal)
+        Ok(blocking(|| self.0.presence_events(limit))?)
     }
 
     fn checks(
@@ -121,68 +97,29 @@ impl Backend for ApiBackend {
         failed_only: bool,
         limit: usize,
     ) -> Result<Vec<CheckRecord>, ApiError> {
-        self.0
-            .store
-            .checks(since, failed_only, limit)
-            .map_err(internal)
+        Ok(blocking(|| self.0.checks(since, failed_only, limit))?)
     }
 
     fn keys(&self) -> Result<KeysView, ApiError> {
-        let keys = self.0.keys.list().map_err(key_error)?;
-        Ok(KeysView {
-            master_fingerprint: self.0.fingerprint(),
-            keys: keys
-                .into_iter()
-                .map(|k| KeyView {
-                    id: k.id,
-                    status: k.status,
-                    fingerprint: k.fingerprint,
-                })
-                .collect(),
-        })
+        Ok(blocking(|| self.0.key_list())?)
     }
 
     fn key_action(&self, action: KeyAction) -> Result<Vec<String>, ApiError> {
-        let keys = &self.0.keys;
-        let affected = match action {
-            KeyAction::Accept(id) => {
-                keys.accept(&id).map_err(key_error)?;
-                vec![id]
-            }
-            KeyAction::AcceptAll => keys.accept_all_pending().map_err(key_error)?,
-            KeyAction::Reject(id) => {
-                if keys.reject(&id).map_err(key_error)? {
-                    self.0.rotate_session();
-                }
-                vec![id]
-            }
-            KeyAction::Delete(id) => {
-                if keys.delete(&id).map_err(key_error)? {
-                    self.0.rotate_session();
-                }
-                self.0.presence.forget(&id);
-                vec![id]
-            }
+        let change = match action {
+            KeyAction::Accept(id) => KeyChange::Accept(id),
+            KeyAction::AcceptAll => KeyChange::AcceptAll,
+            KeyAction::Reject(id) => KeyChange::Reject(id),
+            KeyAction::Delete(id) => KeyChange::Delete(id),
         };
-        tracing::info!(ids = ?affected, "key state changed");
-        Ok(affected)
+        Ok(blocking(|| self.0.change_keys(change))?)
     }
 
     fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, ApiError> {
-        self.0.config.apps().load().map_err(internal)
+        Ok(blocking(|| self.0.apps())?)
     }
 
     fn app_releases(&self, app: &str, limit: usize) -> Result<AppReleases, ApiError> {
-        let apps = self.0.config.apps().load().map_err(internal)?;
-        let history = self.0.store.deploys(app, limit).map_err(internal)?;
-        if history.is_empty() && !apps.iter().any(|a| a.name == app) {
-            return Err(ApiError::not_found(format!("no app {app:?}")));
-        }
-        Ok(AppReleases {
-            app: app.to_owned(),
-            live: crate::apps::live_by_minion(&history),
-            history,
-        })
+        Ok(blocking(|| self.0.app_releases(app, limit))?)
     }
 
     fn app_action(
@@ -190,53 +127,17 @@ impl Backend for ApiBackend {
         user: &str,
         app: &str,
         action: AppAction,
-        mut options: Map<String, Value>,
+        options: Map<String, Value>,
     ) -> Result<Submitted, ApiError> {
-        let apps = self.0.config.apps().load().map_err(internal)?;
-        let spec = apps
-            .iter()
-            .find(|a| a.name == app)
-            .ok_or_else(|| ApiError::not_found(format!("no app {app:?}")))?;
-        let text = |options: &mut Map<String, Value>, key: &str| match options.remove(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "`{key}` must be text, not {other}"
-            ))),
+        let action = match action {
+            AppAction::Deploy => ReleaseAction::Deploy,
+            AppAction::Rollback => ReleaseAction::Rollback,
         };
-        let target = text(&mut options, "target")?;
-        let timeout =
-            match options.remove("timeout") {
-                None => None,
-                Some(v) => Some(v.as_u64().ok_or_else(|| {
-                    ApiError::bad_request("`timeout` must be a number of seconds")
-                })?),
-            };
-        let (target, tgt_type) = match target {
-            // A narrower target is read as a glob or compound; the master
-            // still refuses minions outside the app's own target.
-            Some(t) => (t, halite_proto::TargetType::Compound),
-            None => (spec.target.clone(), spec.tgt_type),
-        };
-        options.insert("app".into(), Value::String(app.to_owned()));
-        let function = match action {
-            AppAction::Deploy => "deploy",
-            AppAction::Rollback => "rollback",
-        };
-        let request = JobRequest {
-            target,
-            tgt_type,
-            fun: format!("{}.{function}", crate::apps::module_for(spec)),
-            kwarg: options,
-            timeout,
-            ..JobRequest::default()
-        };
-        self.0.submit(user, request)
+        Ok(blocking(|| self.0.release_app(user, app, action, options))?)
     }
 
     fn stats(&self, from: u64, to: u64) -> Result<DeployStats, ApiError> {
-        let records = self.0.store.deploys_between(from, to).map_err(internal)?;
-        Ok(crate::stats::deploy_stats(&records, from, to))
+        Ok(blocking(|| self.0.deploy_stats(from, to))?)
     }
 
     fn audit(&self, record: AuditRecord) {
@@ -244,13 +145,13 @@ impl Backend for ApiBackend {
             user = %record.user, from = %record.from, method = %record.method,
             path = %record.path, status = record.status, detail = ?record.detail, "audit"
         );
-        if let Err(e) = self.0.store.put_audit(&record) {
+        if let Err(e) = blocking(|| self.0.audit(&record)) {
             tracing::error!(error = %e, "cannot write the audit log");
         }
     }
 
     fn audit_log(&self, from: u64, to: u64, limit: usize) -> Result<Vec<AuditRecord>, ApiError> {
-        self.0.store.audit(from, to, limit).map_err(internal)
+        Ok(blocking(|| self.0.audit_log(from, to, limit))?)
     }
 
     fn stream(
@@ -259,14 +160,11 @@ impl Backend for ApiBackend {
         jid: Option<&Jid>,
         limit: usize,
     ) -> Result<Vec<BusEntry>, ApiError> {
-        self.0
-            .store
-            .stream_after(after, jid, limit)
-            .map_err(internal)
+        Ok(blocking(|| self.0.stream(after, jid, limit))?)
     }
 
     fn stream_head(&self) -> Result<u64, ApiError> {
-        self.0.store.stream_head().map_err(internal)
+        Ok(blocking(|| self.0.stream_head())?)
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>> {

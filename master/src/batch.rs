@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use halite_api::ApiError;
+use crate::error::CoreError;
 use halite_proto::message::Job;
 use halite_proto::time::now_ms;
 
@@ -36,9 +36,9 @@ pub struct BatchPlan {
 }
 
 /// Minions per batch for `batch` (`"10"` or `"25%"`) of `total` minions.
-pub fn parse_size(batch: &str, total: usize) -> Result<usize, ApiError> {
+pub fn parse_size(batch: &str, total: usize) -> Result<usize, CoreError> {
     let bad = || {
-        ApiError::bad_request(format!(
+        CoreError::invalid(format!(
             "batch {batch:?}: give a number of minions (10) or a percentage (25%)"
         ))
     };
@@ -90,22 +90,25 @@ async fn drive(core: Arc<Core>, mut plan: BatchPlan) {
             tokio::time::sleep(POLL).await;
         }
         let batch = plan.rest.remove(0);
-        match core.publish_batch(&plan.template, &batch) {
+        match crate::core::blocking(|| core.publish_batch(&plan.template, &batch)) {
             Ok(expires_at) => {
                 plan.deadline = expires_at + RETURN_GRACE_MS;
                 plan.waiting_for = batch;
             }
             Err(e) => {
-                tracing::error!(%jid, error = %e.message, "cannot publish a batch; batches stopped");
+                tracing::error!(%jid, error = %e, "cannot publish a batch; batches stopped");
                 return;
             }
         }
-        let kept = if plan.rest.is_empty() {
-            core.store.delete_batch(&jid)
-        } else {
-            core.store.put_batch(&plan)
-        };
-        if let Err(e) = kept.and_then(|()| core.store.flush()) {
+        let kept = crate::core::blocking(|| {
+            if plan.rest.is_empty() {
+                core.store.delete_batch(&jid)
+            } else {
+                core.store.put_batch(&plan)
+            }
+            .and_then(|()| core.store.flush())
+        });
+        if let Err(e) = kept {
             tracing::warn!(%jid, error = %e, "cannot record the batch plan; a restart would not resume it");
         }
     }
@@ -123,7 +126,7 @@ mod tests {
         assert_eq!(parse_size("1%", 7).unwrap(), 1);
         for bad in ["0", "0%", "101%", "ten", "-1", "%"] {
             let err = parse_size(bad, 10).unwrap_err();
-            assert!(err.message.contains("batch"), "{bad}: {err}");
+            assert!(matches!(err, CoreError::Invalid(_)), "{bad}: {err}");
         }
     }
 }

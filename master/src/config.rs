@@ -8,7 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use halite_proto::config::{id_key, int_key, parse_toml, resolve_path, ConfigError};
+use halite_proto::config::{
+    id_key, int_key, parse_toml, resolve_path, ConfigError, MasterLocation,
+};
 use serde::Deserialize;
 
 /// Where `halite-master` and `master-cli` look without `--config`.
@@ -16,14 +18,19 @@ pub const DEFAULT_CONFIG: &str = "/etc/halite/master.toml";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// Every key a master config may have. The location keys (`data_dir`,
+/// `api_bind`, `api_tls_*`, `users_file`) are read by
+/// [`MasterLocation`]; they are listed here so unknown keys stay refused.
 struct RawConfig {
     id: Option<String>,
     interface: Option<String>,
     publish_port: Option<i64>,
     return_port: Option<i64>,
-    api_bind: Option<String>,
+    #[serde(rename = "api_bind")]
+    _api_bind: Option<toml::Value>,
     pki_dir: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
+    #[serde(rename = "data_dir")]
+    _data_dir: Option<toml::Value>,
     auto_accept: Option<bool>,
     keep_jobs: Option<i64>,
     heartbeat_interval: Option<i64>,
@@ -34,11 +41,14 @@ struct RawConfig {
     keep_checks: Option<i64>,
     apps_dir: Option<PathBuf>,
     secrets_file: Option<PathBuf>,
-    users_file: Option<PathBuf>,
+    #[serde(rename = "users_file")]
+    _users_file: Option<toml::Value>,
     lua_modules_dir: Option<PathBuf>,
     token_expire: Option<i64>,
-    api_tls_cert: Option<PathBuf>,
-    api_tls_key: Option<PathBuf>,
+    #[serde(rename = "api_tls_cert")]
+    _api_tls_cert: Option<toml::Value>,
+    #[serde(rename = "api_tls_key")]
+    _api_tls_key: Option<toml::Value>,
     acl: Option<toml::Table>,
 }
 
@@ -116,31 +126,21 @@ impl Config {
                 format!("{interface:?} is not an IP address"),
             )
         })?;
-        let api_bind = raw.api_bind.as_deref().unwrap_or("127.0.0.1:8000");
-        let api_bind: SocketAddr = api_bind.parse().map_err(|_| {
-            ConfigError::key(
-                file,
-                "api_bind",
-                format!("{api_bind:?} is not an address like 127.0.0.1:8000"),
-            )
-        })?;
+        // Where tools find this master: read by the one shared parser.
+        let location = MasterLocation::from_toml(file, text)?;
         Ok(Config {
             file: file.to_path_buf(),
             id,
             interface,
             publish_port: port(file, "publish_port", raw.publish_port, 4505)?,
             return_port: port(file, "return_port", raw.return_port, 4506)?,
-            api_bind,
+            api_bind: location.api_bind,
             pki_dir: resolve_path(
                 file,
                 &raw.pki_dir
                     .unwrap_or_else(|| "/etc/halite/pki/master".into()),
             ),
-            data_dir: resolve_path(
-                file,
-                &raw.data_dir
-                    .unwrap_or_else(|| "/var/lib/halite/master".into()),
-            ),
+            data_dir: location.data_dir,
             auto_accept: raw.auto_accept.unwrap_or(false),
             keep_jobs: Duration::from_secs(
                 3600 * int_key(file, "keep_jobs", raw.keep_jobs, 24, 1..=24 * 365 * 10)?,
@@ -194,7 +194,7 @@ impl Config {
                 file,
                 &raw.secrets_file.unwrap_or_else(|| "secrets.toml".into()),
             ),
-            users_file: resolve_path(file, &raw.users_file.unwrap_or_else(|| "users.toml".into())),
+            users_file: location.users_file,
             lua_modules_dir: resolve_path(
                 file,
                 &raw.lua_modules_dir.unwrap_or_else(|| "lua-modules".into()),
@@ -202,26 +202,7 @@ impl Config {
             token_expire: Duration::from_secs(
                 3600 * int_key(file, "token_expire", raw.token_expire, 12, 1..=24 * 365)?,
             ),
-            api_tls: match (raw.api_tls_cert, raw.api_tls_key) {
-                (None, None) => None,
-                (Some(cert), Some(key)) => {
-                    Some((resolve_path(file, &cert), resolve_path(file, &key)))
-                }
-                (Some(_), None) => {
-                    return Err(ConfigError::key(
-                        file,
-                        "api_tls_key",
-                        "api_tls_cert is set: set the key too",
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(ConfigError::key(
-                        file,
-                        "api_tls_cert",
-                        "api_tls_key is set: set the certificate too",
-                    ))
-                }
-            },
+            api_tls: location.api_tls,
             acl: crate::acl::Acl::parse(file, &raw.acl.unwrap_or_default())?,
         })
     }
@@ -237,8 +218,8 @@ impl Config {
     }
 
     /// The API users file.
-    pub fn users(&self) -> crate::users::Users {
-        crate::users::Users::new(self.users_file.clone())
+    pub fn users(&self) -> halite_pki::users::Users {
+        halite_pki::users::Users::new(self.users_file.clone())
     }
 
     /// Where the root-only CLI token lives.

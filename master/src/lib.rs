@@ -2,10 +2,11 @@
 //! calls [`start`]; tests call it in-process with port 0.
 //!
 //! Map: [`config`] (validated before anything binds), [`transport`]
-//! (ZeroMQ PUB and ROUTER), [`core`] (state, message handling, job
-//! submission), [`collector`] (grouped durable returns), [`presence`]
-//! (who is up), [`session`] (the session key), [`store`] (sled),
-//! [`backend`] (the HTTP API's view of all this), [`cli`] (`master-cli`).
+//! (the [`transport::Outbound`] trait, ZeroMQ PUB and ROUTER, an
+//! in-memory double), [`core`] (the centre: inbound messages, returns,
+//! jobs, auth, views, upkeep), [`presence`] (who is up), [`session`]
+//! (the session key), [`store`] (sled), [`backend`] (the HTTP adapter:
+//! the one place a [`core::CoreError`] becomes a status).
 
 #![deny(missing_docs)]
 
@@ -14,10 +15,9 @@ pub mod api_tls;
 pub mod apps;
 pub mod backend;
 pub mod batch;
-pub mod cli;
-pub mod collector;
 pub mod config;
 pub mod core;
+pub mod error;
 pub mod listing;
 pub mod lua_modules;
 pub mod presence;
@@ -26,17 +26,12 @@ pub mod stats;
 pub mod store;
 pub mod token;
 pub mod transport;
-pub mod users;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
-
 use axum::serve::ListenerExt;
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -78,13 +73,45 @@ pub struct Running {
     pub core: Arc<core::Core>,
     /// Fires to stop every task.
     pub shutdown: CancellationToken,
+    /// The tasks that must finish before the store is closed.
+    tasks: JoinSet<()>,
 }
 
-/// Handler tasks allowed at once; past this the ROUTER reader waits.
-const MAX_IN_FLIGHT: usize = 1024;
+impl Running {
+    /// Stops the master in order: cancels `shutdown`; the API stops
+    /// accepting and finishes its requests, the timers stop, the transport
+    /// closes (which ends the inbound router and then the collector, after
+    /// it stored and acked what was queued), then the store is flushed a
+    /// last time. Returns when all of that is done.
+    pub async fn stop(mut self) -> Result<(), store::StoreError> {
+        self.shutdown.cancel();
+        let joined = tokio::time::timeout(STOP_GRACE, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Err(e) = joined {
+                    tracing::error!(error = %e, "a master task failed while stopping");
+                }
+            }
+        });
+        if joined.await.is_err() {
+            // Open event streams keep their HTTP requests alive; they
+            // are cut here, everything else has ended by then.
+            tracing::warn!("requests still open after the grace; cutting them");
+            self.tasks.shutdown().await;
+        }
+        let store = self.core.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .unwrap_or(Ok(()))
+    }
+}
+
+/// How long [`Running::stop`] lets open API requests (event streams)
+/// finish before it cuts them.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Binds everything and starts the tasks. Returns once the master is
-/// ready to serve; it runs until `shutdown` is cancelled.
+/// ready to serve; it runs until `shutdown` is cancelled (then call
+/// [`Running::stop`] to wait for it).
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, Error> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
         context: format!("create data_dir {}", config.data_dir.display()),
@@ -130,20 +157,29 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         key,
         keys,
         store,
-        publisher: bound.publisher.clone(),
-        replier: bound.replier.clone(),
+        outbound: Arc::new(transport::ZmqOutbound {
+            publisher: bound.publisher.clone(),
+            replier: bound.replier.clone(),
+        }),
         returns: returns_tx,
         publish_port: bound.publish_port,
         cli_token,
     })?);
 
-    tokio::spawn(collector::run(core.clone(), returns_rx));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(core::returns::collect(
+        core.clone(),
+        returns_rx,
+        shutdown.clone(),
+    ));
     if let Some(plans) = core.take_batch_plans() {
+        // Not joined: batch drivers only read the store and publish; they
+        // end with the runtime.
         tokio::spawn(batch::run(core.clone(), plans));
     }
     core.resume_batches()?;
-    spawn_router_handlers(core.clone(), bound.incoming);
-    spawn_timers(core.clone(), shutdown.clone());
+    tasks.spawn(core::peers::route(core.clone(), bound.incoming));
+    tasks.spawn(core::upkeep::run(core.clone(), shutdown.clone()));
 
     let app = halite_api::router(Arc::new(backend::ApiBackend(core.clone())))
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -156,10 +192,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 })?
                 // tap_io gives the listener axum's connect-info support.
                 .tap_io(|_| {});
-            tokio::spawn(serve_api(listener, app, shutdown.clone()));
+            tasks.spawn(serve_api(listener, app, shutdown.clone()));
         }
         None => {
-            tokio::spawn(serve_api(listener, app, shutdown.clone()));
+            tasks.spawn(serve_api(listener, app, shutdown.clone()));
         }
     }
 
@@ -179,6 +215,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         api_addr,
         core,
         shutdown,
+        tasks,
     })
 }
 
@@ -197,108 +234,6 @@ async fn serve_api<L>(
     if let Err(e) = served {
         tracing::error!(error = %e, "HTTP API stopped");
     }
-}
-
-/// How long a peer's worker waits for its next message before it ends
-/// (a new one starts with the peer's next message).
-const PEER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A message waiting for its peer's worker, holding its in-flight permit.
-type Queued = (Bytes, tokio::sync::OwnedSemaphorePermit);
-
-/// Handles ROUTER messages: in order per peer (a minion's events are
-/// stored in the order it sent them, and its return after them), in
-/// parallel across peers (signature checks spread over all cores), with
-/// at most [`MAX_IN_FLIGHT`] messages accepted and not yet handled.
-fn spawn_router_handlers(
-    core: Arc<core::Core>,
-    mut incoming: tokio::sync::mpsc::Receiver<transport::Incoming>,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    tokio::spawn(async move {
-        let mut workers: HashMap<Bytes, mpsc::UnboundedSender<Queued>> = HashMap::new();
-        let mut since_sweep = 0usize;
-        while let Some(message) = incoming.recv().await {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
-            };
-            let mut queued = (message.body, permit);
-            loop {
-                let worker = workers
-                    .entry(message.peer.clone())
-                    .or_insert_with(|| spawn_peer_worker(core.clone(), message.peer.clone()));
-                match worker.send(queued) {
-                    Ok(()) => break,
-                    // That worker went idle and closed: start another.
-                    Err(mpsc::error::SendError(back)) => {
-                        workers.remove(&message.peer);
-                        queued = back;
-                    }
-                }
-            }
-            since_sweep += 1;
-            if since_sweep >= 4096 {
-                since_sweep = 0;
-                workers.retain(|_, tx| !tx.is_closed());
-            }
-        }
-    });
-}
-
-/// One peer's messages, handled one after the other. After
-/// [`PEER_IDLE`] without a message the worker closes its queue, handles
-/// what is still in it, and ends.
-fn spawn_peer_worker(core: Arc<core::Core>, peer: Bytes) -> mpsc::UnboundedSender<Queued> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
-    tokio::spawn(async move {
-        loop {
-            match tokio::time::timeout(PEER_IDLE, rx.recv()).await {
-                Ok(Some((body, permit))) => {
-                    core.handle(peer.clone(), body).await;
-                    drop(permit);
-                }
-                Ok(None) => return,
-                // Idle: refuse new messages; `recv` still yields what is
-                // queued, then None.
-                Err(_idle) => rx.close(),
-            }
-        }
-    });
-    tx
-}
-
-fn spawn_timers(core: Arc<core::Core>, shutdown: CancellationToken) {
-    let beacon_every = core.config.beacon_interval;
-    tokio::spawn(async move {
-        let mut beacon = tokio::time::interval(beacon_every);
-        let mut prune = tokio::time::interval(std::time::Duration::from_secs(600));
-        let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
-        // The first check waits a full interval: right after a start the
-        // minions have not reconnected yet.
-        let check_every = core.config.check_interval;
-        let mut check =
-            tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = beacon.tick() => core.beacon(),
-                _ = sweep.tick() => {
-                    core.presence.sweep(halite_proto::time::now_ms());
-                }
-                _ = check.tick() => {
-                    let core = core.clone();
-                    let _ = tokio::task::spawn_blocking(move || core.check_connectivity()).await;
-                }
-                _ = prune.tick() => {
-                    let core = core.clone();
-                    let _ = tokio::task::spawn_blocking(move || core.prune()).await;
-                }
-            }
-        }
-        if let Err(e) = core.store.flush() {
-            tracing::error!(error = %e, "final store flush failed");
-        }
-    });
 }
 
 fn write_ports(

@@ -1,8 +1,8 @@
 //! Job listing with filters and pages (`GET /v1/jobs`,
 //! `GET /v1/minions/{id}/jobs`), over the store's newest-first scans.
 
-use halite_api::types::{JobFilter, JobPage, JobSummary};
-use halite_api::ApiError;
+use crate::error::CoreError;
+use halite_model::{JobFilter, JobPage, JobSummary};
 use halite_proto::time::now_ms;
 use halite_proto::Jid;
 
@@ -13,20 +13,16 @@ use crate::store::{JobHead, StoredJob};
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e.to_string())
-}
-
 /// One page of jobs matching `filter`, newest first; `next` is set when
 /// more may follow.
-pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, ApiError> {
+pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let mut before = filter
         .before
         .as_deref()
         .map(Jid::parse)
         .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| CoreError::invalid(e.to_string()))?;
     if let Some(to) = filter.to {
         let bound = Jid::from_unix_us(to.saturating_mul(1000));
         if before.as_ref().is_none_or(|b| bound < *b) {
@@ -38,11 +34,11 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, ApiError> {
         .as_deref()
         .map(glob_regex)
         .transpose()
-        .map_err(|e| ApiError::bad_request(format!("fun: {e}")))?;
+        .map_err(|e| CoreError::invalid(format!("fun: {e}")))?;
     let mut page = Vec::with_capacity(limit);
-    let mut visit = |head: &JobHead, job: &dyn Fn() -> Result<StoredJob, ApiError>| {
+    let mut visit = |head: &JobHead, job: &dyn Fn() -> Result<StoredJob, CoreError>| {
         if filter.from.is_some_and(|from| head.issued_at < from) {
-            return Ok::<_, ApiError>(false);
+            return Ok::<_, CoreError>(false);
         }
         let wanted = fun.as_ref().is_none_or(|f| f.is_match(&head.fun))
             && filter.target.as_ref().is_none_or(|t| *t == head.target)
@@ -63,15 +59,12 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, ApiError> {
         Some(minion) => {
             let mut cursor = before.clone();
             'scan: loop {
-                let jids = core
-                    .store
-                    .minion_jobs(minion, 256, cursor.as_ref())
-                    .map_err(internal)?;
+                let jids = core.store.minion_jobs(minion, 256, cursor.as_ref())?;
                 let Some(last) = jids.last().cloned() else {
                     break;
                 };
                 for jid in jids {
-                    if let Some(stored) = core.store.job(&jid).map_err(internal)? {
+                    if let Some(stored) = core.store.job(&jid)? {
                         let head = JobHead {
                             jid: stored.record.jid.clone(),
                             fun: stored.record.fun.clone(),
@@ -89,8 +82,8 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, ApiError> {
         }
         None => {
             for item in core.store.scan_jobs(before.as_ref()) {
-                let (head, lazy) = item.map_err(internal)?;
-                if !visit(&head, &|| lazy.decode().map_err(internal))? {
+                let (head, lazy) = item?;
+                if !visit(&head, &|| Ok(lazy.decode()?))? {
                     break;
                 }
             }
@@ -105,9 +98,9 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, ApiError> {
     Ok(JobPage { jobs: page, next })
 }
 
-fn summarize(core: &Core, job: StoredJob) -> Result<JobSummary, ApiError> {
+fn summarize(core: &Core, job: StoredJob) -> Result<JobSummary, CoreError> {
     let record = job.record;
-    let returns = core.store.returns(&record.jid).map_err(internal)?;
+    let returns = core.store.returns(&record.jid)?;
     let failed = returns.iter().filter(|r| !r.success).count();
     let returned = returns.len();
     let deadline = record.deadline();

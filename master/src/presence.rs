@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use halite_api::types::PresenceEvent;
+use halite_model::PresenceEvent;
 use serde_json::Value;
 
 use crate::store::{MinionRecord, Store};
@@ -141,7 +141,7 @@ impl Presence {
         if let Err(e) = self.store.put_presence(&event) {
             tracing::warn!(minion = id, error = %e, "cannot record presence change");
         }
-        let entry = halite_api::types::BusEntry {
+        let entry = halite_model::BusEntry {
             id: 0,
             kind: event.event.clone(),
             at,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use halite_api::types::{AppDayStats, DeployRecord, DeployStats};
+use halite_model::{AppDayStats, DeployRecord, DeployStats};
 
 /// Statistics of the records in `[from, to)`.
 pub fn deploy_stats(records: &[DeployRecord], from: u64, to: u64) -> DeployStats {

@@ -8,10 +8,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use halite_api::types::{
+use halite_model::{
     AuditRecord, BusEntry, CheckRecord, DeployRecord, EventRecord, JobRecord, PresenceEvent,
     ReturnRecord,
 };
+pub use halite_model::{MinionRecord, TokenRecord};
 use halite_proto::envelope::{decode, encode};
 use halite_proto::Jid;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,20 @@ pub enum StoreError {
         context: &'static str,
         /// sled's error.
         source: sled::Error,
+    },
+    /// The store was written by a newer halite, whose records this one
+    /// would misread.
+    #[error(
+        "store {dir}: written with store schema {found}, this halite knows schemas up to \
+         {known}: run the newer halite again, or point data_dir at a new directory"
+    )]
+    NewerSchema {
+        /// The store's directory.
+        dir: String,
+        /// The schema the store says it has.
+        found: u32,
+        /// The newest schema this build knows.
+        known: u32,
     },
     /// A stored value could not be decoded.
     #[error("store: corrupt {what}: {reason}")]
@@ -85,22 +100,6 @@ impl LazyJob {
     }
 }
 
-/// What the master remembers of a minion between restarts.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct MinionRecord {
-    /// Minion id.
-    pub id: String,
-    /// Grains reported at its last auth.
-    pub grains: Value,
-    /// halite version reported.
-    pub version: String,
-    /// Last time anything signed by it arrived (unix ms).
-    pub last_seen: u64,
-    /// Round trip of its last heartbeat.
-    #[serde(default)]
-    pub rtt_ms: Option<u64>,
-}
-
 /// The sled database and its trees.
 #[derive(Clone)]
 pub struct Store {
@@ -126,16 +125,70 @@ pub struct Store {
 /// it re-reads from the store (it loses nothing either way).
 const LIVE_CAPACITY: usize = 4096;
 
-/// A session token as kept: only its SHA-256 is stored, so a copy of the
-/// store does not hand out working tokens.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct TokenRecord {
-    /// Who it authenticates.
-    pub user: String,
-    /// Issued (unix ms).
-    pub issued_at: u64,
-    /// Expires (unix ms).
-    pub expires_at: u64,
+/// The store schema this build writes. Records are msgpack with named
+/// fields (`halite_model`), so adding a field with a serde default needs
+/// no new schema; renaming, retyping or re-keying one does, with a step
+/// in [`migrate`] and a fixture store of the old schema under
+/// `master/tests/fixtures/`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where the schema version is kept: tree `meta`, key `schema`, a
+/// big-endian u32.
+const META_TREE: &str = "meta";
+const SCHEMA_KEY: &[u8] = b"schema";
+
+/// The schema a store says it has; `None` for a store that predates
+/// versioning (schema 0) or is new.
+pub fn schema_of(db: &sled::Db) -> Result<Option<u32>, StoreError> {
+    let meta = db.open_tree(META_TREE).map_err(sled_err("open meta"))?;
+    match meta.get(SCHEMA_KEY).map_err(sled_err("read schema"))? {
+        None => Ok(None),
+        Some(bytes) => {
+            let bytes: [u8; 4] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                what: "schema version",
+                reason: format!("{} bytes, expected 4", bytes.len()),
+            })?;
+            Ok(Some(u32::from_be_bytes(bytes)))
+        }
+    }
+}
+
+/// Brings a store to [`SCHEMA_VERSION`]: a new store is stamped, an
+/// older one is migrated step by step, a newer one is refused.
+///
+/// Schema 0 is every store written before the version was kept; its
+/// records are exactly schema 1's, so the step only stamps the version.
+fn migrate(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
+    let found = schema_of(db)?;
+    match found {
+        Some(SCHEMA_VERSION) => return Ok(()),
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(StoreError::NewerSchema {
+                dir: dir.display().to_string(),
+                found,
+                known: SCHEMA_VERSION,
+            })
+        }
+        _ => {}
+    }
+    let had_data = db
+        .tree_names()
+        .iter()
+        .filter(|name| name.as_ref() != META_TREE.as_bytes())
+        .any(|name| db.open_tree(name).is_ok_and(|tree| !tree.is_empty()));
+    let meta = db.open_tree(META_TREE).map_err(sled_err("open meta"))?;
+    meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+        .map_err(sled_err("write schema"))?;
+    db.flush().map_err(sled_err("flush schema"))?;
+    if had_data {
+        tracing::info!(
+            store = %dir.display(),
+            from = found.unwrap_or(0),
+            to = SCHEMA_VERSION,
+            "store schema migrated"
+        );
+    }
+    Ok(())
 }
 
 fn return_key(jid: &Jid, id: &str) -> Vec<u8> {
@@ -159,7 +212,8 @@ fn jid_prefix(jid: &Jid) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. One process per store: a
+    /// Opens (or creates) the store in `dir`, migrating an older schema
+    /// in place and refusing a newer one. One process per store: a
     /// second master on the same `data_dir` fails here.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
@@ -168,6 +222,7 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()
             .map_err(sled_err("open"))?;
+        migrate(&db, dir)?;
         Ok(Store {
             jobs: db.open_tree("jobs").map_err(sled_err("open jobs"))?,
             returns: db.open_tree("returns").map_err(sled_err("open returns"))?,

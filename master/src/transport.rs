@@ -1,7 +1,11 @@
-//! The master's ZeroMQ sockets, hidden behind two small handles.
+//! How the master's centre reaches minions, and the ZeroMQ sockets that
+//! do it in production.
 //!
-//! PUB (`publish_port`) carries jobs and beacons; ROUTER (`return_port`)
-//! receives everything minions send and carries the master's replies.
+//! The centre sees only [`Outbound`] (publish to every minion, reply to
+//! one peer) and a channel of [`Incoming`] messages, so it runs in a unit
+//! test with [`MemoryOutbound`] and messages pushed by hand. In
+//! production [`bind`] opens PUB (`publish_port`: jobs and beacons) and
+//! ROUTER (`return_port`: everything minions send, and the replies).
 //! Sends never count as delivery: returns are acknowledged by the
 //! application after they are stored, and missed jobs are re-sent through
 //! catch-up.
@@ -13,8 +17,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-/// Frames larger than this are dropped unread: no legitimate minion
-/// message comes near it, and it bounds what a peer can make us decode.
+/// Messages larger than this are dropped before they are decoded: no
+/// legitimate minion message comes near it. (zeromq 0.7 has already
+/// buffered the frame by then; bounding the allocation itself is the
+/// codec's job.)
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// A socket could not be bound.
@@ -35,6 +41,78 @@ pub struct Incoming {
     pub peer: Bytes,
     /// The envelope bytes.
     pub body: Bytes,
+}
+
+/// What the master sends: the centre's only view of the transport.
+pub trait Outbound: Send + Sync + 'static {
+    /// Queues `body` on the PUB socket under `topic` (every subscribed
+    /// minion gets it; none is told it was delivered).
+    fn publish(&self, topic: &str, body: Vec<u8>);
+    /// Queues `body` for one peer; a peer that has gone is skipped.
+    fn reply(&self, peer: Bytes, body: Vec<u8>);
+}
+
+/// The ZeroMQ sockets' send sides.
+#[derive(Clone)]
+pub struct ZmqOutbound {
+    /// PUB sender.
+    pub publisher: Publisher,
+    /// ROUTER sender.
+    pub replier: Replier,
+}
+
+impl Outbound for ZmqOutbound {
+    fn publish(&self, topic: &str, body: Vec<u8>) {
+        self.publisher.publish(topic, body);
+    }
+    fn reply(&self, peer: Bytes, body: Vec<u8>) {
+        self.replier.send(peer, body);
+    }
+}
+
+/// Something the master sent, as [`MemoryOutbound`] records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Published under a topic.
+    Published {
+        /// `job` or `beacon`.
+        topic: String,
+        /// The signed envelope.
+        body: Vec<u8>,
+    },
+    /// Replied to one peer.
+    Replied {
+        /// The peer's routing identity.
+        peer: Bytes,
+        /// The signed envelope.
+        body: Vec<u8>,
+    },
+}
+
+/// An in-memory transport: everything sent goes to a channel the test
+/// reads, in order.
+pub struct MemoryOutbound {
+    tx: mpsc::UnboundedSender<Sent>,
+}
+
+impl MemoryOutbound {
+    /// The transport and the receiving end of what it sends.
+    pub fn new() -> (MemoryOutbound, mpsc::UnboundedReceiver<Sent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (MemoryOutbound { tx }, rx)
+    }
+}
+
+impl Outbound for MemoryOutbound {
+    fn publish(&self, topic: &str, body: Vec<u8>) {
+        let _ = self.tx.send(Sent::Published {
+            topic: topic.to_owned(),
+            body,
+        });
+    }
+    fn reply(&self, peer: Bytes, body: Vec<u8>) {
+        let _ = self.tx.send(Sent::Replied { peer, body });
+    }
 }
 
 /// Sends replies to minions through the ROUTER.

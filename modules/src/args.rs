@@ -17,14 +17,9 @@ use thiserror::Error;
 
 use crate::{Call, Outcome, RETCODE_BAD_ARGS};
 
-/// The parameters of one function, in positional order.
-#[derive(Clone, Copy, Debug)]
-pub struct Signature {
-    /// Full function name for messages (`cmd.run`).
-    pub fun: &'static str,
-    /// Parameter names in positional order; each is also a keyword.
-    pub params: &'static [&'static str],
-}
+/// The parameters of one function, in positional order: its entry in
+/// the function catalog, where they are declared once.
+pub type Signature = halite_proto::catalog::Function;
 
 /// Why the arguments of a call were refused; becomes an [`Outcome`] with
 /// [`RETCODE_BAD_ARGS`] and this text.
@@ -325,6 +320,8 @@ mod tests {
     static SIG: Signature = Signature {
         fun: "cmd.run",
         params: &["cmd", "timeout", "env", "flag", "cap"],
+        free_keywords: false,
+        kind: halite_proto::catalog::Kind::Plain,
     };
 
     fn map(v: Value) -> Map<String, Value> {

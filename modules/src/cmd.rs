@@ -18,6 +18,9 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use halite_proto::catalog;
+use halite_proto::catalog::cmd::{MODULE, RUN, RUN_ALL};
+
 use crate::args::{ArgError, Args, Signature};
 use crate::module::unknown_function;
 use crate::{Call, EventSink, Module, Outcome, RETCODE_ERROR, RETCODE_TIMEOUT};
@@ -32,42 +35,24 @@ const MAX_EVENT_LINE: usize = 64 * 1024;
 /// left behind that keep the pipes open.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-const PARAMS: &[&str] = &[
-    "cmd",
-    "cwd",
-    "stdin",
-    "shell",
-    "env",
-    "timeout",
-    "output_cap",
-];
-static RUN: Signature = Signature {
-    fun: "cmd.run",
-    params: PARAMS,
-};
-static RUN_ALL: Signature = Signature {
-    fun: "cmd.run_all",
-    params: PARAMS,
-};
-
 /// `cmd.run` and `cmd.run_all`.
 pub(crate) struct CmdModule;
 
 impl Module for CmdModule {
     fn name(&self) -> &'static str {
-        "cmd"
+        MODULE.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        &["run", "run_all"]
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        Some(&MODULE)
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let (sig, all) = match function {
-                "run" => (&RUN, false),
-                "run_all" => (&RUN_ALL, true),
-                other => return unknown_function(self, other),
+            let (sig, all) = match MODULE.function(function) {
+                Some(&RUN) => (&RUN, false),
+                Some(&RUN_ALL) => (&RUN_ALL, true),
+                _ => return unknown_function(self, function),
             };
             let spec = match CmdSpec::parse(sig, &call) {
                 Ok(spec) => spec,

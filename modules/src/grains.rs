@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
-use crate::args::{ArgError, Args, Signature};
+use halite_proto::catalog;
+use halite_proto::catalog::grains::{GET, ITEMS, LS, MODULE};
+
+use crate::args::{ArgError, Args};
 use crate::module::unknown_function;
 use crate::{Call, Module, Outcome};
 
@@ -467,39 +470,26 @@ fn split_addresses(addresses: impl Iterator<Item = IpAddr>) -> (Vec<String>, Vec
     )
 }
 
-static ITEMS: Signature = Signature {
-    fun: "grains.items",
-    params: &[],
-};
-static GET: Signature = Signature {
-    fun: "grains.get",
-    params: &["key", "default", "delimiter"],
-};
-static LS: Signature = Signature {
-    fun: "grains.ls",
-    params: &[],
-};
-
 /// `grains.items`, `grains.get`, `grains.ls` over the call's grains.
 pub(crate) struct GrainsModule;
 
 impl Module for GrainsModule {
     fn name(&self) -> &'static str {
-        "grains"
+        MODULE.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        &["get", "items", "ls"]
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        Some(&MODULE)
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let result = match function {
-                "items" => {
+            let result = match MODULE.function(function) {
+                Some(&ITEMS) => {
                     Args::from_call(&ITEMS, &call).map(|_| Outcome::ok((*call.grains).clone()))
                 }
-                "get" => get(&call),
-                "ls" => Args::from_call(&LS, &call).map(|_| {
+                Some(&GET) => get(&call),
+                Some(&LS) => Args::from_call(&LS, &call).map(|_| {
                     let mut keys: Vec<&String> = call
                         .grains
                         .as_object()
@@ -508,7 +498,7 @@ impl Module for GrainsModule {
                     keys.sort();
                     Outcome::ok(json!(keys))
                 }),
-                other => Ok(unknown_function(self, other)),
+                _ => Ok(unknown_function(self, function)),
             };
             result.unwrap_or_else(Outcome::from)
         })

@@ -3,6 +3,8 @@
 
 use futures::future::BoxFuture;
 
+use halite_proto::catalog;
+
 use crate::{Call, Outcome, RETCODE_UNKNOWN_FUNCTION};
 
 /// A named set of functions a minion can run as `module.function`.
@@ -13,13 +15,24 @@ pub trait Module: Send + Sync {
     /// The module name, the part before the dot (`cmd`).
     fn name(&self) -> &'static str;
 
-    /// The functions it offers, without the module prefix (`["run", "run_all"]`).
-    fn functions(&self) -> &'static [&'static str];
+    /// A built-in module's entry in the function catalog, where its
+    /// functions and their parameters are declared once.
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        None
+    }
+
+    /// The functions it offers, without the module prefix (`["run", "run_all"]`):
+    /// a built-in's from the catalog.
+    fn functions(&self) -> Vec<&'static str> {
+        self.catalog()
+            .map(catalog::Module::names)
+            .unwrap_or_default()
+    }
 
     /// The function meant when a job names the module alone
     /// (`git_deploy` means `git_deploy.deploy`); `None` if there is none.
     fn default_function(&self) -> Option<&'static str> {
-        None
+        self.catalog().and_then(|m| m.default)
     }
 
     /// Runs `function` (one of [`Module::functions`]) for `call`.
@@ -35,17 +48,19 @@ pub(crate) fn unknown_function(module: &dyn Module, function: &str) -> Outcome {
     )
 }
 
-/// The message for a function a module does not have, listing what it has.
+/// The message for a function a module does not have, listing what it
+/// has (the catalog's words, which the master uses too).
 pub(crate) fn unknown_function_message(module: &dyn Module, function: &str) -> String {
     let name = module.name();
-    let mut available: Vec<String> = module
+    let mut functions: Vec<String> = module
         .functions()
         .iter()
         .map(|f| format!("{name}.{f}"))
         .collect();
-    available.sort();
-    format!(
-        "unknown function `{name}.{function}`; the minion has: {}",
-        available.join(", ")
-    )
+    functions.sort();
+    catalog::Unresolved::NoFunction {
+        fun: format!("{name}.{function}"),
+        functions,
+    }
+    .to_string()
 }

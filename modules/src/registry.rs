@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
-use crate::module::unknown_function_message;
 use crate::{Call, Module, Outcome, RETCODE_ERROR, RETCODE_TIMEOUT, RETCODE_UNKNOWN_FUNCTION};
 
 /// How long a cancelled call may keep running (to clean up, roll back) before
@@ -97,40 +96,17 @@ impl Registry {
     /// Resolves "module.function" or "module" (→ default function). Err is
     /// the message for the user.
     pub fn resolve(&self, fun: &str) -> Result<(Arc<dyn Module>, &'static str), String> {
-        let (module_name, function) = match fun.split_once('.') {
-            Some((m, f)) => (m, Some(f)),
-            None => (fun, None),
-        };
         let modules = self.read();
-        let Some(module) = modules.get(module_name) else {
-            let names: Vec<&str> = modules.keys().copied().collect();
-            return Err(format!(
-                "unknown function `{fun}`; the minion has modules: {}",
-                names.join(", ")
-            ));
-        };
-        let function = match function {
-            Some(f) => f,
-            None => match module.default_function() {
-                Some(f) => f,
-                None => {
-                    let mut names: Vec<String> = module
-                        .functions()
-                        .iter()
-                        .map(|f| format!("{module_name}.{f}"))
-                        .collect();
-                    names.sort();
-                    return Err(format!(
-                        "`{fun}` is a module without a default function; name one of: {}",
-                        names.join(", ")
-                    ));
-                }
-            },
-        };
-        match module.functions().iter().find(|f| **f == function) {
-            Some(found) => Ok((Arc::clone(module), *found)),
-            None => Err(unknown_function_message(module.as_ref(), function)),
-        }
+        let declared: Vec<(&'static str, Option<&'static str>, Vec<&'static str>)> = modules
+            .values()
+            .map(|m| (m.name(), m.default_function(), m.functions()))
+            .collect();
+        let (index, function) = halite_proto::catalog::resolve(fun, declared.iter().cloned())
+            .map_err(|unresolved| unresolved.to_string())?;
+        let module = modules
+            .get(declared[index].0)
+            .ok_or_else(|| format!("unknown function `{fun}`"))?;
+        Ok((Arc::clone(module), function))
     }
 
     /// Runs the call: an unknown module or function gives
@@ -210,7 +186,7 @@ impl Registry {
             .values()
             .flat_map(|m| {
                 m.functions()
-                    .iter()
+                    .into_iter()
                     .map(move |f| format!("{}.{f}", m.name()))
             })
             .collect();
@@ -231,8 +207,8 @@ mod tests {
         fn name(&self) -> &'static str {
             "git_deploy"
         }
-        fn functions(&self) -> &'static [&'static str] {
-            &["deploy", "rollback", "stubborn", "boom"]
+        fn functions(&self) -> Vec<&'static str> {
+            vec!["deploy", "rollback", "stubborn", "boom"]
         }
         fn default_function(&self) -> Option<&'static str> {
             Some("deploy")
@@ -316,6 +292,17 @@ mod tests {
             assert!(all.iter().any(|x| x == f), "missing {f}");
         }
         assert!(Registry::new().functions().is_empty());
+    }
+
+    #[test]
+    fn the_built_ins_are_exactly_the_catalog() {
+        let mut declared: Vec<String> = halite_proto::catalog::MODULES
+            .iter()
+            .filter(|m| m.name != "saltutil")
+            .flat_map(|m| m.functions.iter().map(|f| f.fun.to_owned()))
+            .collect();
+        declared.sort();
+        assert_eq!(Registry::with_builtins().functions(), declared);
     }
 
     #[tokio::test]

@@ -4,53 +4,37 @@
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::args::{ArgError, Args, Signature};
+use halite_proto::catalog;
+use halite_proto::catalog::test::{ECHO, FAIL, MODULE, PING, SLEEP, VERSION};
+
+use crate::args::{ArgError, Args};
 use crate::module::unknown_function;
 use crate::{Call, Module, Outcome, RETCODE_ERROR, RETCODE_TIMEOUT};
-
-static PING: Signature = Signature {
-    fun: "test.ping",
-    params: &[],
-};
-static ECHO: Signature = Signature {
-    fun: "test.echo",
-    params: &["text"],
-};
-static SLEEP: Signature = Signature {
-    fun: "test.sleep",
-    params: &["seconds"],
-};
-static VERSION: Signature = Signature {
-    fun: "test.version",
-    params: &[],
-};
-static FAIL: Signature = Signature {
-    fun: "test.fail",
-    params: &["message"],
-};
 
 /// `test.ping`, `test.echo`, `test.sleep`, `test.version`, `test.fail`.
 pub(crate) struct TestModule;
 
 impl Module for TestModule {
     fn name(&self) -> &'static str {
-        "test"
+        MODULE.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        &["echo", "fail", "ping", "sleep", "version"]
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        Some(&MODULE)
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let result = match function {
-                "ping" => Args::from_call(&PING, &call).map(|_| Outcome::ok(Value::Bool(true))),
-                "echo" => echo(&call),
-                "sleep" => sleep(&call).await,
-                "version" => Args::from_call(&VERSION, &call)
+            let result = match MODULE.function(function) {
+                Some(&PING) => {
+                    Args::from_call(&PING, &call).map(|_| Outcome::ok(Value::Bool(true)))
+                }
+                Some(&ECHO) => echo(&call),
+                Some(&SLEEP) => sleep(&call).await,
+                Some(&VERSION) => Args::from_call(&VERSION, &call)
                     .map(|_| Outcome::ok(Value::String(env!("CARGO_PKG_VERSION").to_owned()))),
-                "fail" => fail(&call),
-                other => Ok(unknown_function(self, other)),
+                Some(&FAIL) => fail(&call),
+                _ => Ok(unknown_function(self, function)),
             };
             result.unwrap_or_else(Outcome::from)
         })

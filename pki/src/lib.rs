@@ -22,6 +22,7 @@ mod pem;
 pub mod secret;
 pub mod session;
 pub mod tls;
+pub mod users;
 
 pub use error::PkiError;
 pub use fsio::write_atomic;

@@ -20,21 +20,6 @@ pub const SECRET_USERNAME: &str = "repo_username";
 /// Secret argument carrying the HTTPS password or token for the repository.
 pub const SECRET_PASSWORD: &str = "repo_password";
 
-/// Functions of deploy modules that work on server objects by name and
-/// take no app definition (the master does not complete them with one).
-pub const APP_FREE_FUNCTIONS: &[&str] = &[
-    "dotnet_iis.apppool_recycle",
-    "dotnet_iis.apppool_start",
-    "dotnet_iis.apppool_stop",
-    "dotnet_iis.bindings",
-    "dotnet_iis.create_apppool",
-    "dotnet_iis.create_site",
-    "dotnet_iis.list_apppools",
-    "dotnet_iis.list_sites",
-    "dotnet_iis.site_start",
-    "dotnet_iis.site_stop",
-];
-
 /// Default number of releases kept on a minion (the live one included).
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
 

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// A configuration problem, always naming the file and, when known, the key.
 #[derive(Debug, thiserror::Error)]
@@ -196,5 +197,94 @@ mod tests {
             resolve_path(Path::new("/etc/halite/master.toml"), Path::new("/var/x")),
             PathBuf::from("/var/x")
         );
+    }
+}
+
+/// Where a master can be found by tools on its own host (`master-cli`):
+/// its `data_dir` (CLI token, bound ports), API address and TLS chain,
+/// and its users file. Read leniently from the master's config file
+/// (other keys are the master's business) with the master's defaults, so
+/// a tool needs no copy of the master's configuration code; the master
+/// takes these four from here too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterLocation {
+    /// The config file it was read from.
+    pub file: PathBuf,
+    /// The master's `data_dir`.
+    pub data_dir: PathBuf,
+    /// `api_bind` (port 0: the bound address is in `ports.json`).
+    pub api_bind: std::net::SocketAddr,
+    /// `api_tls_cert` and `api_tls_key`, both or neither.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// `users_file`.
+    pub users_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct RawLocation {
+    data_dir: Option<PathBuf>,
+    api_bind: Option<String>,
+    api_tls_cert: Option<PathBuf>,
+    api_tls_key: Option<PathBuf>,
+    users_file: Option<PathBuf>,
+}
+
+/// The master's default `data_dir`.
+pub const DEFAULT_MASTER_DATA_DIR: &str = "/var/lib/halite/master";
+/// The master's default `api_bind`.
+pub const DEFAULT_API_BIND: &str = "127.0.0.1:8000";
+
+impl MasterLocation {
+    /// Reads the location keys of a master config's text (as if read
+    /// from `file`); unknown keys are ignored here.
+    pub fn from_toml(file: &Path, text: &str) -> Result<MasterLocation, ConfigError> {
+        let raw: RawLocation = parse_toml(file, text)?;
+        let api_bind = raw.api_bind.as_deref().unwrap_or(DEFAULT_API_BIND);
+        let api_bind = api_bind.parse().map_err(|_| {
+            ConfigError::key(
+                file,
+                "api_bind",
+                format!("{api_bind:?} is not an address like {DEFAULT_API_BIND}"),
+            )
+        })?;
+        let api_tls = match (raw.api_tls_cert, raw.api_tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((resolve_path(file, &cert), resolve_path(file, &key))),
+            (Some(_), None) => {
+                return Err(ConfigError::key(
+                    file,
+                    "api_tls_key",
+                    "api_tls_cert is set: set the key too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::key(
+                    file,
+                    "api_tls_cert",
+                    "api_tls_key is set: set the certificate too",
+                ))
+            }
+        };
+        Ok(MasterLocation {
+            file: file.to_path_buf(),
+            data_dir: resolve_path(
+                file,
+                &raw.data_dir
+                    .unwrap_or_else(|| DEFAULT_MASTER_DATA_DIR.into()),
+            ),
+            api_bind,
+            api_tls,
+            users_file: resolve_path(file, &raw.users_file.unwrap_or_else(|| "users.toml".into())),
+        })
+    }
+
+    /// Where the root-only CLI token lives.
+    pub fn token_file(&self) -> PathBuf {
+        self.data_dir.join("cli.token")
+    }
+
+    /// Where the master writes the addresses it actually bound.
+    pub fn ports_file(&self) -> PathBuf {
+        self.data_dir.join("ports.json")
     }
 }

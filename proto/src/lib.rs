@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod catalog;
 pub mod config;
 pub mod envelope;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod jid;
 pub mod message;
 pub mod target;
 pub mod time;
+pub mod words;
 
 pub use envelope::{Envelope, Kind, Message, PROTOCOL_VERSION};
 pub use error::ProtoError;

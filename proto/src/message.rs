@@ -87,10 +87,10 @@ message!(ModuleManifest, ModuleManifest, "module manifest");
 
 /// The function of a job that installs the master's Lua modules (carried
 /// in the job) and removes the ones it no longer has, as Salt's.
-pub const SYNC_MODULES: &str = "saltutil.sync_modules";
+pub const SYNC_MODULES: &str = crate::catalog::saltutil::SYNC_MODULES.fun;
 
 /// The function of a job that lists a minion's Lua modules and versions.
-pub const LIST_MODULES: &str = "saltutil.list_modules";
+pub const LIST_MODULES: &str = crate::catalog::saltutil::LIST_MODULES.fun;
 
 /// Bytes sealed with AEAD under the session key of `epoch`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -353,6 +353,6 @@ pub const TOPIC_JOB: &str = "job";
 
 /// The function of a job that cancels another running job (`arg[0]` is
 /// its jid), named as in Salt. Minions handle it themselves.
-pub const KILL_JOB: &str = "saltutil.kill_job";
+pub const KILL_JOB: &str = crate::catalog::saltutil::KILL_JOB.fun;
 /// PUB topic of master beacons.
 pub const TOPIC_BEACON: &str = "beacon";

@@ -127,14 +127,18 @@ fn targets_modules_and_exit_codes() {
     assert_eq!(doc["returns"]["web01"]["success"], false);
     assert_eq!(doc["summary"]["failed"], 2);
 
-    // Unknown function and bad arguments come back as failed returns.
+    // An unknown function is refused by the master before anything is
+    // published, naming what there is; bad arguments come back as failed
+    // returns.
     let out = m.cli(&["run", "target=web01", "nosuch.thing"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stdout.contains("unknown function `nosuch.thing`"),
+        out.stderr.contains("unknown function `nosuch.thing`"),
         "{}",
-        out.stdout
+        out.stderr
     );
+    let listed = m.cli(&["jobs", "list", "--fun", "nosuch.*", "--json"]);
+    assert_eq!(listed.json(), serde_json::json!([]), "{listed:?}");
     let out = m.cli(&[
         "run",
         "target=web01",

@@ -40,9 +40,7 @@ fn main() -> ExitCode {
         };
         halite_daemon::wait_for_signal().await;
         tracing::info!("shutting down");
-        running.shutdown.cancel();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        if let Err(e) = running.core.store.flush() {
+        if let Err(e) = running.stop().await {
             eprintln!("halite-master: final flush failed: {e}");
             return ExitCode::FAILURE;
         }

@@ -32,26 +32,19 @@ use futures::future::BoxFuture;
 use halite_proto::app::{AppKind, AppSpec, IisSpec};
 use serde_json::{json, Map, Value};
 
-use crate::args::{Args, Signature};
+use halite_proto::catalog;
+use halite_proto::catalog::dotnet_iis::{
+    APPPOOL_RECYCLE, APPPOOL_START, APPPOOL_STOP, BINDINGS, CREATE_APPPOOL, CREATE_SITE, DEPLOY,
+    LIST_APPPOOLS, LIST_SITES, MODULE, ROLLBACK, SITE_START, SITE_STOP, STATUS,
+};
+
+use crate::args::Args;
 use crate::git_deploy::app_of;
 use crate::history::{self, live_and_previous, Entry};
 use crate::module::unknown_function;
 use crate::stages::{abort, failure, Report, Stages};
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
 use appcmd::{Appcmd, ToolOutput};
-
-static DEPLOY: Signature = Signature {
-    fun: "dotnet_iis.deploy",
-    params: &["url", "sha256", "version", "app"],
-};
-static ROLLBACK: Signature = Signature {
-    fun: "dotnet_iis.rollback",
-    params: &["to", "app"],
-};
-static STATUS: Signature = Signature {
-    fun: "dotnet_iis.status",
-    params: &["app"],
-};
 
 /// How often a pool's state is polled while it stops or starts.
 const POLL: Duration = Duration::from_millis(250);
@@ -75,29 +68,11 @@ impl DotnetIisModule {
 
 impl Module for DotnetIisModule {
     fn name(&self) -> &'static str {
-        "dotnet_iis"
+        MODULE.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        &[
-            "apppool_recycle",
-            "apppool_start",
-            "apppool_stop",
-            "bindings",
-            "create_apppool",
-            "create_site",
-            "deploy",
-            "list_apppools",
-            "list_sites",
-            "rollback",
-            "site_start",
-            "site_stop",
-            "status",
-        ]
-    }
-
-    fn default_function(&self) -> Option<&'static str> {
-        Some("deploy")
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        Some(&MODULE)
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
@@ -105,19 +80,19 @@ impl Module for DotnetIisModule {
             let iis = Iis {
                 tool: self.tool.as_ref(),
             };
-            let result = match function {
-                "deploy" => iis.deploy(&call).await,
-                "rollback" => iis.rollback(&call).await,
-                "status" => iis.status(&call).await,
-                "apppool_start" | "apppool_stop" | "apppool_recycle" => {
-                    iis.pool_control(&call, function).await
+            let result = match MODULE.function(function) {
+                Some(&DEPLOY) => iis.deploy(&call).await,
+                Some(&ROLLBACK) => iis.rollback(&call).await,
+                Some(&STATUS) => iis.status(&call).await,
+                Some(sig @ (&APPPOOL_START | &APPPOOL_STOP | &APPPOOL_RECYCLE)) => {
+                    iis.pool_control(&call, sig.name()).await
                 }
-                "site_start" | "site_stop" => iis.site_control(&call, function).await,
-                "list_sites" => iis.listing(&call, "sites", "SITE").await,
-                "list_apppools" => iis.listing(&call, "apppools", "APPPOOL").await,
-                "create_site" => iis.create_site(&call).await,
-                "create_apppool" => iis.create_apppool(&call).await,
-                "bindings" => iis.bindings(&call).await,
+                Some(sig @ (&SITE_START | &SITE_STOP)) => iis.site_control(&call, sig.name()).await,
+                Some(&LIST_SITES) => iis.listing(&call, "sites", "SITE").await,
+                Some(&LIST_APPPOOLS) => iis.listing(&call, "apppools", "APPPOOL").await,
+                Some(&CREATE_SITE) => iis.create_site(&call).await,
+                Some(&CREATE_APPPOOL) => iis.create_apppool(&call).await,
+                Some(&BINDINGS) => iis.bindings(&call).await,
                 _ => return unknown_function(self, function),
             };
             result.unwrap_or_else(|outcome| outcome)

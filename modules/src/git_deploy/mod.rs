@@ -33,6 +33,9 @@ use futures::future::BoxFuture;
 use halite_proto::app::{AppSpec, LockPolicy, SECRET_PASSWORD, SECRET_USERNAME};
 use serde_json::{json, Value};
 
+use halite_proto::catalog;
+use halite_proto::catalog::git_deploy::{DEPLOY, MODULE, RELEASES, ROLLBACK, STATUS};
+
 use crate::args::{ArgError, Args, Signature};
 use crate::module::unknown_function;
 use crate::releases::{ReleaseError, ReleaseRecord, Releases};
@@ -40,53 +43,25 @@ use crate::stages::{abort, failure, Report, Stages};
 use crate::{Call, EventSink, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
 use repo::{Source, Wanted};
 
-static DEPLOY: Signature = Signature {
-    fun: "git_deploy.deploy",
-    params: &[
-        "tag",
-        "branch",
-        "rev",
-        "app",
-        SECRET_USERNAME,
-        SECRET_PASSWORD,
-    ],
-};
-static ROLLBACK: Signature = Signature {
-    fun: "git_deploy.rollback",
-    params: &["to", "app", SECRET_USERNAME, SECRET_PASSWORD],
-};
-static RELEASES: Signature = Signature {
-    fun: "git_deploy.releases",
-    params: &["app", SECRET_USERNAME, SECRET_PASSWORD],
-};
-static STATUS: Signature = Signature {
-    fun: "git_deploy.status",
-    params: &["app", SECRET_USERNAME, SECRET_PASSWORD],
-};
-
 /// The `git_deploy` module.
 pub(crate) struct GitDeployModule;
 
 impl Module for GitDeployModule {
     fn name(&self) -> &'static str {
-        "git_deploy"
+        MODULE.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        &["deploy", "rollback", "releases", "status"]
-    }
-
-    fn default_function(&self) -> Option<&'static str> {
-        Some("deploy")
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        Some(&MODULE)
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            match function {
-                "deploy" => deploy(call).await,
-                "rollback" => rollback(call).await,
-                "releases" => releases(call).await,
-                "status" => status(call).await,
+            match MODULE.function(function) {
+                Some(&DEPLOY) => deploy(call).await,
+                Some(&ROLLBACK) => rollback(call).await,
+                Some(&RELEASES) => releases(call).await,
+                Some(&STATUS) => status(call).await,
                 _ => unknown_function(self, function),
             }
         })

@@ -27,6 +27,11 @@ use futures::future::BoxFuture;
 use halite_proto::app::{AppKind, AppSpec, TomcatSpec};
 use serde_json::json;
 
+use halite_proto::catalog;
+use halite_proto::catalog::java_tomcat::{
+    DEPLOY, LIST, MODULE, RELOAD, ROLLBACK, START, STATUS, STOP, UNDEPLOY,
+};
+
 use crate::args::{Args, Signature};
 use crate::artifact::ArtifactCache;
 use crate::git_deploy::{app_of, credentials_of};
@@ -34,32 +39,7 @@ use crate::history::{self, live_and_previous, Entry};
 use crate::module::unknown_function;
 use crate::stages::{abort, failure, Report, Stages};
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
-use halite_proto::app::{SECRET_PASSWORD, SECRET_USERNAME};
 use manager::{Deployed, Manager};
-
-static DEPLOY: Signature = Signature {
-    fun: "java_tomcat.deploy",
-    params: &[
-        "url",
-        "sha256",
-        "version",
-        "app",
-        SECRET_USERNAME,
-        SECRET_PASSWORD,
-    ],
-};
-static ROLLBACK: Signature = Signature {
-    fun: "java_tomcat.rollback",
-    params: &["to", "app", SECRET_USERNAME, SECRET_PASSWORD],
-};
-static CONTROL: Signature = Signature {
-    fun: "java_tomcat.control",
-    params: &["version", "app", SECRET_USERNAME, SECRET_PASSWORD],
-};
-static LIST: Signature = Signature {
-    fun: "java_tomcat.list",
-    params: &["app", SECRET_USERNAME, SECRET_PASSWORD],
-};
 
 /// Time allowed after autodeploy unpacked a WAR for its context to start.
 const AUTODEPLOY_GRACE: Duration = Duration::from_secs(3);
@@ -69,27 +49,21 @@ pub(crate) struct JavaTomcatModule;
 
 impl Module for JavaTomcatModule {
     fn name(&self) -> &'static str {
-        "java_tomcat"
+        MODULE.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        &[
-            "deploy", "list", "reload", "rollback", "start", "status", "stop", "undeploy",
-        ]
-    }
-
-    fn default_function(&self) -> Option<&'static str> {
-        Some("deploy")
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        Some(&MODULE)
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let result = match function {
-                "deploy" => deploy(&call).await,
-                "rollback" => rollback(&call).await,
-                "status" => status(&call).await,
-                "list" => list(&call).await,
-                "start" | "stop" | "reload" | "undeploy" => control(&call, function).await,
+            let result = match MODULE.function(function) {
+                Some(&DEPLOY) => deploy(&call).await,
+                Some(&ROLLBACK) => rollback(&call).await,
+                Some(&STATUS) => status(&call).await,
+                Some(&LIST) => list(&call).await,
+                Some(sig @ (&START | &STOP | &RELOAD | &UNDEPLOY)) => control(&call, sig).await,
                 _ => return unknown_function(self, function),
             };
             result.unwrap_or_else(|outcome| outcome)
@@ -524,8 +498,8 @@ async fn rollback(call: &Call) -> Result<Outcome, Outcome> {
 }
 
 async fn status(call: &Call) -> Result<Outcome, Outcome> {
-    let args = Args::from_call(&LIST, call).map_err(Outcome::from)?;
-    let target = target_of(&args, "java_tomcat.status")?;
+    let args = Args::from_call(&STATUS, call).map_err(Outcome::from)?;
+    let target = target_of(&args, STATUS.fun)?;
     let now = deployed(&target)
         .await
         .map_err(|e| Outcome::failed(RETCODE_ERROR, e))?;
@@ -543,7 +517,7 @@ async fn status(call: &Call) -> Result<Outcome, Outcome> {
 
 async fn list(call: &Call) -> Result<Outcome, Outcome> {
     let args = Args::from_call(&LIST, call).map_err(Outcome::from)?;
-    let target = target_of(&args, "java_tomcat.list")?;
+    let target = target_of(&args, LIST.fun)?;
     let manager = target.manager.as_ref().ok_or_else(|| {
         Outcome::failed(
             RETCODE_BAD_ARGS,
@@ -558,14 +532,11 @@ async fn list(call: &Call) -> Result<Outcome, Outcome> {
 }
 
 /// start, stop, reload, undeploy of one version (default: the live one).
-async fn control(call: &Call, command: &str) -> Result<Outcome, Outcome> {
-    let args = Args::from_call(&CONTROL, call).map_err(Outcome::from)?;
-    let fun = match command {
-        "start" => "java_tomcat.start",
-        "stop" => "java_tomcat.stop",
-        "reload" => "java_tomcat.reload",
-        _ => "java_tomcat.undeploy",
-    };
+/// `start`, `stop`, `reload`, `undeploy`: the manager command of the
+/// same name on one version.
+async fn control(call: &Call, sig: &'static Signature) -> Result<Outcome, Outcome> {
+    let args = Args::from_call(sig, call).map_err(Outcome::from)?;
+    let (fun, command) = (sig.fun, sig.name());
     let target = target_of(&args, fun)?;
     let version = match args.string("version").map_err(Outcome::from)? {
         Some(v) => v,

@@ -265,8 +265,8 @@ impl Module for LuaModule {
         self.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        self.functions
+    fn functions(&self) -> Vec<&'static str> {
+        self.functions.to_vec()
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {

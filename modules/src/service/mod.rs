@@ -26,6 +26,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use halite_proto::catalog;
+use halite_proto::catalog::service::{
+    AVAILABLE, DISABLE, ENABLE, ENABLED, LIST, MODULE, RELOAD, RESTART, START, STOP,
+};
+
 use crate::args::{Args, Signature};
 use crate::module::unknown_function;
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
@@ -173,14 +178,15 @@ pub(crate) enum Action {
 }
 
 impl Action {
-    fn parse(function: &str) -> Option<Action> {
-        Some(match function {
-            "start" => Action::Start,
-            "stop" => Action::Stop,
-            "restart" => Action::Restart,
-            "reload" => Action::Reload,
-            "enable" => Action::Enable,
-            "disable" => Action::Disable,
+    /// The change a function makes, if it makes one.
+    fn of(function: &Signature) -> Option<Action> {
+        Some(match *function {
+            START => Action::Start,
+            STOP => Action::Stop,
+            RESTART => Action::Restart,
+            RELOAD => Action::Reload,
+            ENABLE => Action::Enable,
+            DISABLE => Action::Disable,
             _ => return None,
         })
     }
@@ -207,49 +213,6 @@ impl Action {
     }
 }
 
-static SIGNATURES: &[Signature] = &[
-    Signature {
-        fun: "service.start",
-        params: &["name", "timeout"],
-    },
-    Signature {
-        fun: "service.stop",
-        params: &["name", "timeout"],
-    },
-    Signature {
-        fun: "service.restart",
-        params: &["name", "timeout"],
-    },
-    Signature {
-        fun: "service.reload",
-        params: &["name", "timeout"],
-    },
-    Signature {
-        fun: "service.enable",
-        params: &["name", "timeout"],
-    },
-    Signature {
-        fun: "service.disable",
-        params: &["name", "timeout"],
-    },
-    Signature {
-        fun: "service.status",
-        params: &["name"],
-    },
-    Signature {
-        fun: "service.enabled",
-        params: &["name"],
-    },
-    Signature {
-        fun: "service.available",
-        params: &["name"],
-    },
-    Signature {
-        fun: "service.list",
-        params: &[],
-    },
-];
-
 /// A service name as the init systems take it: letters, digits and
 /// `@ . _ : + -`, not starting with `-` or `.` (never an option, never a
 /// path), at most 256 characters.
@@ -271,33 +234,19 @@ pub(crate) fn validate_name(name: &str) -> Result<(), String> {
 
 impl Module for ServiceModule {
     fn name(&self) -> &'static str {
-        "service"
+        MODULE.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        &[
-            "available",
-            "disable",
-            "enable",
-            "enabled",
-            "list",
-            "reload",
-            "restart",
-            "start",
-            "status",
-            "stop",
-        ]
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        Some(&MODULE)
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let Some(sig) = SIGNATURES
-                .iter()
-                .find(|s| s.fun.strip_prefix("service.") == Some(function))
-            else {
+            let Some(sig) = MODULE.function(function) else {
                 return unknown_function(self, function);
             };
-            match self.dispatch(function, sig, &call).await {
+            match self.dispatch(sig, &call).await {
                 Ok(outcome) | Err(outcome) => outcome,
             }
         })
@@ -305,15 +254,10 @@ impl Module for ServiceModule {
 }
 
 impl ServiceModule {
-    async fn dispatch(
-        &self,
-        function: &str,
-        sig: &'static Signature,
-        call: &Call,
-    ) -> Result<Outcome, Outcome> {
+    async fn dispatch(&self, sig: &'static Signature, call: &Call) -> Result<Outcome, Outcome> {
         let args = Args::from_call(sig, call).map_err(Outcome::from)?;
         let init = self.init(sig.fun)?;
-        if function == "list" {
+        if *sig == LIST {
             let services = self.list(&init, call).await.map_err(|e| fail(sig, e))?;
             return Ok(Outcome::ok(Value::Array(services)));
         }
@@ -326,13 +270,13 @@ impl ServiceModule {
             .status(&init, &name, call)
             .await
             .map_err(|e| fail(sig, e))?;
-        let Some(action) = Action::parse(function) else {
-            return Ok(Outcome::ok(match function {
-                "available" => Value::Bool(status.is_some()),
+        let Some(action) = Action::of(sig) else {
+            return Ok(Outcome::ok(match *sig {
+                AVAILABLE => Value::Bool(status.is_some()),
                 _ => {
                     let status = status.ok_or_else(|| fail(sig, format!("no service {name}")))?;
-                    match function {
-                        "enabled" => Value::Bool(status.enabled == Some(true)),
+                    match *sig {
+                        ENABLED => Value::Bool(status.enabled == Some(true)),
                         _ => status_json(&name, &init, &status),
                     }
                 }

@@ -23,6 +23,12 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use halite_proto::catalog;
+use halite_proto::catalog::win_task::{
+    CREATE, DELETE, DISABLE, ENABLE, END, INFO, LIST, MODULE, RUN, UPDATE,
+};
+
+use crate::args::Signature;
 use crate::module::unknown_function;
 use crate::stages::{abort, Report, Stages};
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
@@ -45,30 +51,29 @@ impl WinTaskModule {
 
 impl Module for WinTaskModule {
     fn name(&self) -> &'static str {
-        "win_task"
+        MODULE.name
     }
 
-    fn functions(&self) -> &'static [&'static str] {
-        &[
-            "create", "delete", "disable", "enable", "end", "info", "list", "run", "update",
-        ]
+    fn catalog(&self) -> Option<&'static catalog::Module> {
+        Some(&MODULE)
     }
 
     fn call<'a>(&'a self, function: &'a str, call: Call) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let fun = match function {
-                "create" | "update" => return self.define(function == "create", &call).await,
-                "list" => return self.list(&call).await,
-                "run" | "end" | "enable" | "disable" | "delete" | "info" => function,
-                _ => return unknown_function(self, function),
+            let sig = match MODULE.function(function) {
+                Some(&CREATE) => return self.define(true, &call).await,
+                Some(&UPDATE) => return self.define(false, &call).await,
+                Some(&LIST) => return self.list(&call).await,
+                Some(sig) => sig,
+                None => return unknown_function(self, function),
             };
-            let path = match named_task(&call, fun) {
+            let path = match named_task(&call, sig.name()) {
                 Ok(path) => path,
                 Err(outcome) => return outcome,
             };
-            match fun {
-                "info" => self.info(&path).await,
-                other => self.change(other, &path).await,
+            match *sig {
+                INFO => self.info(&path).await,
+                _ => self.change(sig, &path).await,
             }
         })
     }
@@ -214,12 +219,14 @@ impl WinTaskModule {
         }
     }
 
-    async fn change(&self, fun: &str, path: &str) -> Outcome {
-        let args = match fun {
-            "run" => schtasks::run(path),
-            "end" => schtasks::end(path),
-            "enable" => schtasks::enable(path, true),
-            "disable" => schtasks::enable(path, false),
+    /// `run`, `end`, `enable`, `disable` or `delete` on one task.
+    async fn change(&self, sig: &Signature, path: &str) -> Outcome {
+        let fun = sig.name();
+        let args = match *sig {
+            RUN => schtasks::run(path),
+            END => schtasks::end(path),
+            ENABLE => schtasks::enable(path, true),
+            DISABLE => schtasks::enable(path, false),
             _ => schtasks::delete(path),
         };
         let out = match self.schtasks(fun, args).await {
@@ -232,7 +239,7 @@ impl WinTaskModule {
         if out.code != 0 {
             return failed(fun, &out);
         }
-        if fun == "delete" {
+        if *sig == DELETE {
             return Outcome::ok(json!({ "deleted": path }));
         }
         self.info(path).await

@@ -1,30 +1,39 @@
 //! `master-cli`: a client of the master's HTTP API.
 //!
-//! It never opens the store: it reads the master's config to find the API
-//! and the root-only token the master wrote into its `data_dir`, then
-//! speaks `/v1`. Exit codes: 0 success, 1 a job failed or a minion did not
-//! return (or the request failed), 2 usage errors.
+//! It never opens the store and links none of the master: it reads the
+//! location keys of the master's config
+//! ([`halite_proto::config::MasterLocation`]) to find the
+//! API and the root-only token the master wrote into its `data_dir`, then
+//! speaks `/v1`, following a job over its event stream (SSE). Exit codes:
+//! 0 success, 1 a job failed or a minion did not return (or the request
+//! failed), 2 usage errors.
 
 mod client;
+mod follow;
 mod output;
 mod words;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use halite_api::types::{JobRequest, JobView, KeysView, MinionView, Submitted};
+use halite_model::{
+    EventRecord, JobRequest, JobView, KeysView, MinionView, ReturnRecord, Submitted,
+};
+use halite_proto::message::EventBody;
 use halite_proto::message::KeyStatus;
 
 use client::Client;
+
+/// Where `halite-master` and `master-cli` look without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/halite/master.toml";
 
 /// Command-line client of a halite master.
 #[derive(Parser)]
 #[command(name = "master-cli", version)]
 struct Cli {
     /// The master's configuration file (to find its API and token).
-    #[arg(long, short, global = true, default_value = crate::config::DEFAULT_CONFIG)]
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
@@ -361,7 +370,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     query.append_pair(key, &value);
                 }
             }
-            let page: halite_api::types::JobPage =
+            let page: halite_model::JobPage =
                 client.get(&format!("/v1/jobs?{}", query.finish())).await?;
             output::jobs(&page.jobs, json)?;
             Ok(ExitCode::SUCCESS)
@@ -372,7 +381,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let jid = halite_proto::Jid::parse(&jid)?;
             let view: JobView = client.get(&format!("/v1/jobs/{jid}")).await?;
             if events {
-                let events: Vec<halite_api::types::EventRecord> =
+                let events: Vec<halite_model::EventRecord> =
                     client.get(&format!("/v1/jobs/{jid}/events")).await?;
                 if json {
                     output::print_json(&serde_json::json!({ "job": view, "events": events }))?;
@@ -386,7 +395,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(output::exit_code(&view))
         }
         Command::Minions { events: true, .. } => {
-            let events: Vec<halite_api::types::PresenceEvent> =
+            let events: Vec<halite_model::PresenceEvent> =
                 client.get("/v1/presence?limit=200").await?;
             output::presence(&events, json)?;
             Ok(ExitCode::SUCCESS)
@@ -399,7 +408,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let since_ms =
                 halite_proto::time::now_ms().saturating_sub(since.saturating_mul(3_600_000));
-            let checks: Vec<halite_api::types::CheckRecord> = client
+            let checks: Vec<halite_model::CheckRecord> = client
                 .get(&format!(
                     "/v1/checks?since={since_ms}&failed={failed}&limit=100000"
                 ))
@@ -423,7 +432,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             history,
             limit,
         } => {
-            let releases: halite_api::types::AppReleases = client
+            let releases: halite_model::AppReleases = client
                 .get(&format!(
                     "/v1/apps/{}/releases?limit={limit}",
                     path_segment(&app)
@@ -473,48 +482,40 @@ async fn run(
         }
         return Ok(ExitCode::FAILURE);
     }
-    let mut shown = std::collections::BTreeSet::new();
-    let mut cursor: Option<u64> = None;
-    let path = format!("/v1/jobs/{}", submitted.jid);
     // Releases (app deploys, task definitions) always show their stages and output live;
     // other functions show stage changes, and output lines with --progress.
     let (live, lines) = match report {
-        Report::Live { progress } => (!json, progress || crate::apps::releases(&request_fun)),
+        Report::Live { progress } => (
+            !json,
+            progress || halite_proto::catalog::releases(&request_fun),
+        ),
         Report::ModuleVersions => (false, false),
     };
-    let view = loop {
-        if live {
-            let events: Vec<halite_api::types::EventRecord> = client
-                .get(&match cursor {
-                    Some(c) => format!("{path}/events?after={c}"),
-                    None => format!("{path}/events"),
-                })
-                .await?;
-            for event in &events {
-                if lines
-                    || !matches!(
-                        event.body,
-                        halite_proto::message::EventBody::Progress { .. }
-                    )
-                {
-                    output::event(event);
-                }
-                cursor = Some(event.cursor);
-            }
+    let mut shown = std::collections::BTreeSet::new();
+    follow::job(client, submitted.jid.as_str(), |entry| {
+        if !live {
+            return;
         }
-        let view: JobView = client.get(&path).await?;
-        if live {
-            for (id, ret) in &view.returns {
-                if shown.insert(id.clone()) {
-                    output::one_return(ret);
+        match entry.kind.as_str() {
+            "job/event" => {
+                if let Ok(event) = serde_json::from_value::<EventRecord>(entry.data.clone()) {
+                    if lines || !matches!(event.body, EventBody::Progress { .. }) {
+                        output::event(&event);
+                    }
                 }
             }
+            "job/return" => {
+                if let Ok(ret) = serde_json::from_value::<ReturnRecord>(entry.data.clone()) {
+                    if shown.insert(ret.id.clone()) {
+                        output::one_return(&ret);
+                    }
+                }
+            }
+            _ => {}
         }
-        if view.done {
-            break view;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await?;
+    let view: JobView = client.get(&format!("/v1/jobs/{}", submitted.jid)).await?;
     match (json, report) {
         (true, _) => output::job(&view, true)?,
         (false, Report::Live { .. }) => output::summary(&view),
@@ -591,8 +592,8 @@ fn users_change(command: &UsersCommand) -> Option<String> {
 /// `users add|passwd|delete|list`: edits the users file directly (it is
 /// the master host's file; the master re-reads it on every login).
 fn users(config: &std::path::Path, command: &UsersCommand, json: bool) -> anyhow::Result<ExitCode> {
-    let config = crate::config::Config::load(config)?;
-    let users = config.users();
+    let location = client::location(config)?;
+    let users = halite_pki::users::Users::new(location.users_file);
     match command {
         UsersCommand::List => {
             let names = users.names()?;
@@ -605,12 +606,12 @@ fn users(config: &std::path::Path, command: &UsersCommand, json: bool) -> anyhow
             }
         }
         UsersCommand::Add { name } => {
-            crate::users::validate_name(name)?;
+            halite_pki::users::validate_name(name)?;
             users.add(name, &read_password(name)?)?;
             output::line(&format!("Added user {name}."));
         }
         UsersCommand::Passwd { name } => {
-            crate::users::validate_name(name)?;
+            halite_pki::users::validate_name(name)?;
             users.passwd(name, &read_password(name)?)?;
             output::line(&format!("Changed the password of {name}."));
         }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use halite_api::types::JobRequest;
-use halite_api::words::{keyword, value_of};
+use halite_model::JobRequest;
+use halite_proto::words::{keyword, value_of};
 use halite_proto::TargetType;
 
 /// Builds the request, or says which word is wrong.

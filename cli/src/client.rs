@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::Config;
+use halite_proto::config::MasterLocation;
 
 /// An authenticated client of one master's `/v1` API.
 pub struct Client {
@@ -20,7 +20,7 @@ impl Client {
     /// Reads `config_file`, the token in the master's `data_dir`, and
     /// (when the config binds port 0) the address the master wrote.
     pub fn from_config(config_file: &Path) -> anyhow::Result<Client> {
-        let config = Config::load(config_file)?;
+        let config = location(config_file)?;
         let token_file = config.token_file();
         let token = std::fs::read_to_string(&token_file)
             .with_context(|| {
@@ -67,6 +67,33 @@ impl Client {
         self.send(self.http.get(self.url(path))).await
     }
 
+    /// Opens an event stream (Server-Sent Events), resuming after `last`.
+    /// The stream may stay open as long as a job may run; the master
+    /// sends a keep-alive comment every 15 s.
+    pub async fn stream(&self, path: &str, last: Option<u64>) -> anyhow::Result<reqwest::Response> {
+        let mut request = self
+            .http
+            .get(self.url(path))
+            .header("Accept", "text/event-stream")
+            .header("X-Auth-Token", &self.token)
+            .timeout(STREAM_TIMEOUT);
+        if let Some(last) = last {
+            request = request.header("Last-Event-ID", last.to_string());
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the master API at {} (is halite-master running?)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            anyhow::bail!("the master refused ({status}): {}", error_message(&body));
+        }
+        Ok(response)
+    }
+
     /// POST a JSON body, read a JSON document.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -105,16 +132,37 @@ impl Client {
             .await
             .context("reading the master's answer")?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<halite_api::types::ErrorBody>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            anyhow::bail!("the master refused ({status}): {message}");
+            anyhow::bail!("the master refused ({status}): {}", error_message(&body));
         }
         serde_json::from_slice(&body).context("the master's answer is not the expected JSON")
     }
 }
 
-fn bound_api(config: &Config) -> anyhow::Result<SocketAddr> {
+/// How long an event stream may stay open: longer than any job (a week).
+const STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8 * 86_400);
+
+/// The text of an error answer (`{"error": "..."}`), or the body as it is.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}
+
+/// The API's error body: `{"error": "..."}`.
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// Where the master of `config_file` is: its location keys, read with the
+/// master's own rules and defaults.
+pub fn location(config_file: &Path) -> anyhow::Result<MasterLocation> {
+    let text = std::fs::read_to_string(config_file)
+        .with_context(|| format!("cannot read {}", config_file.display()))?;
+    Ok(MasterLocation::from_toml(config_file, &text)?)
+}
+
+fn bound_api(config: &MasterLocation) -> anyhow::Result<SocketAddr> {
     let path = config.ports_file();
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(

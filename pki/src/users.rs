@@ -175,7 +175,7 @@ impl Users {
         let text = format!(
             "# halite API users, written by `master-cli users`. Hashes are\n# PBKDF2-HMAC-SHA256; edit only with the CLI.\n{text}"
         );
-        halite_pki::write_atomic(&self.file, text.as_bytes(), true)
+        crate::write_atomic(&self.file, text.as_bytes(), true)
             .map_err(|e| self.error(format!("cannot write: {e}")))
     }
 }

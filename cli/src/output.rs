@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use halite_api::types::{
+use halite_model::{
     CheckRecord, EventRecord, JobSummary, JobView, KeysView, MinionView, PresenceEvent,
     ReturnRecord,
 };
@@ -369,11 +369,7 @@ pub fn apps(apps: &[halite_proto::app::AppSpec], json: bool) -> anyhow::Result<(
 
 /// `releases APP`: what is live on each minion; with `history`, every
 /// deploy and rollback.
-pub fn releases(
-    view: &halite_api::types::AppReleases,
-    history: bool,
-    json: bool,
-) -> anyhow::Result<()> {
+pub fn releases(view: &halite_model::AppReleases, history: bool, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(view);
     }

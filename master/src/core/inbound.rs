@@ -1,0 +1,281 @@
+//! Messages from minions: each is verified against a key the master
+//! already trusts, then dispatched — auth, heartbeats, events, catch-up;
+//! returns go on to the collector ([`super::returns`]).
+
+use bytes::Bytes;
+use halite_model::EventRecord;
+use halite_pki::PublicKey;
+use halite_proto::message::{
+    Auth, AuthReply, Catchup, CatchupReply, Event, Heartbeat, HeartbeatAck, KeyStatus, Return,
+    ReturnAck,
+};
+use halite_proto::time::now_ms;
+use halite_proto::{Envelope, Jid, Kind, Message};
+
+use super::{printable, Core, PendingReturn};
+
+impl Core {
+    /// Handles one ROUTER message. Replies (if any) go out through the
+    /// replier; returns go to the collector, which acks after storing.
+    pub async fn handle(&self, peer: Bytes, body: Bytes) {
+        let envelope = match Envelope::from_bytes(&body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropped undecodable message");
+                return;
+            }
+        };
+        let kind = envelope.kind;
+        let sender = envelope.sender.clone();
+        if let Err(reason) = self.dispatch(peer, envelope).await {
+            tracing::warn!(minion = %printable(&sender), kind = ?kind, %reason, "dropped message");
+        }
+    }
+
+    async fn dispatch(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {
+        match envelope.kind {
+            // Accepting a new key writes and syncs a key file.
+            Kind::Auth => super::blocking(|| self.on_auth(peer, envelope)),
+            Kind::Heartbeat => self.on_heartbeat(peer, envelope),
+            Kind::Return => {
+                let ret: Return = self.verified(&envelope)?;
+                same_id(&envelope.sender, &ret.id)?;
+                self.presence.seen(&ret.id, None, None, now_ms());
+                let own = ret.master.is_empty() || ret.master == self.config.id;
+                if own {
+                    if let Err(refusal) = self.check_expected(&ret.jid, &ret.id) {
+                        // Acked so the minion stops re-sending it, never stored.
+                        let ack = ReturnAck {
+                            jid: ret.jid,
+                            id: ret.id,
+                            nonce: ret.nonce,
+                        };
+                        self.reply(peer, &ack);
+                        return Err(refusal);
+                    }
+                }
+                tracing::debug!(jid = %ret.jid, minion = %ret.id, "return received");
+                // Back-pressure: a full collector slows the ROUTER reader,
+                // not the store.
+                let _ = self.returns.send(PendingReturn { peer, ret }).await;
+                Ok(())
+            }
+            Kind::Event => {
+                let event: Event = self.verified(&envelope)?;
+                same_id(&envelope.sender, &event.id)?;
+                self.check_expected(&event.jid, &event.id)?;
+                self.on_event(event);
+                Ok(())
+            }
+            Kind::Catchup => {
+                let catchup: Catchup = self.verified(&envelope)?;
+                same_id(&envelope.sender, &catchup.id)?;
+                let jobs = self.catchup_for(&catchup.id);
+                tracing::debug!(minion = %catchup.id, jobs = jobs.len(), "catch-up");
+                self.reply(
+                    peer,
+                    &CatchupReply {
+                        nonce: catchup.nonce,
+                        jobs,
+                    },
+                );
+                Ok(())
+            }
+            other => Err(Refusal::UnexpectedKind(other)),
+        }
+    }
+
+    /// Opens a message after checking it is signed by the accepted key of
+    /// its sender.
+    fn verified<M: Message>(&self, envelope: &Envelope) -> Result<M, Refusal> {
+        halite_proto::ident::validate_id(&envelope.sender)?;
+        let key = self
+            .keys
+            .accepted_key(&envelope.sender)
+            .ok_or(Refusal::NotAccepted)?;
+        halite_pki::verify_envelope(envelope, &key)?;
+        Ok(envelope.open()?)
+    }
+
+    pub(super) fn reply<M: Message>(&self, peer: Bytes, message: &M) {
+        match self.sign(message) {
+            Ok(envelope) => self.outbound.reply(peer, envelope),
+            Err(e) => tracing::error!(error = %e, "cannot sign a reply"),
+        }
+    }
+
+    fn on_auth(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {
+        // Auth is self-signed: the signature proves the sender holds the key
+        // it presents; whether that key is trusted is the key store's call.
+        let auth: Auth = envelope.open()?;
+        halite_proto::ident::validate_id(&auth.id)?;
+        same_id(&envelope.sender, &auth.id)?;
+        let key = PublicKey::from_bytes(&auth.pubkey)?;
+        halite_pki::verify_envelope(&envelope, &key)?;
+        let status = self.keys.submit(&auth.id, &key, self.config.auto_accept)?;
+        let session = if status == KeyStatus::Accepted {
+            let transcript = halite_pki::transcript(&auth.id, &key, &self.master_pub, &auth.nonce);
+            self.presence
+                .authenticated(&auth.id, auth.grains.clone(), &auth.version, now_ms());
+            Some(halite_pki::grant(
+                &self.session.current(),
+                &auth.eph_pub,
+                &transcript,
+            )?)
+        } else {
+            None
+        };
+        match status {
+            KeyStatus::Accepted => tracing::info!(minion = %auth.id, "minion authenticated"),
+            KeyStatus::Pending => tracing::info!(
+                minion = %auth.id,
+                fingerprint = %key.fingerprint(),
+                "minion key pending: accept it with `master-cli keys accept {}`",
+                auth.id
+            ),
+            KeyStatus::Rejected => tracing::warn!(minion = %auth.id, "auth from a rejected key"),
+            KeyStatus::Denied => tracing::warn!(
+                minion = %auth.id,
+                fingerprint = %key.fingerprint(),
+                "auth with a key different from the accepted one: denied (see minions_denied/)"
+            ),
+        }
+        self.reply(
+            peer,
+            &AuthReply {
+                nonce: auth.nonce,
+                status,
+                master: self.config.id.clone(),
+                master_pub: self.master_pub.as_bytes().to_vec(),
+                publish_port: self.publish_port,
+                heartbeat_interval: self.config.heartbeat_interval.as_secs(),
+                session,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_heartbeat(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {
+        let epoch = self.session.current().epoch();
+        match self.verified::<Heartbeat>(&envelope) {
+            Ok(heartbeat) => {
+                same_id(&envelope.sender, &heartbeat.id)?;
+                self.presence.seen(
+                    &heartbeat.id,
+                    Some(&heartbeat.version),
+                    heartbeat.rtt_ms,
+                    now_ms(),
+                );
+                self.reply(
+                    peer,
+                    &HeartbeatAck {
+                        nonce: heartbeat.nonce,
+                        accepted: true,
+                        session_epoch: epoch,
+                    },
+                );
+                Ok(())
+            }
+            Err(Refusal::NotAccepted) => {
+                // The key was deleted or rejected while the minion was
+                // connected: tell it to authenticate again, which puts it in
+                // front of an operator instead of leaving it waiting.
+                let heartbeat: Heartbeat = envelope.open()?;
+                self.reply(
+                    peer,
+                    &HeartbeatAck {
+                        nonce: heartbeat.nonce,
+                        accepted: false,
+                        session_epoch: epoch,
+                    },
+                );
+                Err(Refusal::NotAccepted)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn on_event(&self, event: Event) {
+        let record = EventRecord {
+            cursor: 0,
+            id: event.id.clone(),
+            seq: event.seq,
+            at: event.at,
+            body: event.body,
+        };
+        let jid = event.jid;
+        let stored = self
+            .store
+            .put_event(&jid, record)
+            .and_then(|record| self.store.publish(crate::store::event_entry(&jid, &record)));
+        if let Err(e) = stored {
+            tracing::warn!(jid = %jid, minion = %event.id, error = %e, "cannot store event");
+        }
+    }
+
+    /// Refuses a return or event unless this master published the job
+    /// for that minion: an accepted minion speaks only for itself, about
+    /// jobs it was sent. Jobs still within their expiry are checked in
+    /// memory, older ones in the store.
+    fn check_expected(&self, jid: &Jid, id: &str) -> Result<(), Refusal> {
+        {
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut same_job = recent.iter().filter(|job| job.jid == *jid).peekable();
+            if same_job.peek().is_some() {
+                return match same_job.any(|job| job.expected.iter().any(|e| e == id)) {
+                    true => Ok(()),
+                    false => Err(Refusal::NotExpected { jid: jid.clone() }),
+                };
+            }
+        }
+        match self.store.job(jid) {
+            Ok(Some(job)) if job.record.expected.iter().any(|e| e == id) => Ok(()),
+            Ok(Some(_)) => Err(Refusal::NotExpected { jid: jid.clone() }),
+            Ok(None) => Err(Refusal::UnknownJob { jid: jid.clone() }),
+            Err(e) => Err(Refusal::Store(e)),
+        }
+    }
+
+    fn catchup_for(&self, id: &str) -> Vec<serde_bytes::ByteBuf> {
+        let now = now_ms();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|job| job.expires_at > now);
+        recent
+            .iter()
+            .filter(|job| job.expected.iter().any(|e| e == id))
+            .map(|job| serde_bytes::ByteBuf::from(job.envelope.as_slice()))
+            .collect()
+    }
+}
+
+/// Why a message from a minion was dropped (logged, never answered).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("malformed: {0}")]
+    Malformed(#[from] halite_proto::ProtoError),
+    #[error("no accepted key for this id")]
+    NotAccepted,
+    #[error("bad signature: {0}")]
+    Signature(#[from] halite_pki::PkiError),
+    #[error("sender {sender:?} does not match the id {id:?} in the message")]
+    Impersonation { sender: String, id: String },
+    #[error("job {jid} was not sent to this minion")]
+    NotExpected { jid: Jid },
+    #[error("no job {jid} on this master")]
+    UnknownJob { jid: Jid },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the master does not accept {0:?} messages")]
+    UnexpectedKind(Kind),
+}
+
+fn same_id(sender: &str, id: &str) -> Result<(), Refusal> {
+    if sender == id {
+        Ok(())
+    } else {
+        Err(Refusal::Impersonation {
+            sender: sender.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+}

@@ -1,0 +1,477 @@
+//! Jobs: submit (validate, check the ACL, complete app jobs, seal
+//! secrets, sign, store durably, publish), cancel, and the later batches
+//! of a job run in batches.
+//!
+//! Everything here is synchronous and may block (the store flush before a
+//! job is published, app and module files read per job, signing): the
+//! HTTP adapter calls it on the blocking pool.
+
+use std::collections::BTreeMap;
+
+use halite_model::{BusEntry, JobRecord, JobRequest, Submitted};
+use halite_proto::message::{Job, SignedModule, KILL_JOB, LIST_MODULES, SYNC_MODULES};
+use halite_proto::time::now_ms;
+use halite_proto::{catalog, Jid, Target, TargetType};
+use tokio::sync::mpsc;
+
+use super::{Core, CoreError, RETURN_GRACE_MS};
+use crate::batch::BatchPlan;
+use crate::store::StoredJob;
+
+/// Longest timeout a job may ask for (a week).
+const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
+
+/// A request checked and resolved, not yet signed or stored.
+struct Planned {
+    request: JobRequest,
+    /// Every minion the job expects a return from.
+    expected: Vec<String>,
+    /// Expected minions that are down now.
+    down: Vec<String>,
+    /// Lua modules the job carries, signed.
+    modules: Vec<SignedModule>,
+    timeout: u64,
+    /// Minions per batch, for a job run in batches.
+    batch_size: Option<usize>,
+}
+
+impl Core {
+    /// Validates, checks the ACL, records durably, then publishes a job.
+    pub fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, CoreError> {
+        let span =
+            tracing::info_span!("job", jid = tracing::field::Empty, fun = %request.fun, user);
+        let _entered = span.enter();
+        let planned = self.plan(user, request, true)?;
+        self.publish_planned(user, planned)
+    }
+
+    /// Cancels a running job: a signed `saltutil.kill_job` to the minions
+    /// that have not returned. Allowed to the user who submitted the job
+    /// and to anyone the ACL lets run its function on those minions.
+    pub fn cancel(&self, user: &str, jid: &Jid) -> Result<serde_json::Value, CoreError> {
+        let span = tracing::info_span!("job", %jid, fun = "cancel", user);
+        let _entered = span.enter();
+        let view = self.job_view(jid)?;
+        if let Some(master) = &view.job.published_by {
+            return Err(CoreError::Conflict(format!(
+                "job {jid} was published by master {master}; cancel it there"
+            )));
+        }
+        if view.done {
+            return Err(CoreError::Conflict(format!(
+                "job {jid} is done; nothing to cancel"
+            )));
+        }
+        if view.job.user != user {
+            self.check_acl(user, &view.job.fun, &view.missing)?;
+        }
+        let request = JobRequest {
+            target: view.missing.join(","),
+            tgt_type: TargetType::List,
+            fun: KILL_JOB.to_owned(),
+            arg: vec![serde_json::Value::String(jid.to_string())],
+            timeout: Some(30),
+            ..JobRequest::default()
+        };
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(jid.clone());
+        if let Err(e) = self
+            .store
+            .delete_batch(jid)
+            .and_then(|()| self.store.flush())
+        {
+            tracing::warn!(error = %e, "cannot delete the batch plan of a cancelled job");
+        }
+        let planned = self.plan(user, request, false)?;
+        let submitted = self.publish_planned(user, planned)?;
+        self.announce(BusEntry {
+            id: 0,
+            kind: "job/cancel".to_owned(),
+            at: now_ms(),
+            jid: Some(jid.clone()),
+            minion: None,
+            data: serde_json::json!({ "by": user, "kill_jid": submitted.jid, "minions": submitted.minions }),
+        });
+        tracing::warn!(minions = ?submitted.minions, "job cancelled");
+        Ok(serde_json::json!({
+            "jid": jid,
+            "kill_jid": submitted.jid,
+            "minions": submitted.minions,
+        }))
+    }
+
+    /// Refuses unless `user` may run `fun` on every one of `minions`.
+    fn check_acl(&self, user: &str, fun: &str, minions: &[String]) -> Result<(), CoreError> {
+        self.config
+            .acl
+            .check_job(user, &acl_function(fun), minions, |ids, t| {
+                self.presence.matching(ids, t)
+            })
+            .map_err(|denied| CoreError::Forbidden(denied.0))
+    }
+
+    /// Checks a request and resolves everything the job needs: its
+    /// minions, the ACL, the app definition and modules, the timeout and
+    /// the batches. Nothing is stored or published yet.
+    fn plan(
+        &self,
+        user: &str,
+        mut request: JobRequest,
+        check_acl: bool,
+    ) -> Result<Planned, CoreError> {
+        halite_proto::ident::validate_function(&request.fun)
+            .map_err(|e| CoreError::invalid(e.to_string()))?;
+        let target = Target::parse(request.tgt_type, &request.target)
+            .map_err(|e| CoreError::invalid(format!("target: {e}")))?;
+        let accepted = self.keys.accepted_ids();
+        let expected = self.presence.matching(&accepted, &target);
+        if check_acl {
+            self.check_acl(user, &request.fun, &expected)
+                .inspect_err(|_| {
+                    tracing::warn!(target = %request.target, "refused by the ACL");
+                })?;
+        }
+        let modules = self.lua_modules_for(&mut request)?;
+        if modules.is_empty() {
+            self.refuse_unknown_function(&request.fun)?;
+        }
+        // A Lua module given `app=NAME` gets the app's definition and
+        // credentials like git_deploy does (it may call git_deploy).
+        let lua_app = !modules.is_empty()
+            && request.fun != SYNC_MODULES
+            && request.kwarg.get("app").is_some_and(|a| a.is_string());
+        if catalog::takes_app(&request.fun) || lua_app {
+            self.complete_app(&mut request, &accepted, &expected)?;
+        }
+        let timeout = request.timeout.unwrap_or(self.config.job_timeout.as_secs());
+        if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
+            return Err(CoreError::invalid(format!(
+                "timeout must be 1 to {MAX_TIMEOUT_SECS} seconds"
+            )));
+        }
+        if let Some(key) = request
+            .secret
+            .keys()
+            .find(|k| request.kwarg.contains_key(*k))
+        {
+            return Err(CoreError::invalid(format!(
+                "`{key}` is given both as a keyword argument and as a secret"
+            )));
+        }
+        let down: Vec<String> = expected
+            .iter()
+            .filter(|id| !self.presence.is_up(id))
+            .cloned()
+            .collect();
+        if request.require_up && !down.is_empty() {
+            return Err(CoreError::Conflict(format!(
+                "targeted minions are down: {}; nothing was published",
+                down.join(", ")
+            )));
+        }
+        let batch_size = match request.batch.as_deref() {
+            Some(batch) => Some(crate::batch::parse_size(batch, expected.len())?),
+            None => None,
+        }
+        .filter(|&size| size < expected.len());
+        Ok(Planned {
+            request,
+            expected,
+            down,
+            modules,
+            timeout,
+            batch_size,
+        })
+    }
+
+    /// Refuses a function no minion has, before anything is published,
+    /// with the message a minion would give: a built-in function must be
+    /// in the catalog; any other must belong to a Lua module the master
+    /// has (whose functions only the minion knows).
+    fn refuse_unknown_function(&self, fun: &str) -> Result<(), CoreError> {
+        if catalog::function(fun).is_some() {
+            return Ok(());
+        }
+        let lua = self.config.lua_modules().all()?;
+        let modules = catalog::MODULES
+            .iter()
+            .map(|m| (m.name, m.default, m.names()))
+            .chain(lua.keys().map(|name| (name.as_str(), None, Vec::new())));
+        match catalog::resolve(fun, modules) {
+            Ok(_) => Ok(()),
+            Err(unresolved) => Err(CoreError::invalid(unresolved.to_string())),
+        }
+    }
+
+    /// Seals, signs, stores (flushed) and publishes a planned job; a job
+    /// in batches goes to its first batch, by list, and its plan goes to
+    /// the batch driver.
+    fn publish_planned(&self, user: &str, planned: Planned) -> Result<Submitted, CoreError> {
+        let Planned {
+            request,
+            expected,
+            down,
+            modules,
+            timeout,
+            batch_size,
+        } = planned;
+        let jid = self.jids.next();
+        tracing::Span::current().record("jid", tracing::field::display(&jid));
+        let issued_at = now_ms();
+        let expires_at = issued_at + timeout * 1000;
+        let secret = self.seal_secrets(&jid, &request.secret)?;
+        let first: Vec<String> = match batch_size {
+            Some(size) => expected[..size].to_vec(),
+            None => expected.clone(),
+        };
+        let (tgt, tgt_type) = match batch_size {
+            Some(_) => (first.join(","), TargetType::List),
+            None => (request.target.clone(), request.tgt_type),
+        };
+        let job = Job {
+            jid: jid.clone(),
+            tgt,
+            tgt_type,
+            fun: request.fun.clone(),
+            arg: request.arg.clone(),
+            kwarg: request.kwarg.clone(),
+            secret,
+            timeout,
+            issued_at,
+            expires_at,
+            master: self.config.id.clone(),
+            user: user.to_owned(),
+            modules,
+        };
+        let envelope = self.sign(&job)?;
+        let record = JobRecord {
+            jid: jid.clone(),
+            target: request.target,
+            tgt_type: request.tgt_type,
+            fun: request.fun,
+            arg: request.arg,
+            kwarg: request.kwarg,
+            secret_keys: request.secret.into_keys().collect(),
+            user: user.to_owned(),
+            timeout,
+            issued_at,
+            expires_at,
+            expected: expected.clone(),
+            down,
+            published_by: None,
+            batch_size,
+        };
+        // A job in batches keeps its plan beside it, so a restarted master
+        // goes on with the next batch.
+        let plan = batch_size.map(|size| BatchPlan {
+            rest: expected[size..]
+                .chunks(size)
+                .map(<[String]>::to_vec)
+                .collect(),
+            waiting_for: first.clone(),
+            deadline: expires_at + RETURN_GRACE_MS,
+            template: job.clone(),
+        });
+        self.store_job(record, envelope.clone(), plan.as_ref())?;
+        self.send_job(&job, first, envelope);
+        if let Some(plan) = plan {
+            if self.batches.send(plan).is_err() {
+                tracing::error!(
+                    "the batch driver is not running; only the first batch was published"
+                );
+            }
+        }
+        tracing::info!(target = %job.tgt, expected = expected.len(), "job published");
+        self.announce(BusEntry {
+            id: 0,
+            kind: "job/new".to_owned(),
+            at: issued_at,
+            jid: Some(jid.clone()),
+            minion: None,
+            data: serde_json::json!({
+                "fun": job.fun, "target": job.tgt, "tgt_type": job.tgt_type,
+                "user": user, "minions": expected,
+            }),
+        });
+        Ok(Submitted {
+            jid,
+            minions: expected,
+        })
+    }
+
+    /// Secret arguments sealed under the session key, bound to the jid.
+    fn seal_secrets(
+        &self,
+        jid: &Jid,
+        secret: &BTreeMap<String, String>,
+    ) -> Result<Option<halite_proto::message::Sealed>, CoreError> {
+        if secret.is_empty() {
+            return Ok(None);
+        }
+        let plain = halite_proto::envelope::encode("secrets", secret)
+            .map_err(|e| CoreError::invalid(e.to_string()))?;
+        Ok(Some(
+            self.session
+                .current()
+                .seal(jid.as_str().as_bytes(), &plain)?,
+        ))
+    }
+
+    /// Stores a job (and its batch plan) and flushes: a job is durable
+    /// before any minion can return for it.
+    fn store_job(
+        &self,
+        record: JobRecord,
+        envelope: Vec<u8>,
+        plan: Option<&BatchPlan>,
+    ) -> Result<(), CoreError> {
+        self.store.put_job(&StoredJob { record, envelope })?;
+        if let Some(plan) = plan {
+            self.store.put_batch(plan)?;
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Fills in an app module's job from the app catalog (see
+    /// [`crate::apps::Catalog::complete`]), with the app's `timeout` when
+    /// the request gives none. Secrets given on the command line for the
+    /// same names are refused rather than overridden.
+    /// `accepted` are the accepted minions, `job_minions` those the job
+    /// targets.
+    fn complete_app(
+        &self,
+        request: &mut JobRequest,
+        accepted: &[String],
+        job_minions: &[String],
+    ) -> Result<(), CoreError> {
+        let app_minions = |app: &halite_proto::app::AppSpec| {
+            let theirs = Target::parse(app.tgt_type, &app.target)
+                .map_err(|e| format!("app {}: target: {e}", app.name))?;
+            Ok(self.presence.matching(accepted, &theirs))
+        };
+        let mut secret = BTreeMap::new();
+        let app = self
+            .config
+            .apps()
+            .complete(
+                &mut request.kwarg,
+                &mut secret,
+                &request.target,
+                job_minions,
+                request.fun.split('.').next().unwrap_or_default(),
+                app_minions,
+            )
+            .map_err(CoreError::Invalid)?;
+        request.timeout.get_or_insert(app.timeout);
+        for (key, value) in secret {
+            if request.secret.insert(key.clone(), value).is_some() {
+                return Err(CoreError::invalid(format!(
+                    "`{key}` comes from app {}'s credentials; do not pass it as well",
+                    app.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The signed Lua modules a job carries: the one its function names
+    /// (if the master has such a Lua module), or all of them for
+    /// `saltutil.sync_modules`. `saltutil.list_modules` gets the master's
+    /// versions as its `master` argument, so minions say which are current.
+    fn lua_modules_for(&self, request: &mut JobRequest) -> Result<Vec<SignedModule>, CoreError> {
+        let catalog = self.config.lua_modules();
+        let wanted: Vec<(String, String)> = if request.fun == SYNC_MODULES {
+            catalog.all()?.into_iter().collect()
+        } else if request.fun == LIST_MODULES {
+            let versions: serde_json::Map<String, serde_json::Value> = catalog
+                .all()?
+                .into_iter()
+                .map(|(name, source)| (name, halite_pki::sha256_hex(source.as_bytes()).into()))
+                .collect();
+            request.kwarg.insert("master".into(), versions.into());
+            Vec::new()
+        } else {
+            let module = request.fun.split('.').next().unwrap_or_default();
+            match catalog.get(module)? {
+                Some(source) => vec![(module.to_owned(), source)],
+                None => Vec::new(),
+            }
+        };
+        wanted
+            .into_iter()
+            .map(|(name, source)| {
+                crate::lua_modules::sign(&self.key, &self.config.id, &name, source)
+                    .map_err(CoreError::from)
+            })
+            .collect()
+    }
+
+    // ---- batches -------------------------------------------------------------
+
+    /// The plans of jobs run in batches, for the batch driver (once).
+    pub fn take_batch_plans(&self) -> Option<mpsc::UnboundedReceiver<BatchPlan>> {
+        self.batch_plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Hands the batch plans a previous run left in the store to the batch
+    /// driver (at start).
+    pub fn resume_batches(&self) -> Result<usize, crate::store::StoreError> {
+        let plans = self.store.batches()?;
+        let count = plans.len();
+        for plan in plans {
+            tracing::info!(jid = %plan.template.jid, remaining = plan.rest.len(), "resuming a job in batches");
+            if self.batches.send(plan).is_err() {
+                tracing::error!("the batch driver is not running");
+            }
+        }
+        Ok(count)
+    }
+
+    /// Has the job been cancelled (so no further batch starts)?
+    pub fn is_cancelled(&self, jid: &Jid) -> bool {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(jid)
+    }
+
+    /// Publishes one later batch of a job in batches: the first batch's
+    /// job, re-signed for `minions` with its own time window. Returns
+    /// when that window ends (unix ms).
+    pub fn publish_batch(&self, template: &Job, minions: &[String]) -> Result<u64, CoreError> {
+        let mut job = template.clone();
+        job.tgt = minions.join(",");
+        job.tgt_type = TargetType::List;
+        job.issued_at = now_ms();
+        job.expires_at = job.issued_at + job.timeout * 1000;
+        let envelope = self.sign(&job)?;
+        self.send_job(&job, minions.to_vec(), envelope);
+        tracing::info!(jid = %job.jid, minions = minions.len(), "next batch published");
+        self.announce(BusEntry {
+            id: 0,
+            kind: "job/batch".to_owned(),
+            at: job.issued_at,
+            jid: Some(job.jid.clone()),
+            minion: None,
+            data: serde_json::json!({ "minions": minions }),
+        });
+        Ok(job.expires_at)
+    }
+}
+
+/// The function name the ACL checks: a deploy module named alone means
+/// its `deploy` function, so `git_deploy` needs the same grant as
+/// `git_deploy.deploy`.
+fn acl_function(fun: &str) -> String {
+    if !fun.contains('.') && catalog::takes_app(fun) {
+        format!("{fun}.deploy")
+    } else {
+        fun.to_owned()
+    }
+}

@@ -1,0 +1,217 @@
+//! The master's centre: its state, and what it does with each message
+//! and request, split by concern.
+//!
+//! One `Core` is shared (in an `Arc`) by the inbound workers, the return
+//! collector, the timers, the batch driver and the HTTP adapter.
+//!
+//! - [`inbound`]: messages from minions — verify, dispatch, auth,
+//!   heartbeats, events, catch-up; [`returns`] stores them in grouped
+//!   flushes and acks; [`peers`] keeps one peer's messages in order.
+//! - [`jobs`]: submit, publish, cancel, batches.
+//! - [`auth`]: logins, tokens, special grants.
+//! - [`views`]: what the API reads (jobs, minions, keys, apps, stats) and
+//!   key changes.
+//! - [`upkeep`]: beacons, pruning, connectivity checks, session rotation.
+//!
+//! Every message from a minion is verified against a key the master
+//! already trusts before anything is done with it; a message that fails is
+//! dropped with a log line naming the sender and the reason. Requests fail
+//! with [`CoreError`], which the HTTP adapter alone maps to statuses.
+
+pub mod auth;
+pub mod inbound;
+pub mod jobs;
+pub mod peers;
+pub mod returns;
+pub mod upkeep;
+pub mod views;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use halite_pki::{KeyPair, KeyStore, PublicKey};
+use halite_proto::time::now_ms;
+use halite_proto::{Jid, JidGenerator, Message};
+use tokio::sync::mpsc;
+
+use crate::batch::BatchPlan;
+use crate::config::Config;
+pub use crate::error::CoreError;
+use crate::presence::Presence;
+use crate::session::SessionKeys;
+use crate::store::Store;
+use crate::transport::Outbound;
+
+pub use halite_model::RETURN_GRACE_MS;
+pub use returns::PendingReturn;
+
+/// A job still within its expiry, kept in memory for catch-up.
+struct RecentJob {
+    jid: Jid,
+    expires_at: u64,
+    expected: Vec<String>,
+    envelope: Arc<Vec<u8>>,
+}
+
+/// Shared master state. See the module docs.
+pub struct Core {
+    /// Validated configuration.
+    pub config: Config,
+    /// The master's signing key.
+    key: KeyPair,
+    master_pub: PublicKey,
+    /// Minion keys by state.
+    pub keys: KeyStore,
+    /// Jobs, returns, events, minions.
+    pub store: Store,
+    /// Who is up.
+    pub presence: Presence,
+    session: SessionKeys,
+    jids: JidGenerator,
+    /// Jobs minions may still ask for through catch-up.
+    recent: Mutex<Vec<RecentJob>>,
+    outbound: Arc<dyn Outbound>,
+    /// Verified returns on their way to the collector.
+    returns: mpsc::Sender<PendingReturn>,
+    publish_port: u16,
+    cli_token: halite_pki::Secret,
+    /// New batch plans, for the batch driver.
+    batches: mpsc::UnboundedSender<BatchPlan>,
+    batch_plans: Mutex<Option<mpsc::UnboundedReceiver<BatchPlan>>>,
+    /// Jobs cancelled since start: no further batch of theirs starts.
+    cancelled: Mutex<HashSet<Jid>>,
+}
+
+/// Everything `Core::new` needs that is created by the caller.
+pub struct CoreParts {
+    /// Validated configuration.
+    pub config: Config,
+    /// Master key.
+    pub key: KeyPair,
+    /// Minion keys.
+    pub keys: KeyStore,
+    /// Opened store.
+    pub store: Store,
+    /// How jobs, beacons and replies leave the master.
+    pub outbound: Arc<dyn Outbound>,
+    /// Where verified returns go to be stored.
+    pub returns: mpsc::Sender<PendingReturn>,
+    /// Actual PUB port (told to minions at auth).
+    pub publish_port: u16,
+    /// Token of the local root CLI.
+    pub cli_token: String,
+}
+
+impl Core {
+    /// Assembles the state and reloads recent jobs for catch-up.
+    pub fn new(parts: CoreParts) -> Result<Core, crate::Error> {
+        let down_after = parts.config.heartbeat_interval * parts.config.missed_heartbeats
+            + std::time::Duration::from_secs(1);
+        let presence = Presence::load(parts.store.clone(), down_after, now_ms())?;
+        let master_pub = parts.key.public();
+        let (batches, batch_plans) = mpsc::unbounded_channel();
+        let core = Core {
+            batches,
+            batch_plans: Mutex::new(Some(batch_plans)),
+            cancelled: Mutex::new(Default::default()),
+            presence,
+            session: SessionKeys::new()?,
+            jids: JidGenerator::new(),
+            recent: Mutex::new(Vec::new()),
+            master_pub,
+            key: parts.key,
+            keys: parts.keys,
+            store: parts.store,
+            outbound: parts.outbound,
+            returns: parts.returns,
+            publish_port: parts.publish_port,
+            cli_token: halite_pki::Secret::new(parts.cli_token),
+            config: parts.config,
+        };
+        core.reload_recent()?;
+        Ok(core)
+    }
+
+    fn reload_recent(&self) -> Result<(), crate::Error> {
+        let now = now_ms();
+        let since = Jid::from_unix_us(now.saturating_sub(7 * 86_400_000) * 1000);
+        for job in self.store.jobs_since(&since)? {
+            if job.record.expires_at > now {
+                self.remember(
+                    job.record.jid,
+                    job.record.expires_at,
+                    job.record.expected,
+                    job.envelope,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a published job's envelope for catch-up until it expires.
+    fn remember(&self, jid: Jid, expires_at: u64, expected: Vec<String>, envelope: Vec<u8>) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(RecentJob {
+                jid,
+                expires_at,
+                expected,
+                envelope: Arc::new(envelope),
+            });
+    }
+
+    /// Fingerprint of the master key, which minions pin.
+    pub fn fingerprint(&self) -> String {
+        self.master_pub.fingerprint()
+    }
+
+    /// Signs `message` as this master.
+    fn sign<M: Message>(&self, message: &M) -> Result<Vec<u8>, halite_pki::PkiError> {
+        Ok(self.key.sign_message(&self.config.id, message)?.to_bytes())
+    }
+
+    /// Publishes a signed job envelope (stored first, if it is to be
+    /// stored), remembering it for catch-up.
+    fn send_job(&self, job: &halite_proto::message::Job, expected: Vec<String>, envelope: Vec<u8>) {
+        self.remember(job.jid.clone(), job.expires_at, expected, envelope.clone());
+        self.outbound
+            .publish(halite_proto::message::TOPIC_JOB, envelope);
+    }
+
+    /// Puts an entry on the event stream; a failure is logged, never
+    /// fatal (the record itself is already stored).
+    fn announce(&self, entry: halite_model::BusEntry) {
+        let jid = entry.jid.clone();
+        let kind = entry.kind.clone();
+        if let Err(e) = self.store.publish(entry) {
+            tracing::warn!(jid = ?jid, kind, error = %e, "cannot put an entry on the event stream");
+        }
+    }
+}
+
+/// Runs work that may block (a store flush, a key file written and
+/// synced, signing a large job, reading app and module files) from async
+/// code without stalling the worker's other tasks: on the multi-threaded
+/// runtime `block_in_place` hands them to another thread for the
+/// duration. On a current-thread runtime (unit tests) it runs inline.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// A sender name safe to log even when it failed validation.
+pub(crate) fn printable(value: &str) -> String {
+    value
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}

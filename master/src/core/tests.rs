@@ -1,0 +1,384 @@
+//! The centre in-process: a `Core` on a temp store with the in-memory
+//! transport, minions played by keys the test holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use halite_model::JobRequest;
+use halite_pki::KeyPair;
+use halite_proto::message::{Event, EventBody, Job, Return, ReturnAck, KILL_JOB, TOPIC_JOB};
+use halite_proto::{Envelope, Jid, Message};
+use tokio::sync::mpsc;
+
+use super::{Core, CoreError, CoreParts, PendingReturn};
+use crate::transport::{MemoryOutbound, Sent};
+
+/// A master centre with its sent messages and queued returns in reach.
+struct Harness {
+    core: Arc<Core>,
+    sent: mpsc::UnboundedReceiver<Sent>,
+    returns: mpsc::Receiver<PendingReturn>,
+    minions: Vec<(String, KeyPair)>,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &Path) -> crate::Config {
+    let text = format!(
+        "id = \"m1\"\ninterface = \"127.0.0.1\"\npublish_port = 0\nreturn_port = 0\n\
+         api_bind = \"127.0.0.1:0\"\npki_dir = \"{0}/pki\"\ndata_dir = \"{0}/data\"\n",
+        dir.display()
+    );
+    crate::Config::from_toml(&dir.join("master.toml"), &text).expect("test config")
+}
+
+/// Builds a centre on `dir`'s store (so a second one is a restart).
+fn core_on(
+    dir: &Path,
+) -> (
+    Arc<Core>,
+    mpsc::UnboundedReceiver<Sent>,
+    mpsc::Receiver<PendingReturn>,
+) {
+    let config = config(dir);
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let (key, _) = KeyPair::load_or_generate(&config.pki_dir, "master").unwrap();
+    let keys = halite_pki::KeyStore::open(&config.pki_dir).unwrap();
+    let store = crate::store::Store::open(&config.data_dir.join("store")).unwrap();
+    let (outbound, sent) = MemoryOutbound::new();
+    let (returns_tx, returns) = mpsc::channel(64);
+    let core = Core::new(CoreParts {
+        config,
+        key,
+        keys,
+        store,
+        outbound: Arc::new(outbound),
+        returns: returns_tx,
+        publish_port: 4505,
+        cli_token: "cli-token".into(),
+    })
+    .unwrap();
+    (Arc::new(core), sent, returns)
+}
+
+impl Harness {
+    /// A centre with `ids` accepted.
+    fn new(ids: &[&str]) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let (core, sent, returns) = core_on(dir.path());
+        let minions = ids
+            .iter()
+            .map(|id| {
+                let key = KeyPair::generate().unwrap();
+                core.keys.submit(id, &key.public(), false).unwrap();
+                core.keys.accept(id).unwrap();
+                (id.to_string(), key)
+            })
+            .collect();
+        Harness {
+            core,
+            sent,
+            returns,
+            minions,
+            _dir: dir,
+        }
+    }
+
+    fn key(&self, id: &str) -> &KeyPair {
+        &self.minions.iter().find(|(m, _)| m == id).unwrap().1
+    }
+
+    /// `id` sends `message` over the peer identity `id`.
+    async fn send<M: Message>(&self, id: &str, message: &M) {
+        let envelope = self.key(id).sign_message(id, message).unwrap();
+        self.core
+            .handle(Bytes::from(id.to_owned()), Bytes::from(envelope.to_bytes()))
+            .await;
+    }
+
+    fn submit(&self, target: &str, fun: &str) -> Result<halite_model::Submitted, CoreError> {
+        self.core.submit(
+            halite_pki::users::ROOT,
+            JobRequest {
+                target: target.into(),
+                fun: fun.into(),
+                ..JobRequest::default()
+            },
+        )
+    }
+
+    /// Everything sent so far.
+    fn drain_sent(&mut self) -> Vec<Sent> {
+        let mut all = Vec::new();
+        while let Ok(sent) = self.sent.try_recv() {
+            all.push(sent);
+        }
+        all
+    }
+
+    /// Jobs published so far, opened.
+    fn published_jobs(&mut self) -> Vec<Job> {
+        self.drain_sent()
+            .into_iter()
+            .filter_map(|sent| match sent {
+                Sent::Published { topic, body } if topic == TOPIC_JOB => {
+                    Some(Envelope::from_bytes(&body).unwrap().open().unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Stores whatever returns the inbound side queued, as the collector does.
+    fn collect(&mut self) -> usize {
+        let mut batch = Vec::new();
+        while let Ok(pending) = self.returns.try_recv() {
+            batch.push(pending);
+        }
+        let n = batch.len();
+        if n > 0 {
+            self.core.store_returns(batch);
+        }
+        n
+    }
+}
+
+fn ret(jid: &Jid, id: &str, master: &str) -> Return {
+    Return {
+        jid: jid.clone(),
+        id: id.into(),
+        fun: "test.ping".into(),
+        success: true,
+        retcode: 0,
+        data: serde_json::Value::Bool(true),
+        started_at: 1,
+        finished_at: 2,
+        nonce: vec![7; 16],
+        master: master.into(),
+    }
+}
+
+fn acks(sent: &[Sent]) -> Vec<ReturnAck> {
+    sent.iter()
+        .filter_map(|s| match s {
+            Sent::Replied { body, .. } => {
+                let envelope = Envelope::from_bytes(body).unwrap();
+                envelope.open::<ReturnAck>().ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_expected_return_is_stored_before_it_is_acked() {
+    let mut h = Harness::new(&["web1", "web2"]);
+    let jid = h.submit("web*", "test.ping").unwrap().jid;
+    h.send("web1", &ret(&jid, "web1", "m1")).await;
+    assert!(
+        acks(&h.drain_sent()).is_empty(),
+        "acked before it was stored"
+    );
+    assert_eq!(h.collect(), 1);
+    let acked = acks(&h.drain_sent());
+    assert_eq!(acked.len(), 1);
+    assert_eq!(acked[0].id, "web1");
+    let view = h.core.job_view(&jid).unwrap();
+    assert!(view.returns.contains_key("web1"));
+    assert_eq!(view.missing, vec!["web2".to_string()]);
+}
+
+#[tokio::test]
+async fn a_return_for_an_unknown_jid_is_acked_and_never_stored() {
+    let mut h = Harness::new(&["web1"]);
+    let jid = Jid::from_unix_us(1_700_000_000_000_000);
+    h.send("web1", &ret(&jid, "web1", "m1")).await;
+    assert_eq!(h.collect(), 0, "queued for storing");
+    assert_eq!(
+        acks(&h.drain_sent()).len(),
+        1,
+        "the minion would re-send forever"
+    );
+    assert!(h.core.store.returns(&jid).unwrap().is_empty());
+    assert!(!h.core.store.has_job(&jid).unwrap());
+}
+
+#[tokio::test]
+async fn a_return_from_a_minion_the_job_did_not_expect_is_not_stored() {
+    let mut h = Harness::new(&["web1", "db1"]);
+    let jid = h.submit("web1", "test.ping").unwrap().jid;
+    h.send("db1", &ret(&jid, "db1", "m1")).await;
+    assert_eq!(h.collect(), 0);
+    let view = h.core.job_view(&jid).unwrap();
+    assert!(view.returns.is_empty(), "{:?}", view.returns);
+    // Also after the job left the in-memory catch-up list (a restart):
+    // the store's record decides.
+    h.core.recent.lock().unwrap().clear();
+    h.send("db1", &ret(&jid, "db1", "m1")).await;
+    assert_eq!(h.collect(), 0);
+    h.send("web1", &ret(&jid, "web1", "m1")).await;
+    assert_eq!(h.collect(), 1);
+}
+
+#[tokio::test]
+async fn an_event_for_a_job_not_sent_to_that_minion_is_dropped() {
+    let h = Harness::new(&["web1", "db1"]);
+    let jid = h.submit("web1", "test.ping").unwrap().jid;
+    let event = |id: &str, line: &str| Event {
+        jid: jid.clone(),
+        id: id.into(),
+        seq: 0,
+        at: 1,
+        body: EventBody::Progress {
+            line: line.into(),
+            stream: "stdout".into(),
+        },
+    };
+    h.send("db1", &event("db1", "forged")).await;
+    h.send("web1", &event("web1", "real")).await;
+    let events = h.core.job_events(&jid, None).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].id, "web1");
+    // And for a jid that never existed, nothing is created.
+    let ghost = Jid::from_unix_us(1_700_000_000_000_000);
+    h.send(
+        "web1",
+        &Event {
+            jid: ghost.clone(),
+            ..event("web1", "ghost")
+        },
+    )
+    .await;
+    assert!(h.core.store.events(&ghost, None).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_return_naming_another_master_is_recorded_as_that_masters_job() {
+    let mut h = Harness::new(&["web1"]);
+    let jid = Jid::from_unix_us(1_700_000_000_000_000);
+    h.send("web1", &ret(&jid, "web1", "m2")).await;
+    assert_eq!(h.collect(), 1);
+    let view = h.core.job_view(&jid).unwrap();
+    assert_eq!(view.job.published_by.as_deref(), Some("m2"));
+    assert!(view.returns.contains_key("web1"));
+}
+
+#[tokio::test]
+async fn a_job_in_batches_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let jid = {
+        let (core, _sent, _returns) = core_on(dir.path());
+        for id in ["web1", "web2", "web3"] {
+            let key = KeyPair::generate().unwrap();
+            core.keys.submit(id, &key.public(), false).unwrap();
+            core.keys.accept(id).unwrap();
+        }
+        let plans = core.take_batch_plans().unwrap();
+        let submitted = core
+            .submit(
+                halite_pki::users::ROOT,
+                JobRequest {
+                    target: "web*".into(),
+                    fun: "test.ping".into(),
+                    batch: Some("1".into()),
+                    ..JobRequest::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(submitted.minions.len(), 3);
+        drop(plans);
+        submitted.jid
+    };
+    // A new centre on the same store: the plan comes back.
+    let (core, _sent, _returns) = core_on(dir.path());
+    assert_eq!(core.resume_batches().unwrap(), 1);
+    let mut plans = core.take_batch_plans().unwrap();
+    let plan = plans.try_recv().unwrap();
+    assert_eq!(plan.template.jid, jid);
+    assert_eq!(plan.waiting_for, vec!["web1".to_string()]);
+    assert_eq!(
+        plan.rest,
+        vec![vec!["web2".to_string()], vec!["web3".to_string()]]
+    );
+}
+
+#[tokio::test]
+async fn cancel_sends_kill_job_to_the_minions_that_have_not_returned() {
+    let mut h = Harness::new(&["web1", "web2"]);
+    let jid = h.submit("web*", "test.sleep").unwrap().jid;
+    h.send("web1", &ret(&jid, "web1", "m1")).await;
+    h.collect();
+    h.drain_sent();
+    let answer = h.core.cancel(halite_pki::users::ROOT, &jid).unwrap();
+    assert_eq!(answer["minions"], serde_json::json!(["web2"]));
+    let kills = h.published_jobs();
+    assert_eq!(kills.len(), 1);
+    assert_eq!(kills[0].fun, KILL_JOB);
+    assert_eq!(kills[0].tgt, "web2");
+    assert_eq!(kills[0].arg, vec![serde_json::json!(jid.to_string())]);
+    assert!(h.core.is_cancelled(&jid));
+    let stream = h.core.stream(0, Some(&jid), 100).unwrap();
+    assert!(stream.iter().any(|e| e.kind == "job/cancel"), "{stream:?}");
+    // Once every minion has returned there is nothing left to cancel.
+    h.send("web2", &ret(&jid, "web2", "m1")).await;
+    h.collect();
+    assert!(matches!(
+        h.core.cancel(halite_pki::users::ROOT, &jid),
+        Err(CoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_bad_request_is_refused_before_anything_is_published() {
+    let mut h = Harness::new(&["web1"]);
+    assert!(matches!(
+        h.submit("web1", "not a function"),
+        Err(CoreError::Invalid(_))
+    ));
+    for request in [
+        JobRequest {
+            timeout: Some(0),
+            ..JobRequest::default()
+        },
+        JobRequest {
+            batch: Some("ten".into()),
+            ..JobRequest::default()
+        },
+    ] {
+        let request = JobRequest {
+            target: "web1".into(),
+            fun: "test.ping".into(),
+            ..request
+        };
+        let refused = h.core.submit(halite_pki::users::ROOT, request);
+        assert!(matches!(refused, Err(CoreError::Invalid(_))), "{refused:?}");
+    }
+    assert!(h.published_jobs().is_empty());
+    assert!(h.core.store.jobs(10, None).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_function_is_refused_with_what_there_is() {
+    let mut h = Harness::new(&["web1"]);
+    for (fun, says) in [
+        ("nosuch.thing", "the minion has modules: cmd, dotnet_iis"),
+        (
+            "test.nope",
+            "the minion has: test.echo, test.fail, test.ping",
+        ),
+        ("cmd", "is a module without a default function"),
+    ] {
+        match h.submit("web1", fun) {
+            Err(CoreError::Invalid(message)) => assert!(message.contains(says), "{message}"),
+            other => panic!("{fun}: {other:?}"),
+        }
+    }
+    assert!(h.published_jobs().is_empty());
+    for fun in ["git_deploy.status", "saltutil.sync_modules", "test.ping"] {
+        let refused = h.submit("web1", fun);
+        assert!(
+            !matches!(refused, Err(CoreError::Invalid(ref m)) if m.contains("unknown")),
+            "{fun}: {refused:?}"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! What the API reads, and the key changes it asks for: jobs with their
+//! returns, minions with their status, keys, apps and their releases,
+//! deploy statistics, the audit log and the event stream.
+//!
+//! These read the store and in-memory state; store reads may block on
+//! disk, so the HTTP adapter calls them on the blocking pool.
+
+use std::collections::{BTreeMap, HashMap};
+
+use halite_model::{
+    AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
+    JobRequest, JobView, KeyView, KeysView, MinionRecord, MinionView, PresenceEvent, ReturnRecord,
+    Submitted,
+};
+use halite_proto::time::now_ms;
+use halite_proto::{Jid, TargetType};
+use serde_json::{Map, Value};
+
+use super::{Core, CoreError};
+
+/// A change to minion keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyChange {
+    /// Accept a pending (or rejected) key.
+    Accept(String),
+    /// Accept every pending key.
+    AcceptAll,
+    /// Reject a pending or accepted key.
+    Reject(String),
+    /// Forget a minion's key in every state.
+    Delete(String),
+}
+
+/// What a release action on an app does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseAction {
+    /// Release a revision.
+    Deploy,
+    /// Go back to the previous (or a named) release.
+    Rollback,
+}
+
+impl Core {
+    /// A job with its returns, what is missing and whether it is done.
+    pub fn job_view(&self, jid: &Jid) -> Result<JobView, CoreError> {
+        let job = self
+            .store
+            .job(jid)?
+            .ok_or_else(|| CoreError::NotFound(format!("no job {jid}")))?;
+        let returns: BTreeMap<String, ReturnRecord> = self
+            .store
+            .returns(jid)?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let missing: Vec<String> = job
+            .record
+            .expected
+            .iter()
+            .filter(|id| !returns.contains_key(*id))
+            .cloned()
+            .collect();
+        let done = missing.is_empty() || now_ms() >= job.record.deadline();
+        Ok(JobView {
+            job: job.record,
+            returns,
+            missing,
+            done,
+        })
+    }
+
+    /// Jobs newest first, filtered, one page.
+    pub fn jobs(&self, filter: &JobFilter) -> Result<JobPage, CoreError> {
+        crate::listing::jobs(self, filter)
+    }
+
+    /// A job's events after a cursor (404 for an unknown job).
+    pub fn job_events(&self, jid: &Jid, after: Option<u64>) -> Result<Vec<EventRecord>, CoreError> {
+        if !self.store.has_job(jid)? {
+            return Err(CoreError::NotFound(format!("no job {jid}")));
+        }
+        Ok(self.store.events(jid, after)?)
+    }
+
+    /// Accepted minions with their status.
+    pub fn minions(&self) -> Vec<MinionView> {
+        let accepted = self.keys.accepted_ids();
+        let all = self.presence.all();
+        // One map, not a scan per minion: listing stays linear in fleet size.
+        let records: HashMap<&str, &MinionRecord> =
+            all.iter().map(|r| (r.id.as_str(), r)).collect();
+        accepted
+            .into_iter()
+            .map(|id| {
+                let record = records.get(id.as_str());
+                MinionView {
+                    status: if self.presence.is_up(&id) {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                    .to_owned(),
+                    last_seen: record.map(|r| r.last_seen).filter(|&t| t > 0),
+                    version: record.map(|r| r.version.clone()).filter(|v| !v.is_empty()),
+                    latency_ms: record.and_then(|r| r.rtt_ms),
+                    os: record
+                        .and_then(|r| r.grains.get("os"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned),
+                    grains: record.map_or(Value::Null, |r| r.grains.clone()),
+                    id,
+                }
+            })
+            .collect()
+    }
+
+    /// One accepted minion.
+    pub fn minion(&self, id: &str) -> Result<MinionView, CoreError> {
+        self.minions()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| CoreError::NotFound(format!("no accepted minion {id:?}")))
+    }
+
+    /// Recent up/down transitions, newest first.
+    pub fn presence_events(&self, limit: usize) -> Result<Vec<PresenceEvent>, CoreError> {
+        Ok(self.store.presence(limit)?)
+    }
+
+    /// Connectivity-check results since `since`, newest first.
+    pub fn checks(
+        &self,
+        since: u64,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<CheckRecord>, CoreError> {
+        Ok(self.store.checks(since, failed_only, limit)?)
+    }
+
+    /// Every key and the master's fingerprint.
+    pub fn key_list(&self) -> Result<KeysView, CoreError> {
+        let keys = self.keys.list()?;
+        Ok(KeysView {
+            master_fingerprint: self.fingerprint(),
+            keys: keys
+                .into_iter()
+                .map(|k| KeyView {
+                    id: k.id,
+                    status: k.status,
+                    fingerprint: k.fingerprint,
+                })
+                .collect(),
+        })
+    }
+
+    /// Changes keys (the key files are written and synced: call off the
+    /// async workers); returns the ids affected. Revoking an accepted key
+    /// rotates the session key.
+    pub fn change_keys(&self, change: KeyChange) -> Result<Vec<String>, CoreError> {
+        let keys = &self.keys;
+        let affected = match change {
+            KeyChange::Accept(id) => {
+                keys.accept(&id)?;
+                vec![id]
+            }
+            KeyChange::AcceptAll => keys.accept_all_pending()?,
+            KeyChange::Reject(id) => {
+                if keys.reject(&id)? {
+                    self.rotate_session();
+                }
+                vec![id]
+            }
+            KeyChange::Delete(id) => {
+                if keys.delete(&id)? {
+                    self.rotate_session();
+                }
+                self.presence.forget(&id);
+                vec![id]
+            }
+        };
+        tracing::info!(ids = ?affected, "key state changed");
+        Ok(affected)
+    }
+
+    /// Every app definition.
+    pub fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, CoreError> {
+        Ok(self.config.apps().load()?)
+    }
+
+    /// What is live where for one app, and its last `limit` deploys.
+    pub fn app_releases(&self, app: &str, limit: usize) -> Result<AppReleases, CoreError> {
+        let apps = self.apps()?;
+        let history = self.store.deploys(app, limit)?;
+        if history.is_empty() && !apps.iter().any(|a| a.name == app) {
+            return Err(CoreError::NotFound(format!("no app {app:?}")));
+        }
+        Ok(AppReleases {
+            app: app.to_owned(),
+            live: crate::apps::live_by_minion(&history),
+            history,
+        })
+    }
+
+    /// Deploys or rolls back an app on its target (or a narrower one
+    /// given as `target`); `options` are the module's keyword arguments.
+    pub fn release_app(
+        &self,
+        user: &str,
+        app: &str,
+        action: ReleaseAction,
+        mut options: Map<String, Value>,
+    ) -> Result<Submitted, CoreError> {
+        let apps = self.apps()?;
+        let spec = apps
+            .iter()
+            .find(|a| a.name == app)
+            .ok_or_else(|| CoreError::NotFound(format!("no app {app:?}")))?;
+        let target = match options.remove("target") {
+            None => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                return Err(CoreError::invalid(format!(
+                    "`target` must be text, not {other}"
+                )))
+            }
+        };
+        let timeout = match options.remove("timeout") {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or_else(|| CoreError::invalid("`timeout` must be a number of seconds"))?,
+            ),
+        };
+        let (target, tgt_type) = match target {
+            // A narrower target is read as a glob or compound; the master
+            // still refuses minions outside the app's own target.
+            Some(t) => (t, TargetType::Compound),
+            None => (spec.target.clone(), spec.tgt_type),
+        };
+        options.insert("app".into(), Value::String(app.to_owned()));
+        let function = match action {
+            ReleaseAction::Deploy => "deploy",
+            ReleaseAction::Rollback => "rollback",
+        };
+        let request = JobRequest {
+            target,
+            tgt_type,
+            fun: format!("{}.{function}", crate::apps::module_for(spec)),
+            kwarg: options,
+            timeout,
+            ..JobRequest::default()
+        };
+        self.submit(user, request)
+    }
+
+    /// Deploy statistics over `[from, to)` (unix ms).
+    pub fn deploy_stats(&self, from: u64, to: u64) -> Result<DeployStats, CoreError> {
+        let records = self.store.deploys_between(from, to)?;
+        Ok(crate::stats::deploy_stats(&records, from, to))
+    }
+
+    /// Records a request that changed something (or a failed login).
+    pub fn audit(&self, record: &AuditRecord) -> Result<(), CoreError> {
+        Ok(self.store.put_audit(record)?)
+    }
+
+    /// Audit records in `[from, to)`, newest first.
+    pub fn audit_log(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, CoreError> {
+        Ok(self.store.audit(from, to, limit)?)
+    }
+
+    /// Event-stream entries after `after`, oldest first; one job's only
+    /// when `jid` is given.
+    pub fn stream(
+        &self,
+        after: u64,
+        jid: Option<&Jid>,
+        limit: usize,
+    ) -> Result<Vec<BusEntry>, CoreError> {
+        Ok(self.store.stream_after(after, jid, limit)?)
+    }
+
+    /// The newest event-stream id.
+    pub fn stream_head(&self) -> Result<u64, CoreError> {
+        Ok(self.store.stream_head()?)
+    }
+}

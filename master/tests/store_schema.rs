@@ -1,0 +1,89 @@
+//! The store's schema version: a store written before it was kept is
+//! migrated in place and reads back whole; a newer one is refused with a
+//! message that says what to do.
+
+use std::path::{Path, PathBuf};
+
+use halite_master::store::{schema_of, Store, StoreError, SCHEMA_VERSION};
+
+/// A writable copy of a fixture store.
+fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("store");
+    std::fs::create_dir_all(&to).unwrap();
+    for file in std::fs::read_dir(&from).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+    }
+    (dir, to)
+}
+
+#[test]
+fn a_store_from_before_schema_versions_is_migrated_and_reads_back_whole() {
+    let (_dir, path) = copy_fixture("store-v0");
+    {
+        let db = sled::open(&path).unwrap();
+        assert_eq!(
+            schema_of(&db).unwrap(),
+            None,
+            "the fixture predates versions"
+        );
+    }
+    let store = Store::open(&path).unwrap();
+    let jobs = store.jobs(1000, None).unwrap();
+    assert!(jobs.len() >= 6, "{} jobs", jobs.len());
+    let mut returns = 0;
+    for job in &jobs {
+        assert!(
+            !job.envelope.is_empty(),
+            "job {} lost its envelope",
+            job.record.jid
+        );
+        returns += store.returns(&job.record.jid).unwrap().len();
+        store.events(&job.record.jid, None).unwrap();
+    }
+    assert!(returns >= 8, "{returns} returns");
+    let deploys = store.deploys("shop", 100).unwrap();
+    assert_eq!(deploys.len(), 3, "{deploys:?}");
+    assert!(deploys.iter().any(|d| d.action == "rollback"));
+    assert_eq!(store.minions().unwrap().len(), 3);
+    assert!(store.stream_head().unwrap() > 0);
+    assert!(!store.stream_after(0, None, 10_000).unwrap().is_empty());
+    drop(store);
+    let db = sled::open(&path).unwrap();
+    assert_eq!(schema_of(&db).unwrap(), Some(SCHEMA_VERSION));
+}
+
+#[test]
+fn a_new_store_is_stamped_with_the_current_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(&dir.path().join("store")).unwrap());
+    let db = sled::open(dir.path().join("store")).unwrap();
+    assert_eq!(schema_of(&db).unwrap(), Some(SCHEMA_VERSION));
+}
+
+#[test]
+fn a_store_from_a_newer_halite_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let db = sled::open(&path).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(b"schema", &(SCHEMA_VERSION + 1).to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    match Store::open(&path) {
+        Err(StoreError::NewerSchema { found, known, .. }) => {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+            assert_eq!(known, SCHEMA_VERSION);
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a newer store was opened"),
+    }
+    let db = sled::open(&path).unwrap();
+    assert_eq!(schema_of(&db).unwrap(), Some(SCHEMA_VERSION + 1));
+}

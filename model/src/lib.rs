@@ -1,0 +1,26 @@
+//! halite's domain records, below HTTP and below the store.
+//!
+//! What the master records (jobs, returns, events, deploy records,
+//! presence, connectivity checks, tokens, audit) and what it answers with
+//! (views, pages, statistics). The master's store keeps these records
+//! (msgpack, named fields, under a schema version the store checks); the
+//! HTTP API serves their serde form as JSON; `master-cli` reads them back.
+//! This crate does no I/O: adding a field with `#[serde(default)]` keeps
+//! old stores readable, anything else needs a store schema bump.
+
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod fleet;
+pub mod job;
+pub mod release;
+pub mod stream;
+
+pub use auth::{AuditRecord, LoginToken, TokenRecord};
+pub use fleet::{CheckRecord, KeyView, KeysView, MinionRecord, MinionView, PresenceEvent};
+pub use job::{
+    EventRecord, JobFilter, JobPage, JobRecord, JobRequest, JobSummary, JobView, ReturnRecord,
+    Submitted, RETURN_GRACE_MS,
+};
+pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats};
+pub use stream::BusEntry;
