@@ -180,7 +180,7 @@ fn goal(n: usize, goal_ms: Option<u64>) -> Option<Duration> {
 }
 
 /// Runs `halite-bench fanout`.
-pub fn run(args: FanoutArgs, counter: &StoredCounter) -> Result<()> {
+pub fn run(args: FanoutArgs) -> Result<()> {
     let n = args.minions;
     if n == 0 || n > 99_999 {
         bail!("--minions must be 1 to 99999");
@@ -230,6 +230,8 @@ pub fn run(args: FanoutArgs, counter: &StoredCounter) -> Result<()> {
         .block_on(halite_master::start(config, master_shutdown.clone()))
         .context("start the master")?;
     let core = master.core.clone();
+    let counter = &StoredCounter::default();
+    counter.follow(&core.store);
     let master_addr = format!("127.0.0.1:{}", master.return_port);
     let rss_before = sys::memory_kib(std::process::id())?.0;
 
@@ -570,13 +572,13 @@ fn wait_stored(
                 if Instant::now() >= deadline {
                     return Err(not_all_stored(core, jid, n, stored, timeout));
                 }
-                // Returns in the store but no events, twice: the master no
-                // longer emits `return stored`; poll the store instead.
+                // Returns in the store but none counted, twice: the
+                // counter fell behind the live stream; poll the store instead.
                 if stored == 0 && !core.store.returns(jid).context("read returns")?.is_empty() {
                     silent_checks += 1;
                     if silent_checks >= 2 {
                         tracing::warn!(
-                            "no `return stored` events from the master; polling the store instead"
+                            "no `job/return` entries counted; polling the store instead"
                         );
                         return poll_stored(core, jid, n, start, poll, deadline, timeout);
                     }

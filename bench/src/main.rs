@@ -29,7 +29,7 @@ mod sys;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 /// halite benchmarks (build with `cargo build --release --workspace --bins`).
@@ -62,10 +62,8 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs: warnings only by default (a swarm at `info` logs several lines
-    // per minion per job); RUST_LOG overrides. Separately, the master's
-    // `return stored` events are counted to time the rounds.
+    // per minion per job); RUST_LOG overrides.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let counter = stored::StoredCounter::default();
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -73,15 +71,10 @@ fn main() -> ExitCode {
                 .with_target(false)
                 .with_filter(filter),
         )
-        .with(
-            counter
-                .clone()
-                .with_filter(filter_fn(stored::StoredCounter::wants)),
-        )
         .try_init();
     let result = match cli.command {
         Cmd::Api(args) => api::run(args),
-        Cmd::Fanout(args) => fanout::run(args, &counter),
+        Cmd::Fanout(args) => fanout::run(args),
         Cmd::IdleRss(args) => idle::run(args),
         Cmd::Lua(args) => lua::run(args),
         Cmd::Deploy(args) => deploy::run(args),

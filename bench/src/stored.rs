@@ -1,30 +1,22 @@
 //! Knowing the moment a return is durably stored, without polling.
 //!
-//! The master emits a structured `info` event `return stored` (fields
-//! `jid`, `minion`, `success`) for each new return right after the batch
-//! holding it was written and flushed, just before the ack is sent. This
-//! layer counts those events per jid and notes when the count reaches
-//! what a waiter asked for, so a round's clock stops at the event itself.
-//! Scanning the store instead costs O(returns) per poll and, on a 2-core
-//! machine, slows the system it measures.
-//!
-//! The events are enabled for this layer only; the log output keeps its
-//! own filter (`RUST_LOG`, default `warn`). If the master stops emitting
-//! the event, [`crate::fanout`] notices (returns in the store, no events)
-//! and falls back to polling.
+//! The master puts a `job/return` entry on its event stream for each new
+//! return right after the batch holding it was written and flushed, just
+//! before the ack is sent; `Store::subscribe` hands those entries to live
+//! subscribers. [`StoredCounter::follow`] counts them per jid on a thread
+//! of its own and notes when the count reaches what a waiter asked for,
+//! so a round's clock stops at the entry itself. Scanning the store
+//! instead costs O(returns) per poll and, on a 2-core machine, slows the
+//! system it measures. If the subscriber falls behind the live channel,
+//! [`crate::fanout`] notices (returns in the store, too few counted) and
+//! falls back to polling.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Metadata, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
-
-/// Where the master's `return stored` event comes from.
-const TARGET: &str = "halite_master::core";
-const MESSAGE: &str = "return stored";
+use halite_master::store::Store;
+use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Default)]
 struct Count {
@@ -40,7 +32,7 @@ struct Shared {
     changed: Condvar,
 }
 
-/// Counts `return stored` events per jid. Cheap to clone.
+/// Counts stored returns per jid from the event stream. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct StoredCounter(Arc<Shared>);
 
@@ -88,45 +80,33 @@ impl StoredCounter {
         counts.remove(jid);
     }
 
-    /// The filter that enables exactly the events this layer needs.
-    pub fn wants(meta: &Metadata<'_>) -> bool {
-        meta.is_event() && *meta.level() == Level::INFO && meta.target() == TARGET
+    /// Counts the `job/return` entries of `store`'s event stream from now
+    /// on, on a thread that ends when the store's stream closes.
+    pub fn follow(&self, store: &Store) {
+        let mut live = store.subscribe();
+        let counter = self.clone();
+        std::thread::spawn(move || loop {
+            match live.blocking_recv() {
+                Ok(entry) if entry.kind == "job/return" => {
+                    if let Some(jid) = &entry.jid {
+                        counter.stored(jid.as_str());
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "the return counter fell behind; rounds fall back to polling"
+                    );
+                }
+                Err(RecvError::Closed) => return,
+            }
+        });
     }
-}
 
-#[derive(Default)]
-struct Fields {
-    message: bool,
-    jid: Option<String>,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "message" => self.message = value == MESSAGE,
-            "jid" => self.jid = Some(value.to_owned()),
-            _ => {}
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        match field.name() {
-            "message" => self.message = format!("{value:?}") == MESSAGE,
-            "jid" => self.jid = Some(format!("{value:?}")),
-            _ => {}
-        }
-    }
-}
-
-impl<S: Subscriber> Layer<S> for StoredCounter {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let (true, Some(jid)) = (fields.message, fields.jid) else {
-            return;
-        };
+    fn stored(&self, jid: &str) {
         let mut counts = self.0.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = counts.entry(jid).or_default();
+        let entry = counts.entry(jid.to_owned()).or_default();
         entry.stored += 1;
         if entry.want > 0 && entry.stored >= entry.want && entry.reached.is_none() {
             entry.reached = Some(Instant::now());

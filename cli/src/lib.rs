@@ -251,24 +251,7 @@ pub fn main() -> ExitCode {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Users { command } = &cli.command {
-        let code = users(&cli.config, command, cli.json)?;
-        if let Some(detail) = users_change(command) {
-            // The edit is done; the master's audit log hears of it if it runs.
-            let noted = match Client::from_config(&cli.config) {
-                Ok(client) => client
-                    .post::<_, serde_json::Value>(
-                        "/v1/audit",
-                        &serde_json::json!({ "detail": detail }),
-                    )
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = noted {
-                eprintln!("master-cli: note: not in the master's audit log ({e:#})");
-            }
-        }
-        return Ok(code);
+        return users_noted(&cli.config, command, cli.json).await;
     }
     let client = Client::from_config(&cli.config)?;
     let json = cli.json;
@@ -304,28 +287,6 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             run(&client, request, false, Report::ModuleVersions, json).await
         }
-        Command::Jobs {
-            command: JobsCommand::Cancel { jid },
-        } => {
-            let jid = halite_proto::Jid::parse(&jid)?;
-            let answer: serde_json::Value = client
-                .post(&format!("/v1/jobs/{jid}/cancel"), &serde_json::json!({}))
-                .await?;
-            if json {
-                output::print_json(&answer)?;
-            } else {
-                let minions: Vec<&str> = answer["minions"]
-                    .as_array()
-                    .map(|m| m.iter().filter_map(|v| v.as_str()).collect())
-                    .unwrap_or_default();
-                output::line(&format!(
-                    "Cancelling job {jid} on {} (kill job {}).",
-                    minions.join(", "),
-                    answer["kill_jid"].as_str().unwrap_or_default()
-                ));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Run {
             words,
             timeout,
@@ -348,79 +309,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             run(&client, request, run_async, Report::Live { progress }, json).await
         }
-        Command::Jobs {
-            command:
-                JobsCommand::List {
-                    limit,
-                    fun,
-                    user,
-                    result,
-                    minion,
-                },
-        } => {
-            let mut query = form_urlencoded::Serializer::new(String::new());
-            query.append_pair("limit", &limit.clamp(1, 1000).to_string());
-            for (key, value) in [
-                ("fun", fun),
-                ("user", user),
-                ("result", result),
-                ("minion", minion),
-            ] {
-                if let Some(value) = value {
-                    query.append_pair(key, &value);
-                }
-            }
-            let page: halite_model::JobPage =
-                client.get(&format!("/v1/jobs?{}", query.finish())).await?;
-            output::jobs(&page.jobs, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Jobs {
-            command: JobsCommand::Show { jid, events },
-        } => {
-            let jid = halite_proto::Jid::parse(&jid)?;
-            let view: JobView = client.get(&format!("/v1/jobs/{jid}")).await?;
-            if events {
-                let events: Vec<halite_model::EventRecord> =
-                    client.get(&format!("/v1/jobs/{jid}/events")).await?;
-                if json {
-                    output::print_json(&serde_json::json!({ "job": view, "events": events }))?;
-                    return Ok(output::exit_code(&view));
-                }
-                for event in &events {
-                    output::event(event);
-                }
-            }
-            output::job(&view, json)?;
-            Ok(output::exit_code(&view))
-        }
-        Command::Minions { events: true, .. } => {
-            let events: Vec<halite_model::PresenceEvent> =
-                client.get("/v1/presence?limit=200").await?;
-            output::presence(&events, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Jobs { command } => jobs(&client, command, json).await,
         Command::Minions {
-            checks: true,
+            events,
+            checks,
             failed,
             since,
-            ..
-        } => {
-            let since_ms =
-                halite_proto::time::now_ms().saturating_sub(since.saturating_mul(3_600_000));
-            let checks: Vec<halite_model::CheckRecord> = client
-                .get(&format!(
-                    "/v1/checks?since={since_ms}&failed={failed}&limit=100000"
-                ))
-                .await?;
-            output::checks(&checks, since, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Minions { .. } => {
-            let minions: Vec<MinionView> = client.get("/v1/minions").await?;
-            output::minions(&minions, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => minions(&client, events, checks.then_some((failed, since)), json).await,
         Command::Keys { command } => keys(&client, command, json).await,
         Command::Apps => {
             let apps: Vec<halite_proto::app::AppSpec> = client.get("/v1/apps").await?;
@@ -442,6 +337,124 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `jobs list|show|cancel`.
+async fn jobs(client: &Client, command: JobsCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match command {
+        JobsCommand::Cancel { jid } => {
+            let jid = halite_proto::Jid::parse(&jid)?;
+            let answer: serde_json::Value = client
+                .post(&format!("/v1/jobs/{jid}/cancel"), &serde_json::json!({}))
+                .await?;
+            if json {
+                output::print_json(&answer)?;
+            } else {
+                let minions: Vec<&str> = answer["minions"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                output::line(&format!(
+                    "Cancelling job {jid} on {} (kill job {}).",
+                    minions.join(", "),
+                    answer["kill_jid"].as_str().unwrap_or_default()
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::List {
+            limit,
+            fun,
+            user,
+            result,
+            minion,
+        } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.clamp(1, 1000).to_string());
+            for (key, value) in [
+                ("fun", fun),
+                ("user", user),
+                ("result", result),
+                ("minion", minion),
+            ] {
+                if let Some(value) = value {
+                    query.append_pair(key, &value);
+                }
+            }
+            let page: halite_model::JobPage =
+                client.get(&format!("/v1/jobs?{}", query.finish())).await?;
+            output::jobs(&page.jobs, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Show { jid, events } => {
+            let jid = halite_proto::Jid::parse(&jid)?;
+            let view: JobView = client.get(&format!("/v1/jobs/{jid}")).await?;
+            if events {
+                let events: Vec<halite_model::EventRecord> =
+                    client.get(&format!("/v1/jobs/{jid}/events")).await?;
+                if json {
+                    output::print_json(&serde_json::json!({ "job": view, "events": events }))?;
+                    return Ok(output::exit_code(&view));
+                }
+                for event in &events {
+                    output::event(event);
+                }
+            }
+            output::job(&view, json)?;
+            Ok(output::exit_code(&view))
+        }
+    }
+}
+
+/// `minions`, `minions --events`, `minions --checks [--failed] [--since H]`
+/// (`checks` carries `failed` and `since`).
+async fn minions(
+    client: &Client,
+    events: bool,
+    checks: Option<(bool, u64)>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if events {
+        let events: Vec<halite_model::PresenceEvent> = client.get("/v1/presence?limit=200").await?;
+        output::presence(&events, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some((failed, since)) = checks {
+        let since_ms = halite_proto::time::now_ms().saturating_sub(since.saturating_mul(3_600_000));
+        let checks: Vec<halite_model::CheckRecord> = client
+            .get(&format!(
+                "/v1/checks?since={since_ms}&failed={failed}&limit=100000"
+            ))
+            .await?;
+        output::checks(&checks, since, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let minions: Vec<MinionView> = client.get("/v1/minions").await?;
+    output::minions(&minions, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `users ...`, then a note in the master's audit log when it runs.
+async fn users_noted(
+    config: &std::path::Path,
+    command: &UsersCommand,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let code = users(config, command, json)?;
+    if let Some(detail) = users_change(command) {
+        // The edit is done; the master's audit log hears of it if it runs.
+        let noted = match Client::from_config(config) {
+            Ok(client) => client
+                .post::<_, serde_json::Value>("/v1/audit", &serde_json::json!({ "detail": detail }))
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = noted {
+            eprintln!("master-cli: note: not in the master's audit log ({e:#})");
+        }
+    }
+    Ok(code)
 }
 
 /// How [`run`] shows a job (without `--json`).

@@ -181,23 +181,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tasks.spawn(core::peers::route(core.clone(), bound.incoming));
     tasks.spawn(core::upkeep::run(core.clone(), shutdown.clone()));
 
-    let app = halite_api::router(Arc::new(backend::ApiBackend(core.clone())))
-        .into_make_service_with_connect_info::<SocketAddr>();
-    match tls {
-        Some(tls) => {
-            let listener = api_tls::TlsListener::new(listener, tls)
-                .map_err(|source| Error::Io {
-                    context: "start the HTTPS listener".into(),
-                    source,
-                })?
-                // tap_io gives the listener axum's connect-info support.
-                .tap_io(|_| {});
-            tasks.spawn(serve_api(listener, app, shutdown.clone()));
-        }
-        None => {
-            tasks.spawn(serve_api(listener, app, shutdown.clone()));
-        }
-    }
+    spawn_api(&mut tasks, listener, tls, core.clone(), shutdown.clone())?;
 
     write_ports(&config, bound.publish_port, bound.return_port, api_addr)?;
     tracing::info!(
@@ -217,6 +201,35 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown,
         tasks,
     })
+}
+
+/// Serves the HTTP API on `listener` (over TLS when `tls` is set) until
+/// `shutdown`, as one of the master's joined tasks.
+fn spawn_api(
+    tasks: &mut JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    core: Arc<core::Core>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let app = halite_api::router(Arc::new(backend::ApiBackend(core)))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(tls) => {
+            let listener = api_tls::TlsListener::new(listener, tls)
+                .map_err(|source| Error::Io {
+                    context: "start the HTTPS listener".into(),
+                    source,
+                })?
+                // tap_io gives the listener axum's connect-info support.
+                .tap_io(|_| {});
+            tasks.spawn(serve_api(listener, app, shutdown));
+        }
+        None => {
+            tasks.spawn(serve_api(listener, app, shutdown));
+        }
+    }
+    Ok(())
 }
 
 /// Serves the API on `listener` (plain TCP or TLS) until `stop`.

@@ -146,7 +146,13 @@ impl Executor {
     /// once (target, expiry) come back as `Err`; the replay guard is checked
     /// in the spawned task (it fsyncs), which refuses and logs a replay.
     pub fn accept(self: &Arc<Self>, job: Job, source: JobSource) -> Result<(), Refusal> {
-        let span = tracing::info_span!("job", jid = %job.jid, minion = %self.id, fun = %job.fun);
+        let span = tracing::info_span!(
+            "job",
+            jid = %job.jid,
+            minion = %self.id,
+            fun = %job.fun,
+            user = %job.user
+        );
         let _enter = span.enter();
         match Target::parse(job.tgt_type, &job.tgt) {
             Ok(target) if target.matches(&self.id, &self.grains) => {}

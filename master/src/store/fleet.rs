@@ -1,0 +1,97 @@
+//! Minions as last seen, their up/down transitions and connectivity
+//! checks.
+
+use super::*;
+
+impl Store {
+    /// Saves what is known of a minion.
+    pub fn put_minion(&self, minion: &MinionRecord) -> Result<(), StoreError> {
+        let bytes = to_bytes("minion", minion)?;
+        self.minions
+            .insert(minion.id.as_bytes(), bytes)
+            .map_err(sled_err("write minion"))?;
+        Ok(())
+    }
+
+    /// Every minion record.
+    pub fn minions(&self) -> Result<Vec<MinionRecord>, StoreError> {
+        self.minions
+            .iter()
+            .map(|item| decode_item("scan minions", "minion", item))
+            .collect()
+    }
+
+    /// Forgets a minion (its key was deleted).
+    pub fn remove_minion(&self, id: &str) -> Result<(), StoreError> {
+        self.minions
+            .remove(id.as_bytes())
+            .map_err(sled_err("remove minion"))?;
+        Ok(())
+    }
+
+    /// Records an up/down transition (key: time, then id, so listing is
+    /// a reverse range scan).
+    pub fn put_presence(&self, event: &PresenceEvent) -> Result<(), StoreError> {
+        let mut key = event.at.to_be_bytes().to_vec();
+        key.extend_from_slice(event.id.as_bytes());
+        let bytes = to_bytes("presence", event)?;
+        self.presence
+            .insert(key, bytes)
+            .map_err(sled_err("write presence"))?;
+        Ok(())
+    }
+
+    /// Forgets transitions older than `cutoff_ms`.
+    pub fn prune_presence_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        prune_timed(&self.presence, cutoff_ms)
+    }
+
+    /// Records one round of connectivity checks (key: time, then id).
+    pub fn put_checks(&self, checks: &[CheckRecord]) -> Result<(), StoreError> {
+        for check in checks {
+            let mut key = check.at.to_be_bytes().to_vec();
+            key.extend_from_slice(check.id.as_bytes());
+            self.checks
+                .insert(key, to_bytes("check", check)?)
+                .map_err(sled_err("write check"))?;
+        }
+        Ok(())
+    }
+
+    /// Check results at or after `since`, newest first, optionally only
+    /// the failures, at most `limit`.
+    pub fn checks(
+        &self,
+        since: u64,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<CheckRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.checks.range(since.to_be_bytes().to_vec()..).rev() {
+            let check: CheckRecord = decode_item("scan checks", "check", item)?;
+            if failed_only && check.ok {
+                continue;
+            }
+            out.push(check);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets check results older than `cutoff_ms`.
+    pub fn prune_checks_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        prune_timed(&self.checks, cutoff_ms)
+    }
+
+    /// Up/down transitions, newest first.
+    pub fn presence(&self, limit: usize) -> Result<Vec<PresenceEvent>, StoreError> {
+        self.presence
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|item| decode_item("scan presence", "presence", item))
+            .collect()
+    }
+}
