@@ -117,6 +117,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         context: format!("create data_dir {}", config.data_dir.display()),
         source,
     })?;
+    // The ports of a previous run are no longer true: nobody may read
+    // them until this run has bound its own.
+    match std::fs::remove_file(config.ports_file()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("remove {}", config.ports_file().display()),
+                source,
+            })
+        }
+    }
     let (key, created) = halite_pki::KeyPair::load_or_generate(&config.pki_dir, "master")?;
     if created {
         tracing::info!(pki_dir = %config.pki_dir.display(), "generated master key");
@@ -249,6 +261,9 @@ async fn serve_api<L>(
     }
 }
 
+/// Writes `data_dir/ports.json`: the ports and API address this run
+/// bound (port 0 in the config picks free ones) and its pid, for
+/// `master-cli` and tests.
 fn write_ports(
     config: &Config,
     publish_port: u16,
@@ -262,8 +277,12 @@ fn write_ports(
         "pid": std::process::id(),
     });
     let path = config.ports_file();
-    std::fs::write(&path, body.to_string()).map_err(|source| Error::Io {
-        context: format!("write {}", path.display()),
-        source,
-    })
+    // Written whole, then renamed: a reader never sees half a file.
+    let partial = path.with_extension("json.partial");
+    std::fs::write(&partial, body.to_string())
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|source| Error::Io {
+            context: format!("write {}", path.display()),
+            source,
+        })
 }

@@ -26,6 +26,9 @@ pub struct FakeMaster {
     pub returns: Arc<Mutex<Vec<Return>>>,
     /// How many catch-up requests arrived (one per minion session).
     pub catchups: Arc<Mutex<u32>>,
+    /// How many auth requests arrived (a minion that refuses the answer
+    /// asks again).
+    pub auths: Arc<Mutex<u32>>,
     jids: JidGenerator,
 }
 
@@ -52,10 +55,24 @@ impl FakeMaster {
         };
         let returns = Arc::new(Mutex::new(Vec::new()));
         let catchups = Arc::new(Mutex::new(0));
-        let (task_key, task_returns, task_catchups) =
-            (key.clone(), returns.clone(), catchups.clone());
+        let auths = Arc::new(Mutex::new(0));
+        let (task_key, task_returns, task_catchups, task_auths) = (
+            key.clone(),
+            returns.clone(),
+            catchups.clone(),
+            auths.clone(),
+        );
         tokio::spawn(async move {
-            while let Ok(message) = router.recv().await {
+            loop {
+                let message = match router.recv().await {
+                    Ok(message) => message,
+                    // A peer that went away ends its stream only; the
+                    // ROUTER serves the others (as the master's does).
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
                 let frames = message.into_vec();
                 let (Some(peer), Some(body)) = (frames.first(), frames.get(1)) else {
                     continue;
@@ -68,6 +85,9 @@ impl FakeMaster {
                         let Ok(auth) = envelope.open::<Auth>() else {
                             continue;
                         };
+                        if let Ok(mut n) = task_auths.lock() {
+                            *n += 1;
+                        }
                         let minion_pub =
                             halite_pki::PublicKey::from_bytes(&auth.pubkey).expect("minion key");
                         let transcript = halite_pki::transcript(
@@ -147,6 +167,7 @@ impl FakeMaster {
             publisher: tokio::sync::Mutex::new(publisher),
             returns,
             catchups,
+            auths,
             jids: JidGenerator::new(),
         }
     }
@@ -261,6 +282,28 @@ impl RawDealer {
             .send(ZmqMessage::from(Bytes::from(bytes)))
             .await
             .expect("send");
+    }
+
+    /// Sends a self-signed `Auth` for a new id and waits (up to
+    /// `timeout`) for the master's answer. The master handles one peer's
+    /// messages in order, so once it answers, everything sent before was
+    /// handled: a barrier for checking what the master did with them.
+    pub async fn barrier(&mut self, id: &str, timeout: Duration) {
+        let key = KeyPair::generate().expect("key");
+        let auth = Auth {
+            id: id.into(),
+            pubkey: key.public().as_bytes().to_vec(),
+            nonce: vec![9; 16],
+            eph_pub: vec![0; 32],
+            version: "barrier".into(),
+            grains: serde_json::json!({}),
+        };
+        self.send(key.sign_message(id, &auth).expect("sign").to_bytes())
+            .await;
+        tokio::time::timeout(timeout, self.socket.recv())
+            .await
+            .expect("the master answers the barrier in time")
+            .expect("the master's answer");
     }
 }
 

@@ -3,8 +3,11 @@
 //! `master-cli` runs, and protocol-level fakes for the trust cases.
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`,
-//! which the test command in the README does). Every process started
-//! here is killed, by PID, when its handle drops.
+//! which the test command in the README does); [`bin`] refuses binaries
+//! older than the source they are built from, so a test never runs
+//! yesterday's code. Masters bind port 0 and the harness reads the ports
+//! they bound from their `ports.json`. Every process started here is
+//! killed, by PID, when its handle drops.
 
 #![deny(missing_docs)]
 
@@ -21,6 +24,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Where cargo put the binaries: next to the `deps/` dir of this test.
+/// Panics if the binary is missing or older than any source file of the
+/// crates it is built from (then `cargo build --workspace --bins`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -28,12 +33,76 @@ pub fn bin(name: &str) -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("target dir of the test executable");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build the binaries first (cargo build --workspace --bins)",
+                path.display()
+            )
+        });
+    if let Some((source, changed)) = newest_source(name) {
+        assert!(
+            built >= changed,
+            "{} is older than {}: build the binaries again (cargo build --workspace --bins)",
+            path.display(),
+            source.display()
+        );
+    }
     path
+}
+
+/// The workspace crates each binary is built from.
+fn crates_of(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "halite-master" => &["proto", "model", "pki", "daemon", "api", "master"],
+        "halite-minion" => &["proto", "pki", "modules", "daemon", "minion"],
+        "master-cli" => &["proto", "model", "pki", "cli"],
+        _ => &[],
+    }
+}
+
+/// The most recently changed source file of the crates `binary` is built
+/// from (and of the workspace's manifest and lock file), found once per
+/// binary and test process.
+fn newest_source(binary: &str) -> Option<(PathBuf, std::time::SystemTime)> {
+    type Newest = Option<(PathBuf, std::time::SystemTime)>;
+    static FOUND: std::sync::Mutex<Vec<(String, Newest)>> = std::sync::Mutex::new(Vec::new());
+    let mut found = FOUND.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, newest)) = found.iter().find(|(b, _)| b == binary) {
+        return newest.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut newest: Newest = None;
+    let mut consider = |path: PathBuf| {
+        if let Ok(changed) = std::fs::metadata(&path).and_then(|m| m.modified()) {
+            if newest.as_ref().is_none_or(|(_, t)| changed > *t) {
+                newest = Some((path, changed));
+            }
+        }
+    };
+    consider(root.join("Cargo.toml"));
+    consider(root.join("Cargo.lock"));
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for krate in crates_of(binary) {
+        consider(root.join(krate).join("Cargo.toml"));
+        dirs.push(root.join(krate).join("src"));
+    }
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "json") {
+                consider(path);
+            }
+        }
+    }
+    found.push((binary.to_owned(), newest.clone()));
+    newest
 }
 
 /// A port free on 127.0.0.1 right now.
@@ -234,8 +303,9 @@ impl CliOutput {
     }
 }
 
-/// A real `halite-master` in its own directory, on fixed free ports (so a
-/// restart comes back on the same ones).
+/// A real `halite-master` in its own directory. It binds port 0 and
+/// the harness reads the ports it got from its `ports.json`; a restart
+/// binds those same ports again, so its minions find it.
 pub struct Master {
     /// Directory holding config, pki, data and log.
     pub dir: PathBuf,
@@ -247,14 +317,12 @@ pub struct Master {
     pub publish_port: u16,
     /// The process.
     pub proc: Proc,
+    /// The config as written, without the port keys.
+    base_config: String,
 }
 
 impl Master {
     /// Starts a master under `dir` with `extra` TOML appended to the config.
-    ///
-    /// Ports are picked free just before the master binds them; another
-    /// test may take one in between, so a master that cannot bind is
-    /// started again on new ports (a few times).
     pub fn start(dir: &Path, extra: &str) -> Master {
         let dir = dir.join("master");
         std::fs::create_dir_all(&dir).expect("master dir");
@@ -265,44 +333,65 @@ impl Master {
         } else {
             "id = \"test-master\"\n"
         };
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            let (publish_port, return_port, api_port) = (free_port(), free_port(), free_port());
-            std::fs::write(
-                &config,
-                format!(
-                    "{id}interface = \"127.0.0.1\"\npublish_port = {publish_port}\nreturn_port = {return_port}\napi_bind = \"127.0.0.1:{api_port}\"\npki_dir = \"pki\"\ndata_dir = \"data\"\nheartbeat_interval = 1\nbeacon_interval = 1\n{extra}\n"
-                ),
-            )
-            .expect("master config");
-            let proc = Proc::spawn("halite-master", &config, dir.join("master.log"));
-            let mut master = Master {
-                dir: dir.clone(),
-                config: config.clone(),
-                return_port,
-                publish_port,
-                proc,
-            };
-            match master.wait_ready() {
-                Ok(()) => return master,
-                Err(log) if log.contains("Address already in use") || log.contains("in use") => {
-                    last_log = log;
-                }
-                Err(log) => panic!("master exited at start; its log:\n{log}"),
-            }
-        }
-        panic!("master could not bind free ports in 5 attempts; last log:\n{last_log}");
+        let base_config = format!(
+            "{id}interface = \"127.0.0.1\"\npki_dir = \"pki\"\ndata_dir = \"data\"\nheartbeat_interval = 1\nbeacon_interval = 1\n{extra}\n"
+        );
+        let mut master = Master {
+            dir: dir.clone(),
+            config,
+            return_port: 0,
+            publish_port: 0,
+            proc: Proc {
+                child: None,
+                log: dir.join("master.log"),
+            },
+            base_config,
+        };
+        master.launch(0, 0, 0);
+        master
     }
 
-    /// Waits for the API; Err is the log of a master that exited.
-    fn wait_ready(&mut self) -> Result<(), String> {
+    /// Writes the config with these ports (0: any free one), starts the
+    /// master and waits until it serves, then reads the ports it bound.
+    fn launch(&mut self, publish_port: u16, return_port: u16, api_port: u16) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "publish_port = {publish_port}\nreturn_port = {return_port}\napi_bind = \"127.0.0.1:{api_port}\"\n{}",
+                self.base_config
+            ),
+        )
+        .expect("master config");
+        self.proc = Proc::spawn("halite-master", &self.config, self.dir.join("master.log"));
+        let ports = self.wait_ready();
+        let port = |key: &str| -> u16 {
+            ports[key]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or_else(|| panic!("ports.json has no {key}: {ports}"))
+        };
+        self.publish_port = port("publish_port");
+        self.return_port = port("return_port");
+    }
+
+    /// Waits for this run's `ports.json` (its pid in it) and the API;
+    /// panics with the log if the master exits or is not up in 60 s.
+    fn wait_ready(&mut self) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let pid = u64::from(self.proc.pid());
+        let ports_file = self.dir.join("data/ports.json");
         while Instant::now() < deadline {
-            if self.cli(&["keys", "list", "--json"]).code == 0 {
-                return Ok(());
+            let ports: Option<Value> = std::fs::read_to_string(&ports_file)
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .filter(|ports: &Value| ports["pid"].as_u64() == Some(pid));
+            if let Some(ports) = ports {
+                if self.cli(&["keys", "list", "--json"]).code == 0 {
+                    return ports;
+                }
             }
             if self.proc.exited() {
-                return Err(self.log());
+                panic!("master exited at start; its log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -312,10 +401,13 @@ impl Master {
     /// Kills (SIGKILL) and starts again on the same config and ports.
     pub fn restart(&mut self) {
         self.proc.kill();
-        self.proc = Proc::spawn("halite-master", &self.config, self.dir.join("master.log"));
-        if let Err(log) = self.wait_ready() {
-            panic!("master exited on restart; its log:\n{log}");
-        }
+        let api_port = self
+            .api_url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        self.launch(self.publish_port, self.return_port, api_port);
     }
 
     /// `master-cli --config <this master> ARGS`.

@@ -137,12 +137,15 @@ fn sync_run_update_list_and_tamper() {
     std::fs::write(&stored, "return { f = function() return 'owned' end }").unwrap();
     web.restart();
     master.wait_up("web1");
+    let mut doc = serde_json::Value::Null;
     eventually(
         Duration::from_secs(30),
         "the minion refuses the tampered module",
-        || web.log().contains("refused a Lua module on disk"),
+        || {
+            doc = ret(&master, &["modules", "list", "target=web1"]).1;
+            doc["returns"]["web1"]["data"]["extra"]["status"] == "refused"
+        },
     );
-    let (_, doc) = ret(&master, &["modules", "list", "target=web1"]);
     let extra = &doc["returns"]["web1"]["data"]["extra"];
     assert_eq!(extra["status"], "refused", "{doc}");
     assert!(

@@ -79,15 +79,7 @@ fn minion_runs_only_signed_fresh_unseen_jobs() {
             1,
             "replayed job ran twice"
         );
-        let log = minion.log();
-        assert!(
-            log.contains("dropped a message not signed by the master key"),
-            "{log}"
-        );
-        assert!(log.contains("refused a replayed job"), "{log}");
-        assert!(log.contains("refused an expired job"), "{log}");
-        assert!(log.contains("dropped a malformed message"), "{log}");
-        assert!(log.contains("unexpected topic"), "{log}");
+        // And the garbage crashed nothing: the sentinel ran after it.
 
         // After a restart the replay guard still holds.
         minion.restart();
@@ -102,7 +94,6 @@ fn minion_runs_only_signed_fresh_unseen_jobs() {
             1,
             "job replayed after restart ran"
         );
-        assert!(minion.log().matches("refused a replayed job").count() >= 2);
     });
 }
 
@@ -120,17 +111,16 @@ fn minion_refuses_a_master_with_another_key() {
             impostor.return_port,
             &format!("master_fingerprint = \"{}\"", real.public().fingerprint()),
         );
-        let log_says = |text: &str| minion.log().contains(text);
+        // A minion that refused the answer asks again (the harness sets
+        // auth_retry = 1): by its second auth it has judged the first reply.
+        let _ = &minion;
         eventually(
             Duration::from_secs(60),
-            "minion refuses the impostor",
-            || log_says("does not match master_fingerprint"),
+            "minion refuses the impostor and asks again",
+            || *impostor.auths.lock().expect("lock") >= 2,
         );
         let job = impostor.job("should not run");
-        for _ in 0..5 {
-            impostor.publish(&job, &impostor.key).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        impostor.publish(&job, &impostor.key).await;
         assert_eq!(
             *impostor.catchups.lock().expect("lock"),
             0,
@@ -160,9 +150,7 @@ fn master_stores_only_returns_signed_by_accepted_keys() {
         halite_proto::Jid::parse(out.json()["jid"].as_str().expect("jid")).expect("valid jid");
 
     let rt = runtime();
-    // The dealer is kept until the drops are seen: a dropped socket may
-    // discard frames still queued.
-    let _dealer = rt.block_on(async {
+    rt.block_on(async {
         let mut dealer = RawDealer::connect(master.return_port).await;
         let stranger = KeyPair::generate().expect("key");
         dealer.send(signed_return(&stranger, "ghost", &jid)).await;
@@ -174,16 +162,11 @@ fn master_stores_only_returns_signed_by_accepted_keys() {
         let mut mismatched = signed_return(&web_key, "ghost", &jid);
         mismatched.truncate(mismatched.len() / 2);
         dealer.send(mismatched).await;
-        dealer
+        // Once the master answers this peer's next message, it has
+        // handled (dropped) everything above.
+        dealer.barrier("barrier01", Duration::from_secs(60)).await;
     });
-
-    eventually(Duration::from_secs(60), "drops logged", || {
-        let log = master.log();
-        log.contains("minion=ghost")
-            && log.contains("no accepted key")
-            && log.contains("bad signature")
-            && log.contains("dropped undecodable message")
-    });
+    assert_eq!(master.key_status("barrier01").as_deref(), Some("pending"));
     // The real return still arrives, and only it is stored.
     eventually(Duration::from_secs(60), "real return stored", || {
         master.cli(&["jobs", "show", jid.as_str(), "--json"]).json()["missing"]
@@ -210,7 +193,6 @@ fn key_states_gate_jobs() {
     let out = master.cli(&["run", "target=*", "test.ping"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("No minions matched"), "{out:?}");
-    assert!(!web.log().contains("job started"), "{}", web.log());
 
     let out = master.cli(&["keys", "list"]);
     assert!(
@@ -254,7 +236,6 @@ fn key_states_gate_jobs() {
     });
     let out = master.cli(&["run", "target=web01", "test.ping", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(master.log().contains("denied"), "{}", master.log());
 
     // Rejected: the master stops trusting it at once.
     let out = master.cli(&["keys", "reject", "web01"]);
@@ -262,9 +243,6 @@ fn key_states_gate_jobs() {
     assert_eq!(master.key_status("web01").as_deref(), Some("rejected"));
     let out = master.cli(&["run", "target=web01", "test.ping"]);
     assert_eq!(out.code, 1, "rejected minion was targeted: {out:?}");
-    eventually(Duration::from_secs(60), "minion told it is refused", || {
-        web.log().contains("refuses this minion's key")
-    });
 
     let out = master.cli(&["keys", "delete", "web01"]);
     assert_eq!(out.code, 0, "{out:?}");
