@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use halite_model::{DeployRecord, ReturnRecord};
 use halite_proto::app::{AppSpec, SECRET_PASSWORD, SECRET_USERNAME};
 use halite_proto::config::{parse_toml, ConfigError};
+use halite_proto::release::ReleaseReport;
 use serde::Deserialize;
 
 /// The app definitions and credentials of one master.
@@ -260,36 +261,30 @@ pub fn module_for(app: &AppSpec) -> &'static str {
     app.kind.module()
 }
 
-/// The deploy record a return carries, if it is a release (its data
-/// names the app and the action).
+/// The deploy record a return carries, if it is a release: its data is
+/// the typed release report every deploy module writes
+/// (`halite_proto::release::ReleaseReport`). A release function's return
+/// that is no report (refused arguments, an unknown app) records nothing.
 pub fn deploy_record(jid: &halite_proto::Jid, ret: &ReturnRecord) -> Option<DeployRecord> {
     if !halite_proto::catalog::releases(&ret.fun) {
         return None;
     }
-    let data = ret.data.as_object()?;
-    let text = |key: &str| data.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    let action = text("action")?;
-    if action != "deploy" && action != "rollback" {
-        return None;
-    }
+    let report: ReleaseReport = serde_json::from_value(ret.data.clone()).ok()?;
     Some(DeployRecord {
-        app: text("app")?,
+        app: report.app,
         minion: ret.id.clone(),
         jid: jid.clone(),
-        action,
+        action: report.action.as_str().to_owned(),
         success: ret.success,
-        result: text("result").unwrap_or_else(|| "failed".to_owned()),
-        revision: text("revision"),
-        reference: text("reference"),
-        release: text("release"),
-        previous: text("previous"),
-        error: text("error"),
-        failed_stage: text("failed_stage"),
+        result: report.result.as_str().to_owned(),
+        revision: report.revision,
+        reference: report.reference,
+        release: report.release,
+        previous: report.previous,
+        error: report.error,
+        failed_stage: report.failed_stage,
         at: ret.finished_at,
-        duration_ms: data
-            .get("duration_ms")
-            .and_then(|v| v.as_u64())
-            .unwrap_or_default(),
+        duration_ms: report.duration_ms,
     })
 }
 

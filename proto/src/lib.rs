@@ -17,6 +17,7 @@ pub mod error;
 pub mod ident;
 pub mod jid;
 pub mod message;
+pub mod release;
 pub mod target;
 pub mod time;
 pub mod words;

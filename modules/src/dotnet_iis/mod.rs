@@ -39,12 +39,13 @@ use halite_proto::catalog::dotnet_iis::{
 };
 
 use crate::args::Args;
-use crate::git_deploy::app_of;
 use crate::history::{self, live_and_previous, Entry};
+use crate::kit::app_of;
+use crate::kit::{abort, failure, Report, Stages};
 use crate::module::unknown_function;
-use crate::stages::{abort, failure, Report, Stages};
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
 use appcmd::{Appcmd, ToolOutput};
+use halite_proto::release::{ReleaseAction, ReleaseResult};
 
 /// How often a pool's state is polled while it stops or starts.
 const POLL: Duration = Duration::from_millis(250);
@@ -230,7 +231,7 @@ impl Iis<'_> {
         let (app, iis) = self.target(&args, DEPLOY.fun)?;
         let wanted = crate::artifact::Wanted::from_args(&args, DEPLOY.fun)?;
         let version = wanted.version.clone();
-        let mut report = Report::new(&app, "deploy", Some(version.clone()));
+        let mut report = Report::new(&app, ReleaseAction::Deploy, Some(version.clone()));
         report.release = Some(version.clone());
         report.revision = Some(wanted.sha256.clone());
         let mut stages = Stages::new(call);
@@ -286,7 +287,7 @@ impl Iis<'_> {
         if previous == release {
             return Ok(Outcome::ok(report.finish(
                 stages,
-                "unchanged",
+                ReleaseResult::Unchanged,
                 json!({ "site": iis.site }),
             )));
         }
@@ -328,7 +329,7 @@ impl Iis<'_> {
                 prune(&app, &version, report.previous.as_deref());
                 Ok(Outcome::ok(report.finish(
                     stages,
-                    "live",
+                    ReleaseResult::Live,
                     json!({ "site": iis.site, "path": release }),
                 )))
             }
@@ -345,7 +346,7 @@ impl Iis<'_> {
                     "verify",
                     message,
                     json!({ "site": iis.site }),
-                    "rolled_back",
+                    ReleaseResult::RolledBack,
                 ))
             }
         }
@@ -398,7 +399,7 @@ impl Iis<'_> {
         };
         crate::artifact::validate_version(&to).map_err(|e| bad("rollback", e))?;
         let release = app.path.join("releases").join(&to);
-        let mut report = Report::new(&app, "rollback", Some(to.clone()));
+        let mut report = Report::new(&app, ReleaseAction::Rollback, Some(to.clone()));
         report.release = Some(to.clone());
         report.previous = live;
         let mut stages = Stages::new(call);
@@ -446,7 +447,7 @@ impl Iis<'_> {
                 let _ = history::record(&app.path, Entry::new(call, &to, "rollback", "live"));
                 Ok(Outcome::ok(report.finish(
                     stages,
-                    "live",
+                    ReleaseResult::Live,
                     json!({ "site": iis.site }),
                 )))
             }
@@ -458,7 +459,7 @@ impl Iis<'_> {
                     "verify",
                     message,
                     json!({}),
-                    "failed",
+                    ReleaseResult::Failed,
                 ))
             }
         }

@@ -159,7 +159,7 @@ async fn release_flow_in_order_and_rollback() {
         at("stop apppool") < at("set vdir") && at("set vdir") < at("start apppool"),
         "{log:?}"
     );
-    let stages = crate::stages::stage_names(&out.data);
+    let stages = crate::kit::stage_names(&out.data);
     assert_eq!(stages, ["fetch", "prepare", "deploy", "verify"]);
 
     let out = s.deploy("v2", "v2", s.app("Shop", 5)).await;

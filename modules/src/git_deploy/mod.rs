@@ -30,17 +30,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use halite_proto::app::{AppSpec, LockPolicy, SECRET_PASSWORD, SECRET_USERNAME};
+use halite_proto::app::{AppSpec, LockPolicy};
 use serde_json::{json, Value};
 
 use halite_proto::catalog;
 use halite_proto::catalog::git_deploy::{DEPLOY, MODULE, RELEASES, ROLLBACK, STATUS};
 
-use crate::args::{ArgError, Args, Signature};
+use crate::args::{Args, Signature};
+use crate::kit::{abort, failure, Report, Stages};
+use crate::kit::{app_of, credentials_of};
 use crate::module::unknown_function;
 use crate::releases::{ReleaseError, ReleaseRecord, Releases};
-use crate::stages::{abort, failure, Report, Stages};
 use crate::{Call, EventSink, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
+use halite_proto::release::{ReleaseAction, ReleaseResult};
 use repo::{Source, Wanted};
 
 /// The `git_deploy` module.
@@ -66,31 +68,6 @@ impl Module for GitDeployModule {
             }
         })
     }
-}
-
-/// The app definition a job carries in its `app` argument.
-pub(crate) fn app_of(args: &Args<'_>, fun: &'static str) -> Result<AppSpec, Outcome> {
-    let Some(value) = args.value("app") else {
-        return Err(Outcome::failed(
-            RETCODE_BAD_ARGS,
-            format!("{fun}: no app definition in the job; run it through the master with app=NAME (apps live in the master's apps_dir)"),
-        ));
-    };
-    let app: AppSpec = serde_json::from_value(value.clone()).map_err(|e| {
-        Outcome::from(ArgError::Invalid {
-            fun,
-            name: "app",
-            expected: "an app definition (the master fills it in from app=NAME)".into(),
-            got: e.to_string(),
-        })
-    })?;
-    app.validate().map_err(|(key, message)| {
-        Outcome::failed(
-            RETCODE_BAD_ARGS,
-            format!("{fun}: app {:?}: key `{key}`: {message}", app.name),
-        )
-    })?;
-    Ok(app)
 }
 
 /// The revision a deploy asks for: at most one of tag/branch/rev, else the
@@ -142,12 +119,6 @@ fn wanted_of(args: &Args<'_>, app: &AppSpec) -> Result<Wanted, Outcome> {
     halite_proto::app::validate_ref_name(name)
         .map_err(|m| Outcome::failed(RETCODE_BAD_ARGS, format!("git_deploy.deploy: {m}")))?;
     Ok(wanted)
-}
-
-pub(crate) fn credentials_of(args: &Args<'_>) -> Result<Option<(String, String)>, Outcome> {
-    let user = args.string(SECRET_USERNAME).map_err(Outcome::from)?;
-    let password = args.string(SECRET_PASSWORD).map_err(Outcome::from)?;
-    Ok(password.map(|p| (user.unwrap_or_else(|| "git".to_owned()), p)))
 }
 
 /// Sets `flag` when the call is cancelled, so blocking git work stops.
@@ -351,7 +322,7 @@ async fn deploy(call: Call) -> Outcome {
     };
     let jid = call.jid.to_string();
     let mut stages = Stages::new(&call);
-    let mut report = Report::new(&app, "deploy", wanted.reference());
+    let mut report = Report::new(&app, ReleaseAction::Deploy, wanted.reference());
     let interrupt = Interrupt::new(&call);
     tracing::info!(jid = %jid, app = %app.name, wanted = %wanted.describe(), "deploy starting");
 
@@ -383,7 +354,7 @@ async fn deploy(call: Call) -> Outcome {
     let prepared = match prepared {
         Ok(p) => p,
         Err(e) => {
-            blocking_record(&releases, report.record(&jid, "failed")).await;
+            blocking_record(&releases, report.record(&jid, ReleaseResult::Failed)).await;
             return abort(report, stages, stage, e, json!({}));
         }
     };
@@ -401,7 +372,7 @@ async fn deploy(call: Call) -> Outcome {
             tracing::info!(jid = %jid, app = %app.name, "deploy: revision already live");
             return Outcome::ok(report.finish(
                 stages,
-                "unchanged",
+                ReleaseResult::Unchanged,
                 json!({ "changed": false, "message": message }),
             ));
         }
@@ -442,14 +413,14 @@ async fn deploy(call: Call) -> Outcome {
     if let Err(e) = result {
         if app.stop_on_error || call.cancel.is_cancelled() {
             discard(&releases, &release).await;
-            blocking_record(&releases, report.record(&jid, "failed")).await;
+            blocking_record(&releases, report.record(&jid, ReleaseResult::Failed)).await;
             return failure(
                 report,
                 stages,
                 "pre_deploy",
                 e,
                 json!({ "live_unchanged": true }),
-                "failed",
+                ReleaseResult::Failed,
             );
         }
         warnings.push(e);
@@ -473,7 +444,7 @@ async fn deploy(call: Call) -> Outcome {
         }
         Err(e) => {
             discard(&releases, &release).await;
-            blocking_record(&releases, report.record(&jid, "failed")).await;
+            blocking_record(&releases, report.record(&jid, ReleaseResult::Failed)).await;
             return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
         }
     }
@@ -484,7 +455,7 @@ async fn deploy(call: Call) -> Outcome {
     stages.end(stage, &result);
     if let Err(e) = result {
         let mut extra = json!({});
-        let mut ended = "live";
+        let mut ended = ReleaseResult::Live;
         let error = match (&report.previous, app.auto_rollback) {
             (Some(previous), true) => {
                 let back = {
@@ -496,22 +467,23 @@ async fn deploy(call: Call) -> Outcome {
                     Ok(_) => {
                         stages.log(&format!("auto_rollback: current -> releases/{previous}"));
                         extra = json!({ "rolled_back_to": previous });
-                        ended = "rolled_back";
-                        blocking_record(&releases, report.record(&jid, "rolled_back")).await;
+                        ended = ReleaseResult::RolledBack;
+                        blocking_record(&releases, report.record(&jid, ReleaseResult::RolledBack))
+                            .await;
                         format!("{e}; auto_rollback switched back to {previous}")
                     }
                     Err(back_err) => {
-                        blocking_record(&releases, report.record(&jid, "live")).await;
+                        blocking_record(&releases, report.record(&jid, ReleaseResult::Live)).await;
                         format!("{e}; auto_rollback to {previous} FAILED: {back_err}; {release} is still live")
                     }
                 }
             }
             (Some(_), false) => {
-                blocking_record(&releases, report.record(&jid, "live")).await;
+                blocking_record(&releases, report.record(&jid, ReleaseResult::Live)).await;
                 format!("{e}; {release} stays live (auto_rollback is off)")
             }
             (None, _) => {
-                blocking_record(&releases, report.record(&jid, "live")).await;
+                blocking_record(&releases, report.record(&jid, ReleaseResult::Live)).await;
                 format!("{e}; {release} stays live (there is no previous release to go back to)")
             }
         };
@@ -520,7 +492,7 @@ async fn deploy(call: Call) -> Outcome {
         return failure(report, stages, "post_deploy", error, extra, ended);
     }
 
-    let record = report.record(&jid, "live");
+    let record = report.record(&jid, ReleaseResult::Live);
     let keep = app.keep_releases;
     let pruned = {
         let releases = releases.clone();
@@ -541,7 +513,7 @@ async fn deploy(call: Call) -> Outcome {
     tracing::info!(jid = %jid, app = %app.name, release = %release, "deploy live");
     Outcome::ok(report.finish(
         stages,
-        "live",
+        ReleaseResult::Live,
         json!({ "changed": true, "pruned": pruned, "warnings": warnings, "files": prepared.files }),
     ))
 }
@@ -746,9 +718,16 @@ async fn rollback(call: Call) -> Outcome {
     };
     let jid = call.jid.to_string();
     let mut stages = Stages::new(&call);
-    let mut report = Report::new(&app, "rollback", None);
+    let mut report = Report::new(&app, ReleaseAction::Rollback, None);
     if let Some(message) = never_deployed(&app) {
-        return failure(report, stages, "deploy", message, json!({}), "failed");
+        return failure(
+            report,
+            stages,
+            "deploy",
+            message,
+            json!({}),
+            ReleaseResult::Failed,
+        );
     }
     let stage = stages.start("deploy");
     let (releases, lock) = match lock_path(&app, &jid, &stages).await {
@@ -770,7 +749,7 @@ async fn rollback(call: Call) -> Outcome {
             drop(lock);
             return Outcome::ok(report.finish(
                 stages,
-                "unchanged",
+                ReleaseResult::Unchanged,
                 json!({ "changed": false, "message": message }),
             ));
         }
@@ -840,12 +819,12 @@ async fn rollback(call: Call) -> Outcome {
     let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
     let result = post_deploy_checks(&app, &call, &release_dir, &env, roots, &mut Vec::new()).await;
     stages.end(stage, &result);
-    blocking_record(&releases, report.record(&jid, "live")).await;
+    blocking_record(&releases, report.record(&jid, ReleaseResult::Live)).await;
     drop(lock);
     match result {
         Ok(_) => {
             tracing::info!(jid = %jid, app = %app.name, release = %target, "rollback live");
-            Outcome::ok(report.finish(stages, "live", json!({ "changed": true })))
+            Outcome::ok(report.finish(stages, ReleaseResult::Live, json!({ "changed": true })))
         }
         Err(e) => failure(
             report,
@@ -853,7 +832,7 @@ async fn rollback(call: Call) -> Outcome {
             "post_deploy",
             format!("{e}; {target} is live (a rollback does not switch again on its own)"),
             json!({}),
-            "live",
+            ReleaseResult::Live,
         ),
     }
 }

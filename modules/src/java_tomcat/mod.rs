@@ -34,11 +34,12 @@ use halite_proto::catalog::java_tomcat::{
 
 use crate::args::{Args, Signature};
 use crate::artifact::ArtifactCache;
-use crate::git_deploy::{app_of, credentials_of};
 use crate::history::{self, live_and_previous, Entry};
+use crate::kit::{abort, failure, Report, Stages};
+use crate::kit::{app_of, credentials_of};
 use crate::module::unknown_function;
-use crate::stages::{abort, failure, Report, Stages};
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
+use halite_proto::release::{ReleaseAction, ReleaseResult};
 use manager::{Deployed, Manager};
 
 /// Time allowed after autodeploy unpacked a WAR for its context to start.
@@ -273,7 +274,7 @@ async fn deploy(call: &Call) -> Result<Outcome, Outcome> {
     let wanted = crate::artifact::Wanted::from_args(&args, DEPLOY.fun)?;
     let version = wanted.version.clone();
     let app = &target.app;
-    let mut report = Report::new(app, "deploy", Some(version.clone()));
+    let mut report = Report::new(app, ReleaseAction::Deploy, Some(version.clone()));
     report.revision = Some(wanted.sha256.clone());
     report.release = Some(version.clone());
     let mut stages = Stages::new(call);
@@ -319,7 +320,7 @@ async fn deploy(call: &Call) -> Result<Outcome, Outcome> {
     if already && old.is_empty() {
         return Ok(Outcome::ok(report.finish(
             stages,
-            "unchanged",
+            ReleaseResult::Unchanged,
             json!({ "context": target.tomcat.context }),
         )));
     }
@@ -366,7 +367,7 @@ async fn deploy(call: &Call) -> Result<Outcome, Outcome> {
             }
             Ok(Outcome::ok(report.finish(
                 stages,
-                "live",
+                ReleaseResult::Live,
                 json!({ "context": target.tomcat.context, "undeployed": removed }),
             )))
         }
@@ -395,7 +396,7 @@ async fn deploy(call: &Call) -> Result<Outcome, Outcome> {
                 "verify",
                 message,
                 json!({ "context": target.tomcat.context }),
-                "rolled_back",
+                ReleaseResult::RolledBack,
             ))
         }
     }
@@ -418,7 +419,7 @@ async fn rollback(call: &Call) -> Result<Outcome, Outcome> {
             ))
         }
     };
-    let mut report = Report::new(app, "rollback", Some(to.clone()));
+    let mut report = Report::new(app, ReleaseAction::Rollback, Some(to.clone()));
     report.release = Some(to.clone());
     report.previous = live.clone();
     let mut stages = Stages::new(call);
@@ -483,7 +484,7 @@ async fn rollback(call: &Call) -> Result<Outcome, Outcome> {
             }
             Ok(Outcome::ok(report.finish(
                 stages,
-                "live",
+                ReleaseResult::Live,
                 json!({ "context": target.tomcat.context }),
             )))
         }
@@ -492,7 +493,14 @@ async fn rollback(call: &Call) -> Result<Outcome, Outcome> {
                 let _ = remove_version(&target, &to).await;
             }
             stages.end(stage, &Err(e.clone()));
-            Ok(failure(report, stages, "verify", e, json!({}), "failed"))
+            Ok(failure(
+                report,
+                stages,
+                "verify",
+                e,
+                json!({}),
+                ReleaseResult::Failed,
+            ))
         }
     }
 }

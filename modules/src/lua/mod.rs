@@ -249,7 +249,9 @@ impl LuaModule {
             Ok(data) => Outcome::ok(data),
             Err(error) => {
                 let message = lua_message(&error, limits);
-                let retcode = if message.contains("time limit exceeded") || message == "cancelled" {
+                // Out of time or cancelled, as the deadline and the token
+                // say (not the message).
+                let retcode = if cancel.is_cancelled() || Instant::now() >= deadline {
                     RETCODE_TIMEOUT
                 } else {
                     RETCODE_ERROR

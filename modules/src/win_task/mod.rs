@@ -29,10 +29,11 @@ use halite_proto::catalog::win_task::{
 };
 
 use crate::args::Signature;
+use crate::kit::{abort, Report, Stages};
 use crate::module::unknown_function;
-use crate::stages::{abort, Report, Stages};
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
 use definition::{task_path, TaskDefinition};
+use halite_proto::release::{ReleaseAction, ReleaseResult};
 use schtasks::{Schtasks, ToolOutput};
 
 /// The `win_task` module over a schtasks runner.
@@ -151,7 +152,7 @@ impl WinTaskModule {
         let path = def.path();
         let xml = xml::render(&def);
         let revision = halite_pki::sha256_hex(xml.as_bytes());
-        let mut report = Report::named(&path, "deploy", None);
+        let mut report = Report::named(&path, ReleaseAction::Deploy, None);
         report.release = Some(revision[..12].to_owned());
         report.revision = Some(revision);
         let mut stages = Stages::new(call);
@@ -208,7 +209,11 @@ impl WinTaskModule {
             Err(outcome) => return abort(report, stages, stage, text(outcome), json!({})),
         };
         stages.end(stage, &Ok(format!("{path} is registered")));
-        Outcome::ok(report.finish(stages, "live", json!({ "changed": true, "task": info })))
+        Outcome::ok(report.finish(
+            stages,
+            ReleaseResult::Live,
+            json!({ "changed": true, "task": info }),
+        ))
     }
 
     async fn info(&self, path: &str) -> Outcome {
@@ -317,7 +322,7 @@ mod tests {
             .await;
         assert!(out.success, "{out:?}");
         assert_eq!(out.data["task"]["status"], "Ready");
-        let stages = crate::stages::stage_names(&out.data);
+        let stages = crate::kit::stage_names(&out.data);
         assert_eq!(stages, ["fetch", "prepare", "deploy", "verify"]);
         let first_release = out.data["release"].clone();
         assert_eq!(out.data["task"]["run_as"], "SYSTEM");
