@@ -31,7 +31,7 @@ pub(crate) async fn check(
         let result = match (&client, &health.url, &health.command) {
             (Some(client), Some(url), _) => probe_url(client, url, health.expect_status).await,
             (_, _, Some(command)) => {
-                match crate::cmd::run_shell(
+                match crate::process::run_shell(
                     "health",
                     command,
                     release_dir,

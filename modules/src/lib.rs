@@ -37,6 +37,7 @@ mod kit;
 pub mod lua;
 mod module;
 mod outcome;
+mod process;
 mod registry;
 pub mod releases;
 mod service;

@@ -219,10 +219,10 @@ impl Core {
     /// memory, older ones in the store.
     fn check_expected(&self, jid: &Jid, id: &str) -> Result<(), Refusal> {
         {
-            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = self.recent.read().unwrap_or_else(|p| p.into_inner());
             let mut same_job = recent.iter().filter(|job| job.jid == *jid).peekable();
             if same_job.peek().is_some() {
-                return match same_job.any(|job| job.expected.iter().any(|e| e == id)) {
+                return match same_job.any(|job| job.expected.contains(id)) {
                     true => Ok(()),
                     false => Err(Refusal::NotExpected { jid: jid.clone() }),
                 };
@@ -238,11 +238,11 @@ impl Core {
 
     fn catchup_for(&self, id: &str) -> Vec<serde_bytes::ByteBuf> {
         let now = now_ms();
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
         recent.retain(|job| job.expires_at > now);
         recent
             .iter()
-            .filter(|job| job.expected.iter().any(|e| e == id))
+            .filter(|job| job.expected.contains(id))
             .map(|job| serde_bytes::ByteBuf::from(job.envelope.as_slice()))
             .collect()
     }

@@ -30,7 +30,7 @@ pub mod views;
 mod tests;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use halite_pki::{KeyPair, KeyStore, PublicKey};
 use halite_proto::time::now_ms;
@@ -52,7 +52,8 @@ pub use returns::PendingReturn;
 struct RecentJob {
     jid: Jid,
     expires_at: u64,
-    expected: Vec<String>,
+    /// A set: every return and event of the job is checked against it.
+    expected: HashSet<String>,
     envelope: Arc<Vec<u8>>,
 }
 
@@ -72,7 +73,9 @@ pub struct Core {
     session: SessionKeys,
     jids: JidGenerator,
     /// Jobs minions may still ask for through catch-up.
-    recent: Mutex<Vec<RecentJob>>,
+    /// Read by every return and event (is it expected?), written when a
+    /// job is published and when catch-up drops expired ones.
+    recent: RwLock<Vec<RecentJob>>,
     outbound: Arc<dyn Outbound>,
     /// Verified returns on their way to the collector.
     returns: mpsc::Sender<PendingReturn>,
@@ -120,7 +123,7 @@ impl Core {
             presence,
             session: SessionKeys::new()?,
             jids: JidGenerator::new(),
-            recent: Mutex::new(Vec::new()),
+            recent: RwLock::new(Vec::new()),
             master_pub,
             key: parts.key,
             keys: parts.keys,
@@ -154,12 +157,12 @@ impl Core {
     /// Keeps a published job's envelope for catch-up until it expires.
     fn remember(&self, jid: Jid, expires_at: u64, expected: Vec<String>, envelope: Vec<u8>) {
         self.recent
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(RecentJob {
                 jid,
                 expires_at,
-                expected,
+                expected: expected.into_iter().collect(),
                 envelope: Arc::new(envelope),
             });
     }

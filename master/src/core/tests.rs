@@ -213,7 +213,7 @@ async fn a_return_from_a_minion_the_job_did_not_expect_is_not_stored() {
     assert!(view.returns.is_empty(), "{:?}", view.returns);
     // Also after the job left the in-memory catch-up list (a restart):
     // the store's record decides.
-    h.core.recent.lock().unwrap().clear();
+    h.core.recent.write().unwrap().clear();
     h.send("db1", &ret(&jid, "db1", "m1")).await;
     assert_eq!(h.collect(), 0);
     h.send("web1", &ret(&jid, "web1", "m1")).await;

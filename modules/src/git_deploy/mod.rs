@@ -195,7 +195,9 @@ async fn run_hook(
     call: &Call,
 ) -> Result<String, String> {
     let timeout = Duration::from_secs(app.hook_timeout);
-    match crate::cmd::run_shell(fun, command, dir, env, timeout, &call.events, &call.cancel).await {
+    match crate::process::run_shell(fun, command, dir, env, timeout, &call.events, &call.cancel)
+        .await
+    {
         Ok(done) if done.retcode == 0 => Ok(format!("{name} `{command}` exited 0")),
         Ok(done) => {
             let tail: Vec<&str> = done.output.lines().rev().take(5).collect();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mlua::{Lua, LuaSerdeExt, Table, Value};
 use tokio::runtime::Handle;
 
-use crate::cmd::{run_request, CommandRequest};
+use crate::process::{run_request, CommandRequest};
 use crate::{Call, Registry};
 
 /// What the host functions of one call share.

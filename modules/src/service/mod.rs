@@ -82,13 +82,13 @@ impl Exec for SystemExec {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Ran, String>> {
         Box::pin(async move {
-            let request = crate::cmd::CommandRequest {
+            let request = crate::process::CommandRequest {
                 argv: Some(argv),
                 timeout,
                 ..Default::default()
             };
             let data =
-                crate::cmd::run_request("service", request, &call.events, &call.cancel).await?;
+                crate::process::run_request("service", request, &call.events, &call.cancel).await?;
             let text = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
             Ok(Ran {
                 code: data["retcode"].as_i64().unwrap_or(-1) as i32,
