@@ -20,15 +20,12 @@ use serde_json::{json, Map, Value};
 
 use crate::backend::Grant;
 use crate::routes::{client_address, parse_jid, AuditDetail, Segment, Shared, User};
-use crate::types::{JobFilter, JobRequest, JobView, LoginRequest};
+use crate::types::{BusEntry, JobFilter, JobRequest, JobView, LoginRequest};
 use crate::words::{keyword, value_of};
 use crate::ApiError;
 
 /// Largest body accepted (lowstate lists are small).
 const BODY_LIMIT: usize = 1024 * 1024;
-
-/// How often a synchronous `local` call looks for returns.
-const POLL: Duration = Duration::from_millis(100);
 
 /// The Salt release whose salt-api behaviour these routes follow, sent
 /// as `X-Salt-Version` as salt-api does: clients such as pepper then pass
@@ -288,8 +285,11 @@ fn job_request(chunk: Chunk) -> Result<JobRequest, ApiError> {
 /// `local`: publish, wait for the returns (the job's timeout at most),
 /// answer `{minion: return}` for those that returned, as salt-api does.
 /// With `full_return`, each minion's answer is `{ret, retcode, jid}`.
+/// It waits on the event stream (subscribed before the job is published,
+/// so no return can slip by), not by polling.
 async fn local(backend: &Shared, user: &str, chunk: Chunk) -> Result<Value, ApiError> {
     let full = chunk.full_return;
+    let mut live = backend.subscribe();
     let submitted = backend.submit(user, job_request(chunk)?)?;
     loop {
         let view = backend.job(&submitted.jid)?;
@@ -308,7 +308,39 @@ async fn local(backend: &Shared, user: &str, chunk: Chunk) -> Result<Value, ApiE
         if view.done {
             return Ok(returns_by_minion(&view));
         }
-        tokio::time::sleep(POLL).await;
+        // The job's next return, or its deadline (minions that never
+        // return): either way, look again.
+        let left = view
+            .job
+            .deadline()
+            .saturating_sub(halite_proto::time::now_ms());
+        let wait = Duration::from_millis(left.max(1));
+        if let Ok(Err(ApiGone)) =
+            tokio::time::timeout(wait, next_return(&mut live, &submitted.jid)).await
+        {
+            return Err(ApiError::internal("the master is stopping"));
+        }
+    }
+}
+
+/// The event stream closed: the master is stopping.
+struct ApiGone;
+
+/// Waits for the next return of `jid` on the live stream (or for having
+/// missed entries, after which the caller looks at the store again).
+async fn next_return(
+    live: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<BusEntry>>,
+    jid: &halite_proto::Jid,
+) -> Result<(), ApiGone> {
+    loop {
+        match live.recv().await {
+            Ok(entry) if entry.kind == "job/return" && entry.jid.as_ref() == Some(jid) => {
+                return Ok(())
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Ok(()),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(ApiGone),
+        }
     }
 }
 
