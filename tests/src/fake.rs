@@ -29,6 +29,8 @@ pub struct FakeMaster {
     /// How many auth requests arrived (a minion that refuses the answer
     /// asks again).
     pub auths: Arc<Mutex<u32>>,
+    /// Woken whenever a return arrives.
+    returned: Arc<tokio::sync::Notify>,
     jids: JidGenerator,
 }
 
@@ -56,6 +58,8 @@ impl FakeMaster {
         let returns = Arc::new(Mutex::new(Vec::new()));
         let catchups = Arc::new(Mutex::new(0));
         let auths = Arc::new(Mutex::new(0));
+        let returned = Arc::new(tokio::sync::Notify::new());
+        let task_returned = returned.clone();
         let (task_key, task_returns, task_catchups, task_auths) = (
             key.clone(),
             returns.clone(),
@@ -69,7 +73,7 @@ impl FakeMaster {
                     // A peer that went away ends its stream only; the
                     // ROUTER serves the others (as the master's does).
                     Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::task::yield_now().await;
                         continue;
                     }
                 };
@@ -151,6 +155,7 @@ impl FakeMaster {
                         if let Ok(mut returns) = task_returns.lock() {
                             returns.push(ret);
                         }
+                        task_returned.notify_waiters();
                         task_key.sign_message("fake-master", &ack)
                     }
                     _ => continue,
@@ -168,6 +173,7 @@ impl FakeMaster {
             returns,
             catchups,
             auths,
+            returned,
             jids: JidGenerator::new(),
         }
     }
@@ -244,6 +250,26 @@ impl FakeMaster {
             self.publish(job, &self.key).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Waits (up to `timeout`) until a return for `jid` has arrived;
+    /// woken by each arriving return, no polling.
+    pub async fn wait_returned(&self, jid: &Jid, timeout: Duration) {
+        let arrived = async {
+            loop {
+                let notified = self.returned.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a return in between wakes it.
+                notified.as_mut().enable();
+                if !self.returns_for(jid).is_empty() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, arrived)
+            .await
+            .unwrap_or_else(|_| panic!("no return for {jid} within {timeout:?}"));
     }
 
     /// Waits until `n` catch-up requests have arrived (a minion session

@@ -3,7 +3,7 @@
 //! stores), with real processes on loopback.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use halite_tests::{eventually, Master, Minion};
 
@@ -277,11 +277,9 @@ fn a_job_relayed_by_two_masters_runs_once() {
             two.publish(&job, &key).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while one.returns_for(&job.jid).is_empty() || two.returns_for(&job.jid).is_empty() {
-            assert!(Instant::now() < deadline, "returns to both masters");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let limit = Duration::from_secs(60);
+        one.wait_returned(&job.jid, limit).await;
+        two.wait_returned(&job.jid, limit).await;
         // A later job through both masters: once its returns are in, the
         // copies published before it have been handled (refused).
         let mut barrier = one.job("unused");
@@ -289,10 +287,8 @@ fn a_job_relayed_by_two_masters_runs_once() {
         barrier.arg = vec![format!("echo barrier >> {}", ran.display()).into()];
         one.publish(&barrier, &key).await;
         two.publish(&barrier, &key).await;
-        while one.returns_for(&barrier.jid).is_empty() || two.returns_for(&barrier.jid).is_empty() {
-            assert!(Instant::now() < deadline, "barrier returns to both masters");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        one.wait_returned(&barrier.jid, limit).await;
+        two.wait_returned(&barrier.jid, limit).await;
         assert_eq!(
             std::fs::read_to_string(&ran).expect("ran.txt"),
             "once\nbarrier\n"
