@@ -282,7 +282,7 @@ pub fn deploy_record(jid: &halite_proto::Jid, ret: &ReturnRecord) -> Option<Depl
         release: report.release,
         previous: report.previous,
         error: report.error,
-        failed_stage: report.failed_stage,
+        failed_stage: report.failed_stage.map(|stage| stage.as_str().to_owned()),
         at: ret.finished_at,
         duration_ms: report.duration_ms,
     })

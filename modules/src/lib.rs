@@ -17,9 +17,12 @@
 //! grains object once at minion start) and `git_deploy` (deploy, rollback,
 //! releases, status: git checkouts fetched with gix, no system git).
 //!
-//! [`releases`] is the release-directory engine (Capistrano layout, atomic
-//! `current` switch, deploy lock, history, pruning) that the deploy
-//! modules share.
+//! Every deploy kind runs through one release driver (`kit::ReleaseRun`):
+//! the path's deploy lock ([`lock`]), stages of one vocabulary
+//! (`halite_proto::release::Stage`), one history format ([`history`]) and
+//! the typed release report. [`releases`] is git_deploy's release
+//! directories (Capistrano layout, atomic `current` switch, manifests,
+//! pruning).
 #![deny(missing_docs)]
 
 pub mod args;
@@ -30,10 +33,11 @@ mod dotnet_iis;
 mod git_deploy;
 pub mod grains;
 mod health;
-mod history;
+pub mod history;
 mod http;
 mod java_tomcat;
 mod kit;
+pub mod lock;
 pub mod lua;
 mod module;
 mod outcome;

@@ -6,7 +6,7 @@
 //! <path>/releases/<rev>-<time>/   one directory per deployed revision
 //! <path>/shared/<p>               kept across releases (storage/, .env)
 //! <path>/current -> releases/…    the live release, switched atomically
-//! <path>/.halite/lock             who is deploying here right now
+//! <path>/.halite/lock             who is deploying here right now (crate::lock)
 //! <path>/.halite/history.json     every deploy and rollback, in order
 //! ```
 //!
@@ -22,11 +22,14 @@
 //! That path is not compiled or tested on this project's Linux CI.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use halite_proto::release::ReleaseResult;
+use serde::Serialize;
+
+pub use crate::history::{History, HistoryError, ReleaseRecord};
+pub use crate::lock::{DeployLock, LockError};
 
 /// Why a release operation failed, naming the path involved.
 #[derive(Debug, thiserror::Error)]
@@ -41,18 +44,9 @@ pub enum ReleaseError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Another deploy holds the lock.
-    #[error("another deploy is running on {} (job {jid}, pid {pid}, since {since_ms} ms)", path.display())]
-    Locked {
-        /// The deploy path.
-        path: PathBuf,
-        /// Job holding the lock.
-        jid: String,
-        /// Process holding it.
-        pid: u32,
-        /// How long it has held it.
-        since_ms: u64,
-    },
+    /// The deploy lock is held or cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// A release name that is not one of ours (would escape `releases/`).
     #[error("invalid release name {0:?}")]
     BadName(String),
@@ -70,14 +64,9 @@ pub enum ReleaseError {
     /// `current` exists but is not a link (someone deployed by hand).
     #[error("{} exists and is not a symlink; move it away so releases can be switched", .0.display())]
     CurrentNotALink(PathBuf),
-    /// The history file is not ours.
-    #[error("corrupt history {}: {reason}", path.display())]
-    CorruptHistory {
-        /// The file.
-        path: PathBuf,
-        /// The decoder's message.
-        reason: String,
-    },
+    /// The history cannot be read or written.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError {
@@ -129,28 +118,6 @@ fn inode_of(_meta: &std::fs::Metadata) -> u64 {
     0
 }
 
-/// One line of a deploy path's history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseRecord {
-    /// Release directory name under `releases/`.
-    pub release: String,
-    /// The revision deployed (a commit id, a WAR version).
-    pub revision: String,
-    /// What was asked for (tag, branch), if anything.
-    pub reference: Option<String>,
-    /// The job that did it.
-    pub jid: String,
-    /// `deploy` or `rollback`.
-    pub action: String,
-    /// `live` (it went live), `failed`, or `rolled_back` (it was live and
-    /// was taken back: never the release cleanup protects).
-    pub result: String,
-    /// When (unix ms).
-    pub at: u64,
-    /// How long the action took.
-    pub duration_ms: u64,
-}
-
 /// A kept release, as listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ReleaseInfo {
@@ -198,39 +165,13 @@ impl Releases {
         self.root.join("current")
     }
 
-    fn history_file(&self) -> PathBuf {
-        self.root.join(".halite").join("history.json")
+    fn history_of(&self) -> History {
+        History::at(&self.root)
     }
 
-    /// Takes the deploy lock for `jid`. With `wait`, polls until the
-    /// holder is done or the time is up; without, refuses at once. The
-    /// error names the job holding it.
-    pub fn lock(&self, jid: &str, wait: Option<Duration>) -> Result<DeployLock, ReleaseError> {
-        let path = self.root.join(".halite").join("lock");
-        let deadline = wait.map(|w| Instant::now() + w);
-        loop {
-            match try_lock(&path, jid) {
-                Ok(lock) => return Ok(lock),
-                Err(LockAttempt::Io(e)) => return Err(e),
-                Err(LockAttempt::Held(holder)) => {
-                    if !pid_alive(holder.pid) {
-                        tracing::warn!(path = %path.display(), jid = %holder.jid, pid = holder.pid, "taking over a lock left by a process that is gone");
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
-                    let expired = deadline.is_none_or(|d| Instant::now() >= d);
-                    if expired {
-                        return Err(ReleaseError::Locked {
-                            path: self.root.clone(),
-                            jid: holder.jid,
-                            pid: holder.pid,
-                            since_ms: halite_proto::time::now_ms().saturating_sub(holder.since),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
+    /// Takes the deploy lock for `jid` (see [`crate::lock`]).
+    pub fn lock(&self, jid: &str, wait: Option<Duration>) -> Result<DeployLock, LockError> {
+        crate::lock::take(&self.root, jid, wait)
     }
 
     /// Creates the directory of a new release of `revision` at `now_ms`
@@ -386,13 +327,13 @@ impl Releases {
         let history = self.history()?;
         let bad: HashSet<&str> = history
             .iter()
-            .filter(|r| r.result == "rolled_back")
+            .filter(|r| r.result == ReleaseResult::RolledBack)
             .map(|r| r.release.as_str())
             .collect();
         Ok(history
             .iter()
             .rev()
-            .filter(|r| r.result == "live")
+            .filter(|r| r.result == ReleaseResult::Live)
             .map(|r| r.release.clone())
             .find(|name| {
                 Some(name) != current.as_ref()
@@ -413,7 +354,7 @@ impl Releases {
         let was_bad = |name: &str| {
             history
                 .iter()
-                .any(|r| r.release == name && r.result == "rolled_back")
+                .any(|r| r.release == name && r.result == ReleaseResult::RolledBack)
         };
         let mut candidates: Vec<String> = self
             .list()?
@@ -434,48 +375,9 @@ impl Releases {
         Ok(doomed)
     }
 
-    /// Appends a record to the history.
-    /// A record without a revision (a rollback marking the release it left)
-    /// takes the release's revision and reference from its earlier records.
-    pub fn record(&self, mut record: ReleaseRecord) -> Result<(), ReleaseError> {
-        let mut history = self.history()?;
-        if record.revision.is_empty() {
-            if let Some(known) = history
-                .iter()
-                .rev()
-                .find(|r| r.release == record.release && !r.revision.is_empty())
-            {
-                record.revision = known.revision.clone();
-                record.reference = record.reference.or_else(|| known.reference.clone());
-            }
-        }
-        if record.result == "rolled_back" {
-            // Mark the earlier "live" record too, so the release is known bad.
-            for earlier in history.iter_mut().filter(|r| r.release == record.release) {
-                if earlier.result == "live" {
-                    earlier.result = "rolled_back".into();
-                }
-            }
-        }
-        history.push(record);
-        let path = self.history_file();
-        let tmp = path.with_extension("tmp");
-        let bytes =
-            serde_json::to_vec_pretty(&history).map_err(|e| ReleaseError::CorruptHistory {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        // Written beside and renamed over: a reader (or a crash) sees the
-        // old history or the new one. Not fsynced on purpose: on ext4
-        // (data=ordered) an fsync here waits for the whole freshly
-        // exported release to reach the disk, which made a 5 000-file
-        // redeploy take seconds instead of a few hundred ms; the release
-        // tree and `current` are not fsynced either, so after a power
-        // loss history and tree stay consistent with each other.
-        let mut file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
-        file.write_all(&bytes).map_err(io("write", &tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io("replace", &path))
+    /// Appends a record to the history (see [`History::record`]).
+    pub fn record(&self, record: ReleaseRecord) -> Result<(), ReleaseError> {
+        Ok(self.history_of().record(record)?)
     }
 
     /// Deletes a release that never went live (a failed deploy's
@@ -546,104 +448,13 @@ impl Releases {
 
     /// The job holding the deploy lock right now, if any (for `status`).
     pub fn lock_holder(&self) -> Option<(String, u32, u64)> {
-        let path = self.root.join(".halite").join("lock");
-        let bytes = std::fs::read(path).ok()?;
-        let holder: Holder = serde_json::from_slice(&bytes).ok()?;
-        pid_alive(holder.pid).then_some((holder.jid, holder.pid, holder.since))
+        crate::lock::holder(&self.root)
     }
 
     /// Every record, oldest first.
     pub fn history(&self) -> Result<Vec<ReleaseRecord>, ReleaseError> {
-        let path = self.history_file();
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ReleaseError::CorruptHistory {
-                path,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io("read", &path)(e)),
-        }
+        Ok(self.history_of().read()?)
     }
-}
-
-/// Holds a deploy path's lock; released when dropped.
-#[derive(Debug)]
-pub struct DeployLock {
-    path: PathBuf,
-}
-
-impl Drop for DeployLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Holder {
-    jid: String,
-    pid: u32,
-    since: u64,
-}
-
-enum LockAttempt {
-    Held(Holder),
-    Io(ReleaseError),
-}
-
-fn try_lock(path: &Path, jid: &str) -> Result<DeployLock, LockAttempt> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-    {
-        Ok(mut file) => {
-            let holder = Holder {
-                jid: jid.to_owned(),
-                pid: std::process::id(),
-                since: halite_proto::time::now_ms(),
-            };
-            let bytes = serde_json::to_vec(&holder).unwrap_or_default();
-            // No fsync: a lock only means something while its process
-            // lives, and a lock left behind by a crash is taken over.
-            file.write_all(&bytes)
-                .map_err(|e| LockAttempt::Io(io("write", path)(e)))?;
-            Ok(DeployLock {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // A lock being written right now reads as empty: treat it as
-            // held by a live process for this round.
-            let holder = std::fs::read(path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Holder>(&b).ok())
-                .unwrap_or(Holder {
-                    jid: "unknown".into(),
-                    pid: std::process::id(),
-                    since: halite_proto::time::now_ms(),
-                });
-            Err(LockAttempt::Held(holder))
-        }
-        Err(e) => Err(LockAttempt::Io(io("create lock", path)(e))),
-    }
-}
-
-#[cfg(unix)]
-fn pid_alive(pid: u32) -> bool {
-    use nix::errno::Errno;
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    !matches!(kill(Pid::from_raw(raw), None), Err(Errno::ESRCH))
-}
-
-#[cfg(not(unix))]
-fn pid_alive(_pid: u32) -> bool {
-    // No cheap, safe liveness check here: a stale lock must be removed by
-    // hand (the error names its file and job).
-    true
 }
 
 fn check_name(name: &str) -> Result<(), ReleaseError> {
@@ -720,8 +531,8 @@ mod tests {
             revision: release.split('-').next().unwrap_or_default().into(),
             reference: None,
             jid: "20261122000000000001".into(),
-            action: "deploy".into(),
-            result: result.into(),
+            action: halite_proto::release::ReleaseAction::Deploy,
+            result: serde_json::from_value(serde_json::json!(result)).unwrap(),
             at,
             duration_ms: 5,
         }
@@ -768,7 +579,10 @@ mod tests {
             vec![v1.as_str(), v2.as_str()]
         );
         assert!(listed[0].live && !listed[1].live);
-        assert_eq!(listed[1].last.as_ref().unwrap().result, "rolled_back");
+        assert_eq!(
+            listed[1].last.as_ref().unwrap().result.as_str(),
+            "rolled_back"
+        );
         // A rolled-back release is never where a rollback goes.
         assert_eq!(releases.previous().unwrap(), None);
     }
@@ -899,63 +713,6 @@ mod tests {
     }
 
     #[test]
-    fn the_lock_names_its_holder_and_is_released_on_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let releases = Releases::open(dir.path()).unwrap();
-        let held = releases.lock("20261122000000000001", None).unwrap();
-        let err = releases.lock("20261122000000000002", None).unwrap_err();
-        assert!(
-            err.to_string().contains("job 20261122000000000001"),
-            "{err}"
-        );
-        let started = Instant::now();
-        assert!(releases
-            .lock("x", Some(Duration::from_millis(300)))
-            .is_err());
-        assert!(started.elapsed() >= Duration::from_millis(300));
-        drop(held);
-        releases.lock("20261122000000000002", None).unwrap();
-    }
-
-    #[test]
-    fn a_waiting_deploy_gets_the_lock_when_the_holder_finishes() {
-        let dir = tempfile::tempdir().unwrap();
-        let releases = Releases::open(dir.path()).unwrap();
-        let held = releases.lock("first", None).unwrap();
-        let waiter = {
-            let releases = releases.clone();
-            std::thread::spawn(move || {
-                releases
-                    .lock("second", Some(Duration::from_secs(10)))
-                    .map(|_| ())
-            })
-        };
-        std::thread::sleep(Duration::from_millis(250));
-        drop(held);
-        waiter.join().unwrap().unwrap();
-    }
-
-    #[test]
-    fn a_lock_left_by_a_dead_process_is_taken_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let releases = Releases::open(dir.path()).unwrap();
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead_pid = child.id();
-        child.wait().unwrap();
-        std::fs::write(
-            dir.path().join(".halite/lock"),
-            serde_json::to_vec(&Holder {
-                jid: "old".into(),
-                pid: dead_pid,
-                since: 1,
-            })
-            .unwrap(),
-        )
-        .unwrap();
-        releases.lock("new", None).unwrap();
-    }
-
-    #[test]
     fn a_read_only_deploy_path_fails_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
@@ -971,7 +728,10 @@ mod tests {
         let releases = Releases::open(dir.path()).unwrap();
         std::fs::write(dir.path().join(".halite/history.json"), "{not json").unwrap();
         let err = releases.history().unwrap_err();
-        assert!(matches!(err, ReleaseError::CorruptHistory { .. }), "{err}");
+        assert!(
+            matches!(err, ReleaseError::History(HistoryError::Corrupt { .. })),
+            "{err}"
+        );
         assert!(releases.record(record("x-1", "live", T0)).is_err());
         assert_eq!(
             std::fs::read_to_string(dir.path().join(".halite/history.json")).unwrap(),

@@ -62,11 +62,66 @@ pub enum StageStatus {
     Failed,
 }
 
+/// The stages of a release, one vocabulary for every deploy kind, in the
+/// order they run. A kind runs the stages it needs, always in this order
+/// (git: prepare, pre_deploy, deploy, post_deploy; artifacts and task
+/// definitions: fetch, prepare, deploy, verify):
+///
+/// - `fetch`: get the bits onto the server (download an artifact, read
+///   what is installed now); nothing is changed.
+/// - `prepare`: build the new release beside the live one (git fetches
+///   into its cache and exports here; artifacts are checked and
+///   unpacked); nothing live is changed.
+/// - `pre_deploy`: the app's hook, run in the new release.
+/// - `deploy`: make the new release live (switch, import, upload).
+/// - `post_deploy`: the app's hook and health check after the switch.
+/// - `verify`: check the new release serves; a failure takes it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Get the bits onto the server.
+    Fetch,
+    /// Build the new release beside the live one.
+    Prepare,
+    /// The app's hook in the new release.
+    PreDeploy,
+    /// Make the new release live.
+    Deploy,
+    /// The app's hook and health check after the switch.
+    PostDeploy,
+    /// Check the new release serves.
+    Verify,
+    /// A stage this build does not know (from a newer minion).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Stage {
+    /// As written in reports, events and statistics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Prepare => "prepare",
+            Stage::PreDeploy => "pre_deploy",
+            Stage::Deploy => "deploy",
+            Stage::PostDeploy => "post_deploy",
+            Stage::Verify => "verify",
+            Stage::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One stage of a release, as reported.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageReport {
-    /// The stage's name (see `docs/ARCHITECTURE.md`, "Releases").
-    pub stage: String,
+    /// Which stage.
+    pub stage: Stage,
     /// How it ended.
     pub status: StageStatus,
     /// How long it took.
@@ -98,7 +153,7 @@ pub struct ReleaseReport {
     pub duration_ms: u64,
     /// The stage that failed, for a failed release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed_stage: Option<String>,
+    pub failed_stage: Option<Stage>,
     /// What failed (`"{stage} failed: {why}"`), for a failed release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -124,5 +179,22 @@ mod tests {
         assert_eq!(report.result, ReleaseResult::RolledBack);
         assert_eq!(report.extra["changed"], true);
         assert_eq!(serde_json::to_value(&report).unwrap(), data);
+    }
+
+    #[test]
+    fn stages_are_written_in_the_one_vocabulary_and_a_newer_one_still_reads() {
+        let all = [
+            Stage::Fetch,
+            Stage::Prepare,
+            Stage::PreDeploy,
+            Stage::Deploy,
+            Stage::PostDeploy,
+            Stage::Verify,
+        ];
+        for stage in all {
+            assert_eq!(serde_json::to_value(stage).unwrap(), stage.as_str());
+        }
+        let newer: Stage = serde_json::from_value(serde_json::json!("canary")).unwrap();
+        assert_eq!(newer, Stage::Unknown);
     }
 }

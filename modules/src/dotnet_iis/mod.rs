@@ -39,13 +39,12 @@ use halite_proto::catalog::dotnet_iis::{
 };
 
 use crate::args::Args;
-use crate::history::{self, live_and_previous, Entry};
-use crate::kit::app_of;
-use crate::kit::{abort, failure, Report, Stages};
+use crate::history::live_and_previous;
+use crate::kit::{app_of, history_of, Ended, Failure, ReleaseRun};
 use crate::module::unknown_function;
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
 use appcmd::{Appcmd, ToolOutput};
-use halite_proto::release::{ReleaseAction, ReleaseResult};
+use halite_proto::release::{ReleaseAction, ReleaseResult, Stage};
 
 /// How often a pool's state is polled while it stops or starts.
 const POLL: Duration = Duration::from_millis(250);
@@ -230,28 +229,35 @@ impl Iis<'_> {
         let args = Args::from_call(&DEPLOY, call).map_err(Outcome::from)?;
         let (app, iis) = self.target(&args, DEPLOY.fun)?;
         let wanted = crate::artifact::Wanted::from_args(&args, DEPLOY.fun)?;
-        let version = wanted.version.clone();
-        let mut report = Report::new(&app, ReleaseAction::Deploy, Some(version.clone()));
-        report.release = Some(version.clone());
-        report.revision = Some(wanted.sha256.clone());
-        let mut stages = Stages::new(call);
+        let mut run = ReleaseRun::for_app(
+            call,
+            &app,
+            ReleaseAction::Deploy,
+            Some(wanted.version.clone()),
+        );
+        run.report.release = Some(wanted.version.clone());
+        run.report.revision = Some(wanted.sha256.clone());
+        let ended = self
+            .deploy_stages(&mut run, call, &app, &iis, &wanted)
+            .await;
+        Ok(run.end(ended).await)
+    }
 
-        let stage = stages.start("fetch");
-        let fetched = match wanted.fetch_for(&app).await {
-            Ok((fetched, message)) => {
-                stages.end(stage, &Ok(message));
-                fetched
-            }
-            Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
-        };
+    /// A deploy's four stages (see the module's documentation).
+    async fn deploy_stages(
+        &self,
+        run: &mut ReleaseRun,
+        call: &Call,
+        app: &AppSpec,
+        iis: &IisSpec,
+        wanted: &crate::artifact::Wanted,
+    ) -> Result<Ended, Failure> {
+        let version = &wanted.version;
+        let fetched = run.step(Stage::Fetch, wanted.fetch_for(app)).await?;
 
-        let stage = stages.start("prepare");
-        let zip = match wanted.check_for(&app, fetched) {
-            Ok(zip) => zip,
-            Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
-        };
-        let release = app.path.join("releases").join(&version);
-        let prepared = async {
+        let release = app.path.join("releases").join(version);
+        let prepare = async {
+            let zip = wanted.check_for(app, fetched)?;
             self.text_of(appcmd::site_state(&iis.site)).await?;
             self.text_of(appcmd::pool_state(&iis.app_pool)).await?;
             let current = self
@@ -261,38 +267,23 @@ impl Iis<'_> {
                 )))
                 .await?;
             if !unpack::is_complete(&release) {
-                let (zip, dir) = (zip.clone(), release.clone());
+                let dir = release.clone();
                 tokio::task::spawn_blocking(move || unpack::unpack(&zip, &dir))
                     .await
                     .map_err(|e| format!("unpack task: {e}"))??;
             }
-            Ok::<_, String>(PathBuf::from(current))
-        }
-        .await;
-        let previous = match prepared {
-            Ok(previous) => previous,
-            Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
+            let previous = PathBuf::from(current);
+            let summary = format!("{version} unpacked; serving now: {}", previous.display());
+            Ok((previous, summary))
         };
-        report.previous = previous
+        let previous = run.step(Stage::Prepare, prepare).await?;
+        run.report.previous = previous
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
-        stages.end(
-            stage,
-            &Ok(format!(
-                "{} unpacked; serving now: {}",
-                version,
-                previous.display()
-            )),
-        );
         if previous == release {
-            return Ok(Outcome::ok(report.finish(
-                stages,
-                ReleaseResult::Unchanged,
-                json!({ "site": iis.site }),
-            )));
+            return Ok(Ended::unchanged(json!({ "site": iis.site })));
         }
 
-        let stage = stages.start("deploy");
         let offline = iis.app_offline.then(|| previous.join(APP_OFFLINE));
         if let Some(page) = &offline {
             if previous.is_dir() {
@@ -302,53 +293,35 @@ impl Iis<'_> {
                 );
             }
         }
-        if let Err(e) = self.switch(&iis, &release, call).await {
-            take_down(&offline);
-            return Ok(abort(report, stages, stage, e, json!({ "site": iis.site })));
-        }
-        stages.end(
-            stage,
-            &Ok(format!(
+        let switch = async {
+            self.switch(iis, &release, call).await?;
+            let summary = format!(
                 "{} now serves {}",
                 appcmd::app_id(&iis.site, &iis.application),
                 release.display()
-            )),
-        );
+            );
+            Ok(((), summary))
+        };
+        let switched = run.stage(Stage::Deploy, switch).await;
+        if let Err(e) = switched {
+            take_down(&offline);
+            return Err(Failure::new(e).with(json!({ "site": iis.site })));
+        }
 
-        let stage = stages.start("verify");
-        let checked = self.verify(&app, &iis, &release, &previous, call).await;
+        let check = async {
+            let summary = self.verify(app, iis, &release, &previous, call).await?;
+            Ok(((), summary))
+        };
+        let checked = run.stage(Stage::Verify, check).await;
+        take_down(&offline);
         match checked {
-            Ok(summary) => {
-                take_down(&offline);
-                stages.end(stage, &Ok(summary));
-                if let Err(e) =
-                    history::record(&app.path, Entry::new(call, &version, "deploy", "live"))
-                {
-                    stages.log(&e);
-                }
-                prune(&app, &version, report.previous.as_deref());
-                Ok(Outcome::ok(report.finish(
-                    stages,
-                    ReleaseResult::Live,
-                    json!({ "site": iis.site, "path": release }),
-                )))
+            Ok(()) => {
+                prune(app, version, run.report.previous.as_deref());
+                Ok(Ended::live(json!({ "site": iis.site, "path": release })))
             }
-            Err(message) => {
-                take_down(&offline);
-                stages.end(stage, &Err(message.clone()));
-                let _ = history::record(
-                    &app.path,
-                    Entry::new(call, &version, "deploy", "rolled_back"),
-                );
-                Ok(failure(
-                    report,
-                    stages,
-                    "verify",
-                    message,
-                    json!({ "site": iis.site }),
-                    ReleaseResult::RolledBack,
-                ))
-            }
+            Err(message) => Err(Failure::new(message)
+                .ended(ReleaseResult::RolledBack)
+                .with(json!({ "site": iis.site }))),
         }
     }
 
@@ -390,7 +363,7 @@ impl Iis<'_> {
     async fn rollback(&self, call: &Call) -> Result<Outcome, Outcome> {
         let args = Args::from_call(&ROLLBACK, call).map_err(Outcome::from)?;
         let (app, iis) = self.target(&args, ROLLBACK.fun)?;
-        let (live, previous) = live_and_previous(&history::read(&app.path));
+        let (live, previous) = live_and_previous(&history_of(&app, ROLLBACK.fun)?);
         let Some(to) = args.string("to").map_err(Outcome::from)?.or(previous) else {
             return Err(err(
                 "rollback",
@@ -398,71 +371,51 @@ impl Iis<'_> {
             ));
         };
         crate::artifact::validate_version(&to).map_err(|e| bad("rollback", e))?;
-        let release = app.path.join("releases").join(&to);
-        let mut report = Report::new(&app, ReleaseAction::Rollback, Some(to.clone()));
-        report.release = Some(to.clone());
-        report.previous = live;
-        let mut stages = Stages::new(call);
-        let stage = stages.start("prepare");
-        if !unpack::is_complete(&release) {
-            return Ok(abort(
-                report,
-                stages,
-                stage,
-                format!("release {to} is not on this server any more (kept: keep_releases)"),
-                json!({}),
-            ));
-        }
-        let current = match self
-            .text_of(appcmd::physical_path(&appcmd::vdir_id(
-                &iis.site,
-                &iis.application,
-            )))
-            .await
-        {
-            Ok(current) => PathBuf::from(current),
-            Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
-        };
-        stages.end(
-            stage,
-            &Ok(format!(
-                "back from {} to {}",
-                current.display(),
-                release.display()
-            )),
-        );
-        let stage = stages.start("deploy");
-        if let Err(e) = self.switch(&iis, &release, call).await {
-            return Ok(abort(report, stages, stage, e, json!({})));
-        }
-        stages.end(
-            stage,
-            &Ok(format!("{} serves {}", iis.site, release.display())),
-        );
-        let stage = stages.start("verify");
-        let checked = self.verify(&app, &iis, &release, &current, call).await;
-        match checked {
-            Ok(summary) => {
-                stages.end(stage, &Ok(summary));
-                let _ = history::record(&app.path, Entry::new(call, &to, "rollback", "live"));
-                Ok(Outcome::ok(report.finish(
-                    stages,
-                    ReleaseResult::Live,
-                    json!({ "site": iis.site }),
+        let mut run = ReleaseRun::for_app(call, &app, ReleaseAction::Rollback, Some(to.clone()));
+        run.report.release = Some(to.clone());
+        run.report.previous = live;
+        let ended = self.rollback_stages(&mut run, call, &app, &iis, &to).await;
+        Ok(run.end(ended).await)
+    }
+
+    /// A rollback: prepare (the release is still here), deploy, verify.
+    async fn rollback_stages(
+        &self,
+        run: &mut ReleaseRun,
+        call: &Call,
+        app: &AppSpec,
+        iis: &IisSpec,
+        to: &str,
+    ) -> Result<Ended, Failure> {
+        let release = app.path.join("releases").join(to);
+        let prepare = async {
+            if !unpack::is_complete(&release) {
+                return Err(format!(
+                    "release {to} is not on this server any more (kept: keep_releases)"
+                ));
+            }
+            let current = self
+                .text_of(appcmd::physical_path(&appcmd::vdir_id(
+                    &iis.site,
+                    &iis.application,
                 )))
-            }
-            Err(message) => {
-                stages.end(stage, &Err(message.clone()));
-                Ok(failure(
-                    report,
-                    stages,
-                    "verify",
-                    message,
-                    json!({}),
-                    ReleaseResult::Failed,
-                ))
-            }
-        }
+                .await?;
+            let current = PathBuf::from(current);
+            let summary = format!("back from {} to {}", current.display(), release.display());
+            Ok((current, summary))
+        };
+        let current = run.step(Stage::Prepare, prepare).await?;
+        let switch = async {
+            self.switch(iis, &release, call).await?;
+            Ok(((), format!("{} serves {}", iis.site, release.display())))
+        };
+        run.step(Stage::Deploy, switch).await?;
+        let check = async {
+            let summary = self.verify(app, iis, &release, &current, call).await?;
+            Ok(((), summary))
+        };
+        run.step(Stage::Verify, check).await?;
+        Ok(Ended::live(json!({ "site": iis.site })))
     }
 
     async fn status(&self, call: &Call) -> Result<Outcome, Outcome> {
@@ -480,7 +433,7 @@ impl Iis<'_> {
             ))
         };
         let (site_state, pool_state, path) = read.await.map_err(|e| err("status", e))?;
-        let history = history::read(&app.path);
+        let history = history_of(&app, STATUS.fun)?;
         let (live, previous) = live_and_previous(&history);
         let mut releases: Vec<String> = std::fs::read_dir(app.path.join("releases"))
             .map(|d| {
@@ -494,7 +447,7 @@ impl Iis<'_> {
         Ok(Outcome::ok(json!({
             "app": app.name, "site": iis.site, "site_state": site_state, "app_pool": iis.app_pool,
             "pool_state": pool_state, "physical_path": path, "live": live, "previous": previous,
-            "releases": releases, "history": history.iter().take(10).collect::<Vec<_>>(),
+            "releases": releases, "history": history.iter().rev().take(10).collect::<Vec<_>>(),
         })))
     }
 

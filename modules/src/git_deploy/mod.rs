@@ -30,19 +30,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use halite_proto::app::{AppSpec, LockPolicy};
+use halite_proto::app::AppSpec;
 use serde_json::{json, Value};
 
 use halite_proto::catalog;
 use halite_proto::catalog::git_deploy::{DEPLOY, MODULE, RELEASES, ROLLBACK, STATUS};
 
 use crate::args::{Args, Signature};
-use crate::kit::{abort, failure, Report, Stages};
-use crate::kit::{app_of, credentials_of};
+use crate::kit::{app_of, blocking, credentials_of, Ended, Failure, ReleaseRun};
 use crate::module::unknown_function;
-use crate::releases::{ReleaseError, ReleaseRecord, Releases};
+use crate::releases::{ReleaseError, Releases};
 use crate::{Call, EventSink, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
-use halite_proto::release::{ReleaseAction, ReleaseResult};
+use halite_proto::release::{ReleaseAction, ReleaseResult, Stage};
 use repo::{Source, Wanted};
 
 /// The `git_deploy` module.
@@ -146,15 +145,6 @@ impl Drop for Interrupt {
     }
 }
 
-/// Runs blocking filesystem/git work off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(format!("internal error: {e}")))
-}
-
 /// Environment every hook and check command gets.
 fn hook_env(
     app: &AppSpec,
@@ -256,45 +246,6 @@ async fn post_deploy_checks(
         .map(|h| format!("{hook_summary}; {h}"))
 }
 
-/// Opens the layout and takes the lock, reporting a wait; Err is the
-/// message for the failed return.
-async fn lock_path(
-    app: &AppSpec,
-    jid: &str,
-    stages: &Stages,
-) -> Result<(Releases, crate::releases::DeployLock), String> {
-    let path = app.path.clone();
-    let owner = jid.to_owned();
-    let first = blocking(move || {
-        let releases = Releases::open(&path).map_err(|e| e.to_string())?;
-        let lock = releases.lock(&owner, None);
-        Ok((releases, lock))
-    })
-    .await?;
-    match first {
-        (releases, Ok(lock)) => Ok((releases, lock)),
-        (releases, Err(ReleaseError::Locked { jid: holder, .. }))
-            if app.lock == LockPolicy::Wait =>
-        {
-            stages.log(&format!(
-                "waiting up to {}s for job {holder}, which is deploying to {}",
-                app.lock_wait,
-                app.path.display()
-            ));
-            let owner = jid.to_owned();
-            let wait = Duration::from_secs(app.lock_wait);
-            blocking(move || {
-                let lock = releases
-                    .lock(&owner, Some(wait))
-                    .map_err(|e| e.to_string())?;
-                Ok((releases, lock))
-            })
-            .await
-        }
-        (_, Err(e)) => Err(e.to_string()),
-    }
-}
-
 /// The revision the live release was deployed from, per its history.
 fn live_revision(releases: &Releases) -> Result<Option<(String, String)>, ReleaseError> {
     let Some(live) = releases.current()? else {
@@ -322,45 +273,25 @@ async fn deploy(call: Call) -> Outcome {
         Ok(p) => p,
         Err(outcome) => return outcome,
     };
-    let jid = call.jid.to_string();
-    let mut stages = Stages::new(&call);
-    let mut report = Report::new(&app, ReleaseAction::Deploy, wanted.reference());
-    let interrupt = Interrupt::new(&call);
-    tracing::info!(jid = %jid, app = %app.name, wanted = %wanted.describe(), "deploy starting");
+    tracing::info!(app = %app.name, wanted = %wanted.describe(), "deploy starting");
+    let mut run = ReleaseRun::for_app(&call, &app, ReleaseAction::Deploy, wanted.reference());
+    let ended = deploy_stages(&mut run, &call, &app, &wanted, credentials).await;
+    run.end(ended).await
+}
 
-    // ---- prepare: lock, fetch, resolve, export, link shared ----------------
-    let stage = stages.start("prepare");
-    let roots = match crate::http::extra_roots(app.ca_file.as_deref()) {
-        Ok(r) => r,
-        Err(e) => {
-            return abort(report, stages, stage, e, json!({}));
-        }
-    };
-    let (releases, lock) = match lock_path(&app, &jid, &stages).await {
-        Ok(held) => held,
-        Err(e) => {
-            return abort(report, stages, stage, e, json!({}));
-        }
-    };
-    stages.log(&format!("fetching {} ({})", app.repo, wanted.describe()));
-    let prepared = {
-        let releases = releases.clone();
-        let app = app.clone();
-        let wanted = wanted.clone();
-        let flag = Arc::clone(&interrupt.flag);
-        let events = call.events.clone();
-        let roots = roots.clone();
-        blocking(move || prepare(&releases, &app, &wanted, credentials, roots, &flag, &events))
-            .await
-    };
-    let prepared = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            blocking_record(&releases, report.record(&jid, ReleaseResult::Failed)).await;
-            return abort(report, stages, stage, e, json!({}));
-        }
-    };
-    report.revision = Some(prepared.revision.clone());
+/// A deploy's four stages (see the module's documentation).
+async fn deploy_stages(
+    run: &mut ReleaseRun,
+    call: &Call,
+    app: &AppSpec,
+    wanted: &Wanted,
+    credentials: Option<(String, String)>,
+) -> Result<Ended, Failure> {
+    let interrupt = Interrupt::new(call);
+    // ---- prepare: fetch, resolve, export, link shared ----------------------
+    let prepare = prepare_stage(call, app, wanted, credentials, &interrupt);
+    let (releases, prepared, roots) = run.step(Stage::Prepare, prepare).await?;
+    run.report.revision = Some(prepared.revision.clone());
     let release = match prepared.release {
         Prepared::AlreadyLive(live) => {
             let message = format!(
@@ -368,156 +299,163 @@ async fn deploy(call: Call) -> Outcome {
                 short(&prepared.revision),
                 wanted.describe()
             );
-            stages.end(stage, &Ok(message.clone()));
-            report.release = Some(live);
-            drop(lock);
-            tracing::info!(jid = %jid, app = %app.name, "deploy: revision already live");
-            return Outcome::ok(report.finish(
-                stages,
-                ReleaseResult::Unchanged,
+            run.report.release = Some(live);
+            tracing::info!(app = %app.name, "deploy: revision already live");
+            return Ok(Ended::unchanged(
                 json!({ "changed": false, "message": message }),
             ));
         }
-        Prepared::Built { name, summary } => {
-            stages.end(stage, &Ok(summary));
-            name
-        }
+        Prepared::Built { name, .. } => name,
     };
-    report.release = Some(release.clone());
+    run.report.release = Some(release.clone());
     let release_dir = app.path.join("releases").join(&release);
     let env = hook_env(
-        &app,
-        &jid,
+        app,
+        &call.jid.to_string(),
         &release,
         &prepared.revision,
-        report.reference.as_deref(),
+        run.report.reference.as_deref(),
     );
 
-    // ---- pre_deploy: hook in the new release ------------------------------------
+    // ---- pre_deploy: hook in the new release -------------------------------
     let mut warnings: Vec<String> = Vec::new();
-    let stage = stages.start("pre_deploy");
-    let result = match &app.pre_deploy {
-        Some(hook) => {
-            run_hook(
-                "git_deploy.pre_deploy",
-                "pre_deploy",
-                hook,
-                &release_dir,
-                env.clone(),
-                &app,
-                &call,
-            )
-            .await
-        }
-        None => Ok("no pre_deploy hook".to_owned()),
+    let hook = async {
+        let summary = match &app.pre_deploy {
+            Some(hook) => {
+                run_hook(
+                    "git_deploy.pre_deploy",
+                    "pre_deploy",
+                    hook,
+                    &release_dir,
+                    env.clone(),
+                    app,
+                    call,
+                )
+                .await?
+            }
+            None => "no pre_deploy hook".to_owned(),
+        };
+        Ok(((), summary))
     };
-    stages.end(stage, &result);
-    if let Err(e) = result {
+    if let Err(e) = run.stage(Stage::PreDeploy, hook).await {
         if app.stop_on_error || call.cancel.is_cancelled() {
             discard(&releases, &release).await;
-            blocking_record(&releases, report.record(&jid, ReleaseResult::Failed)).await;
-            return failure(
-                report,
-                stages,
-                "pre_deploy",
-                e,
-                json!({ "live_unchanged": true }),
-                ReleaseResult::Failed,
-            );
+            return Err(Failure::new(e).with(json!({ "live_unchanged": true })));
         }
         warnings.push(e);
     }
 
-    // ---- deploy: switch current ------------------------------------------------------
-    let stage = stages.start("deploy");
-    let switched = {
-        let releases = releases.clone();
-        let name = release.clone();
-        blocking(move || releases.switch(&name).map_err(|e| e.to_string())).await
+    // ---- deploy: switch current --------------------------------------------
+    let switch = async {
+        let (switching, name) = (releases.clone(), release.clone());
+        let previous =
+            blocking(move || switching.switch(&name).map_err(|e| e.to_string())).await??;
+        let message = match &previous {
+            Some(p) => format!("current -> releases/{release} (was {p})"),
+            None => format!("current -> releases/{release} (first release)"),
+        };
+        Ok((previous, message))
     };
-    match switched {
-        Ok(previous) => {
-            report.previous = previous.clone();
-            let message = match &previous {
-                Some(p) => format!("current -> releases/{release} (was {p})"),
-                None => format!("current -> releases/{release} (first release)"),
-            };
-            stages.end(stage, &Ok(message));
-        }
+    match run.stage(Stage::Deploy, switch).await {
+        Ok(previous) => run.report.previous = previous,
         Err(e) => {
             discard(&releases, &release).await;
-            blocking_record(&releases, report.record(&jid, ReleaseResult::Failed)).await;
-            return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
+            return Err(Failure::new(e).with(json!({ "live_unchanged": true })));
         }
     }
 
-    // ---- post_deploy: hook, then health check ---------------------------------------
-    let stage = stages.start("post_deploy");
-    let result = post_deploy_checks(&app, &call, &release_dir, &env, roots, &mut warnings).await;
-    stages.end(stage, &result);
-    if let Err(e) = result {
-        let mut extra = json!({});
-        let mut ended = ReleaseResult::Live;
-        let error = match (&report.previous, app.auto_rollback) {
-            (Some(previous), true) => {
-                let back = {
-                    let releases = releases.clone();
-                    let previous = previous.clone();
-                    blocking(move || releases.switch(&previous).map_err(|e| e.to_string())).await
-                };
-                match back {
-                    Ok(_) => {
-                        stages.log(&format!("auto_rollback: current -> releases/{previous}"));
-                        extra = json!({ "rolled_back_to": previous });
-                        ended = ReleaseResult::RolledBack;
-                        blocking_record(&releases, report.record(&jid, ReleaseResult::RolledBack))
-                            .await;
-                        format!("{e}; auto_rollback switched back to {previous}")
-                    }
-                    Err(back_err) => {
-                        blocking_record(&releases, report.record(&jid, ReleaseResult::Live)).await;
-                        format!("{e}; auto_rollback to {previous} FAILED: {back_err}; {release} is still live")
-                    }
-                }
-            }
-            (Some(_), false) => {
-                blocking_record(&releases, report.record(&jid, ReleaseResult::Live)).await;
-                format!("{e}; {release} stays live (auto_rollback is off)")
-            }
-            (None, _) => {
-                blocking_record(&releases, report.record(&jid, ReleaseResult::Live)).await;
-                format!("{e}; {release} stays live (there is no previous release to go back to)")
-            }
-        };
-        drop(lock);
-        tracing::warn!(jid = %jid, app = %app.name, "deploy failed in post_deploy: {error}");
-        return failure(report, stages, "post_deploy", error, extra, ended);
+    // ---- post_deploy: hook, then health check ------------------------------
+    let checks = post_deploy_checks(app, call, &release_dir, &env, roots, &mut warnings);
+    let checked = run
+        .stage(Stage::PostDeploy, async { checks.await.map(|s| ((), s)) })
+        .await;
+    if let Err(e) = checked {
+        return Err(switch_back(run, &releases, app, &release, e).await);
     }
 
-    let record = report.record(&jid, ReleaseResult::Live);
     let keep = app.keep_releases;
-    let pruned = {
-        let releases = releases.clone();
-        blocking(move || {
-            releases.record(record).map_err(|e| e.to_string())?;
-            releases.prune(keep).map_err(|e| e.to_string())
-        })
-        .await
-    };
-    let pruned = match pruned {
+    let pruning = releases.clone();
+    let pruned = blocking(move || pruning.prune(keep).map_err(|e| e.to_string())).await;
+    let pruned = match pruned.and_then(|p| p) {
         Ok(p) => p,
         Err(e) => {
-            warnings.push(format!("release is live, but history/prune failed: {e}"));
+            warnings.push(format!("release is live, but pruning failed: {e}"));
             Vec::new()
         }
     };
-    drop(lock);
-    tracing::info!(jid = %jid, app = %app.name, release = %release, "deploy live");
-    Outcome::ok(report.finish(
-        stages,
-        ReleaseResult::Live,
+    tracing::info!(app = %app.name, release = %release, "deploy live");
+    Ok(Ended::live(
         json!({ "changed": true, "pruned": pruned, "warnings": warnings, "files": prepared.files }),
     ))
+}
+
+/// The prepare stage's work: the layout opened, the revision fetched and
+/// resolved, the new release exported (or found live already).
+async fn prepare_stage(
+    call: &Call,
+    app: &AppSpec,
+    wanted: &Wanted,
+    credentials: Option<(String, String)>,
+    interrupt: &Interrupt,
+) -> Result<((Releases, PrepareResult, Vec<reqwest::Certificate>), String), String> {
+    let roots = crate::http::extra_roots(app.ca_file.as_deref())?;
+    let path = app.path.clone();
+    let releases = blocking(move || Releases::open(&path).map_err(|e| e.to_string())).await??;
+    call.events.progress(
+        "log",
+        &format!("fetching {} ({})", app.repo, wanted.describe()),
+    );
+    let prepared = {
+        let (releases, app, wanted) = (releases.clone(), app.clone(), wanted.clone());
+        let (flag, events) = (Arc::clone(&interrupt.flag), call.events.clone());
+        let roots = roots.clone();
+        blocking(move || prepare(&releases, &app, &wanted, credentials, roots, &flag, &events))
+            .await??
+    };
+    let summary = match &prepared.release {
+        Prepared::AlreadyLive(live) => format!(
+            "{} ({}) is already live in release {live}; nothing to do",
+            short(&prepared.revision),
+            wanted.describe()
+        ),
+        Prepared::Built { summary, .. } => summary.clone(),
+    };
+    Ok(((releases, prepared, roots), summary))
+}
+
+/// After a failed post_deploy: back to the previous release when
+/// `auto_rollback` is set; the failure says where the deploy ended.
+async fn switch_back(
+    run: &ReleaseRun,
+    releases: &Releases,
+    app: &AppSpec,
+    release: &str,
+    e: String,
+) -> Failure {
+    let Some(previous) = run.report.previous.clone() else {
+        return Failure::new(format!(
+            "{e}; {release} stays live (there is no previous release to go back to)"
+        ))
+        .ended(ReleaseResult::Live);
+    };
+    if !app.auto_rollback {
+        return Failure::new(format!("{e}; {release} stays live (auto_rollback is off)"))
+            .ended(ReleaseResult::Live);
+    }
+    let (switching, name) = (releases.clone(), previous.clone());
+    let back = blocking(move || switching.switch(&name).map_err(|e| e.to_string())).await;
+    match back.and_then(|b| b) {
+        Ok(_) => {
+            run.log(&format!("auto_rollback: current -> releases/{previous}"));
+            Failure::new(format!("{e}; auto_rollback switched back to {previous}"))
+                .ended(ReleaseResult::RolledBack)
+                .with(json!({ "rolled_back_to": previous }))
+        }
+        Err(back_err) => Failure::new(format!(
+            "{e}; auto_rollback to {previous} FAILED: {back_err}; {release} is still live"
+        ))
+        .ended(ReleaseResult::Live),
+    }
 }
 
 fn short(revision: &str) -> &str {
@@ -527,17 +465,9 @@ fn short(revision: &str) -> &str {
 async fn discard(releases: &Releases, name: &str) {
     let releases = releases.clone();
     let name = name.to_owned();
-    if let Err(e) = blocking(move || releases.discard(&name).map_err(|e| e.to_string())).await {
+    let removed = blocking(move || releases.discard(&name).map_err(|e| e.to_string())).await;
+    if let Err(e) = removed.and_then(|r| r) {
         tracing::warn!("cannot remove a failed release: {e}");
-    }
-}
-
-/// Appends to the path's history; a failure is logged, never fatal (the
-/// release itself is what matters to the deploy).
-async fn blocking_record(releases: &Releases, record: ReleaseRecord) {
-    let releases = releases.clone();
-    if let Err(e) = blocking(move || releases.record(record).map_err(|e| e.to_string())).await {
-        tracing::warn!("cannot write release history: {e}");
     }
 }
 
@@ -718,124 +648,136 @@ async fn rollback(call: Call) -> Outcome {
         Ok(p) => p,
         Err(outcome) => return outcome,
     };
-    let jid = call.jid.to_string();
-    let mut stages = Stages::new(&call);
-    let mut report = Report::new(&app, ReleaseAction::Rollback, None);
-    if let Some(message) = never_deployed(&app) {
-        return failure(
-            report,
-            stages,
-            "deploy",
-            message,
-            json!({}),
-            ReleaseResult::Failed,
-        );
-    }
-    let stage = stages.start("deploy");
-    let (releases, lock) = match lock_path(&app, &jid, &stages).await {
-        Ok(held) => held,
-        Err(e) => {
-            return abort(report, stages, stage, e, json!({}));
-        }
+    let mut run = ReleaseRun::for_app(&call, &app, ReleaseAction::Rollback, None);
+    let ended = match never_deployed(&app) {
+        Some(message) => Err(Failure::new(message).at(Stage::Deploy)),
+        None => rollback_stages(&mut run, &call, &app, to).await,
     };
-    let chosen = {
-        let releases = releases.clone();
-        let app = app.clone();
-        blocking(move || choose_rollback(&releases, &app, to.as_deref())).await
+    run.end(ended).await
+}
+
+/// What a rollback's deploy stage found: the release to go back to, or
+/// that it is live already.
+enum Chosen {
+    Switched {
+        target: String,
+        revision: String,
+        reference: Option<String>,
+        previous: Option<String>,
+    },
+    AlreadyLive(String),
+}
+
+/// A rollback: the switch (deploy), then post_deploy.
+async fn rollback_stages(
+    run: &mut ReleaseRun,
+    call: &Call,
+    app: &AppSpec,
+    to: Option<String>,
+) -> Result<Ended, Failure> {
+    let releases = {
+        let path = app.path.clone();
+        blocking(move || Releases::open(&path).map_err(|e| e.to_string()))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| Failure::new(e).at(Stage::Deploy))?
     };
-    let (target, revision, reference) = match chosen {
-        Ok(Some(found)) => found,
-        Ok(None) => {
+    let switch = async {
+        let chosen = {
+            let (releases, app) = (releases.clone(), app.clone());
+            blocking(move || choose_rollback(&releases, &app, to.as_deref())).await??
+        };
+        let Some((target, revision, reference)) = chosen else {
             let message = "nothing to do: that release is already live".to_owned();
-            stages.end(stage, &Ok(message.clone()));
-            drop(lock);
-            return Outcome::ok(report.finish(
-                stages,
-                ReleaseResult::Unchanged,
+            return Ok((Chosen::AlreadyLive(message.clone()), message));
+        };
+        // Files it shares with later releases may have been edited in
+        // place there: check them against its manifest and restore them
+        // from the cache.
+        let verified = {
+            let (releases, app) = (releases.clone(), app.clone());
+            let (name, revision) = (target.clone(), revision.clone());
+            blocking(move || verify_release(&releases, &app, &name, &revision)).await??
+        };
+        if let Some(note) = verified {
+            call.events.progress("log", &note);
+        }
+        let previous = {
+            let (releases, name) = (releases.clone(), target.clone());
+            blocking(move || releases.switch(&name).map_err(|e| e.to_string())).await??
+        };
+        let message = format!(
+            "current -> releases/{target} (was {})",
+            previous.as_deref().unwrap_or("nothing")
+        );
+        let chosen = Chosen::Switched {
+            target,
+            revision,
+            reference,
+            previous,
+        };
+        Ok((chosen, message))
+    };
+    let chosen = run
+        .stage(Stage::Deploy, switch)
+        .await
+        .map_err(|e| Failure::new(e).with(json!({ "live_unchanged": true })))?;
+    let (target, revision) = match chosen {
+        Chosen::AlreadyLive(message) => {
+            return Ok(Ended::unchanged(
                 json!({ "changed": false, "message": message }),
-            ));
+            ))
         }
-        Err(e) => {
-            return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
+        Chosen::Switched {
+            target,
+            revision,
+            reference,
+            previous,
+        } => {
+            run.report.release = Some(target.clone());
+            run.report.revision = Some(revision.clone());
+            run.report.reference = reference;
+            run.report.previous = previous;
+            (target, revision)
         }
     };
-    report.release = Some(target.clone());
-    report.revision = Some(revision.clone());
-    report.reference = reference;
-    // Files it shares with later releases may have been edited in place
-    // there: check them against its manifest and restore from the cache.
-    let verified = {
-        let releases = releases.clone();
-        let app = app.clone();
-        let (name, revision) = (target.clone(), revision.clone());
-        blocking(move || verify_release(&releases, &app, &name, &revision)).await
-    };
-    match verified {
-        Ok(Some(note)) => stages.log(&note),
-        Ok(None) => {}
-        Err(e) => {
-            return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
-        }
-    }
-    let switched = {
-        let releases = releases.clone();
-        let name = target.clone();
-        blocking(move || releases.switch(&name).map_err(|e| e.to_string())).await
-    };
-    match switched {
-        Ok(previous) => {
-            report.previous = previous.clone();
-            stages.end(
-                stage,
-                &Ok(format!(
-                    "current -> releases/{target} (was {})",
-                    previous.as_deref().unwrap_or("nothing")
-                )),
-            );
-        }
-        Err(e) => {
-            return abort(report, stages, stage, e, json!({ "live_unchanged": true }));
-        }
-    }
     // The release that was taken back is known bad: a later plain rollback
     // must not return to it.
-    if let Some(previous) = report.previous.clone() {
-        let bad = ReleaseRecord {
-            release: previous,
-            revision: String::new(),
-            reference: None,
-            jid: jid.clone(),
-            action: "rollback".into(),
-            result: "rolled_back".into(),
-            at: halite_proto::time::now_ms(),
-            duration_ms: 0,
-        };
-        blocking_record(&releases, bad).await;
+    if let Some(previous) = run.report.previous.clone() {
+        let mut bad = run.record(ReleaseResult::RolledBack);
+        bad.release = previous;
+        bad.revision = String::new();
+        bad.reference = None;
+        bad.duration_ms = 0;
+        run.note(bad).await;
     }
 
     let release_dir = app.path.join("releases").join(&target);
-    let env = hook_env(&app, &jid, &target, &revision, report.reference.as_deref());
-    let stage = stages.start("post_deploy");
+    let jid = call.jid.to_string();
+    let env = hook_env(
+        app,
+        &jid,
+        &target,
+        &revision,
+        run.report.reference.as_deref(),
+    );
     // A CA file that cannot be read leaves only the system roots, as a
     // deploy would have failed on it before.
     let roots = crate::http::extra_roots(app.ca_file.as_deref()).unwrap_or_default();
-    let result = post_deploy_checks(&app, &call, &release_dir, &env, roots, &mut Vec::new()).await;
-    stages.end(stage, &result);
-    blocking_record(&releases, report.record(&jid, ReleaseResult::Live)).await;
-    drop(lock);
-    match result {
-        Ok(_) => {
-            tracing::info!(jid = %jid, app = %app.name, release = %target, "rollback live");
-            Outcome::ok(report.finish(stages, ReleaseResult::Live, json!({ "changed": true })))
+    let mut warnings = Vec::new();
+    let checks = post_deploy_checks(app, call, &release_dir, &env, roots, &mut warnings);
+    let checked = run
+        .stage(Stage::PostDeploy, async { checks.await.map(|s| ((), s)) })
+        .await;
+    match checked {
+        Ok(()) => {
+            tracing::info!(app = %app.name, release = %target, "rollback live");
+            Ok(Ended::live(json!({ "changed": true })))
         }
-        Err(e) => failure(
-            report,
-            stages,
-            "post_deploy",
-            format!("{e}; {target} is live (a rollback does not switch again on its own)"),
-            json!({}),
-            ReleaseResult::Live,
-        ),
+        Err(e) => Err(Failure::new(format!(
+            "{e}; {target} is live (a rollback does not switch again on its own)"
+        ))
+        .ended(ReleaseResult::Live)),
     }
 }
 
@@ -1010,8 +952,8 @@ async fn releases(call: Call) -> Outcome {
                     "reference": last.and_then(|l| l.reference.clone()),
                     "jid": last.map(|l| l.jid.clone()),
                     "at": last.map(|l| l.at),
-                    "action": last.map(|l| l.action.clone()),
-                    "result": last.map(|l| l.result.clone()),
+                    "action": last.map(|l| l.action),
+                    "result": last.map(|l| l.result),
                 })
             })
             .collect();

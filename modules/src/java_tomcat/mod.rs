@@ -16,7 +16,7 @@
 //!
 //! Rollback goes back to the previous live version, redeploying it from
 //! the artifact cache when it is no longer deployed (no download).
-//! The app's history is `<path>/history.json`.
+//! The app's history is `<path>/.halite/history.json` (crate::history).
 
 mod manager;
 
@@ -34,12 +34,11 @@ use halite_proto::catalog::java_tomcat::{
 
 use crate::args::{Args, Signature};
 use crate::artifact::ArtifactCache;
-use crate::history::{self, live_and_previous, Entry};
-use crate::kit::{abort, failure, Report, Stages};
-use crate::kit::{app_of, credentials_of};
+use crate::history::{live_and_previous, History};
+use crate::kit::{app_of, credentials_of, history_of, Ended, Failure, ReleaseRun};
 use crate::module::unknown_function;
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
-use halite_proto::release::{ReleaseAction, ReleaseResult};
+use halite_proto::release::{ReleaseAction, ReleaseResult, Stage};
 use manager::{Deployed, Manager};
 
 /// Time allowed after autodeploy unpacked a WAR for its context to start.
@@ -272,132 +271,106 @@ async fn deploy(call: &Call) -> Result<Outcome, Outcome> {
     let args = Args::from_call(&DEPLOY, call).map_err(Outcome::from)?;
     let target = target_of(&args, DEPLOY.fun)?;
     let wanted = crate::artifact::Wanted::from_args(&args, DEPLOY.fun)?;
-    let version = wanted.version.clone();
-    let app = &target.app;
-    let mut report = Report::new(app, ReleaseAction::Deploy, Some(version.clone()));
-    report.revision = Some(wanted.sha256.clone());
-    report.release = Some(version.clone());
-    let mut stages = Stages::new(call);
-
-    let stage = stages.start("fetch");
-    let fetched = match wanted.fetch_for(app).await {
-        Ok((fetched, message)) => {
-            stages.end(stage, &Ok(message));
-            fetched
-        }
-        Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
-    };
-
-    let stage = stages.start("prepare");
-    let war = match wanted.check_for(app, fetched) {
-        Ok(war) => war,
-        Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
-    };
-    let before = match deployed(&target).await {
-        Ok(before) => before,
-        Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
-    };
-    let old: Vec<String> = before
-        .iter()
-        .filter_map(|d| d.version.clone())
-        .filter(|v| *v != version)
-        .collect();
-    report.previous = live_and_previous(&history::read(&app.path)).0;
-    let already = before
-        .iter()
-        .any(|d| d.version.as_deref() == Some(&version) && d.state == "running");
-    stages.end(
-        stage,
-        &Ok(format!(
-            "deployed now: {}",
-            if old.is_empty() {
-                "nothing".to_owned()
-            } else {
-                old.join(", ")
-            }
-        )),
+    let mut run = ReleaseRun::for_app(
+        call,
+        &target.app,
+        ReleaseAction::Deploy,
+        Some(wanted.version.clone()),
     );
+    run.report.revision = Some(wanted.sha256.clone());
+    run.report.release = Some(wanted.version.clone());
+    let ended = deploy_stages(&mut run, call, &target, &wanted).await;
+    Ok(run.end(ended).await)
+}
+
+fn listed(versions: &[String]) -> String {
+    if versions.is_empty() {
+        "nothing".to_owned()
+    } else {
+        versions.join(", ")
+    }
+}
+
+/// A deploy's four stages (see the module's documentation).
+async fn deploy_stages(
+    run: &mut ReleaseRun,
+    call: &Call,
+    target: &Target,
+    wanted: &crate::artifact::Wanted,
+) -> Result<Ended, Failure> {
+    let (app, version) = (&target.app, &wanted.version);
+    let fetched = run.step(Stage::Fetch, wanted.fetch_for(app)).await?;
+
+    let prepare = async {
+        let war = wanted.check_for(app, fetched)?;
+        let before = deployed(target).await?;
+        let history = History::at(&app.path).read().map_err(|e| e.to_string())?;
+        let old: Vec<String> = before
+            .iter()
+            .filter_map(|d| d.version.clone())
+            .filter(|v| v != version)
+            .collect();
+        let already = before
+            .iter()
+            .any(|d| d.version.as_deref() == Some(version) && d.state == "running");
+        let summary = format!("deployed now: {}", listed(&old));
+        Ok(((war, old, already, live_and_previous(&history).0), summary))
+    };
+    let (war, old, already, previous) = run.step(Stage::Prepare, prepare).await?;
+    run.report.previous = previous;
     if already && old.is_empty() {
-        return Ok(Outcome::ok(report.finish(
-            stages,
-            ReleaseResult::Unchanged,
+        return Ok(Ended::unchanged(
             json!({ "context": target.tomcat.context }),
-        )));
+        ));
     }
 
-    let stage = stages.start("deploy");
-    if let Err(e) = put_version(&target, &version, &war).await {
-        // A half-uploaded version is not left behind.
-        let _ = remove_version(&target, &version).await;
-        return Ok(abort(report, stages, stage, e, json!({})));
-    }
-    stages.end(
-        stage,
-        &Ok(format!(
+    let put = async {
+        put_version(target, version, &war).await?;
+        let summary = format!(
             "{}##{version} deployed next to {}",
             target.tomcat.context,
-            if old.is_empty() {
-                "nothing".to_owned()
-            } else {
-                old.join(", ")
-            }
-        )),
-    );
+            listed(&old)
+        );
+        Ok(((), summary))
+    };
+    if let Err(e) = run.stage(Stage::Deploy, put).await {
+        // A half-uploaded version is not left behind.
+        let _ = remove_version(target, version).await;
+        return Err(Failure::new(e));
+    }
 
-    let stage = stages.start("verify");
-    let started = Instant::now();
-    match verify(&target, &version, call).await {
-        Ok(summary) => {
-            let mut removed = Vec::new();
-            if !target.tomcat.keep_old {
-                for v in &old {
-                    match remove_version(&target, v).await {
-                        Ok(()) => removed.push(v.clone()),
-                        Err(e) => stages.log(&format!("could not undeploy {v}: {e}")),
-                    }
+    let check = async {
+        let started = Instant::now();
+        let summary = verify(target, version, call).await?;
+        let mut removed = Vec::new();
+        if !target.tomcat.keep_old {
+            for v in &old {
+                match remove_version(target, v).await {
+                    Ok(()) => removed.push(v.clone()),
+                    Err(e) => call
+                        .events
+                        .progress("log", &format!("could not undeploy {v}: {e}")),
                 }
             }
-            stages.end(
-                stage,
-                &Ok(format!("{summary} ({} ms)", started.elapsed().as_millis())),
-            );
-            if let Err(e) = history::record(&app.path, Entry::new(call, &version, "deploy", "live"))
-            {
-                stages.log(&e);
-            }
-            Ok(Outcome::ok(report.finish(
-                stages,
-                ReleaseResult::Live,
-                json!({ "context": target.tomcat.context, "undeployed": removed }),
-            )))
         }
+        Ok((
+            removed,
+            format!("{summary} ({} ms)", started.elapsed().as_millis()),
+        ))
+    };
+    match run.stage(Stage::Verify, check).await {
+        Ok(removed) => Ok(Ended::live(
+            json!({ "context": target.tomcat.context, "undeployed": removed }),
+        )),
         Err(e) => {
             // The new version goes; the old one never stopped serving.
-            let cleanup = remove_version(&target, &version).await;
-            stages.end(stage, &Err(e.clone()));
-            let _ = history::record(
-                &app.path,
-                Entry::new(call, &version, "deploy", "rolled_back"),
-            );
-            let message = match cleanup {
-                Ok(()) => format!(
-                    "{e}; {version} undeployed, {} serves",
-                    if old.is_empty() {
-                        "nothing".to_owned()
-                    } else {
-                        old.join(", ")
-                    }
-                ),
+            let message = match remove_version(target, version).await {
+                Ok(()) => format!("{e}; {version} undeployed, {} serves", listed(&old)),
                 Err(c) => format!("{e}; undeploying {version} failed too: {c}"),
             };
-            Ok(failure(
-                report,
-                stages,
-                "verify",
-                message,
-                json!({ "context": target.tomcat.context }),
-                ReleaseResult::RolledBack,
-            ))
+            Err(Failure::new(message)
+                .ended(ReleaseResult::RolledBack)
+                .with(json!({ "context": target.tomcat.context })))
         }
     }
 }
@@ -406,7 +379,7 @@ async fn rollback(call: &Call) -> Result<Outcome, Outcome> {
     let args = Args::from_call(&ROLLBACK, call).map_err(Outcome::from)?;
     let target = target_of(&args, ROLLBACK.fun)?;
     let app = &target.app;
-    let (live, previous) = live_and_previous(&history::read(&app.path));
+    let (live, previous) = live_and_previous(&history_of(app, ROLLBACK.fun)?);
     let to = match args.string("to").map_err(Outcome::from)?.or(previous) {
         Some(to) => to,
         None => {
@@ -419,88 +392,75 @@ async fn rollback(call: &Call) -> Result<Outcome, Outcome> {
             ))
         }
     };
-    let mut report = Report::new(app, ReleaseAction::Rollback, Some(to.clone()));
-    report.release = Some(to.clone());
-    report.previous = live.clone();
-    let mut stages = Stages::new(call);
+    let mut run = ReleaseRun::for_app(call, app, ReleaseAction::Rollback, Some(to.clone()));
+    run.report.release = Some(to.clone());
+    run.report.previous = live;
+    let ended = rollback_stages(&mut run, call, &target, &to).await;
+    Ok(run.end(ended).await)
+}
 
-    let stage = stages.start("prepare");
-    let now = match deployed(&target).await {
-        Ok(now) => now,
-        Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
-    };
-    let present = now.iter().any(|d| d.version.as_deref() == Some(&to));
-    let war = if present {
-        None
-    } else {
-        match ArtifactCache::new(app.path.join("artifacts")).lookup(&to) {
-            Ok(Some((cached, path))) => {
-                report.revision = Some(cached.sha256);
-                Some(path)
-            }
-            Ok(None) => {
-                return Ok(abort(report, stages, stage, format!("{to} is neither deployed nor in the artifact cache; deploy it again with its url and sha256"), json!({})))
-            }
-            Err(e) => return Ok(abort(report, stages, stage, e, json!({}))),
+/// A rollback: prepare (where the version comes from), deploy, verify.
+async fn rollback_stages(
+    run: &mut ReleaseRun,
+    call: &Call,
+    target: &Target,
+    to: &str,
+) -> Result<Ended, Failure> {
+    let app = &target.app;
+    let prepare = async {
+        let now = deployed(target).await?;
+        let present = now.iter().any(|d| d.version.as_deref() == Some(to));
+        if present {
+            return Ok(((now, None), format!("{to} is still deployed")));
+        }
+        match ArtifactCache::new(app.path.join("artifacts")).lookup(to)? {
+            Some((cached, path)) => Ok((
+                (now, Some((cached.sha256, path))),
+                format!("{to} from the artifact cache"),
+            )),
+            None => Err(format!("{to} is neither deployed nor in the artifact cache; deploy it again with its url and sha256")),
         }
     };
-    stages.end(
-        stage,
-        &Ok(if present {
-            format!("{to} is still deployed")
-        } else {
-            format!("{to} from the artifact cache")
-        }),
-    );
+    let (now, cached) = run.step(Stage::Prepare, prepare).await?;
+    let war = cached.map(|(sha256, path)| {
+        run.report.revision = Some(sha256);
+        path
+    });
 
-    let stage = stages.start("deploy");
-    if let Some(war) = &war {
-        if let Err(e) = put_version(&target, &to, war).await {
-            return Ok(abort(report, stages, stage, e, json!({})));
+    let put = async {
+        if let Some(war) = &war {
+            put_version(target, to, war).await?;
+        } else if let Some(manager) = &target.manager {
+            if let Err(e) = manager
+                .command("start", &target.tomcat.context, Some(to))
+                .await
+            {
+                call.events.progress("log", &format!("start {to}: {e}"));
+            }
         }
-    } else if let Some(manager) = &target.manager {
-        if let Err(e) = manager
-            .command("start", &target.tomcat.context, Some(&to))
-            .await
-        {
-            stages.log(&format!("start {to}: {e}"));
-        }
-    }
-    stages.end(stage, &Ok(format!("{to} deployed")));
+        Ok(((), format!("{to} deployed")))
+    };
+    run.step(Stage::Deploy, put).await?;
 
-    let stage = stages.start("verify");
-    match verify(&target, &to, call).await {
-        Ok(summary) => {
-            for d in &now {
-                if let Some(v) = d.version.as_deref().filter(|v| *v != to) {
-                    if let Err(e) = remove_version(&target, v).await {
-                        stages.log(&format!("could not undeploy {v}: {e}"));
-                    }
+    let check = async {
+        let summary = verify(target, to, call).await?;
+        for d in &now {
+            if let Some(v) = d.version.as_deref().filter(|v| *v != to) {
+                if let Err(e) = remove_version(target, v).await {
+                    call.events
+                        .progress("log", &format!("could not undeploy {v}: {e}"));
                 }
             }
-            stages.end(stage, &Ok(summary));
-            if let Err(e) = history::record(&app.path, Entry::new(call, &to, "rollback", "live")) {
-                stages.log(&e);
-            }
-            Ok(Outcome::ok(report.finish(
-                stages,
-                ReleaseResult::Live,
-                json!({ "context": target.tomcat.context }),
-            )))
         }
+        Ok(((), summary))
+    };
+    match run.stage(Stage::Verify, check).await {
+        Ok(()) => Ok(Ended::live(json!({ "context": target.tomcat.context }))),
         Err(e) => {
             if war.is_some() {
-                let _ = remove_version(&target, &to).await;
+                let _ = remove_version(target, to).await;
             }
-            stages.end(stage, &Err(e.clone()));
-            Ok(failure(
-                report,
-                stages,
-                "verify",
-                e,
-                json!({}),
-                ReleaseResult::Failed,
-            ))
+            Err(Failure::new(e))
         }
     }
 }
@@ -511,7 +471,7 @@ async fn status(call: &Call) -> Result<Outcome, Outcome> {
     let now = deployed(&target)
         .await
         .map_err(|e| Outcome::failed(RETCODE_ERROR, e))?;
-    let history = history::read(&target.app.path);
+    let history = history_of(&target.app, STATUS.fun)?;
     let (live, previous) = live_and_previous(&history);
     Ok(Outcome::ok(json!({
         "app": target.app.name,
@@ -519,7 +479,7 @@ async fn status(call: &Call) -> Result<Outcome, Outcome> {
         "live": live,
         "previous": previous,
         "deployed": now,
-        "history": history.iter().take(10).collect::<Vec<_>>(),
+        "history": history.iter().rev().take(10).collect::<Vec<_>>(),
     })))
 }
 
@@ -548,7 +508,7 @@ async fn control(call: &Call, sig: &'static Signature) -> Result<Outcome, Outcom
     let target = target_of(&args, fun)?;
     let version = match args.string("version").map_err(Outcome::from)? {
         Some(v) => v,
-        None => live_and_previous(&history::read(&target.app.path))
+        None => live_and_previous(&history_of(&target.app, fun)?)
             .0
             .ok_or_else(|| {
                 Outcome::failed(

@@ -29,11 +29,11 @@ use halite_proto::catalog::win_task::{
 };
 
 use crate::args::Signature;
-use crate::kit::{abort, Report, Stages};
+use crate::kit::{Ended, Failure, ReleaseRun};
 use crate::module::unknown_function;
 use crate::{Call, Module, Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR};
 use definition::{task_path, TaskDefinition};
-use halite_proto::release::{ReleaseAction, ReleaseResult};
+use halite_proto::release::{ReleaseAction, Stage};
 use schtasks::{Schtasks, ToolOutput};
 
 /// The `win_task` module over a schtasks runner.
@@ -152,68 +152,72 @@ impl WinTaskModule {
         let path = def.path();
         let xml = xml::render(&def);
         let revision = halite_pki::sha256_hex(xml.as_bytes());
-        let mut report = Report::named(&path, ReleaseAction::Deploy, None);
-        report.release = Some(revision[..12].to_owned());
-        report.revision = Some(revision);
-        let mut stages = Stages::new(call);
-
-        let stage = stages.start("fetch");
-        let before = match self.query(fun, &path).await {
-            Ok(before) => before,
-            Err(outcome) => return abort(report, stages, stage, text(outcome), json!({})),
-        };
-        let found = match &before {
-            Some(task) => format!(
-                "{path} is there ({})",
-                task["status"].as_str().unwrap_or("?")
-            ),
-            None => format!("no task {path} yet"),
-        };
-        stages.end(stage, &Ok(found));
-
-        let stage = stages.start("prepare");
-        let file = std::env::temp_dir().join(format!("halite-task-{}.xml", call.jid));
-        let prepared = match (create, before.is_some()) {
-            (true, true) => Err(format!("task {path} exists; use win_task.update")),
-            (false, false) => Err(format!("no task {path}; use win_task.create")),
-            _ => std::fs::write(&file, xml::utf16_file(&xml))
-                .map_err(|e| format!("cannot write {}: {e}", file.display())),
-        };
-        if let Err(e) = prepared {
-            return abort(report, stages, stage, e, json!({}));
-        }
-        stages.end(stage, &Ok(format!("{path} rendered")));
-
-        let stage = stages.start("deploy");
-        let out = self
-            .schtasks(fun, schtasks::create(&path, &file.display().to_string()))
+        let mut run = ReleaseRun::unplaced(call, &path, ReleaseAction::Deploy, None);
+        run.report.release = Some(revision[..12].to_owned());
+        run.report.revision = Some(revision);
+        let ended = self
+            .define_stages(&mut run, create, call, &path, &xml)
             .await;
-        let _ = std::fs::remove_file(&file);
-        let imported = match out {
-            Ok(out) if out.code == 0 => Ok(()),
-            Ok(out) => Err(said(fun, &out)),
-            Err(outcome) => Err(text(outcome)),
-        };
-        if let Err(e) = imported {
-            return abort(report, stages, stage, e, json!({}));
-        }
-        stages.end(stage, &Ok(format!("schtasks imported {path}")));
+        run.end(ended).await
+    }
 
-        let stage = stages.start("verify");
-        let info = match self.query(fun, &path).await {
-            Ok(Some(info)) => info,
-            Ok(None) => {
-                let e = format!("{path} is not there after schtasks said it was");
-                return abort(report, stages, stage, e, json!({}));
-            }
-            Err(outcome) => return abort(report, stages, stage, text(outcome), json!({})),
+    /// A definition's release: fetch, prepare, deploy, verify.
+    async fn define_stages(
+        &self,
+        run: &mut ReleaseRun,
+        create: bool,
+        call: &Call,
+        path: &str,
+        xml: &str,
+    ) -> Result<Ended, Failure> {
+        let fun = if create { "create" } else { "update" };
+        let fetch = async {
+            let before = self.query(fun, path).await.map_err(text)?;
+            let found = match &before {
+                Some(task) => format!(
+                    "{path} is there ({})",
+                    task["status"].as_str().unwrap_or("?")
+                ),
+                None => format!("no task {path} yet"),
+            };
+            Ok((before, found))
         };
-        stages.end(stage, &Ok(format!("{path} is registered")));
-        Outcome::ok(report.finish(
-            stages,
-            ReleaseResult::Live,
-            json!({ "changed": true, "task": info }),
-        ))
+        let before = run.step(Stage::Fetch, fetch).await?;
+
+        let file = std::env::temp_dir().join(format!("halite-task-{}.xml", call.jid));
+        let prepare = async {
+            match (create, before.is_some()) {
+                (true, true) => Err(format!("task {path} exists; use win_task.update")),
+                (false, false) => Err(format!("no task {path}; use win_task.create")),
+                _ => std::fs::write(&file, xml::utf16_file(xml))
+                    .map_err(|e| format!("cannot write {}: {e}", file.display())),
+            }?;
+            Ok(((), format!("{path} rendered")))
+        };
+        run.step(Stage::Prepare, prepare).await?;
+
+        let import = async {
+            let out = self
+                .schtasks(fun, schtasks::create(path, &file.display().to_string()))
+                .await;
+            let _ = std::fs::remove_file(&file);
+            match out {
+                Ok(out) if out.code == 0 => Ok(((), format!("schtasks imported {path}"))),
+                Ok(out) => Err(said(fun, &out)),
+                Err(outcome) => Err(text(outcome)),
+            }
+        };
+        run.step(Stage::Deploy, import).await?;
+
+        let check = async {
+            match self.query(fun, path).await {
+                Ok(Some(info)) => Ok((info, format!("{path} is registered"))),
+                Ok(None) => Err(format!("{path} is not there after schtasks said it was")),
+                Err(outcome) => Err(text(outcome)),
+            }
+        };
+        let info = run.step(Stage::Verify, check).await?;
+        Ok(Ended::live(json!({ "changed": true, "task": info })))
     }
 
     async fn info(&self, path: &str) -> Outcome {
