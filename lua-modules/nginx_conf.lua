@@ -13,6 +13,8 @@ Keyword arguments:
                 keyword argument `name` (every other argument is a variable)
   validate_cmd  checks the configuration (default: nginx -t)
   reload_cmd    applies it (default: nginx -s reload)
+                (both are command arguments: the master accepts them only
+                from a user who may also run cmd.run on the same minions)
 
 The previous file is kept as `<path>.halite-previous` for rollback. The
 minion's [lua] roots must include the directory of `path` (and of the

@@ -14,7 +14,9 @@ Keyword arguments:
                   relative to the live release (e.g. {"var/cache"})
   service         the php-fpm service, reloaded through the service module
                   (systemd or SysV init; default php-fpm)
-  reload_cmd      a command that reloads instead (e.g. a container's own)
+  reload_cmd      a command that reloads instead (e.g. a container's own);
+                  a command argument: the master accepts it only from a
+                  user who may also run cmd.run on the same minions
   health_url      must answer HTTP 200 after the reload (optional)
   health_retries  tries of health_url (default 5)
   health_interval seconds between tries (default 1)

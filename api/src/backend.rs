@@ -52,6 +52,8 @@ pub trait Backend: Send + Sync + 'static {
     fn authenticate(&self, token: &str) -> Option<String>;
     /// Checks a password and issues a token (401 when wrong).
     fn login(&self, user: &str, password: &str) -> Result<LoginToken, ApiError>;
+    /// Ends a login token (it no longer authenticates).
+    fn logout(&self, token: &str) -> Result<(), ApiError>;
     /// 403 unless `user` has `grant`.
     fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError>;
     /// Validates, checks the ACL, records and publishes a job.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod routes;
 pub(crate) mod salt;
 pub mod sse;
+pub mod throttle;
 pub mod types;
 pub use halite_proto::words;
 

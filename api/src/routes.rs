@@ -13,12 +13,13 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use halite_proto::Jid;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::backend::{AppAction, Backend, Grant, KeyAction};
+use crate::throttle::{LoginThrottle, Throttled};
 use crate::types::{AuditRecord, JobFilter, JobRequest, LoginRequest, LoginToken};
 use crate::ApiError;
 
@@ -55,6 +56,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/apps/{name}/rollback", post(app_rollback))
         .route("/v1/stats", get(stats))
         .route("/v1/audit", get(audit_log).post(audit_note))
+        .route("/v1/logout", post(logout))
         .merge(crate::salt::authed_routes())
         .route_layer(middleware::from_fn_with_state(
             backend.clone(),
@@ -68,6 +70,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::Extension(Arc::new(LoginThrottle::default())))
         .with_state(backend)
 }
 
@@ -99,10 +102,18 @@ pub(crate) fn client_address(request: &Request) -> String {
         )
 }
 
+/// The client's IP address, when the server was started with connect info.
+pub(crate) fn client_ip(request: &Request) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
 /// The token a request carries: `X-Auth-Token`, `Authorization: Bearer`,
 /// or (for event streams only, since browsers' EventSource cannot set
 /// headers, as salt-api allows) a `token` query parameter.
-fn request_token(request: &Request) -> Option<String> {
+pub(crate) fn request_token(request: &Request) -> Option<String> {
     let headers = request.headers();
     if let Some(token) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
         return Some(token.trim().to_owned());
@@ -180,11 +191,29 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn login(State(backend): State<Shared>, request: Request) -> Result<Response, ApiError> {
-    let from = client_address(&request);
+async fn login(
+    State(backend): State<Shared>,
+    Extension(throttle): Extension<Arc<LoginThrottle>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (from, ip) = (client_address(&request), client_ip(&request));
     let body: LoginRequest = crate::salt::json_or_form(request).await?;
-    let token = check_login(&backend, body, from).await?;
+    let token = check_login(&backend, &throttle, body, from, ip).await?;
     Ok(Json(token).into_response())
+}
+
+/// `POST /v1/logout`: the token that authenticated the request stops
+/// working.
+async fn logout(State(backend): State<Shared>, request: Request) -> Result<Response, ApiError> {
+    end_session(&backend, &request)?;
+    Ok(Json(serde_json::json!({ "logged_out": true })).into_response())
+}
+
+/// Ends the session of the request's token (after `require_token`
+/// accepted it). The CLI token is not a session and cannot end.
+pub(crate) fn end_session(backend: &Shared, request: &Request) -> Result<(), ApiError> {
+    let token = request_token(request).ok_or_else(|| ApiError::unauthorized("missing token"))?;
+    backend.logout(&token)
 }
 
 /// Password checks run at once, at most.
@@ -194,9 +223,22 @@ const LOGIN_CHECKS: usize = 2;
 /// attempt, whatever its outcome.
 pub(crate) async fn check_login(
     backend: &Shared,
+    throttle: &LoginThrottle,
     body: LoginRequest,
     from: String,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<LoginToken, ApiError> {
+    if let Err(throttled) = throttle.attempt(ip, &body.username) {
+        let (wait, whose) = match throttled {
+            Throttled::Source(wait) => (wait, "from this address"),
+            Throttled::User(wait) => (wait, "for this user"),
+        };
+        tracing::warn!(user = %body.username, from = %from, "login throttled");
+        return Err(ApiError::too_many_requests(
+            format!("too many login attempts {whose}; try again in {wait} s"),
+            wait,
+        ));
+    }
     // Password checks are slow on purpose; a flood of logins queues here
     // instead of taking every core from jobs and returns.
     static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOGIN_CHECKS);
@@ -209,6 +251,13 @@ pub(crate) async fn check_login(
     let result = tokio::task::spawn_blocking(move || worker.login(&body.username, &body.password))
         .await
         .map_err(|e| ApiError::internal(format!("login task failed: {e}")))?;
+    if result.is_ok()
+        || result
+            .as_ref()
+            .is_err_and(|e| e.status == StatusCode::UNAUTHORIZED)
+    {
+        throttle.outcome(&user, result.is_ok());
+    }
     backend.audit(AuditRecord {
         at: now_ms(),
         user,
@@ -258,7 +307,11 @@ fn rejection_error(rejection: JsonRejection) -> ApiError {
     } else {
         status
     };
-    ApiError { status, message }
+    ApiError {
+        status,
+        message,
+        retry_after: None,
+    }
 }
 
 /// One path segment (`{jid}`, `{id}`), whose rejection (e.g. bad UTF-8)

@@ -8,18 +8,20 @@
 //! `{"return": [...]}` shapes. Everything goes through the same
 //! [`Backend`] as `/v1`, so the ACL, audit log and store are the same.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use crate::backend::Grant;
 use crate::routes::{client_address, parse_jid, AuditDetail, Segment, Shared, User};
+use crate::throttle::LoginThrottle;
 use crate::types::{BusEntry, JobFilter, JobRequest, JobView, LoginRequest};
 use crate::words::{keyword, value_of};
 use crate::ApiError;
@@ -67,7 +69,19 @@ pub(crate) fn authed_routes() -> Router<Shared> {
         .route("/jobs/{jid}", get(job))
         .route("/events", get(events))
         .route("/keys", get(keys))
+        .route("/logout", post(logout))
         .layer(axum::middleware::map_response(salt_version))
+}
+
+/// `POST /logout`: salt-api's answer, and the session cookie expired.
+async fn logout(State(backend): State<Shared>, request: Request) -> Result<Response, ApiError> {
+    crate::routes::end_session(&backend, &request)?;
+    let cookie = "session_id=; expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/";
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({ "return": "Your token has been cleared" })),
+    )
+        .into_response())
 }
 
 /// Reads a JSON or form-encoded body into `T`. In a form, a repeated key
@@ -112,11 +126,15 @@ fn form_value(bytes: &[u8]) -> Value {
     Value::Object(map)
 }
 
-async fn login(State(backend): State<Shared>, request: Request) -> Result<Response, ApiError> {
-    let from = client_address(&request);
+async fn login(
+    State(backend): State<Shared>,
+    Extension(throttle): Extension<Arc<LoginThrottle>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (from, ip) = (client_address(&request), crate::routes::client_ip(&request));
     let body: LoginRequest = json_or_form(request).await?;
     let eauth = body.eauth.clone().unwrap_or_else(|| "halite".into());
-    let token = crate::routes::check_login(&backend, body, from).await?;
+    let token = crate::routes::check_login(&backend, &throttle, body, from, ip).await?;
     let answer = json!({ "return": [{
         "token": token.token,
         "start": token.issued_at as f64 / 1000.0,

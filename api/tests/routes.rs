@@ -34,6 +34,7 @@ struct Fake {
     audited: Mutex<Vec<AuditRecord>>,
     stream: Mutex<Vec<BusEntry>>,
     live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
+    logged_out: Mutex<Vec<String>>,
 }
 
 impl Default for Fake {
@@ -45,6 +46,7 @@ impl Default for Fake {
             audited: Mutex::default(),
             stream: Mutex::default(),
             live: tokio::sync::broadcast::channel(64).0,
+            logged_out: Mutex::default(),
         }
     }
 }
@@ -118,6 +120,11 @@ impl Backend for Fake {
             expires_at: 2_000,
             perms: vec![json!(".*")],
         })
+    }
+
+    fn logout(&self, token: &str) -> Result<(), ApiError> {
+        self.logged_out.lock().unwrap().push(token.to_owned());
+        Ok(())
     }
 
     fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError> {
@@ -1152,6 +1159,47 @@ fn post_form(uri: &str, body: &str) -> Request<Body> {
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from(body.to_owned()))
         .unwrap()
+}
+
+#[tokio::test]
+async fn logout_ends_the_requests_own_token_on_both_apis() {
+    let (fake, app) = app();
+    let (status, body) = call(&app, authed(Method::POST, "/v1/logout")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&app, authed(Method::POST, "/logout")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["return"], "Your token has been cleared");
+    assert_eq!(*fake.logged_out.lock().unwrap(), [TOKEN, TOKEN]);
+    let (status, _) = call(
+        &app,
+        req(Method::POST, "/v1/logout").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn failed_logins_of_a_user_are_throttled_with_retry_after() {
+    let (_fake, app) = app();
+    for _ in 0..halite_api::throttle::PER_USER_FAILURES {
+        let (status, _) = call(&app, post_form("/v1/login", "username=alice&password=no")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let response = app
+        .clone()
+        .oneshot(post_form("/login", "username=alice&password=pw"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Another name is not held up by alice's failures.
+    let (status, _) = call(&app, post_form("/v1/login", "username=bob&password=no")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

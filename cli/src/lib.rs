@@ -151,13 +151,18 @@ enum UsersCommand {
         /// User name.
         name: String,
     },
-    /// Set a user's password (read like `add`).
+    /// Set a user's password (read like `add`); their tokens stop working.
     Passwd {
         /// User name.
         name: String,
     },
-    /// Remove a user (their tokens stop working when they expire).
+    /// Remove a user (their tokens stop working at once).
     Delete {
+        /// User name.
+        name: String,
+    },
+    /// End every token a user holds now (they log in again).
+    Revoke {
         /// User name.
         name: String,
     },
@@ -598,12 +603,14 @@ fn users_change(command: &UsersCommand) -> Option<String> {
         UsersCommand::Add { name } => Some(format!("users add {name}")),
         UsersCommand::Passwd { name } => Some(format!("users passwd {name}")),
         UsersCommand::Delete { name } => Some(format!("users delete {name}")),
+        UsersCommand::Revoke { name } => Some(format!("users revoke {name}")),
         UsersCommand::List => None,
     }
 }
 
-/// `users add|passwd|delete|list`: edits the users file directly (it is
-/// the master host's file; the master re-reads it on every login).
+/// `users add|passwd|delete|revoke|list`: edits the users file directly
+/// (it is the master host's file; the master reads it again when it
+/// changes, so tokens of a changed, deleted or revoked user die at once).
 fn users(config: &std::path::Path, command: &UsersCommand, json: bool) -> anyhow::Result<ExitCode> {
     let location = client::location(config)?;
     let users = halite_pki::users::Users::new(location.users_file);
@@ -631,6 +638,10 @@ fn users(config: &std::path::Path, command: &UsersCommand, json: bool) -> anyhow
         UsersCommand::Delete { name } => {
             users.delete(name)?;
             output::line(&format!("Deleted user {name}."));
+        }
+        UsersCommand::Revoke { name } => {
+            users.revoke(name)?;
+            output::line(&format!("Ended every token of {name}."));
         }
     }
     Ok(ExitCode::SUCCESS)

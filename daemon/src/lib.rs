@@ -1,15 +1,36 @@
-//! Process plumbing shared by the halite binaries, so both daemons log
-//! and stop the same way.
+//! Process plumbing shared by the halite binaries, so both daemons log,
+//! stop and bound their sockets the same way.
 #![deny(missing_docs)]
 
 use std::fmt::Display;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use halite_proto::envelope::MAX_MESSAGE_BYTES;
 
 use tracing_subscriber::EnvFilter;
 
 /// Exit code for a configuration error (sysexits' EX_CONFIG), so service
 /// managers and scripts can tell "fix the config" from a crash.
 pub const EXIT_CONFIG: u8 = 78;
+
+/// How long an accepted peer may take over the ZMTP handshake before it
+/// is disconnected (a connection that says nothing holds a task and a
+/// socket otherwise).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options for every ZeroMQ socket of master and minion: a message
+/// larger than [`MAX_MESSAGE_BYTES`] (plus room for the routing and topic
+/// frames) is refused from its frame header, before anything is
+/// allocated, and ends that peer's connection; a peer must finish its
+/// handshake within [`HANDSHAKE_TIMEOUT`].
+pub fn socket_options() -> zeromq::SocketOptions {
+    let mut options = zeromq::SocketOptions::default();
+    options
+        .max_message_size(MAX_MESSAGE_BYTES + 64 * 1024)
+        .handshake_timeout(HANDSHAKE_TIMEOUT);
+    options
+}
 
 /// The host name when it is usable as an id, else `fallback`.
 pub fn host_id(fallback: &str) -> String {

@@ -53,6 +53,10 @@ impl Backend for ApiBackend {
         Ok(self.0.login(user, password)?)
     }
 
+    fn logout(&self, token: &str) -> Result<(), ApiError> {
+        Ok(self.0.logout(token)?)
+    }
+
     fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError> {
         let special = match grant {
             Grant::Wheel => Special::Wheel,

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// Messages larger than this are dropped before they are decoded: no
-/// legitimate minion message comes near it. (zeromq 0.7 has already
-/// buffered the frame by then; bounding the allocation itself is the
-/// codec's job.)
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// legitimate minion message comes near it. The sockets refuse larger
+/// ones from their frame headers already (`halite_daemon::socket_options`);
+/// this check covers the few KiB of room left for routing frames.
+pub const MAX_FRAME: usize = halite_proto::envelope::MAX_MESSAGE_BYTES;
 
 /// A socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -177,14 +177,14 @@ pub async fn bind(
     return_port: u16,
     shutdown: CancellationToken,
 ) -> Result<Bound, BindError> {
-    let mut publish = PubSocket::new();
+    let mut publish = PubSocket::with_options(halite_daemon::socket_options());
     let addr = endpoint(interface, publish_port);
     let bound_pub = publish.bind(&addr).await.map_err(|source| BindError {
         what: "publish_port",
         addr: addr.clone(),
         source,
     })?;
-    let mut router = RouterSocket::new();
+    let mut router = RouterSocket::with_options(halite_daemon::socket_options());
     let addr = endpoint(interface, return_port);
     let bound_router = router.bind(&addr).await.map_err(|source| BindError {
         what: "return_port",

@@ -37,8 +37,9 @@ use crate::outbox::Queue;
 use crate::spool::Spool;
 use crate::trust::MasterTrust;
 
-/// Frames larger than this are dropped unread.
-const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Envelopes larger than this are dropped undecoded (the sockets refuse
+/// larger messages from their frame headers, before allocating).
+const MAX_FRAME: usize = halite_proto::envelope::MAX_MESSAGE_BYTES;
 /// How long to wait for a TCP connection or an auth reply.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeat acks that may go missing before the connection is renewed.
@@ -145,7 +146,7 @@ impl Link {
     }
 
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<Next, LinkError> {
-        let mut dealer = DealerSocket::new();
+        let mut dealer = DealerSocket::with_options(halite_daemon::socket_options());
         let mut monitor = dealer.monitor();
         let endpoint = self.addr.endpoint(self.addr.port);
         tokio::select! {
@@ -196,7 +197,7 @@ impl Link {
         });
         tracing::info!(master = %accepted.master, addr = %self.addr, "authenticated");
 
-        let mut sub = SubSocket::new();
+        let mut sub = SubSocket::with_options(halite_daemon::socket_options());
         let pub_endpoint = self.addr.endpoint(accepted.publish_port);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(Next::Shutdown),
@@ -454,7 +455,7 @@ impl Link {
     /// Can this master be reached and does it accept this minion right
     /// now? A full auth on a throwaway connection (the failback probe).
     async fn answers(&self) -> bool {
-        let mut dealer = DealerSocket::new();
+        let mut dealer = DealerSocket::with_options(halite_daemon::socket_options());
         let endpoint = self.addr.endpoint(self.addr.port);
         match tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&endpoint)).await {
             Ok(Ok(())) => {}

@@ -48,4 +48,9 @@ pub struct TokenRecord {
     pub issued_at: u64,
     /// Expires (unix ms).
     pub expires_at: u64,
+    /// The user's credential fingerprint when it was issued
+    /// (`halite_pki::users::Session`): a new password ends it. Empty in
+    /// tokens issued before it was kept.
+    #[serde(default)]
+    pub credential: String,
 }

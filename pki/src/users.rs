@@ -49,6 +49,25 @@ pub enum UsersError {
     /// An empty password.
     #[error("the password is empty")]
     EmptyPassword,
+    /// A password shorter than [`MIN_PASSWORD_CHARS`].
+    #[error("the password is too short: use at least {MIN_PASSWORD_CHARS} characters")]
+    ShortPassword,
+}
+
+/// The shortest password `add` and `passwd` accept.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// What a login token is checked against on every request: the user
+/// still exists, their password is the one the token was issued under,
+/// and their tokens were not revoked after it was issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// A fingerprint of the user's stored hash (it changes with the
+    /// password); tokens carry the one they were issued under.
+    pub credential: String,
+    /// Tokens issued at or before this time (unix ms) are dead
+    /// (`master-cli users revoke`, `users passwd`).
+    pub tokens_after: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -62,6 +81,9 @@ struct UsersFile {
 #[serde(deny_unknown_fields)]
 struct UserEntry {
     hash: String,
+    /// Unix ms; tokens issued at or before it no longer authenticate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tokens_after: Option<u64>,
 }
 
 /// The users file at one path.
@@ -132,10 +154,12 @@ impl Users {
                     "user {name:?} exists; use `users passwd`"
                 )));
             }
+            check_length(password)?;
             users.insert(
                 name.to_owned(),
                 UserEntry {
                     hash: Hash::new(password)?.to_string(),
+                    tokens_after: None,
                 },
             );
             Ok(())
@@ -148,9 +172,38 @@ impl Users {
             let entry = users
                 .get_mut(name)
                 .ok_or_else(|| UsersError::Exists(format!("no user {name:?}")))?;
+            check_length(password)?;
             entry.hash = Hash::new(password)?.to_string();
+            entry.tokens_after = Some(halite_proto::time::now_ms());
             Ok(())
         })
+    }
+
+    /// Ends every token `name` holds now (they log in again).
+    pub fn revoke(&self, name: &str) -> Result<(), UsersError> {
+        self.change(name, |users| {
+            let entry = users
+                .get_mut(name)
+                .ok_or_else(|| UsersError::Exists(format!("no user {name:?}")))?;
+            entry.tokens_after = Some(halite_proto::time::now_ms());
+            Ok(())
+        })
+    }
+
+    /// Every user's [`Session`] check, by name.
+    pub fn sessions(&self) -> Result<BTreeMap<String, Session>, UsersError> {
+        Ok(self
+            .load()?
+            .users
+            .into_iter()
+            .map(|(name, entry)| {
+                let session = Session {
+                    credential: credential_of(&entry.hash),
+                    tokens_after: entry.tokens_after,
+                };
+                (name, session)
+            })
+            .collect())
     }
 
     /// Removes a user.
@@ -178,6 +231,23 @@ impl Users {
         crate::write_atomic(&self.file, text.as_bytes(), true)
             .map_err(|e| self.error(format!("cannot write: {e}")))
     }
+}
+
+/// The fingerprint tokens carry of the hash they were issued under: not
+/// the hash itself (the store need not hold what a password check needs).
+fn credential_of(hash: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, hash.as_bytes());
+    hex::encode(&digest.as_ref()[..16])
+}
+
+fn check_length(password: &str) -> Result<(), UsersError> {
+    if password.is_empty() {
+        return Err(UsersError::EmptyPassword);
+    }
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(UsersError::ShortPassword);
+    }
+    Ok(())
 }
 
 /// A user name: like a minion id (letters, digits, `.-_@`), and not `root`.
@@ -284,19 +354,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let users = Users::new(dir.path().join("users.toml"));
         assert!(!users.verify("alice", "pw").unwrap(), "no file, no users");
-        users.add("alice", "s3cret").unwrap();
-        assert!(users.verify("alice", "s3cret").unwrap());
+        users.add("alice", "s3cret-pw").unwrap();
+        assert!(users.verify("alice", "s3cret-pw").unwrap());
         assert!(!users.verify("alice", "wrong").unwrap());
-        assert!(!users.verify("bob", "s3cret").unwrap());
+        assert!(!users.verify("bob", "s3cret-pw").unwrap());
         assert!(matches!(
             users.add("alice", "x"),
             Err(UsersError::Exists(_))
         ));
-        users.passwd("alice", "new").unwrap();
-        assert!(!users.verify("alice", "s3cret").unwrap());
-        assert!(users.verify("alice", "new").unwrap());
+        let before = users.sessions().unwrap()["alice"].clone();
+        users.passwd("alice", "new-pw-123").unwrap();
+        assert!(!users.verify("alice", "s3cret-pw").unwrap());
+        assert!(users.verify("alice", "new-pw-123").unwrap());
+        let after = users.sessions().unwrap()["alice"].clone();
+        assert_ne!(
+            before.credential, after.credential,
+            "a new password, a new credential"
+        );
+        assert!(after.tokens_after.is_some());
         let text = std::fs::read_to_string(users.file()).unwrap();
-        assert!(!text.contains("new\""), "no clear password in {text}");
+        assert!(!text.contains("new-pw-123"), "no clear password in {text}");
         assert!(text.contains("pbkdf2-sha256$600000$"), "{text}");
         #[cfg(unix)]
         {
@@ -326,6 +403,27 @@ mod tests {
             users.add("bob", ""),
             Err(UsersError::EmptyPassword)
         ));
+        assert!(matches!(
+            users.add("bob", "short"),
+            Err(UsersError::ShortPassword)
+        ));
+        users.add("bob", "long-enough").unwrap();
+        assert!(matches!(
+            users.passwd("bob", "1234567"),
+            Err(UsersError::ShortPassword)
+        ));
+    }
+
+    #[test]
+    fn revoke_ends_the_tokens_issued_so_far() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = Users::new(dir.path().join("users.toml"));
+        users.add("carol", "carol-pw-1").unwrap();
+        assert_eq!(users.sessions().unwrap()["carol"].tokens_after, None);
+        users.revoke("carol").unwrap();
+        let session = users.sessions().unwrap()["carol"].clone();
+        assert!(session.tokens_after.is_some());
+        assert!(matches!(users.revoke("dave"), Err(UsersError::Exists(_))));
     }
 
     #[test]

@@ -15,6 +15,11 @@ use crate::ProtoError;
 /// refused with [`ProtoError::Version`].
 pub const PROTOCOL_VERSION: u8 = 1;
 
+/// The largest envelope a peer may send (16 MiB). The sockets refuse a
+/// larger message from its frame header, before allocating for it (see
+/// `halite_daemon::socket_options`), and drop that connection.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Domain separation for signatures: a signature made for a halite
 /// envelope can never be mistaken for one over other data signed with the
 /// same key.

@@ -11,6 +11,7 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod fake;
 pub mod git;
 pub mod proxy;
@@ -55,8 +56,23 @@ pub fn bin(name: &str) -> PathBuf {
 /// The workspace crates each binary is built from.
 fn crates_of(binary: &str) -> &'static [&'static str] {
     match binary {
-        "halite-master" => &["proto", "model", "pki", "daemon", "api", "master"],
-        "halite-minion" => &["proto", "pki", "modules", "daemon", "minion"],
+        "halite-master" => &[
+            "proto",
+            "model",
+            "pki",
+            "daemon",
+            "api",
+            "master",
+            "vendor/zeromq",
+        ],
+        "halite-minion" => &[
+            "proto",
+            "pki",
+            "modules",
+            "daemon",
+            "minion",
+            "vendor/zeromq",
+        ],
         "master-cli" => &["proto", "model", "pki", "cli"],
         _ => &[],
     }

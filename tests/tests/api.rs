@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use halite_tests::api::{call, http, login, wait_done};
 use halite_tests::git::Repo;
 use halite_tests::{eventually, Master, Minion};
 use serde_json::{json, Value};
@@ -18,62 +19,6 @@ deployer = [{ "web*" = ["test.*", "git_deploy.*"] }]
 viewer = ["@jobs"]
 salt = [".*", "@jobs"]
 "#;
-
-fn http() -> reqwest::blocking::Client {
-    halite_pki::install_tls_provider();
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("HTTP client")
-}
-
-/// A JSON request; answers the status and the body.
-fn call(
-    request: reqwest::blocking::RequestBuilder,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = request;
-    if let Some(token) = token {
-        request = request.header("X-Auth-Token", token);
-    }
-    if let Some(body) = body {
-        request = request
-            .header("Content-Type", "application/json")
-            .body(body.to_string());
-    }
-    let response = request.send().expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().expect("body");
-    let body = match serde_json::from_str(&text) {
-        Ok(json) => json,
-        Err(_) => Value::String(text),
-    };
-    (status, body)
-}
-
-fn login(base: &str, user: &str, password: &str) -> (u16, Value) {
-    call(
-        http().post(format!("{base}/v1/login")),
-        None,
-        Some(json!({ "username": user, "password": password })),
-    )
-}
-
-/// Waits until the job is done; answers its view.
-fn wait_done(base: &str, token: &str, jid: &str) -> Value {
-    let mut view = Value::Null;
-    eventually(Duration::from_secs(60), &format!("job {jid} done"), || {
-        let (status, body) = call(
-            http().get(format!("{base}/v1/jobs/{jid}")),
-            Some(token),
-            None,
-        );
-        view = body;
-        status == 200 && view["done"] == true
-    });
-    view
-}
 
 /// Reads SSE blocks from `response` until `until` says stop (or 60 s):
 /// `(id, event, data)` each.
@@ -139,7 +84,7 @@ fn users_acl_audit_events_cancel_and_history() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(
         master
-            .cli_input(&["users", "add", "viewer"], "view-pw\n")
+            .cli_input(&["users", "add", "viewer"], "view-pw-1\n")
             .code,
         0
     );
@@ -376,15 +321,22 @@ fn users_acl_audit_events_cancel_and_history() {
         "user changes made with master-cli are audited: {audit}"
     );
 
-    // A new password: the old one stops working; tokens stay valid.
+    // A new password: the old one and the tokens issued under it stop
+    // working (issue 13); a login with the new one works.
     assert_eq!(
         master
-            .cli_input(&["users", "passwd", "deployer"], "n3w-pw\n")
+            .cli_input(&["users", "passwd", "deployer"], "n3w-pw-22\n")
             .code,
         0
     );
     assert_eq!(login(&base, "deployer", "s3cret-pw").0, 401);
-    assert_eq!(login(&base, "deployer", "n3w-pw").0, 200);
+    assert_eq!(
+        call(http().get(format!("{base}/v1/minions")), Some(&token), None).0,
+        401
+    );
+    let (status, body) = login(&base, "deployer", "n3w-pw-22");
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
     assert_eq!(
         call(http().get(format!("{base}/v1/minions")), Some(&token), None).0,
         200

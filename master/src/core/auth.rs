@@ -1,10 +1,84 @@
-//! Who is asking: the local CLI token, logins and their tokens, and the
-//! special grants (`@wheel`, `@jobs`).
+//! Who is asking: the local CLI token, logins and their tokens (which die
+//! with a new password, the user's deletion, `users revoke` or logout),
+//! and the special grants (`@wheel`, `@jobs`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use halite_model::{LoginToken, TokenRecord};
+use halite_pki::users::{Session, Users, UsersError};
 use halite_proto::time::now_ms;
 
 use super::{printable, Core, CoreError};
+
+/// The users file's session checks (credential, revocation), read again
+/// only when the file changes: `master-cli users passwd/delete/revoke`
+/// edit it on the master host, and the next request sees it.
+pub(super) struct UserSessions {
+    file: PathBuf,
+    cached: Mutex<Option<(FileStamp, Sessions)>>,
+}
+
+/// Every user's session check, by name.
+type Sessions = Arc<BTreeMap<String, Session>>;
+
+/// What tells a changed users file: modification time and length (it is
+/// replaced whole, by rename).
+type FileStamp = (Option<SystemTime>, u64);
+
+impl UserSessions {
+    pub(super) fn new(file: PathBuf) -> UserSessions {
+        UserSessions {
+            file,
+            cached: Mutex::new(None),
+        }
+    }
+
+    fn current(&self) -> Result<Sessions, UsersError> {
+        let stamp = std::fs::metadata(&self.file)
+            .map(|m| (m.modified().ok(), m.len()))
+            .unwrap_or((None, 0));
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, sessions)) = cached.as_ref() {
+            if *seen == stamp {
+                return Ok(Arc::clone(sessions));
+            }
+        }
+        let sessions = Arc::new(Users::new(self.file.clone()).sessions()?);
+        *cached = Some((stamp, Arc::clone(&sessions)));
+        Ok(sessions)
+    }
+
+    /// Does `record` still stand: its user exists, with the password it
+    /// was issued under, and was not revoked since?
+    fn stands(&self, record: &TokenRecord) -> bool {
+        let sessions = match self.current() {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the users file; refusing tokens");
+                return false;
+            }
+        };
+        let Some(session) = sessions.get(&record.user) else {
+            return false;
+        };
+        let same_password = record.credential.is_empty() || record.credential == session.credential;
+        let revoked = session
+            .tokens_after
+            .is_some_and(|after| record.issued_at <= after);
+        same_password && !revoked
+    }
+
+    fn credential(&self, user: &str) -> Result<String, UsersError> {
+        Ok(self
+            .current()?
+            .get(user)
+            .map(|s| s.credential.clone())
+            .unwrap_or_default())
+    }
+}
 
 impl Core {
     /// The user a token authenticates: the local CLI token (compared in
@@ -21,7 +95,13 @@ impl Core {
                 return None;
             }
         };
-        (record.expires_at > now_ms()).then_some(record.user)
+        (record.expires_at > now_ms() && self.sessions.stands(&record)).then_some(record.user)
+    }
+
+    /// Ends a login token (`POST /v1/logout`, salt-api's `/logout`).
+    pub fn logout(&self, token: &str) -> Result<(), CoreError> {
+        self.store.remove_token(&token_hash(token))?;
+        Ok(())
     }
 
     /// Checks a user's password (slowly, by design: call it off the async
@@ -44,6 +124,7 @@ impl Core {
                 user: user.to_owned(),
                 issued_at,
                 expires_at,
+                credential: self.sessions.credential(user)?,
             },
         )?;
         tracing::info!(user, "login");

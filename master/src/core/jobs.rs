@@ -112,6 +112,30 @@ impl Core {
             .map_err(|denied| CoreError::Forbidden(denied.0))
     }
 
+    /// A keyword argument that is a command (`cmd`, `*_cmd`: a module
+    /// runs it in a shell) is a shell on the minions, whatever module
+    /// takes it: it needs a grant for `cmd.run` on them too, so a deploy
+    /// grant stays a deploy grant.
+    fn check_command_arguments(
+        &self,
+        user: &str,
+        request: &JobRequest,
+        minions: &[String],
+    ) -> Result<(), CoreError> {
+        if request.fun.split('.').next() == Some("cmd") {
+            return Ok(());
+        }
+        let Some(key) = request.kwarg.keys().find(|k| is_command_argument(k)) else {
+            return Ok(());
+        };
+        self.check_acl(user, "cmd.run", minions).map_err(|denied| {
+            tracing::warn!(argument = %key, "command argument refused by the ACL");
+            CoreError::Forbidden(format!(
+                "`{key}` is a command the minions would run: it needs a grant for cmd.run on them too ({denied})"
+            ))
+        })
+    }
+
     /// Checks a request and resolves everything the job needs: its
     /// minions, the ACL, the app definition and modules, the timeout and
     /// the batches. Nothing is stored or published yet.
@@ -127,11 +151,20 @@ impl Core {
             .map_err(|e| CoreError::invalid(format!("target: {e}")))?;
         let accepted = self.keys.accepted_ids();
         let expected = self.presence.matching(&accepted, &target);
+        if let Some(app) = request.kwarg.get("app").filter(|a| !a.is_string()) {
+            // A definition in the job would skip apps.d, the app's target
+            // and its credentials, and run the caller's own hooks.
+            return Err(CoreError::invalid(format!(
+                "app must be the name of an app defined on the master (apps.d), got {}",
+                kind_of(app)
+            )));
+        }
         if check_acl {
             self.check_acl(user, &request.fun, &expected)
                 .inspect_err(|_| {
                     tracing::warn!(target = %request.target, "refused by the ACL");
                 })?;
+            self.check_command_arguments(user, &request, &expected)?;
         }
         let modules = self.lua_modules_for(&mut request)?;
         if modules.is_empty() {
@@ -468,6 +501,25 @@ impl Core {
 /// The function name the ACL checks: a deploy module named alone means
 /// its `deploy` function, so `git_deploy` needs the same grant as
 /// `git_deploy.deploy`.
+/// Keyword arguments named as commands: `cmd` or `*_cmd` (the
+/// convention every module that takes a command follows; see
+/// docs/security.md).
+pub(crate) fn is_command_argument(key: &str) -> bool {
+    key == "cmd" || key.ends_with("_cmd")
+}
+
+/// A JSON value's kind, for messages that must not echo the value.
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 fn acl_function(fun: &str) -> String {
     if !fun.contains('.') && catalog::takes_app(fun) {
         format!("{fun}.deploy")

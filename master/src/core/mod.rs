@@ -81,6 +81,8 @@ pub struct Core {
     returns: mpsc::Sender<PendingReturn>,
     publish_port: u16,
     cli_token: halite_pki::Secret,
+    /// Whether login tokens still stand (see `auth.rs`).
+    sessions: auth::UserSessions,
     /// New batch plans, for the batch driver.
     batches: mpsc::UnboundedSender<BatchPlan>,
     batch_plans: Mutex<Option<mpsc::UnboundedReceiver<BatchPlan>>>,
@@ -132,6 +134,7 @@ impl Core {
             returns: parts.returns,
             publish_port: parts.publish_port,
             cli_token: halite_pki::Secret::new(parts.cli_token),
+            sessions: auth::UserSessions::new(parts.config.users_file.clone()),
             config: parts.config,
         };
         core.reload_recent()?;

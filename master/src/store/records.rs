@@ -11,6 +11,15 @@ impl Store {
         self.flush()
     }
 
+    /// Removes a session token (logout); true if it was there.
+    pub fn remove_token(&self, token_hash: &[u8]) -> Result<bool, StoreError> {
+        let removed = self
+            .tokens
+            .remove(token_hash)
+            .map_err(sled_err("remove token"))?;
+        Ok(removed.is_some())
+    }
+
     /// The token with this hash, if stored (expired or not).
     pub fn token(&self, token_hash: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
         match self

@@ -1,0 +1,323 @@
+//! Hostile peers on loopback (issue 13): raw ZMTP clients and rogue
+//! endpoints against real master and minion processes. Each test failed
+//! on the code before its fix.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use halite_tests::api::{call, http, login};
+use halite_tests::{Master, Minion};
+use serde_json::{json, Value};
+
+/// A ZMTP 3.0 greeting (NULL mechanism) as a client sends it.
+fn greeting() -> Vec<u8> {
+    let mut g = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    let mut mechanism = b"NULL".to_vec();
+    mechanism.resize(20, 0);
+    g.extend_from_slice(&mechanism);
+    g.push(0); // as-server
+    g.resize(64, 0);
+    g
+}
+
+/// A long command frame header announcing a 64 GiB body, and no body.
+fn huge_frame_header() -> Vec<u8> {
+    let mut header = vec![0b0000_0110];
+    header.extend_from_slice(&(64u64 << 30).to_be_bytes());
+    header
+}
+
+/// Reads until the peer closes the connection (or the cap passes, which
+/// fails the test): the observable sign that the peer dropped us.
+fn read_until_closed(stream: &mut TcpStream, cap: Duration) {
+    stream.set_read_timeout(Some(cap)).expect("read timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the peer kept the connection open ({e})"),
+        }
+    }
+}
+
+fn master_with_minion(dir: &std::path::Path) -> (Master, Minion) {
+    let master = Master::start(dir, "");
+    let minion = Minion::start(dir, "web01", master.return_port, "");
+    master.accept("web01");
+    (master, minion)
+}
+
+fn assert_serves(master: &mut Master) {
+    assert!(
+        !master.proc.exited(),
+        "the master died; its log:\n{}",
+        master.log()
+    );
+    let out = master.cli(&["run", "target=web01", "test.ping"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// 73 bytes — a greeting and a header announcing 64 GiB — on the ROUTER
+/// and on the PUB port: the master drops that connection without
+/// allocating and keeps serving its minions.
+#[test]
+fn a_huge_frame_header_crashes_neither_port_of_the_master() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut master, _minion) = master_with_minion(dir.path());
+    for port in [master.return_port, master.publish_port] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut bytes = greeting();
+        bytes.extend(huge_frame_header());
+        assert_eq!(bytes.len(), 73);
+        stream.write_all(&bytes).expect("send");
+        read_until_closed(&mut stream, Duration::from_secs(60));
+        assert_serves(&mut master);
+    }
+}
+
+/// A peer that connects and never completes the handshake is
+/// disconnected (within `HANDSHAKE_TIMEOUT`, 10 s).
+#[test]
+fn a_silent_peer_is_disconnected_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut master, _minion) = master_with_minion(dir.path());
+    for port in [master.return_port, master.publish_port] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        read_until_closed(&mut stream, Duration::from_secs(60));
+    }
+    assert_serves(&mut master);
+}
+
+/// A rogue endpoint in the minion's master list answers with the same
+/// 73 bytes: the minion drops that link (before any key check) and
+/// keeps serving its real master.
+#[test]
+fn a_rogue_master_endpoint_does_not_crash_the_minion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut master = Master::start(dir.path(), "");
+    let rogue = TcpListener::bind("127.0.0.1:0").expect("bind rogue");
+    let rogue_port = rogue.local_addr().expect("addr").port();
+    let served = std::thread::spawn(move || {
+        // The minion's first connection; later reconnects are refused
+        // once this listener is dropped.
+        let (mut stream, _) = rogue.accept().expect("accept");
+        let mut bytes = greeting();
+        bytes[32] = 1; // as-server
+        bytes.extend(huge_frame_header());
+        stream.write_all(&bytes).expect("send");
+        read_until_closed(&mut stream, Duration::from_secs(60));
+    });
+    let mut minion = Minion::start(
+        dir.path(),
+        "web01",
+        master.return_port,
+        &format!(
+            "masters = [\"127.0.0.1:{}\", \"127.0.0.1:{rogue_port}\"]\nmaster_type = \"hot\"",
+            master.return_port
+        ),
+    );
+    master.accept("web01");
+    served.join().expect("the rogue endpoint served the minion");
+    assert!(
+        !minion.proc.exited(),
+        "the minion died; its log:\n{}",
+        minion.log()
+    );
+    assert_serves(&mut master);
+}
+
+const NARROW_ACL: &str = r#"
+[acl]
+deployer = [{ "web*" = ["php_app.*"] }]
+ops = [{ "web*" = ["php_app.*", "cmd.run"] }]
+"#;
+
+/// A master with the shipped php_app module, an app `shop` on `web*`,
+/// minion web1 accepted and users `deployer` (php_app only) and `ops`
+/// (php_app and cmd.run); answers their tokens.
+fn narrow_grants(dir: &std::path::Path) -> (Master, Minion, String, String) {
+    let modules = dir.join("master/lua-modules");
+    std::fs::create_dir_all(&modules).expect("lua-modules");
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lua-modules/php_app.lua"),
+    )
+    .expect("shipped module");
+    std::fs::write(modules.join("php_app.lua"), source).expect("module");
+    std::fs::create_dir_all(dir.join("master/apps.d")).expect("apps.d");
+    std::fs::write(
+        dir.join("master/apps.d/shop.toml"),
+        format!(
+            "repo = \"https://git.invalid/shop.git\"\ntarget = \"web*\"\npath = \"{}\"\n",
+            dir.join("srv/shop").display()
+        ),
+    )
+    .expect("app");
+    let master = Master::start(dir, NARROW_ACL);
+    let minion = Minion::start(dir, "web1", master.return_port, "");
+    master.accept("web1");
+    let base = master.api_url();
+    let mut tokens = Vec::new();
+    for (user, password) in [("deployer", "deploy-pw-1"), ("ops", "ops-pw-12")] {
+        let out = master.cli_input(&["users", "add", user], &format!("{password}\n"));
+        assert_eq!(out.code, 0, "{out:?}");
+        let (status, body) = login(&base, user, password);
+        assert_eq!(status, 200, "{body}");
+        tokens.push(body["token"].as_str().expect("token").to_owned());
+    }
+    let ops = tokens.pop().expect("ops token");
+    let deployer = tokens.pop().expect("deployer token");
+    (master, minion, deployer, ops)
+}
+
+fn submit(master: &Master, token: &str, fun: &str, kwarg: Value) -> (u16, Value) {
+    call(
+        http().post(format!("{}/v1/jobs", master.api_url())),
+        Some(token),
+        Some(json!({ "target": "web1", "fun": fun, "kwarg": kwarg })),
+    )
+}
+
+/// The jobs of `fun` the master stored (as root sees them).
+fn stored_jobs(master: &Master, fun: &str) -> usize {
+    let (status, page) = call(
+        http().get(format!("{}/v1/jobs?fun={fun}", master.api_url())),
+        Some(&master.root_token()),
+        None,
+    );
+    assert_eq!(status, 200, "{page}");
+    page["jobs"].as_array().map_or(0, Vec::len)
+}
+
+/// A user allowed only `php_app.*` on `web*` cannot make it a shell:
+/// not with a command keyword (`reload_cmd`), not with an app definition
+/// of their own instead of an app's name. With a grant for `cmd.run`
+/// too, the command argument is theirs to give.
+#[test]
+fn a_deploy_grant_stays_a_deploy_grant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (master, _web1, deployer, ops) = narrow_grants(dir.path());
+    let pwned = dir.path().join("pwned");
+    let shell = format!("touch {}", pwned.display());
+
+    let (status, body) = submit(
+        &master,
+        &deployer,
+        "php_app.deploy",
+        json!({ "app": "shop", "tag": "v1", "reload_cmd": shell }),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    let own_app = json!({
+        "name": "shop", "repo": "https://git.invalid/x.git", "target": "*",
+        "path": dir.path().join("srv/x").display().to_string(), "pre_deploy": shell,
+    });
+    let (status, body) = submit(
+        &master,
+        &deployer,
+        "php_app.deploy",
+        json!({ "app": own_app, "tag": "v1" }),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = submit(
+        &master,
+        &deployer,
+        "git_deploy.deploy",
+        json!({ "app": own_app, "tag": "v1" }),
+    );
+    assert!(status == 400 || status == 403, "{status} {body}");
+    assert_eq!(
+        stored_jobs(&master, "php_app.*"),
+        0,
+        "nothing was published"
+    );
+
+    // The same grant deploys by name; a user who may run commands there
+    // may give one.
+    let (status, body) = submit(
+        &master,
+        &deployer,
+        "php_app.status",
+        json!({ "app": "shop" }),
+    );
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = submit(
+        &master,
+        &ops,
+        "php_app.status",
+        json!({ "app": "shop", "reload_cmd": "true" }),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert!(!pwned.exists());
+}
+
+fn token_works(master: &Master, token: &str) -> bool {
+    let (status, body) = call(
+        http().get(format!("{}/v1/minions", master.api_url())),
+        Some(token),
+        None,
+    );
+    assert!(status == 200 || status == 401, "{status} {body}");
+    status == 200
+}
+
+fn login_token(master: &Master, user: &str, password: &str) -> String {
+    let (status, body) = login(&master.api_url(), user, password);
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+/// Tokens die on logout (both APIs), `users revoke`, a new password and
+/// the user's deletion; short passwords are refused; failed logins are
+/// throttled with 429 and `Retry-After`.
+#[test]
+fn tokens_die_when_they_should_and_logins_are_throttled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "[acl]\nalice = [\"test.*\"]\n");
+    let base = master.api_url();
+    let out = master.cli_input(&["users", "add", "alice"], "short\n");
+    assert_ne!(out.code, 0, "a 5-character password is refused: {out:?}");
+    let out = master.cli_input(&["users", "add", "alice"], "alice-pw-1\n");
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let token = login_token(&master, "alice", "alice-pw-1");
+    assert!(token_works(&master, &token));
+    let (status, body) = call(http().post(format!("{base}/v1/logout")), Some(&token), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(!token_works(&master, &token), "logged out");
+
+    let token = login_token(&master, "alice", "alice-pw-1");
+    let (status, body) = call(http().post(format!("{base}/logout")), Some(&token), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(!token_works(&master, &token), "salt-api logout");
+
+    let token = login_token(&master, "alice", "alice-pw-1");
+    assert_eq!(master.cli(&["users", "revoke", "alice"]).code, 0);
+    assert!(!token_works(&master, &token), "revoked");
+
+    let token = login_token(&master, "alice", "alice-pw-1");
+    assert!(token_works(&master, &token));
+    assert_eq!(master.cli(&["users", "delete", "alice"]).code, 0);
+    assert!(!token_works(&master, &token), "deleted");
+
+    // Throttling: a name's failures, then 429 before any password check.
+    let out = master.cli_input(&["users", "add", "bob"], "bob-pw-123\n");
+    assert_eq!(out.code, 0, "{out:?}");
+    for _ in 0..5 {
+        assert_eq!(login(&base, "bob", "wrong-pw").0, 401);
+    }
+    let response = http()
+        .post(format!("{base}/v1/login"))
+        .json(&json!({ "username": "bob", "password": "bob-pw-123" }))
+        .send()
+        .expect("login");
+    assert_eq!(response.status().as_u16(), 429);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("header")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+}
