@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::types::{
     AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
-    JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
+    JobRecord, JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
 use crate::ApiError;
 
@@ -56,6 +56,9 @@ pub trait Backend: Send + Sync + 'static {
     fn logout(&self, token: &str) -> Result<(), ApiError>;
     /// 403 unless `user` has `grant`.
     fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError>;
+    /// What submitting `request` would answer, with nothing stored or
+    /// published (a salt-api lowstate list is checked whole first).
+    fn check(&self, user: &str, request: JobRequest) -> Result<(), ApiError>;
     /// Validates, checks the ACL, records and publishes a job.
     fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError>;
     /// Stops a running job on the minions that have not returned.
@@ -64,6 +67,9 @@ pub trait Backend: Send + Sync + 'static {
     fn jobs(&self, filter: &JobFilter) -> Result<JobPage, ApiError>;
     /// One job with its returns.
     fn job(&self, jid: &Jid) -> Result<JobView, ApiError>;
+    /// May `user` read `job`'s returns and events: they ran it, every
+    /// minion it targeted is within their grants, or they hold `@jobs`.
+    fn may_read(&self, user: &str, job: &JobRecord) -> bool;
     /// A job's events after a cursor.
     fn events(&self, jid: &Jid, after: Option<u64>) -> Result<Vec<EventRecord>, ApiError>;
     /// Accepted minions with their status.

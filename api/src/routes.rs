@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::backend::{AppAction, Backend, Grant, KeyAction};
 use crate::throttle::{LoginThrottle, Throttled};
-use crate::types::{AuditRecord, JobFilter, JobRequest, LoginRequest, LoginToken};
+use crate::types::{AuditRecord, JobFilter, JobRequest, JobView, LoginRequest, LoginToken};
 use crate::ApiError;
 
 pub(crate) type Shared = Arc<dyn Backend>;
@@ -400,17 +400,33 @@ fn check_filter(filter: &JobFilter) -> Result<(), ApiError> {
 
 async fn list_jobs(
     State(backend): State<Shared>,
-    Params(filter): Params<JobFilter>,
+    Extension(User(user)): Extension<User>,
+    Params(mut filter): Params<JobFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_filter(&filter)?;
+    filter.reader = Some(user);
     Ok(Json(backend.jobs(&filter)?))
+}
+
+/// A job `user` may read (403 for one they may not: see
+/// [`Backend::may_read`]).
+fn readable_job(backend: &Shared, user: &str, jid: &Jid) -> Result<JobView, ApiError> {
+    let view = backend.job(jid)?;
+    if backend.may_read(user, &view.job) {
+        Ok(view)
+    } else {
+        Err(ApiError::forbidden(format!(
+            "job {jid} ran on minions outside your grants; reading it needs the @jobs grant"
+        )))
+    }
 }
 
 async fn show_job(
     State(backend): State<Shared>,
+    Extension(User(user)): Extension<User>,
     Segment(jid): Segment,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(backend.job(&parse_jid(&jid)?)?))
+    Ok(Json(readable_job(&backend, &user, &parse_jid(&jid)?)?))
 }
 
 #[derive(Deserialize)]
@@ -448,17 +464,18 @@ fn resume_point(headers: &HeaderMap, after: Option<u64>) -> Result<Option<u64>, 
 /// `Last-Event-ID`), ending with a `done` event when the job is done.
 async fn job_events(
     State(backend): State<Shared>,
+    Extension(User(user)): Extension<User>,
     Segment(jid): Segment,
     headers: HeaderMap,
     Params(query): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let _ = query.token;
     let jid = parse_jid(&jid)?;
+    readable_job(&backend, &user, &jid)?;
     if wants_sse(&headers) {
-        backend.job(&jid)?;
         let after = resume_point(&headers, query.after)?.unwrap_or(0);
         return Ok(
-            crate::sse::stream(backend, Some(jid), after, crate::sse::Shape::Native)
+            crate::sse::stream(backend, Some(jid), after, crate::sse::Shape::Native, None)
                 .into_response(),
         );
     }
@@ -469,6 +486,7 @@ async fn job_events(
 /// after `Last-Event-ID` / `after`).
 async fn all_events(
     State(backend): State<Shared>,
+    Extension(User(user)): Extension<User>,
     headers: HeaderMap,
     Params(query): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
@@ -477,7 +495,8 @@ async fn all_events(
         Some(after) => after,
         None => backend.stream_head()?,
     };
-    Ok(crate::sse::stream(backend, None, after, crate::sse::Shape::Native).into_response())
+    let reader = Some(user);
+    Ok(crate::sse::stream(backend, None, after, crate::sse::Shape::Native, reader).into_response())
 }
 
 async fn minions(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {
@@ -505,6 +524,7 @@ struct PageQuery {
 
 async fn minion_jobs(
     State(backend): State<Shared>,
+    Extension(User(user)): Extension<User>,
     Segment(id): Segment,
     Params(query): Params<PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -514,6 +534,7 @@ async fn minion_jobs(
         limit: query.limit,
         before: query.before,
         minion: Some(id),
+        reader: Some(user),
         ..JobFilter::default()
     };
     check_filter(&filter)?;
@@ -758,8 +779,11 @@ async fn audit_note(
 
 async fn audit_log(
     State(backend): State<Shared>,
+    Extension(User(user)): Extension<User>,
     Params(query): Params<RangeQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Who did what from where: for admins.
+    backend.require(&user, Grant::Wheel)?;
     let (from, to) = range(&query)?;
     let limit = query.limit.unwrap_or(200).clamp(1, 10_000);
     Ok(Json(backend.audit_log(from, to, limit)?))

@@ -180,7 +180,49 @@ async fn lowstate_chunks(request: Request) -> Result<Vec<Chunk>, ApiError> {
     .map_err(|e| ApiError::bad_request(format!("lowstate: {e}")))
 }
 
-/// `POST /`: runs each lowstate chunk in order.
+/// A lowstate chunk, checked and ready to run.
+enum Step {
+    /// `local`: publish and wait for the returns.
+    Local { request: JobRequest, full: bool },
+    /// `local_async`: publish, answer the jid.
+    Async(JobRequest),
+    /// `runner`: a job lookup (`@jobs` checked).
+    Runner(Chunk),
+}
+
+/// Checks a chunk as fully as running it would, without running it.
+fn check_chunk(backend: &Shared, user: &str, chunk: Chunk) -> Result<(String, Step), ApiError> {
+    let client = chunk.client.clone().unwrap_or_else(|| "local".into());
+    let detail = format!("{client} {}", chunk.fun.as_deref().unwrap_or_default());
+    let step = match client.as_str() {
+        "local" => {
+            let full = chunk.full_return;
+            let request = job_request(chunk)?;
+            backend.check(user, request.clone())?;
+            Step::Local { request, full }
+        }
+        "local_async" => {
+            let request = job_request(chunk)?;
+            backend.check(user, request.clone())?;
+            Step::Async(request)
+        }
+        "runner" => {
+            backend.require(user, Grant::Jobs)?;
+            runner_fun(&chunk)?;
+            Step::Runner(chunk)
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "client {other:?} is not supported; use local, local_async or runner"
+            )))
+        }
+    };
+    Ok((detail, step))
+}
+
+/// `POST /`: every chunk is checked first (function, target, ACL), so a
+/// list is all or nothing: one refused chunk and none runs. Then each
+/// runs in order; the audit log lists exactly the chunks that ran.
 async fn lowstate(
     State(backend): State<Shared>,
     axum::Extension(User(user)): axum::Extension<User>,
@@ -190,29 +232,42 @@ async fn lowstate(
     if chunks.is_empty() {
         return Err(ApiError::bad_request("lowstate: no chunk"));
     }
-    let mut results = Vec::with_capacity(chunks.len());
-    let mut details = Vec::new();
-    for chunk in chunks {
-        let client = chunk.client.clone().unwrap_or_else(|| "local".into());
-        details.push(format!(
-            "{client} {}",
-            chunk.fun.as_deref().unwrap_or_default()
-        ));
-        results.push(match client.as_str() {
-            "local" => local(&backend, &user, chunk).await?,
-            "local_async" => {
-                let submitted = backend.submit(&user, job_request(chunk)?)?;
-                json!({ "jid": submitted.jid, "minions": submitted.minions })
+    let steps = chunks
+        .into_iter()
+        .map(|chunk| check_chunk(&backend, &user, chunk))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut results = Vec::with_capacity(steps.len());
+    let mut ran = Vec::new();
+    for (detail, step) in steps {
+        let result = match step {
+            Step::Local { request, full } => local(&backend, &user, request, full).await,
+            Step::Async(request) => backend
+                .submit(&user, request)
+                .map(|s| json!({ "jid": s.jid, "minions": s.minions })),
+            Step::Runner(chunk) => runner(&backend, &user, chunk),
+        };
+        match result {
+            Ok(value) => {
+                ran.push(detail);
+                results.push(value);
             }
-            "runner" => runner(&backend, &user, chunk)?,
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "client {other:?} is not supported; use local, local_async or runner"
-                )))
+            Err(e) => {
+                // Checked a moment ago; what ran before this is audited.
+                let detail = AuditDetail(format!(
+                    "ran: {}; then {detail} failed",
+                    if ran.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        ran.join("; ")
+                    }
+                ));
+                let mut response = e.into_response();
+                response.extensions_mut().insert(detail);
+                return Ok(response);
             }
-        });
+        }
     }
-    let detail = AuditDetail(details.join("; "));
+    let detail = AuditDetail(ran.join("; "));
     Ok((axum::Extension(detail), Json(json!({ "return": results }))).into_response())
 }
 
@@ -305,10 +360,14 @@ fn job_request(chunk: Chunk) -> Result<JobRequest, ApiError> {
 /// With `full_return`, each minion's answer is `{ret, retcode, jid}`.
 /// It waits on the event stream (subscribed before the job is published,
 /// so no return can slip by), not by polling.
-async fn local(backend: &Shared, user: &str, chunk: Chunk) -> Result<Value, ApiError> {
-    let full = chunk.full_return;
+async fn local(
+    backend: &Shared,
+    user: &str,
+    request: JobRequest,
+    full: bool,
+) -> Result<Value, ApiError> {
     let mut live = backend.subscribe();
-    let submitted = backend.submit(user, job_request(chunk)?)?;
+    let submitted = backend.submit(user, request)?;
     loop {
         let view = backend.job(&submitted.jid)?;
         if view.done && full {
@@ -372,10 +431,24 @@ fn returns_by_minion(view: &JobView) -> Value {
 }
 
 /// `runner`: the job lookups portals use.
+/// The runner functions halite serves.
+const RUNNERS: [&str; 2] = ["jobs.lookup_jid", "jobs.list_jobs"];
+
+/// A chunk's runner function, if halite serves it.
+fn runner_fun(chunk: &Chunk) -> Result<&str, ApiError> {
+    let fun = chunk.fun.as_deref().unwrap_or_default();
+    if RUNNERS.contains(&fun) {
+        Ok(fun)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "runner {fun:?} is not supported; use jobs.lookup_jid or jobs.list_jobs"
+        )))
+    }
+}
+
 fn runner(backend: &Shared, user: &str, chunk: Chunk) -> Result<Value, ApiError> {
     backend.require(user, Grant::Jobs)?;
-    let fun = chunk.fun.clone().unwrap_or_default();
-    match fun.as_str() {
+    match runner_fun(&chunk)? {
         "jobs.lookup_jid" => {
             let jid = chunk
                 .jid
@@ -393,10 +466,7 @@ fn runner(backend: &Shared, user: &str, chunk: Chunk) -> Result<Value, ApiError>
                 .ok_or_else(|| ApiError::bad_request("jobs.lookup_jid needs jid"))?;
             Ok(returns_by_minion(&backend.job(&parse_jid(&jid)?)?))
         }
-        "jobs.list_jobs" => list_jobs(backend),
-        other => Err(ApiError::bad_request(format!(
-            "runner {other:?} is not supported; use jobs.lookup_jid or jobs.list_jobs"
-        ))),
+        _ => list_jobs(backend),
     }
 }
 
@@ -544,7 +614,11 @@ async fn job(
     ))
 }
 
-async fn events(State(backend): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn events(
+    State(backend): State<Shared>,
+    Extension(User(user)): Extension<User>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let after = match headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -553,7 +627,8 @@ async fn events(State(backend): State<Shared>, headers: HeaderMap) -> Result<Res
         Some(after) => after,
         None => backend.stream_head()?,
     };
-    Ok(crate::sse::stream(backend, None, after, crate::sse::Shape::Salt).into_response())
+    let reader = Some(user);
+    Ok(crate::sse::stream(backend, None, after, crate::sse::Shape::Salt, reader).into_response())
 }
 
 async fn keys(State(backend): State<Shared>) -> Result<impl IntoResponse, ApiError> {

@@ -9,7 +9,7 @@
 //! re-reads from the store. Every entry carries its `id`, so a client
 //! that reconnects with `Last-Event-ID` misses nothing.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,15 @@ struct State {
     /// at the start and after each return it sent, so the `done` event
     /// follows the last return at once.
     check_done: bool,
+    /// Only entries this user may read (jobs outside their reach are
+    /// skipped); `None` sends everything.
+    reader: Option<String>,
+    /// What `reader` may read, by job (bounded: cleared when large).
+    readable: HashMap<Jid, bool>,
 }
+
+/// Jobs whose readability a stream remembers before it starts over.
+const READABLE_CACHE: usize = 4096;
 
 /// The SSE response for entries after `after` (one job's when `jid` is set).
 pub fn stream(
@@ -61,6 +69,7 @@ pub fn stream(
     jid: Option<Jid>,
     after: u64,
     shape: Shape,
+    reader: Option<String>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let live = backend.subscribe();
     let state = State {
@@ -73,6 +82,8 @@ pub fn stream(
         jid,
         shape,
         finished: false,
+        reader,
+        readable: HashMap::new(),
     };
     let events = futures::stream::unfold(state, |mut state| async move {
         let event = state.next().await?;
@@ -91,7 +102,11 @@ impl State {
                 self.refill();
             }
             if let Some(entry) = self.pending.pop_front() {
-                return Some(self.send(entry));
+                if self.may_read(&entry) {
+                    return Some(self.send(entry));
+                }
+                self.last = entry.id;
+                continue;
             }
             if std::mem::take(&mut self.check_done) && !self.more {
                 if let Some(done) = self.done_event() {
@@ -102,7 +117,7 @@ impl State {
             match received {
                 Ok(Ok(entry)) => {
                     let for_me = self.jid.is_none() || entry.jid == self.jid;
-                    if entry.id > self.last && for_me {
+                    if entry.id > self.last && for_me && self.may_read(&entry) {
                         return Some(self.send((*entry).clone()));
                     }
                 }
@@ -121,6 +136,26 @@ impl State {
                 }
             }
         }
+    }
+
+    /// May the stream's reader see this entry? Entries of no job
+    /// (presence) are for everyone; a job's, for those who may read it.
+    fn may_read(&mut self, entry: &BusEntry) -> bool {
+        let (Some(reader), Some(jid)) = (&self.reader, &entry.jid) else {
+            return true;
+        };
+        if let Some(known) = self.readable.get(jid) {
+            return *known;
+        }
+        let readable = self
+            .backend
+            .job(jid)
+            .is_ok_and(|view| self.backend.may_read(reader, &view.job));
+        if self.readable.len() >= READABLE_CACHE {
+            self.readable.clear();
+        }
+        self.readable.insert(jid.clone(), readable);
+        readable
     }
 
     fn refill(&mut self) {

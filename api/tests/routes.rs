@@ -122,6 +122,10 @@ impl Backend for Fake {
         })
     }
 
+    fn may_read(&self, user: &str, job: &JobRecord) -> bool {
+        user == "alice" || job.user == user
+    }
+
     fn logout(&self, token: &str) -> Result<(), ApiError> {
         self.logged_out.lock().unwrap().push(token.to_owned());
         Ok(())
@@ -219,6 +223,13 @@ impl Backend for Fake {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>> {
         self.live.subscribe()
+    }
+
+    fn check(&self, _user: &str, request: JobRequest) -> Result<(), ApiError> {
+        if request.fun.starts_with("secret.") {
+            return Err(ApiError::forbidden(format!("may not run {}", request.fun)));
+        }
+        Ok(())
     }
 
     fn submit(&self, user: &str, request: JobRequest) -> Result<Submitted, ApiError> {
@@ -1673,4 +1684,60 @@ async fn openapi_documents_every_v1_route_and_is_served() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_lowstate_list_with_a_refused_chunk_runs_none_of_it() {
+    let (fake, app) = app();
+    let (status, body) = call(
+        &app,
+        post_json(
+            "/",
+            r#"[{"client":"local_async","tgt":"web*","fun":"test.ping"},
+                {"client":"local_async","tgt":"web*","fun":"secret.run"}]"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        fake.submitted.lock().unwrap().is_empty(),
+        "the first chunk was not published"
+    );
+    let audited = fake.audited.lock().unwrap();
+    let row = audited.last().expect("audited");
+    assert_eq!((row.status, row.detail.as_deref()), (403, None));
+}
+
+fn as_viewer(method: Method, uri: &str) -> Request<Body> {
+    req(method, uri)
+        .header("x-auth-token", VIEWER_TOKEN)
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reads_follow_the_acl() {
+    let (fake, app) = app();
+    // alice's job: not the viewer's, on minions outside their grants.
+    for uri in [
+        format!("/v1/jobs/{KNOWN}"),
+        format!("/v1/jobs/{KNOWN}/events"),
+    ] {
+        let (status, body) = call(&app, as_viewer(Method::GET, &uri)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {body}");
+    }
+    let (status, body) = call(&app, as_viewer(Method::GET, "/v1/audit")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // The listing asks the master for the viewer's jobs only.
+    let (status, _) = call(&app, as_viewer(Method::GET, "/v1/jobs")).await;
+    assert_eq!(status, StatusCode::OK);
+    let reader = fake
+        .listed
+        .lock()
+        .unwrap()
+        .last()
+        .and_then(|f| f.reader.clone());
+    assert_eq!(reader.as_deref(), Some("viewer"));
+    let (status, body) = call(&app, authed(Method::GET, &format!("/v1/jobs/{KNOWN}"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -212,6 +212,37 @@ impl Acl {
         )))
     }
 
+    /// Are all of `minions` within `user`'s grants (for any function)?
+    /// What lets a user read jobs they did not run (issue 13): the jobs
+    /// ran only where the user may act anyway.
+    pub fn covers(
+        &self,
+        user: &str,
+        minions: &[String],
+        matching: impl Fn(&[String], &Target) -> Vec<String>,
+    ) -> bool {
+        if user == halite_pki::users::ROOT {
+            return true;
+        }
+        let Some(grants) = self.users.get(user) else {
+            return false;
+        };
+        let mut uncovered: Vec<String> = minions.to_vec();
+        for grant in &grants.grants {
+            match &grant.target {
+                None => return true,
+                Some((_, target)) => {
+                    let covered = matching(&uncovered, target);
+                    uncovered.retain(|m| !covered.contains(m));
+                }
+            }
+            if uncovered.is_empty() {
+                return true;
+            }
+        }
+        uncovered.is_empty()
+    }
+
     /// Has `user` the special grant (or root)? `Runner` also satisfies `Jobs`.
     pub fn check_special(&self, user: &str, special: Special) -> Result<(), Denied> {
         if user == halite_pki::users::ROOT {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use halite_api::types::{
     AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
-    JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
+    JobRecord, JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
 use halite_api::{ApiError, AppAction, Backend, Grant, KeyAction};
 use halite_pki::PkiError;
@@ -69,6 +69,10 @@ impl Backend for ApiBackend {
         Ok(blocking(|| self.0.submit(user, request))?)
     }
 
+    fn check(&self, user: &str, request: JobRequest) -> Result<(), ApiError> {
+        Ok(self.0.check(user, request)?)
+    }
+
     fn cancel(&self, user: &str, jid: &Jid) -> Result<Value, ApiError> {
         Ok(blocking(|| self.0.cancel(user, jid))?)
     }
@@ -79,6 +83,10 @@ impl Backend for ApiBackend {
 
     fn job(&self, jid: &Jid) -> Result<JobView, ApiError> {
         Ok(self.0.job_view(jid)?)
+    }
+
+    fn may_read(&self, user: &str, job: &JobRecord) -> bool {
+        self.0.may_read(user, job)
     }
 
     fn events(&self, jid: &Jid, after: Option<u64>) -> Result<Vec<EventRecord>, ApiError> {

@@ -44,7 +44,13 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
             && filter.target.as_ref().is_none_or(|t| *t == head.target)
             && filter.user.as_ref().is_none_or(|u| *u == head.user);
         if wanted {
-            let summary = summarize(core, job()?)?;
+            let stored = job()?;
+            if let Some(reader) = &filter.reader {
+                if !core.may_read(reader, &stored.record) {
+                    return Ok(true);
+                }
+            }
+            let summary = summarize(core, stored)?;
             if filter
                 .result
                 .as_deref()

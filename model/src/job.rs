@@ -203,6 +203,10 @@ pub struct JobFilter {
     pub result: Option<String>,
     /// Only jobs that ran on this minion.
     pub minion: Option<String>,
+    /// Only jobs this user may read (set by the API from the token, never
+    /// from the query).
+    #[serde(skip)]
+    pub reader: Option<String>,
 }
 
 /// A page of `GET /v1/jobs`.

@@ -278,8 +278,12 @@ fn users_acl_audit_events_cancel_and_history() {
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("colour"), "{body}");
 
-    // The audit log: who did what, from where, with what outcome.
-    let (status, audit) = call(http().get(format!("{base}/v1/audit")), Some(&token), None);
+    // The audit log: who did what, from where, with what outcome. Only
+    // for admins (@wheel; root here): the deployer may not read it.
+    let (status, _) = call(http().get(format!("{base}/v1/audit")), Some(&token), None);
+    assert_eq!(status, 403);
+    let root = master.root_token();
+    let (status, audit) = call(http().get(format!("{base}/v1/audit")), Some(&root), None);
     assert_eq!(status, 200);
     let rows: Vec<(String, String, u64)> = audit
         .as_array()

@@ -321,3 +321,76 @@ fn tokens_die_when_they_should_and_logins_are_throttled() {
         .expect("seconds");
     assert!((1..=60).contains(&wait), "{wait}");
 }
+
+/// salt-api: a lowstate list whose second chunk the ACL refuses runs
+/// nothing, not even its first chunk.
+#[test]
+fn a_lowstate_list_is_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "[acl]\nsalt = [\"test.*\"]\n");
+    let _web1 = Minion::start(dir.path(), "web1", master.return_port, "");
+    master.accept("web1");
+    let out = master.cli_input(&["users", "add", "salt"], "pepper-pw\n");
+    assert_eq!(out.code, 0, "{out:?}");
+    let token = login_token(&master, "salt", "pepper-pw");
+    let (status, body) = call(
+        http().post(format!("{}/", master.api_url())),
+        Some(&token),
+        Some(json!([
+            { "client": "local_async", "tgt": "web1", "fun": "test.ping" },
+            { "client": "local_async", "tgt": "web1", "fun": "cmd.run", "arg": ["id"] },
+        ])),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        stored_jobs(&master, "test.*"),
+        0,
+        "the first chunk never ran"
+    );
+    assert_eq!(stored_jobs(&master, "cmd.*"), 0);
+}
+
+/// Reads follow the ACL: a user reads the jobs they ran and jobs whose
+/// minions are all within their grants; other jobs, every job's events
+/// and the audit log need `@jobs` / `@wheel`.
+#[test]
+fn reads_follow_the_acl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = "[acl]\nweb = [{ \"web*\" = [\"test.*\"] }]\ndb = [{ \"db*\" = [\"test.*\"] }]\nauditor = [\"@jobs\", \"@wheel\"]\n";
+    let master = Master::start(dir.path(), acl);
+    let _web1 = Minion::start(dir.path(), "web1", master.return_port, "");
+    master.accept("web1");
+    let mut tokens = std::collections::HashMap::new();
+    for user in ["web", "db", "auditor"] {
+        let password = format!("{user}-password");
+        let out = master.cli_input(&["users", "add", user], &format!("{password}\n"));
+        assert_eq!(out.code, 0, "{out:?}");
+        tokens.insert(user, login_token(&master, user, &password));
+    }
+    let out = master.cli(&["run", "target=web1", "test.ping", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = out.json()["jid"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no jid in {}", out.stdout));
+    let base = master.api_url();
+    let get = |user: &str, path: &str| {
+        call(
+            http().get(format!("{base}{path}")),
+            Some(&tokens[user]),
+            None,
+        )
+    };
+    assert_eq!(get("web", &format!("/v1/jobs/{jid}")).0, 200);
+    assert_eq!(get("auditor", &format!("/v1/jobs/{jid}")).0, 200);
+    assert_eq!(get("db", &format!("/v1/jobs/{jid}")).0, 403);
+    assert_eq!(get("db", &format!("/v1/jobs/{jid}/events")).0, 403);
+    let (status, page) = get("db", "/v1/jobs");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(0), "{page}");
+    let (status, page) = get("web", "/v1/jobs");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(get("web", "/v1/audit").0, 403);
+    assert_eq!(get("auditor", "/v1/audit").0, 200);
+}

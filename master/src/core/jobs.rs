@@ -45,6 +45,13 @@ impl Core {
         self.publish_planned(user, planned)
     }
 
+    /// Everything `submit` checks (function, target, ACL, app, modules,
+    /// timeout, batch), with nothing stored or published: how a list of
+    /// jobs is checked whole before any of it runs.
+    pub fn check(&self, user: &str, request: JobRequest) -> Result<(), CoreError> {
+        self.plan(user, request, true).map(|_| ())
+    }
+
     /// Cancels a running job: a signed `saltutil.kill_job` to the minions
     /// that have not returned. Allowed to the user who submitted the job
     /// and to anyone the ACL lets run its function on those minions.

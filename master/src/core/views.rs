@@ -69,6 +69,23 @@ impl Core {
         })
     }
 
+    /// May `user` read this job's returns and events? Root and `@jobs`
+    /// read every job; others the jobs they ran and the jobs whose
+    /// minions are all within their grants.
+    pub fn may_read(&self, user: &str, job: &halite_model::JobRecord) -> bool {
+        job.user == user
+            || self
+                .config
+                .acl
+                .check_special(user, crate::acl::Special::Jobs)
+                .is_ok()
+            || (!job.expected.is_empty()
+                && self
+                    .config
+                    .acl
+                    .covers(user, &job.expected, |ids, t| self.presence.matching(ids, t)))
+    }
+
     /// Jobs newest first, filtered, one page.
     pub fn jobs(&self, filter: &JobFilter) -> Result<JobPage, CoreError> {
         crate::listing::jobs(self, filter)
