@@ -61,28 +61,51 @@ impl Presence {
         self.minions.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A minion authenticated: remember its grains and version.
-    pub fn authenticated(&self, id: &str, grains: Value, version: &str, now: u64) {
-        self.update(id, now, |record| {
+    /// A minion authenticated: remember its grains and version. Not a
+    /// sign of life by itself (an `Auth` has no timestamp, so a recorded
+    /// one could be replayed): the first fresh heartbeat is.
+    pub fn authenticated(&self, id: &str, grains: Value, version: &str) {
+        self.apply(id, None, |record| {
             record.grains = grains;
             record.version = version.to_owned();
+            true
         });
     }
 
-    /// Something signed by the minion arrived (a heartbeat carries its
-    /// version and the round trip of the previous one).
-    pub fn seen(&self, id: &str, version: Option<&str>, rtt_ms: Option<u64>, now: u64) {
-        self.update(id, now, |record| {
-            if let Some(version) = version {
-                record.version = version.to_owned();
+    /// A signed heartbeat sent at `at` (the minion's clock) arrived: the
+    /// minion is alive — unless `at` is not newer than the last heartbeat
+    /// accepted from it, which makes it a replay (false, nothing changes).
+    /// The last `at` is kept in the minion's record, so a restart of the
+    /// master does not reopen the window.
+    pub fn heartbeat(
+        &self,
+        id: &str,
+        at: u64,
+        version: &str,
+        rtt_ms: Option<u64>,
+        now: u64,
+    ) -> bool {
+        self.apply(id, Some(now), |record| {
+            if at <= record.heartbeat_at {
+                return false;
             }
+            record.heartbeat_at = at;
+            record.version = version.to_owned();
             if rtt_ms.is_some() {
                 record.rtt_ms = rtt_ms;
             }
-        });
+            true
+        })
     }
 
-    fn update(&self, id: &str, now: u64, change: impl FnOnce(&mut MinionRecord)) {
+    /// Changes a minion's record if `change` says so (false: leave it),
+    /// and with `seen_at`, marks it seen then (and up, if it was not).
+    fn apply(
+        &self,
+        id: &str,
+        seen_at: Option<u64>,
+        change: impl FnOnce(&mut MinionRecord) -> bool,
+    ) -> bool {
         let record = {
             let mut minions = self.write();
             let record = minions
@@ -92,13 +115,20 @@ impl Presence {
                     grains: Value::Null,
                     ..Default::default()
                 });
-            record.last_seen = now;
-            change(record);
+            if !change(record) {
+                return false;
+            }
+            if let Some(now) = seen_at {
+                record.last_seen = now;
+            }
             record.clone()
         };
         if let Err(e) = self.store.put_minion(&record) {
             tracing::warn!(minion = id, error = %e, "cannot persist minion record");
         }
+        let Some(now) = seen_at else {
+            return true;
+        };
         let came_up = self
             .up
             .lock()
@@ -107,6 +137,7 @@ impl Presence {
         if came_up {
             self.transition(id, "minion/up", now);
         }
+        true
     }
 
     /// Marks down every minion silent for longer than `down_after`;
@@ -209,15 +240,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
-        presence.seen("web01", Some("0.1.0"), Some(4), 1_000);
-        presence.seen("web01", None, None, 2_000);
+        assert!(presence.heartbeat("web01", 1, "0.1.0", Some(4), 1_000));
+        assert!(presence.heartbeat("web01", 2, "0.1.0", None, 2_000));
         assert!(presence.is_up("web01"));
         assert!(presence.sweep(4_000).is_empty());
         let down = presence.sweep(5_001);
         assert_eq!(down.len(), 1);
         assert_eq!(down[0].event, "minion/down");
         assert!(presence.sweep(9_000).is_empty(), "down is recorded once");
-        presence.seen("web01", None, None, 10_000);
+        assert!(presence.heartbeat("web01", 3, "0.1.0", None, 10_000));
         let events = store.presence(10).unwrap();
         let kinds: Vec<(&str, u64)> = events.iter().map(|e| (e.event.as_str(), e.at)).collect();
         assert_eq!(
@@ -241,11 +272,33 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         {
             let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
-            presence.seen("web01", None, None, 1_000);
+            assert!(presence.heartbeat("web01", 1, "0.1.0", None, 1_000));
         }
         let presence = Presence::load(store.clone(), Duration::from_secs(3), 2_000).unwrap();
         assert!(presence.is_up("web01"));
         assert_eq!(store.presence(10).unwrap().len(), 1);
         assert_eq!(presence.sweep(10_000).len(), 1);
+    }
+
+    #[test]
+    fn a_replayed_heartbeat_is_no_sign_of_life_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        {
+            let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
+            assert!(presence.heartbeat("web01", 500, "0.1.0", None, 1_000));
+            assert!(!presence.heartbeat("web01", 500, "0.1.0", None, 2_000));
+            assert!(
+                presence.sweep(4_500).len() == 1,
+                "the replay kept nothing up"
+            );
+        }
+        let presence = Presence::load(store.clone(), Duration::from_secs(3), 10_000).unwrap();
+        assert!(!presence.heartbeat("web01", 500, "0.1.0", None, 10_000));
+        assert!(!presence.is_up("web01"));
+        presence.authenticated("web01", Value::Null, "0.1.0");
+        assert!(!presence.is_up("web01"), "an auth is not a sign of life");
+        assert!(presence.heartbeat("web01", 501, "0.1.0", None, 10_000));
+        assert!(presence.is_up("web01"));
     }
 }

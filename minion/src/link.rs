@@ -221,6 +221,7 @@ impl Link {
         let mut heartbeat = tokio::time::interval(accepted.heartbeat);
         let mut resend = tokio::time::interval_at(Instant::now() + RESEND_EVERY, RESEND_EVERY);
         let mut last_ack = Instant::now();
+        let mut last_beat_at = 0u64;
         // Heartbeats still awaiting their ack (nonce, sent at): an ack that
         // arrives after the next heartbeat went out still counts.
         let mut in_flight: VecDeque<(Vec<u8>, Instant)> =
@@ -303,10 +304,13 @@ impl Link {
                         return Ok(Next::Lost(format!("no beacon or ack for {:?}", self.alive)));
                     }
                     let heartbeat_nonce = nonce();
+                    // Strictly increasing: the master takes a heartbeat
+                    // not newer than the last as a replay.
+                    last_beat_at = now_ms().max(last_beat_at + 1);
                     let beat = self.sign(&Heartbeat {
                         id: self.id.clone(),
                         nonce: heartbeat_nonce.clone(),
-                        at: now_ms(),
+                        at: last_beat_at,
                         version: env!("CARGO_PKG_VERSION").to_owned(),
                         session_epoch: epoch,
                         running: self.executor.running(),

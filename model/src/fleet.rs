@@ -85,4 +85,8 @@ pub struct MinionRecord {
     /// Round trip of its last heartbeat.
     #[serde(default)]
     pub rtt_ms: Option<u64>,
+    /// The `at` (minion clock, unix ms) of the last heartbeat accepted
+    /// from it: a heartbeat not newer than this is a replay.
+    #[serde(default)]
+    pub heartbeat_at: u64,
 }

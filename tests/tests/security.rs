@@ -394,3 +394,68 @@ fn reads_follow_the_acl() {
     assert_eq!(get("web", "/v1/audit").0, 403);
     assert_eq!(get("auditor", "/v1/audit").0, 200);
 }
+
+fn minion_status(master: &Master, id: &str) -> String {
+    let out = master.cli(&["minions", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()
+        .as_array()
+        .and_then(|all| all.iter().find(|m| m["id"] == id))
+        .and_then(|m| m["status"].as_str())
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// A heartbeat recorded off the wire and replayed after its minion died
+/// keeps nothing up: liveness needs a heartbeat newer than the last one.
+#[test]
+fn a_replayed_heartbeat_does_not_keep_a_dead_minion_up() {
+    use halite_proto::message::Heartbeat;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "");
+    let mut web01 = Minion::start(dir.path(), "web01", master.return_port, "");
+    master.accept("web01");
+    // What web01 sends, as an observer would record it.
+    let (key, _) = halite_pki::KeyPair::load_or_generate(&web01.dir.join("pki"), "minion")
+        .expect("the minion's key");
+    let recorded = key
+        .sign_message(
+            "web01",
+            &Heartbeat {
+                id: "web01".into(),
+                nonce: vec![1; 16],
+                at: halite_proto::time::now_ms(),
+                version: "0.1.0".into(),
+                session_epoch: 0,
+                running: Vec::new(),
+                rtt_ms: None,
+            },
+        )
+        .expect("sign")
+        .to_bytes();
+    rt.block_on(async {
+        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
+        raw.send(recorded.clone()).await;
+        raw.barrier("barrier-1", Duration::from_secs(60)).await;
+    });
+    web01.proc.kill();
+    halite_tests::eventually(Duration::from_secs(60), "web01 down", || {
+        minion_status(&master, "web01") == "down"
+    });
+    rt.block_on(async {
+        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
+        raw.send(recorded).await;
+        raw.barrier("barrier-2", Duration::from_secs(60)).await;
+    });
+    assert_eq!(minion_status(&master, "web01"), "down");
+    let out = master.cli(&["run", "target=web01", "test.ping", "--require-up"]);
+    assert_ne!(
+        out.code, 0,
+        "--require-up published to a dead minion: {out:?}"
+    );
+}

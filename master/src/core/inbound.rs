@@ -40,7 +40,6 @@ impl Core {
             Kind::Return => {
                 let ret: Return = self.verified(&envelope)?;
                 same_id(&envelope.sender, &ret.id)?;
-                self.presence.seen(&ret.id, None, None, now_ms());
                 let own = ret.master.is_empty() || ret.master == self.config.id;
                 if own {
                     if let Err(refusal) = self.check_expected(&ret.jid, &ret.id) {
@@ -116,7 +115,7 @@ impl Core {
         let session = if status == KeyStatus::Accepted {
             let transcript = halite_pki::transcript(&auth.id, &key, &self.master_pub, &auth.nonce);
             self.presence
-                .authenticated(&auth.id, auth.grains.clone(), &auth.version, now_ms());
+                .authenticated(&auth.id, auth.grains.clone(), &auth.version);
             Some(halite_pki::grant(
                 &self.session.current(),
                 &auth.eph_pub,
@@ -160,12 +159,18 @@ impl Core {
         match self.verified::<Heartbeat>(&envelope) {
             Ok(heartbeat) => {
                 same_id(&envelope.sender, &heartbeat.id)?;
-                self.presence.seen(
+                let fresh = self.presence.heartbeat(
                     &heartbeat.id,
-                    Some(&heartbeat.version),
+                    heartbeat.at,
+                    &heartbeat.version,
                     heartbeat.rtt_ms,
                     now_ms(),
                 );
+                if !fresh {
+                    // Not newer than one already accepted: a replay. No
+                    // ack either, so it teaches the sender nothing.
+                    return Err(Refusal::Replayed);
+                }
                 self.reply(
                     peer,
                     &HeartbeatAck {
@@ -267,6 +272,8 @@ pub(crate) enum Refusal {
     Store(#[from] crate::store::StoreError),
     #[error("the master does not accept {0:?} messages")]
     UnexpectedKind(Kind),
+    #[error("a heartbeat not newer than the last one accepted (a replay)")]
+    Replayed,
 }
 
 fn same_id(sender: &str, id: &str) -> Result<(), Refusal> {
