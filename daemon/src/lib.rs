@@ -117,3 +117,77 @@ pub async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Log lines about one thing (a peer, a refusal) at most once per
+/// interval, so a peer sending garbage cannot flood the log: the first
+/// line goes out, later ones are counted and the count rides on the next
+/// line let through. Bounded: at most [`LogThrottle::MAX_KEYS`] keys.
+pub struct LogThrottle {
+    interval: Duration,
+    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+}
+
+impl LogThrottle {
+    /// Keys remembered at once; past it, keys quiet for an interval go.
+    pub const MAX_KEYS: usize = 4096;
+
+    /// One line per key per `interval`.
+    pub fn new(interval: Duration) -> LogThrottle {
+        LogThrottle {
+            interval,
+            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Should a line about `key` be logged now? `Some(suppressed)` (the
+    /// lines dropped since the last one) if so, `None` to stay quiet.
+    pub fn allow(&self, key: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((last, suppressed)) = seen.get_mut(key) {
+            if now.duration_since(*last) < self.interval {
+                *suppressed += 1;
+                return None;
+            }
+            let dropped = std::mem::take(suppressed);
+            *last = now;
+            return Some(dropped);
+        }
+        if seen.len() >= Self::MAX_KEYS {
+            let interval = self.interval;
+            seen.retain(|_, (last, _)| now.duration_since(*last) < interval);
+            if seen.len() >= Self::MAX_KEYS {
+                // Everyone is noisy: forget them all rather than grow.
+                seen.clear();
+            }
+        }
+        seen.insert(key.to_owned(), (now, 0));
+        Some(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_key_per_interval_and_the_rest_counted() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.allow("peer-a"), Some(0));
+        assert_eq!(throttle.allow("peer-a"), None);
+        assert_eq!(throttle.allow("peer-a"), None);
+        assert_eq!(throttle.allow("peer-b"), Some(0), "keys are separate");
+        let quick = LogThrottle::new(Duration::ZERO);
+        assert_eq!(quick.allow("k"), Some(0));
+        assert_eq!(quick.allow("k"), Some(0));
+    }
+
+    #[test]
+    fn the_keys_are_bounded() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600));
+        for i in 0..LogThrottle::MAX_KEYS + 100 {
+            throttle.allow(&format!("peer-{i}"));
+        }
+        assert!(throttle.seen.lock().unwrap().len() <= LogThrottle::MAX_KEYS);
+    }
+}

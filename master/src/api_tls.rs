@@ -51,7 +51,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
     Ok(config)
 }
 
-/// Accepted, handshaken TLS connections for `axum::serve`.
+/// Accepted, handshaken TLS connections, as an `axum::serve::Listener`.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,

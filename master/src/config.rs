@@ -32,6 +32,7 @@ struct RawConfig {
     #[serde(rename = "data_dir")]
     _data_dir: Option<toml::Value>,
     auto_accept: Option<bool>,
+    max_pending_keys: Option<i64>,
     keep_jobs: Option<i64>,
     heartbeat_interval: Option<i64>,
     missed_heartbeats: Option<i64>,
@@ -73,6 +74,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Accept every new minion key without an operator (labs only).
     pub auto_accept: bool,
+    /// Keys that may wait for acceptance; past it new ids are refused.
+    pub max_pending_keys: usize,
     /// Jobs older than this are pruned with their returns and events.
     pub keep_jobs: Duration,
     /// How often minions must send heartbeats.
@@ -142,6 +145,13 @@ impl Config {
             ),
             data_dir: location.data_dir,
             auto_accept: raw.auto_accept.unwrap_or(false),
+            max_pending_keys: int_key(
+                file,
+                "max_pending_keys",
+                raw.max_pending_keys,
+                1000,
+                1..=1_000_000,
+            )? as usize,
             keep_jobs: Duration::from_secs(
                 3600 * int_key(file, "keep_jobs", raw.keep_jobs, 24, 1..=24 * 365 * 10)?,
             ),

@@ -30,7 +30,6 @@ pub mod transport;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -224,17 +223,14 @@ fn spawn_api(
     core: Arc<core::Core>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let app = halite_api::router(Arc::new(backend::ApiBackend(core)))
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = halite_api::router(Arc::new(backend::ApiBackend(core)));
     match tls {
         Some(tls) => {
-            let listener = api_tls::TlsListener::new(listener, tls)
-                .map_err(|source| Error::Io {
+            let listener =
+                api_tls::TlsListener::new(listener, tls).map_err(|source| Error::Io {
                     context: "start the HTTPS listener".into(),
                     source,
-                })?
-                // tap_io gives the listener axum's connect-info support.
-                .tap_io(|_| {});
+                })?;
             tasks.spawn(serve_api(listener, app, shutdown));
         }
         None => {
@@ -244,20 +240,54 @@ fn spawn_api(
     Ok(())
 }
 
-/// Serves the API on `listener` (plain TCP or TLS) until `stop`.
-async fn serve_api<L>(
-    listener: L,
-    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
-    stop: CancellationToken,
-) where
+/// How long a client may take to send a request's headers, and how long
+/// a keep-alive connection may wait idle for its next request: past it
+/// the connection is closed (half-open and trickling clients would
+/// otherwise hold a socket and a task each, forever).
+pub const API_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long shutdown waits for requests in flight (event streams end
+/// with the master's stream).
+const API_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the API on `listener` (plain TCP or TLS) until `stop`: HTTP/1.1
+/// with [`API_HEADER_TIMEOUT`], the client's address given to the routes
+/// (`ConnectInfo`), requests in flight finished at shutdown.
+async fn serve_api<L>(mut listener: L, app: axum::Router, stop: CancellationToken)
+where
     L: axum::serve::Listener<Addr = SocketAddr>,
-    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP API stopped");
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(API_HEADER_TIMEOUT);
+    loop {
+        let (io, addr) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(addr));
+                tower::ServiceExt::oneshot(app.clone(), request)
+            },
+        );
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "API connection ended");
+            }
+        });
+    }
+    if tokio::time::timeout(API_DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("API connections still open at shutdown; closing them");
     }
 }
 

@@ -395,21 +395,35 @@ impl Link {
 
     fn verify_master(&self, body: &[u8], master_pub: &PublicKey) -> Option<Envelope> {
         if body.len() > MAX_FRAME {
-            tracing::warn!(master = %self.addr, bytes = body.len(), "dropped an oversized message");
+            if let Some(suppressed) = self.drop_logged() {
+                tracing::warn!(master = %self.addr, bytes = body.len(), suppressed, "dropped an oversized message");
+            }
             return None;
         }
         let envelope = match Envelope::from_bytes(body) {
             Ok(envelope) => envelope,
             Err(e) => {
-                tracing::warn!(master = %self.addr, error = %e, "dropped a malformed message");
+                if let Some(suppressed) = self.drop_logged() {
+                    tracing::warn!(master = %self.addr, error = %e, suppressed, "dropped a malformed message");
+                }
                 return None;
             }
         };
         if let Err(e) = halite_pki::verify_envelope(&envelope, master_pub) {
-            tracing::warn!(master = %self.addr, kind = ?envelope.kind, error = %e, "dropped a message not signed by the master key");
+            if let Some(suppressed) = self.drop_logged() {
+                tracing::warn!(master = %self.addr, kind = ?envelope.kind, error = %e, suppressed, "dropped a message not signed by the master key");
+            }
             return None;
         }
         Some(envelope)
+    }
+
+    /// May a line about a message dropped from this master go to the log
+    /// now (one per interval per master; `Some` counts those suppressed)?
+    fn drop_logged(&self) -> Option<u64> {
+        static DROPS: std::sync::LazyLock<halite_daemon::LogThrottle> =
+            std::sync::LazyLock::new(|| halite_daemon::LogThrottle::new(Duration::from_secs(10)));
+        DROPS.allow(&self.addr.to_string())
     }
 
     /// Handles a PUB message (or a job from catch-up). Returns a beacon's
@@ -429,13 +443,22 @@ impl Link {
                     None
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "dropped a malformed job");
+                    if let Some(suppressed) = self.drop_logged() {
+                        tracing::warn!(error = %e, suppressed, "dropped a malformed job");
+                    }
                     None
                 }
             },
             (TOPIC_BEACON, Kind::Beacon) => envelope.open::<Beacon>().ok().map(|b| b.session_epoch),
             (topic, kind) => {
-                tracing::warn!(topic, ?kind, "dropped a message on an unexpected topic");
+                if let Some(suppressed) = self.drop_logged() {
+                    tracing::warn!(
+                        topic,
+                        ?kind,
+                        suppressed,
+                        "dropped a message on an unexpected topic"
+                    );
+                }
                 None
             }
         }

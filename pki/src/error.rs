@@ -11,6 +11,13 @@ use thiserror::Error;
 /// the CLI message) tells an operator what to look at.
 #[derive(Debug, Error)]
 pub enum PkiError {
+    /// A new id's key was refused: `max` keys already wait for
+    /// acceptance (`max_pending_keys`).
+    #[error("{max} keys are pending already (max_pending_keys); a new id is refused until some are accepted or deleted")]
+    TooManyPending {
+        /// The cap.
+        max: usize,
+    },
     /// A key file or key directory could not be read, written or moved.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {

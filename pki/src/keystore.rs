@@ -71,6 +71,8 @@ pub struct KeyStore {
     dir: PathBuf,
     accepted: RwLock<HashMap<String, PublicKey>>,
     changes: Mutex<()>,
+    /// New ids are refused once this many keys wait for acceptance.
+    max_pending: std::sync::atomic::AtomicUsize,
 }
 
 impl fmt::Debug for KeyStore {
@@ -96,9 +98,17 @@ impl KeyStore {
             dir: pki_dir.to_path_buf(),
             accepted: RwLock::new(HashMap::new()),
             changes: Mutex::new(()),
+            max_pending: std::sync::atomic::AtomicUsize::new(usize::MAX),
         };
         store.reload()?;
         Ok(store)
+    }
+
+    /// Refuses keys of new ids once `max` keys are pending (an anonymous
+    /// peer could otherwise fill the disk and the operator's list).
+    pub fn set_max_pending(&self, max: usize) {
+        self.max_pending
+            .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Re-reads the accepted keys from disk into memory, for when an
@@ -175,6 +185,10 @@ impl KeyStore {
             self.cache_mut().insert(id.to_owned(), *key);
             Ok(KeyStatus::Accepted)
         } else {
+            let max = self.max_pending.load(std::sync::atomic::Ordering::Relaxed);
+            if self.ids_in(KeyStatus::Pending)?.len() >= max {
+                return Err(PkiError::TooManyPending { max });
+            }
             self.write(KeyStatus::Pending, id, key)?;
             Ok(KeyStatus::Pending)
         }
@@ -786,5 +800,24 @@ mod tests {
         assert_eq!(store.accepted_key("web01"), None);
         store.reload().unwrap();
         assert_eq!(store.accepted_key("web01"), Some(k));
+    }
+
+    #[test]
+    fn new_ids_are_refused_past_the_pending_cap() {
+        let (_dir, store) = open();
+        store.set_max_pending(2);
+        store.submit("a1", &key(), false).unwrap();
+        store.submit("a2", &key(), false).unwrap();
+        assert!(matches!(
+            store.submit("a3", &key(), false),
+            Err(PkiError::TooManyPending { max: 2 })
+        ));
+        assert_eq!(store.status("a3"), None, "nothing written");
+        // Known ids still get their answer; accepting makes room.
+        store.accept("a1").unwrap();
+        assert_eq!(
+            store.submit("a3", &key(), false).unwrap(),
+            KeyStatus::Pending
+        );
     }
 }

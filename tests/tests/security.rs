@@ -459,3 +459,83 @@ fn a_replayed_heartbeat_does_not_keep_a_dead_minion_up() {
         "--require-up published to a dead minion: {out:?}"
     );
 }
+
+/// 300 connections to the API that never finish their request headers
+/// (half of them send nothing, half a partial request) are all closed by
+/// the master, which keeps answering.
+#[test]
+fn half_open_api_connections_are_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "");
+    let api = master.api_url().trim_start_matches("http://").to_owned();
+    let mut connections: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            let mut stream = TcpStream::connect(&api).expect("connect to the API");
+            if i % 2 == 1 {
+                stream
+                    .write_all(b"GET /v1/health HTTP/1.1\r\nHost: halite\r\n")
+                    .expect("partial request");
+            }
+            stream
+        })
+        .collect();
+    for stream in &mut connections {
+        read_until_closed(stream, Duration::from_secs(60));
+    }
+    let (status, body) = call(
+        http().get(format!("{}/v1/health", master.api_url())),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Past `max_pending_keys`, keys of new ids are refused (and nothing is
+/// written); ids already pending keep their place.
+#[test]
+fn pending_keys_are_capped() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "max_pending_keys = 3");
+    rt.block_on(async {
+        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
+        for i in 0..3 {
+            raw.barrier(&format!("flood{i}"), Duration::from_secs(60))
+                .await;
+        }
+        // The fourth new id gets no answer: send it, then a known id's
+        // auth (answered) as the barrier that it was handled.
+        let key = halite_pki::KeyPair::generate().expect("key");
+        let auth = halite_proto::message::Auth {
+            id: "flood3".into(),
+            pubkey: key.public().as_bytes().to_vec(),
+            nonce: vec![3; 16],
+            eph_pub: vec![0; 32],
+            version: "flood".into(),
+            grains: json!({}),
+        };
+        raw.send(key.sign_message("flood3", &auth).expect("sign").to_bytes())
+            .await;
+    });
+    halite_tests::eventually(Duration::from_secs(60), "three keys pending", || {
+        ["flood0", "flood1", "flood2"]
+            .iter()
+            .all(|id| master.key_status(id).as_deref() == Some("pending"))
+    });
+    let mut minion = Minion::start(dir.path(), "web01", master.return_port, "");
+    // web01 is refused too while the list is full; accepting one makes room.
+    assert_eq!(master.cli(&["keys", "accept", "flood0"]).code, 0);
+    halite_tests::eventually(Duration::from_secs(60), "web01 pending", || {
+        master.key_status("web01").as_deref() == Some("pending")
+    });
+    assert_eq!(
+        master.key_status("flood3"),
+        None,
+        "the refused id left nothing"
+    );
+    assert!(!minion.proc.exited());
+}

@@ -21,14 +21,20 @@ impl Core {
         let envelope = match Envelope::from_bytes(&body) {
             Ok(envelope) => envelope,
             Err(e) => {
-                tracing::warn!(error = %e, "dropped undecodable message");
+                // Throttled per connection: garbage must not flood the log.
+                if let Some(suppressed) = self.drop_log.allow(&hex::encode(&peer)) {
+                    tracing::warn!(error = %e, suppressed, "dropped undecodable message");
+                }
                 return;
             }
         };
         let kind = envelope.kind;
         let sender = envelope.sender.clone();
         if let Err(reason) = self.dispatch(peer, envelope).await {
-            tracing::warn!(minion = %printable(&sender), kind = ?kind, %reason, "dropped message");
+            let who = printable(&sender);
+            if let Some(suppressed) = self.drop_log.allow(&who) {
+                tracing::warn!(minion = %who, kind = ?kind, %reason, suppressed, "dropped message");
+            }
         }
     }
 
@@ -111,7 +117,17 @@ impl Core {
         same_id(&envelope.sender, &auth.id)?;
         let key = PublicKey::from_bytes(&auth.pubkey)?;
         halite_pki::verify_envelope(&envelope, &key)?;
-        let status = self.keys.submit(&auth.id, &key, self.config.auto_accept)?;
+        let status = match self.keys.submit(&auth.id, &key, self.config.auto_accept) {
+            Err(halite_pki::PkiError::TooManyPending { max }) => {
+                // No answer: the minion asks again later, when there may
+                // be room. One line per interval, whoever is knocking.
+                if let Some(suppressed) = self.drop_log.allow("max_pending_keys") {
+                    tracing::warn!(minion = %printable(&auth.id), max, suppressed, "pending keys at max_pending_keys: new minion ids refused");
+                }
+                return Ok(());
+            }
+            other => other?,
+        };
         let session = if status == KeyStatus::Accepted {
             let transcript = halite_pki::transcript(&auth.id, &key, &self.master_pub, &auth.nonce);
             self.presence

@@ -57,6 +57,9 @@ struct RecentJob {
     envelope: Arc<Vec<u8>>,
 }
 
+/// How often a line about one peer's dropped messages may be logged.
+const DROP_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Shared master state. See the module docs.
 pub struct Core {
     /// Validated configuration.
@@ -83,6 +86,8 @@ pub struct Core {
     cli_token: halite_pki::Secret,
     /// Whether login tokens still stand (see `auth.rs`).
     sessions: auth::UserSessions,
+    /// Lines about dropped messages, per peer, at most one per interval.
+    drop_log: halite_daemon::LogThrottle,
     /// New batch plans, for the batch driver.
     batches: mpsc::UnboundedSender<BatchPlan>,
     batch_plans: Mutex<Option<mpsc::UnboundedReceiver<BatchPlan>>>,
@@ -117,6 +122,7 @@ impl Core {
             + std::time::Duration::from_secs(1);
         let presence = Presence::load(parts.store.clone(), down_after, now_ms())?;
         let master_pub = parts.key.public();
+        parts.keys.set_max_pending(parts.config.max_pending_keys);
         let (batches, batch_plans) = mpsc::unbounded_channel();
         let core = Core {
             batches,
@@ -135,6 +141,7 @@ impl Core {
             publish_port: parts.publish_port,
             cli_token: halite_pki::Secret::new(parts.cli_token),
             sessions: auth::UserSessions::new(parts.config.users_file.clone()),
+            drop_log: halite_daemon::LogThrottle::new(DROP_LOG_INTERVAL),
             config: parts.config,
         };
         core.reload_recent()?;
