@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use halite_model::{DeployRecord, ReturnRecord};
+use halite_model::{DeployRecord, JobRecord, ReturnRecord};
 use halite_proto::app::{AppSpec, SECRET_PASSWORD, SECRET_USERNAME};
 use halite_proto::config::{parse_toml, ConfigError};
 use halite_proto::release::ReleaseReport;
@@ -265,11 +265,30 @@ pub fn module_for(app: &AppSpec) -> &'static str {
 /// the typed release report every deploy module writes
 /// (`halite_proto::release::ReleaseReport`). A release function's return
 /// that is no report (refused arguments, an unknown app) records nothing.
-pub fn deploy_record(jid: &halite_proto::Jid, ret: &ReturnRecord) -> Option<DeployRecord> {
+///
+/// A minion speaks only for itself and for the app its job was for: no
+/// record from a job this master did not publish (another master's, in
+/// hot mode, known only from the minion's word), from a minion the job
+/// did not target (the app's target, checked when the job was planned),
+/// or naming another app than the job's.
+pub fn deploy_record(job: &JobRecord, ret: &ReturnRecord) -> Option<DeployRecord> {
     if !halite_proto::catalog::releases(&ret.fun) {
         return None;
     }
+    if job.published_by.is_some() || !job.expected.contains(&ret.id) {
+        return None;
+    }
     let report: ReleaseReport = serde_json::from_value(ret.data.clone()).ok()?;
+    let job_app = job
+        .kwarg
+        .get("app")
+        .and_then(|app| app.get("name"))
+        .and_then(|name| name.as_str());
+    if halite_proto::catalog::takes_app(&ret.fun) && job_app != Some(report.app.as_str()) {
+        tracing::warn!(jid = %job.jid, minion = %ret.id, app = %report.app, "a release report for another app than the job's: not recorded");
+        return None;
+    }
+    let jid = &job.jid;
     Some(DeployRecord {
         app: report.app,
         minion: ret.id.clone(),

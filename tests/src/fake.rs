@@ -316,6 +316,13 @@ impl RawDealer {
     /// handled: a barrier for checking what the master did with them.
     pub async fn barrier(&mut self, id: &str, timeout: Duration) {
         let key = KeyPair::generate().expect("key");
+        self.auth(&key, id, timeout).await;
+    }
+
+    /// Sends an `Auth` for `id` signed with `key` and waits (up to
+    /// `timeout`) for the master's answer (the key is then pending, or
+    /// accepted).
+    pub async fn auth(&mut self, key: &KeyPair, id: &str, timeout: Duration) {
         let auth = Auth {
             id: id.into(),
             pubkey: key.public().as_bytes().to_vec(),

@@ -539,3 +539,91 @@ fn pending_keys_are_capped() {
     );
     assert!(!minion.proc.exited());
 }
+
+/// A compromised minion targeted by a deploy of `blog` cannot write
+/// release history for `shop` ("live at v666"); its report for the app
+/// its job was for is recorded.
+#[test]
+fn a_minion_cannot_forge_release_history_for_another_app() {
+    use halite_proto::message::Return;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("master/apps.d")).expect("apps.d");
+    for (app, target) in [("shop", "web1"), ("blog", "web2")] {
+        std::fs::write(
+            dir.path().join(format!("master/apps.d/{app}.toml")),
+            format!(
+                "repo = \"https://git.invalid/{app}.git\"\ntarget = \"{target}\"\npath = \"/srv/{app}\"\n"
+            ),
+        )
+        .expect("app");
+    }
+    let master = Master::start(dir.path(), "");
+    let key = halite_pki::KeyPair::generate().expect("key");
+    let mut raw = rt.block_on(async {
+        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
+        raw.auth(&key, "web2", Duration::from_secs(60)).await;
+        raw
+    });
+    assert_eq!(master.cli(&["keys", "accept", "web2"]).code, 0);
+    let report = |app: &str, version: &str| {
+        json!({
+            "app": app, "action": "deploy", "result": "live", "revision": "abc",
+            "reference": version, "release": version, "previous": null,
+            "stages": [], "duration_ms": 1,
+        })
+    };
+    for (app, version) in [("shop", "v666"), ("blog", "v1")] {
+        let out = master.cli(&[
+            "run",
+            "target=web2",
+            "git_deploy.deploy",
+            "app=blog",
+            "tag=v1",
+            "--async",
+            "--json",
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let jid = halite_proto::Jid::parse(out.json()["jid"].as_str().expect("jid")).expect("jid");
+        let ret = Return {
+            jid,
+            id: "web2".into(),
+            fun: "git_deploy.deploy".into(),
+            success: true,
+            retcode: 0,
+            data: report(app, version),
+            started_at: halite_proto::time::now_ms(),
+            finished_at: halite_proto::time::now_ms(),
+            nonce: vec![5; 16],
+            master: "test-master".into(),
+        };
+        rt.block_on(async {
+            raw.send(key.sign_message("web2", &ret).expect("sign").to_bytes())
+                .await;
+            raw.barrier(&format!("barrier-{app}"), Duration::from_secs(60))
+                .await;
+        });
+    }
+    let releases = |app: &str| {
+        let (status, body) = call(
+            http().get(format!("{}/v1/apps/{app}/releases", master.api_url())),
+            Some(&master.root_token()),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    // The collector stores in batches: blog's record shows it ran.
+    halite_tests::eventually(Duration::from_secs(60), "blog's release recorded", || {
+        releases("blog")["live"]
+            .as_array()
+            .is_some_and(|live| !live.is_empty())
+    });
+    let shop = releases("shop");
+    assert_eq!(shop["live"], json!([]), "{shop}");
+    assert_eq!(shop["history"], json!([]), "{shop}");
+}

@@ -115,8 +115,13 @@ impl Core {
                 self.record_foreign_job(jid, master, fun, *started_at)?;
             }
             for ((jid, record), _) in records.iter().zip(&new).filter(|(_, is_new)| **is_new) {
-                if let Some(deploy) = crate::apps::deploy_record(jid, record) {
-                    self.store.put_deploy(&deploy)?;
+                if halite_proto::catalog::releases(&record.fun) {
+                    let job = self.store.job(jid)?;
+                    let deploy =
+                        job.and_then(|job| crate::apps::deploy_record(&job.record, record));
+                    if let Some(deploy) = deploy {
+                        self.store.put_deploy(&deploy)?;
+                    }
                 }
                 self.store
                     .publish(crate::store::return_entry(jid, record))?;
