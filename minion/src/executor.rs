@@ -185,19 +185,32 @@ impl Executor {
                 };
                 let recorded = tokio::task::spawn_blocking(move || {
                     let first = guard.record_jid(&jid, keep_until, now)?;
-                    if first {
-                        guard.mark_running(&jid, &marker);
-                    }
-                    Ok::<_, String>(first)
+                    let ready = if first {
+                        guard.ready_to_record(&jid, &marker)
+                    } else {
+                        Ok(())
+                    };
+                    Ok::<_, String>((first, ready))
                 })
                 .await;
                 match recorded {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) if source == JobSource::Published => {
+                    Ok(Ok((true, Ok(())))) => {}
+                    Ok(Ok((true, Err(e)))) => {
+                        // Run unrecorded, a crash would lose what it did:
+                        // refuse it, saying why, in a return.
+                        tracing::error!(error = %e, "cannot record the job on this minion; not run");
+                        let outcome = Outcome::failed(
+                            RETCODE_ERROR,
+                            format!("not run: this minion cannot record the job before running it ({e}); free space in its data_dir"),
+                        );
+                        executor.finish(&job, now, outcome).await;
+                        return;
+                    }
+                    Ok(Ok((false, _))) if source == JobSource::Published => {
                         tracing::warn!("refused a replayed job (this jid already ran here)");
                         return;
                     }
-                    Ok(Ok(false)) => {
+                    Ok(Ok((false, _))) => {
                         tracing::debug!("catch-up offered a job that already ran here");
                         return;
                     }
@@ -219,16 +232,19 @@ impl Executor {
         Ok(())
     }
 
-    /// Notes that `jid` is running (best effort: without the marker a
-    /// crash mid-job leaves the job without a return, as before).
-    fn mark_running(&self, jid: &Jid, marker: &Marker) {
-        let written = std::fs::create_dir_all(&self.markers).and_then(|()| {
-            let bytes = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
-            std::fs::write(self.markers.join(jid.as_str()), bytes)
-        });
-        if let Err(e) = written {
-            tracing::warn!(error = %e, dir = %self.markers.display(), "cannot write the running-job marker");
-        }
+    /// Notes that `jid` is running (its marker) and checks that its
+    /// return can be spooled: Err (naming the path) if either cannot be
+    /// written, and then the job must not run.
+    fn ready_to_record(&self, jid: &Jid, marker: &Marker) -> Result<(), String> {
+        std::fs::create_dir_all(&self.markers)
+            .and_then(|()| {
+                let bytes = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
+                std::fs::write(self.markers.join(jid.as_str()), bytes)
+            })
+            .map_err(|e| format!("{}: {e}", self.markers.display()))?;
+        self.outbox.probe(jid).inspect_err(|_| {
+            let _ = std::fs::remove_file(self.markers.join(jid.as_str()));
+        })
     }
 
     /// Gives every job that was running when the minion last stopped
@@ -321,6 +337,23 @@ impl Executor {
             },
             Err(message) => Outcome::failed(RETCODE_ERROR, message),
         };
+        self.finish(&job, started_at, outcome).await;
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&job.jid);
+        }
+    }
+
+    /// Signs, spools (unspooled if the spool cannot take it) and sends a
+    /// job's return, then drops its running marker.
+    async fn finish(&self, job: &Job, started_at: u64, mut outcome: Outcome) {
+        let depth = halite_proto::envelope::depth(&outcome.data);
+        if depth > halite_proto::envelope::MAX_DATA_DEPTH {
+            // The master would not keep it; say so instead of losing it.
+            outcome.data = serde_json::Value::String(format!(
+                "the result nests {depth} levels deep, more than {}: not sent",
+                halite_proto::envelope::MAX_DATA_DEPTH
+            ));
+        }
         let ret = Return {
             jid: job.jid.clone(),
             id: self.id.clone(),
@@ -362,9 +395,6 @@ impl Executor {
                 self.outbox.send(Outgoing { bytes, ack });
             }
             Err(e) => tracing::error!(error = %e, "cannot sign the return"),
-        }
-        if let Ok(mut running) = self.running.lock() {
-            running.remove(&job.jid);
         }
     }
 
@@ -563,7 +593,7 @@ mod tests {
             master: "m1".to_owned(),
             started_at: 1,
         };
-        executor.mark_running(jid, &marker);
+        executor.ready_to_record(jid, &marker).expect("marker");
     }
 
     #[test]
@@ -590,12 +620,26 @@ mod tests {
         let (executor, spool) = executor(dir.path());
         let jid = Jid::from_unix_us(2_000_000);
         mark(&executor, &jid);
-        spool.put(&jid, b"the real return").expect("put");
+        let real = Return {
+            jid: jid.clone(),
+            id: "web01".into(),
+            fun: "cmd.run".into(),
+            success: true,
+            retcode: 0,
+            data: serde_json::json!("the real return"),
+            started_at: 0,
+            finished_at: 0,
+            nonce: vec![2; 16],
+            master: "m1".into(),
+        };
+        let real = KeyPair::generate()
+            .expect("key")
+            .sign_message("web01", &real)
+            .expect("sign")
+            .to_bytes();
+        spool.put(&jid, &real).expect("put");
         executor.recover_interrupted();
-        assert_eq!(
-            spool.all(),
-            vec![(jid.clone(), b"the real return".to_vec())]
-        );
+        assert_eq!(spool.all(), vec![(jid.clone(), real)]);
         assert!(!dir.path().join("running").join(jid.as_str()).exists());
     }
 }

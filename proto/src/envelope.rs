@@ -20,6 +20,27 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// `halite_daemon::socket_options`), and drop that connection.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The deepest JSON nesting a return's data may have when the master keeps
+/// it: below what every reader parses (serde_json stops at 128 levels, and
+/// the API wraps the data in a few more), so any return the master accepts
+/// can be shown by `master-cli` and portals.
+pub const MAX_DATA_DEPTH: usize = 100;
+
+/// How deeply `value` nests (a scalar is 1), counted without recursion.
+pub fn depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1usize)];
+    while let Some((value, level)) = stack.pop() {
+        deepest = deepest.max(level);
+        match value {
+            serde_json::Value::Array(items) => stack.extend(items.iter().map(|v| (v, level + 1))),
+            serde_json::Value::Object(map) => stack.extend(map.values().map(|v| (v, level + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Domain separation for signatures: a signature made for a halite
 /// envelope can never be mistaken for one over other data signed with the
 /// same key.
@@ -175,9 +196,16 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
     })
 }
 
+/// Nesting `decode` follows at most: deeper input is malformed, refused
+/// before its recursion can exhaust a worker's stack (a message is a few
+/// levels around its data, which [`MAX_DATA_DEPTH`] bounds).
+pub const MAX_DECODE_DEPTH: usize = 128;
+
 /// msgpack-decodes a value, naming `what` in the error.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, ProtoError> {
-    rmp_serde::from_slice(bytes).map_err(|e| ProtoError::Malformed {
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+    decoder.set_max_depth(MAX_DECODE_DEPTH);
+    T::deserialize(&mut decoder).map_err(|e| ProtoError::Malformed {
         what,
         reason: e.to_string(),
     })
@@ -250,5 +278,33 @@ mod tests {
             env.open::<crate::message::Heartbeat>(),
             Err(ProtoError::WrongKind { .. })
         ));
+    }
+
+    #[test]
+    fn depth_counts_nesting_without_recursion() {
+        assert_eq!(depth(&serde_json::json!(1)), 1);
+        assert_eq!(depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+        let mut deep = serde_json::json!(0);
+        for _ in 0..100_000 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert_eq!(depth(&deep), 100_001);
+        // Dropping it recursively would overflow the test's stack.
+        let mut items = vec![deep];
+        while let Some(serde_json::Value::Array(inner)) = items.pop() {
+            items.extend(inner);
+        }
+    }
+
+    #[test]
+    fn deeply_nested_input_is_malformed_not_a_stack_overflow() {
+        // msgpack: 100 000 one-element arrays around a zero.
+        let mut bytes = vec![0x91u8; 100_000];
+        bytes.push(0);
+        let decoded: Result<serde_json::Value, _> = decode("test", &bytes);
+        assert!(matches!(decoded, Err(ProtoError::Malformed { .. })));
+        let mut shallow = vec![0x91u8; 50];
+        shallow.push(0);
+        assert!(decode::<serde_json::Value>("test", &shallow).is_ok());
     }
 }

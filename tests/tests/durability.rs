@@ -334,3 +334,95 @@ fn a_job_in_batches_goes_on_after_a_master_restart() {
     let doc = master.cli(&["jobs", "show", &jid, "--json"]).json();
     halite_tests::assert_batches_in_turn(&doc, &ids);
 }
+
+/// A minion that cannot record a job before running it (its running
+/// marker cannot be written: here `data/running` is a file, as good as a
+/// full disk) does not run it and says so in a failed return.
+#[test]
+fn a_minion_that_cannot_record_a_job_refuses_it_in_a_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "");
+    let web = Minion::start(dir.path(), "web01", master.return_port, "");
+    master.accept("web01");
+    let running = web.dir.join("data/running");
+    let _ = std::fs::remove_dir_all(&running);
+    std::fs::write(&running, "not a directory").expect("block the marker dir");
+    let touched = dir.path().join("ran");
+    let command = format!("touch {}", touched.display());
+    let out = master.cli(&["run", "target=web01", "cmd.run", &command, "--json"]);
+    let doc = out.json();
+    assert_eq!(doc["returns"]["web01"]["success"], false, "{doc}");
+    assert!(!touched.exists(), "the job ran unrecorded");
+}
+
+/// A return nested deeper than readers parse is kept with its outcome,
+/// its data replaced by a note, and `master-cli` shows the job; one nested
+/// deeper than the decoder follows is dropped without harm to the master.
+#[test]
+fn deeply_nested_returns_are_kept_or_dropped_never_a_crash() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut master = Master::start(dir.path(), "");
+    let key = std::sync::Arc::new(halite_pki::KeyPair::generate().expect("key"));
+    let mut raw = rt.block_on(async {
+        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
+        raw.auth(&key, "web02", Duration::from_secs(60)).await;
+        raw
+    });
+    assert_eq!(master.cli(&["keys", "accept", "web02"]).code, 0);
+    let mut jids = Vec::new();
+    for levels in [126, 600] {
+        let out = master.cli(&["run", "target=web02", "test.ping", "--async", "--json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let jid = jid_of(&out);
+        // Built, signed and dropped on a thread with room for the
+        // recursion serde does on the way (the master has no such room).
+        let signer = std::sync::Arc::clone(&key);
+        let parsed = halite_proto::Jid::parse(&jid).expect("jid");
+        let bytes = std::thread::Builder::new()
+            .stack_size(256 * 1024 * 1024)
+            .spawn(move || {
+                let mut data = serde_json::json!("bottom");
+                for _ in 0..levels {
+                    data = serde_json::json!([data]);
+                }
+                let ret = halite_proto::message::Return {
+                    jid: parsed,
+                    id: "web02".into(),
+                    fun: "test.ping".into(),
+                    success: true,
+                    retcode: 0,
+                    data,
+                    started_at: halite_proto::time::now_ms(),
+                    finished_at: halite_proto::time::now_ms(),
+                    nonce: vec![4; 16],
+                    master: "test-master".into(),
+                };
+                signer.sign_message("web02", &ret).expect("sign").to_bytes()
+            })
+            .expect("thread")
+            .join()
+            .expect("signed");
+        rt.block_on(async {
+            raw.send(bytes).await;
+            raw.barrier(&format!("barrier-{levels}"), Duration::from_secs(60))
+                .await;
+        });
+        jids.push(jid);
+    }
+    eventually(Duration::from_secs(60), "the first return kept", || {
+        returned(&master, &jids[0])
+    });
+    let out = master.cli(&["jobs", "show", &jids[0], "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["returns"]["web02"]["success"], true);
+    assert!(!master.proc.exited(), "the master survived");
+    assert!(
+        !returned(&master, &jids[1]),
+        "the undecodable one was dropped"
+    );
+}

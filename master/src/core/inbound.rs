@@ -44,8 +44,17 @@ impl Core {
             Kind::Auth => super::blocking(|| self.on_auth(peer, envelope)),
             Kind::Heartbeat => self.on_heartbeat(peer, envelope),
             Kind::Return => {
-                let ret: Return = self.verified(&envelope)?;
+                let mut ret: Return = self.verified(&envelope)?;
                 same_id(&envelope.sender, &ret.id)?;
+                let depth = halite_proto::envelope::depth(&ret.data);
+                if depth > halite_proto::envelope::MAX_DATA_DEPTH {
+                    // Kept (with its outcome), but not as data no reader
+                    // could parse back.
+                    ret.data = serde_json::Value::String(format!(
+                        "the return's data nests {depth} levels deep, more than {}: not kept",
+                        halite_proto::envelope::MAX_DATA_DEPTH
+                    ));
+                }
                 let own = ret.master.is_empty() || ret.master == self.config.id;
                 if own {
                     if let Err(refusal) = self.check_expected(&ret.jid, &ret.id) {
