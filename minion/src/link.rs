@@ -76,6 +76,7 @@ enum Next {
 }
 
 /// Everything the link shares with the rest of the minion.
+#[derive(Clone)]
 pub struct Link {
     /// Master address.
     pub addr: MasterAddr,
@@ -482,14 +483,46 @@ impl Link {
     /// Can this master be reached and does it accept this minion right
     /// now? A full auth on a throwaway connection (the failback probe).
     async fn answers(&self) -> bool {
+        self.key_status().await == Some(KeyStatus::Accepted)
+    }
+
+    /// What this master says of this minion's key, from a full auth on a
+    /// throwaway connection (which also submits the key if the master has
+    /// never seen it); `None` if it cannot be reached or does not answer.
+    async fn key_status(&self) -> Option<KeyStatus> {
         let mut dealer = DealerSocket::with_options(halite_daemon::socket_options());
         let endpoint = self.addr.endpoint(self.addr.port);
         match tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&endpoint)).await {
             Ok(Ok(())) => {}
-            _ => return false,
+            _ => return None,
         }
         let (mut tx, mut rx) = dealer.split();
-        matches!(self.auth(&mut tx, &mut rx).await, Ok(Ok(_)))
+        match self.auth(&mut tx, &mut rx).await {
+            Ok(Ok(_)) => Some(KeyStatus::Accepted),
+            Ok(Err(status)) => Some(status),
+            Err(_) => None,
+        }
+    }
+
+    /// Makes this minion's key known to a master it does not use yet (a
+    /// failover minion talks to one master at a time), so its operator
+    /// can accept the key before that master is needed: an auth, again
+    /// every `auth_retry` until the master answers, or until shutdown.
+    async fn introduce(self, shutdown: CancellationToken) {
+        loop {
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                answer = self.key_status() => answer,
+            };
+            if let Some(status) = answer {
+                tracing::info!(master = %self.addr, ?status, "key presented to a standby master");
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.auth_retry.max(Duration::from_secs(1))) => {}
+            }
+        }
     }
 
     fn sign<M: halite_proto::Message>(&self, message: &M) -> Result<Vec<u8>, LinkError> {
@@ -540,6 +573,13 @@ pub async fn run_failover(
     }
     let count = links.len();
     let mut current = first_master(count, random_start, &mut rand::thread_rng());
+    // Every other master learns this minion's key now, not when it is
+    // needed (with nobody there to accept it).
+    for (index, link) in links.iter().enumerate() {
+        if index != current {
+            tokio::spawn(link.clone().introduce(shutdown.clone()));
+        }
+    }
     let mut failed_in_a_row = 0usize;
     let mut backoff = Duration::from_millis(500);
     loop {

@@ -32,6 +32,7 @@ pub enum TrustError {
 }
 
 /// The trust decision for one master.
+#[derive(Clone)]
 pub struct MasterTrust {
     pin_file: PathBuf,
     expected_fingerprint: Option<String>,

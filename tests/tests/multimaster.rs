@@ -11,8 +11,9 @@ use halite_tests::{eventually, Master, Minion};
 const ALIVE: u64 = 3;
 
 fn two_masters(dir: &Path) -> (Master, Master) {
-    // auto_accept: a failover minion meets the second master only when
-    // the first is gone, with nobody there to accept its key.
+    // auto_accept keeps these tests about moving between masters;
+    // `failover_without_auto_accept` shows the operator's way (keys
+    // presented to every master at start, accepted on each).
     let a = Master::start(&dir.join("a"), "id = \"master-a\"\nauto_accept = true");
     let b = Master::start(&dir.join("b"), "id = \"master-b\"\nauto_accept = true");
     (a, b)
@@ -345,4 +346,32 @@ fn a_hung_master_is_left_after_master_alive_interval() {
             at.saturating_sub(stopped)
         );
     }
+}
+
+/// Without auto_accept: a failover minion presents its key to every
+/// master of its list at start, so the operator accepts it on each while
+/// all are up; when the active master dies, the standby already trusts
+/// the minion and runs its jobs.
+#[test]
+fn failover_without_auto_accept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = Master::start(&dir.path().join("a"), "id = \"master-a\"");
+    let b = Master::start(&dir.path().join("b"), "id = \"master-b\"");
+    let config = minion_config(&a, &b, "master_type = \"failover\"");
+    let _web = Minion::start(dir.path(), "web01", a.return_port, &config);
+    for master in [&a, &b] {
+        eventually(
+            Duration::from_secs(60),
+            "the key pending on both masters",
+            || master.key_status("web01").as_deref() == Some("pending"),
+        );
+    }
+    for master in [&a, &b] {
+        assert_eq!(master.cli(&["keys", "accept", "web01"]).code, 0);
+    }
+    a.wait_up("web01");
+    a.proc.kill();
+    b.wait_up("web01");
+    let out = b.cli(&["run", "target=web01", "test.ping"]);
+    assert_eq!(out.code, 0, "{out:?}");
 }
