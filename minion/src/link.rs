@@ -436,6 +436,26 @@ impl Link {
         master_pub: &PublicKey,
         source: JobSource,
     ) -> Option<u64> {
+        // Jobs travel sealed under the session key (only authenticated
+        // minions read them); beacons are signed, in clear.
+        let opened;
+        let body = if topic == TOPIC_JOB {
+            let keys = self.session_tx.borrow().clone();
+            match halite_pki::open_publication(|epoch| keys.get(&epoch).cloned(), topic, body) {
+                Ok(plain) => {
+                    opened = plain;
+                    opened.as_slice()
+                }
+                Err(e) => {
+                    if let Some(suppressed) = self.drop_logged() {
+                        tracing::warn!(master = %self.addr, error = %e, suppressed, "dropped a job this minion cannot open (sealed under another session key, or not sealed)");
+                    }
+                    return None;
+                }
+            }
+        } else {
+            body
+        };
         let envelope = self.verify_master(body, master_pub)?;
         match (topic, envelope.kind) {
             (TOPIC_JOB, Kind::Job) => match envelope.open::<Job>() {

@@ -76,6 +76,9 @@ pub enum PkiError {
         /// The encoder's error.
         reason: ProtoError,
     },
+    /// A sealed publication that is not one (damaged or foreign bytes).
+    #[error("malformed publication: {0}")]
+    Publication(ProtoError),
     /// No key of any state exists for this minion id.
     #[error("no key for minion {id}")]
     NoSuchKey {

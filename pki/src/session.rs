@@ -344,6 +344,42 @@ fn open_with(
     Ok(buf)
 }
 
+/// What a published job binds its sealing to (the topic goes in too).
+const PUBLICATION_AAD: &[u8] = b"halite/publication/v1\0";
+
+/// A job envelope as it goes out on PUB (or in a catch-up reply): sealed
+/// under the session key, so only minions the master authenticated can
+/// read what it asks (function, target, arguments, user, app); anyone
+/// may subscribe, but sees an epoch and ciphertext. The signed envelope
+/// inside is still verified after opening.
+pub fn seal_publication(
+    key: &SessionKey,
+    topic: &str,
+    envelope: &[u8],
+) -> Result<Vec<u8>, PkiError> {
+    let aad = [PUBLICATION_AAD, topic.as_bytes()].concat();
+    let sealed = key.seal(&aad, envelope)?;
+    halite_proto::envelope::encode("publication", &sealed).map_err(PkiError::Publication)
+}
+
+/// Opens what [`seal_publication`] sealed, with the session key of its
+/// epoch (`key_of`); an unknown epoch or a forged or damaged body is an
+/// error.
+pub fn open_publication(
+    key_of: impl Fn(u64) -> Option<SessionKey>,
+    topic: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, PkiError> {
+    let sealed: Sealed =
+        halite_proto::envelope::decode("publication", body).map_err(PkiError::Publication)?;
+    let key = key_of(sealed.epoch).ok_or(PkiError::SessionEpoch {
+        expected: 0,
+        got: sealed.epoch,
+    })?;
+    let aad = [PUBLICATION_AAD, topic.as_bytes()].concat();
+    key.open(&aad, &sealed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,5 +573,21 @@ mod tests {
         assert_eq!(shown, "SessionKey { epoch: 9, key: \"***\" }");
         let (eph, _) = Ephemeral::generate().unwrap();
         assert_eq!(format!("{eph:?}"), "Ephemeral(***)");
+    }
+
+    #[test]
+    fn a_publication_opens_with_its_epochs_key_and_topic_only() {
+        let key = SessionKey::generate(7).unwrap();
+        let body = seal_publication(&key, "job", b"signed job envelope").unwrap();
+        assert!(!body
+            .windows(b"signed job".len())
+            .any(|w| w == b"signed job"));
+        let opened = open_publication(|e| (e == 7).then(|| key.clone()), "job", &body).unwrap();
+        assert_eq!(opened, b"signed job envelope");
+        assert!(open_publication(|e| (e == 7).then(|| key.clone()), "beacon", &body).is_err());
+        assert!(open_publication(|_| None, "job", &body).is_err());
+        let other = SessionKey::generate(7).unwrap();
+        assert!(open_publication(|_| Some(other.clone()), "job", &body).is_err());
+        assert!(open_publication(|_| Some(key.clone()), "job", b"garbage").is_err());
     }
 }

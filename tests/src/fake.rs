@@ -32,6 +32,8 @@ pub struct FakeMaster {
     /// Woken whenever a return arrives.
     returned: Arc<tokio::sync::Notify>,
     jids: JidGenerator,
+    /// The session key it grants: jobs are published sealed under it.
+    session: SessionKey,
 }
 
 impl FakeMaster {
@@ -45,6 +47,7 @@ impl FakeMaster {
     /// one key stand for masters that share a key.
     pub async fn start_with_key(key: Arc<KeyPair>) -> FakeMaster {
         let session = SessionKey::generate(1).expect("session key");
+        let publication_key = session.clone();
         let mut router = RouterSocket::new();
         let return_port = match router.bind("tcp://127.0.0.1:0").await.expect("bind router") {
             zeromq::Endpoint::Tcp(_, port) => port,
@@ -175,6 +178,7 @@ impl FakeMaster {
             auths,
             returned,
             jids: JidGenerator::new(),
+            session: publication_key,
         }
     }
 
@@ -202,8 +206,10 @@ impl FakeMaster {
     /// the test forges).
     pub async fn publish(&self, job: &Job, signer: &KeyPair) {
         let envelope = signer.sign_message("fake-master", job).expect("sign job");
+        let sealed = halite_pki::seal_publication(&self.session, TOPIC_JOB, &envelope.to_bytes())
+            .expect("seal job");
         let mut message = ZmqMessage::from(TOPIC_JOB);
-        message.push_back(Bytes::from(envelope.to_bytes()));
+        message.push_back(Bytes::from(sealed));
         self.publisher
             .lock()
             .await

@@ -627,3 +627,56 @@ fn a_minion_cannot_forge_release_history_for_another_app() {
     assert_eq!(shop["live"], json!([]), "{shop}");
     assert_eq!(shop["history"], json!([]), "{shop}");
 }
+
+/// A plain SUB socket on the PUB port, with no key, sees that jobs go
+/// out, not what they are: function, arguments and user are sealed under
+/// the session key only authenticated minions hold.
+#[test]
+fn job_publications_are_not_readable_without_a_session_key() {
+    use zeromq::{Socket, SocketRecv};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (master, _web01) = master_with_minion(dir.path());
+    let mut sub = rt.block_on(async {
+        let mut sub = zeromq::SubSocket::new();
+        sub.connect(&format!("tcp://127.0.0.1:{}", master.publish_port))
+            .await
+            .expect("connect");
+        sub.subscribe("").await.expect("subscribe");
+        // A beacon (every second) shows the subscription is in place.
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+                .await
+                .expect("a beacon in time")
+                .expect("message");
+            if message.get(0).is_some_and(|t| t.as_ref() == b"beacon") {
+                break sub;
+            }
+        }
+    });
+    let marker = "SECRET-MARKER-4242";
+    let out = master.cli(&["run", "target=web01", "cmd.run", &format!("echo {marker}")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let publication = rt.block_on(async {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+                .await
+                .expect("the job's publication in time")
+                .expect("message");
+            if message.get(0).is_some_and(|t| t.as_ref() == b"job") {
+                break message.get(1).expect("body").to_vec();
+            }
+        }
+    });
+    let text = String::from_utf8_lossy(&publication);
+    assert!(!text.contains(marker), "the job's arguments are readable");
+    assert!(!text.contains("cmd.run"), "the job's function is readable");
+    assert!(
+        halite_proto::Envelope::from_bytes(&publication).is_err(),
+        "a plain signed envelope on the wire"
+    );
+}

@@ -2,12 +2,14 @@
 //! already trusts, then dispatched — auth, heartbeats, events, catch-up;
 //! returns go on to the collector ([`super::returns`]).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use halite_model::EventRecord;
 use halite_pki::PublicKey;
 use halite_proto::message::{
     Auth, AuthReply, Catchup, CatchupReply, Event, Heartbeat, HeartbeatAck, KeyStatus, Return,
-    ReturnAck,
+    ReturnAck, TOPIC_JOB,
 };
 use halite_proto::time::now_ms;
 use halite_proto::{Envelope, Jid, Kind, Message};
@@ -266,14 +268,28 @@ impl Core {
         }
     }
 
+    /// The jobs `id` may have missed, sealed like publications (with the
+    /// current session key, which the asking minion holds).
     fn catchup_for(&self, id: &str) -> Vec<serde_bytes::ByteBuf> {
         let now = now_ms();
-        let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
-        recent.retain(|job| job.expires_at > now);
-        recent
+        let missed: Vec<Arc<Vec<u8>>> = {
+            let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
+            recent.retain(|job| job.expires_at > now);
+            recent
+                .iter()
+                .filter(|job| job.expected.contains(id))
+                .map(|job| Arc::clone(&job.envelope))
+                .collect()
+        };
+        let session = self.session.current();
+        missed
             .iter()
-            .filter(|job| job.expected.contains(id))
-            .map(|job| serde_bytes::ByteBuf::from(job.envelope.as_slice()))
+            .filter_map(|envelope| {
+                halite_pki::seal_publication(&session, TOPIC_JOB, envelope)
+                    .inspect_err(|e| tracing::error!(error = %e, "cannot seal a catch-up job"))
+                    .ok()
+            })
+            .map(serde_bytes::ByteBuf::from)
             .collect()
     }
 }

@@ -188,11 +188,19 @@ impl Core {
     }
 
     /// Publishes a signed job envelope (stored first, if it is to be
-    /// stored), remembering it for catch-up.
+    /// stored), sealed under the session key so that only authenticated
+    /// minions read it, and remembers it for catch-up.
     fn send_job(&self, job: &halite_proto::message::Job, expected: Vec<String>, envelope: Vec<u8>) {
-        self.remember(job.jid.clone(), job.expires_at, expected, envelope.clone());
-        self.outbound
-            .publish(halite_proto::message::TOPIC_JOB, envelope);
+        use halite_proto::message::TOPIC_JOB;
+        let sealed = halite_pki::seal_publication(&self.session.current(), TOPIC_JOB, &envelope);
+        self.remember(job.jid.clone(), job.expires_at, expected, envelope);
+        match sealed {
+            Ok(sealed) => self.outbound.publish(TOPIC_JOB, sealed),
+            // Minions get it through catch-up, sealed again then.
+            Err(e) => {
+                tracing::error!(jid = %job.jid, error = %e, "cannot seal a job for publishing")
+            }
+        }
     }
 
     /// Puts an entry on the event stream; a failure is logged, never

@@ -116,13 +116,25 @@ impl Harness {
         all
     }
 
-    /// Jobs published so far, opened.
+    /// Jobs published so far, opened as a minion holding the session key
+    /// opens them (they are sealed: plain bytes are no envelope).
     fn published_jobs(&mut self) -> Vec<Job> {
+        let key = self.core.session.current();
         self.drain_sent()
             .into_iter()
             .filter_map(|sent| match sent {
                 Sent::Published { topic, body } if topic == TOPIC_JOB => {
-                    Some(Envelope::from_bytes(&body).unwrap().open().unwrap())
+                    assert!(
+                        Envelope::from_bytes(&body).is_err(),
+                        "a job published in clear"
+                    );
+                    let plain = halite_pki::open_publication(
+                        |epoch| (epoch == key.epoch()).then(|| key.clone()),
+                        TOPIC_JOB,
+                        &body,
+                    )
+                    .unwrap();
+                    Some(Envelope::from_bytes(&plain).unwrap().open().unwrap())
                 }
                 _ => None,
             })
