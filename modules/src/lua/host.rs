@@ -328,11 +328,12 @@ pub(crate) fn install(lua: &Lua, host: Arc<Host>) -> mlua::Result<()> {
                 None => ("info".to_owned(), level),
             };
             let (jid, module) = (&h.call.jid, &h.module);
+            let line = log_line(&message);
             match level.as_str() {
-                "error" => tracing::error!(%jid, module, "{message}"),
-                "warn" | "warning" => tracing::warn!(%jid, module, "{message}"),
-                "debug" => tracing::debug!(%jid, module, "{message}"),
-                _ => tracing::info!(%jid, module, "{message}"),
+                "error" => tracing::error!(%jid, module, "{line}"),
+                "warn" | "warning" => tracing::warn!(%jid, module, "{line}"),
+                "debug" => tracing::debug!(%jid, module, "{line}"),
+                _ => tracing::info!(%jid, module, "{line}"),
             }
             h.call.events.progress("log", &message);
             Ok(())
@@ -435,4 +436,30 @@ fn render(text: &str, vars: &Table) -> mlua::Result<String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Longest Lua log line the minion log takes (the job's events keep it
+/// whole).
+const MAX_LOG_LINE: usize = 4096;
+
+/// A module's log message as one line of the minion's log: control
+/// characters (newlines included) escaped, so a module cannot forge log
+/// lines, and cut at [`MAX_LOG_LINE`] characters.
+pub(super) fn log_line(message: &str) -> String {
+    let mut line: String = message
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .take(MAX_LOG_LINE)
+        .collect();
+    if message.chars().count() > MAX_LOG_LINE {
+        line.push('…');
+    }
+    line
 }

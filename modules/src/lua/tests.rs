@@ -266,3 +266,12 @@ fn bad_modules_are_refused_with_the_reason() {
         .is_err());
     }
 }
+
+#[test]
+fn a_module_log_message_is_one_line_of_the_minion_log() {
+    let line = super::host::log_line("ok\n2026-11-30 INFO forged: root login\r\x1b[2J");
+    assert!(!line.contains('\n') && !line.contains('\r') && !line.contains('\x1b'));
+    assert!(line.starts_with("ok\\n2026"), "{line}");
+    let long = super::host::log_line(&"x".repeat(10_000));
+    assert!(long.chars().count() <= 4097);
+}
