@@ -71,7 +71,13 @@ impl SessionKey {
         Ok(SessionKey { epoch, key })
     }
 
-    /// Which rotation this key belongs to; sealed values carry it.
+    /// A key from known bytes: for tests and fuzzing, where sealed inputs
+    /// must open run after run. Real keys come from [`SessionKey::generate`].
+    pub fn from_bytes(epoch: u64, key: [u8; KEY_LEN]) -> SessionKey {
+        SessionKey { epoch, key }
+    }
+
+    /// Which epoch this key is (minions hold the key of each epoch).
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
