@@ -22,6 +22,7 @@ mod fanout;
 mod idle;
 mod lua;
 mod report;
+mod seal;
 mod stored;
 mod swarm;
 mod sys;
@@ -54,6 +55,8 @@ enum Cmd {
     Lua(lua::LuaArgs),
     /// Resident memory of one idle halite-minion process.
     IdleRss(idle::IdleArgs),
+    /// Cost of sealing a job's secrets for each target under its own key.
+    Seal(seal::SealArgs),
     /// Runs part of a swarm for `fanout` (internal).
     #[command(hide = true)]
     Swarm(swarm::SwarmArgs),
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Lua(args) => lua::run(args),
         Cmd::Deploy(args) => deploy::run(args),
         Cmd::Failover(args) => failover::run(args),
+        Cmd::Seal(args) => seal::run(args),
         Cmd::Swarm(args) => swarm::run_child(args),
     };
     match result {

@@ -30,7 +30,21 @@ const SESSION_WAIT: Duration = Duration::from_secs(10);
 /// The session keys of every master this minion is authenticated with,
 /// by epoch (epochs are creation times in ms, so masters do not clash).
 /// A job's sealed arguments name the epoch that opens them.
-pub type SessionKeys = std::collections::BTreeMap<u64, SessionKey>;
+#[derive(Clone, Default)]
+pub struct SessionKeys {
+    /// The masters' session keys, by epoch (jobs are published under them).
+    pub shared: std::collections::BTreeMap<u64, SessionKey>,
+    /// This minion's own key from each master (by master id), for the
+    /// secrets sealed to it alone.
+    pub personal: std::collections::BTreeMap<String, SessionKey>,
+}
+
+impl SessionKeys {
+    /// No keys yet.
+    pub fn new() -> SessionKeys {
+        SessionKeys::default()
+    }
+}
 
 /// A signed message for the master(s).
 #[derive(Clone, Debug)]
@@ -398,35 +412,58 @@ impl Executor {
         }
     }
 
-    /// Keyword arguments with the secret ones opened.
+    /// Keyword arguments with the secret ones opened: this minion's own
+    /// copy (sealed to it alone), or the copy sealed under the session key
+    /// by a master from before per-minion sealing.
     async fn unseal(&self, job: &Job) -> Result<Map<String, Value>, String> {
         let mut kwargs = job.kwarg.clone();
-        let Some(sealed) = &job.secret else {
+        let plain = if !job.secrets.is_empty() {
+            let Some(sealed) = job.secrets.get(&self.id) else {
+                return Err(format!(
+                    "no secret arguments were sealed for {}: it had not authenticated with master {} when the job was published; run the job again",
+                    self.id, job.master
+                ));
+            };
+            let key = self
+                .session
+                .borrow()
+                .personal
+                .get(&job.master)
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "cannot open secret arguments: no key of this minion from master {}",
+                        job.master
+                    )
+                })?;
+            halite_pki::open_for_minion(&key, job.jid.as_str(), &self.id, sealed)
+                .map_err(|e| format!("cannot open secret arguments: {e}"))?
+        } else if let Some(sealed) = &job.secret {
+            let mut session = self.session.clone();
+            let key = tokio::time::timeout(SESSION_WAIT, async {
+                loop {
+                    if let Some(key) = session.borrow_and_update().shared.get(&sealed.epoch) {
+                        return Some(key.clone());
+                    }
+                    if session.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            })
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                format!(
+                    "cannot open secret arguments: no session key of epoch {}",
+                    sealed.epoch
+                )
+            })?;
+            key.open(job.jid.as_str().as_bytes(), sealed)
+                .map_err(|e| format!("cannot open secret arguments: {e}"))?
+        } else {
             return Ok(kwargs);
         };
-        let mut session = self.session.clone();
-        let key = tokio::time::timeout(SESSION_WAIT, async {
-            loop {
-                if let Some(key) = session.borrow_and_update().get(&sealed.epoch) {
-                    return Some(key.clone());
-                }
-                if session.changed().await.is_err() {
-                    return None;
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| {
-            format!(
-                "cannot open secret arguments: no session key of epoch {}",
-                sealed.epoch
-            )
-        })?;
-        let plain = key
-            .open(job.jid.as_str().as_bytes(), sealed)
-            .map_err(|e| format!("cannot open secret arguments: {e}"))?;
         let secrets: std::collections::BTreeMap<String, String> =
             halite_proto::envelope::decode("secrets", &plain).map_err(|e| e.to_string())?;
         for (name, value) in secrets {

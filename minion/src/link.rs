@@ -111,6 +111,8 @@ struct Accepted {
     publish_port: u16,
     heartbeat: Duration,
     session: SessionKey,
+    /// This minion's own key from this master, if it gave one.
+    personal: Option<SessionKey>,
 }
 
 impl Link {
@@ -192,9 +194,15 @@ impl Link {
         let previous = self.epoch.replace(epoch);
         self.session_tx.send_modify(|keys| {
             if let Some(old) = previous {
-                keys.remove(&old);
+                keys.shared.remove(&old);
             }
-            keys.insert(epoch, accepted.session.clone());
+            keys.shared.insert(epoch, accepted.session.clone());
+            match &accepted.personal {
+                Some(personal) => keys
+                    .personal
+                    .insert(accepted.master.clone(), personal.clone()),
+                None => keys.personal.remove(&accepted.master),
+            };
         });
         tracing::info!(master = %accepted.master, addr = %self.addr, "authenticated");
 
@@ -377,13 +385,14 @@ impl Link {
         }
         let grant = reply.session.as_ref().ok_or(LinkError::NoSession)?;
         let transcript = halite_pki::transcript(&self.id, &my_pub, &master_pub, &auth_nonce);
-        let session = ephemeral.accept(grant, &transcript)?;
+        let (session, personal) = ephemeral.accept(grant, &transcript)?;
         Ok(Ok(Accepted {
             master_pub,
             master: reply.master,
             publish_port: reply.publish_port,
             heartbeat: Duration::from_secs(reply.heartbeat_interval.max(1)),
             session,
+            personal,
         }))
     }
 
@@ -441,7 +450,11 @@ impl Link {
         let opened;
         let body = if topic == TOPIC_JOB {
             let keys = self.session_tx.borrow().clone();
-            match halite_pki::open_publication(|epoch| keys.get(&epoch).cloned(), topic, body) {
+            match halite_pki::open_publication(
+                |epoch| keys.shared.get(&epoch).cloned(),
+                topic,
+                body,
+            ) {
                 Ok(plain) => {
                     opened = plain;
                     opened.as_slice()

@@ -29,7 +29,10 @@ pub use fsio::write_atomic;
 pub use keys::{normalize_fingerprint, verify_envelope, KeyPair, PublicKey};
 pub use keystore::{KeyEntry, KeyStore};
 pub use secret::Secret;
-pub use session::{grant, open_publication, seal_publication, transcript, Ephemeral, SessionKey};
+pub use session::{
+    grant, open_for_minion, open_publication, seal_for_minion, seal_publication, transcript,
+    Ephemeral, SessionKey,
+};
 pub use tls::install_tls_provider;
 
 /// SHA-256 of `bytes`, lower-case hex: how Lua module versions are named

@@ -189,7 +189,14 @@ impl Ephemeral {
     /// `AuthReply` envelope carrying `grant` verified against the master's
     /// pinned key; `transcript` must be built exactly as the master built
     /// it ([`transcript`]), or unwrapping fails.
-    pub fn accept(self, grant: &SessionGrant, transcript: &[u8]) -> Result<SessionKey, PkiError> {
+    ///
+    /// Returns the shared session key and, when the grant carries one,
+    /// this minion's own key.
+    pub fn accept(
+        self,
+        grant: &SessionGrant,
+        transcript: &[u8],
+    ) -> Result<(SessionKey, Option<SessionKey>), PkiError> {
         if grant.wrapped.epoch != grant.epoch {
             return Err(PkiError::SessionEpoch {
                 expected: grant.epoch,
@@ -198,23 +205,32 @@ impl Ephemeral {
         }
         check_x25519_pub("master ephemeral public key", &grant.eph_pub)?;
         let wrap_key = agree(self.private, &grant.eph_pub, transcript)?;
-        let mut plain = open_with(
-            &wrap_key,
-            grant.epoch,
-            WRAP_DOMAIN,
-            &[],
-            &grant.wrapped,
-            "session grant",
-        )?;
-        let key = <[u8; KEY_LEN]>::try_from(plain.as_slice()).map_err(|_| PkiError::Malformed {
-            what: "session grant",
-            reason: format!("wrapped key is {} bytes, expected {KEY_LEN}", plain.len()),
-        });
-        plain.fill(0);
-        Ok(SessionKey {
-            epoch: grant.epoch,
-            key: key?,
-        })
+        let unwrap = |sealed: &Sealed, aad: &[u8]| {
+            let mut plain = open_with(
+                &wrap_key,
+                grant.epoch,
+                WRAP_DOMAIN,
+                aad,
+                sealed,
+                "session grant",
+            )?;
+            let key =
+                <[u8; KEY_LEN]>::try_from(plain.as_slice()).map_err(|_| PkiError::Malformed {
+                    what: "session grant",
+                    reason: format!("wrapped key is {} bytes, expected {KEY_LEN}", plain.len()),
+                });
+            plain.fill(0);
+            Ok::<_, PkiError>(SessionKey {
+                epoch: grant.epoch,
+                key: key?,
+            })
+        };
+        let session = unwrap(&grant.wrapped, &[])?;
+        let personal = match &grant.personal {
+            Some(sealed) => Some(unwrap(sealed, PERSONAL_AAD)?),
+            None => None,
+        };
+        Ok((session, personal))
     }
 }
 
@@ -232,6 +248,7 @@ impl fmt::Debug for Ephemeral {
 /// master's ephemeral public key.
 pub fn grant(
     session: &SessionKey,
+    personal: Option<&SessionKey>,
     minion_eph_pub: &[u8],
     transcript: &[u8],
 ) -> Result<SessionGrant, PkiError> {
@@ -249,10 +266,22 @@ pub fn grant(
         .to_vec();
     let wrap_key = agree(private, minion_eph_pub, transcript)?;
     let wrapped = seal_with(&wrap_key, session.epoch, WRAP_DOMAIN, &[], &session.key)?;
+    let personal = personal
+        .map(|key| {
+            seal_with(
+                &wrap_key,
+                session.epoch,
+                WRAP_DOMAIN,
+                PERSONAL_AAD,
+                &key.key,
+            )
+        })
+        .transpose()?;
     Ok(SessionGrant {
         epoch: session.epoch,
         eph_pub,
         wrapped,
+        personal,
     })
 }
 
@@ -350,6 +379,36 @@ fn open_with(
     Ok(buf)
 }
 
+/// What a minion's own key is wrapped with, beside the session key.
+const PERSONAL_AAD: &[u8] = b"personal";
+
+/// What a secret sealed for one minion binds to: the job and the minion.
+fn personal_aad(jid: &str, minion: &str) -> Vec<u8> {
+    [jid.as_bytes(), b"\0", minion.as_bytes()].concat()
+}
+
+/// Seals a job's secret arguments for one minion under its own key
+/// (given at its auth), bound to the job and the minion: no other
+/// minion — accepted or not — can open it.
+pub fn seal_for_minion(
+    key: &SessionKey,
+    jid: &str,
+    minion: &str,
+    plaintext: &[u8],
+) -> Result<Sealed, PkiError> {
+    key.seal(&personal_aad(jid, minion), plaintext)
+}
+
+/// Opens what [`seal_for_minion`] sealed for `minion`.
+pub fn open_for_minion(
+    key: &SessionKey,
+    jid: &str,
+    minion: &str,
+    sealed: &Sealed,
+) -> Result<Vec<u8>, PkiError> {
+    key.open(&personal_aad(jid, minion), sealed)
+}
+
 /// What a published job binds its sealing to (the topic goes in too).
 const PUBLICATION_AAD: &[u8] = b"halite/publication/v1\0";
 
@@ -409,14 +468,15 @@ mod tests {
         let session = SessionKey::generate(7).unwrap();
         let (eph, eph_pub) = Ephemeral::generate().unwrap();
         assert_eq!(eph_pub.len(), 32);
-        let g = grant(&session, &eph_pub, &s.transcript).unwrap();
+        let g = grant(&session, None, &eph_pub, &s.transcript).unwrap();
         assert_eq!(g.epoch, 7);
         assert!(!g
             .wrapped
             .ciphertext
             .windows(KEY_LEN)
             .any(|w| w == session.key));
-        let got = eph.accept(&g, &s.transcript).unwrap();
+        let (got, personal) = eph.accept(&g, &s.transcript).unwrap();
+        assert!(personal.is_none());
         assert_eq!(got.epoch(), 7);
         assert_eq!(got.key, session.key);
         // And it opens what the master sealed.
@@ -429,7 +489,7 @@ mod tests {
         let s = setup();
         let session = SessionKey::generate(1).unwrap();
         let (eph, eph_pub) = Ephemeral::generate().unwrap();
-        let g = grant(&session, &eph_pub, &s.transcript).unwrap();
+        let g = grant(&session, None, &eph_pub, &s.transcript).unwrap();
         let other = setup().transcript;
         assert!(matches!(
             eph.accept(&g, &other),
@@ -446,7 +506,7 @@ mod tests {
         let session = SessionKey::generate(1).unwrap();
         let (_eph, eph_pub) = Ephemeral::generate().unwrap();
         let (thief, _) = Ephemeral::generate().unwrap();
-        let g = grant(&session, &eph_pub, &s.transcript).unwrap();
+        let g = grant(&session, None, &eph_pub, &s.transcript).unwrap();
         assert!(thief.accept(&g, &s.transcript).is_err());
     }
 
@@ -465,7 +525,7 @@ mod tests {
         ];
         for (i, tamper) in cases.iter().enumerate() {
             let (eph, eph_pub) = Ephemeral::generate().unwrap();
-            let mut g = grant(&session, &eph_pub, &s.transcript).unwrap();
+            let mut g = grant(&session, None, &eph_pub, &s.transcript).unwrap();
             tamper(&mut g);
             assert!(eph.accept(&g, &s.transcript).is_err(), "case {i}");
         }
@@ -477,12 +537,12 @@ mod tests {
         let session = SessionKey::generate(1).unwrap();
         for bad in [&[][..], &[1u8; 31], &[1u8; 33]] {
             assert!(matches!(
-                grant(&session, bad, &s.transcript),
+                grant(&session, None, bad, &s.transcript),
                 Err(PkiError::Malformed { .. })
             ));
         }
         // The all-zero point gives an all-zero shared secret: refused.
-        assert!(grant(&session, &[0u8; 32], &s.transcript).is_err());
+        assert!(grant(&session, None, &[0u8; 32], &s.transcript).is_err());
     }
 
     #[test]
@@ -595,5 +655,30 @@ mod tests {
         let other = SessionKey::generate(7).unwrap();
         assert!(open_publication(|_| Some(other.clone()), "job", &body).is_err());
         assert!(open_publication(|_| Some(key.clone()), "job", b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_minions_own_key_opens_only_its_own_secrets() {
+        let s = setup();
+        let session = SessionKey::generate(7).unwrap();
+        let (mine, theirs) = (
+            SessionKey::generate(7).unwrap(),
+            SessionKey::generate(7).unwrap(),
+        );
+        let (eph, eph_pub) = Ephemeral::generate().unwrap();
+        let g = grant(&session, Some(&mine), &eph_pub, &s.transcript).unwrap();
+        let (shared, personal) = eph.accept(&g, &s.transcript).unwrap();
+        let personal = personal.expect("a personal key");
+        assert_eq!(shared.key, session.key);
+        assert_eq!(personal.key, mine.key);
+        let for_me = seal_for_minion(&mine, "jid-1", "web01", b"token").unwrap();
+        let for_them = seal_for_minion(&theirs, "jid-1", "web02", b"other").unwrap();
+        assert_eq!(
+            open_for_minion(&personal, "jid-1", "web01", &for_me).unwrap(),
+            b"token"
+        );
+        assert!(open_for_minion(&personal, "jid-1", "web02", &for_them).is_err());
+        assert!(open_for_minion(&shared, "jid-1", "web01", &for_me).is_err());
+        assert!(open_for_minion(&personal, "jid-2", "web01", &for_me).is_err());
     }
 }

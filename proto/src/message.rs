@@ -37,9 +37,14 @@ pub struct Job {
     /// Keyword arguments.
     pub kwarg: Map<String, Value>,
     /// Keyword arguments that must never be seen in clear outside the
-    /// master and the minion: sealed under the session key.
+    /// master and the minion, sealed under the session key every minion
+    /// holds (written by masters before per-minion sealing; still opened).
     #[serde(default)]
     pub secret: Option<Sealed>,
+    /// The same, sealed for each targeted minion under its own key (given
+    /// at its auth), by minion id: a minion opens only its own copy.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, Sealed>,
     /// Seconds the minion lets the function run before cancelling it.
     pub timeout: u64,
     /// When the master issued it.
@@ -175,6 +180,10 @@ pub struct SessionGrant {
     pub eph_pub: Vec<u8>,
     /// The session key sealed under the exchange's derived key.
     pub wrapped: Sealed,
+    /// This minion's own key (for the secrets sealed to it alone), sealed
+    /// the same way.
+    #[serde(default)]
+    pub personal: Option<Sealed>,
 }
 
 impl std::fmt::Debug for SessionGrant {

@@ -103,8 +103,8 @@ impl FakeMaster {
                             &task_key.public(),
                             &auth.nonce,
                         );
-                        let grant =
-                            halite_pki::grant(&session, &auth.eph_pub, &transcript).expect("grant");
+                        let grant = halite_pki::grant(&session, None, &auth.eph_pub, &transcript)
+                            .expect("grant");
                         task_key.sign_message(
                             "fake-master",
                             &AuthReply {
@@ -193,6 +193,7 @@ impl FakeMaster {
             arg: vec![text.into()],
             kwarg: Default::default(),
             secret: None,
+            secrets: Default::default(),
             timeout: 60,
             issued_at: now,
             expires_at: now + 60_000,

@@ -680,3 +680,114 @@ fn job_publications_are_not_readable_without_a_session_key() {
         "a plain signed envelope on the wire"
     );
 }
+
+/// An accepted minion (a compromised low-value server, here the test)
+/// reads the jobs published to everyone, but not the secret arguments of
+/// a job sent to another minion: those are sealed to each target's own
+/// key, given at its auth.
+#[test]
+fn an_accepted_minion_cannot_open_another_minions_secrets() {
+    use halite_proto::message::{Auth, AuthReply, Job, KeyStatus};
+    use zeromq::{Socket, SocketRecv, SocketSend};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (master, _web01) = master_with_minion(dir.path());
+    let mole = halite_pki::KeyPair::generate().expect("key");
+    // The full auth a minion makes, twice: pending, then accepted.
+    let auth_once = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let mut dealer = zeromq::DealerSocket::new();
+            dealer
+                .connect(&format!("tcp://127.0.0.1:{}", master.return_port))
+                .await
+                .expect("connect");
+            let (ephemeral, eph_pub) = halite_pki::Ephemeral::generate().expect("ephemeral");
+            let nonce = vec![8; 16];
+            let auth = Auth {
+                id: "mole".into(),
+                pubkey: mole.public().as_bytes().to_vec(),
+                nonce: nonce.clone(),
+                eph_pub,
+                version: "0.1.0".into(),
+                grains: json!({}),
+            };
+            let bytes = mole.sign_message("mole", &auth).expect("sign").to_bytes();
+            dealer
+                .send(zeromq::ZmqMessage::from(bytes::Bytes::from(bytes)))
+                .await
+                .expect("send");
+            let answer = tokio::time::timeout(Duration::from_secs(60), dealer.recv())
+                .await
+                .expect("answer in time")
+                .expect("answer");
+            let envelope =
+                halite_proto::Envelope::from_bytes(&answer.into_vec()[0]).expect("envelope");
+            let reply: AuthReply = envelope.open().expect("auth reply");
+            let master_pub = halite_pki::PublicKey::from_bytes(&reply.master_pub).expect("key");
+            match (reply.status, reply.session) {
+                (KeyStatus::Accepted, Some(grant)) => {
+                    let transcript =
+                        halite_pki::transcript("mole", &mole.public(), &master_pub, &nonce);
+                    Some(ephemeral.accept(&grant, &transcript).expect("grant opens"))
+                }
+                _ => None,
+            }
+        })
+    };
+    assert!(auth_once(&rt).is_none(), "pending first");
+    assert_eq!(master.cli(&["keys", "accept", "mole"]).code, 0);
+    let (session, personal) = auth_once(&rt).expect("accepted: keys granted");
+    let personal = personal.expect("a key of its own");
+    let mut sub = rt.block_on(async {
+        let mut sub = zeromq::SubSocket::new();
+        sub.connect(&format!("tcp://127.0.0.1:{}", master.publish_port))
+            .await
+            .expect("connect");
+        sub.subscribe("job").await.expect("subscribe");
+        sub
+    });
+    // The subscription needs a moment to reach the master: publish until
+    // the mole has seen a job (each publication is a new job).
+    let secret = "s3cret-of-web01";
+    let job: Job = loop {
+        let out = master.cli(&[
+            "run",
+            "target=web01",
+            "test.ping",
+            "--secret",
+            &format!("token={secret}"),
+            "--async",
+            "--json",
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let seen =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), sub.recv()).await });
+        if let Ok(Ok(message)) = seen {
+            let body = message.get(1).expect("body").to_vec();
+            let plain = halite_pki::open_publication(
+                |epoch| (epoch == session.epoch()).then(|| session.clone()),
+                "job",
+                &body,
+            )
+            .expect("an accepted minion reads the publication");
+            break halite_proto::Envelope::from_bytes(&plain)
+                .expect("envelope")
+                .open()
+                .expect("job");
+        }
+    };
+    assert!(
+        job.secret
+            .as_ref()
+            .is_none_or(|shared| session.open(job.jid.as_str().as_bytes(), shared).is_err()),
+        "the secrets open with the shared session key"
+    );
+    assert!(!job.secrets.contains_key("mole"));
+    let sealed = job.secrets.get("web01").expect("sealed for web01");
+    assert!(halite_pki::open_for_minion(&personal, job.jid.as_str(), "web01", sealed).is_err());
+    assert!(halite_pki::open_for_minion(&session, job.jid.as_str(), "web01", sealed).is_err());
+}

@@ -111,6 +111,12 @@ fn seed() -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_default(),
         secret: Some(session.seal(jid.as_str().as_bytes(), b"\x81\xa8password\xa3pw!")?),
+        secrets: [(
+            "web01".to_owned(),
+            halite_pki::seal_for_minion(&session, jid.as_str(), "web01", b"\x80")?,
+        )]
+        .into_iter()
+        .collect(),
         timeout: 60,
         issued_at: 1,
         expires_at: 60_001,

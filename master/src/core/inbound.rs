@@ -143,11 +143,20 @@ impl Core {
             let transcript = halite_pki::transcript(&auth.id, &key, &self.master_pub, &auth.nonce);
             self.presence
                 .authenticated(&auth.id, auth.grains.clone(), &auth.version);
-            Some(halite_pki::grant(
+            // A fresh key of its own at every auth, for the secrets
+            // sealed to it alone.
+            let personal = halite_pki::SessionKey::generate(self.session.current().epoch())?;
+            let grant = halite_pki::grant(
                 &self.session.current(),
+                Some(&personal),
                 &auth.eph_pub,
                 &transcript,
-            )?)
+            )?;
+            self.personal
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(auth.id.clone(), personal);
+            Some(grant)
         } else {
             None
         };

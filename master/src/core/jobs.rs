@@ -261,7 +261,7 @@ impl Core {
         tracing::Span::current().record("jid", tracing::field::display(&jid));
         let issued_at = now_ms();
         let expires_at = issued_at + timeout * 1000;
-        let secret = self.seal_secrets(&jid, &request.secret)?;
+        let secrets = self.seal_secrets(&jid, &request.secret, &expected)?;
         let first: Vec<String> = match batch_size {
             Some(size) => expected[..size].to_vec(),
             None => expected.clone(),
@@ -277,7 +277,8 @@ impl Core {
             fun: request.fun.clone(),
             arg: request.arg.clone(),
             kwarg: request.kwarg.clone(),
-            secret,
+            secret: None,
+            secrets,
             timeout,
             issued_at,
             expires_at,
@@ -341,22 +342,31 @@ impl Core {
         })
     }
 
-    /// Secret arguments sealed under the session key, bound to the jid.
+    /// Seals a job's secret arguments for each expected minion under its
+    /// own key (given at its auth): no accepted minion can open another's
+    /// copy. A minion that has not authenticated since this master
+    /// started gets none (its job fails saying so); the cost is one small
+    /// seal per target.
     fn seal_secrets(
         &self,
         jid: &Jid,
         secret: &BTreeMap<String, String>,
-    ) -> Result<Option<halite_proto::message::Sealed>, CoreError> {
+        expected: &[String],
+    ) -> Result<BTreeMap<String, halite_proto::message::Sealed>, CoreError> {
         if secret.is_empty() {
-            return Ok(None);
+            return Ok(BTreeMap::new());
         }
         let plain = halite_proto::envelope::encode("secrets", secret)
             .map_err(|e| CoreError::invalid(e.to_string()))?;
-        Ok(Some(
-            self.session
-                .current()
-                .seal(jid.as_str().as_bytes(), &plain)?,
-        ))
+        let personal = self.personal.read().unwrap_or_else(|p| p.into_inner());
+        let mut sealed = BTreeMap::new();
+        for minion in expected {
+            if let Some(key) = personal.get(minion) {
+                let copy = halite_pki::seal_for_minion(key, jid.as_str(), minion, &plain)?;
+                sealed.insert(minion.clone(), copy);
+            }
+        }
+        Ok(sealed)
     }
 
     /// Stores a job (and its batch plan) and flushes: a job is durable

@@ -29,7 +29,7 @@ pub mod views;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use halite_pki::{KeyPair, KeyStore, PublicKey};
@@ -74,6 +74,10 @@ pub struct Core {
     /// Who is up.
     pub presence: Presence,
     session: SessionKeys,
+    /// Each authenticated minion's own key (from its last auth), for the
+    /// secrets sealed to it alone. In memory: after a restart, minions
+    /// authenticate again before they are sent secrets.
+    personal: RwLock<HashMap<String, halite_pki::SessionKey>>,
     jids: JidGenerator,
     /// Jobs minions may still ask for through catch-up.
     /// Read by every return and event (is it expected?), written when a
@@ -130,6 +134,7 @@ impl Core {
             cancelled: Mutex::new(Default::default()),
             presence,
             session: SessionKeys::new()?,
+            personal: RwLock::new(HashMap::new()),
             jids: JidGenerator::new(),
             recent: RwLock::new(Vec::new()),
             master_pub,

@@ -183,12 +183,14 @@ impl Core {
             KeyChange::AcceptAll => keys.accept_all_pending()?,
             KeyChange::Reject(id) => {
                 if keys.reject(&id)? {
+                    self.forget_personal_key(&id);
                     self.rotate_session();
                 }
                 vec![id]
             }
             KeyChange::Delete(id) => {
                 if keys.delete(&id)? {
+                    self.forget_personal_key(&id);
                     self.rotate_session();
                 }
                 self.presence.forget(&id);
@@ -305,5 +307,15 @@ impl Core {
     /// The newest event-stream id.
     pub fn stream_head(&self) -> Result<u64, CoreError> {
         Ok(self.store.stream_head()?)
+    }
+}
+
+impl Core {
+    /// A revoked minion's own key goes: nothing more is sealed to it.
+    fn forget_personal_key(&self, id: &str) {
+        self.personal
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
