@@ -349,13 +349,31 @@ impl RawDealer {
 
 /// A signed return as `sender` would send it.
 pub fn signed_return(signer: &KeyPair, sender: &str, jid: &Jid) -> Vec<u8> {
+    signed_return_of(
+        signer,
+        sender,
+        jid,
+        "test.ping",
+        serde_json::json!("forged"),
+    )
+}
+
+/// A successful signed return of `fun` for `jid` carrying `data`, as
+/// `sender` would send it to master `test-master`.
+pub fn signed_return_of(
+    signer: &KeyPair,
+    sender: &str,
+    jid: &Jid,
+    fun: &str,
+    data: serde_json::Value,
+) -> Vec<u8> {
     let ret = Return {
         jid: jid.clone(),
         id: sender.into(),
-        fun: "test.ping".into(),
+        fun: fun.into(),
         success: true,
         retcode: 0,
-        data: serde_json::json!("forged"),
+        data,
         started_at: now_ms(),
         finished_at: now_ms(),
         nonce: vec![7; 16],

@@ -121,6 +121,15 @@ fn newest_source(binary: &str) -> Option<(PathBuf, std::time::SystemTime)> {
     newest
 }
 
+/// A two-thread tokio runtime for tests that drive raw sockets.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -360,11 +360,7 @@ fn a_minion_that_cannot_record_a_job_refuses_it_in_a_return() {
 /// deeper than the decoder follows is dropped without harm to the master.
 #[test]
 fn deeply_nested_returns_are_kept_or_dropped_never_a_crash() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = halite_tests::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut master = Master::start(dir.path(), "");
     let key = std::sync::Arc::new(halite_pki::KeyPair::generate().expect("key"));
@@ -390,19 +386,7 @@ fn deeply_nested_returns_are_kept_or_dropped_never_a_crash() {
                 for _ in 0..levels {
                     data = serde_json::json!([data]);
                 }
-                let ret = halite_proto::message::Return {
-                    jid: parsed,
-                    id: "web02".into(),
-                    fun: "test.ping".into(),
-                    success: true,
-                    retcode: 0,
-                    data,
-                    started_at: halite_proto::time::now_ms(),
-                    finished_at: halite_proto::time::now_ms(),
-                    nonce: vec![4; 16],
-                    master: "test-master".into(),
-                };
-                signer.sign_message("web02", &ret).expect("sign").to_bytes()
+                halite_tests::fake::signed_return_of(&signer, "web02", &parsed, "test.ping", data)
             })
             .expect("thread")
             .join()

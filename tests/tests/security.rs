@@ -411,11 +411,7 @@ fn minion_status(master: &Master, id: &str) -> String {
 #[test]
 fn a_replayed_heartbeat_does_not_keep_a_dead_minion_up() {
     use halite_proto::message::Heartbeat;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = halite_tests::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let master = Master::start(dir.path(), "");
     let mut web01 = Minion::start(dir.path(), "web01", master.return_port, "");
@@ -494,11 +490,7 @@ fn half_open_api_connections_are_closed() {
 /// written); ids already pending keep their place.
 #[test]
 fn pending_keys_are_capped() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = halite_tests::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let master = Master::start(dir.path(), "max_pending_keys = 3");
     rt.block_on(async {
@@ -545,12 +537,7 @@ fn pending_keys_are_capped() {
 /// its job was for is recorded.
 #[test]
 fn a_minion_cannot_forge_release_history_for_another_app() {
-    use halite_proto::message::Return;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = halite_tests::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("master/apps.d")).expect("apps.d");
     for (app, target) in [("shop", "web1"), ("blog", "web2")] {
@@ -589,21 +576,15 @@ fn a_minion_cannot_forge_release_history_for_another_app() {
         ]);
         assert_eq!(out.code, 0, "{out:?}");
         let jid = halite_proto::Jid::parse(out.json()["jid"].as_str().expect("jid")).expect("jid");
-        let ret = Return {
-            jid,
-            id: "web2".into(),
-            fun: "git_deploy.deploy".into(),
-            success: true,
-            retcode: 0,
-            data: report(app, version),
-            started_at: halite_proto::time::now_ms(),
-            finished_at: halite_proto::time::now_ms(),
-            nonce: vec![5; 16],
-            master: "test-master".into(),
-        };
+        let bytes = halite_tests::fake::signed_return_of(
+            &key,
+            "web2",
+            &jid,
+            "git_deploy.deploy",
+            report(app, version),
+        );
         rt.block_on(async {
-            raw.send(key.sign_message("web2", &ret).expect("sign").to_bytes())
-                .await;
+            raw.send(bytes).await;
             raw.barrier(&format!("barrier-{app}"), Duration::from_secs(60))
                 .await;
         });
@@ -634,11 +615,7 @@ fn a_minion_cannot_forge_release_history_for_another_app() {
 #[test]
 fn job_publications_are_not_readable_without_a_session_key() {
     use zeromq::{Socket, SocketRecv};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = halite_tests::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let (master, _web01) = master_with_minion(dir.path());
     let mut sub = rt.block_on(async {
@@ -689,11 +666,7 @@ fn job_publications_are_not_readable_without_a_session_key() {
 fn an_accepted_minion_cannot_open_another_minions_secrets() {
     use halite_proto::message::{Auth, AuthReply, Job, KeyStatus};
     use zeromq::{Socket, SocketRecv, SocketSend};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = halite_tests::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let (master, _web01) = master_with_minion(dir.path());
     let mole = halite_pki::KeyPair::generate().expect("key");

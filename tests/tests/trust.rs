@@ -8,18 +8,10 @@ use halite_pki::KeyPair;
 use halite_tests::fake::{signed_return, FakeMaster, RawDealer};
 use halite_tests::{eventually, Master, Minion};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// Forged, replayed (also across a restart) and expired jobs do not run.
 #[test]
 fn minion_runs_only_signed_fresh_unseen_jobs() {
-    let rt = runtime();
+    let rt = halite_tests::runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let master = FakeMaster::start().await;
@@ -100,7 +92,7 @@ fn minion_runs_only_signed_fresh_unseen_jobs() {
 /// A minion pinned to one master key refuses a master presenting another.
 #[test]
 fn minion_refuses_a_master_with_another_key() {
-    let rt = runtime();
+    let rt = halite_tests::runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
         let impostor = FakeMaster::start().await;
@@ -149,7 +141,7 @@ fn master_stores_only_returns_signed_by_accepted_keys() {
     let jid =
         halite_proto::Jid::parse(out.json()["jid"].as_str().expect("jid")).expect("valid jid");
 
-    let rt = runtime();
+    let rt = halite_tests::runtime();
     rt.block_on(async {
         let mut dealer = RawDealer::connect(master.return_port).await;
         let stranger = KeyPair::generate().expect("key");
