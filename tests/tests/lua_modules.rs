@@ -373,3 +373,29 @@ fn bad_module_files_and_lua_settings_stop_the_daemons_naming_them() {
         );
     }
 }
+
+/// A pattern that backtracks on a long subject runs in C, out of the
+/// instruction hook's sight: it still ends at the job's deadline with a
+/// failed return, the core is free again, and the minion then stops
+/// cleanly on SIGTERM instead of hanging on the runaway thread.
+#[test]
+fn a_backtracking_pattern_ends_at_the_deadline_and_the_minion_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let modules = dir.path().join("master/lua-modules");
+    write(
+        &modules.join("slow.lua"),
+        "local M = {}\nfunction M.find() return string.find(string.rep('a', 100000), '.-.-.-.-b') end\nreturn M\n",
+    );
+    let master = Master::start(dir.path(), "");
+    let srv = dir.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let mut web = Minion::start(dir.path(), "web1", master.return_port, &lua_config(&srv));
+    master.accept("web1");
+    let (code, doc) = on_web1(&master, "slow.find", &["--timeout", "3"]);
+    assert_ne!(code, 0, "{doc}");
+    assert_eq!(doc["returns"]["web1"]["success"], false, "{doc}");
+    let (code, doc) = on_web1(&master, "test.ping", &[]);
+    assert_eq!(code, 0, "{doc}");
+    let status = web.proc.stop().expect("the minion ran");
+    assert_eq!(status.code(), Some(0), "stopped cleanly, not killed");
+}

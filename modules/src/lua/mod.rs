@@ -16,6 +16,7 @@
 //! given.
 
 mod host;
+mod pattern;
 mod sandbox;
 #[cfg(test)]
 mod tests;

@@ -75,6 +75,15 @@ pub(crate) fn new_state(
     // string.dump makes binary chunks; load below refuses them anyway.
     let string: mlua::Table = globals.get("string")?;
     string.set("dump", Value::Nil)?;
+    // Pattern matching that stops at the deadline (the C one runs
+    // outside the instruction hook).
+    super::pattern::install(
+        &lua,
+        super::pattern::Budget {
+            deadline,
+            cancel: cancel.clone(),
+        },
+    )?;
     // `load` only of text chunks, in the sandbox's globals.
     let load = lua.create_function(|lua, (chunk, name): (mlua::String, Option<String>)| {
         let bytes = chunk.as_bytes();

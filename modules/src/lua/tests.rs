@@ -275,3 +275,89 @@ fn a_module_log_message_is_one_line_of_the_minion_log() {
     let long = super::host::log_line(&"x".repeat(10_000));
     assert!(long.chars().count() <= 4097);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pattern_functions_behave_as_lua_s() {
+    let out = run_body(
+        r#"
+  local r = {}
+  r[1] = {string.find("hello world", "o w")}
+  r[2] = {string.find("hello world", "l+")}
+  r[3] = {string.match("key = value", "(%w+)%s*=%s*(%w+)")}
+  r[4] = {string.find("a.b", ".", 1, true)}
+  r[5] = {("THE (quick) fox"):find("%((%a+)%)")}
+  r[6] = {string.gsub("hello world", "o", "0")}
+  r[7] = {string.gsub("abc", "%w", "%0%0")}
+  r[8] = {string.gsub("$name is $age", "%$(%w+)", {name = "Ann", age = 3})}
+  r[9] = {string.gsub("abc", "", "-")}
+  local words = {}
+  for w in string.gmatch("one two  three", "%a+") do words[#words + 1] = w end
+  r[10] = words
+  r[11] = {string.match("  trim me  ", "^%s*(.-)%s*$")}
+  r[12] = {string.find("THE (quick) fox", "%f[%a]%a+", 5)}
+  r[13] = {string.match("x[[y]]z", "%b[]")}
+  r[14] = {string.match("hello", "()ll()")}
+  r[15] = {string.gsub("hello world", "(%w+)", function(w) return w:upper() end)}
+  r[16] = {string.match("2026-11-30", "(%d+)-(%d+)-(%d+)")}
+  r[17] = {(pcall(string.find, "x", "[a"))}
+  r[18] = {string.find("abc", "^b")}
+  r[19] = {string.gsub("abc", "b", "%%")}
+  r[20] = {string.match("aaa", "(a)%1")}
+  r[21] = {string.find("hello", "l", -2)}
+  r[22] = {string.gsub("one two", "(%w+) (%w+)", "%2 %1", 1)}
+  local pairs_ = {}
+  for k, v in string.gmatch("a=1, b=2", "(%w+)=(%w+)") do pairs_[#pairs_ + 1] = k .. v end
+  r[23] = pairs_
+  return r
+"#,
+    )
+    .await;
+    assert!(out.success, "{out:?}");
+    let r = &out.data;
+    assert_eq!(r[0], json!([5, 7]));
+    assert_eq!(r[1], json!([3, 4]));
+    assert_eq!(r[2], json!(["key", "value"]));
+    assert_eq!(r[3], json!([2, 2]));
+    assert_eq!(r[4], json!([5, 11, "quick"]));
+    assert_eq!(r[5], json!(["hell0 w0rld", 2]));
+    assert_eq!(r[6], json!(["aabbcc", 3]));
+    assert_eq!(r[7], json!(["Ann is 3", 2]));
+    assert_eq!(r[8], json!(["-a-b-c-", 4]));
+    assert_eq!(r[9], json!(["one", "two", "three"]));
+    assert_eq!(r[10], json!(["trim me"]));
+    assert_eq!(r[11], json!([6, 10]));
+    assert_eq!(r[12], json!(["[[y]]"]));
+    assert_eq!(r[13], json!([3, 5]));
+    assert_eq!(r[14], json!(["HELLO WORLD", 2]));
+    assert_eq!(r[15], json!(["2026", "11", "30"]));
+    assert_eq!(r[16][0], json!(false), "a malformed pattern is an error");
+    assert!(r[17].as_array().is_none_or(|a| a.is_empty()), "{}", r[17]);
+    assert_eq!(r[18], json!(["a%c", 1]));
+    assert_eq!(r[19], json!(["a"]));
+    assert_eq!(r[20], json!([4, 4]));
+    assert_eq!(r[21], json!(["two one", 1]));
+    assert_eq!(r[22], json!(["a1", "b2"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backtracking_pattern_stops_at_the_jobs_deadline() {
+    let config = Arc::new(LuaConfig {
+        limits: Limits {
+            instructions: 50_000_000,
+            memory: 16 * 1024 * 1024,
+            timeout: Duration::from_secs(1),
+        },
+        roots: Vec::new(),
+        module_roots: HashMap::new(),
+    });
+    let registry = Arc::new(Registry::with_builtins());
+    let source = "local M = {}\nfunction M.f(job)\n  return string.find(string.rep('a', 50000), '.-.-.-.-b')\nend\nreturn M\n";
+    let module =
+        LuaModule::new("probe", source, config, Arc::downgrade(&registry)).expect("module loads");
+    let out = run(&module, "f", json!({})).await;
+    assert!(!out.success, "{out:?}");
+    assert!(
+        out.data.as_str().unwrap_or_default().contains("time limit"),
+        "{out:?}"
+    );
+}
