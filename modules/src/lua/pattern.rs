@@ -292,7 +292,11 @@ impl<'a> State<'a> {
             return Err(Stop::Pattern(format!("invalid capture index %{}", l + 1)));
         }
         let (init, len) = self.capture[l as usize];
-        let len = len.max(0) as usize;
+        // A position capture has no text: as in C (where its length reads
+        // as a huge size), a back-reference to it never matches.
+        let Ok(len) = usize::try_from(len) else {
+            return Ok(None);
+        };
         if self.src.len() - s >= len && self.src[init..init + len] == self.src[s..s + len] {
             Ok(Some(s + len))
         } else {

@@ -305,6 +305,7 @@ async fn pattern_functions_behave_as_lua_s() {
   r[20] = {string.match("aaa", "(a)%1")}
   r[21] = {string.find("hello", "l", -2)}
   r[22] = {string.gsub("one two", "(%w+) (%w+)", "%2 %1", 1)}
+  r[24] = {string.find("aa", "()%1")}
   local pairs_ = {}
   for k, v in string.gmatch("a=1, b=2", "(%w+)=(%w+)") do pairs_[#pairs_ + 1] = k .. v end
   r[23] = pairs_
@@ -337,6 +338,7 @@ async fn pattern_functions_behave_as_lua_s() {
     assert_eq!(r[20], json!([4, 4]));
     assert_eq!(r[21], json!(["two one", 1]));
     assert_eq!(r[22], json!(["a1", "b2"]));
+    assert!(r[23].as_array().is_none_or(|a| a.is_empty()), "{}", r[23]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
