@@ -26,6 +26,7 @@ mod seal;
 mod stored;
 mod swarm;
 mod sys;
+mod vouch;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,8 @@ enum Cmd {
     IdleRss(idle::IdleArgs),
     /// Cost of sealing a job's secrets for each target under its own key.
     Seal(seal::SealArgs),
+    /// Cost of the signed job summary returns carry to the other masters.
+    Vouch(vouch::VouchArgs),
     /// Runs part of a swarm for `fanout` (internal).
     #[command(hide = true)]
     Swarm(swarm::SwarmArgs),
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Cmd::Deploy(args) => deploy::run(args),
         Cmd::Failover(args) => failover::run(args),
         Cmd::Seal(args) => seal::run(args),
+        Cmd::Vouch(args) => vouch::run(args),
         Cmd::Swarm(args) => swarm::run_child(args),
     };
     match result {

@@ -268,7 +268,7 @@ pub fn module_for(app: &AppSpec) -> &'static str {
 ///
 /// A minion speaks only for itself and for the app its job was for: no
 /// record from a job this master did not publish (another master's, in
-/// hot mode, known only from the minion's word), from a minion the job
+/// multi-master mode: its publisher keeps that history), from a minion the job
 /// did not target (the app's target, checked when the job was planned),
 /// or naming another app than the job's.
 pub fn deploy_record(job: &JobRecord, ret: &ReturnRecord) -> Option<DeployRecord> {

@@ -20,6 +20,7 @@ pub mod core;
 pub mod error;
 pub mod listing;
 pub mod lua_modules;
+pub mod peer_masters;
 pub mod presence;
 pub mod session;
 pub mod stats;

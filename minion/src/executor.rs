@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use halite_modules::{Call, EventSink, Outcome, Registry, RETCODE_ERROR, RETCODE_TIMEOUT};
 use halite_pki::{KeyPair, SessionKey};
-use halite_proto::message::{Event, EventBody, Job, Return, KILL_JOB, LIST_MODULES, SYNC_MODULES};
+use halite_proto::message::{
+    Event, EventBody, Job, Return, VouchedJob, KILL_JOB, LIST_MODULES, SYNC_MODULES,
+};
 use halite_proto::time::now_ms;
 use halite_proto::{Jid, Target};
 use serde_json::{Map, Value};
@@ -61,6 +63,10 @@ struct Marker {
     fun: String,
     master: String,
     started_at: u64,
+    /// The publisher's signed summary, for the return of an interrupted
+    /// job to the other masters (see [`Executor::vouch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<VouchedJob>,
 }
 
 /// How a job reached the minion.
@@ -101,6 +107,10 @@ pub struct Executor {
     markers: std::path::PathBuf,
     shutdown: CancellationToken,
     lua: Arc<crate::lua_store::LuaStore>,
+    /// Does this minion serve several masters? Then each return carries
+    /// the publisher's signed job summary, the only word the other
+    /// masters take for a job they did not publish.
+    several_masters: bool,
 }
 
 /// What [`Executor::new`] needs.
@@ -127,6 +137,8 @@ pub struct ExecutorParts {
     pub markers: std::path::PathBuf,
     /// Lua modules (installed from jobs, checked against the master's signature).
     pub lua: Arc<crate::lua_store::LuaStore>,
+    /// Whether the minion serves several masters (hot or failover).
+    pub several_masters: bool,
 }
 
 impl Executor {
@@ -145,6 +157,7 @@ impl Executor {
             markers: parts.markers,
             shutdown: parts.shutdown,
             lua: parts.lua,
+            several_masters: parts.several_masters,
         }
     }
 
@@ -196,6 +209,7 @@ impl Executor {
                     fun: job.fun.clone(),
                     master: job.master.clone(),
                     started_at: now,
+                    job: executor.vouch(&job),
                 };
                 let recorded = tokio::task::spawn_blocking(move || {
                     let first = guard.record_jid(&jid, keep_until, now)?;
@@ -304,6 +318,7 @@ impl Executor {
                 finished_at: now_ms(),
                 nonce: nonce(),
                 master: marker.master,
+                job: marker.job,
             };
             match self.key.sign_message(&self.id, &ret) {
                 Ok(envelope) => match self.outbox.spool(&jid, &envelope.to_bytes()) {
@@ -319,6 +334,17 @@ impl Executor {
                     tracing::error!(%jid, error = %e, "cannot sign the return of an interrupted job")
                 }
             }
+        }
+    }
+
+    /// What a return of `job` carries for the masters that did not
+    /// publish it: its publisher's signed summary, when there are other
+    /// masters to tell.
+    fn vouch(&self, job: &Job) -> Option<VouchedJob> {
+        if self.several_masters {
+            VouchedJob::of(job)
+        } else {
+            None
         }
     }
 
@@ -379,6 +405,7 @@ impl Executor {
             finished_at: now_ms(),
             nonce: nonce(),
             master: job.master.clone(),
+            job: self.vouch(job),
         };
         tracing::info!(success = ret.success, retcode = ret.retcode, "job finished");
         let ack = Some((ret.jid.clone(), ret.nonce.clone()));
@@ -620,6 +647,7 @@ mod tests {
                 Default::default(),
                 registry,
             )),
+            several_masters: false,
         });
         (executor, spool)
     }
@@ -629,6 +657,7 @@ mod tests {
             fun: "cmd.run".to_owned(),
             master: "m1".to_owned(),
             started_at: 1,
+            job: None,
         };
         executor.ready_to_record(jid, &marker).expect("marker");
     }
@@ -668,6 +697,7 @@ mod tests {
             finished_at: 0,
             nonce: vec![2; 16],
             master: "m1".into(),
+            job: None,
         };
         let real = KeyPair::generate()
             .expect("key")

@@ -126,6 +126,7 @@ pub fn start(
         shutdown: shutdown.clone(),
         markers: config.data_dir.join("running"),
         lua,
+        several_masters: config.masters.len() > 1,
     }));
     executor.recover_interrupted();
     let links: Vec<link::Link> = config

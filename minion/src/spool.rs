@@ -147,6 +147,7 @@ mod tests {
             finished_at: 0,
             nonce: vec![1; 16],
             master: String::new(),
+            job: None,
         };
         key.sign_message("web01", &ret).unwrap().to_bytes()
     }

@@ -129,6 +129,12 @@ impl KeyPair {
         env.sig = self.sign(&env.signed_bytes());
         Ok(env)
     }
+
+    /// Signs what this master vouches for about a job it publishes
+    /// ([`halite_proto::message::JobSummary`]), for `Job::summary_signature`.
+    pub fn sign_job_summary(&self, summary: &halite_proto::message::JobSummary) -> Vec<u8> {
+        self.sign(&summary.signed_bytes())
+    }
 }
 
 impl Drop for KeyPair {
@@ -246,6 +252,22 @@ pub fn verify_envelope(env: &Envelope, key: &PublicKey) -> Result<(), PkiError> 
     key.verify(&env.signed_bytes(), &env.sig)
         .map_err(|_| PkiError::BadSignature {
             signer: format!("{:?} envelope from {:?}", env.kind, shorten(&env.sender)),
+        })
+}
+
+/// Verifies that `key` signed `job`'s summary: how a master checks a job
+/// another master published before recording it from a minion's return.
+pub fn verify_vouched_job(
+    job: &halite_proto::message::VouchedJob,
+    key: &PublicKey,
+) -> Result<(), PkiError> {
+    key.verify(&job.summary.signed_bytes(), &job.signature)
+        .map_err(|_| PkiError::BadSignature {
+            signer: format!(
+                "summary of job {} from {:?}",
+                job.summary.jid,
+                shorten(&job.summary.master)
+            ),
         })
 }
 

@@ -26,7 +26,7 @@ pub mod users;
 
 pub use error::PkiError;
 pub use fsio::write_atomic;
-pub use keys::{normalize_fingerprint, verify_envelope, KeyPair, PublicKey};
+pub use keys::{normalize_fingerprint, verify_envelope, verify_vouched_job, KeyPair, PublicKey};
 pub use keystore::{KeyEntry, KeyStore};
 pub use secret::Secret;
 pub use session::{

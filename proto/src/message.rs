@@ -62,8 +62,99 @@ pub struct Job {
     /// the job (and `saltutil.sync_modules` carries them all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<SignedModule>,
+    /// The master's signature over this job's [`JobSummary`]: a minion
+    /// serving several masters hands summary and signature on with its
+    /// returns, so the other masters record the job from its publisher's
+    /// word rather than the minion's. Empty from masters that predate it.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub summary_signature: Vec<u8>,
 }
 message!(Job, Job, "job");
+
+/// What a master vouches for about a job it published: the parts another
+/// master needs to record it (who, what, where), without the secrets and
+/// modules, which can be large and are none of the other master's
+/// business.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// Job id.
+    pub jid: Jid,
+    /// The master that published and signed it.
+    pub master: String,
+    /// Target expression.
+    pub tgt: String,
+    /// How `tgt` is read.
+    pub tgt_type: TargetType,
+    /// `module.function`.
+    pub fun: String,
+    /// Positional arguments.
+    pub arg: Vec<Value>,
+    /// Keyword arguments (the secret ones are not among them).
+    pub kwarg: Map<String, Value>,
+    /// Who asked for it.
+    pub user: String,
+    /// Seconds the function may run.
+    pub timeout: u64,
+    /// When the master issued it.
+    pub issued_at: u64,
+    /// When it expires.
+    pub expires_at: u64,
+}
+
+impl JobSummary {
+    /// Domain separation: a summary signature is never a valid signature
+    /// of anything else a master signs.
+    const CONTEXT: &'static [u8] = b"halite job summary v1\0";
+
+    /// The summary of `job`.
+    pub fn of(job: &Job) -> JobSummary {
+        JobSummary {
+            jid: job.jid.clone(),
+            master: job.master.clone(),
+            tgt: job.tgt.clone(),
+            tgt_type: job.tgt_type,
+            fun: job.fun.clone(),
+            arg: job.arg.clone(),
+            kwarg: job.kwarg.clone(),
+            user: job.user.clone(),
+            timeout: job.timeout,
+            issued_at: job.issued_at,
+            expires_at: job.expires_at,
+        }
+    }
+
+    /// The bytes the publisher signs and another master verifies. JSON,
+    /// not msgpack: a value decoded and encoded again (an integer read
+    /// back as unsigned, say) gives the same text, so the minion in
+    /// between cannot change the signed bytes by passing them on.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut bytes = Self::CONTEXT.to_vec();
+        // Plain data (strings, numbers, JSON values): cannot fail.
+        serde_json::to_writer(&mut bytes, self).unwrap_or_default();
+        bytes
+    }
+}
+
+/// A job's summary with its publisher's signature, as a minion carries it
+/// to the masters that did not publish the job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VouchedJob {
+    /// The summary.
+    pub summary: JobSummary,
+    /// The publisher's Ed25519 signature over [`JobSummary::signed_bytes`].
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl VouchedJob {
+    /// The vouched summary of `job`, if its master signed one.
+    pub fn of(job: &Job) -> Option<VouchedJob> {
+        (!job.summary_signature.is_empty()).then(|| VouchedJob {
+            summary: JobSummary::of(job),
+            signature: job.summary_signature.clone(),
+        })
+    }
+}
 
 /// A Lua module with the master's signed manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -240,6 +331,11 @@ pub struct Return {
     /// to every master, so a master can tell another one's job from its own.
     #[serde(default)]
     pub master: String,
+    /// The publisher's signed summary of the job, carried by a minion that
+    /// serves several masters: the only word another master takes for a
+    /// job it did not publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<VouchedJob>,
 }
 message!(Return, Return, "return");
 

@@ -200,6 +200,7 @@ impl FakeMaster {
             master: "fake-master".into(),
             user: "test".into(),
             modules: Vec::new(),
+            summary_signature: Vec::new(),
         }
     }
 
@@ -367,7 +368,14 @@ pub fn signed_return_of(
     fun: &str,
     data: serde_json::Value,
 ) -> Vec<u8> {
-    let ret = Return {
+    let ret = return_of(sender, jid, fun, data);
+    signer.sign_message(sender, &ret).expect("sign").to_bytes()
+}
+
+/// A successful return of `fun` for `jid` carrying `data`, from `sender`
+/// for a job of master `test-master` (unsigned: change it, then sign).
+pub fn return_of(sender: &str, jid: &Jid, fun: &str, data: serde_json::Value) -> Return {
+    Return {
         jid: jid.clone(),
         id: sender.into(),
         fun: fun.into(),
@@ -378,6 +386,6 @@ pub fn signed_return_of(
         finished_at: now_ms(),
         nonce: vec![7; 16],
         master: "test-master".into(),
-    };
-    signer.sign_message(sender, &ret).expect("sign").to_bytes()
+        job: None,
+    }
 }

@@ -112,7 +112,11 @@ fn newest_source(binary: &str) -> Option<(PathBuf, std::time::SystemTime)> {
             let path = entry.path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs" || e == "json") {
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "json")
+                // Unit-test modules (`tests.rs`) are not in the binary:
+                // cargo does not relink it when they change.
+                && path.file_name().is_none_or(|n| n != "tests.rs")
+            {
                 consider(path);
             }
         }
@@ -421,6 +425,20 @@ impl Master {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("master API not up after 60 s; its log:\n{}", self.log());
+    }
+
+    /// Trusts `peer` (whose config id is `peer_id`) as another master of
+    /// the same minions, as an operator does: its public key copied into
+    /// this master's `pki/peers/`. Jobs it publishes are then recorded
+    /// here from the returns its minions send.
+    pub fn trust_peer(&self, peer: &Master, peer_id: &str) {
+        let peers = self.dir.join("pki/peers");
+        std::fs::create_dir_all(&peers).expect("peers dir");
+        std::fs::copy(
+            peer.dir.join("pki/master.pub"),
+            peers.join(format!("{peer_id}.pub")),
+        )
+        .expect("copy the peer's master.pub");
     }
 
     /// Kills (SIGKILL) and starts again on the same config and ports.

@@ -16,6 +16,8 @@ fn two_masters(dir: &Path) -> (Master, Master) {
     // presented to every master at start, accepted on each).
     let a = Master::start(&dir.join("a"), "id = \"master-a\"\nauto_accept = true");
     let b = Master::start(&dir.join("b"), "id = \"master-b\"\nauto_accept = true");
+    a.trust_peer(&b, "master-b");
+    b.trust_peer(&a, "master-a");
     (a, b)
 }
 
@@ -98,6 +100,8 @@ fn failover_after_kill_9_keeps_every_return() {
     });
     let out = b.cli(&["jobs", "show", &jid, "--json"]);
     assert_eq!(out.json()["published_by"], "master-a", "{out:?}");
+    // What the job was comes from master-a's signed summary.
+    assert_eq!(out.json()["target"], "fo*", "{out:?}");
     let out = b.cli(&["jobs", "show", &jid]);
     assert!(
         out.stdout.contains("published by master master-a"),

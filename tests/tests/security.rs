@@ -609,6 +609,92 @@ fn a_minion_cannot_forge_release_history_for_another_app() {
     assert_eq!(shop["history"], json!([]), "{shop}");
 }
 
+/// Hot and failover minions send returns to every master; a master
+/// records another master's job only from that master's signed summary,
+/// and only for a minion its target names. Before, naming another master
+/// in a return was enough to create a job record, or to add a return to a
+/// job of this master that never targeted the minion.
+#[test]
+fn a_minion_cannot_speak_for_another_master() {
+    use halite_proto::message::{JobSummary, VouchedJob};
+    let rt = halite_tests::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(dir.path(), "");
+    let key = halite_pki::KeyPair::generate().expect("key");
+    let mut raw = rt.block_on(async {
+        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
+        raw.auth(&key, "web2", Duration::from_secs(60)).await;
+        raw
+    });
+    assert_eq!(master.cli(&["keys", "accept", "web2"]).code, 0);
+    // Another master of the same minions, trusted as operators do.
+    let peer = halite_pki::KeyPair::generate().expect("key");
+    std::fs::create_dir_all(master.dir.join("pki/peers")).expect("peers");
+    peer.public()
+        .write_file(&master.dir.join("pki/peers/master-x.pub"))
+        .expect("peer key");
+    let vouched = |signer: &halite_pki::KeyPair, jid: &halite_proto::Jid, tgt: &str| {
+        let summary = JobSummary {
+            jid: jid.clone(),
+            master: "master-x".into(),
+            tgt: tgt.into(),
+            tgt_type: halite_proto::TargetType::Glob,
+            fun: "test.ping".into(),
+            arg: Vec::new(),
+            kwarg: Default::default(),
+            user: "ops-on-x".into(),
+            timeout: 60,
+            issued_at: halite_proto::time::now_ms(),
+            expires_at: halite_proto::time::now_ms() + 60_000,
+        };
+        VouchedJob {
+            signature: signer.sign_job_summary(&summary),
+            summary,
+        }
+    };
+    let claim = |jid: &halite_proto::Jid, job: Option<VouchedJob>| {
+        let mut ret = halite_tests::fake::return_of("web2", jid, "test.ping", json!("from web2"));
+        ret.master = "master-x".into();
+        ret.job = job;
+        key.sign_message("web2", &ret).expect("sign").to_bytes()
+    };
+    // A job of this master for web1 only.
+    let out = master.cli(&["run", "target=web1", "test.ping", "--async", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let own = halite_proto::Jid::parse(out.json()["jid"].as_str().expect("jid")).expect("jid");
+    let ids = halite_proto::JidGenerator::new();
+    let (invented, forged, elsewhere, real) = (ids.next(), ids.next(), ids.next(), ids.next());
+    rt.block_on(async {
+        // Its word alone: for this master's own job, and for a new jid.
+        raw.send(claim(&own, None)).await;
+        raw.send(claim(&invented, None)).await;
+        // A summary it signed itself, and master-x's summary of a job
+        // for other minions.
+        raw.send(claim(&forged, Some(vouched(&key, &forged, "web*"))))
+            .await;
+        raw.send(claim(&elsewhere, Some(vouched(&peer, &elsewhere, "db*"))))
+            .await;
+        // What a real hot minion sends: recorded.
+        raw.send(claim(&real, Some(vouched(&peer, &real, "web*"))))
+            .await;
+    });
+    let show = |jid: &halite_proto::Jid| master.cli(&["jobs", "show", jid.as_str(), "--json"]);
+    // Returns are stored in order: once the last is in, the rest were handled.
+    halite_tests::eventually(Duration::from_secs(60), "the vouched job recorded", || {
+        show(&real).code == 0
+    });
+    let recorded = show(&real).json();
+    assert_eq!(recorded["published_by"], "master-x", "{recorded}");
+    assert_eq!(recorded["target"], "web*", "{recorded}");
+    assert!(recorded["returns"]["web2"].is_object(), "{recorded}");
+    for jid in [&invented, &forged, &elsewhere] {
+        let out = show(jid);
+        assert_ne!(out.code, 0, "{jid} recorded: {out:?}");
+    }
+    let own_job = show(&own).json();
+    assert!(own_job["returns"].get("web2").is_none(), "{own_job}");
+}
+
 /// A plain SUB socket on the PUB port, with no key, sees that jobs go
 /// out, not what they are: function, arguments and user are sealed under
 /// the session key only authenticated minions hold.

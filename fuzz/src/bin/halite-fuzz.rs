@@ -18,7 +18,7 @@ use halite_fuzz::{corpus_dir, fuzz, fuzz_session_key, targets};
 use halite_pki::KeyPair;
 use halite_proto::message::{
     Auth, AuthReply, Beacon, Catchup, CatchupReply, Event, EventBody, Heartbeat, HeartbeatAck, Job,
-    KeyStatus, ModuleManifest, Return, ReturnAck,
+    JobSummary, KeyStatus, ModuleManifest, Return, ReturnAck, VouchedJob,
 };
 use halite_proto::{Jid, Message, TargetType};
 
@@ -97,7 +97,7 @@ fn seed() -> anyhow::Result<()> {
     let key = KeyPair::generate()?;
     let session = fuzz_session_key();
     let jid = Jid::parse("20261130030000000001")?;
-    let job = Job {
+    let mut job = Job {
         jid: jid.clone(),
         tgt: "G@os:Debian and web*".into(),
         tgt_type: TargetType::Compound,
@@ -123,7 +123,9 @@ fn seed() -> anyhow::Result<()> {
         master: "master-a".into(),
         user: "deployer".into(),
         modules: Vec::new(),
+        summary_signature: Vec::new(),
     };
+    job.summary_signature = key.sign_job_summary(&JobSummary::of(&job));
     let ret = Return {
         jid: jid.clone(),
         id: "web01".into(),
@@ -135,6 +137,7 @@ fn seed() -> anyhow::Result<()> {
         finished_at: 2,
         nonce: vec![1; 16],
         master: "master-a".into(),
+        job: VouchedJob::of(&job),
     };
     let messages: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
         one("job", &key, &job)?,

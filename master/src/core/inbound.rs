@@ -8,13 +8,14 @@ use bytes::Bytes;
 use halite_model::EventRecord;
 use halite_pki::PublicKey;
 use halite_proto::message::{
-    Auth, AuthReply, Catchup, CatchupReply, Event, Heartbeat, HeartbeatAck, KeyStatus, Return,
-    ReturnAck, TOPIC_JOB,
+    Auth, AuthReply, Catchup, CatchupReply, Event, Heartbeat, HeartbeatAck, JobSummary, KeyStatus,
+    Return, ReturnAck, TOPIC_JOB,
 };
 use halite_proto::time::now_ms;
 use halite_proto::{Envelope, Jid, Kind, Message};
 
 use super::{printable, Core, PendingReturn};
+use crate::peer_masters::PeerError;
 
 impl Core {
     /// Handles one ROUTER message. Replies (if any) go out through the
@@ -58,8 +59,18 @@ impl Core {
                     ));
                 }
                 let own = ret.master.is_empty() || ret.master == self.config.id;
-                if own {
-                    if let Err(refusal) = self.check_expected(&ret.jid, &ret.id) {
+                let checked = match own {
+                    true => self.check_expected(&ret.jid, &ret.id).map(|()| None),
+                    false => self.check_foreign(&ret).map(Some),
+                };
+                let foreign = match checked {
+                    Ok(foreign) => foreign,
+                    // Kept by the minion until the operator trusts that
+                    // master: nothing is lost meanwhile.
+                    Err(refusal @ Refusal::Peer(PeerError::UnknownMaster { .. })) => {
+                        return Err(refusal)
+                    }
+                    Err(refusal) => {
                         // Acked so the minion stops re-sending it, never stored.
                         let ack = ReturnAck {
                             jid: ret.jid,
@@ -69,11 +80,14 @@ impl Core {
                         self.reply(peer, &ack);
                         return Err(refusal);
                     }
-                }
+                };
                 tracing::debug!(jid = %ret.jid, minion = %ret.id, "return received");
                 // Back-pressure: a full collector slows the ROUTER reader,
                 // not the store.
-                let _ = self.returns.send(PendingReturn { peer, ret }).await;
+                let _ = self
+                    .returns
+                    .send(PendingReturn { peer, ret, foreign })
+                    .await;
                 Ok(())
             }
             Kind::Event => {
@@ -277,6 +291,39 @@ impl Core {
         }
     }
 
+    /// Checks a return for a job another master published: it must carry
+    /// that master's signed summary of the job, for this very return
+    /// (jid, function), and the minion must be among the job's targets.
+    /// The summary, not the minion, then says what the job was.
+    fn check_foreign(&self, ret: &Return) -> Result<JobSummary, Refusal> {
+        let vouched = ret.job.as_ref().ok_or_else(|| Refusal::Unvouched {
+            jid: ret.jid.clone(),
+            master: ret.master.clone(),
+        })?;
+        let summary = &vouched.summary;
+        if summary.jid != ret.jid || summary.master != ret.master || summary.fun != ret.fun {
+            return Err(Refusal::NotExpected {
+                jid: ret.jid.clone(),
+            });
+        }
+        self.peer_masters.verify(vouched)?;
+        let target = halite_proto::Target::parse(summary.tgt_type, &summary.tgt).map_err(|_| {
+            Refusal::NotExpected {
+                jid: ret.jid.clone(),
+            }
+        })?;
+        if self
+            .presence
+            .matching(std::slice::from_ref(&ret.id), &target)
+            .is_empty()
+        {
+            return Err(Refusal::NotExpected {
+                jid: ret.jid.clone(),
+            });
+        }
+        Ok(summary.clone())
+    }
+
     /// The jobs `id` may have missed, sealed like publications (with the
     /// current session key, which the asking minion holds).
     fn catchup_for(&self, id: &str) -> Vec<serde_bytes::ByteBuf> {
@@ -318,6 +365,10 @@ pub(crate) enum Refusal {
     NotExpected { jid: Jid },
     #[error("no job {jid} on this master")]
     UnknownJob { jid: Jid },
+    #[error("a return for job {jid} of master {master:?} without that master's signed summary of the job")]
+    Unvouched { jid: Jid, master: String },
+    #[error("another master's job: {0}")]
+    Peer(#[from] PeerError),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("the master does not accept {0:?} messages")]

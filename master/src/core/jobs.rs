@@ -270,7 +270,7 @@ impl Core {
             Some(_) => (first.join(","), TargetType::List),
             None => (request.target.clone(), request.tgt_type),
         };
-        let job = Job {
+        let mut job = Job {
             jid: jid.clone(),
             tgt,
             tgt_type,
@@ -285,8 +285,9 @@ impl Core {
             master: self.config.id.clone(),
             user: user.to_owned(),
             modules,
+            summary_signature: Vec::new(),
         };
-        let envelope = self.sign(&job)?;
+        let envelope = self.sign_job(&mut job)?;
         let record = JobRecord {
             jid: jid.clone(),
             target: request.target,
@@ -500,7 +501,7 @@ impl Core {
         job.tgt_type = TargetType::List;
         job.issued_at = now_ms();
         job.expires_at = job.issued_at + job.timeout * 1000;
-        let envelope = self.sign(&job)?;
+        let envelope = self.sign_job(&mut job)?;
         self.send_job(&job, minions.to_vec(), envelope);
         tracing::info!(jid = %job.jid, minions = minions.len(), "next batch published");
         self.announce(BusEntry {

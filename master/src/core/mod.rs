@@ -97,6 +97,8 @@ pub struct Core {
     batch_plans: Mutex<Option<mpsc::UnboundedReceiver<BatchPlan>>>,
     /// Jobs cancelled since start: no further batch of theirs starts.
     cancelled: Mutex<HashSet<Jid>>,
+    /// Keys of the other masters whose jobs are recorded here.
+    peer_masters: crate::peer_masters::PeerMasters,
 }
 
 /// Everything `Core::new` needs that is created by the caller.
@@ -128,7 +130,16 @@ impl Core {
         let master_pub = parts.key.public();
         parts.keys.set_max_pending(parts.config.max_pending_keys);
         let (batches, batch_plans) = mpsc::unbounded_channel();
+        let peer_masters = crate::peer_masters::PeerMasters::new(&parts.config.pki_dir, master_pub);
+        let peers = peer_masters.listed();
+        if !peers.is_empty() {
+            tracing::info!(
+                ?peers,
+                "records the jobs of these other masters (pki peers/)"
+            );
+        }
         let core = Core {
+            peer_masters,
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
             cancelled: Mutex::new(Default::default()),
@@ -190,6 +201,17 @@ impl Core {
     /// Signs `message` as this master.
     fn sign<M: Message>(&self, message: &M) -> Result<Vec<u8>, halite_pki::PkiError> {
         Ok(self.key.sign_message(&self.config.id, message)?.to_bytes())
+    }
+
+    /// Signs a job for publication: its summary first (for the other
+    /// masters its minions hand it to), then the whole.
+    fn sign_job(
+        &self,
+        job: &mut halite_proto::message::Job,
+    ) -> Result<Vec<u8>, halite_pki::PkiError> {
+        let summary = halite_proto::message::JobSummary::of(job);
+        job.summary_signature = self.key.sign_job_summary(&summary);
+        self.sign(job)
     }
 
     /// Publishes a signed job envelope (stored first, if it is to be

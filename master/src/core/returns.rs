@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use halite_model::{JobRecord, ReturnRecord};
-use halite_proto::message::{Return, ReturnAck};
+use halite_proto::message::{JobSummary, Return, ReturnAck};
 use halite_proto::time::now_ms;
 use halite_proto::Jid;
 use tokio::sync::mpsc;
@@ -27,6 +27,9 @@ pub struct PendingReturn {
     pub peer: Bytes,
     /// The verified return.
     pub ret: Return,
+    /// For a job another master published: its checked, signed summary,
+    /// from which the job is recorded here.
+    pub foreign: Option<JobSummary>,
 }
 
 /// Who to acknowledge, with what, once a batch is stored (and whether the
@@ -69,29 +72,20 @@ pub async fn collect(
 impl Core {
     /// Stores a batch of returns, flushes, then acks each. Called by the
     /// collector only, so flushes are grouped.
-    pub fn store_returns(&self, batch: Vec<PendingReturn>) {
+    pub fn store_returns(&self, mut batch: Vec<PendingReturn>) {
         let now = now_ms();
-        // Returns of jobs another master published (hot multi-master).
-        // One per job, however many of its returns are in the batch.
-        let mut foreign: Vec<(Jid, String, String, u64)> = batch
-            .iter()
-            .filter(|p| !p.ret.master.is_empty() && p.ret.master != self.config.id)
-            .map(|p| {
-                (
-                    p.ret.jid.clone(),
-                    p.ret.master.clone(),
-                    p.ret.fun.clone(),
-                    p.ret.started_at,
-                )
-            })
-            .collect();
-        foreign.sort_by(|a, b| a.0.cmp(&b.0));
-        foreign.dedup_by(|a, b| a.0 == b.0);
+        // Jobs another master published (multi-master), as their
+        // publisher signed them. One per job, however many of its returns
+        // are in the batch.
+        let mut foreign: Vec<JobSummary> =
+            batch.iter_mut().filter_map(|p| p.foreign.take()).collect();
+        foreign.sort_by(|a, b| a.jid.cmp(&b.jid));
+        foreign.dedup_by(|a, b| a.jid == b.jid);
         // Each return is split once: what the ack needs, and the record
         // (its data moved, not copied).
         let (acks, records): (Vec<PendingAck>, Vec<(Jid, ReturnRecord)>) = batch
             .into_iter()
-            .map(|PendingReturn { peer, ret }| {
+            .map(|PendingReturn { peer, ret, .. }| {
                 let ack = ReturnAck {
                     jid: ret.jid.clone(),
                     id: ret.id.clone(),
@@ -111,8 +105,8 @@ impl Core {
             })
             .unzip();
         let stored = self.store.put_returns(&records).and_then(|new| {
-            for (jid, master, fun, started_at) in &foreign {
-                self.record_foreign_job(jid, master, fun, *started_at)?;
+            for summary in foreign {
+                self.record_foreign_job(summary)?;
             }
             for ((jid, record), _) in records.iter().zip(&new).filter(|(_, is_new)| **is_new) {
                 if halite_proto::catalog::releases(&record.fun) {
@@ -148,37 +142,35 @@ impl Core {
     }
 
     /// Makes sure a job another master published has a record here, so
-    /// its returns (sent to every master in hot mode) can be listed and
-    /// shown like this master's own. The record says who published it and
-    /// has no envelope (it is never offered for catch-up).
-    fn record_foreign_job(
-        &self,
-        jid: &Jid,
-        master: &str,
-        fun: &str,
-        started_at: u64,
-    ) -> Result<(), StoreError> {
-        if self.store.has_job(jid)? {
+    /// its returns (sent to every master in hot mode, to the one left in
+    /// failover) can be listed and shown like this master's own. The
+    /// record is the publisher's signed summary; it says who published it
+    /// and has no envelope (it is never offered for catch-up). Which
+    /// minions it expected is the publisher's to know: left empty.
+    fn record_foreign_job(&self, summary: JobSummary) -> Result<(), StoreError> {
+        if self.store.has_job(&summary.jid)? {
             return Ok(());
         }
+        let jid = summary.jid;
+        let master = summary.master;
         let record = JobRecord {
             jid: jid.clone(),
-            target: String::new(),
-            tgt_type: Default::default(),
-            fun: fun.to_owned(),
-            arg: Vec::new(),
-            kwarg: Default::default(),
+            target: summary.tgt,
+            tgt_type: summary.tgt_type,
+            fun: summary.fun,
+            arg: summary.arg,
+            kwarg: summary.kwarg,
             secret_keys: Vec::new(),
-            user: String::new(),
-            timeout: 0,
-            issued_at: started_at,
-            expires_at: 0,
+            user: summary.user,
+            timeout: summary.timeout,
+            issued_at: summary.issued_at,
+            expires_at: summary.expires_at,
             expected: Vec::new(),
             down: Vec::new(),
-            published_by: Some(master.to_owned()),
+            published_by: Some(master.clone()),
             batch_size: None,
         };
-        tracing::info!(%jid, master, "returns of a job published by another master");
+        tracing::info!(%jid, %master, "returns of a job published by another master");
         self.store.put_job(&StoredJob {
             record,
             envelope: Vec::new(),

@@ -167,6 +167,7 @@ fn ret(jid: &Jid, id: &str, master: &str) -> Return {
         finished_at: 2,
         nonce: vec![7; 16],
         master: master.into(),
+        job: None,
     }
 }
 
@@ -264,14 +265,71 @@ async fn an_event_for_a_job_not_sent_to_that_minion_is_dropped() {
     assert!(h.core.store.events(&ghost, None).unwrap().is_empty());
 }
 
+/// `m2`'s signed summary of a `test.ping` job on `tgt`.
+fn vouched(m2: &KeyPair, jid: &Jid, tgt: &str) -> halite_proto::message::VouchedJob {
+    let summary = halite_proto::message::JobSummary {
+        jid: jid.clone(),
+        master: "m2".into(),
+        tgt: tgt.into(),
+        tgt_type: halite_proto::TargetType::Glob,
+        fun: "test.ping".into(),
+        arg: Vec::new(),
+        kwarg: Default::default(),
+        user: "ops-on-m2".into(),
+        timeout: 30,
+        issued_at: 5,
+        expires_at: 30_005,
+    };
+    halite_proto::message::VouchedJob {
+        signature: m2.sign_job_summary(&summary),
+        summary,
+    }
+}
+
 #[tokio::test]
-async fn a_return_naming_another_master_is_recorded_as_that_masters_job() {
+async fn another_masters_job_is_recorded_from_its_signed_summary_only() {
     let mut h = Harness::new(&["web1"]);
+    let m2 = KeyPair::generate().unwrap();
     let jid = Jid::from_unix_us(1_700_000_000_000_000);
-    h.send("web1", &ret(&jid, "web1", "m2")).await;
+    let foreign = |job| Return {
+        job,
+        ..ret(&jid, "web1", "m2")
+    };
+    // The minion's word alone, or m2's word before m2 is trusted here.
+    h.send("web1", &foreign(None)).await;
+    h.send("web1", &foreign(Some(vouched(&m2, &jid, "web*"))))
+        .await;
+    assert_eq!(h.collect(), 0);
+    assert!(h.core.job_view(&jid).is_err());
+    // Unvouched: acked (dropped for good); untrusted master: kept by the
+    // minion for when the operator trusts it.
+    assert_eq!(acks(&h.drain_sent()).len(), 1);
+
+    let peers = h.core.config.pki_dir.join("peers");
+    std::fs::create_dir_all(&peers).unwrap();
+    m2.public().write_file(&peers.join("m2.pub")).unwrap();
+    // Signed by someone else, or for a target without this minion.
+    let forger = KeyPair::generate().unwrap();
+    h.send("web1", &foreign(Some(vouched(&forger, &jid, "web*"))))
+        .await;
+    h.send("web1", &foreign(Some(vouched(&m2, &jid, "db*"))))
+        .await;
+    assert_eq!(h.collect(), 0);
+    assert!(h.core.job_view(&jid).is_err());
+
+    h.send("web1", &foreign(Some(vouched(&m2, &jid, "web*"))))
+        .await;
     assert_eq!(h.collect(), 1);
     let view = h.core.job_view(&jid).unwrap();
     assert_eq!(view.job.published_by.as_deref(), Some("m2"));
+    assert_eq!(
+        (
+            view.job.target.as_str(),
+            view.job.user.as_str(),
+            view.job.issued_at
+        ),
+        ("web*", "ops-on-m2", 5)
+    );
     assert!(view.returns.contains_key("web1"));
 }
 
