@@ -90,8 +90,17 @@ port() { sed -nE "s/.*\"$1\":([0-9]+).*/\1/p" "$demo/master/data/ports.json" 2>/
 ports_written() { [ -n "$(port return_port)" ]; }
 
 cd "$root"
-say "Building (cargo build --workspace --bins)"
+say "Building halite (cargo build --workspace --bins)"
+if [ -x "$bin/halite-master" ] && [ -x "$bin/halite-minion" ] && [ -x "$bin/master-cli" ]; then
+    echo "Binaries in target/debug/ exist: rebuilding what changed (seconds)."
+else
+    echo "First build: about 15 minutes on 2 cores, 4 on 8 (rustup may first fetch the"
+    echo "toolchain pinned in rust-toolchain.toml). cargo prints each crate as it compiles;"
+    echo "the binaries land in target/debug/ (halite-master, halite-minion, master-cli)."
+fi
+build_started=$SECONDS
 cargo build --workspace --bins
+echo "Built in $((SECONDS - build_started)) s."
 
 # Stop what a previous `--keep` run left, if it is still ours, then start clean.
 if [ -f "$demo/pids" ]; then

@@ -1,39 +1,86 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs what the tests
-# meet (git servers, a real Tomcat, pepper, ...), then runs the unit tests
-# of every crate and the whole-system tests in tests/, which start the
-# real binaries (so they are built first). Extra arguments go to
+# Runs the whole test suite on a fresh Debian machine: installs what the
+# tests meet (git servers, a real Tomcat 10, pepper, ...), builds the
+# binaries the whole-system tests start, runs every test binary (on past
+# a failure) and ends with one summary line. Extra arguments go to
 # `cargo test` (e.g. `bash scripts/test.sh -p halite-master`).
-set -euo pipefail
+#
+# As root it installs missing Debian packages itself; otherwise it lists
+# them with the one command that installs them and stops before compiling.
+# pepper (the salt-api CLI the compatibility test drives) goes into a
+# virtualenv under target/test-tools/, never into the system's Python.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 
-# Tools the suite needs. The Rust toolchain is pinned in rust-toolchain.toml.
-# git_deploy's tests serve real repositories: git (daemon, http-backend),
-# python3 (the HTTPS front), openssl (a test CA), unshare (a full and a
-# read-only filesystem for one minion).
+# Debian packages the suite needs. The Rust toolchain is pinned in
+# rust-toolchain.toml (rustup fetches it on the first cargo call).
+# - git_deploy's tests serve real repositories: git (daemon, http-backend),
+#   python3 (the HTTPS front), openssl (a test CA), unshare (util-linux: a
+#   full and a read-only filesystem for one minion).
+# - java_tomcat's tests run a real Tomcat 10 with its manager and build
+#   WARs with the JDK's `jar`; the harness talks to it with curl.
+# - pepper is installed with python3's venv module.
 need=()
 command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v git >/dev/null || need+=(git)
 command -v openssl >/dev/null || need+=(openssl)
 command -v unshare >/dev/null || need+=(util-linux)
-# (Debian's git package carries git-daemon and git-http-backend.)
-command -v pip3 >/dev/null || command -v pip >/dev/null || need+=(python3-pip)
-# java_tomcat's tests run a real Tomcat 10 (Debian's packages) and build
-# WARs with the JDK's `jar`; the harness talks to it with curl.
 [ -x /usr/share/tomcat10/bin/catalina.sh ] || need+=(tomcat10)
 [ -d /usr/share/tomcat10-admin/manager ] || need+=(tomcat10-admin)
 command -v jar >/dev/null || need+=(default-jdk-headless)
 command -v curl >/dev/null || need+=(curl)
-as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
 if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: the tests need Debian packages that are not installed: ${need[*]}" >&2
+    echo "Install them with:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
+    echo "(or run scripts/test.sh as root, which installs them itself)" >&2
+    exit 2
+  fi
   echo "scripts/test.sh: installing ${need[*]} (Debian packages)"
-  "${as_root[@]}" apt-get update -qq
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
-# The salt-api compatibility test drives halite with the real pepper CLI.
-if ! command -v pepper >/dev/null; then
-  python3 -m pip install --quiet salt-pepper || python3 -m pip install --quiet --break-system-packages salt-pepper
+  apt-get update -qq || exit 2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" || exit 2
 fi
 
-cargo build --workspace --bins
-cargo test --workspace "$@"
+# pepper in its own virtualenv (the tests look for it on PATH, and in
+# this directory when run by plain `cargo test`).
+tools=$PWD/target/test-tools
+venv=$tools/pepper
+if [ ! -x "$venv/bin/pepper" ]; then
+  echo "scripts/test.sh: installing pepper (salt-pepper from PyPI) into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet salt-pepper || {
+    echo "scripts/test.sh: could not install pepper into $venv" >&2
+    exit 2
+  }
+fi
+export PATH="$venv/bin:$PATH"
+
+cargo build --workspace --bins || {
+  echo "scripts/test.sh: the build failed; no test ran ($((SECONDS - started)) s)"
+  exit 1
+}
+log=$tools/last-run.log
+mkdir -p "$tools"
+# Every test binary runs, even after one fails; the output is also kept
+# for the summary.
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+
+elapsed=$((SECONDS - started))
+passed=0 failed=0 ignored=0 binaries=0
+while read -r p f i; do
+  passed=$((passed + p)) failed=$((failed + f)) ignored=$((ignored + i)) binaries=$((binaries + 1))
+done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log")
+# Binaries with a failure: the "Running" line before each FAILED result.
+failing=$(awk '/^ *Running /{name=$NF; gsub(/[()]/, "", name)} /^ *Doc-tests /{name="doc-tests-" $2}
+  /^test result: FAILED/{print name}' "$log" | sed 's#.*/##; s/-[0-9a-f]*$//' | sort -u | tr '\n' ' ')
+when="$((elapsed / 60)) min $((elapsed % 60)) s"
+if [ "$status" -eq 0 ]; then
+  echo "scripts/test.sh: all tests passed: $passed passed, $ignored ignored, in $binaries test binaries ($when)"
+else
+  echo "scripts/test.sh: FAILED: $failed failed, $passed passed, $ignored ignored, in $binaries test binaries ($when); failing: ${failing:-see the output above} (full output: target/test-tools/last-run.log)"
+fi
+exit "$status"

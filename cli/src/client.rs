@@ -157,8 +157,12 @@ struct ErrorBody {
 /// Where the master of `config_file` is: its location keys, read with the
 /// master's own rules and defaults.
 pub fn location(config_file: &Path) -> anyhow::Result<MasterLocation> {
-    let text = std::fs::read_to_string(config_file)
-        .with_context(|| format!("cannot read {}", config_file.display()))?;
+    let text = std::fs::read_to_string(config_file).with_context(|| {
+        format!(
+            "cannot read the master's config {} (name it with --config FILE or HALITE_CONFIG=FILE)",
+            config_file.display()
+        )
+    })?;
     Ok(MasterLocation::from_toml(config_file, &text)?)
 }
 

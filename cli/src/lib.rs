@@ -33,7 +33,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/halite/master.toml";
 #[command(name = "master-cli", version)]
 struct Cli {
     /// The master's configuration file (to find its API and token).
-    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
+    #[arg(long, short, global = true, env = "HALITE_CONFIG", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
@@ -55,14 +55,20 @@ enum Command {
         /// Seconds each minion may run the function; also how long to wait.
         #[arg(long)]
         timeout: Option<u64>,
-        /// Print the job id and exit without waiting.
+        /// Print the job id alone (`J=$(master-cli run ... --async)`) and
+        /// exit without waiting.
         #[arg(long = "async")]
         run_async: bool,
         /// A keyword argument sealed for the minions (`--secret token=...`);
         /// `KEY=-` reads the value from stdin. Never stored or logged in clear.
         #[arg(long = "secret", value_name = "KEY=VALUE")]
         secrets: Vec<String>,
-        /// Show output lines live as minions send them.
+        /// Hide the output lines minions send while they run (shown by
+        /// default: `halite.progress`, deploy steps, hooks).
+        #[arg(long, conflicts_with = "progress")]
+        no_progress: bool,
+        /// Also show output lines live for `cmd.*`, whose return is that
+        /// output (other functions show them by default).
         #[arg(long)]
         progress: bool,
         /// Refuse to start when a targeted minion is down (lists which).
@@ -275,7 +281,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 &client,
                 request,
                 false,
-                Report::Live { progress: false },
+                Report::Live {
+                    progress: Lines::Default,
+                },
                 json,
             )
             .await
@@ -297,6 +305,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             run_async,
             secrets,
+            no_progress,
             progress,
             require_up,
             batch,
@@ -312,7 +321,14 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            run(&client, request, run_async, Report::Live { progress }, json).await
+            let report = Report::Live {
+                progress: match (progress, no_progress) {
+                    (true, _) => Lines::Shown,
+                    (_, true) => Lines::Hidden,
+                    _ => Lines::Default,
+                },
+            };
+            run(&client, request, run_async, report, json).await
         }
         Command::Jobs { command } => jobs(&client, command, json).await,
         Command::Minions {
@@ -462,12 +478,23 @@ async fn users_noted(
     Ok(code)
 }
 
+/// Whether [`run`] shows the output lines minions send while they run.
+#[derive(Clone, Copy)]
+enum Lines {
+    /// Shown, except for functions whose return is that output (`cmd.*`).
+    Default,
+    /// `--progress`: always shown.
+    Shown,
+    /// `--no-progress`: never shown.
+    Hidden,
+}
+
 /// How [`run`] shows a job (without `--json`).
 #[derive(Clone, Copy)]
 enum Report {
-    /// Events and each minion's return as they come, then a summary;
-    /// output lines too with `progress` (always for app modules).
-    Live { progress: bool },
+    /// Events and each minion's return as they come, then a summary,
+    /// with output lines as `progress` says.
+    Live { progress: Lines },
     /// Nothing while it runs, then each minion's Lua module versions.
     ModuleVersions,
 }
@@ -487,7 +514,7 @@ async fn run(
                 &serde_json::json!({ "jid": submitted.jid, "minions": submitted.minions }),
             )?;
         } else {
-            output::line(&format!("Executed job with job ID {}", submitted.jid));
+            output::line(submitted.jid.as_str());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -496,16 +523,40 @@ async fn run(
         if json {
             output::job(&view, true)?;
         } else {
-            eprintln!("No minions matched the target. No command was sent, no jid was assigned (jid {} recorded).", submitted.jid);
+            eprintln!(
+                "No minion matched the target {:?}: nothing was sent (the request is recorded as job {}).",
+                view.job.target, submitted.jid
+            );
+            // The usual first-hour cause: keys still waiting for acceptance.
+            if let Ok(keys) = client.get::<KeysView>("/v1/keys").await {
+                let pending: Vec<&str> = keys
+                    .keys
+                    .iter()
+                    .filter(|k| k.status == KeyStatus::Pending)
+                    .map(|k| k.id.as_str())
+                    .collect();
+                if !pending.is_empty() {
+                    eprintln!(
+                        "{} waiting to be accepted ({}): master-cli keys accept --all, or master-cli keys accept ID",
+                        output::count(pending.len(), "key is", "keys are"),
+                        pending.join(", ")
+                    );
+                }
+            }
         }
         return Ok(ExitCode::FAILURE);
     }
-    // Releases (app deploys, task definitions) always show their stages and output live;
-    // other functions show stage changes, and output lines with --progress.
+    // Stages always show live; output lines too, unless the function's
+    // return is that output (`cmd.*`: then with --progress), or
+    // --no-progress.
     let (live, lines) = match report {
         Report::Live { progress } => (
             !json,
-            progress || halite_proto::catalog::releases(&request_fun),
+            match progress {
+                Lines::Shown => true,
+                Lines::Hidden => false,
+                Lines::Default => !halite_proto::catalog::returns_its_output(&request_fun),
+            },
         ),
         Report::ModuleVersions => (false, false),
     };

@@ -152,8 +152,8 @@ pub fn summary(view: &JobView) {
         format!("{missing} did not return")
     };
     line(&format!(
-        "\n-------------------------------------------\nSummary: {} minions targeted, {succeeded} succeeded, {failed} failed, {missing_text} (jid {})",
-        view.job.expected.len(),
+        "\n-------------------------------------------\nSummary: {} targeted, {succeeded} succeeded, {failed} failed, {missing_text} (jid {})",
+        count(view.job.expected.len(), "minion", "minions"),
         view.job.jid
     ));
 }
@@ -219,27 +219,99 @@ pub fn exit_code(view: &JobView) -> ExitCode {
     }
 }
 
+/// Rows printed in columns as wide as their widest cell (headers
+/// included), two spaces apart; the last column is not padded. Long
+/// function names, targets and paths push the next column right instead
+/// of running into it.
+struct Columns {
+    /// Right-aligned columns (counts, latencies).
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Columns {
+    /// A table with these headers; a header starting with `>` is a
+    /// right-aligned column (the `>` is not printed).
+    fn new(headers: &[&str]) -> Columns {
+        Columns {
+            right: headers.iter().map(|h| h.starts_with('>')).collect(),
+            rows: vec![headers
+                .iter()
+                .map(|h| h.trim_start_matches('>').to_owned())
+                .collect()],
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn print(&self) {
+        let columns = self.right.len();
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &self.rows {
+            let mut text = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                let last = c + 1 == row.len();
+                let pad = widths[c].saturating_sub(cell.chars().count());
+                if c > 0 {
+                    text.push_str("  ");
+                }
+                if self.right[c] {
+                    text.push_str(&" ".repeat(pad));
+                    text.push_str(cell);
+                } else {
+                    text.push_str(cell);
+                    if !last {
+                        text.push_str(&" ".repeat(pad));
+                    }
+                }
+            }
+            line(&text);
+        }
+    }
+}
+
+/// "1 minion", "3 minions".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `jobs list`.
 pub fn jobs(jobs: &[JobSummary], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&jobs);
     }
-    line(&format!(
-        "{:<20}  {:<19}  {:<20}  {:<20}  {:>9}  {:>6}  USER",
-        "JID", "TIME (UTC)", "FUNCTION", "TARGET", "RETURNED", "FAILED"
-    ));
+    let mut table = Columns::new(&[
+        "JID",
+        "TIME (UTC)",
+        "FUNCTION",
+        "TARGET",
+        ">RETURNED",
+        ">FAILED",
+        "USER",
+    ]);
     for job in jobs {
-        line(&format!(
-            "{:<20}  {:<19}  {:<20}  {:<20}  {:>9}  {:>6}  {}",
-            job.jid,
+        table.row(vec![
+            job.jid.to_string(),
             format_ms(job.issued_at),
-            job.fun,
-            job.target,
+            job.fun.clone(),
+            job.target.clone(),
             format!("{}/{}", job.returned, job.expected),
-            job.failed,
-            job.user
-        ));
+            job.failed.to_string(),
+            job.user.clone(),
+        ]);
     }
+    table.print();
     Ok(())
 }
 
@@ -248,27 +320,31 @@ pub fn minions(minions: &[MinionView], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&minions);
     }
-    line(&format!(
-        "{:<24}  {:<6}  {:<19}  {:>8}  {:<10}  OS",
-        "ID", "STATUS", "LAST SEEN (UTC)", "LATENCY", "VERSION"
-    ));
+    let mut table = Columns::new(&[
+        "ID",
+        "STATUS",
+        "LAST SEEN (UTC)",
+        ">LATENCY",
+        "VERSION",
+        "OS",
+    ]);
     for m in minions {
-        line(&format!(
-            "{:<24}  {:<6}  {:<19}  {:>8}  {:<10}  {}",
-            m.id,
-            m.status,
+        table.row(vec![
+            m.id.clone(),
+            m.status.clone(),
             m.last_seen.map(format_ms).unwrap_or_else(|| "never".into()),
             m.latency_ms
                 .map(|l| format!("{l} ms"))
                 .unwrap_or_else(|| "-".into()),
-            m.version.as_deref().unwrap_or("-"),
-            m.os.as_deref().unwrap_or("-")
-        ));
+            m.version.as_deref().unwrap_or("-").to_owned(),
+            m.os.as_deref().unwrap_or("-").to_owned(),
+        ]);
     }
+    table.print();
     let up = minions.iter().filter(|m| m.status == "up").count();
     line(&format!(
-        "{} minions, {up} up, {} down",
-        minions.len(),
+        "{}, {up} up, {} down",
+        count(minions.len(), "minion", "minions"),
         minions.len() - up
     ));
     Ok(())
@@ -279,15 +355,15 @@ pub fn presence(events: &[PresenceEvent], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&events);
     }
-    line(&format!("{:<19}  {:<12}  ID", "TIME (UTC)", "EVENT"));
+    let mut table = Columns::new(&["TIME (UTC)", "EVENT", "ID"]);
     for event in events {
-        line(&format!(
-            "{:<19}  {:<12}  {}",
+        table.row(vec![
             format_ms(event.at),
-            event.event,
-            event.id
-        ));
+            event.event.clone(),
+            event.id.clone(),
+        ]);
     }
+    table.print();
     Ok(())
 }
 
@@ -297,22 +373,19 @@ pub fn checks(checks: &[CheckRecord], hours: u64, json: bool) -> anyhow::Result<
     if json {
         return print_json(&checks);
     }
-    line(&format!(
-        "{:<19}  {:<24}  {:<6}  LATENCY",
-        "TIME (UTC)", "ID", "RESULT"
-    ));
+    let mut table = Columns::new(&["TIME (UTC)", "ID", "RESULT", "LATENCY"]);
     for check in checks {
-        line(&format!(
-            "{:<19}  {:<24}  {:<6}  {}",
+        table.row(vec![
             format_ms(check.at),
-            check.id,
-            if check.ok { "ok" } else { "FAILED" },
+            check.id.clone(),
+            if check.ok { "ok" } else { "FAILED" }.to_owned(),
             check
                 .latency_ms
                 .map(|l| format!("{l} ms"))
-                .unwrap_or_else(|| "-".into())
-        ));
+                .unwrap_or_else(|| "-".into()),
+        ]);
     }
+    table.print();
     let mut failed: std::collections::BTreeMap<&str, usize> = Default::default();
     for check in checks.iter().filter(|c| !c.ok) {
         *failed.entry(check.id.as_str()).or_default() += 1;
@@ -351,19 +424,16 @@ pub fn apps(apps: &[halite_proto::app::AppSpec], json: bool) -> anyhow::Result<(
     if json {
         return print_json(&apps);
     }
-    line(&format!(
-        "{:<16}  {:<20}  {:<24}  REPOSITORY",
-        "APP", "TARGET", "PATH"
-    ));
+    let mut table = Columns::new(&["APP", "TARGET", "PATH", "REPOSITORY"]);
     for app in apps {
-        line(&format!(
-            "{:<16}  {:<20}  {:<24}  {}",
-            app.name,
-            app.target,
-            app.path.display(),
-            app.repo
-        ));
+        table.row(vec![
+            app.name.clone(),
+            app.target.clone(),
+            app.path.display().to_string(),
+            app.repo.to_string(),
+        ]);
     }
+    table.print();
     Ok(())
 }
 
@@ -379,44 +449,47 @@ pub fn releases(view: &halite_model::AppReleases, history: bool, json: bool) -> 
             .unwrap_or_else(|| "-".into())
     };
     if history {
-        line(&format!(
-            "{:<19}  {:<20}  {:<8}  {:<11}  {:<12}  {:<12}  {:<20}  ERROR",
-            "TIME (UTC)", "MINION", "ACTION", "RESULT", "REF", "REVISION", "JID"
-        ));
+        let mut table = Columns::new(&[
+            "TIME (UTC)",
+            "MINION",
+            "ACTION",
+            "RESULT",
+            "REF",
+            "REVISION",
+            "JID",
+            "ERROR",
+        ]);
         for r in &view.history {
-            line(&format!(
-                "{:<19}  {:<20}  {:<8}  {:<11}  {:<12}  {:<12}  {:<20}  {}",
+            table.row(vec![
                 format_ms(r.at),
-                r.minion,
-                r.action,
-                r.result,
-                r.reference.as_deref().unwrap_or("-"),
+                r.minion.clone(),
+                r.action.clone(),
+                r.result.clone(),
+                r.reference.as_deref().unwrap_or("-").to_owned(),
                 short(&r.revision),
-                r.jid,
-                r.error.as_deref().unwrap_or("")
-            ));
+                r.jid.to_string(),
+                r.error.as_deref().unwrap_or("").to_owned(),
+            ]);
         }
+        table.print();
         return Ok(());
     }
     if view.live.is_empty() {
         line(&format!("{} is not live on any minion yet", view.app));
         return Ok(());
     }
-    line(&format!(
-        "{:<20}  {:<12}  {:<12}  {:<19}  {:<20}  RELEASE",
-        "MINION", "REF", "REVISION", "SINCE (UTC)", "JID"
-    ));
+    let mut table = Columns::new(&["MINION", "REF", "REVISION", "SINCE (UTC)", "JID", "RELEASE"]);
     for r in &view.live {
-        line(&format!(
-            "{:<20}  {:<12}  {:<12}  {:<19}  {:<20}  {}",
-            r.minion,
-            r.reference.as_deref().unwrap_or("-"),
+        table.row(vec![
+            r.minion.clone(),
+            r.reference.as_deref().unwrap_or("-").to_owned(),
             short(&r.revision),
             format_ms(r.at),
-            r.jid,
-            r.release.as_deref().unwrap_or("-")
-        ));
+            r.jid.to_string(),
+            r.release.as_deref().unwrap_or("-").to_owned(),
+        ]);
     }
+    table.print();
     Ok(())
 }
 
@@ -452,24 +525,12 @@ pub fn module_versions(view: &JobView) {
             )),
         }
     }
-    let width = |f: fn(&(String, String, String, String)) -> &String| {
-        rows.iter().map(|r| f(r).len()).max().unwrap_or(0)
-    };
-    let (w0, w1, w2) = (
-        width(|r| &r.0).max(6),
-        width(|r| &r.1).max(6),
-        width(|r| &r.2).max(6),
-    );
-    line(&format!(
-        "{:w0$}  {:w1$}  {:w2$}  VERSION",
-        "MINION", "MODULE", "STATUS"
-    ));
-    for (minion, module, status, detail) in &rows {
-        line(&format!(
-            "{minion:w0$}  {module:w1$}  {status:w2$}  {detail}"
-        ));
+    let mut table = Columns::new(&["MINION", "MODULE", "STATUS", "VERSION"]);
+    for (minion, module, status, detail) in rows {
+        table.row(vec![minion, module, status, detail]);
     }
     for minion in &view.missing {
-        line(&format!("{minion:w0$}  did not return"));
+        table.row(vec![minion.clone(), "-".into(), "did not return".into()]);
     }
+    table.print();
 }

@@ -35,10 +35,15 @@ impl From<CoreError> for ApiError {
             CoreError::Keys(PkiError::NoSuchKey { .. }) => ApiError::not_found(message),
             CoreError::Keys(PkiError::InvalidId { .. }) => ApiError::bad_request(message),
             CoreError::Keys(PkiError::State { .. }) => ApiError::conflict(message),
-            CoreError::Keys(_)
-            | CoreError::Store(_)
-            | CoreError::Users(_)
-            | CoreError::Config(_) => ApiError::internal(message),
+            // A broken file on the master (an app, a Lua module's
+            // manifest): nothing the request can change, but nothing
+            // wrong with the server either; the message names the file.
+            CoreError::Config(_) => ApiError::conflict(format!(
+                "the master's configuration needs fixing: {message}"
+            )),
+            CoreError::Keys(_) | CoreError::Store(_) | CoreError::Users(_) => {
+                ApiError::internal(message)
+            }
         }
     }
 }

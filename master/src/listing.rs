@@ -32,7 +32,7 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
     let fun = filter
         .fun
         .as_deref()
-        .map(glob_regex)
+        .map(FunFilter::new)
         .transpose()
         .map_err(|e| CoreError::invalid(format!("fun: {e}")))?;
     let mut page = Vec::with_capacity(limit);
@@ -40,7 +40,7 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
         if filter.from.is_some_and(|from| head.issued_at < from) {
             return Ok::<_, CoreError>(false);
         }
-        let wanted = fun.as_ref().is_none_or(|f| f.is_match(&head.fun))
+        let wanted = fun.as_ref().is_none_or(|f| f.matches(&head.fun))
             && filter.target.as_ref().is_none_or(|t| *t == head.target)
             && filter.user.as_ref().is_none_or(|u| *u == head.user);
         if wanted {
@@ -151,5 +151,53 @@ mod tests {
         assert!(!re.is_match("xgit_deploy.deploy"));
         assert!(glob_regex("test.ping").unwrap().is_match("test.ping"));
         assert!(!glob_regex("test.ping").unwrap().is_match("test.pingX"));
+    }
+}
+
+/// The `fun` filter of a job listing. A deploy started as `git_deploy`
+/// (a module's default function) is found by `git_deploy.*`,
+/// `git_deploy.deploy` and `git_deploy` alike: names are compared as typed
+/// and by their full catalog name.
+struct FunFilter {
+    glob: regex::Regex,
+    /// The filter's full name, when it names one catalog function.
+    full: Option<&'static str>,
+}
+
+impl FunFilter {
+    fn new(text: &str) -> Result<FunFilter, regex::Error> {
+        Ok(FunFilter {
+            glob: glob_regex(text)?,
+            full: halite_proto::catalog::function(text).map(|f| f.fun),
+        })
+    }
+
+    fn matches(&self, stored: &str) -> bool {
+        if self.glob.is_match(stored) {
+            return true;
+        }
+        let Some(stored_full) = halite_proto::catalog::function(stored).map(|f| f.fun) else {
+            return false;
+        };
+        self.glob.is_match(stored_full) || self.full == Some(stored_full)
+    }
+}
+
+#[cfg(test)]
+mod fun_filter_tests {
+    use super::FunFilter;
+
+    #[test]
+    fn a_deploy_is_found_by_its_module_whichever_spelling_started_it() {
+        for filter in ["git_deploy.*", "git_deploy.deploy", "git_deploy", "git_*"] {
+            let filter = FunFilter::new(filter).unwrap();
+            assert!(filter.matches("git_deploy"));
+            assert!(filter.matches("git_deploy.deploy"));
+            assert!(!filter.matches("cmd.run"));
+        }
+        let rollback = FunFilter::new("git_deploy.rollback").unwrap();
+        assert!(!rollback.matches("git_deploy"));
+        assert!(rollback.matches("git_deploy.rollback"));
+        assert!(FunFilter::new("my_lua.*").unwrap().matches("my_lua.go"));
     }
 }

@@ -131,7 +131,27 @@ pub struct Config {
     pub master_failback: bool,
     /// How Lua modules run: limits and the directories they may use.
     pub lua: halite_modules::lua::LuaConfig,
+    /// What is valid but probably not meant (a setting written after
+    /// `[grains]`, which makes it a grain): logged at start.
+    pub warnings: Vec<String>,
 }
+
+/// The top-level keys of a minion config: a grain of one of these names
+/// is almost always a setting written below `[grains]` by mistake.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "id",
+    "masters",
+    "pki_dir",
+    "data_dir",
+    "master_fingerprint",
+    "clock_skew",
+    "auth_retry",
+    "master_type",
+    "random_master",
+    "master_alive_interval",
+    "master_failback",
+    "lua",
+];
 
 impl Config {
     /// Reads and validates `file`.
@@ -194,7 +214,6 @@ impl Config {
                     .unwrap_or_else(|| "/var/lib/halite/minion".into()),
             ),
             master_fingerprint,
-            grains,
             clock_skew: Duration::from_secs(int_key(
                 file,
                 "clock_skew",
@@ -216,8 +235,26 @@ impl Config {
             )?),
             master_failback: raw.master_failback.unwrap_or(false),
             lua: lua_config(file, raw.lua.unwrap_or_default())?,
+            warnings: grain_warnings(file, &grains),
+            grains,
         })
     }
+}
+
+/// A warning for each grain named like a setting: TOML puts every key
+/// after a `[grains]` header into that table, so `auth_retry = 1` written
+/// at the end of the file silently becomes a grain.
+fn grain_warnings(file: &Path, grains: &Map<String, Value>) -> Vec<String> {
+    grains
+        .keys()
+        .filter(|key| TOP_LEVEL_KEYS.contains(&key.as_str()))
+        .map(|key| {
+            format!(
+                "{}: grains.{key} is a grain, not the `{key}` setting (it is written below [grains]): move it above the [grains] header to set it",
+                file.display()
+            )
+        })
+        .collect()
 }
 
 /// `[lua]`: limits per call, `roots` every module may use, and
@@ -328,6 +365,20 @@ mod tests {
             }
         );
         assert_eq!(config.masters[2].endpoint(4505), "tcp://[::1]:4505");
+    }
+
+    #[test]
+    fn a_setting_below_grains_is_a_grain_and_warned_about() {
+        let config = parse("id = \"a\"\n[grains]\nrole = \"web\"\nauth_retry = 1\n").unwrap();
+        // Still a grain (valid TOML), but the operator hears about it.
+        assert_eq!(config.grains["auth_retry"], Value::from(1));
+        assert_eq!(config.auth_retry, Duration::from_secs(10));
+        assert_eq!(config.warnings.len(), 1);
+        assert!(config.warnings[0].contains("grains.auth_retry"));
+        assert!(parse("id = \"a\"\n[grains]\nrole = \"web\"\n")
+            .unwrap()
+            .warnings
+            .is_empty());
     }
 
     #[test]

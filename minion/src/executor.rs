@@ -546,6 +546,8 @@ impl Executor {
         kwargs: Map<String, Value>,
         cancel: CancellationToken,
     ) -> Outcome {
+        let mut kwargs = kwargs;
+        halite_proto::app::expand_for_minion(&mut kwargs, &self.id);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let forwarder = tokio::spawn(forward_events(
             self.key.clone(),

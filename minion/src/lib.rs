@@ -50,6 +50,9 @@ pub struct Running {
     pub shutdown: CancellationToken,
     /// Ends when the link has stopped.
     pub task: tokio::task::JoinHandle<()>,
+    /// Why the minion stopped by itself (a master failing
+    /// `master_fingerprint`), if it did: `shutdown` has fired then.
+    pub fatal: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Modules every minion has; built once and shared (the swarm runs many
@@ -71,6 +74,9 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, Error> {
     let io = |context: String| move |source| Error::Io { context, source };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("create data_dir {}", config.data_dir.display())))?;
     let (key, created) = halite_pki::KeyPair::load_or_generate(&config.pki_dir, "minion")?;
@@ -129,6 +135,7 @@ pub fn start(
         several_masters: config.masters.len() > 1,
     }));
     executor.recover_interrupted();
+    let fatal = Arc::new(std::sync::OnceLock::new());
     let links: Vec<link::Link> = config
         .masters
         .iter()
@@ -154,6 +161,8 @@ pub fn start(
                 auth_retry: config.auth_retry,
                 alive: config.master_alive_interval,
                 epoch: None,
+                fatal: fatal.clone(),
+                stop: shutdown.clone(),
             }
         })
         .collect();
@@ -184,5 +193,9 @@ pub fn start(
             shutdown.clone(),
         ))
     };
-    Ok(Running { shutdown, task })
+    Ok(Running {
+        shutdown,
+        task,
+        fatal,
+    })
 }

@@ -52,6 +52,12 @@ const RESEND_EVERY: Duration = Duration::from_secs(10);
 enum LinkError {
     #[error("cannot connect to {0}: timed out")]
     ConnectTimeout(String),
+    #[error(
+        "cannot connect to {0}: connection refused (is halite-master running there, on that port?)"
+    )]
+    Refused(String),
+    #[error("{0} is the master's publish port: `masters` lists its return_port (4506 unless the master's config changes it)")]
+    PublishPort(String),
     #[error("zeromq: {0}")]
     Zmq(#[from] zeromq::ZmqError),
     #[error("no auth reply within {0:?}")]
@@ -102,6 +108,27 @@ pub struct Link {
     pub alive: Duration,
     /// Epoch of the session key this link published, replaced on re-auth.
     pub epoch: Option<u64>,
+    /// Set (with the reason) when the minion must stop: a master that
+    /// fails `master_fingerprint`. Cancels `stop`.
+    pub fatal: Arc<std::sync::OnceLock<String>>,
+    /// The whole minion's shutdown, fired on a fatal error.
+    pub stop: CancellationToken,
+}
+
+/// An auth the master answered with "pending": kept so the master's
+/// later "accepted" for the same request (sent when an operator accepts
+/// the key) completes it without a new round.
+struct Waiting {
+    ephemeral: Ephemeral,
+    nonce: Vec<u8>,
+}
+
+/// What an auth came to.
+enum AuthOutcome {
+    Accepted(Accepted),
+    /// Not accepted (yet); `Some` while the master may still accept this
+    /// very request.
+    NotAccepted(KeyStatus, Option<Waiting>),
 }
 
 /// An accepted auth.
@@ -154,9 +181,7 @@ impl Link {
         let endpoint = self.addr.endpoint(self.addr.port);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(Next::Shutdown),
-            connected = tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(&endpoint)) => {
-                connected.map_err(|_| LinkError::ConnectTimeout(endpoint.clone()))??;
-            }
+            connected = connect_dealer(&self.addr, &mut dealer, &endpoint) => connected?,
         }
         let (mut tx, mut rx) = dealer.split();
 
@@ -166,8 +191,8 @@ impl Link {
                 answer = self.auth(&mut tx, &mut rx) => answer?,
             };
             match answer {
-                Ok(accepted) => break accepted,
-                Err(status) => {
+                AuthOutcome::Accepted(accepted) => break accepted,
+                AuthOutcome::NotAccepted(status, waiting) => {
                     match status {
                         KeyStatus::Pending => tracing::info!(
                             master = %self.addr,
@@ -183,9 +208,23 @@ impl Link {
                             "the master refuses this minion's key; no jobs will run"
                         ),
                     }
+                    // The master answers this same request again when an
+                    // operator accepts the key: no need to wait for the
+                    // next round to start running jobs.
+                    let accepted_meanwhile = async {
+                        match waiting {
+                            Some(waiting) => self.await_acceptance(&mut rx, waiting).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(Next::Shutdown),
                         _ = tokio::time::sleep(self.auth_retry) => {}
+                        accepted = accepted_meanwhile => {
+                            if let Some(accepted) = accepted? {
+                                break accepted;
+                            }
+                        }
                     }
                 }
             }
@@ -342,51 +381,124 @@ impl Link {
         &self,
         tx: &mut zeromq::DealerSendHalf,
         rx: &mut zeromq::DealerRecvHalf,
-    ) -> Result<Result<Accepted, KeyStatus>, LinkError> {
+    ) -> Result<AuthOutcome, LinkError> {
+        if self.trust.needs_probe() {
+            // A required fingerprint and no pin yet: learn the master's
+            // key before handing it ours, so a wrong master never even
+            // lists this minion as pending.
+            let probe_nonce = nonce();
+            self.send_auth(tx, &probe_nonce, Vec::new(), true).await?;
+            let (envelope, reply) = self.auth_reply(rx, &probe_nonce).await?;
+            self.trusted_master(&envelope, &reply)?;
+        }
         let (ephemeral, eph_pub) = Ephemeral::generate()?;
         let auth_nonce = nonce();
-        let my_pub = self.key.public();
+        self.send_auth(tx, &auth_nonce, eph_pub, false).await?;
+        let (envelope, reply) = self.auth_reply(rx, &auth_nonce).await?;
+        let waiting = Waiting {
+            ephemeral,
+            nonce: auth_nonce,
+        };
+        self.outcome(&envelope, reply, waiting)
+    }
+
+    async fn send_auth(
+        &self,
+        tx: &mut zeromq::DealerSendHalf,
+        nonce: &[u8],
+        eph_pub: Vec<u8>,
+        probe: bool,
+    ) -> Result<(), LinkError> {
         let auth = self.sign(&Auth {
             id: self.id.clone(),
-            pubkey: my_pub.as_bytes().to_vec(),
-            nonce: auth_nonce.clone(),
+            pubkey: self.key.public().as_bytes().to_vec(),
+            nonce: nonce.to_vec(),
             eph_pub,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             grains: (*self.grains).clone(),
+            probe,
         })?;
         tx.send(frame(auth)).await?;
+        Ok(())
+    }
+
+    /// The master's answer to the auth with `nonce` (other messages are
+    /// skipped), within the auth timeout.
+    async fn auth_reply(
+        &self,
+        rx: &mut zeromq::DealerRecvHalf,
+        nonce: &[u8],
+    ) -> Result<(Envelope, AuthReply), LinkError> {
         let deadline = Instant::now() + CONNECT_TIMEOUT * 2;
-        let (envelope, reply) = loop {
-            let message = tokio::time::timeout_at(deadline, rx.recv())
-                .await
-                .map_err(|_| LinkError::AuthTimeout(CONNECT_TIMEOUT * 2))??;
+        tokio::time::timeout_at(deadline, self.next_auth_reply(rx, nonce))
+            .await
+            .map_err(|_| LinkError::AuthTimeout(CONNECT_TIMEOUT * 2))?
+    }
+
+    async fn next_auth_reply(
+        &self,
+        rx: &mut zeromq::DealerRecvHalf,
+        nonce: &[u8],
+    ) -> Result<(Envelope, AuthReply), LinkError> {
+        loop {
+            let message = rx.recv().await?;
             let Some(body) = message.into_vec().into_iter().next() else {
                 continue;
             };
             if body.len() > MAX_FRAME {
                 continue;
             }
-            let envelope = Envelope::from_bytes(&body)?;
+            let Ok(envelope) = Envelope::from_bytes(&body) else {
+                continue;
+            };
             if envelope.kind != Kind::AuthReply {
                 continue;
             }
             let reply: AuthReply = envelope.open()?;
-            if reply.nonce == auth_nonce {
-                break (envelope, reply);
+            if reply.nonce == nonce {
+                return Ok((envelope, reply));
             }
-        };
-        // The reply carries the master key; it must sign the reply, and
-        // it must be the key pinned (or configured) for this master.
+        }
+    }
+
+    /// Checks that the reply is signed by the key it carries and that the
+    /// key is the one pinned (or configured) for this master. A key that
+    /// fails `master_fingerprint` stops the minion: it names both
+    /// fingerprints and never authenticates.
+    fn trusted_master(
+        &self,
+        envelope: &Envelope,
+        reply: &AuthReply,
+    ) -> Result<PublicKey, LinkError> {
         let master_pub = PublicKey::from_bytes(&reply.master_pub)?;
-        halite_pki::verify_envelope(&envelope, &master_pub)?;
-        self.trust.check(&master_pub)?;
+        halite_pki::verify_envelope(envelope, &master_pub)?;
+        if let Err(e) = self.trust.check(&master_pub) {
+            if matches!(e, crate::trust::TrustError::Fingerprint { .. }) {
+                tracing::error!(master = %self.addr, error = %e, "this master is not the one master_fingerprint names; the minion stops (a wrong address, or a man in the middle)");
+                let _ = self.fatal.set(format!("master {}: {e}", self.addr));
+                self.stop.cancel();
+            }
+            return Err(e.into());
+        }
+        Ok(master_pub)
+    }
+
+    fn outcome(
+        &self,
+        envelope: &Envelope,
+        reply: AuthReply,
+        waiting: Waiting,
+    ) -> Result<AuthOutcome, LinkError> {
+        let master_pub = self.trusted_master(envelope, &reply)?;
         if reply.status != KeyStatus::Accepted {
-            return Ok(Err(reply.status));
+            let waiting = (reply.status == KeyStatus::Pending).then_some(waiting);
+            return Ok(AuthOutcome::NotAccepted(reply.status, waiting));
         }
         let grant = reply.session.as_ref().ok_or(LinkError::NoSession)?;
-        let transcript = halite_pki::transcript(&self.id, &my_pub, &master_pub, &auth_nonce);
-        let (session, personal) = ephemeral.accept(grant, &transcript)?;
-        Ok(Ok(Accepted {
+        let transcript =
+            halite_pki::transcript(&self.id, &self.key.public(), &master_pub, &waiting.nonce);
+        let (session, personal) = waiting.ephemeral.accept(grant, &transcript)?;
+        Ok(AuthOutcome::Accepted(Accepted {
             master_pub,
             master: reply.master,
             publish_port: reply.publish_port,
@@ -394,6 +506,21 @@ impl Link {
             session,
             personal,
         }))
+    }
+
+    /// Waits for the master to answer a pending auth again with
+    /// "accepted" (it does when an operator accepts the key). `None` if it
+    /// answers otherwise (rejected).
+    async fn await_acceptance(
+        &self,
+        rx: &mut zeromq::DealerRecvHalf,
+        waiting: Waiting,
+    ) -> Result<Option<Accepted>, LinkError> {
+        let (envelope, reply) = self.next_auth_reply(rx, &waiting.nonce.clone()).await?;
+        match self.outcome(&envelope, reply, waiting)? {
+            AuthOutcome::Accepted(accepted) => Ok(Some(accepted)),
+            AuthOutcome::NotAccepted(..) => Ok(None),
+        }
     }
 
     /// Decodes and verifies a DEALER reply from the master; logs and
@@ -531,8 +658,8 @@ impl Link {
         }
         let (mut tx, mut rx) = dealer.split();
         match self.auth(&mut tx, &mut rx).await {
-            Ok(Ok(_)) => Some(KeyStatus::Accepted),
-            Ok(Err(status)) => Some(status),
+            Ok(AuthOutcome::Accepted(_)) => Some(KeyStatus::Accepted),
+            Ok(AuthOutcome::NotAccepted(status, _)) => Some(status),
             Err(_) => None,
         }
     }
@@ -560,6 +687,33 @@ impl Link {
 
     fn sign<M: halite_proto::Message>(&self, message: &M) -> Result<Vec<u8>, LinkError> {
         Ok(self.key.sign_message(&self.id, message)?.to_bytes())
+    }
+}
+
+/// Connects the DEALER, telling the usual mistakes apart: nothing
+/// listening (refused at once, where zeromq would retry until the
+/// timeout) and the master's publish port instead of its return port.
+async fn connect_dealer(
+    addr: &MasterAddr,
+    dealer: &mut DealerSocket,
+    endpoint: &str,
+) -> Result<(), LinkError> {
+    let address = (addr.host.as_str(), addr.port);
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(LinkError::Refused(endpoint.to_owned()))
+        }
+        // Anything else (a slow network, a name that resolves later)
+        // is zeromq's to retry.
+        _ => {}
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, dealer.connect(endpoint)).await {
+        Err(_) => Err(LinkError::ConnectTimeout(endpoint.to_owned())),
+        Ok(Err(zeromq::ZmqError::IncompatibleSocket {
+            theirs: zeromq::SocketType::PUB | zeromq::SocketType::XPUB,
+            ..
+        })) => Err(LinkError::PublishPort(endpoint.to_owned())),
+        Ok(result) => Ok(result?),
     }
 }
 
@@ -657,20 +811,37 @@ pub async fn run_failover(
                 }
                 continue;
             }
+            // "Failing over" only when there is another master to go to.
             Some(Ok(Next::Lost(why))) => {
-                tracing::warn!(master = %link.addr, reason = %why, "master lost; failing over");
+                match count {
+                    1 => {
+                        tracing::warn!(master = %link.addr, reason = %why, "master lost; reconnecting")
+                    }
+                    _ => {
+                        tracing::warn!(master = %link.addr, reason = %why, "master lost; failing over")
+                    }
+                }
                 failed_in_a_row = 1;
                 backoff = Duration::from_millis(500);
             }
             Some(Err(e)) => {
-                tracing::warn!(master = %link.addr, error = %e, "master unavailable; failing over");
+                match count {
+                    1 => {
+                        tracing::warn!(master = %link.addr, error = %e, retry_in = ?backoff, "master unavailable")
+                    }
+                    _ => {
+                        tracing::warn!(master = %link.addr, error = %e, "master unavailable; failing over")
+                    }
+                }
                 failed_in_a_row += 1;
             }
         }
         current = (current + 1) % count;
         if failed_in_a_row >= count {
             failed_in_a_row = 0;
-            tracing::warn!(retry_in = ?backoff, "no master answers");
+            if count > 1 {
+                tracing::warn!(retry_in = ?backoff, "no master answers");
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -684,6 +855,37 @@ pub async fn run_failover(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    fn loopback(port: u16) -> MasterAddr {
+        MasterAddr {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_refused_at_once_and_a_publish_port_is_named() {
+        // Nothing listening: refused, not a timeout.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let addr = loopback(port);
+        let mut dealer = DealerSocket::with_options(halite_daemon::socket_options());
+        let refused = connect_dealer(&addr, &mut dealer, &addr.endpoint(port)).await;
+        assert!(matches!(refused, Err(LinkError::Refused(_))), "{refused:?}");
+
+        // A PUB socket where the return port should be.
+        let mut publisher = zeromq::PubSocket::new();
+        let bound = publisher.bind("tcp://127.0.0.1:0").await.unwrap();
+        let zeromq::Endpoint::Tcp(_, port) = bound else {
+            panic!("{bound:?}")
+        };
+        let addr = loopback(port);
+        let mut dealer = DealerSocket::with_options(halite_daemon::socket_options());
+        let wrong = connect_dealer(&addr, &mut dealer, &addr.endpoint(port)).await;
+        assert!(matches!(wrong, Err(LinkError::PublishPort(_))), "{wrong:?}");
+    }
 
     #[test]
     fn random_master_spreads_a_fleet_and_order_does_not() {

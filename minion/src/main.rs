@@ -38,10 +38,18 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-        halite_daemon::wait_for_signal().await;
-        tracing::info!("shutting down");
+        tokio::select! {
+            () = halite_daemon::wait_for_signal() => tracing::info!("shutting down"),
+            () = running.shutdown.cancelled() => {}
+        }
         running.shutdown.cancel();
         let _ = running.task.await;
-        ExitCode::SUCCESS
+        match running.fatal.get() {
+            Some(reason) => {
+                eprintln!("halite-minion: {reason}");
+                ExitCode::from(2)
+            }
+            None => ExitCode::SUCCESS,
+        }
     })
 }

@@ -56,6 +56,12 @@ impl MasterTrust {
         }
     }
 
+    /// Must the master's key be checked before the minion hands over its
+    /// own? With `master_fingerprint` set and no pin yet.
+    pub fn needs_probe(&self) -> bool {
+        self.expected_fingerprint.is_some() && !self.pin_file.exists()
+    }
+
     /// Decides whether `presented` is the master's key; pins it on first
     /// contact. The caller still checks the reply's signature with it.
     pub fn check(&self, presented: &PublicKey) -> Result<(), TrustError> {
@@ -83,11 +89,18 @@ impl MasterTrust {
                     })?;
                 }
                 presented.write_file(&self.pin_file)?;
-                tracing::info!(
-                    fingerprint = %presented.fingerprint(),
-                    pin = %self.pin_file.display(),
-                    "pinned the master key at first contact"
-                );
+                match self.expected_fingerprint {
+                    Some(_) => tracing::info!(
+                        fingerprint = %presented.fingerprint(),
+                        pin = %self.pin_file.display(),
+                        "the master key matches master_fingerprint; pinned"
+                    ),
+                    None => tracing::info!(
+                        fingerprint = %presented.fingerprint(),
+                        pin = %self.pin_file.display(),
+                        "pinned the master key at first contact (set master_fingerprint to check it instead)"
+                    ),
+                }
                 Ok(())
             }
         }

@@ -47,6 +47,9 @@ pub struct AppSpec {
     #[serde(default)]
     pub tgt_type: TargetType,
     /// The deploy path on the minion: `releases/`, `shared/`, `current`.
+    /// `{id}` stands for the minion's id (two minions on one host keep
+    /// apart: `/srv/{id}/shop`), replaced on the minion
+    /// ([`expand_for_minion`]).
     pub path: PathBuf,
     /// Branch deployed when a job names no tag, branch or rev.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -563,5 +566,51 @@ retries = 5
         ] {
             assert!(validate_ref_name(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// What `{id}` in an app's `path` stands for.
+pub const MINION_ID_PLACEHOLDER: &str = "{id}";
+
+/// Replaces `{id}` in the `path` of the app definition a job carries
+/// (`kwargs.app`) with this minion's id: every module of every kind then
+/// works on the minion's own path. Anything else is left alone.
+pub fn expand_for_minion(kwargs: &mut serde_json::Map<String, serde_json::Value>, id: &str) {
+    let path = kwargs
+        .get_mut("app")
+        .and_then(|app| app.get_mut("path"))
+        .filter(|path| {
+            path.as_str()
+                .is_some_and(|p| p.contains(MINION_ID_PLACEHOLDER))
+        });
+    if let Some(path) = path {
+        let expanded = path
+            .as_str()
+            .unwrap_or_default()
+            .replace(MINION_ID_PLACEHOLDER, id);
+        *path = serde_json::Value::String(expanded);
+    }
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::*;
+
+    #[test]
+    fn id_in_an_app_path_becomes_the_minions_id() {
+        let mut kwargs =
+            serde_json::json!({"app": {"name": "shop", "path": "/srv/{id}/shop"}, "tag": "v1"})
+                .as_object()
+                .cloned()
+                .unwrap();
+        expand_for_minion(&mut kwargs, "web01");
+        assert_eq!(kwargs["app"]["path"], "/srv/web01/shop");
+        assert_eq!(kwargs["tag"], "v1");
+        let mut plain = serde_json::json!({"app": "shop"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        expand_for_minion(&mut plain, "web01");
+        assert_eq!(plain["app"], "shop");
     }
 }

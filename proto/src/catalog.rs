@@ -412,6 +412,12 @@ pub fn releases(fun: &str) -> bool {
     function(fun).is_some_and(|f| matches!(f.kind, Kind::App | Kind::Release))
 }
 
+/// Is the return of `fun` its output itself (`cmd.*`)? Then its output
+/// lines are not also shown live by default (they would print twice).
+pub fn returns_its_output(fun: &str) -> bool {
+    function(fun).is_some_and(|f| f.module() == cmd::MODULE.name)
+}
+
 /// Why a name does not resolve, in the words minions and master share.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unresolved {

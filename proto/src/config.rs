@@ -76,14 +76,17 @@ pub fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
 /// Resolves a configured path relative to the directory of the config
 /// file, so a config and its data can be moved together.
 pub fn resolve_path(config_file: &Path, value: &Path) -> PathBuf {
-    if value.is_absolute() {
+    let joined = if value.is_absolute() {
         value.to_path_buf()
     } else {
         config_file
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join(value)
-    }
+    };
+    // Absolute, so every message naming a file names it unambiguously
+    // (a daemon started as `--config master.toml` from some directory).
+    std::path::absolute(&joined).unwrap_or(joined)
 }
 
 /// An integer key that must lie in `range`; `default` when absent.

@@ -244,6 +244,11 @@ pub struct Auth {
     pub version: String,
     /// The minion's grains, so the master can expand grain targets.
     pub grains: Value,
+    /// Only asking who the master is (its signed key), before trusting
+    /// it: the master answers without recording the minion's key. Sent
+    /// first by a minion with `master_fingerprint` and no pin yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 message!(Auth, Auth, "auth");
 

@@ -338,6 +338,7 @@ impl RawDealer {
             eph_pub: vec![0; 32],
             version: "barrier".into(),
             grains: serde_json::json!({}),
+            probe: false,
         };
         self.send(key.sign_message(id, &auth).expect("sign").to_bytes())
             .await;

@@ -53,6 +53,20 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A program the tests drive: `name` on PATH, or else the copy
+/// `scripts/test.sh` installed under `target/test-tools/` (`relative`), so
+/// a plain `cargo test` finds it after one run of the script.
+pub fn test_tool(name: &str, relative: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
+    if on_path {
+        return PathBuf::from(name);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-tools")
+        .join(relative)
+}
+
 /// The workspace crates each binary is built from.
 fn crates_of(binary: &str) -> &'static [&'static str] {
     match binary {
@@ -97,11 +111,10 @@ fn newest_source(binary: &str) -> Option<(PathBuf, std::time::SystemTime)> {
             }
         }
     };
-    consider(root.join("Cargo.toml"));
-    consider(root.join("Cargo.lock"));
+    // Sources only: a manifest or Cargo.lock change (a new dev-dependency)
+    // often leaves a binary as it was, and cargo then does not relink it.
     let mut dirs: Vec<PathBuf> = Vec::new();
     for krate in crates_of(binary) {
-        consider(root.join(krate).join("Cargo.toml"));
         dirs.push(root.join(krate).join("src"));
     }
     while let Some(dir) = dirs.pop() {
@@ -318,7 +331,8 @@ pub struct CliOutput {
 }
 
 impl CliOutput {
-    fn from(output: Output) -> CliOutput {
+    /// What a finished command printed, and its exit code (-1 if killed).
+    pub fn from(output: Output) -> CliOutput {
         CliOutput {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -587,10 +601,15 @@ impl Minion {
         } else {
             format!("masters = [\"127.0.0.1:{return_port}\"]\n")
         };
+        let auth_retry = if sets_key(extra, "auth_retry") {
+            ""
+        } else {
+            "auth_retry = 1\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "id = \"{id}\"\n{masters}pki_dir = \"pki\"\ndata_dir = \"data\"\nauth_retry = 1\n{extra}\n"
+                "id = \"{id}\"\n{masters}pki_dir = \"pki\"\ndata_dir = \"data\"\n{auth_retry}{extra}\n"
             ),
         )
         .expect("minion config");

@@ -444,15 +444,16 @@ fn pepper_speaks_to_halite_as_to_salt_api() {
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let pepper = |args: &[&str]| -> Value {
-        let out = std::process::Command::new("pepper")
-            .args(args)
-            .env("HOME", &home)
-            .env("SALTAPI_URL", &base)
-            .env("SALTAPI_USER", "salt")
-            .env("SALTAPI_PASS", "pepper-pw")
-            .env("SALTAPI_EAUTH", "pam")
-            .output()
-            .expect("pepper runs (.ci/run installs salt-pepper)");
+        let out =
+            std::process::Command::new(halite_tests::test_tool("pepper", "pepper/bin/pepper"))
+                .args(args)
+                .env("HOME", &home)
+                .env("SALTAPI_URL", &base)
+                .env("SALTAPI_USER", "salt")
+                .env("SALTAPI_PASS", "pepper-pw")
+                .env("SALTAPI_EAUTH", "pam")
+                .output()
+                .expect("pepper runs (scripts/test.sh installs it under target/test-tools/)");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

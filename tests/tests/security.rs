@@ -509,6 +509,7 @@ fn pending_keys_are_capped() {
             eph_pub: vec![0; 32],
             version: "flood".into(),
             grains: json!({}),
+            probe: false,
         };
         raw.send(key.sign_message("flood3", &auth).expect("sign").to_bytes())
             .await;
@@ -773,6 +774,7 @@ fn an_accepted_minion_cannot_open_another_minions_secrets() {
                 eph_pub,
                 version: "0.1.0".into(),
                 grains: json!({}),
+                probe: false,
             };
             let bytes = mole.sign_message("mole", &auth).expect("sign").to_bytes();
             dealer

@@ -169,6 +169,7 @@ fn seed() -> anyhow::Result<()> {
                 eph_pub: vec![3; 32],
                 version: "0.1.0".into(),
                 grains: serde_json::json!({"os": "Debian"}),
+                probe: false,
             },
         )?,
         one(

@@ -21,6 +21,51 @@ pub(super) struct UserSessions {
     cached: Mutex<Option<(FileStamp, Sessions)>>,
 }
 
+/// The `[acl]` grants, read again from the master's config file when it
+/// changes (like the users file): editing a grant takes effect on the next
+/// request, no restart. A config that no longer reads keeps the grants as
+/// they were (and says why once per change).
+pub(super) struct LiveGrants {
+    file: PathBuf,
+    cached: Mutex<(FileStamp, Arc<crate::acl::Acl>)>,
+}
+
+impl LiveGrants {
+    pub(super) fn new(file: PathBuf, acl: crate::acl::Acl) -> LiveGrants {
+        let stamp = stamp_of(&file);
+        LiveGrants {
+            file,
+            cached: Mutex::new((stamp, Arc::new(acl))),
+        }
+    }
+
+    /// The grants as the config file says now.
+    pub(super) fn current(&self) -> Arc<crate::acl::Acl> {
+        let stamp = stamp_of(&self.file);
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 != stamp {
+            cached.0 = stamp;
+            match crate::Config::load(&self.file) {
+                Ok(config) => {
+                    tracing::info!(file = %self.file.display(), "the master's config changed: [acl] grants re-read");
+                    cached.1 = Arc::new(config.acl);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the master's config changed but does not read; the [acl] grants stay as they were");
+                }
+            }
+        }
+        Arc::clone(&cached.1)
+    }
+}
+
+/// A file's modification time and length (`(None, 0)` when missing).
+fn stamp_of(file: &std::path::Path) -> FileStamp {
+    std::fs::metadata(file)
+        .map(|m| (m.modified().ok(), m.len()))
+        .unwrap_or((None, 0))
+}
+
 /// Every user's session check, by name.
 type Sessions = Arc<BTreeMap<String, Session>>;
 
@@ -37,9 +82,7 @@ impl UserSessions {
     }
 
     fn current(&self) -> Result<Sessions, UsersError> {
-        let stamp = std::fs::metadata(&self.file)
-            .map(|m| (m.modified().ok(), m.len()))
-            .unwrap_or((None, 0));
+        let stamp = stamp_of(&self.file);
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((seen, sessions)) = cached.as_ref() {
             if *seen == stamp {
@@ -133,14 +176,14 @@ impl Core {
             user: user.to_owned(),
             issued_at,
             expires_at,
-            perms: self.config.acl.written(user),
+            perms: self.grants.current().written(user),
         })
     }
 
     /// Refuses unless `user` has the special grant.
     pub fn require(&self, user: &str, special: crate::acl::Special) -> Result<(), CoreError> {
-        self.config
-            .acl
+        self.grants
+            .current()
             .check_special(user, special)
             .map_err(|denied| CoreError::Forbidden(denied.0))
     }

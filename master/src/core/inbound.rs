@@ -142,6 +142,13 @@ impl Core {
         same_id(&envelope.sender, &auth.id)?;
         let key = PublicKey::from_bytes(&auth.pubkey)?;
         halite_pki::verify_envelope(&envelope, &key)?;
+        if auth.probe {
+            // Only "who are you?": this master's signed key, nothing
+            // recorded (the minion checks master_fingerprint first).
+            let status = self.keys.status(&auth.id).unwrap_or(KeyStatus::Pending);
+            self.reply(peer, &self.auth_reply(auth.nonce, status, None));
+            return Ok(());
+        }
         let status = match self.keys.submit(&auth.id, &key, self.config.auto_accept) {
             Err(halite_pki::PkiError::TooManyPending { max }) => {
                 // No answer: the minion asks again later, when there may
@@ -174,6 +181,9 @@ impl Core {
         } else {
             None
         };
+        if status == KeyStatus::Pending {
+            self.wait_for_acceptance(&auth.id, peer.clone(), envelope);
+        }
         match status {
             KeyStatus::Accepted => tracing::info!(minion = %auth.id, "minion authenticated"),
             KeyStatus::Pending => tracing::info!(
@@ -189,19 +199,56 @@ impl Core {
                 "auth with a key different from the accepted one: denied (see minions_denied/)"
             ),
         }
-        self.reply(
-            peer,
-            &AuthReply {
-                nonce: auth.nonce,
-                status,
-                master: self.config.id.clone(),
-                master_pub: self.master_pub.as_bytes().to_vec(),
-                publish_port: self.publish_port,
-                heartbeat_interval: self.config.heartbeat_interval.as_secs(),
-                session,
-            },
-        );
+        self.reply(peer, &self.auth_reply(auth.nonce, status, session));
         Ok(())
+    }
+
+    fn auth_reply(
+        &self,
+        nonce: Vec<u8>,
+        status: KeyStatus,
+        session: Option<halite_proto::message::SessionGrant>,
+    ) -> AuthReply {
+        AuthReply {
+            nonce,
+            status,
+            master: self.config.id.clone(),
+            master_pub: self.master_pub.as_bytes().to_vec(),
+            publish_port: self.publish_port,
+            heartbeat_interval: self.config.heartbeat_interval.as_secs(),
+            session,
+        }
+    }
+
+    /// Keeps a pending minion's last auth (and where it came from), so
+    /// accepting its key answers that auth at once (see
+    /// [`Core::answer_waiting`]) instead of when the minion next retries.
+    fn wait_for_acceptance(&self, id: &str, peer: Bytes, envelope: Envelope) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the pending keys themselves.
+        if waiting.len() < self.config.max_pending_keys || waiting.contains_key(id) {
+            waiting.insert(id.to_owned(), (peer, envelope));
+        }
+    }
+
+    /// Answers the waiting auth of each of `ids` again once their keys
+    /// are `accepted`: the minion gets its session key on the connection
+    /// it is waiting on and runs jobs within a round trip. Otherwise the
+    /// waiting auths are dropped. Blocks (key files, signing): call off
+    /// the async workers.
+    pub(super) fn answer_waiting(&self, ids: &[String], accepted: bool) {
+        for id in ids {
+            let entry = self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            if let Some((peer, envelope)) = entry.filter(|_| accepted) {
+                if let Err(e) = self.on_auth(peer, envelope) {
+                    tracing::debug!(minion = %id, error = %e, "could not answer a waiting auth");
+                }
+            }
+        }
     }
 
     fn on_heartbeat(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {

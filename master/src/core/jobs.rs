@@ -111,8 +111,8 @@ impl Core {
 
     /// Refuses unless `user` may run `fun` on every one of `minions`.
     fn check_acl(&self, user: &str, fun: &str, minions: &[String]) -> Result<(), CoreError> {
-        self.config
-            .acl
+        self.grants
+            .current()
             .check_job(user, &acl_function(fun), minions, |ids, t| {
                 self.presence.matching(ids, t)
             })

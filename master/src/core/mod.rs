@@ -90,6 +90,8 @@ pub struct Core {
     cli_token: halite_pki::Secret,
     /// Whether login tokens still stand (see `auth.rs`).
     sessions: auth::UserSessions,
+    /// The `[acl]` grants, re-read when the config file changes.
+    grants: auth::LiveGrants,
     /// Lines about dropped messages, per peer, at most one per interval.
     drop_log: halite_daemon::LogThrottle,
     /// New batch plans, for the batch driver.
@@ -99,6 +101,9 @@ pub struct Core {
     cancelled: Mutex<HashSet<Jid>>,
     /// Keys of the other masters whose jobs are recorded here.
     peer_masters: crate::peer_masters::PeerMasters,
+    /// The last auth of each pending minion and its peer identity,
+    /// answered again when its key is accepted (`inbound.rs`).
+    waiting: Mutex<HashMap<String, (bytes::Bytes, halite_proto::Envelope)>>,
 }
 
 /// Everything `Core::new` needs that is created by the caller.
@@ -140,6 +145,7 @@ impl Core {
         }
         let core = Core {
             peer_masters,
+            waiting: Mutex::new(HashMap::new()),
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
             cancelled: Mutex::new(Default::default()),
@@ -157,6 +163,7 @@ impl Core {
             publish_port: parts.publish_port,
             cli_token: halite_pki::Secret::new(parts.cli_token),
             sessions: auth::UserSessions::new(parts.config.users_file.clone()),
+            grants: auth::LiveGrants::new(parts.config.file.clone(), parts.config.acl.clone()),
             drop_log: halite_daemon::LogThrottle::new(DROP_LOG_INTERVAL),
             config: parts.config,
         };

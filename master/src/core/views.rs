@@ -73,17 +73,15 @@ impl Core {
     /// read every job; others the jobs they ran and the jobs whose
     /// minions are all within their grants.
     pub fn may_read(&self, user: &str, job: &halite_model::JobRecord) -> bool {
-        job.user == user
-            || self
-                .config
-                .acl
-                .check_special(user, crate::acl::Special::Jobs)
-                .is_ok()
+        if job.user == user {
+            return true;
+        }
+        let grants = self.grants.current();
+        grants
+            .check_special(user, crate::acl::Special::Jobs)
+            .is_ok()
             || (!job.expected.is_empty()
-                && self
-                    .config
-                    .acl
-                    .covers(user, &job.expected, |ids, t| self.presence.matching(ids, t)))
+                && grants.covers(user, &job.expected, |ids, t| self.presence.matching(ids, t)))
     }
 
     /// Jobs newest first, filtered, one page.
@@ -175,6 +173,7 @@ impl Core {
     /// rotates the session key.
     pub fn change_keys(&self, change: KeyChange) -> Result<Vec<String>, CoreError> {
         let keys = &self.keys;
+        let accepting = matches!(change, KeyChange::Accept(_) | KeyChange::AcceptAll);
         let affected = match change {
             KeyChange::Accept(id) => {
                 keys.accept(&id)?;
@@ -198,6 +197,10 @@ impl Core {
             }
         };
         tracing::info!(ids = ?affected, "key state changed");
+        // An accepted minion that waits gets its session key at once; a
+        // rejected or deleted one is forgotten (answering it again would
+        // submit a deleted key anew).
+        self.answer_waiting(&affected, accepting);
         Ok(affected)
     }
 

@@ -51,6 +51,15 @@ pub enum ZmqError {
     UnsupportedVersion(ZmtpVersion),
     #[error("Connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// The peer's socket type cannot talk to ours (a DEALER reaching a
+    /// PUB, say): callers can tell the user which port they reached.
+    #[error("Provided sockets combination is not compatible ({ours} with {theirs})")]
+    IncompatibleSocket {
+        /// This socket's type.
+        ours: crate::SocketType,
+        /// The type the peer announced.
+        theirs: crate::SocketType,
+    },
 }
 
 impl From<mpsc::TrySendError<Message>> for ZmqError {

@@ -175,9 +175,10 @@ pub(crate) async fn ready_exchange(
                 if socket_type.compatible(other_sock_type) {
                     Ok(peer_id)
                 } else {
-                    Err(ZmqError::Other(
-                        "Provided sockets combination is not compatible",
-                    ))
+                    Err(ZmqError::IncompatibleSocket {
+                        ours: socket_type,
+                        theirs: other_sock_type,
+                    })
                 }
             }
         },
