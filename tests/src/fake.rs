@@ -103,8 +103,11 @@ impl FakeMaster {
                             &task_key.public(),
                             &auth.nonce,
                         );
-                        let grant = halite_pki::grant(&session, None, &auth.eph_pub, &transcript)
-                            .expect("grant");
+                        // A probe ("who are you?") gets the key, no session.
+                        let grant = (!auth.probe).then(|| {
+                            halite_pki::grant(&session, None, &auth.eph_pub, &transcript)
+                                .expect("grant")
+                        });
                         task_key.sign_message(
                             "fake-master",
                             &AuthReply {
@@ -114,7 +117,7 @@ impl FakeMaster {
                                 master_pub: task_key.public().as_bytes().to_vec(),
                                 publish_port,
                                 heartbeat_interval: 1,
-                                session: Some(grant),
+                                session: grant,
                             },
                         )
                     }

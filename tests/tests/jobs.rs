@@ -186,7 +186,7 @@ fn targets_modules_and_exit_codes() {
     // Nothing matched: a clear message and a failing exit code.
     let out = m.cli(&["run", "target=nomatch*", "test.ping"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("No minions matched"), "{out:?}");
+    assert!(out.stderr.contains("No minion matched"), "{out:?}");
 
     // Bad target syntax and usage errors are refused before publishing.
     let out = m.cli(&["run", "target=web* and", "tgt_type=compound", "test.ping"]);
