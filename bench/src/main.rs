@@ -15,6 +15,7 @@
 // The tables on stdout are this program's output.
 #![allow(clippy::print_stdout)]
 
+mod accept;
 mod api;
 mod deploy;
 mod failover;
@@ -44,6 +45,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// From accepting a waiting minion's key to its first job's return.
+    Accept(accept::AcceptArgs),
     /// HTTP API requests/s and latency with many stored jobs, under wrk.
     Api(api::ApiArgs),
     /// Time from publishing test.ping until all N returns are stored.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         )
         .try_init();
     let result = match cli.command {
+        Cmd::Accept(args) => accept::run(args),
         Cmd::Api(args) => api::run(args),
         Cmd::Fanout(args) => fanout::run(args),
         Cmd::IdleRss(args) => idle::run(args),
