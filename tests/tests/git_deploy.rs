@@ -445,3 +445,40 @@ fn a_master_restart_mid_deploy_loses_nothing() {
         "{out:?}"
     );
 }
+
+/// Two minions on one host deploy the same app to their own paths when
+/// the app's path names `{id}`, and each rolls back on its own.
+#[test]
+fn two_minions_on_one_host_keep_apart_with_id_in_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("git");
+    let _site = Repo::create(dir.path(), &root, "site", &[("v1", "one"), ("v2", "two")]);
+    let daemon = git::daemon(&root);
+    let master_dir = dir.path().join("master");
+    let srv = dir.path().join("srv");
+    write(
+        &master_dir.join("apps.d/site.toml"),
+        &format!(
+            "repo = \"git://127.0.0.1:{}/site.git\"\ntarget = \"lab*\"\npath = \"{}/{{id}}/site\"\n",
+            daemon.port,
+            srv.display()
+        ),
+    );
+    let master = Master::start(dir.path(), "");
+    let _lab1 = Minion::start(dir.path(), "lab1", master.return_port, "");
+    let _lab2 = Minion::start(dir.path(), "lab2", master.return_port, "");
+    master.accept("lab1");
+    master.accept("lab2");
+    for tag in ["tag=v1", "tag=v2"] {
+        let out = master.cli(&["run", "target=lab*", "git_deploy", "app=site", tag]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    assert_eq!(live(&srv.join("lab1/site")), "two");
+    assert_eq!(live(&srv.join("lab2/site")), "two");
+    // One rolls back; the other's release is untouched.
+    let out = master.cli(&["run", "target=lab1", "git_deploy.rollback", "app=site"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(live(&srv.join("lab1/site")), "one");
+    assert_eq!(live(&srv.join("lab2/site")), "two");
+    assert!(!srv.join("{id}").exists());
+}
