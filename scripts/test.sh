@@ -21,6 +21,8 @@ started=$SECONDS
 # - java_tomcat's tests run a real Tomcat 10 with its manager and build
 #   WARs with the JDK's `jar`; the harness talks to it with curl.
 # - pepper is installed with python3's venv module.
+# - the Windows minion is cross-built with mingw-w64 and run under Wine;
+#   its MSI is built with wixl.
 need=()
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
@@ -31,6 +33,9 @@ command -v unshare >/dev/null || need+=(util-linux)
 [ -d /usr/share/tomcat10-admin/manager ] || need+=(tomcat10-admin)
 command -v jar >/dev/null || need+=(default-jdk-headless)
 command -v curl >/dev/null || need+=(curl)
+command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
+command -v wine >/dev/null || need+=(wine wine64)
+command -v wixl >/dev/null || need+=(wixl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the tests need Debian packages that are not installed: ${need[*]}" >&2
@@ -58,7 +63,12 @@ if [ ! -x "$venv/bin/pepper" ]; then
 fi
 export PATH="$venv/bin:$PATH"
 
-cargo build --workspace --bins || {
+# The Windows minion, for its Wine test (the linker is set in
+# .cargo/config.toml).
+rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu \
+  || rustup target add x86_64-pc-windows-gnu || exit 2
+
+cargo build --workspace --bins && cargo build -p halite-minion --target x86_64-pc-windows-gnu || {
   echo "scripts/test.sh: the build failed; no test ran ($((SECONDS - started)) s)"
   exit 1
 }

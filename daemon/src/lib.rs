@@ -56,7 +56,27 @@ pub fn boot<C, E: Display>(
     workers: Option<usize>,
     load: impl FnOnce() -> Result<C, E>,
 ) -> Result<(C, tokio::runtime::Runtime), ExitCode> {
-    init_tracing(log_json);
+    boot_logging_to(name, log_json, None, workers, load)
+}
+
+/// Like [`boot`], logging to `log_file` (appended to, its directory
+/// created) instead of stderr: a Windows service has no console.
+pub fn boot_logging_to<C, E: Display>(
+    name: &str,
+    log_json: bool,
+    log_file: Option<&std::path::Path>,
+    workers: Option<usize>,
+    load: impl FnOnce() -> Result<C, E>,
+) -> Result<(C, tokio::runtime::Runtime), ExitCode> {
+    match log_file {
+        None => init_tracing(log_json),
+        Some(path) => {
+            if let Err(e) = init_tracing_to_file(log_json, path) {
+                eprintln!("{name}: cannot open the log file {}: {e}", path.display());
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
     let config = load().map_err(|e| {
         eprintln!("{name}: {e}");
         ExitCode::from(EXIT_CONFIG)
@@ -93,6 +113,30 @@ pub fn init_tracing(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+/// Sets up `tracing` like [`init_tracing`], appending plain (or JSON) lines
+/// to `path`.
+pub fn init_tracing_to_file(json: bool, path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM (Ctrl-C on Windows).

@@ -7,8 +7,58 @@ use halite_proto::config::{id_key, int_key, parse_toml, resolve_path, ConfigErro
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// Where `halite-minion` looks without `--config`.
+/// Where `halite-minion` looks without `--config` on Linux and other
+/// unix systems ([`default_config`] gives the platform's).
 pub const DEFAULT_CONFIG: &str = "/etc/halite/minion.toml";
+
+/// `%ProgramData%\halite` on Windows: config, keys, state and logs.
+#[cfg(windows)]
+pub fn program_data() -> PathBuf {
+    std::env::var_os("ProgramData")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+        .join("halite")
+}
+
+/// Where `halite-minion` looks without `--config`: `/etc/halite/minion.toml`,
+/// or `%ProgramData%\halite\minion.toml` on Windows.
+pub fn default_config() -> PathBuf {
+    #[cfg(windows)]
+    {
+        program_data().join("minion.toml")
+    }
+    #[cfg(not(windows))]
+    {
+        PathBuf::from(DEFAULT_CONFIG)
+    }
+}
+
+/// Default `pki_dir`: `/etc/halite/pki/minion`; on Windows `pki` beside
+/// the config (`%ProgramData%\halite\pki` for the installed one: state
+/// follows the config wherever the installer put it).
+fn default_pki_dir() -> PathBuf {
+    #[cfg(windows)]
+    {
+        PathBuf::from("pki")
+    }
+    #[cfg(not(windows))]
+    {
+        PathBuf::from("/etc/halite/pki/minion")
+    }
+}
+
+/// Default `data_dir`: `/var/lib/halite/minion`; on Windows `data`
+/// beside the config.
+fn default_data_dir() -> PathBuf {
+    #[cfg(windows)]
+    {
+        PathBuf::from("data")
+    }
+    #[cfg(not(windows))]
+    {
+        PathBuf::from("/var/lib/halite/minion")
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,16 +253,8 @@ impl Config {
         Ok(Config {
             id,
             masters,
-            pki_dir: resolve_path(
-                file,
-                &raw.pki_dir
-                    .unwrap_or_else(|| "/etc/halite/pki/minion".into()),
-            ),
-            data_dir: resolve_path(
-                file,
-                &raw.data_dir
-                    .unwrap_or_else(|| "/var/lib/halite/minion".into()),
-            ),
+            pki_dir: resolve_path(file, &raw.pki_dir.unwrap_or_else(default_pki_dir)),
+            data_dir: resolve_path(file, &raw.data_dir.unwrap_or_else(default_data_dir)),
             master_fingerprint,
             clock_skew: Duration::from_secs(int_key(
                 file,

@@ -7,16 +7,21 @@
 //! master), [`trust`]
 //! (master key pinning), [`executor`] (replay/expiry/target checks, module
 //! calls, signed returns and events), [`spool`] (returns on disk until
-//! acknowledged), [`seen`] (the replay guard).
+//! acknowledged), [`seen`] (the replay guard), [`launch`] (the process:
+//! config, logs, signals, exit codes), `service` (Windows only: the
+//! service entry point, `service install|uninstall`).
 
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod executor;
+pub mod launch;
 pub mod link;
 pub mod lua_store;
 pub mod outbox;
 pub mod seen;
+#[cfg(windows)]
+pub mod service;
 pub mod spool;
 pub mod trust;
 

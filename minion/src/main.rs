@@ -1,55 +1,105 @@
-//! `halite-minion --config /etc/halite/minion.toml`
+//! `halite-minion --config /etc/halite/minion.toml`; on Windows also
+//! `halite-minion service install|uninstall|run`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use halite_minion::launch::Launch;
 use tokio_util::sync::CancellationToken;
 
-/// The halite minion: verifies signed jobs from its master and runs them.
+/// The halite minion: verifies signed jobs from its masters and runs them.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Configuration file.
-    #[arg(long, short, default_value = halite_minion::config::DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Configuration file (default /etc/halite/minion.toml; on Windows
+    /// %ProgramData%\halite\minion.toml).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// A master to use instead of the config's `masters` (`host` or
+    /// `host:return_port`); empty: the config's.
+    #[arg(long, global = true)]
+    master: Option<String>,
     /// Log as JSON lines.
-    #[arg(long)]
+    #[arg(long, global = true)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The Windows service (the MSI does `install` itself).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum ServiceAction {
+    /// Register `halite-minion` to start at boot with this --config and
+    /// --master, and start it.
+    Install,
+    /// Stop and remove the service (keys and state stay).
+    Uninstall,
+    /// What the service manager starts (not for a console).
+    Run,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // Two workers are plenty for a minion and keep its memory small.
-    let (config, runtime) =
-        match halite_daemon::boot("halite-minion", args.log_json, Some(2), || {
-            halite_minion::Config::load(&args.config)
-        }) {
-            Ok(booted) => booted,
-            Err(code) => return code,
-        };
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let running =
-            match halite_minion::start(config, halite_minion::default_registry(), shutdown) {
-                Ok(running) => running,
-                Err(e) => {
-                    eprintln!("halite-minion: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-        tokio::select! {
-            () = halite_daemon::wait_for_signal() => tracing::info!("shutting down"),
-            () = running.shutdown.cancelled() => {}
+    let launch = Launch {
+        config: args
+            .config
+            .unwrap_or_else(halite_minion::config::default_config),
+        master: args.master,
+        log_json: args.log_json,
+        log_file: None,
+    };
+    match args.command {
+        None => ExitCode::from(halite_minion::launch::run(
+            &launch,
+            CancellationToken::new(),
+            true,
+        )),
+        Some(Command::Service { action }) => service(action, launch),
+    }
+}
+
+#[cfg(windows)]
+fn service(action: ServiceAction, launch: Launch) -> ExitCode {
+    use halite_minion::service;
+    let result = match action {
+        ServiceAction::Install => service::install(&launch),
+        ServiceAction::Uninstall => service::uninstall(),
+        // Logs beside the config: %ProgramData%\halite\logs for the
+        // installed service.
+        ServiceAction::Run => service::run(Launch {
+            log_file: Some(
+                launch
+                    .config
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("logs")
+                    .join("minion.log"),
+            ),
+            ..launch
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("halite-minion service: {e}");
+            ExitCode::FAILURE
         }
-        running.shutdown.cancel();
-        let _ = running.task.await;
-        match running.fatal.get() {
-            Some(reason) => {
-                eprintln!("halite-minion: {reason}");
-                ExitCode::from(2)
-            }
-            None => ExitCode::SUCCESS,
-        }
-    })
+    }
+}
+
+#[cfg(not(windows))]
+fn service(_action: ServiceAction, _launch: Launch) -> ExitCode {
+    eprintln!(
+        "halite-minion service: Windows only; on Linux run it under systemd (packaging/systemd/halite-minion.service)"
+    );
+    ExitCode::from(2)
 }

@@ -24,6 +24,31 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The Windows minion cross-built by `scripts/test.sh`
+/// (`target/x86_64-pc-windows-gnu/debug/halite-minion.exe`). Panics if it
+/// is missing or older than the minion's sources.
+pub fn windows_minion_exe() -> PathBuf {
+    let exe = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-pc-windows-gnu/debug/halite-minion.exe");
+    let built = std::fs::metadata(&exe)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: cargo build -p halite-minion --target x86_64-pc-windows-gnu (scripts/test.sh does)",
+                exe.display()
+            )
+        });
+    if let Some((source, changed)) = newest_source("halite-minion") {
+        assert!(
+            built >= changed,
+            "{} is older than {}: cargo build -p halite-minion --target x86_64-pc-windows-gnu",
+            exe.display(),
+            source.display()
+        );
+    }
+    exe
+}
+
 /// Where cargo put the binaries: next to the `deps/` dir of this test.
 /// Panics if the binary is missing or older than any source file of the
 /// crates it is built from (then `cargo build --workspace --bins`).
@@ -231,6 +256,26 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `command` with its stderr appended to `log` (a program that
+    /// is not one of the workspace's binaries: a Windows minion under
+    /// Wine, say).
+    pub fn spawn_command(mut command: Command, log: PathBuf) -> Proc {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn");
+        Proc {
+            child: Some(child),
+            log,
+        }
+    }
+
     fn spawn(binary: &str, config: &Path, log: PathBuf) -> Proc {
         Proc::spawn_in(binary, config, log, None)
     }
