@@ -36,6 +36,12 @@ command -v curl >/dev/null || need+=(curl)
 command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
 command -v wine >/dev/null || need+=(wine wine64)
 command -v wixl >/dev/null || need+=(wixl)
+# - the packages are built (lintian, rpm) and installed into a Debian root
+#   (debootstrap) booted with systemd-nspawn (systemd-container).
+command -v lintian >/dev/null || need+=(lintian)
+command -v rpm >/dev/null || need+=(rpm)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the tests need Debian packages that are not installed: ${need[*]}" >&2
@@ -72,6 +78,28 @@ cargo build --workspace --bins && cargo build -p halite-minion --target x86_64-p
   echo "scripts/test.sh: the build failed; no test ran ($((SECONDS - started)) s)"
   exit 1
 }
+# The packages (release builds) the install test installs, a rebuilt set to
+# upgrade to, and the Debian root it boots (made once, kept in target/).
+bash scripts/package.sh --linux >"$tools/package.log" 2>&1 \
+  && HALITE_PACKAGE_RELEASE=2 HALITE_PACKAGE_OUT=target/packages-upgrade \
+    bash scripts/package.sh --linux >>"$tools/package.log" 2>&1 || {
+  tail -n 30 "$tools/package.log"
+  echo "scripts/test.sh: building the packages failed (target/test-tools/package.log); no test ran"
+  exit 1
+}
+nspawn_root=target/nspawn/bookworm
+if [ ! -x "$nspawn_root/usr/lib/systemd/systemd" ]; then
+  echo "scripts/test.sh: making a Debian bookworm root for the package test (debootstrap, about 2 minutes, once)"
+  rm -rf "$nspawn_root.tmp"
+  mkdir -p target/nspawn
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm \
+    "$nspawn_root.tmp" http://deb.debian.org/debian >"$tools/debootstrap.log" 2>&1 \
+    && mv "$nspawn_root.tmp" "$nspawn_root" || {
+    tail -n 20 "$tools/debootstrap.log"
+    echo "scripts/test.sh: debootstrap failed (target/test-tools/debootstrap.log); no test ran"
+    exit 1
+  }
+fi
 log=$tools/last-run.log
 mkdir -p "$tools"
 # Every test binary runs, even after one fails; the output is also kept

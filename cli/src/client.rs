@@ -52,7 +52,12 @@ impl Client {
                 builder = builder.tls_certs_merge(roots);
                 "https"
             }
-            None => "http",
+            // Plain http: no trust roots at all, so a host without CA
+            // certificates (a minimal container) runs master-cli too.
+            None => {
+                builder = builder.tls_certs_only(Vec::new());
+                "http"
+            }
         };
         let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Client {
