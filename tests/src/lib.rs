@@ -284,11 +284,6 @@ impl Proc {
     /// after `setup` (shell) ran there: a test can give one process a
     /// full or read-only filesystem that vanishes with it.
     fn spawn_in(binary: &str, config: &Path, log: PathBuf, setup: Option<&str>) -> Proc {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
         let mut command = match setup {
             None => Command::new(bin(binary)),
             Some(setup) => {
@@ -299,19 +294,12 @@ impl Proc {
                 c
             }
         };
-        let child = command
+        command
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info,halite_master=debug,halite_minion=debug")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn");
-        Proc {
-            child: Some(child),
-            log,
-        }
+            .env("NO_COLOR", "1");
+        Proc::spawn_command(command, log)
     }
 
     /// Has the process ended?

@@ -536,6 +536,23 @@ fn pending_keys_are_capped() {
 /// A compromised minion targeted by a deploy of `blog` cannot write
 /// release history for `shop` ("live at v666"); its report for the app
 /// its job was for is recorded.
+/// A raw DEALER authenticated as minion `id` with a key of its own,
+/// accepted by `master`: an accepted minion the test speaks for.
+fn accepted_raw_minion(
+    rt: &tokio::runtime::Runtime,
+    master: &Master,
+    id: &str,
+) -> (halite_pki::KeyPair, halite_tests::fake::RawDealer) {
+    let key = halite_pki::KeyPair::generate().expect("key");
+    let raw = rt.block_on(async {
+        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
+        raw.auth(&key, id, Duration::from_secs(60)).await;
+        raw
+    });
+    assert_eq!(master.cli(&["keys", "accept", id]).code, 0);
+    (key, raw)
+}
+
 #[test]
 fn a_minion_cannot_forge_release_history_for_another_app() {
     let rt = halite_tests::runtime();
@@ -551,13 +568,7 @@ fn a_minion_cannot_forge_release_history_for_another_app() {
         .expect("app");
     }
     let master = Master::start(dir.path(), "");
-    let key = halite_pki::KeyPair::generate().expect("key");
-    let mut raw = rt.block_on(async {
-        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
-        raw.auth(&key, "web2", Duration::from_secs(60)).await;
-        raw
-    });
-    assert_eq!(master.cli(&["keys", "accept", "web2"]).code, 0);
+    let (key, mut raw) = accepted_raw_minion(&rt, &master, "web2");
     let report = |app: &str, version: &str| {
         json!({
             "app": app, "action": "deploy", "result": "live", "revision": "abc",
@@ -621,13 +632,7 @@ fn a_minion_cannot_speak_for_another_master() {
     let rt = halite_tests::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let master = Master::start(dir.path(), "");
-    let key = halite_pki::KeyPair::generate().expect("key");
-    let mut raw = rt.block_on(async {
-        let mut raw = halite_tests::fake::RawDealer::connect(master.return_port).await;
-        raw.auth(&key, "web2", Duration::from_secs(60)).await;
-        raw
-    });
-    assert_eq!(master.cli(&["keys", "accept", "web2"]).code, 0);
+    let (key, mut raw) = accepted_raw_minion(&rt, &master, "web2");
     // Another master of the same minions, trusted as operators do.
     let peer = halite_pki::KeyPair::generate().expect("key");
     std::fs::create_dir_all(master.dir.join("pki/peers")).expect("peers");
