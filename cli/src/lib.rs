@@ -585,6 +585,13 @@ async fn run(
     })
     .await?;
     let view: JobView = client.get(&format!("/v1/jobs/{}", submitted.jid)).await?;
+    if live {
+        // The stream can end (every return stored) before the last
+        // returns' entries reach it: the stored job has them all.
+        for ret in view.returns.values().filter(|r| !shown.contains(&r.id)) {
+            output::one_return(ret);
+        }
+    }
     match (json, report) {
         (true, _) => output::job(&view, true)?,
         (false, Report::Live { .. }) => output::summary(&view),
