@@ -277,6 +277,11 @@ impl Link {
         let mut rtt_ms = None;
         // Last sign of life from the master: a beacon or a heartbeat ack.
         let mut last_contact = Instant::now();
+        // A SUB subscription takes effect at the PUB some time after it is
+        // sent: a job published in between (after the catch-up above was
+        // answered) would be lost. The first beacon proves the subscription
+        // is live; one more catch-up then covers that gap.
+        let mut subscription_proven = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Next::Shutdown),
@@ -331,6 +336,14 @@ impl Link {
                         last_contact = Instant::now();
                         if beacon_epoch > epoch {
                             return Ok(Next::Reconnect("session key rotated"));
+                        }
+                        if !subscription_proven {
+                            subscription_proven = true;
+                            let catchup = self.sign(&Catchup {
+                                id: self.id.clone(),
+                                nonce: nonce(),
+                            })?;
+                            tx.send(frame(catchup)).await?;
                         }
                     }
                 }
