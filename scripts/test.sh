@@ -11,6 +11,7 @@
 # virtualenv under target/test-tools/, never into the system's Python.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/setup.sh
 started=$SECONDS
 
 # Debian packages the suite needs. The Rust toolchain is pinned in
@@ -42,37 +43,17 @@ command -v lintian >/dev/null || need+=(lintian)
 command -v rpm >/dev/null || need+=(rpm)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "scripts/test.sh: the tests need Debian packages that are not installed: ${need[*]}" >&2
-    echo "Install them with:" >&2
-    echo "  sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
-    echo "(or run scripts/test.sh as root, which installs them itself)" >&2
-    exit 2
-  fi
-  echo "scripts/test.sh: installing ${need[*]} (Debian packages)"
-  apt-get update -qq || exit 2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" || exit 2
-fi
+install_debian_packages scripts/test.sh ${need[@]+"${need[@]}"}
 
 # pepper in its own virtualenv (the tests look for it on PATH, and in
 # this directory when run by plain `cargo test`).
 tools=$PWD/target/test-tools
 venv=$tools/pepper
-if [ ! -x "$venv/bin/pepper" ]; then
-  echo "scripts/test.sh: installing pepper (salt-pepper from PyPI) into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet salt-pepper || {
-    echo "scripts/test.sh: could not install pepper into $venv" >&2
-    exit 2
-  }
-fi
+python_tool scripts/test.sh "$venv" salt-pepper pepper
 export PATH="$venv/bin:$PATH"
 
-# The Windows minion, for its Wine test (the linker is set in
-# .cargo/config.toml).
-rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu \
-  || rustup target add x86_64-pc-windows-gnu || exit 2
+# The Windows minion, for its Wine test.
+windows_target
 
 cargo build --workspace --bins && cargo build -p halite-minion --target x86_64-pc-windows-gnu || {
   echo "scripts/test.sh: the build failed; no test ran ($((SECONDS - started)) s)"
