@@ -54,9 +54,10 @@ done
 # Maintainer scripts and changelog: one template each, rendered per
 # package; the changelog is dated by the last commit (reproducible).
 when=$(git log -1 --format=%aD 2>/dev/null || date -R)
-render() { # package unit state pki
+render() { # package unit state pki account (empty: root)
   for step in postinst prerm postrm; do
     sed -e "s#@UNIT@#$2#g" -e "s#@STATE@#$3#g" -e "s#@PKI@#$4#g" \
+      -e "s#@ACCOUNT@#$5#g" -e "s#@USERS@#/etc/halite/users.toml#g" \
       "packaging/linux/$step.in" >"$tools/scripts/$1.$step"
     chmod 0755 "$tools/scripts/$1.$step"
   done
@@ -67,8 +68,8 @@ render() { # package unit state pki
     -e "s#\${CHANGELOG}#$tools/scripts/$1.changelog.gz#g" \
     "packaging/linux/$1.yaml" >"$tools/scripts/$1.yaml"
 }
-render halite-master halite-master.service /var/lib/halite/master /etc/halite/pki/master
-render halite-minion halite-minion.service /var/lib/halite/minion /etc/halite/pki/minion
+render halite-master halite-master.service /var/lib/halite/master /etc/halite/pki/master halite
+render halite-minion halite-minion.service /var/lib/halite/minion /etc/halite/pki/minion ""
 
 for package in halite-master halite-minion; do
   for packager in deb rpm; do
@@ -81,18 +82,14 @@ for rpm_file in "$out"/*.rpm; do
   rpm -qp --info "$rpm_file" >/dev/null # a readable RPM header, or fail
 done
 
-# The MSI: wixl reads the sources from the current directory.
+# The MSI (wixl, see packaging/windows/build-msi.sh).
 if [ "$linux_only" = 1 ]; then
   echo "scripts/package.sh: built in $((SECONDS - started)) s (Linux packages only):"
   ls -l "$out"
   exit 0
 fi
-stage=$tools/msi
-rm -rf "$stage"
-mkdir -p "$stage"
-cp target/x86_64-pc-windows-gnu/release/halite-minion.exe packaging/windows/minion.toml "$stage/"
-(cd "$stage" && wixl -a x64 -D "Version=$version" -o "$out/halite-minion-$version-x64.msi" \
-  "$OLDPWD/packaging/windows/halite-minion.wxs" 2>/dev/null)
+packaging/windows/build-msi.sh target/x86_64-pc-windows-gnu/release/halite-minion.exe \
+  "$version" "$out/halite-minion-$version-x64.msi"
 
 echo "scripts/package.sh: built in $((SECONDS - started)) s:"
 ls -l "$out"

@@ -43,6 +43,9 @@ enum ServiceAction {
     Install,
     /// Stop and remove the service (keys and state stay).
     Uninstall,
+    /// Forget this minion: remove its keys, state, logs and config (the
+    /// MSI runs it on uninstall with PURGE=1; stop the service first).
+    Purge,
     /// What the service manager starts (not for a console).
     Run,
 }
@@ -73,17 +76,20 @@ fn service(action: ServiceAction, launch: Launch) -> ExitCode {
     let result = match action {
         ServiceAction::Install => service::install(&launch),
         ServiceAction::Uninstall => service::uninstall(),
-        // Logs beside the config: %ProgramData%\halite\logs for the
-        // installed service.
+        ServiceAction::Purge => match halite_minion::launch::purge(&launch.config) {
+            Ok(removed) => {
+                for path in removed {
+                    eprintln!("removed {}", path.display());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("halite-minion service purge: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
         ServiceAction::Run => service::run(Launch {
-            log_file: Some(
-                launch
-                    .config
-                    .parent()
-                    .unwrap_or(std::path::Path::new("."))
-                    .join("logs")
-                    .join("minion.log"),
-            ),
+            log_file: Some(halite_minion::launch::service_log_file(&launch.config)),
             ..launch
         }),
     };

@@ -76,6 +76,10 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
 /// new one, never a torn key: write a temp file beside it, fsync, rename.
 /// `private` files get mode 0600 on unix (from creation, so the secret is
 /// never readable by others even briefly); others 0644.
+///
+/// A file that is replaced keeps its owner and group: root editing the
+/// users file of a master that runs as `halite` (`master-cli users add`)
+/// must not leave the master unable to read it.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
@@ -97,6 +101,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiE
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = write_new(&tmp, bytes, private)
+        .and_then(|()| keep_owner(path, &tmp))
         .and_then(|()| fs::rename(&tmp, path).map_err(io_err("rename into place", path)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -108,6 +113,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiE
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
+    Ok(())
+}
+
+/// Gives `tmp` the owner and group of `path` when `path` exists and they
+/// differ (only root can, and only root needs to).
+#[cfg(unix)]
+fn keep_owner(path: &Path, tmp: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::MetadataExt;
+    let old = match fs::metadata(path) {
+        Ok(old) => old,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("inspect", path)(e)),
+    };
+    let new = fs::metadata(tmp).map_err(io_err("inspect", tmp))?;
+    if (old.uid(), old.gid()) == (new.uid(), new.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(tmp, Some(old.uid()), Some(old.gid()))
+        .map_err(io_err("keep the owner of", path))
+}
+
+#[cfg(not(unix))]
+fn keep_owner(_path: &Path, _tmp: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
@@ -124,4 +152,32 @@ fn write_new(tmp: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
     let mut file = options.open(tmp).map_err(io_err("create", tmp))?;
     file.write_all(bytes).map_err(io_err("write", tmp))?;
     file.sync_all().map_err(io_err("sync", tmp))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn a_replaced_file_keeps_its_owner_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        write_atomic(&path, b"old", true).unwrap();
+        let me = fs::metadata(&path).unwrap().uid();
+        // Only root can give a file away: then the file belongs to
+        // "nobody", as the users file belongs to `halite` on a master.
+        let owner = if me == 0 { 65534 } else { me };
+        std::os::unix::fs::chown(&path, Some(owner), Some(owner)).unwrap_or_else(|e| {
+            assert_ne!(me, 0, "root can chown: {e}");
+        });
+        let before = fs::metadata(&path).unwrap();
+
+        write_atomic(&path, b"new", true).unwrap();
+        let after = fs::metadata(&path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_ne!(before.ino(), after.ino(), "replaced, not rewritten");
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        assert_eq!(after.permissions().mode() & 0o777, 0o600);
+    }
 }

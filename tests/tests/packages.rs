@@ -198,6 +198,17 @@ fn debian_packages_install_run_upgrade_and_purge_under_systemd() {
     eventually(Duration::from_secs(60), "box01 pending", || {
         String::from_utf8_lossy(&container.cli(&["keys", "list"]).stdout).contains("box01")
     });
+    // The master runs as its own system user; root's `master-cli users
+    // add` leaves the users file readable by it, so the user can log in.
+    let master_user = container.ok(&[
+        "sh",
+        "-c",
+        "stat -c %U /proc/$(systemctl show -p MainPID --value halite-master)",
+    ]);
+    assert_eq!(master_user.trim(), "halite");
+    container.ok(&["sh", "-c", "echo pw-of-alice | master-cli users add alice"]);
+    let (status, body) = halite_tests::api::login("http://127.0.0.1:8000", "alice", "pw-of-alice");
+    assert_eq!(status, 200, "{body}");
     container.ok(&["master-cli", "keys", "accept", "box01"]);
     let out = container.ok(&["master-cli", "run", "target=box01", "test.ping", "--json"]);
     assert!(out.contains("\"box01\""), "{out}");
@@ -238,6 +249,8 @@ fn debian_packages_install_run_upgrade_and_purge_under_systemd() {
             .filter_map(|j| j["jid"].as_str().map(str::to_owned))
             .collect()
     };
+    let (status, body) = halite_tests::api::login("http://127.0.0.1:8000", "alice", "pw-of-alice");
+    assert_eq!(status, 200, "users kept by the upgrade: {body}");
     assert!(!jids(&jobs).is_empty());
     assert_eq!(jids(&jobs), jids(&after));
     assert!(std::fs::read_to_string(&config)
@@ -259,4 +272,12 @@ fn debian_packages_install_run_upgrade_and_purge_under_systemd() {
     assert!(!container.active("halite-master") && !container.active("halite-minion"));
     assert!(!container.root.join("var/lib/halite").exists());
     assert!(!container.root.join("etc/halite/pki").exists());
+    assert!(!container.root.join("etc/halite/users.toml").exists());
+    assert!(
+        !container
+            .run(&["getent", "passwd", "halite"])
+            .status
+            .success(),
+        "the halite user is gone"
+    );
 }

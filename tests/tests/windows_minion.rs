@@ -204,7 +204,7 @@ impl Wine {
 /// start, with the master given on the msiexec command line): after a
 /// restart the service runs, its key reaches the master and, accepted, it
 /// answers. Uninstall stops and removes the service and the exe; the
-/// minion's key stays.
+/// minion's key and config stay, unless uninstalled with `PURGE=1`.
 ///
 /// Wine's msi cannot start a service it registered in the same session
 /// (StartServices: 1060, the service manager has not loaded it yet), so the
@@ -216,20 +216,15 @@ fn the_msi_installs_a_service_that_runs_and_uninstalls_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let master = Master::start(dir.path(), "");
     let wine = Wine::new(dir.path());
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/windows/minion.toml"),
-        wine.dir.join("minion.toml"),
-    )
-    .expect("default config");
     let msi = wine.dir.join("halite-minion.msi");
-    let built = Command::new("wixl")
-        .args(["-a", "x64", "-D", "Version=0.1.0", "-o"])
+    let built = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/windows/build-msi.sh"))
+        .arg(wine.dir.join("halite-minion.exe"))
+        .args(["0.1.0"])
         .arg(&msi)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/windows/halite-minion.wxs"))
-        .current_dir(&wine.dir)
         .output()
-        .expect("wixl (msitools) runs");
-    assert!(built.status.success(), "wixl: {built:?}");
+        .expect("build-msi.sh runs");
+    assert!(built.status.success(), "build-msi.sh: {built:?}");
     wine.boot_with_stand_in();
 
     let master_arg = format!("MASTER=127.0.0.1:{}", master.return_port);
@@ -282,5 +277,22 @@ fn the_msi_installs_a_service_that_runs_and_uninstalls_it() {
         .join("drive_c/Program Files/halite/halite-minion.exe")
         .exists());
     assert!(program_data.join("pki/minion.key").is_file(), "keys stay");
+    assert!(
+        program_data.join("minion.toml").is_file(),
+        "the config stays"
+    );
+
+    // Installed again and removed with PURGE=1: the minion is forgotten.
+    let status = wine.run("msiexec", &["/i", &msi_path, "/qn", "ADDLOCAL=Minion"]);
+    assert!(status.success(), "msiexec /i again: {status}");
+    assert!(
+        program_data.join("pki/minion.key").is_file(),
+        "same identity"
+    );
+    let status = wine.run("msiexec", &["/x", &msi_path, "/qn", "PURGE=1"]);
+    assert!(status.success(), "msiexec /x PURGE=1: {status}");
+    assert!(!wine.service_registered());
+    assert!(!program_data.join("pki").exists(), "keys purged");
+    assert!(!program_data.join("minion.toml").exists(), "config purged");
     keeper.kill();
 }
