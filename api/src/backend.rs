@@ -30,8 +30,22 @@ pub enum KeyAction {
 pub enum Grant {
     /// Key management (Salt's `@wheel`).
     Wheel,
-    /// Job lookups through salt-api's runner client (Salt's `@jobs`).
+    /// Job lookups through salt-api's runner client (Salt's `@jobs`;
+    /// `@runner` includes it).
     Jobs,
+    /// Every runner function salt-api serves (`manage.*`; Salt's `@runner`).
+    Runner,
+}
+
+/// A minion's public key as its file holds it (salt-api's `key.print`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKeyText {
+    /// Minion id.
+    pub id: String,
+    /// Which state the key is in.
+    pub status: halite_proto::message::KeyStatus,
+    /// The key file's text.
+    pub pem: String,
 }
 
 /// A deploy-module action on an app (`POST /v1/apps/{name}/deploy`).
@@ -90,6 +104,12 @@ pub trait Backend: Send + Sync + 'static {
     fn keys(&self) -> Result<KeysView, ApiError>;
     /// Changes keys; returns the ids affected.
     fn key_action(&self, action: KeyAction) -> Result<Vec<String>, ApiError>;
+    /// Every minion key as its file holds it.
+    fn public_keys(&self) -> Result<Vec<PublicKeyText>, ApiError>;
+    /// The master's settings that are safe to show anyone with `@wheel`
+    /// (salt-api's `config.values`): ports, intervals and limits; never a
+    /// secret or where keys, users or secrets live.
+    fn config_values(&self) -> Result<Map<String, Value>, ApiError>;
     /// Every app definition, by name.
     fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, ApiError>;
     /// What is live where for one app, and its last `limit` deploys.
@@ -122,4 +142,7 @@ pub trait Backend: Send + Sync + 'static {
     fn stream_head(&self) -> Result<u64, ApiError>;
     /// Live entries from now on.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>>;
+    /// Adds an entry to the event stream (salt-api's wheel and runner
+    /// results, which Salt puts on its event bus); answers its id.
+    fn announce(&self, entry: BusEntry) -> Result<u64, ApiError>;
 }

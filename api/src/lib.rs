@@ -15,6 +15,6 @@ pub mod throttle;
 pub mod types;
 pub use halite_proto::words;
 
-pub use backend::{AppAction, Backend, Grant, KeyAction};
+pub use backend::{AppAction, Backend, Grant, KeyAction, PublicKeyText};
 pub use error::ApiError;
 pub use routes::router;

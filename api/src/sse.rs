@@ -58,6 +58,9 @@ struct State {
     reader: Option<String>,
     /// What `reader` may read, by job (bounded: cleared when large).
     readable: HashMap<Jid, bool>,
+    /// Events made from one entry still to send (Salt's shape can turn
+    /// one entry into several events).
+    outgoing: VecDeque<Event>,
 }
 
 /// Jobs whose readability a stream remembers before it starts over.
@@ -84,6 +87,13 @@ pub fn stream(
         finished: false,
         reader,
         readable: HashMap::new(),
+        // salt-api starts its stream by telling clients to reconnect
+        // after 400 ms.
+        outgoing: if shape == Shape::Salt {
+            VecDeque::from([Event::default().retry(Duration::from_millis(400))])
+        } else {
+            VecDeque::new()
+        },
     };
     let events = futures::stream::unfold(state, |mut state| async move {
         let event = state.next().await?;
@@ -94,6 +104,9 @@ pub fn stream(
 
 impl State {
     async fn next(&mut self) -> Option<Event> {
+        if let Some(event) = self.outgoing.pop_front() {
+            return Some(event);
+        }
         if self.finished {
             return None;
         }
@@ -103,7 +116,10 @@ impl State {
             }
             if let Some(entry) = self.pending.pop_front() {
                 if self.may_read(&entry) {
-                    return Some(self.send(entry));
+                    if let Some(event) = self.send(entry) {
+                        return Some(event);
+                    }
+                    continue;
                 }
                 self.last = entry.id;
                 continue;
@@ -118,7 +134,9 @@ impl State {
                 Ok(Ok(entry)) => {
                     let for_me = self.jid.is_none() || entry.jid == self.jid;
                     if entry.id > self.last && for_me && self.may_read(&entry) {
-                        return Some(self.send((*entry).clone()));
+                        if let Some(event) = self.send((*entry).clone()) {
+                            return Some(event);
+                        }
                     }
                 }
                 Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {
@@ -139,8 +157,20 @@ impl State {
     }
 
     /// May the stream's reader see this entry? Entries of no job
-    /// (presence) are for everyone; a job's, for those who may read it.
+    /// (presence) are for everyone; a job's, for those who may read it;
+    /// a wheel or runner call's, for those with its grant.
     fn may_read(&mut self, entry: &BusEntry) -> bool {
+        // salt-api's wheel and runner calls: for those who may make them.
+        if let Some(reader) = &self.reader {
+            let grant = match entry.kind.as_str() {
+                "salt/wheel" => Some(crate::Grant::Wheel),
+                "salt/run" => Some(crate::Grant::Jobs),
+                _ => None,
+            };
+            if let Some(grant) = grant {
+                return self.backend.require(reader, grant).is_ok();
+            }
+        }
         let (Some(reader), Some(jid)) = (&self.reader, &entry.jid) else {
             return true;
         };
@@ -183,57 +213,41 @@ impl State {
         Some(Event::default().event("done").data(data.to_string()))
     }
 
-    fn send(&mut self, entry: BusEntry) -> Event {
+    /// The entry's first event (the rest wait in `outgoing`). Only the
+    /// last event of an entry carries its id, so a client that reconnects
+    /// in between gets the whole entry again.
+    fn send(&mut self, entry: BusEntry) -> Option<Event> {
         self.last = entry.id;
         self.check_done |= self.jid.is_some() && entry.kind == "job/return";
         let id = entry.id.to_string();
         let data = match self.shape {
-            Shape::Native => serde_json::to_string(&entry).unwrap_or_default(),
-            Shape::Salt => salt_event(&entry).to_string(),
-        };
-        Event::default().id(id).data(data)
-    }
-}
-
-/// An entry as Salt's event bus would have tagged it.
-pub fn salt_event(entry: &BusEntry) -> Value {
-    let jid = entry.jid.as_ref().map(|j| j.as_str()).unwrap_or_default();
-    let minion = entry.minion.as_deref().unwrap_or_default();
-    let stamp = entry.at;
-    match entry.kind.as_str() {
-        "job/new" => {
-            let mut data = entry.data.clone();
-            if let Some(map) = data.as_object_mut() {
-                map.insert("jid".into(), json!(jid));
-                if let Some(target) = map.remove("target") {
-                    map.insert("tgt".into(), target);
-                }
-                map.insert("_stamp".into(), json!(stamp));
+            Shape::Native => vec![serde_json::to_string(&entry).unwrap_or_default()],
+            Shape::Salt => {
+                let backend = self.backend.clone();
+                let up_now = move || -> Vec<String> {
+                    backend
+                        .minions()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|m| m.status == "up")
+                        .map(|m| m.id)
+                        .collect()
+                };
+                crate::salt::event::salt_events(&entry, &up_now)
+                    .iter()
+                    .map(Value::to_string)
+                    .collect()
             }
-            json!({ "tag": format!("salt/job/{jid}/new"), "data": data })
+        };
+        let count = data.len();
+        for (n, data) in data.into_iter().enumerate() {
+            let event = Event::default().data(data);
+            self.outgoing.push_back(if n + 1 == count {
+                event.id(id.clone())
+            } else {
+                event
+            });
         }
-        "job/return" => {
-            let ret = &entry.data;
-            json!({
-                "tag": format!("salt/job/{jid}/ret/{minion}"),
-                "data": {
-                    "jid": jid,
-                    "id": minion,
-                    "fun": ret.get("fun"),
-                    "return": ret.get("data"),
-                    "success": ret.get("success"),
-                    "retcode": ret.get("retcode"),
-                    "_stamp": stamp,
-                }
-            })
-        }
-        "job/event" => json!({
-            "tag": format!("salt/job/{jid}/prog/{minion}/{}", entry.id),
-            "data": entry.data,
-        }),
-        other => json!({
-            "tag": format!("halite/{other}/{minion}"),
-            "data": entry.data,
-        }),
+        self.outgoing.pop_front()
     }
 }

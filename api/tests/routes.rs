@@ -12,7 +12,7 @@ use halite_api::types::{
     JobRequest, JobSummary, JobView, KeyView, KeysView, LoginToken, MinionView, PresenceEvent,
     ReturnRecord, Submitted,
 };
-use halite_api::{router, ApiError, AppAction, Backend, Grant, KeyAction};
+use halite_api::{router, ApiError, AppAction, Backend, Grant, KeyAction, PublicKeyText};
 use halite_proto::message::{EventBody, KeyStatus};
 use halite_proto::{Jid, TargetType};
 use http_body_util::BodyExt;
@@ -392,6 +392,34 @@ impl Backend for Fake {
         }
     }
 
+    fn public_keys(&self) -> Result<Vec<PublicKeyText>, ApiError> {
+        Ok(self
+            .keys()?
+            .keys
+            .into_iter()
+            .map(|k| PublicKeyText {
+                pem: format!("-----BEGIN KEY-----\n{}\n-----END KEY-----\n", k.id),
+                id: k.id,
+                status: k.status,
+            })
+            .collect())
+    }
+
+    fn config_values(&self) -> Result<serde_json::Map<String, Value>, ApiError> {
+        Ok(json!({ "id": "fake-master", "ret_port": 4506 })
+            .as_object()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn announce(&self, mut entry: BusEntry) -> Result<u64, ApiError> {
+        let mut stream = self.stream.lock().unwrap();
+        entry.id = stream.len() as u64 + 1;
+        stream.push(entry.clone());
+        let _ = self.live.send(Arc::new(entry));
+        Ok(stream.len() as u64)
+    }
+
     fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, ApiError> {
         Ok(Vec::new())
     }
@@ -432,6 +460,16 @@ async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
         .await
         .expect("body")
         .to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    if text.starts_with("<!DOCTYPE html>") {
+        // salt-api's error page: its reason, as halite's JSON errors carry it.
+        let reason = text
+            .split_once("<p>")
+            .and_then(|(_, rest)| rest.split_once("</p>"))
+            .map(|(reason, _)| reason.replace("&quot;", "\"").replace("&#x27;", "'"))
+            .unwrap_or_default();
+        return (status, json!({ "error": reason, "salt_page": true }));
+    }
     let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         panic!(
             "{status}: body is not JSON ({e}): {:?}",
@@ -464,12 +502,22 @@ fn post_json(uri: &str, body: &str) -> Request<Body> {
         .unwrap()
 }
 
-/// The body is exactly `{"error": "..."}` and the message contains every `part`.
+/// The body is exactly `{"error": "..."}` (or salt-api's error page, read
+/// as that plus `salt_page`) and the message contains every `part`.
 fn assert_error(body: &Value, parts: &[&str]) {
     let object = body
         .as_object()
         .unwrap_or_else(|| panic!("not an object: {body}"));
-    assert_eq!(object.len(), 1, "error body has only `error`: {body}");
+    let expected = if object.contains_key("salt_page") {
+        2
+    } else {
+        1
+    };
+    assert_eq!(
+        object.len(),
+        expected,
+        "error body has only `error`: {body}"
+    );
     let message = object["error"]
         .as_str()
         .unwrap_or_else(|| panic!("`error` is not a string: {body}"));
@@ -1560,21 +1608,26 @@ async fn salt_api_shapes() {
 
     for (lowstate, parts) in [
         (
-            r#"{"client":"wheel","fun":"key.list_all"}"#,
-            &["wheel", "not supported"][..],
+            r#"{"client":"wheel","fun":"nodot"}"#,
+            &["nodot", "module.function"][..],
         ),
+        (r#"{"client":"ssh","tgt":"*","fun":"test.ping"}"#, &["ssh"]),
         (r#"{"client":"local","fun":"test.ping"}"#, &["tgt"]),
         (r#"{"client":"local_async","tgt":"*"}"#, &["fun"]),
         (
             r#"{"client":"local_async","tgt":"*","fun":"test.ping","tgt_type":"magic"}"#,
             &["tgt_type"],
         ),
-        (r#"{"client":"runner","fun":"manage.up"}"#, &["manage.up"]),
+        (
+            r#"{"client":"runner","fun":"state.orchestrate"}"#,
+            &["state.orchestrate"],
+        ),
         ("[]", &["no chunk"]),
         ("42", &["lowstate"]),
     ] {
         let (status, body) = call(&app, post_json("/", lowstate)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{lowstate}: {body}");
+        assert_eq!(body["salt_page"], true, "salt-api's error shape: {body}");
         assert_error(&body, parts);
     }
     let request = req(Method::POST, "/")
@@ -1740,4 +1793,209 @@ async fn reads_follow_the_acl() {
     assert_eq!(reader.as_deref(), Some("viewer"));
     let (status, body) = call(&app, authed(Method::GET, &format!("/v1/jobs/{KNOWN}"))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// salt-api's wheel and runner clients in Salt's shapes, `/keys/{id}`,
+/// `/run`, `/stats`, and what an unknown function or jid answers.
+#[tokio::test]
+async fn salt_wheel_runner_keys_run_and_stats() {
+    let (fake, app) = app();
+    let wheel = |fun: &str, extra: &str| format!(r#"{{"client":"wheel","fun":"{fun}"{extra}}}"#);
+    let (status, body) = call(&app, post_json("/", &wheel("key.list_all", ""))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let data = &body["return"][0]["data"];
+    assert_eq!(data["fun"], "wheel.key.list_all");
+    assert_eq!(data["success"], true);
+    assert_eq!(data["user"], "alice");
+    assert_eq!(data["tag"], body["return"][0]["tag"]);
+    assert_eq!(data["return"]["minions"], json!(["web01"]));
+    assert_eq!(data["return"]["minions_pre"], json!(["web02"]));
+    assert_eq!(data["return"]["local"], json!(["master.pem", "master.pub"]));
+
+    let (_, body) = call(
+        &app,
+        post_json("/", &wheel("key.list", r#","match":"pre""#)),
+    )
+    .await;
+    assert_eq!(
+        body["return"][0]["data"]["return"],
+        json!({ "minions_pre": ["web02"] })
+    );
+    let (_, body) = call(
+        &app,
+        post_json("/", &wheel("key.accept", r#","match":"web0*""#)),
+    )
+    .await;
+    assert_eq!(
+        body["return"][0]["data"]["return"],
+        json!({ "minions": ["web02"] }),
+        "only the pending key is accepted"
+    );
+    assert_eq!(
+        fake.key_actions.lock().unwrap().last(),
+        Some(&KeyAction::Accept("web02".into()))
+    );
+    let (_, body) = call(
+        &app,
+        post_json("/", &wheel("key.finger", r#","kwarg":{"match":"web01"}"#)),
+    )
+    .await;
+    assert_eq!(
+        body["return"][0]["data"]["return"],
+        json!({ "minions": { "web01": "11:22" } })
+    );
+    let (_, body) = call(
+        &app,
+        post_json("/", &wheel("key.print", r#","arg":["web02"]"#)),
+    )
+    .await;
+    assert!(body["return"][0]["data"]["return"]["minions_pre"]["web02"]
+        .as_str()
+        .is_some_and(|pem| pem.starts_with("-----BEGIN")));
+    let (_, body) = call(&app, post_json("/", &wheel("minions.connected", ""))).await;
+    assert_eq!(body["return"][0]["data"]["return"], json!(["web01"]));
+    let (_, body) = call(&app, post_json("/", &wheel("config.values", ""))).await;
+    assert_eq!(body["return"][0]["data"]["return"]["id"], "fake-master");
+    // An unknown wheel function fails as a call, as in Salt.
+    let (status, body) = call(&app, post_json("/", &wheel("key.nosuch", ""))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["return"][0]["data"]["success"], false);
+    assert!(body["return"][0]["data"]["return"]
+        .as_str()
+        .is_some_and(|m| m.contains("'key.nosuch' is not available")));
+    // wheel_async: the tag and jid; the result goes on the event stream.
+    let before = fake.stream.lock().unwrap().len();
+    let (_, body) = call(
+        &app,
+        post_json("/", r#"{"client":"wheel_async","fun":"key.list_all"}"#),
+    )
+    .await;
+    let tag = body["return"][0]["tag"].as_str().expect("tag").to_owned();
+    assert!(tag.starts_with("salt/wheel/"), "{body}");
+    let kinds: Vec<(String, Value)> = fake.stream.lock().unwrap()[before..]
+        .iter()
+        .map(|e| (e.kind.clone(), e.data["tag"].clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("salt/wheel".to_owned(), json!(format!("{tag}/new"))),
+            ("salt/wheel".to_owned(), json!(format!("{tag}/ret"))),
+        ]
+    );
+
+    let runner = |fun: &str, extra: &str| format!(r#"{{"client":"runner","fun":"{fun}"{extra}}}"#);
+    let (_, body) = call(&app, post_json("/", &runner("manage.status", ""))).await;
+    assert_eq!(body["return"][0], json!({ "up": ["web01"], "down": [] }));
+    let (_, body) = call(&app, post_json("/", &runner("manage.up", ""))).await;
+    assert_eq!(body["return"][0], json!(["web01"]));
+    let (_, body) = call(&app, post_json("/", &runner("manage.versions", ""))).await;
+    assert_eq!(body["return"][0]["Up to date"]["web01"], "0.1.0");
+    let (_, body) = call(
+        &app,
+        post_json(
+            "/",
+            &runner("jobs.list_job", &format!(r#","jid":"{KNOWN}""#)),
+        ),
+    )
+    .await;
+    let job = &body["return"][0];
+    assert_eq!(
+        (&job["jid"], &job["Function"]),
+        (&json!(KNOWN), &json!("test.ping"))
+    );
+    assert_eq!(job["Result"]["web01"]["return"], true);
+    let (_, body) = call(
+        &app,
+        post_json(
+            "/",
+            &runner("jobs.list_job", &format!(r#","jid":"{UNKNOWN}""#)),
+        ),
+    )
+    .await;
+    assert_eq!(
+        body["return"][0]["Error"],
+        "Cannot contact returner or no job with this jid"
+    );
+    let (_, body) = call(
+        &app,
+        post_json(
+            "/",
+            &runner(
+                "jobs.list_jobs",
+                r#","search_function":"test.*,cmd.run","start_time":"2020-01-01""#,
+            ),
+        ),
+    )
+    .await;
+    assert!(body["return"][0].get(KNOWN).is_some(), "{body}");
+    let (_, body) = call(
+        &app,
+        post_json(
+            "/",
+            &runner("jobs.list_jobs", r#","search_function":"git_deploy.*""#),
+        ),
+    )
+    .await;
+    assert_eq!(body["return"][0], json!({}), "filtered out");
+    let (_, body) = call(
+        &app,
+        post_json(
+            "/",
+            &runner("jobs.list_jobs", r#","start_time":"last tuesday""#),
+        ),
+    )
+    .await;
+    assert!(body["return"][0]
+        .as_str()
+        .is_some_and(|m| m.starts_with("Exception occurred in runner jobs.list_jobs")));
+    // The grants: @wheel for wheel, @runner for manage.*.
+    for lowstate in [wheel("key.list_all", ""), runner("manage.up", "")] {
+        let request = req(Method::POST, "/")
+            .header("x-auth-token", VIEWER_TOKEN)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(lowstate.clone()))
+            .unwrap();
+        assert_eq!(
+            call(&app, request).await.0,
+            StatusCode::FORBIDDEN,
+            "{lowstate}"
+        );
+    }
+
+    let (status, body) = call(&app, get("/keys/web01")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({ "return": { "minions": { "web01": "11:22" } } })
+    );
+    let (_, body) = call(&app, get(&format!("/jobs/{UNKNOWN}"))).await;
+    assert_eq!(body["return"], json!([{}]));
+    assert_eq!(body["info"][0]["Result"], json!({}));
+    let (status, body) = call(&app, get("/stats")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body["CherryPy Applications"]["Uptime"].is_number(),
+        "{body}"
+    );
+
+    // /run: credentials in the chunk, no session left behind.
+    let run = |password: &str| {
+        req(Method::POST, "/run")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(format!(
+                r#"[{{"client":"local_async","tgt":"web*","fun":"test.ping","username":"alice","password":"{password}","eauth":"pam"}}]"#
+            )))
+            .unwrap()
+    };
+    let (status, body) = call(&app, run("pw")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(fake.submitted.lock().unwrap().last().unwrap().0, "alice");
+    assert_eq!(
+        fake.logged_out.lock().unwrap().last().map(String::as_str),
+        Some(TOKEN)
+    );
+    let (status, body) = call(&app, run("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["salt_page"], true);
 }

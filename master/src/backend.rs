@@ -11,7 +11,7 @@ use halite_api::types::{
     AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
     JobRecord, JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
-use halite_api::{ApiError, AppAction, Backend, Grant, KeyAction};
+use halite_api::{ApiError, AppAction, Backend, Grant, KeyAction, PublicKeyText};
 use halite_pki::PkiError;
 use halite_proto::Jid;
 use serde_json::{Map, Value};
@@ -66,6 +66,7 @@ impl Backend for ApiBackend {
         let special = match grant {
             Grant::Wheel => Special::Wheel,
             Grant::Jobs => Special::Jobs,
+            Grant::Runner => Special::Runner,
         };
         Ok(self.0.require(user, special)?)
     }
@@ -133,6 +134,18 @@ impl Backend for ApiBackend {
         Ok(blocking(|| self.0.change_keys(change))?)
     }
 
+    fn public_keys(&self) -> Result<Vec<PublicKeyText>, ApiError> {
+        let keys = blocking(|| self.0.public_keys())?;
+        Ok(keys
+            .into_iter()
+            .map(|(id, status, pem)| PublicKeyText { id, status, pem })
+            .collect())
+    }
+
+    fn config_values(&self) -> Result<Map<String, Value>, ApiError> {
+        Ok(self.0.config_values())
+    }
+
     fn apps(&self) -> Result<Vec<halite_proto::app::AppSpec>, ApiError> {
         Ok(self.0.apps()?)
     }
@@ -188,5 +201,9 @@ impl Backend for ApiBackend {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>> {
         self.0.store.subscribe()
+    }
+
+    fn announce(&self, entry: BusEntry) -> Result<u64, ApiError> {
+        Ok(blocking(|| self.0.store.publish(entry)).map_err(CoreError::from)?)
     }
 }

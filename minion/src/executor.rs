@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use halite_modules::{Call, EventSink, Outcome, Registry, RETCODE_ERROR, RETCODE_TIMEOUT};
 use halite_pki::{KeyPair, SessionKey};
+use halite_proto::catalog::{saltutil, sys};
 use halite_proto::message::{
     Event, EventBody, Job, Return, VouchedJob, KILL_JOB, LIST_MODULES, SYNC_MODULES,
 };
@@ -100,8 +101,9 @@ pub struct Executor {
     outbox: Arc<Outbox>,
     session: watch::Receiver<SessionKeys>,
     clock_skew: Duration,
-    /// Running jobs and the handle that cancels each (`saltutil.kill_job`).
-    running: Arc<Mutex<HashMap<Jid, CancellationToken>>>,
+    /// Running jobs: the handle that cancels each (`saltutil.kill_job`)
+    /// and what `saltutil.running` shows of it.
+    running: Arc<Mutex<HashMap<Jid, RunningJob>>>,
     /// `data_dir/running`: a marker per job between its start and its
     /// spooled return, so a job cut short by a crash still gets a return.
     markers: std::path::PathBuf,
@@ -111,6 +113,13 @@ pub struct Executor {
     /// the publisher's signed job summary, the only word the other
     /// masters take for a job they did not publish.
     several_masters: bool,
+}
+
+/// A job running now.
+struct RunningJob {
+    cancel: CancellationToken,
+    /// Salt's view of it (`saltutil.running`, `saltutil.find_job`).
+    shown: Value,
 }
 
 /// What [`Executor::new`] needs.
@@ -362,11 +371,25 @@ impl Executor {
     async fn run(self: Arc<Self>, job: Job) {
         let cancel = self.shutdown.child_token();
         if let Ok(mut running) = self.running.lock() {
-            running.insert(job.jid.clone(), cancel.clone());
+            let shown = serde_json::json!({
+                "jid": job.jid, "fun": job.fun, "arg": job.arg, "tgt": job.tgt,
+                "tgt_type": job.tgt_type, "user": job.user, "pid": std::process::id(),
+                "id": self.id, "ret": "",
+            });
+            running.insert(
+                job.jid.clone(),
+                RunningJob {
+                    cancel: cancel.clone(),
+                    shown,
+                },
+            );
         }
         let started_at = now_ms();
         let outcome = match self.unseal(&job).await {
             Ok(_) if job.fun == KILL_JOB => self.kill(&job),
+            Ok(_) if job.fun == saltutil::RUNNING.fun => self.running_jobs(&job.jid),
+            Ok(_) if job.fun == saltutil::FIND_JOB.fun => self.find_job(&job),
+            Ok(kwargs) if job.fun.starts_with("sys.") => self.sys(&job, &kwargs),
             Ok(_) if job.fun == SYNC_MODULES => self.lua.sync(&job.modules),
             Ok(kwargs) if job.fun == LIST_MODULES => self
                 .lua
@@ -510,6 +533,106 @@ impl Executor {
         Ok(())
     }
 
+    /// `saltutil.running`: what runs here now, as Salt lists it (this
+    /// job itself left out, as Salt leaves out the asking job).
+    fn running_jobs(&self, asking: &Jid) -> Outcome {
+        let mut jobs: Vec<(Jid, Value)> = self
+            .running
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter(|(jid, _)| *jid != asking)
+                    .map(|(jid, job)| (jid.clone(), job.shown.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        jobs.sort_by(|a, b| a.0.cmp(&b.0));
+        Outcome::ok(Value::Array(jobs.into_iter().map(|(_, v)| v).collect()))
+    }
+
+    /// `saltutil.find_job JID`: that job if it runs here, else `{}`.
+    fn find_job(&self, job: &Job) -> Outcome {
+        let wanted = job
+            .arg
+            .first()
+            .or_else(|| job.kwarg.get("jid"))
+            .and_then(|v| v.as_str())
+            .and_then(|s| Jid::parse(s).ok());
+        let Some(wanted) = wanted else {
+            return Outcome::failed(RETCODE_ERROR, "saltutil.find_job needs a job id");
+        };
+        let found = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&wanted).map(|j| j.shown.clone()));
+        Outcome::ok(found.unwrap_or_else(|| Value::Object(Map::new())))
+    }
+
+    /// `sys.list_functions`, `sys.list_modules`, `sys.doc`: what this
+    /// minion can run (its modules and installed Lua modules) and the
+    /// catalog's word on each (Salt's shapes).
+    fn sys(&self, job: &Job, kwargs: &Map<String, Value>) -> Outcome {
+        let mut all = self.registry.functions();
+        all.extend(
+            [&saltutil::MODULE, &sys::MODULE]
+                .iter()
+                .flat_map(|m| m.functions.iter().map(|f| f.fun.to_owned())),
+        );
+        all.sort();
+        let mut names: Vec<String> = job
+            .arg
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect();
+        if let Some(Value::String(more)) = kwargs.get("name") {
+            names.push(more.clone());
+        }
+        let wanted = |fun: &str| -> bool {
+            names.is_empty()
+                || names.iter().any(|n| {
+                    let module = fun.split_once('.').map_or(fun, |(m, _)| m);
+                    n == module
+                        || Target::parse(halite_proto::TargetType::Glob, n)
+                            .is_ok_and(|g| g.matches(fun, &Value::Null))
+                })
+        };
+        match job.fun.as_str() {
+            "sys.list_functions" => Outcome::ok(Value::from(
+                all.into_iter().filter(|f| wanted(f)).collect::<Vec<_>>(),
+            )),
+            "sys.list_modules" => {
+                let mut modules: Vec<String> = all
+                    .iter()
+                    .map(|f| f.split_once('.').map_or(f.as_str(), |(m, _)| m).to_owned())
+                    .collect();
+                modules.dedup();
+                Outcome::ok(Value::from(modules))
+            }
+            "sys.doc" => {
+                let docs: Map<String, Value> = all
+                    .into_iter()
+                    .filter(|f| wanted(f))
+                    .map(|f| {
+                        let doc = halite_proto::catalog::function(&f)
+                            .map(|c| c.doc.trim())
+                            .filter(|d| !d.is_empty())
+                            .map_or(Value::Null, |d| Value::String(d.to_owned()));
+                        (f, doc)
+                    })
+                    .collect();
+                Outcome::ok(Value::Object(docs))
+            }
+            other => Outcome::failed(
+                RETCODE_ERROR,
+                format!(
+                    "unknown function `{other}`; the minion has: {}",
+                    sys::MODULE.names().join(", ")
+                ),
+            ),
+        }
+    }
+
     /// `saltutil.kill_job JID`: cancels a running job (which then stops,
     /// rolling back what it can within the registry's grace, and returns
     /// as cancelled). The request itself is a job signed by the master.
@@ -526,7 +649,7 @@ impl Executor {
             .running
             .lock()
             .ok()
-            .and_then(|running| running.get(&target).cloned());
+            .and_then(|running| running.get(&target).map(|job| job.cancel.clone()));
         match token {
             Some(token) => {
                 token.cancel();

@@ -322,6 +322,7 @@ mod tests {
         params: &["cmd", "timeout", "env", "flag", "cap"],
         free_keywords: false,
         kind: halite_proto::catalog::Kind::Plain,
+        doc: "",
     };
 
     fn map(v: Value) -> Map<String, Value> {

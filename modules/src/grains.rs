@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use halite_proto::catalog;
-use halite_proto::catalog::grains::{GET, ITEMS, LS, MODULE};
+use halite_proto::catalog::grains::{GET, ITEM, ITEMS, LS, MODULE};
 
 use crate::args::{ArgError, Args};
 use crate::module::unknown_function;
@@ -489,6 +489,7 @@ impl Module for GrainsModule {
                     Args::from_call(&ITEMS, &call).map(|_| Outcome::ok((*call.grains).clone()))
                 }
                 Some(&GET) => get(&call),
+                Some(&ITEM) => Ok(item(&call)),
                 Some(&LS) => Args::from_call(&LS, &call).map(|_| {
                     let mut keys: Vec<&String> = call
                         .grains
@@ -503,6 +504,35 @@ impl Module for GrainsModule {
             result.unwrap_or_else(Outcome::from)
         })
     }
+}
+
+/// `grains.item KEY...`: `{KEY: value}` for each key named (positional,
+/// or `key=` lists), nested with `:`; a missing grain is `""`, as in Salt.
+fn item(call: &Call) -> Outcome {
+    let mut keys: Vec<String> = call
+        .args
+        .iter()
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+        .collect();
+    if let Some(more) = call.kwargs.get("key") {
+        match more {
+            Value::Array(list) => {
+                keys.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)))
+            }
+            Value::String(one) => keys.push(one.clone()),
+            _ => {}
+        }
+    }
+    let found: Map<String, Value> = keys
+        .into_iter()
+        .map(|key| {
+            let value = lookup(&call.grains, &key, ":")
+                .cloned()
+                .unwrap_or_else(|| json!(""));
+            (key, value)
+        })
+        .collect();
+    Outcome::ok(Value::Object(found))
 }
 
 /// `grains.get key [default] [delimiter]`: nested lookup like Salt

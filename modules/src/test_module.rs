@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use halite_proto::catalog;
-use halite_proto::catalog::test::{ECHO, FAIL, MODULE, PING, SLEEP, VERSION};
+use halite_proto::catalog::test::{ECHO, FAIL, MODULE, PING, SLEEP, VERSION, VERSIONS_REPORT};
 
 use crate::args::{ArgError, Args};
 use crate::module::unknown_function;
@@ -34,11 +34,64 @@ impl Module for TestModule {
                 Some(&VERSION) => Args::from_call(&VERSION, &call)
                     .map(|_| Outcome::ok(Value::String(env!("CARGO_PKG_VERSION").to_owned()))),
                 Some(&FAIL) => fail(&call),
+                Some(&VERSIONS_REPORT) => {
+                    Args::from_call(&VERSIONS_REPORT, &call).map(|_| versions_report(&call))
+                }
                 _ => Ok(unknown_function(self, function)),
             };
             result.unwrap_or_else(Outcome::from)
         })
     }
+}
+
+/// `test.versions_report`: Salt's report, one string of sections with
+/// right-aligned names (`"          Salt: 3008.3"`), each section ending
+/// in a `" "` line: halite's version, what it is built on, the platform.
+fn versions_report(call: &Call) -> Outcome {
+    let grain = |key: &str| {
+        call.grains
+            .get(key)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .unwrap_or_else(|| "Not Installed".to_owned())
+    };
+    let sections: [(&str, Vec<(&str, String)>); 4] = [
+        (
+            "Salt Version:",
+            vec![("halite", env!("CARGO_PKG_VERSION").to_owned())],
+        ),
+        (
+            "Python Version:",
+            vec![("Python", "Not Installed".to_owned())],
+        ),
+        (
+            "Dependency Versions:",
+            vec![
+                ("ZeroMQ", "zeromq crate (vendored, no libzmq)".to_owned()),
+                ("Lua", "5.4 (mlua, vendored)".to_owned()),
+            ],
+        ),
+        (
+            "System Versions:",
+            vec![
+                ("dist", format!("{} {}", grain("os"), grain("osrelease"))),
+                ("kernel", grain("kernel")),
+                ("machine", std::env::consts::ARCH.to_owned()),
+                ("release", grain("kernelrelease")),
+                ("system", std::env::consts::OS.to_owned()),
+            ],
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (title, items) in sections {
+        lines.push(title.to_owned());
+        lines.extend(
+            items
+                .into_iter()
+                .map(|(name, value)| format!("{name:>14}: {value}")),
+        );
+        lines.push(" ".to_owned());
+    }
+    Outcome::ok(Value::String(lines.join("\n")))
 }
 
 /// Returns the first argument (or `text`) unchanged, whatever its type.
@@ -170,7 +223,7 @@ mod tests {
         assert_eq!(out.retcode, RETCODE_UNKNOWN_FUNCTION);
         assert_eq!(
             out.data,
-            json!("unknown function `test.nope`; the minion has: test.echo, test.fail, test.ping, test.sleep, test.version")
+            json!("unknown function `test.nope`; the minion has: test.echo, test.fail, test.ping, test.sleep, test.version, test.versions_report")
         );
     }
 }

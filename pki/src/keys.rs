@@ -198,6 +198,12 @@ impl PublicKey {
         &self.0
     }
 
+    /// The key as its file holds it (`-----BEGIN HALITE ED25519 PUBLIC
+    /// KEY-----`).
+    pub fn to_pem(&self) -> String {
+        pem::encode(pem::PUBLIC_LABEL, &self.0)
+    }
+
     /// SHA-256 of the 32 key bytes as lower-case hex pairs joined by `:`
     /// (like Salt's `finger`), for operators to compare keys out of band.
     pub fn fingerprint(&self) -> String {
@@ -235,7 +241,7 @@ impl PublicKey {
     /// Writes this key as a public key file, atomically (temp file +
     /// rename), so a concurrent reader never sees half a key.
     pub fn write_file(&self, path: &Path) -> Result<(), PkiError> {
-        let text = pem::encode(pem::PUBLIC_LABEL, &self.0);
+        let text = self.to_pem();
         fsio::write_atomic(path, text.as_bytes(), false)
     }
 }

@@ -63,6 +63,9 @@ pub struct KeyEntry {
     pub status: KeyStatus,
     /// [`PublicKey::fingerprint`] of the key, for comparing out of band.
     pub fingerprint: String,
+    /// The key itself (salt-api's `key.print` shows it).
+    #[serde(skip)]
+    pub key: PublicKey,
 }
 
 /// Minion keys by state, on disk under `pki_dir`, with the accepted keys
@@ -286,6 +289,7 @@ impl KeyStore {
                         id,
                         status,
                         fingerprint: key.fingerprint(),
+                        key,
                     });
                 }
             }

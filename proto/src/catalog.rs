@@ -41,6 +41,8 @@ pub struct Function {
     pub free_keywords: bool,
     /// What kind of function it is.
     pub kind: Kind,
+    /// What it does, from its declaration's doc comment (`sys.doc`).
+    pub doc: &'static str,
 }
 
 impl Function {
@@ -50,6 +52,7 @@ impl Function {
             params,
             free_keywords: false,
             kind,
+            doc: "",
         }
     }
 
@@ -59,7 +62,13 @@ impl Function {
             params: &[],
             free_keywords: true,
             kind,
+            doc: "",
         }
+    }
+
+    /// The same function with its documentation (set by `functions!`).
+    pub const fn documented(self, doc: &'static str) -> Function {
+        Function { doc, ..self }
     }
 
     /// The module part of the name.
@@ -97,8 +106,10 @@ impl Module {
 }
 
 macro_rules! functions {
-    ($($(#[$doc:meta])* $id:ident = $value:expr;)*) => {
-        $($(#[$doc])* pub const $id: Function = $value;)*
+    ($($(#[doc = $doc:literal])* $id:ident = $value:expr;)*) => {
+        $($(#[doc = $doc])* pub const $id: Function = $value.documented(
+            concat!($($doc, "\n"),*)
+        );)*
     };
 }
 
@@ -116,12 +127,15 @@ pub mod test {
         VERSION = Function::new("test.version", &[], Plain);
         /// `test.fail`.
         FAIL = Function::new("test.fail", &["message"], Plain);
+        /// `test.versions_report`: the minion's version, its platform and
+        /// the libraries that matter, one line each (Salt's shape).
+        VERSIONS_REPORT = Function::new("test.versions_report", &[], Plain);
     }
     /// The module.
     pub const MODULE: Module = Module {
         name: "test",
         default: None,
-        functions: &[PING, ECHO, SLEEP, VERSION, FAIL],
+        functions: &[PING, ECHO, SLEEP, VERSION, FAIL, VERSIONS_REPORT],
     };
 }
 
@@ -161,12 +175,15 @@ pub mod grains {
         GET = Function::new("grains.get", &["key", "default", "delimiter"], Plain);
         /// `grains.ls`.
         LS = Function::new("grains.ls", &[], Plain);
+        /// `grains.item KEY...`: the named grains (`os:family` reaches
+        /// into nested ones); a grain the minion lacks is `""`.
+        ITEM = Function::free("grains.item", Plain);
     }
     /// The module.
     pub const MODULE: Module = Module {
         name: "grains",
         default: None,
-        functions: &[ITEMS, GET, LS],
+        functions: &[ITEMS, GET, LS, ITEM],
     };
 }
 
@@ -364,12 +381,39 @@ pub mod saltutil {
         SYNC_MODULES = Function::new("saltutil.sync_modules", &[], Minion);
         /// `saltutil.list_modules`: Lua module versions against the master's.
         LIST_MODULES = Function::free("saltutil.list_modules", Minion);
+        /// `saltutil.running`: the jobs running on this minion now.
+        RUNNING = Function::new("saltutil.running", &[], Minion);
+        /// `saltutil.find_job JID`: that job if it runs here now, else `{}`.
+        FIND_JOB = Function::new("saltutil.find_job", &["jid"], Minion);
     }
     /// The module.
     pub const MODULE: Module = Module {
         name: "saltutil",
         default: None,
-        functions: &[KILL_JOB, LIST_MODULES, SYNC_MODULES],
+        functions: &[FIND_JOB, KILL_JOB, LIST_MODULES, RUNNING, SYNC_MODULES],
+    };
+}
+
+/// `sys`: what this minion can run, and what each function does.
+pub mod sys {
+    use super::{Function, Kind::Minion, Module};
+    functions! {
+        /// `sys.list_functions [GLOB...]`: every function this minion can
+        /// run (Lua modules included), sorted; only those matching a glob
+        /// or a module name when given.
+        LIST_FUNCTIONS = Function::free("sys.list_functions", Minion);
+        /// `sys.list_modules`: the modules this minion has, sorted.
+        LIST_MODULES = Function::new("sys.list_modules", &[], Minion);
+        /// `sys.doc [NAME...]`: what each function does, by name (every
+        /// function when no name is given; a module name means its
+        /// functions).
+        DOC = Function::free("sys.doc", Minion);
+    }
+    /// The module.
+    pub const MODULE: Module = Module {
+        name: "sys",
+        default: None,
+        functions: &[DOC, LIST_FUNCTIONS, LIST_MODULES],
     };
 }
 
@@ -382,6 +426,7 @@ pub const MODULES: &[Module] = &[
     java_tomcat::MODULE,
     saltutil::MODULE,
     service::MODULE,
+    sys::MODULE,
     test::MODULE,
     win_task::MODULE,
 ];
@@ -530,7 +575,7 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "unknown function `test.nope`; the minion has: test.echo, test.fail, test.ping, \
-             test.sleep, test.version"
+             test.sleep, test.version, test.versions_report"
         );
         assert!(matches!(
             resolve("nosuch.thing", modules.clone()),

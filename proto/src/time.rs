@@ -49,9 +49,110 @@ pub fn format_ms(ms: u64) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a civil date (the inverse of
+/// [`civil_from_days`]).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix milliseconds as Salt's event `_stamp`:
+/// `2026-11-22T08:15:15.979000+00:00`.
+pub fn iso_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        (ms % 1000) * 1000
+    )
+}
+
+/// Reads a UTC time as people and Salt's runners write it: `2026-11-22`,
+/// `2026-11-22 08:15`, `2026-11-22T08:15:05.5`, or a job listing's
+/// `StartTime` (`2026, Nov 22 08:15:05.111412`). Unix milliseconds.
+pub fn parse_time_ms(text: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let text = text.trim().trim_end_matches('Z').trim_end_matches("+00:00");
+    let (date, clock) = if let Some((year, rest)) = text.split_once(", ") {
+        // `2026, Nov 22 08:15:05.111412`
+        let mut parts = rest.split_whitespace();
+        let month = parts.next()?;
+        let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(month))? as u32 + 1;
+        let day: u32 = parts.next()?.parse().ok()?;
+        let (y, c) = (year.parse::<i64>().ok()?, parts.next().unwrap_or("00:00"));
+        ((y, month, day), c)
+    } else {
+        let (date, clock) = text
+            .split_once(['T', ' '])
+            .map_or((text, "00:00"), |(d, c)| (d, c.trim()));
+        let mut parts = date.split('-');
+        let y = parts.next()?.parse::<i64>().ok()?;
+        let m = parts.next()?.parse::<u32>().ok()?;
+        let d = parts.next()?.parse::<u32>().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        ((y, m, d), clock)
+    };
+    let (y, m, d) = date;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return None;
+    }
+    let mut fields = clock.split(':');
+    let hour: u64 = fields.next()?.parse().ok()?;
+    let minute: u64 = fields.next().unwrap_or("0").parse().ok()?;
+    let second: f64 = fields.next().unwrap_or("0").parse().ok()?;
+    if fields.next().is_some() || hour > 23 || minute > 59 || !(0.0..61.0).contains(&second) {
+        return None;
+    }
+    let days = u64::try_from(days_from_civil(y, m, d)).ok()?;
+    let secs = days * 86_400 + hour * 3600 + minute * 60;
+    Some(secs * 1000 + (second * 1000.0).round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_stamps_and_parsed_times_agree() {
+        assert_eq!(
+            iso_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123000+00:00"
+        );
+        assert_eq!(days_from_civil(2023, 11, 22), 19_683);
+        assert_eq!(days_from_civil(2000, 2, 29), 11_016);
+        for text in [
+            "2023-11-14T22:13:20.123",
+            "2023-11-14 22:13:20.123",
+            "2023-11-14T22:13:20.123000+00:00",
+            "2023, Nov 14 22:13:20.123000",
+        ] {
+            assert_eq!(parse_time_ms(text), Some(1_700_000_000_123), "{text}");
+        }
+        assert_eq!(parse_time_ms("2023-11-14"), Some(1_699_920_000_000));
+        assert_eq!(parse_time_ms("2023-11-14 22:13"), Some(1_699_999_980_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2023-13-01",
+            "2023-11-14 25:00",
+            "2023-11-14-1",
+        ] {
+            assert_eq!(parse_time_ms(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn civil_dates_match_known_days() {

@@ -184,6 +184,7 @@ impl Core {
         if status == KeyStatus::Pending {
             self.wait_for_acceptance(&auth.id, peer.clone(), envelope);
         }
+        self.report_auth(&auth.id, status, &key);
         match status {
             KeyStatus::Accepted => tracing::info!(minion = %auth.id, "minion authenticated"),
             KeyStatus::Pending => tracing::info!(
@@ -218,6 +219,41 @@ impl Core {
             heartbeat_interval: self.config.heartbeat_interval.as_secs(),
             session,
         }
+    }
+
+    /// Puts an auth on the event stream (salt-api shows it as
+    /// `salt/auth`): every accepted one (a minion starting or coming
+    /// back), otherwise only a change of state, so a minion knocking every
+    /// few seconds while pending, rejected or denied adds one entry.
+    fn report_auth(&self, id: &str, status: KeyStatus, key: &PublicKey) {
+        {
+            let mut reported = self.auth_reported.lock().unwrap_or_else(|p| p.into_inner());
+            if status != KeyStatus::Accepted && reported.get(id) == Some(&status) {
+                return;
+            }
+            // Bounded like the pending keys: forget everyone, at worst
+            // one more entry each.
+            if reported.len() >= self.config.max_pending_keys.saturating_mul(2).max(10_000) {
+                reported.clear();
+            }
+            reported.insert(id.to_owned(), status);
+        }
+        let (act, result) = match status {
+            KeyStatus::Accepted => ("accept", true),
+            KeyStatus::Pending => ("pend", true),
+            KeyStatus::Rejected => ("reject", false),
+            KeyStatus::Denied => ("denied", false),
+        };
+        self.announce(halite_model::BusEntry {
+            id: 0,
+            kind: "minion/auth".to_owned(),
+            at: halite_proto::time::now_ms(),
+            jid: None,
+            minion: Some(id.to_owned()),
+            data: serde_json::json!({
+                "act": act, "result": result, "id": id, "pub": key.to_pem(),
+            }),
+        });
     }
 
     /// Keeps a pending minion's last auth (and where it came from), so

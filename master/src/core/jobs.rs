@@ -334,7 +334,7 @@ impl Core {
             minion: None,
             data: serde_json::json!({
                 "fun": job.fun, "target": job.tgt, "tgt_type": job.tgt_type,
-                "user": user, "minions": expected,
+                "user": user, "minions": expected, "arg": job.arg,
             }),
         });
         Ok(Submitted {

@@ -104,6 +104,10 @@ pub struct Core {
     /// The last auth of each pending minion and its peer identity,
     /// answered again when its key is accepted (`inbound.rs`).
     waiting: Mutex<HashMap<String, (bytes::Bytes, halite_proto::Envelope)>>,
+    /// The key state each minion's last `minion/auth` stream entry
+    /// reported: a minion retrying auth while pending is one entry, not
+    /// one per attempt (`inbound.rs`).
+    auth_reported: Mutex<HashMap<String, halite_proto::message::KeyStatus>>,
 }
 
 /// Everything `Core::new` needs that is created by the caller.
@@ -146,6 +150,7 @@ impl Core {
         let core = Core {
             peer_masters,
             waiting: Mutex::new(HashMap::new()),
+            auth_reported: Mutex::new(HashMap::new()),
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
             cancelled: Mutex::new(Default::default()),

@@ -168,6 +168,43 @@ impl Core {
         })
     }
 
+    /// Every minion key with its file's text (salt-api's `key.print`).
+    pub fn public_keys(
+        &self,
+    ) -> Result<Vec<(String, halite_proto::message::KeyStatus, String)>, CoreError> {
+        Ok(self
+            .keys
+            .list()?
+            .into_iter()
+            .map(|k| (k.id, k.status, k.key.to_pem()))
+            .collect())
+    }
+
+    /// The settings salt-api's `config.values` shows: what a client may
+    /// need to know about this master (id, ports, intervals, limits).
+    /// Paths (keys, users, secrets, data) and the ACL stay out.
+    pub fn config_values(&self) -> Map<String, Value> {
+        let c = &self.config;
+        let secs = |d: std::time::Duration| Value::from(d.as_secs());
+        let hours = |d: std::time::Duration| Value::from(d.as_secs() / 3600);
+        let mut out = Map::new();
+        out.insert("id".into(), c.id.clone().into());
+        out.insert("interface".into(), c.interface.to_string().into());
+        out.insert("publish_port".into(), self.publish_port.into());
+        out.insert("ret_port".into(), c.return_port.into());
+        out.insert("auto_accept".into(), c.auto_accept.into());
+        out.insert("max_pending_keys".into(), c.max_pending_keys.into());
+        out.insert("keep_jobs".into(), hours(c.keep_jobs));
+        out.insert("heartbeat_interval".into(), secs(c.heartbeat_interval));
+        out.insert("missed_heartbeats".into(), c.missed_heartbeats.into());
+        out.insert("beacon_interval".into(), secs(c.beacon_interval));
+        out.insert("timeout".into(), secs(c.job_timeout));
+        out.insert("check_interval".into(), secs(c.check_interval));
+        out.insert("token_expire".into(), secs(c.token_expire));
+        out.insert("saltversion".into(), env!("CARGO_PKG_VERSION").into());
+        out
+    }
+
     /// Changes keys (the key files are written and synced: call off the
     /// async workers); returns the ids affected. Revoking an accepted key
     /// rotates the session key.
