@@ -71,7 +71,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::Extension(Arc::new(LoginThrottle::default())))
-        .layer(middleware::from_fn(crate::salt::salt_errors))
+        .layer(middleware::from_fn(crate::salt::salt_answers))
         .with_state(backend)
 }
 

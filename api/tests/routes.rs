@@ -78,6 +78,8 @@ fn summary(j: &str, fun: &str) -> JobSummary {
         jid: jid(j),
         fun: fun.into(),
         target: "web*".into(),
+        tgt_type: Default::default(),
+        arg: vec![],
         user: "alice".into(),
         issued_at: 1_700_000_000_000,
         expected: 2,
@@ -1852,6 +1854,38 @@ async fn salt_wheel_runner_keys_run_and_stats() {
     assert!(body["return"][0]["data"]["return"]["minions_pre"]["web02"]
         .as_str()
         .is_some_and(|pem| pem.starts_with("-----BEGIN")));
+    let (_, body) = call(
+        &app,
+        post_json("/", &wheel("key.reject", r#","match":"web*""#)),
+    )
+    .await;
+    assert_eq!(
+        body["return"][0]["data"]["return"],
+        json!({ "minions_rejected": ["web02"] }),
+        "an accepted key only with include_accepted"
+    );
+    let (_, body) = call(
+        &app,
+        post_json(
+            "/",
+            &wheel("key.reject", r#","match":"web*","include_accepted":true"#),
+        ),
+    )
+    .await;
+    assert_eq!(
+        body["return"][0]["data"]["return"],
+        json!({ "minions_rejected": ["web01", "web02"] })
+    );
+    let (_, body) = call(
+        &app,
+        post_json("/", &wheel("key.delete", r#","match":"web02""#)),
+    )
+    .await;
+    assert_eq!(body["return"][0]["data"]["return"], json!({}));
+    assert_eq!(
+        fake.key_actions.lock().unwrap().last(),
+        Some(&KeyAction::Delete("web02".into()))
+    );
     let (_, body) = call(&app, post_json("/", &wheel("minions.connected", ""))).await;
     assert_eq!(body["return"][0]["data"]["return"], json!(["web01"]));
     let (_, body) = call(&app, post_json("/", &wheel("config.values", ""))).await;

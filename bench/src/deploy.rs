@@ -82,6 +82,7 @@ pub fn run(args: DeployArgs) -> Result<()> {
                 grains: Arc::new(json!({})),
                 cancel: Default::default(),
                 events: EventSink::discard(),
+                published: Default::default(),
             }
         };
         // Times a call; the module's own log lines (fetch and export

@@ -46,6 +46,7 @@ fn call(fun: &str, n: usize) -> Call {
         grains: Arc::new(json!({ "os": "Linux" })),
         cancel: tokio_util::sync::CancellationToken::new(),
         events: EventSink::discard(),
+        published: Default::default(),
     }
 }
 

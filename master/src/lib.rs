@@ -164,8 +164,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })?;
 
     let (returns_tx, returns_rx) = tokio::sync::mpsc::channel(16 * 1024);
+    // The core reports the ports actually bound (0 in the file picks one).
+    let mut core_config = config.clone();
+    core_config.return_port = bound.return_port;
     let core = Arc::new(core::Core::new(core::CoreParts {
-        config: config.clone(),
+        config: core_config,
         key,
         keys,
         store,

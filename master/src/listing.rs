@@ -118,6 +118,8 @@ fn summarize(core: &Core, job: StoredJob) -> Result<JobSummary, CoreError> {
         jid: record.jid,
         fun: record.fun,
         target: record.target,
+        tgt_type: record.tgt_type,
+        arg: record.arg,
         user: record.user,
         issued_at: record.issued_at,
     })

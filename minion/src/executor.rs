@@ -687,6 +687,11 @@ impl Executor {
             grains: self.grains.clone(),
             cancel: cancel.clone(),
             events: EventSink::new(events_tx),
+            published: halite_modules::Published {
+                tgt: job.tgt.clone(),
+                tgt_type: job.tgt_type.to_string(),
+                user: job.user.clone(),
+            },
         };
         let timeout = Duration::from_secs(job.timeout.max(1));
         let run = self.registry.run(call);

@@ -165,6 +165,12 @@ pub struct JobSummary {
     pub fun: String,
     /// Target expression.
     pub target: String,
+    /// How the target was read.
+    #[serde(default)]
+    pub tgt_type: TargetType,
+    /// Positional arguments (salt-api's job listings show them).
+    #[serde(default)]
+    pub arg: Vec<Value>,
     /// Who submitted it.
     pub user: String,
     /// When (unix ms).

@@ -29,6 +29,20 @@ pub struct Call {
     pub cancel: CancellationToken,
     /// Where the function reports progress lines and stage changes.
     pub events: EventSink,
+    /// Who published the job, and to what target (Salt's `__pub_*`, which
+    /// `test.arg` shows).
+    pub published: Published,
+}
+
+/// What a job said about where it came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The target expression.
+    pub tgt: String,
+    /// How it was read (`glob`, `list`, ...).
+    pub tgt_type: String,
+    /// The user who submitted it.
+    pub user: String,
 }
 
 /// Where a running function reports progress lines and stage changes;
@@ -116,6 +130,7 @@ pub(crate) mod tests {
             grains: Arc::new(Value::Object(Map::new())),
             cancel: CancellationToken::new(),
             events: EventSink::discard(),
+            published: Published::default(),
         }
     }
 

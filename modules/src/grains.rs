@@ -55,7 +55,7 @@ pub fn collect(custom: &Map<String, Value>) -> Value {
     let mut put = |k: &str, v: Value| {
         grains.insert(k.to_owned(), v);
     };
-    put("os", json!(os_name(os)));
+    put("os", json!(facts.os.clone().unwrap_or_else(|| os_name(os))));
     put("os_family", json!(facts.os_family));
     put("osrelease", json!(facts.osrelease));
     put("osfullname", json!(facts.osfullname));
@@ -88,6 +88,10 @@ fn merge(mut grains: Map<String, Value>, custom: &Map<String, Value>) -> Map<Str
 /// The facts whose source differs per system.
 #[derive(Debug, PartialEq)]
 struct Facts {
+    /// The distribution's name as Salt's `os` grain has it (`Debian`,
+    /// `Ubuntu`, `RedHat`...); `None`: the system's name (`Linux`,
+    /// `Windows`).
+    os: Option<String>,
     os_family: String,
     osrelease: String,
     osfullname: String,
@@ -100,6 +104,7 @@ struct Facts {
 impl Default for Facts {
     fn default() -> Self {
         Facts {
+            os: None,
             os_family: UNKNOWN.to_owned(),
             osrelease: UNKNOWN.to_owned(),
             osfullname: UNKNOWN.to_owned(),
@@ -129,6 +134,7 @@ fn linux_facts() -> Facts {
         let id = release.get("ID").map(String::as_str).unwrap_or("");
         let id_like = release.get("ID_LIKE").map(String::as_str).unwrap_or("");
         facts.os_family = os_family(id, id_like);
+        facts.os = distro_name(id);
         let field = |k: &str| release.get(k).filter(|v| !v.is_empty()).cloned();
         if let Some(v) = field("VERSION_ID") {
             facts.osrelease = v;
@@ -334,6 +340,39 @@ fn unescape(s: &str) -> String {
 }
 
 /// Salt's `os_family` from os-release `ID` then `ID_LIKE`.
+/// Salt's `os` grain for an os-release `ID`: the distribution (`Debian`,
+/// `Ubuntu`, `RedHat` for RHEL, ...), so `G@os:Debian` targets as in
+/// Salt; `None` without an ID (then `os` is `Linux`).
+fn distro_name(id: &str) -> Option<String> {
+    let id = id.trim();
+    if id.is_empty() {
+        return None;
+    }
+    Some(
+        match id {
+            "debian" => "Debian",
+            "ubuntu" => "Ubuntu",
+            "rhel" => "RedHat",
+            "centos" => "CentOS",
+            "rocky" => "Rocky",
+            "almalinux" => "AlmaLinux",
+            "fedora" => "Fedora",
+            "ol" => "OEL",
+            "amzn" => "Amazon",
+            "sles" | "sled" => "SUSE",
+            "opensuse" | "opensuse-leap" | "opensuse-tumbleweed" => "openSUSE",
+            "arch" => "Arch",
+            "alpine" => "Alpine",
+            "linuxmint" => "Mint",
+            "raspbian" => "Raspbian",
+            "gentoo" => "Gentoo",
+            "nixos" => "NixOS",
+            other => return Some(capitalize(other)),
+        }
+        .to_owned(),
+    )
+}
+
 fn os_family(id: &str, id_like: &str) -> String {
     let known = |name: &str| -> Option<&'static str> {
         Some(match name {
@@ -601,7 +640,14 @@ mod tests {
     #[test]
     fn collect_on_linux_reads_the_system() {
         let g = collect(&Map::new());
-        assert_eq!(g["os"], json!("Linux"));
+        // This machine is Debian (its os-release says so): Salt's `os`.
+        let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        let id = parse_os_release(&release)
+            .get("ID")
+            .cloned()
+            .unwrap_or_default();
+        let expected = distro_name(&id).unwrap_or_else(|| "Linux".into());
+        assert_eq!(g["os"], json!(expected));
         assert_eq!(g["kernel"], json!("Linux"));
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         assert_eq!(g["kernelrelease"], json!(kernel.trim()));
@@ -640,6 +686,14 @@ mod tests {
         assert_eq!(r.get("ID").map(String::as_str), Some("ubuntu"));
         assert_eq!(r.get("PRETTY_NAME").map(String::as_str), Some("Say \"hi\""));
         assert_eq!(r.len(), 5);
+    }
+
+    #[test]
+    fn os_is_the_distribution_as_in_salt() {
+        assert_eq!(distro_name("debian").as_deref(), Some("Debian"));
+        assert_eq!(distro_name("rhel").as_deref(), Some("RedHat"));
+        assert_eq!(distro_name("kali").as_deref(), Some("Kali"));
+        assert_eq!(distro_name(" "), None);
     }
 
     #[test]

@@ -49,7 +49,7 @@ mod test_module;
 mod win_task;
 mod wintool;
 
-pub use call::{Call, EventSink};
+pub use call::{Call, EventSink, Published};
 pub use module::Module;
 pub use outcome::{
     Outcome, RETCODE_BAD_ARGS, RETCODE_ERROR, RETCODE_TIMEOUT, RETCODE_UNKNOWN_FUNCTION,

@@ -5,7 +5,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use halite_proto::catalog;
-use halite_proto::catalog::test::{ECHO, FAIL, MODULE, PING, SLEEP, VERSION, VERSIONS_REPORT};
+use halite_proto::catalog::test::{ARG, ECHO, FAIL, MODULE, PING, SLEEP, VERSION, VERSIONS_REPORT};
 
 use crate::args::{ArgError, Args};
 use crate::module::unknown_function;
@@ -34,6 +34,7 @@ impl Module for TestModule {
                 Some(&VERSION) => Args::from_call(&VERSION, &call)
                     .map(|_| Outcome::ok(Value::String(env!("CARGO_PKG_VERSION").to_owned()))),
                 Some(&FAIL) => fail(&call),
+                Some(&ARG) => Ok(arg(&call)),
                 Some(&VERSIONS_REPORT) => {
                     Args::from_call(&VERSIONS_REPORT, &call).map(|_| versions_report(&call))
                 }
@@ -92,6 +93,30 @@ fn versions_report(call: &Call) -> Outcome {
         lines.push(" ".to_owned());
     }
     Outcome::ok(Value::String(lines.join("\n")))
+}
+
+/// `test.arg`: the arguments as received, and Salt's `__pub_*` keywords.
+fn arg(call: &Call) -> Outcome {
+    let mut kwargs = call.kwargs.clone();
+    let published = &call.published;
+    for (key, value) in [
+        ("__pub_fun", Value::from(call.fun.clone())),
+        ("__pub_arg", Value::from(call.args.clone())),
+        ("__pub_tgt", Value::from(published.tgt.clone())),
+        ("__pub_jid", Value::from(call.jid.to_string())),
+        ("__pub_ret", Value::from("")),
+        ("__pub_tgt_type", Value::from(published.tgt_type.clone())),
+        ("__pub_user", Value::from(published.user.clone())),
+        ("__pub_resource_targets", Value::Array(Vec::new())),
+        ("__pub_pure_resource_target", Value::Bool(false)),
+        ("__pub_minion_is_target", Value::Bool(true)),
+    ] {
+        kwargs.insert(key.to_owned(), value);
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("args".into(), Value::from(call.args.clone()));
+    out.insert("kwargs".into(), Value::Object(kwargs));
+    Outcome::ok(Value::Object(out))
 }
 
 /// Returns the first argument (or `text`) unchanged, whatever its type.
@@ -223,7 +248,7 @@ mod tests {
         assert_eq!(out.retcode, RETCODE_UNKNOWN_FUNCTION);
         assert_eq!(
             out.data,
-            json!("unknown function `test.nope`; the minion has: test.echo, test.fail, test.ping, test.sleep, test.version, test.versions_report")
+            json!("unknown function `test.nope`; the minion has: test.arg, test.echo, test.fail, test.ping, test.sleep, test.version, test.versions_report")
         );
     }
 }

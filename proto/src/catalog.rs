@@ -130,12 +130,16 @@ pub mod test {
         /// `test.versions_report`: the minion's version, its platform and
         /// the libraries that matter, one line each (Salt's shape).
         VERSIONS_REPORT = Function::new("test.versions_report", &[], Plain);
+        /// `test.arg ARG... KEY=VALUE...`: what the function received,
+        /// `{args, kwargs}`, with Salt's `__pub_*` keywords saying who
+        /// published it to what target.
+        ARG = Function::free("test.arg", Plain);
     }
     /// The module.
     pub const MODULE: Module = Module {
         name: "test",
         default: None,
-        functions: &[PING, ECHO, SLEEP, VERSION, FAIL, VERSIONS_REPORT],
+        functions: &[PING, ECHO, SLEEP, VERSION, FAIL, VERSIONS_REPORT, ARG],
     };
 }
 
@@ -574,8 +578,8 @@ mod tests {
             resolve("test.nope", modules.clone())
                 .unwrap_err()
                 .to_string(),
-            "unknown function `test.nope`; the minion has: test.echo, test.fail, test.ping, \
-             test.sleep, test.version, test.versions_report"
+            "unknown function `test.nope`; the minion has: test.arg, test.echo, test.fail, \
+             test.ping, test.sleep, test.version, test.versions_report"
         );
         assert!(matches!(
             resolve("nosuch.thing", modules.clone()),

@@ -22,8 +22,13 @@ pub fn value_of(word: &str) -> Value {
     let looks_typed = matches!(word.chars().next(), Some('[' | '{' | '-' | '0'..='9'))
         || matches!(word, "true" | "false" | "null");
     if looks_typed {
-        if let Ok(value) = serde_json::from_str(word) {
-            return value;
+        if let Ok(value) = serde_json::from_str::<Value>(word) {
+            // An integer past 64 bits (a jid) would lose digits as a
+            // float: it stays the text it was.
+            let whole = word.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+            if !(value.is_f64() && whole) {
+                return value;
+            }
         }
     }
     Value::String(word.to_owned())
@@ -32,6 +37,16 @@ pub fn value_of(word: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jid_stays_exact() {
+        assert_eq!(
+            value_of("20261130085355508012"),
+            Value::String("20261130085355508012".into())
+        );
+        assert_eq!(value_of("12"), serde_json::json!(12));
+        assert_eq!(value_of("1.5"), serde_json::json!(1.5));
+    }
 
     #[test]
     fn keywords_and_values() {

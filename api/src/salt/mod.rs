@@ -13,6 +13,7 @@
 pub(crate) mod event;
 mod runner;
 mod wheel;
+mod yaml;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,14 +50,19 @@ async fn salt_version(mut response: Response) -> Response {
     response
 }
 
-/// salt-api answers errors with an HTML page naming the status and the
-/// reason (clients show it or look at the status only); halite's `/v1`
-/// keeps its JSON errors. Every error on salt-api's routes (a bad
-/// lowstate, a missing token, a refused grant) becomes that page, with
-/// the same status and halite's reason. Also counts the requests `/stats`
-/// reports.
-pub(crate) async fn salt_errors(request: Request, next: axum::middleware::Next) -> Response {
+/// What salt-api's routes answer besides JSON. Errors are an HTML page
+/// naming the status and the reason (clients show it or look at the
+/// status only); halite's `/v1` keeps its JSON errors. Every error on
+/// salt-api's routes (a bad lowstate, a missing token, a refused grant)
+/// becomes that page, with the same status and halite's reason. A client
+/// that asks for YAML (`Accept: application/x-yaml`) gets YAML. Also
+/// counts the requests `/stats` reports.
+pub(crate) async fn salt_answers(request: Request, next: axum::middleware::Next) -> Response {
     let salt_route = is_salt_path(request.uri().path());
+    let wants_yaml = request
+        .headers()
+        .get(header::ACCEPT)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/x-yaml"));
     let response = next.run(request).await;
     if !salt_route {
         return response;
@@ -67,8 +73,24 @@ pub(crate) async fn salt_errors(request: Request, next: axum::middleware::Next) 
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || !json {
+    if !json {
         return response;
+    }
+    if !(status.is_client_error() || status.is_server_error()) {
+        if !wants_yaml {
+            return response;
+        }
+        let (mut parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/x-yaml"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, axum::body::Body::from(yaml::to_yaml(&value)));
     }
     let (mut parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
@@ -184,10 +206,55 @@ pub(crate) async fn json_or_form<T: DeserializeOwned>(request: Request) -> Resul
     let value = if form {
         form_value(&bytes)
     } else {
-        serde_json::from_slice::<Value>(&bytes)
+        serde_json::from_slice::<Value>(&wide_integers_as_text(&bytes))
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
     };
     serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+/// Python clients send a jid given as `jid=2026...` as a JSON integer
+/// (Python's are unbounded); past 64 bits serde_json would read it as a
+/// float and lose digits. Integer literals of 20 digits or more outside
+/// strings become strings of the same digits before parsing.
+fn wide_integers_as_text(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let (mut in_string, mut escaped, mut i) = (false, false, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            in_string = escaped || b != b'"';
+            escaped = !escaped && b == b'\\';
+        } else if b == b'"' {
+            in_string = true;
+        } else if b.is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
+            let end = bytes[i..]
+                .iter()
+                .position(|c| !c.is_ascii_digit())
+                .map_or(bytes.len(), |n| i + n);
+            let integer = !matches!(bytes.get(end), Some(b'.' | b'e' | b'E'));
+            if end - i >= 20 && integer {
+                let out = out.get_or_insert_with(|| bytes[..i].to_vec());
+                out.push(b'"');
+                out.extend_from_slice(&bytes[i..end]);
+                out.push(b'"');
+                i = end;
+                continue;
+            }
+            if let Some(out) = out.as_mut() {
+                out.extend_from_slice(&bytes[i..end]);
+            }
+            i = end;
+            continue;
+        }
+        if let Some(out) = out.as_mut() {
+            out.push(b);
+        }
+        i += 1;
+    }
+    match out {
+        Some(out) => std::borrow::Cow::Owned(out),
+        None => std::borrow::Cow::Borrowed(bytes),
+    }
 }
 
 fn form_value(bytes: &[u8]) -> Value {
@@ -221,16 +288,31 @@ async fn login(
     let body: LoginRequest = json_or_form(request).await?;
     let eauth = body.eauth.clone().unwrap_or_else(|| "halite".into());
     let token = crate::routes::check_login(&backend, &throttle, body, from, ip).await?;
+    // Salt lists the grants sorted (target tables after the names).
+    let mut perms = token.perms.clone();
+    perms.sort_by_key(|p| (p.as_str().is_none(), p.as_str().map(str::to_owned)));
     let answer = json!({ "return": [{
         "token": token.token,
         "start": token.issued_at as f64 / 1000.0,
         "expire": token.expires_at as f64 / 1000.0,
         "user": token.user,
         "eauth": eauth,
-        "perms": token.perms,
+        "perms": perms,
     }]});
     let cookie = format!("session_id={}; Path=/; HttpOnly", token.token);
-    Ok(([(header::SET_COOKIE, cookie)], Json(answer)).into_response())
+    // salt-api also hands the token back as a header.
+    let token_header = token.token.clone();
+    Ok((
+        [
+            (header::SET_COOKIE, cookie),
+            (
+                header::HeaderName::from_static("x-auth-token"),
+                token_header,
+            ),
+        ],
+        Json(answer),
+    )
+        .into_response())
 }
 
 /// One lowstate chunk, as salt-api reads it.
@@ -972,6 +1054,22 @@ async fn key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_integers_keep_their_digits() {
+        let body =
+            br#"[{"jid": 20261130085803336012, "n": 12, "x": "20261130085803336012", "f": 1.5}]"#;
+        let value: Value = serde_json::from_slice(&wide_integers_as_text(body)).unwrap();
+        assert_eq!(value[0]["jid"], "20261130085803336012");
+        assert_eq!(value[0]["n"], 12);
+        assert_eq!(value[0]["x"], "20261130085803336012");
+        assert_eq!(value[0]["f"], 1.5);
+        let plain = br#"{"a": "b\"c", "n": -3}"#;
+        assert!(matches!(
+            wide_integers_as_text(plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn forms_repeat_keys_into_lists() {

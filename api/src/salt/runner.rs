@@ -208,9 +208,9 @@ pub fn list_jobs(backend: &Shared, args: &CallArgs) -> Result<Value, ApiError> {
         }
         let mut entry = Map::new();
         entry.insert("Function".into(), json!(job.fun));
-        entry.insert("Arguments".into(), json!([]));
+        entry.insert("Arguments".into(), json!(job.arg));
         entry.insert("Target".into(), json!(job.target));
-        entry.insert("Target-type".into(), json!("glob"));
+        entry.insert("Target-type".into(), json!(job.tgt_type));
         entry.insert("User".into(), json!(job.user));
         entry.insert("StartTime".into(), json!(start_time(job.jid.as_str())));
         out.insert(job.jid.to_string(), Value::Object(entry));

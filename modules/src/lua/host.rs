@@ -399,6 +399,7 @@ pub(crate) fn install(lua: &Lua, host: Arc<Host>) -> mlua::Result<()> {
                     grains: h.call.grains.clone(),
                     cancel: h.call.cancel.child_token(),
                     events: h.call.events.clone(),
+                    published: h.call.published.clone(),
                 };
                 let outcome = h.wait("halite.call", async move { registry.run(call).await })?;
                 let out = lua.create_table()?;
