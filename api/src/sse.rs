@@ -164,7 +164,9 @@ impl State {
         if let Some(reader) = &self.reader {
             let grant = match entry.kind.as_str() {
                 "salt/wheel" => Some(crate::Grant::Wheel),
-                "salt/run" => Some(crate::Grant::Jobs),
+                "salt/run" => Some(crate::salt::runner_grant(
+                    entry.data["fun"].as_str().unwrap_or_default(),
+                )),
                 _ => None,
             };
             if let Some(grant) = grant {

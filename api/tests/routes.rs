@@ -22,6 +22,8 @@ use tower::ServiceExt;
 const TOKEN: &str = "good-token";
 /// A user without any grant.
 const VIEWER_TOKEN: &str = "viewer-token";
+/// A user with `@runner` (and so `@jobs`) but not `@wheel`.
+const RUNNER_TOKEN: &str = "runner-token";
 const KNOWN: &str = "20261122153012123456";
 const OLDER: &str = "20261122150000000001";
 const UNKNOWN: &str = "20991231235959999999";
@@ -107,6 +109,7 @@ impl Backend for Fake {
         match token {
             TOKEN => Some("alice".to_owned()),
             VIEWER_TOKEN => Some("viewer".to_owned()),
+            RUNNER_TOKEN => Some("runner".to_owned()),
             _ => None,
         }
     }
@@ -134,7 +137,7 @@ impl Backend for Fake {
     }
 
     fn require(&self, user: &str, grant: Grant) -> Result<(), ApiError> {
-        if user == "alice" {
+        if user == "alice" || (user == "runner" && grant != Grant::Wheel) {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!("{user} lacks {grant:?}")))
@@ -1828,10 +1831,11 @@ async fn salt_wheel_runner_keys_run_and_stats() {
         post_json("/", &wheel("key.accept", r#","match":"web0*""#)),
     )
     .await;
+    // The fake's keys never move: Salt's answer, the matching keys now
+    // accepted, is web01 here; what was asked of the master is web02 only.
     assert_eq!(
         body["return"][0]["data"]["return"],
-        json!({ "minions": ["web02"] }),
-        "only the pending key is accepted"
+        json!({ "minions": ["web01"] })
     );
     assert_eq!(
         fake.key_actions.lock().unwrap().last(),
@@ -1854,17 +1858,20 @@ async fn salt_wheel_runner_keys_run_and_stats() {
     assert!(body["return"][0]["data"]["return"]["minions_pre"]["web02"]
         .as_str()
         .is_some_and(|pem| pem.starts_with("-----BEGIN")));
-    let (_, body) = call(
+    let key_actions = |fake: &Fake| fake.key_actions.lock().unwrap().clone();
+    let before = key_actions(&fake).len();
+    call(
         &app,
         post_json("/", &wheel("key.reject", r#","match":"web*""#)),
     )
     .await;
     assert_eq!(
-        body["return"][0]["data"]["return"],
-        json!({ "minions_rejected": ["web02"] }),
+        key_actions(&fake)[before..],
+        [KeyAction::Reject("web02".into())],
         "an accepted key only with include_accepted"
     );
-    let (_, body) = call(
+    let before = key_actions(&fake).len();
+    call(
         &app,
         post_json(
             "/",
@@ -1873,9 +1880,26 @@ async fn salt_wheel_runner_keys_run_and_stats() {
     )
     .await;
     assert_eq!(
-        body["return"][0]["data"]["return"],
-        json!({ "minions_rejected": ["web01", "web02"] })
+        key_actions(&fake)[before..],
+        [
+            KeyAction::Reject("web01".into()),
+            KeyAction::Reject("web02".into())
+        ]
     );
+    // A denied key is another key for an accepted id: refused, not the
+    // accepted key rejected in its place.
+    let before = key_actions(&fake).len();
+    let (status, body) = call(
+        &app,
+        post_json(
+            "/",
+            &wheel("key.reject", r#","match":"*","include_denied":true"#),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["return"][0]["data"]["success"], false, "{body}");
+    assert_eq!(key_actions(&fake).len(), before, "no key changed");
     let (_, body) = call(
         &app,
         post_json("/", &wheel("key.delete", r#","match":"web02""#)),
@@ -2029,7 +2053,52 @@ async fn salt_wheel_runner_keys_run_and_stats() {
         fake.logged_out.lock().unwrap().last().map(String::as_str),
         Some(TOKEN)
     );
+    let audited = fake
+        .audited
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("audited");
+    assert_eq!(
+        (audited.user.as_str(), audited.path.as_str()),
+        ("alice", "/run")
+    );
+    assert_eq!(audited.detail.as_deref(), Some("local_async test.ping"));
     let (status, body) = call(&app, run("wrong")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["salt_page"], true);
+
+    // Deleting keys through manage.down needs @wheel, checked before any
+    // chunk runs: the list runs whole or not at all.
+    let submitted = fake.submitted.lock().unwrap().len();
+    let request = req(Method::POST, "/")
+        .header("x-auth-token", RUNNER_TOKEN)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"[{"client":"local_async","tgt":"web*","fun":"test.ping"},
+                {"client":"runner","fun":"manage.down","removekeys":true}]"#,
+        ))
+        .unwrap();
+    assert_eq!(call(&app, request).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        fake.submitted.lock().unwrap().len(),
+        submitted,
+        "nothing ran"
+    );
+    // A runner's full_return is its whole ret event.
+    let (_, body) = call(
+        &app,
+        post_json(
+            "/",
+            r#"{"client":"runner","fun":"manage.up","full_return":true}"#,
+        ),
+    )
+    .await;
+    assert_eq!(
+        body["return"][0]["data"]["return"],
+        json!(["web01"]),
+        "{body}"
+    );
+    assert!(body["return"][0]["tag"].as_str().unwrap().ends_with("/ret"));
 }

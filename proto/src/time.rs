@@ -106,7 +106,7 @@ pub fn parse_time_ms(text: &str) -> Option<u64> {
         ((y, m, d), clock)
     };
     let (y, m, d) = date;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
         return None;
     }
     let mut fields = clock.split(':');
@@ -149,6 +149,7 @@ mod tests {
             "2023-13-01",
             "2023-11-14 25:00",
             "2023-11-14-1",
+            "999999999999999-01-01",
         ] {
             assert_eq!(parse_time_ms(bad), None, "{bad}");
         }

@@ -446,6 +446,9 @@ fn pepper_speaks_to_halite_as_to_salt_api() {
     let pepper = |args: &[&str]| -> Value {
         let out =
             std::process::Command::new(halite_tests::test_tool("pepper", "pepper/bin/pepper"))
+                // One login, its token cached in HOME: a test that polls
+                // stays under the login throttle.
+                .arg("--make-token")
                 .args(args)
                 .env("HOME", &home)
                 .env("SALTAPI_URL", &base)
@@ -490,12 +493,13 @@ fn pepper_speaks_to_halite_as_to_salt_api() {
                 "jobs.lookup_jid",
                 &format!("jid={jid}"),
             ]);
-            looked_up["return"][0]["web1"] == "hello"
+            // pepper asks runners for `full_return`: Salt's ret event.
+            looked_up["return"][0]["data"]["return"]["web1"] == "hello"
         },
     );
     let listed = pepper(&["--client", "runner", "jobs.list_jobs"]);
     assert_eq!(
-        listed["return"][0][&jid]["Function"], "test.echo",
+        listed["return"][0]["data"]["return"][&jid]["Function"], "test.echo",
         "{listed}"
     );
 

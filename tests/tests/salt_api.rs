@@ -559,7 +559,10 @@ fn pepper_drives_wheel_runner_and_the_functions_salt_tools_call() {
     let runner = |args: &[&str]| -> Value {
         let mut argv = vec!["--client", "runner"];
         argv.extend_from_slice(args);
-        pepper(&argv)["return"][0].clone()
+        // pepper asks runners for `full_return`: Salt's ret event.
+        let out = pepper(&argv);
+        assert_eq!(out["return"][0]["data"]["success"], true, "{out}");
+        out["return"][0]["data"]["return"].clone()
     };
 
     // Keys through the wheel client.

@@ -84,7 +84,10 @@ pub(crate) async fn salt_answers(request: Request, next: axum::middleware::Next)
         let bytes = axum::body::to_bytes(body, usize::MAX)
             .await
             .unwrap_or_default();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+            // Deeper than serde_json reads (or not JSON after all): as it was.
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        };
         parts.headers.insert(
             header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/x-yaml"),
@@ -118,6 +121,7 @@ pub(crate) async fn salt_answers(request: Request, next: axum::middleware::Next)
 }
 
 /// Is `path` one of salt-api's routes (which answer errors as pages)?
+/// (Quotes stay as they are in the page, as salt-api leaves them.)
 fn is_salt_path(path: &str) -> bool {
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     matches!(
@@ -133,8 +137,6 @@ fn escape_html(text: &str) -> String {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
             c => out.push(c),
         }
     }
@@ -226,7 +228,11 @@ fn wide_integers_as_text(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
             escaped = !escaped && b == b'\\';
         } else if b == b'"' {
             in_string = true;
-        } else if b.is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
+        } else if b.is_ascii_digit()
+            && (i == 0
+                || !(bytes[i - 1].is_ascii_alphanumeric()
+                    || matches!(bytes[i - 1], b'.' | b'-' | b'+')))
+        {
             let end = bytes[i..]
                 .iter()
                 .position(|c| !c.is_ascii_digit())
@@ -355,12 +361,18 @@ enum Step {
     /// `local_async`: publish, answer the jid.
     Async(JobRequest),
     /// `wheel` / `runner` (and their `_async`): run on the master.
-    Master {
-        kind: MasterClient,
-        fun: String,
-        args: CallArgs,
-        wait: bool,
-    },
+    Master(MasterCall),
+}
+
+/// A wheel or runner call, checked.
+struct MasterCall {
+    kind: MasterClient,
+    fun: String,
+    args: CallArgs,
+    /// `wheel` / `runner` (the answer) rather than their `_async` (a tag).
+    wait: bool,
+    /// A runner's whole ret event instead of its bare return.
+    full_return: bool,
 }
 
 /// The two clients that run functions on the master itself.
@@ -488,24 +500,31 @@ fn check_chunk(backend: &Shared, user: &str, chunk: Chunk) -> Result<(String, St
                     wheel::FUNCTIONS.join(", ")
                 )));
             }
-            Step::Master {
+            Step::Master(MasterCall {
                 kind: MasterClient::Wheel,
                 args: CallArgs::of(&chunk),
                 fun,
                 wait: client == "wheel",
-            }
+                full_return: chunk.full_return,
+            })
         }
         "runner" | "runner_async" => {
             if !runner::known(&fun) {
                 return Err(runner::unknown(&fun));
             }
             backend.require(user, runner::grant(&fun))?;
-            Step::Master {
+            // Deleting keys is key management: checked with the rest, so a
+            // list with this chunk runs whole or not at all.
+            if runner::deletes_keys(&fun, &CallArgs::of(&chunk)) {
+                backend.require(user, Grant::Wheel)?;
+            }
+            Step::Master(MasterCall {
                 kind: MasterClient::Runner,
                 args: CallArgs::of(&chunk),
                 fun,
                 wait: client == "runner",
-            }
+                full_return: chunk.full_return,
+            })
         }
         other => {
             return Err(ApiError::bad_request(format!(
@@ -523,14 +542,15 @@ fn check_chunk(backend: &Shared, user: &str, chunk: Chunk) -> Result<(String, St
 /// runner call its bare return; an `_async` call only `{tag, jid}`. A
 /// wheel function that fails answers `success: false` with the reason as
 /// its return, as Salt's wheel does; a runner's failure is an error.
-fn run_on_master(
-    backend: &Shared,
-    user: &str,
-    kind: MasterClient,
-    fun: &str,
-    args: &CallArgs,
-    wait: bool,
-) -> Result<Value, ApiError> {
+fn run_on_master(backend: &Shared, user: &str, call: &MasterCall) -> Result<Value, ApiError> {
+    let MasterCall {
+        kind,
+        fun,
+        args,
+        wait,
+        full_return,
+    } = call;
+    let (kind, fun, wait, full_return) = (*kind, fun.as_str(), *wait, *full_return);
     let jid = MASTER_JIDS.next();
     let tag = format!("{}/{jid}", kind.tag());
     let salt_fun = match kind {
@@ -585,11 +605,33 @@ fn run_on_master(
         ),
     };
     let mut done = Map::new();
-    done.insert("return".into(), ret.clone());
+    let size = serde_json::to_vec(&ret).map_or(0, |b| b.len());
+    let kept = if size <= EVENT_RETURN_LIMIT {
+        ret.clone()
+    } else {
+        json!(format!(
+            "({size} bytes: not kept on the event stream; the call's answer has it)"
+        ))
+    };
+    done.insert("return".into(), kept);
     done.insert("success".into(), json!(success));
-    announce("ret", done);
+    announce("ret", done.clone());
     if !wait {
         return Ok(json!({ "tag": tag, "jid": jid }));
+    }
+    if full_return && kind == MasterClient::Runner {
+        // Salt's runner with `full_return`: the whole ret event.
+        let mut data = done;
+        data.insert("return".into(), ret);
+        data.insert("fun".into(), json!(salt_fun));
+        data.insert("fun_args".into(), args.as_fun_args());
+        data.insert("jid".into(), json!(jid));
+        data.insert("user".into(), json!(user));
+        data.insert(
+            "_stamp".into(),
+            json!(halite_proto::time::iso_ms(halite_proto::time::now_ms())),
+        );
+        return Ok(json!({ "tag": format!("{tag}/ret"), "data": data }));
     }
     match kind {
         MasterClient::Wheel => Ok(json!({
@@ -606,6 +648,16 @@ fn run_on_master(
         MasterClient::Runner => Ok(ret),
     }
 }
+
+/// The grant that lets a user see a runner call's events
+/// (`runner.jobs.list_jobs` needs `@jobs`, `runner.manage.up` `@runner`).
+pub(crate) fn runner_grant(salt_fun: &str) -> Grant {
+    runner::grant(salt_fun.strip_prefix("runner.").unwrap_or(salt_fun))
+}
+
+/// A call's return kept on the event stream up to this size; a larger one
+/// (a listing of thousands of jobs) is summarised there, not copied.
+const EVENT_RETURN_LIMIT: usize = 64 * 1024;
 
 /// Job ids for wheel and runner calls (Salt gives each one).
 static MASTER_JIDS: std::sync::LazyLock<halite_proto::jid::JidGenerator> =
@@ -635,8 +687,28 @@ async fn run_with_credentials(
 ) -> Result<Response, ApiError> {
     let (from, ip) = (client_address(&request), crate::routes::client_ip(&request));
     let chunks = lowstate_chunks(request).await?;
-    let mut users: std::collections::HashMap<(String, String), String> = Default::default();
     let mut tokens = Vec::new();
+    let result = run_as_their_users(&backend, &throttle, chunks, &from, ip, &mut tokens).await;
+    // The tokens the checks made end whatever happened.
+    for token in tokens {
+        if let Err(e) = backend.logout(&token) {
+            tracing::warn!(error = %e.message, "cannot end /run's token");
+        }
+    }
+    result
+}
+
+/// `/run`'s work: each chunk's user checked (their tokens pushed to
+/// `tokens`), the chunks run, and the request audited as each user.
+async fn run_as_their_users(
+    backend: &Shared,
+    throttle: &LoginThrottle,
+    chunks: Vec<Chunk>,
+    from: &str,
+    ip: Option<std::net::IpAddr>,
+    tokens: &mut Vec<String>,
+) -> Result<Response, ApiError> {
+    let mut users: std::collections::HashMap<(String, String), String> = Default::default();
     let mut runs = Vec::with_capacity(chunks.len());
     for chunk in chunks {
         let credential = |key: &str| {
@@ -661,7 +733,7 @@ async fn run_with_credentials(
                     eauth: None,
                 };
                 let token =
-                    crate::routes::check_login(&backend, &throttle, login, from.clone(), ip)
+                    crate::routes::check_login(backend, throttle, login, from.to_owned(), ip)
                         .await?;
                 tokens.push(token.token);
                 users.insert(pair, token.user.clone());
@@ -670,13 +742,30 @@ async fn run_with_credentials(
         };
         runs.push((user, chunk));
     }
-    let result = run_lowstate(&backend, runs).await;
-    for token in tokens {
-        if let Err(e) = backend.logout(&token) {
-            tracing::warn!(error = %e.message, "cannot end /run's token");
-        }
+    let mut who: Vec<String> = runs.iter().map(|(user, _)| user.clone()).collect();
+    who.sort();
+    who.dedup();
+    let response = match run_lowstate(backend, runs).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    // No token passed `require_token`, which audits the other routes:
+    // the same record here, once per user.
+    for user in who {
+        backend.audit(crate::types::AuditRecord {
+            at: halite_proto::time::now_ms(),
+            user,
+            from: from.to_owned(),
+            method: "POST".into(),
+            path: "/run".into(),
+            status: response.status().as_u16(),
+            detail: response
+                .extensions()
+                .get::<AuditDetail>()
+                .map(|d| d.0.clone()),
+        });
     }
-    result
+    Ok(response)
 }
 
 /// Checks every chunk (as its user), then runs them in order.
@@ -699,20 +788,13 @@ async fn run_lowstate(
             Step::Async(request) => backend
                 .submit(&user, request)
                 .map(|s| json!({ "jid": s.jid, "minions": s.minions })),
-            Step::Master {
-                kind,
-                fun,
-                args,
-                wait,
-            } => {
+            Step::Master(call) => {
                 let backend = backend.clone();
                 let user = user.clone();
                 // Key files are written and synced: off the async workers.
-                tokio::task::spawn_blocking(move || {
-                    run_on_master(&backend, &user, kind, &fun, &args, wait)
-                })
-                .await
-                .map_err(|e| ApiError::internal(format!("the call stopped: {e}")))?
+                tokio::task::spawn_blocking(move || run_on_master(&backend, &user, &call))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("the call stopped: {e}")))?
             }
         };
         match result {
@@ -1064,7 +1146,7 @@ mod tests {
         assert_eq!(value[0]["n"], 12);
         assert_eq!(value[0]["x"], "20261130085803336012");
         assert_eq!(value[0]["f"], 1.5);
-        let plain = br#"{"a": "b\"c", "n": -3}"#;
+        let plain = br#"{"a": "b\"c", "n": -3, "f": 0.123456789012345678901, "g": -12345678901234567890, "e": 1e123456789012345678901}"#;
         assert!(matches!(
             wide_integers_as_text(plain),
             std::borrow::Cow::Borrowed(_)

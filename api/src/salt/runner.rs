@@ -40,6 +40,12 @@ pub fn grant(fun: &str) -> Grant {
     }
 }
 
+/// Does this call delete keys (`manage.down removekeys=True`)? It then
+/// needs `@wheel` as well.
+pub fn deletes_keys(fun: &str, args: &CallArgs) -> bool {
+    fun == "manage.down" && args.flag("removekeys")
+}
+
 /// The error for a runner function halite does not serve.
 pub fn unknown(fun: &str) -> ApiError {
     ApiError::bad_request(format!(
@@ -69,9 +75,31 @@ pub fn call(backend: &Shared, user: &str, fun: &str, args: &CallArgs) -> Result<
         "jobs.active" => active(backend),
         "manage.up" | "manage.present" => Ok(json!(ids_by_status(backend)?.0)),
         "manage.down" => {
-            let (_, down) = ids_by_status(backend)?;
-            if args.flag("removekeys") {
-                // Deleting keys is key management: it needs `@wheel` too.
+            let (_, mut down) = ids_by_status(backend)?;
+            // `tgt` (and `tgt_type`) narrow the list, as in Salt.
+            if let Some(tgt) = args.named("tgt").and_then(Value::as_str) {
+                let tgt_type = args
+                    .named("tgt_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("glob");
+                let tgt_type: TargetType =
+                    serde_json::from_value(json!(tgt_type)).map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "manage.down: tgt_type {tgt_type:?}: use glob, pcre, list or grain"
+                        ))
+                    })?;
+                let target = Target::parse(tgt_type, tgt)
+                    .map_err(|e| ApiError::bad_request(format!("manage.down: tgt: {e}")))?;
+                let grains: std::collections::HashMap<String, Value> = backend
+                    .minions()?
+                    .into_iter()
+                    .map(|m| (m.id, m.grains))
+                    .collect();
+                down = narrowed(down, &target, &grains);
+            }
+            if deletes_keys(fun, args) {
+                // Checked with the request's other chunks (`check_chunk`);
+                // again here, where the keys go.
                 backend.require(user, Grant::Wheel)?;
                 for id in &down {
                     backend.key_action(KeyAction::Delete(id.clone()))?;
@@ -187,22 +215,40 @@ pub fn list_jobs(backend: &Shared, args: &CallArgs) -> Result<Value, ApiError> {
             .map(Some)
             .map_err(|e| ApiError::bad_request(format!("jobs.list_jobs: {name}: {e}")))
     };
+    if args.named("search_metadata").is_some() {
+        return Err(ApiError::bad_request(
+            "jobs.list_jobs: search_metadata is not supported: halite jobs carry no metadata",
+        ));
+    }
     let (from, to) = (time("start_time")?, time("end_time")?);
     let (functions, targets) = (globs("search_function")?, globs("search_target")?);
-    let page = backend.jobs(&JobFilter {
-        limit: Some(1000),
-        from,
-        // Salt's end_time includes the instant itself.
-        to: to.map(|t| t.saturating_add(1)),
-        ..JobFilter::default()
-    })?;
     let hit = |globs: &Option<Vec<Target>>, value: &str| {
         globs
             .as_ref()
             .is_none_or(|g| g.iter().any(|t| t.matches(value, &Value::Null)))
     };
+    // Every stored job in the window, page by page (the store keeps
+    // `keep_jobs` hours of them), newest first.
+    let mut jobs = Vec::new();
+    let mut before = None;
+    loop {
+        let page = backend.jobs(&JobFilter {
+            limit: Some(1000),
+            before: before.clone(),
+            from,
+            // Salt's end_time includes the instant itself.
+            to: to.map(|t| t.saturating_add(1)),
+            ..JobFilter::default()
+        })?;
+        jobs.extend(page.jobs);
+        match page.next {
+            // A next page strictly older than this one, or the end.
+            Some(next) if before.as_ref() != Some(&next) => before = Some(next),
+            _ => break,
+        }
+    }
     let mut out = Map::new();
-    for job in page.jobs {
+    for job in jobs {
         if !hit(&functions, &job.fun) || !hit(&targets, &job.target) {
             continue;
         }
@@ -245,6 +291,17 @@ fn active(backend: &Shared) -> Result<Value, ApiError> {
         out.insert(view.job.jid.to_string(), Value::Object(entry));
     }
     Ok(Value::Object(out))
+}
+
+/// The ids `target` matches (with each one's grains, if known).
+fn narrowed(
+    ids: Vec<String>,
+    target: &Target,
+    grains: &std::collections::HashMap<String, Value>,
+) -> Vec<String> {
+    ids.into_iter()
+        .filter(|id| target.matches(id, grains.get(id).unwrap_or(&Value::Null)))
+        .collect()
 }
 
 /// Accepted minions that are up and those that are down, each sorted.
@@ -338,6 +395,16 @@ mod tests {
         let text = start_time("20261122153012123456");
         assert_eq!(text, "2026, Nov 22 15:30:12.123456");
         assert!(halite_proto::time::parse_time_ms(&text).is_some());
+    }
+
+    #[test]
+    fn manage_down_narrows_to_its_target() {
+        let down = vec!["old1".to_owned(), "old2".to_owned(), "web9".to_owned()];
+        let grains = std::collections::HashMap::from([("old2".to_owned(), json!({"role": "db"}))]);
+        let glob = Target::parse(TargetType::Glob, "old*").unwrap();
+        assert_eq!(narrowed(down.clone(), &glob, &grains), ["old1", "old2"]);
+        let grain = Target::parse(TargetType::Grain, "role:db").unwrap();
+        assert_eq!(narrowed(down, &grain, &grains), ["old2"]);
     }
 
     #[test]

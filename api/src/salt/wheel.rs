@@ -138,31 +138,27 @@ pub fn call(backend: &Shared, fun: &str, args: &CallArgs) -> Result<Value, ApiEr
                 name.to_ascii_lowercase().starts_with("all"),
             )?))
         }
+        // A denied key is a second key for an id that has an accepted
+        // one; halite acts on the id, so it would change the accepted
+        // key: refused rather than ignored.
+        "key.accept" | "key.reject" if args.flag("include_denied") => Err(ApiError::bad_request(
+            format!("{fun}: include_denied is not supported: a denied key is another key for an accepted id; key.delete the id and let the minion ask again"),
+        )),
         "key.accept" => {
             let mut from = vec![KeyStatus::Pending];
             if args.flag("include_rejected") {
                 from.push(KeyStatus::Rejected);
             }
-            if args.flag("include_denied") {
-                // halite never accepts a denied key (it is a different key
-                // for an id that has one): refuse rather than ignore.
-                return Err(ApiError::bad_request(
-                    "key.accept: include_denied is not supported: a denied key is another key for an accepted id; delete the accepted one first",
-                ));
-            }
-            change(backend, args, "key.accept", &from, KeyAction::Accept)
-                .map(|ids| changed("minions", ids))
+            change(backend, args, fun, &from, KeyAction::Accept)?;
+            matching_in(backend, args, fun, KeyStatus::Accepted)
         }
         "key.reject" => {
             let mut from = vec![KeyStatus::Pending];
             if args.flag("include_accepted") {
                 from.push(KeyStatus::Accepted);
             }
-            if args.flag("include_denied") {
-                from.push(KeyStatus::Denied);
-            }
-            change(backend, args, "key.reject", &from, KeyAction::Reject)
-                .map(|ids| changed("minions_rejected", ids))
+            change(backend, args, fun, &from, KeyAction::Reject)?;
+            matching_in(backend, args, fun, KeyStatus::Rejected)
         }
         "key.delete" => {
             let all = [
@@ -223,12 +219,29 @@ fn insert_nested(out: &mut Map<String, Value>, dir: &str, id: &str, value: Strin
     }
 }
 
-fn changed(dir: &str, ids: Vec<String>) -> Value {
-    if ids.is_empty() {
+/// What Salt answers after an accept or reject: the keys `match` names
+/// that are now in `status`, `{}` when none.
+fn matching_in(
+    backend: &Shared,
+    args: &CallArgs,
+    fun: &str,
+    status: KeyStatus,
+) -> Result<Value, ApiError> {
+    let matches = matcher(args, fun)?;
+    let mut ids: Vec<String> = backend
+        .keys()?
+        .keys
+        .into_iter()
+        .filter(|k| k.status == status && matches(&k.id))
+        .map(|k| k.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(if ids.is_empty() {
         json!({})
     } else {
-        json!({ dir: ids })
-    }
+        json!({ salt_dir(status): ids })
+    })
 }
 
 /// Applies `action` to every key in one of the `from` states that `match`

@@ -93,7 +93,10 @@ fn scalar_text(text: &str) -> String {
         lower.as_str(),
         "" | "~" | "null" | "true" | "false" | "yes" | "no" | "on" | "off"
     );
-    let numeric = text.parse::<f64>().is_ok() || text.starts_with(['0', '+', '.']);
+    // Numbers, dates (`2026-11-22`), times (`12:30`) and `1_000` all read
+    // back as something else in YAML 1.1: anything starting like a number.
+    let numeric = text.parse::<f64>().is_ok()
+        || text.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '.'));
     let special_start = text.starts_with([
         '-', '?', ':', ',', '[', ']', '{', '}', '#', '&', '*', '!', '|', '>', '\'', '"', '%', '@',
         '`', ' ',
@@ -129,6 +132,10 @@ mod tests {
         assert_eq!(
             to_yaml(&value),
             "a:\n- 'yes'\n- ''\n- it's\n- \"line\\nbreak\"\n- []\n- j: null\n  k: v\nb:\n  x:\n  - 1\n  - two\n  y: {}\n"
+        );
+        assert_eq!(
+            to_yaml(&json!(["2026-11-22", "12:30", "1_000", "web01"])),
+            "- '2026-11-22'\n- '12:30'\n- '1_000'\n- web01\n"
         );
     }
 }

@@ -256,6 +256,15 @@ impl Core {
         });
     }
 
+    /// After a key change the next auth of these minions is news again
+    /// (a deleted key asked for anew is a new `pend`).
+    pub(super) fn forget_reported_auths(&self, ids: &[String]) {
+        let mut reported = self.auth_reported.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            reported.remove(id);
+        }
+    }
+
     /// Keeps a pending minion's last auth (and where it came from), so
     /// accepting its key answers that auth at once (see
     /// [`Core::answer_waiting`]) instead of when the minion next retries.

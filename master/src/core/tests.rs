@@ -434,7 +434,7 @@ async fn an_unknown_function_is_refused_with_what_there_is() {
         ("nosuch.thing", "the minion has modules: cmd, dotnet_iis"),
         (
             "test.nope",
-            "the minion has: test.echo, test.fail, test.ping",
+            "the minion has: test.arg, test.echo, test.fail, test.ping",
         ),
         ("cmd", "is a module without a default function"),
     ] {

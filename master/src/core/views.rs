@@ -238,6 +238,7 @@ impl Core {
         // rejected or deleted one is forgotten (answering it again would
         // submit a deleted key anew).
         self.answer_waiting(&affected, accepting);
+        self.forget_reported_auths(&affected);
         Ok(affected)
     }
 
