@@ -14,6 +14,7 @@ pub mod auth;
 pub mod fleet;
 pub mod job;
 pub mod release;
+pub mod request;
 pub mod stream;
 
 pub use auth::{AuditRecord, LoginToken, TokenRecord};
@@ -23,4 +24,7 @@ pub use job::{
     Submitted, RETURN_GRACE_MS,
 };
 pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats};
+pub use request::{
+    Action, ReleaseRequest, RequestKind, RequestState, Rules, Transition, WorkflowError,
+};
 pub use stream::BusEntry;

@@ -8,6 +8,7 @@
 //! the definition only names them, and the master seals the values into
 //! the job's secret arguments ([`SECRET_USERNAME`], [`SECRET_PASSWORD`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -112,6 +113,36 @@ pub struct AppSpec {
     /// `kind = "iis"`: the site, application and pool the release goes to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iis: Option<IisSpec>,
+    /// Environments (`[env.staging]`, `[env.production]`): each its own
+    /// target and the rules its release requests follow. Without any, the
+    /// app is deployed to `target` directly, as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, EnvSpec>,
+}
+
+/// One environment of an app: where it runs and who says yes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSpec {
+    /// Which minions are this environment (read like the app's `target`).
+    pub target: String,
+    /// How `target` is read (`glob` unless given).
+    #[serde(default)]
+    pub tgt_type: TargetType,
+    /// A request must be approved before it is deployed here.
+    #[serde(default)]
+    pub requires_approval: bool,
+    /// Who may approve, reject or return requests (users of the master's
+    /// users file); required with `requires_approval`.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// A version may be asked for here only once it is live on this other
+    /// environment (`promote_from = "staging"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_from: Option<String>,
+    /// May a requester approve their own request? No unless set.
+    #[serde(default)]
+    pub self_approval: bool,
 }
 
 /// What kind of thing an app is, and so which module releases it.
@@ -268,6 +299,8 @@ impl AppSpec {
         }
         app.validate()
             .map_err(|(key, message)| ConfigError::key(file, key, message))?;
+        app.validate_envs()
+            .map_err(|(key, message)| ConfigError::key(file, &key, message))?;
         Ok(app)
     }
 
@@ -361,6 +394,52 @@ impl AppSpec {
 }
 
 impl AppSpec {
+    /// Checks the environments: names, targets, approvers, and that
+    /// promotions name another environment without going round in a
+    /// circle (then nothing could ever be asked for first).
+    /// `Err((key, message))`, the key as `env.NAME.FIELD`.
+    pub fn validate_envs(&self) -> Result<(), (String, String)> {
+        for (name, env) in &self.env {
+            let key = |field: &str| format!("env.{name}.{field}");
+            crate::ident::validate_id(name).map_err(|e| (format!("env.{name}"), e.to_string()))?;
+            Target::parse(env.tgt_type, &env.target).map_err(|e| (key("target"), e.to_string()))?;
+            if env.requires_approval && env.approvers.is_empty() {
+                return Err((
+                    key("approvers"),
+                    "requires_approval needs at least one approver".into(),
+                ));
+            }
+            for approver in &env.approvers {
+                crate::ident::validate_id(approver)
+                    .map_err(|e| (key("approvers"), format!("{approver:?}: {e}")))?;
+            }
+            if let Some(from) = &env.promote_from {
+                if from == name || !self.env.contains_key(from) {
+                    return Err((
+                        key("promote_from"),
+                        format!("{from:?} is not another environment of this app"),
+                    ));
+                }
+                let mut seen = vec![name.as_str()];
+                let mut next = Some(from.as_str());
+                while let Some(step) = next {
+                    if seen.contains(&step) {
+                        return Err((
+                            key("promote_from"),
+                            format!(
+                                "promotions go round in a circle: {} -> {step}",
+                                seen.join(" -> ")
+                            ),
+                        ));
+                    }
+                    seen.push(step);
+                    next = self.env.get(step).and_then(|e| e.promote_from.as_deref());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_iis(&self) -> Result<(), (&'static str, String)> {
         let Some(iis) = &self.iis else {
             return Err((
@@ -547,6 +626,37 @@ retries = 5
         assert_eq!(e.key.as_deref(), Some("target"));
         let e = err("target = \"*\"\npath = \"/x\"\n");
         assert!(e.to_string().contains("repo"), "{e}");
+    }
+
+    #[test]
+    fn environments_parse_and_bad_ones_name_their_key() {
+        let base = "repo = \"git://h/x\"\ntarget = \"*\"\npath = \"/srv/x\"\n";
+        let app = AppSpec::from_toml(
+            Path::new("apps.d/x.toml"),
+            &format!(
+                "{base}[env.staging]\ntarget = \"stg-*\"\n[env.production]\ntarget = \"web*\"\nrequires_approval = true\napprovers = [\"lead\"]\npromote_from = \"staging\"\n"
+            ),
+        )
+        .expect("valid");
+        let production = &app.env["production"];
+        assert!(production.requires_approval && !production.self_approval);
+        assert_eq!(production.promote_from.as_deref(), Some("staging"));
+        assert_eq!(app.env["staging"].tgt_type, TargetType::Glob);
+        for (extra, key) in [
+            ("[env.prod]\ntarget = \"web(\"\ntgt_type = \"pcre\"\n", "env.prod.target"),
+            ("[env.prod]\ntarget = \"*\"\nrequires_approval = true\n", "env.prod.approvers"),
+            ("[env.prod]\ntarget = \"*\"\npromote_from = \"stg\"\n", "env.prod.promote_from"),
+            (
+                "[env.a]\ntarget = \"*\"\npromote_from = \"b\"\n[env.b]\ntarget = \"*\"\npromote_from = \"a\"\n",
+                "env.a.promote_from",
+            ),
+            ("[env.prod]\ntarget = \"*\"\napprovers = [\"a b\"]\n", "env.prod.approvers"),
+            // Unknown keys are serde's finding: named, with the line.
+            ("[env.prod]\ntarget = \"*\"\nwho = 1\n", "who"),
+        ] {
+            let e = err(&format!("{base}{extra}"));
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+        }
     }
 
     #[test]
