@@ -41,18 +41,5 @@ pub(crate) fn client(
         .map_err(|e| format!("cannot set up an HTTP client: {e}"))
 }
 
-/// An error and its causes on one line: gix and reqwest keep the useful
-/// part (HTTP 401, connection refused) several sources down.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes on one line (shared with `halite-git`).
+pub(crate) use halite_git::error_chain;
