@@ -283,6 +283,11 @@ impl ReleaseRequest {
         }
     }
 
+    /// When it was asked for (unix ms).
+    pub fn at_creation(&self) -> u64 {
+        self.history.first().map_or(0, |t| t.at)
+    }
+
     /// Takes `action` by `by` at `at` under the environment's `rules`, or
     /// says why not (and changes nothing).
     pub fn apply(

@@ -124,6 +124,7 @@ pub struct Store {
     minion_jobs: sled::Tree,
     job_stream: sled::Tree,
     batches: sled::Tree,
+    requests: sled::Tree,
     publishing: Arc<std::sync::Mutex<()>>,
     live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
 }
@@ -221,6 +222,7 @@ fn jid_prefix(jid: &Jid) -> Vec<u8> {
 mod fleet;
 mod jobs;
 mod records;
+mod requests;
 mod stream;
 
 pub use stream::{event_entry, return_entry};
@@ -257,6 +259,9 @@ impl Store {
                 .open_tree("job_stream")
                 .map_err(sled_err("open job_stream"))?,
             batches: db.open_tree("batches").map_err(sled_err("open batches"))?,
+            requests: db
+                .open_tree("requests")
+                .map_err(sled_err("open requests"))?,
             publishing: Arc::new(std::sync::Mutex::new(())),
             live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
             db,
