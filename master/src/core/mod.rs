@@ -22,6 +22,7 @@ pub mod auth;
 pub mod inbound;
 pub mod jobs;
 pub mod peers;
+pub mod requests;
 pub mod returns;
 pub mod upkeep;
 pub mod views;

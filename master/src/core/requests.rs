@@ -1,0 +1,326 @@
+//! Release requests on the master: made for an app's environment, bound
+//! to the exact revision they name, decided by the environment's
+//! approvers, deployed to the environment's target with that revision,
+//! and marked live or failed from their deploy job. The state machine is
+//! `halite_model::request`; this keeps requests in the store and does
+//! what each step needs (resolve, check, submit).
+//!
+//! Everything here may block (store writes, a git fetch): callers run it
+//! on the blocking pool.
+
+use std::sync::atomic::AtomicBool;
+
+use halite_model::{Action, ReleaseRequest, RequestKind, RequestState, Rules};
+use halite_proto::app::{AppKind, AppSpec, EnvSpec};
+use halite_proto::time::now_ms;
+use serde_json::{Map, Value};
+
+use super::views::ReleaseAction;
+use super::{Core, CoreError};
+
+/// A request as asked for (the API's body, the CLI's words).
+#[derive(Clone, Debug, Default)]
+pub struct NewRequest {
+    /// The app.
+    pub app: String,
+    /// Its environment.
+    pub env: String,
+    /// Deploy or rollback.
+    pub kind: RequestKind,
+    /// `tag`, `branch` or `rev`; `url`, `sha256`, `version`; or `to`.
+    pub version: Map<String, Value>,
+    /// Why (required).
+    pub reason: String,
+}
+
+impl Core {
+    /// Makes a request: the app's environment must exist, nothing else may
+    /// be under way there, the requester must be allowed to deploy there,
+    /// a promoted environment must have the revision live already, and the
+    /// version is resolved now to the revision the approval will bind.
+    pub fn create_request(&self, user: &str, new: NewRequest) -> Result<ReleaseRequest, CoreError> {
+        let reason = new.reason.trim();
+        if reason.is_empty() {
+            return Err(CoreError::invalid("a request needs a reason"));
+        }
+        let (app, env) = self.app_env(&new.app, &new.env)?;
+        if let Some(active) = self.active_request(&app.name, &new.env)? {
+            return Err(CoreError::Conflict(format!(
+                "request {} ({} by {}) is {} for {} {}: one at a time per environment",
+                active.id,
+                describe(&active.version),
+                active.requester,
+                active.state,
+                app.name,
+                new.env
+            )));
+        }
+        let revision = match new.kind {
+            RequestKind::Deploy => Some(self.resolve_revision(&app, &new.version)?),
+            RequestKind::Rollback => None,
+        };
+        if let (Some(from), Some(revision)) = (&env.promote_from, &revision) {
+            let live_there = self
+                .store
+                .requests(usize::MAX, |r| {
+                    r.app == app.name && &r.env == from && r.state == RequestState::Live
+                })?
+                .into_iter()
+                .next();
+            if live_there.as_ref().and_then(|r| r.revision.as_ref()) != Some(revision) {
+                return Err(CoreError::Invalid(format!(
+                    "{} ({}) is not live on {from}: {} is promoted from there",
+                    describe(&new.version),
+                    short(revision),
+                    new.env
+                )));
+            }
+        }
+        let id = self.store.next_request_id()?;
+        let request = ReleaseRequest::new(
+            id,
+            &app.name,
+            &new.env,
+            new.kind,
+            new.version,
+            revision,
+            reason,
+            user,
+            now_ms(),
+        );
+        self.store.put_request(&request)?;
+        Ok(request)
+    }
+
+    /// Approves, rejects, returns, resubmits or withdraws a request, as
+    /// the environment's rules allow `user`.
+    pub fn decide_request(
+        &self,
+        user: &str,
+        id: u64,
+        action: Action,
+        reason: Option<&str>,
+    ) -> Result<ReleaseRequest, CoreError> {
+        let mut request = self.request(id)?;
+        let (_, env) = self.app_env(&request.app, &request.env)?;
+        request
+            .apply(action, user, reason, now_ms(), &Rules::from(&env))
+            .map_err(|e| CoreError::Conflict(e.to_string()))?;
+        self.store.put_request(&request)?;
+        Ok(request)
+    }
+
+    /// Deploys an approved request (or a requested one where no approval
+    /// is needed) to its environment's target with exactly its revision.
+    /// A tag or branch that moved since the request was made is refused:
+    /// what was approved is not what it names now.
+    pub fn deploy_request(&self, user: &str, id: u64) -> Result<ReleaseRequest, CoreError> {
+        let mut request = self.request(id)?;
+        let (app, env) = self.app_env(&request.app, &request.env)?;
+        let rules = Rules::from(&env);
+        let ready = request.state == RequestState::Approved
+            || (request.state == RequestState::Requested && !rules.requires_approval);
+        if !ready {
+            return Err(CoreError::Conflict(format!(
+                "request {id} is {}: only an approved request is deployed",
+                request.state
+            )));
+        }
+        let mut options = Map::new();
+        let action = match request.kind {
+            RequestKind::Deploy => {
+                let approved = request.revision.clone().unwrap_or_default();
+                let now = self.resolve_revision(&app, &request.version)?;
+                if now != approved {
+                    return Err(CoreError::Conflict(format!(
+                        "{} now names {}, but {} was approved: make a new request for it",
+                        describe(&request.version),
+                        short(&now),
+                        short(&approved)
+                    )));
+                }
+                match app.kind {
+                    AppKind::Git => {
+                        options.insert("rev".into(), Value::String(approved));
+                    }
+                    AppKind::Tomcat | AppKind::Iis => {
+                        for key in ["url", "sha256", "version"] {
+                            if let Some(v) = request.version.get(key) {
+                                options.insert(key.into(), v.clone());
+                            }
+                        }
+                    }
+                }
+                ReleaseAction::Deploy
+            }
+            RequestKind::Rollback => {
+                if let Some(to) = request.version.get("to") {
+                    options.insert("to".into(), to.clone());
+                }
+                ReleaseAction::Rollback
+            }
+        };
+        options.insert("target".into(), Value::String(env.target.clone()));
+        let submitted = self.release_app(user, &app.name, action, options)?;
+        request
+            .apply(Action::Deploy(submitted.jid), user, None, now_ms(), &rules)
+            .map_err(|e| CoreError::Conflict(e.to_string()))?;
+        self.store.put_request(&request)?;
+        Ok(request)
+    }
+
+    /// The request with this id, its deploy's outcome brought up to date
+    /// (a finished job makes it live or failed; a live rollback marks the
+    /// release it replaced rolled back).
+    pub fn request(&self, id: u64) -> Result<ReleaseRequest, CoreError> {
+        let request = self
+            .store
+            .request(id)?
+            .ok_or_else(|| CoreError::NotFound(format!("no request {id}")))?;
+        self.settle(request)
+    }
+
+    /// Requests newest first (at most `limit`), settled like [`Core::request`].
+    pub fn requests(
+        &self,
+        app: Option<&str>,
+        env: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ReleaseRequest>, CoreError> {
+        self.store
+            .requests(limit, |r| {
+                app.is_none_or(|a| r.app == a) && env.is_none_or(|e| r.env == e)
+            })?
+            .into_iter()
+            .map(|r| self.settle(r))
+            .collect()
+    }
+
+    /// A deploying request whose job is done becomes live or failed.
+    fn settle(&self, mut request: ReleaseRequest) -> Result<ReleaseRequest, CoreError> {
+        let (RequestState::Deploying, Some(jid)) = (request.state, request.jid.clone()) else {
+            return Ok(request);
+        };
+        let view = self.job_view(&jid)?;
+        if !view.done {
+            return Ok(request);
+        }
+        let ok = view.missing.is_empty() && view.returns.values().all(|r| r.success);
+        let rules = match self.app_env(&request.app, &request.env) {
+            Ok((_, env)) => Rules::from(&env),
+            Err(_) => Rules::default(),
+        };
+        request
+            .apply(Action::Finished { ok }, "master", None, now_ms(), &rules)
+            .map_err(|e| CoreError::Conflict(e.to_string()))?;
+        if ok && request.kind == RequestKind::Rollback {
+            // The release it went back from is rolled back.
+            let replaced = self.store.requests(usize::MAX, |r| {
+                r.app == request.app
+                    && r.env == request.env
+                    && r.id != request.id
+                    && r.state == RequestState::Live
+            })?;
+            if let Some(mut previous) = replaced.into_iter().next() {
+                previous
+                    .apply(Action::RolledBack, "master", None, now_ms(), &rules)
+                    .map_err(|e| CoreError::Conflict(e.to_string()))?;
+                self.store.put_request(&previous)?;
+            }
+        }
+        self.store.put_request(&request)?;
+        Ok(request)
+    }
+
+    /// The active request of an app's environment, if any.
+    fn active_request(&self, app: &str, env: &str) -> Result<Option<ReleaseRequest>, CoreError> {
+        Ok(self
+            .requests(Some(app), Some(env), usize::MAX)?
+            .into_iter()
+            .find(|r| r.state.is_active()))
+    }
+
+    /// The app and one of its environments.
+    fn app_env(&self, app: &str, env: &str) -> Result<(AppSpec, EnvSpec), CoreError> {
+        let spec = self
+            .apps()?
+            .into_iter()
+            .find(|a| a.name == app)
+            .ok_or_else(|| CoreError::NotFound(format!("no app {app:?}")))?;
+        let environment = spec.env.get(env).cloned().ok_or_else(|| {
+            CoreError::NotFound(format!(
+                "app {app} has no environment {env:?} (it has: {})",
+                spec.env.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        Ok((spec, environment))
+    }
+
+    /// The revision a version names now: for a git app the commit its
+    /// tag, branch or rev names (fetched into the master's cache of the
+    /// repository, with the app's credentials); for an artifact app its
+    /// sha256.
+    fn resolve_revision(
+        &self,
+        app: &AppSpec,
+        version: &Map<String, Value>,
+    ) -> Result<String, CoreError> {
+        let text = |key: &str| version.get(key).and_then(Value::as_str).map(str::to_owned);
+        if app.kind != AppKind::Git {
+            let sha = text("sha256").ok_or_else(|| {
+                CoreError::invalid(format!(
+                    "{} is an artifact app: give url, sha256 and version",
+                    app.name
+                ))
+            })?;
+            return Ok(sha.to_ascii_lowercase());
+        }
+        let wanted = match (text("tag"), text("branch"), text("rev")) {
+            (Some(tag), None, None) => halite_git::Wanted::Tag(tag),
+            (None, Some(branch), None) => halite_git::Wanted::Branch(branch),
+            (None, None, Some(rev)) => halite_git::Wanted::Rev(rev),
+            _ => return Err(CoreError::invalid("name exactly one of tag, branch or rev")),
+        };
+        let credentials = match &app.credentials {
+            Some(name) => {
+                let all = self.config.apps().credentials()?;
+                let credential = all.get(name).ok_or_else(|| {
+                    CoreError::invalid(format!("credentials {name:?} are not in the secrets file"))
+                })?;
+                Some((credential.username.clone(), credential.secret().to_owned()))
+            }
+            None => None,
+        };
+        let cache = self
+            .config
+            .data_dir
+            .join("git")
+            .join(format!("{}.git", app.name));
+        let repo = halite_git::open_cache(&cache).map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let source = halite_git::Source {
+            url: &app.repo,
+            credentials,
+            roots: Vec::new(),
+        };
+        halite_git::fetch(&repo, &source, &AtomicBool::new(false))
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let commit = halite_git::resolve(&repo, &wanted, &app.repo)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        Ok(commit.to_string())
+    }
+}
+
+/// `tag v3`, `branch main`, `rev 1a2b3c`, `version 1.4.2`, `rollback to X`.
+fn describe(version: &Map<String, Value>) -> String {
+    for key in ["tag", "branch", "rev", "version", "to"] {
+        if let Some(v) = version.get(key).and_then(Value::as_str) {
+            return format!("{key} {v}");
+        }
+    }
+    "the previous release".to_owned()
+}
+
+/// A commit id or hash, shortened for messages.
+fn short(revision: &str) -> &str {
+    revision.get(..12).unwrap_or(revision)
+}
