@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use halite_model::{NewRequest, ReleaseRequest, Step};
+
 use crate::types::{
     AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
     JobRecord, JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
@@ -142,6 +144,25 @@ pub trait Backend: Send + Sync + 'static {
     fn stream_head(&self) -> Result<u64, ApiError>;
     /// Live entries from now on.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>>;
+    /// Makes a release request (`user` is the requester).
+    fn create_request(&self, user: &str, new: NewRequest) -> Result<ReleaseRequest, ApiError>;
+    /// Release requests newest first, of one app and environment if given.
+    fn requests(
+        &self,
+        app: Option<&str>,
+        env: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ReleaseRequest>, ApiError>;
+    /// One release request.
+    fn request(&self, id: u64) -> Result<ReleaseRequest, ApiError>;
+    /// Takes a step on a request as `user` (approve, reject, deploy...).
+    fn request_step(
+        &self,
+        user: &str,
+        id: u64,
+        step: Step,
+        reason: Option<&str>,
+    ) -> Result<ReleaseRequest, ApiError>;
     /// Adds an entry to the event stream (salt-api's wheel and runner
     /// results, which Salt puts on its event bus); answers its id.
     fn announce(&self, entry: BusEntry) -> Result<u64, ApiError>;

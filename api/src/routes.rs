@@ -54,6 +54,9 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/apps/{name}/releases", get(app_releases))
         .route("/v1/apps/{name}/deploy", post(app_deploy))
         .route("/v1/apps/{name}/rollback", post(app_rollback))
+        .route("/v1/requests", post(create_request).get(list_requests))
+        .route("/v1/requests/{id}", get(show_request))
+        .route("/v1/requests/{id}/{step}", post(request_step))
         .route("/v1/stats", get(stats))
         .route("/v1/audit", get(audit_log).post(audit_note))
         .route("/v1/logout", post(logout))
@@ -681,6 +684,92 @@ async fn app_releases(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let limit = query.limit.unwrap_or(200).clamp(1, 100_000);
     Ok(Json(backend.app_releases(&name, limit)?))
+}
+
+/// `POST /v1/requests`: a release request, `201` with it.
+async fn create_request(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Body(new): Body<halite_model::NewRequest>,
+) -> Result<Response, ApiError> {
+    valid_id(&new.app)?;
+    valid_id(&new.env)?;
+    let request = backend.create_request(&user, new)?;
+    let detail = AuditDetail(format!(
+        "request {} {} {}",
+        request.id, request.app, request.env
+    ));
+    Ok((StatusCode::CREATED, axum::Extension(detail), Json(request)).into_response())
+}
+
+/// `GET /v1/requests?app=&env=&limit=`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestQuery {
+    app: Option<String>,
+    env: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_requests(
+    State(backend): State<Shared>,
+    Params(query): Params<RequestQuery>,
+) -> Result<Json<Vec<halite_model::ReleaseRequest>>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(backend.requests(
+        query.app.as_deref(),
+        query.env.as_deref(),
+        limit,
+    )?))
+}
+
+fn request_id(text: &str) -> Result<u64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request(format!("{text:?} is not a request number")))
+}
+
+async fn show_request(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+) -> Result<Json<halite_model::ReleaseRequest>, ApiError> {
+    Ok(Json(backend.request(request_id(&id)?)?))
+}
+
+/// The body of a step: a reason, required to reject or return.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/requests/{id}/{approve|reject|return|resubmit|withdraw|deploy}`.
+async fn request_step(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Path((id, step)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id = request_id(&id)?;
+    let bytes = axum::body::to_bytes(request.into_body(), 64 * 1024)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+    // No body is no reason; a body is `{"reason": "..."}`.
+    let body: StepBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        StepBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))?
+    };
+    let step: halite_model::Step =
+        serde_json::from_value(Value::String(step.clone())).map_err(|_| {
+            ApiError::not_found(format!(
+                "no step {step:?}; use approve, reject, return, resubmit, withdraw or deploy"
+            ))
+        })?;
+    let request = backend.request_step(&user, id, step, body.reason.as_deref())?;
+    let detail = AuditDetail(format!("request {id} {step:?}").to_lowercase());
+    Ok((axum::Extension(detail), Json(request)).into_response())
 }
 
 async fn app_deploy(

@@ -12,6 +12,7 @@ use halite_api::types::{
     JobRecord, JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
 use halite_api::{ApiError, AppAction, Backend, Grant, KeyAction, PublicKeyText};
+use halite_model::{Action, NewRequest, ReleaseRequest, Step};
 use halite_pki::PkiError;
 use halite_proto::Jid;
 use serde_json::{Map, Value};
@@ -201,6 +202,43 @@ impl Backend for ApiBackend {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<BusEntry>> {
         self.0.store.subscribe()
+    }
+
+    fn create_request(&self, user: &str, new: NewRequest) -> Result<ReleaseRequest, ApiError> {
+        Ok(blocking(|| self.0.create_request(user, new))?)
+    }
+
+    fn requests(
+        &self,
+        app: Option<&str>,
+        env: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ReleaseRequest>, ApiError> {
+        Ok(blocking(|| self.0.requests(app, env, limit))?)
+    }
+
+    fn request(&self, id: u64) -> Result<ReleaseRequest, ApiError> {
+        Ok(blocking(|| self.0.request(id))?)
+    }
+
+    fn request_step(
+        &self,
+        user: &str,
+        id: u64,
+        step: Step,
+        reason: Option<&str>,
+    ) -> Result<ReleaseRequest, ApiError> {
+        let action = match step {
+            Step::Approve => Action::Approve,
+            Step::Reject => Action::Reject,
+            Step::Return => Action::Return,
+            Step::Resubmit => Action::Resubmit,
+            Step::Withdraw => Action::Withdraw,
+            Step::Deploy => return Ok(blocking(|| self.0.deploy_request(user, id))?),
+        };
+        Ok(blocking(|| {
+            self.0.decide_request(user, id, action, reason)
+        })?)
     }
 
     fn announce(&self, entry: BusEntry) -> Result<u64, ApiError> {

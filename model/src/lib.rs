@@ -25,6 +25,7 @@ pub use job::{
 };
 pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats};
 pub use request::{
-    Action, ReleaseRequest, RequestKind, RequestState, Rules, Transition, WorkflowError,
+    Action, NewRequest, ReleaseRequest, RequestKind, RequestState, Rules, Step, Transition,
+    WorkflowError,
 };
 pub use stream::BusEntry;

@@ -137,6 +137,43 @@ pub struct ReleaseRequest {
     pub jid: Option<Jid>,
 }
 
+/// A request as asked for (`POST /v1/requests`, `master-cli requests new`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    /// The app.
+    pub app: String,
+    /// Its environment.
+    pub env: String,
+    /// Deploy (the default) or rollback.
+    #[serde(default)]
+    pub kind: RequestKind,
+    /// `tag`, `branch` or `rev`; `url`, `sha256` and `version`; or, for a
+    /// rollback, `to` (the previous release when absent).
+    #[serde(default)]
+    pub version: Map<String, Value>,
+    /// Why (required).
+    pub reason: String,
+}
+
+/// A step on a request (`POST /v1/requests/{id}/{step}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// An approver says yes.
+    Approve,
+    /// An approver says no (reason required).
+    Reject,
+    /// An approver sends it back (reason required).
+    Return,
+    /// The requester submits it again.
+    Resubmit,
+    /// The requester takes it back.
+    Withdraw,
+    /// Deploy it (approved, or where no approval is needed).
+    Deploy,
+}
+
 /// An environment's rules for its requests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rules {

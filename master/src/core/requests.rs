@@ -10,28 +10,13 @@
 
 use std::sync::atomic::AtomicBool;
 
-use halite_model::{Action, ReleaseRequest, RequestKind, RequestState, Rules};
+use halite_model::{Action, NewRequest, ReleaseRequest, RequestKind, RequestState, Rules};
 use halite_proto::app::{AppKind, AppSpec, EnvSpec};
 use halite_proto::time::now_ms;
 use serde_json::{Map, Value};
 
 use super::views::ReleaseAction;
 use super::{Core, CoreError};
-
-/// A request as asked for (the API's body, the CLI's words).
-#[derive(Clone, Debug, Default)]
-pub struct NewRequest {
-    /// The app.
-    pub app: String,
-    /// Its environment.
-    pub env: String,
-    /// Deploy or rollback.
-    pub kind: RequestKind,
-    /// `tag`, `branch` or `rev`; `url`, `sha256`, `version`; or `to`.
-    pub version: Map<String, Value>,
-    /// Why (required).
-    pub reason: String,
-}
 
 impl Core {
     /// Makes a request: the app's environment must exist, nothing else may
