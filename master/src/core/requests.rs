@@ -276,11 +276,12 @@ impl Core {
             }
             None => None,
         };
-        let cache = self
-            .config
-            .data_dir
-            .join("git")
-            .join(format!("{}.git", app.name));
+        // The master's own cache of the repository (data_dir/git/APP.git):
+        // refs and objects only, never a checkout.
+        let caches = self.config.data_dir.join("git");
+        std::fs::create_dir_all(&caches)
+            .map_err(|e| CoreError::Invalid(format!("cannot create {}: {e}", caches.display())))?;
+        let cache = caches.join(format!("{}.git", app.name));
         let repo = halite_git::open_cache(&cache).map_err(|e| CoreError::Invalid(e.to_string()))?;
         let source = halite_git::Source {
             url: &app.repo,

@@ -1,0 +1,213 @@
+//! Release requests for real: a master with an app in two environments
+//! (staging deployed on request, production approved by a lead and
+//! promoted from staging), two minions, a git repository, two users.
+//! The whole way from request to live, self-approval refused, one request
+//! at a time, promotion order, a tag moved after approval refused, and
+//! the requests kept across a master restart.
+
+use std::time::Duration;
+
+use halite_tests::api::{call, http, login};
+use halite_tests::git::{git, Repo};
+use halite_tests::{eventually, Master, Minion};
+use serde_json::{json, Value};
+
+const ACL: &str = r#"
+[acl]
+dev = [{ "web*" = ["git_deploy.*"] }]
+lead = [{ "web*" = ["git_deploy.*"] }]
+"#;
+
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        call(
+            http().post(format!("{}{path}", self.base)),
+            Some(&self.token),
+            Some(body),
+        )
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        call(
+            http().get(format!("{}{path}", self.base)),
+            Some(&self.token),
+            None,
+        )
+    }
+
+    /// Makes a request; answers its id.
+    fn request(&self, env: &str, tag: &str) -> (u16, Value) {
+        self.post(
+            "/v1/requests",
+            json!({ "app": "shop", "env": env, "version": { "tag": tag }, "reason": format!("{tag} to {env}") }),
+        )
+    }
+
+    /// Waits until request `id` is in `state`.
+    fn wait_state(&self, id: u64, state: &str) -> Value {
+        let mut seen = Value::Null;
+        eventually(
+            Duration::from_secs(90),
+            &format!("request {id} {state}"),
+            || {
+                seen = self.get(&format!("/v1/requests/{id}")).1;
+                seen["state"] == state
+            },
+        );
+        seen
+    }
+}
+
+fn user(master: &Master, name: &str) -> Api {
+    let out = master.cli_input(&["users", "add", name], &format!("pw-of-{name}\n"));
+    assert_eq!(out.code, 0, "{out:?}");
+    let base = master.api_url();
+    let (status, body) = login(&base, name, &format!("pw-of-{name}"));
+    assert_eq!(status, 200, "{body}");
+    Api {
+        token: body["token"].as_str().expect("token").to_owned(),
+        base,
+    }
+}
+
+#[test]
+fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("git");
+    let shop = Repo::create(dir.path(), &root, "shop", &[("v1", "one"), ("v2", "two")]);
+    let srv = dir.path().join("srv");
+    let apps = dir.path().join("master/apps.d");
+    std::fs::create_dir_all(&apps).unwrap();
+    std::fs::write(
+        apps.join("shop.toml"),
+        format!(
+            "repo = \"{}\"\ntarget = \"web*\"\npath = \"{}/{{id}}/shop\"\n\
+             [env.staging]\ntarget = \"web1\"\n\
+             [env.production]\ntarget = \"web2\"\nrequires_approval = true\napprovers = [\"lead\", \"dev\"]\npromote_from = \"staging\"\n",
+            shop.bare.display(),
+            srv.display()
+        ),
+    )
+    .unwrap();
+    let mut master = Master::start(dir.path(), ACL);
+    let _minions: Vec<Minion> = ["web1", "web2"]
+        .iter()
+        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
+        .collect();
+    master.accept("web1");
+    master.accept("web2");
+    let dev = user(&master, "dev");
+    let lead = user(&master, "lead");
+    let live =
+        |id: &str| std::fs::read_to_string(srv.join(id).join("shop/current/index.html")).ok();
+
+    // Production takes only what is live on staging.
+    let (status, body) = dev.request("production", "v1");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not live on staging"),
+        "{body}"
+    );
+
+    // Staging needs no approval: requested, deployed, live.
+    let (status, staged) = dev.request("staging", "v1");
+    assert_eq!(status, 201, "{staged}");
+    assert_eq!(staged["revision"], shop.rev("v1"), "bound to the commit");
+    let id = staged["id"].as_u64().unwrap();
+    let (status, body) = dev.post(&format!("/v1/requests/{id}/deploy"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    dev.wait_state(id, "live");
+    assert_eq!(live("web1").as_deref(), Some("one"));
+    assert_eq!(live("web2"), None, "production untouched");
+
+    // Production: one request at a time, approved by someone else.
+    let (status, prod) = dev.request("production", "v1");
+    assert_eq!(status, 201, "{prod}");
+    let prod_id = prod["id"].as_u64().unwrap();
+    let (status, body) = dev.request("production", "v1");
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("request {prod_id}")),
+        "{body}"
+    );
+    let (status, body) = dev.post(&format!("/v1/requests/{prod_id}/deploy"), json!({}));
+    assert_eq!(status, 409, "not approved yet: {body}");
+    let (status, body) = dev.post(&format!("/v1/requests/{prod_id}/approve"), json!({}));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("may not approve"),
+        "{body}"
+    );
+    let (status, body) = lead.post(&format!("/v1/requests/{prod_id}/approve"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = dev.post(&format!("/v1/requests/{prod_id}/deploy"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let done = dev.wait_state(prod_id, "live");
+    assert_eq!(live("web2").as_deref(), Some("one"));
+    let steps: Vec<(&str, &str)> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["state"].as_str().unwrap(), t["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("requested", "dev"),
+            ("approved", "lead"),
+            ("deploying", "dev"),
+            ("live", "master")
+        ]
+    );
+
+    // v2 through staging, approved, then its tag moves: refused.
+    let (_, staged) = dev.request("staging", "v2");
+    let staged_id = staged["id"].as_u64().unwrap();
+    dev.post(&format!("/v1/requests/{staged_id}/deploy"), json!({}));
+    dev.wait_state(staged_id, "live");
+    let (status, prod) = dev.request("production", "v2");
+    assert_eq!(status, 201, "{prod}");
+    let prod_id = prod["id"].as_u64().unwrap();
+    lead.post(&format!("/v1/requests/{prod_id}/approve"), json!({}));
+    std::fs::write(shop.work.join("index.html"), "unreviewed").unwrap();
+    git(&shop.work, &["commit", "-qam", "sneaky"]);
+    git(&shop.work, &["tag", "-f", "v2"]);
+    git(
+        &shop.work,
+        &["push", "-q", "--force", "origin", "main", "--tags"],
+    );
+    let (status, body) = dev.post(&format!("/v1/requests/{prod_id}/deploy"), json!({}));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("was approved"),
+        "{body}"
+    );
+    assert_eq!(
+        live("web2").as_deref(),
+        Some("one"),
+        "nothing unreviewed went out"
+    );
+
+    // Everything is still there after a restart.
+    master.restart();
+    let (status, listed) = dev.get("/v1/requests?app=shop&env=production");
+    assert_eq!(status, 200, "{listed}");
+    let states: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["approved", "live"]);
+}
