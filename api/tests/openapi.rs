@@ -80,6 +80,8 @@ fn job_requests_match_the_document() {
         timeout: Some(60),
         require_up: true,
         batch: Some("25%".into()),
+        // Never in a body: the master sets it for a request's deploy.
+        release_request: None,
     };
     agrees("JobRequest", &full);
     // The batch forms the server takes.

@@ -68,6 +68,7 @@ pub fn parse_run(
         timeout,
         require_up: false,
         batch: None,
+        release_request: None,
     })
 }
 

@@ -166,7 +166,9 @@ impl Backend for ApiBackend {
             AppAction::Deploy => ReleaseAction::Deploy,
             AppAction::Rollback => ReleaseAction::Rollback,
         };
-        Ok(blocking(|| self.0.release_app(user, app, action, options))?)
+        Ok(blocking(|| {
+            self.0.release_app(user, app, action, options, None)
+        })?)
     }
 
     fn stats(&self, from: u64, to: u64) -> Result<DeployStats, ApiError> {

@@ -38,6 +38,11 @@ pub struct JobRequest {
     /// one returned or its time ran out.
     #[serde(default)]
     pub batch: Option<String>,
+    /// The release request this job deploys (set by the master when it
+    /// deploys one, never read from a request body): environments that
+    /// take releases only through requests let it through.
+    #[serde(skip)]
+    pub release_request: Option<u64>,
 }
 
 /// The answer to a job submission.

@@ -106,6 +106,29 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     let live =
         |id: &str| std::fs::read_to_string(srv.join(id).join("shop/current/index.html")).ok();
 
+    // Production takes releases through requests only: a deploy straight
+    // to its minions is refused, by the app route and by a plain job;
+    // staging, without rules, may still be deployed directly.
+    let (status, body) = dev.post(
+        "/v1/apps/shop/deploy",
+        json!({ "tag": "v1", "target": "web2" }),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("production"),
+        "{body}"
+    );
+    let (status, body) = dev.post(
+        "/v1/jobs",
+        json!({ "target": "web*", "fun": "git_deploy.deploy", "kwarg": { "app": "shop", "tag": "v1" } }),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = dev.post(
+        "/v1/jobs",
+        json!({ "target": "web2", "fun": "git_deploy.status", "kwarg": { "app": "shop" } }),
+    );
+    assert_eq!(status, 202, "reading is not releasing: {body}");
+
     // Production takes only what is live on staging.
     let (status, body) = dev.request("production", "v1");
     assert_eq!(status, 400, "{body}");

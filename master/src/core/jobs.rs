@@ -416,12 +416,47 @@ impl Core {
                 app_minions,
             )
             .map_err(CoreError::Invalid)?;
+        self.check_environments(&app, request, accepted, job_minions)?;
         request.timeout.get_or_insert(app.timeout);
         for (key, value) in secret {
             if request.secret.insert(key.clone(), value).is_some() {
                 return Err(CoreError::invalid(format!(
                     "`{key}` comes from app {}'s credentials; do not pass it as well",
                     app.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// An app whose environment requires approval or promotion takes
+    /// releases there only through release requests: a deploy or rollback
+    /// job reaching one of its minions otherwise is refused, naming the
+    /// environment (reading functions, `status`, `list`, pass).
+    fn check_environments(
+        &self,
+        app: &halite_proto::app::AppSpec,
+        request: &JobRequest,
+        accepted: &[String],
+        job_minions: &[String],
+    ) -> Result<(), CoreError> {
+        let function = request.fun.rsplit('.').next().unwrap_or_default();
+        let releases = matches!(function, "deploy" | "rollback" | "undeploy");
+        if !releases || request.release_request.is_some() {
+            return Ok(());
+        }
+        for (name, env) in &app.env {
+            if !(env.requires_approval || env.promote_from.is_some()) {
+                continue;
+            }
+            let target = Target::parse(env.tgt_type, &env.target)
+                .map_err(|e| CoreError::Invalid(format!("app {} env {name}: {e}", app.name)))?;
+            let theirs = self.presence.matching(accepted, &target);
+            if job_minions.iter().any(|m| theirs.contains(m)) {
+                return Err(CoreError::Forbidden(format!(
+                    "{} {name} takes releases through requests only (approval or promotion): \
+                     master-cli requests new {} {name} tag=... --reason \"...\"",
+                    app.name, app.name
                 )));
             }
         }

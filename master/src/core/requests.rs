@@ -146,7 +146,7 @@ impl Core {
             }
         };
         options.insert("target".into(), Value::String(env.target.clone()));
-        let submitted = self.release_app(user, &app.name, action, options)?;
+        let submitted = self.release_app(user, &app.name, action, options, Some(id))?;
         request
             .apply(Action::Deploy(submitted.jid), user, None, now_ms(), &rules)
             .map_err(|e| CoreError::Conflict(e.to_string()))?;

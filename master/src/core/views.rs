@@ -269,6 +269,7 @@ impl Core {
         app: &str,
         action: ReleaseAction,
         mut options: Map<String, Value>,
+        release_request: Option<u64>,
     ) -> Result<Submitted, CoreError> {
         let apps = self.apps()?;
         let spec = apps
@@ -308,6 +309,7 @@ impl Core {
             fun: format!("{}.{function}", crate::apps::module_for(spec)),
             kwarg: options,
             timeout,
+            release_request,
             ..JobRequest::default()
         };
         self.submit(user, request)
