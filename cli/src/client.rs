@@ -25,15 +25,39 @@ impl Client {
         let token = std::fs::read_to_string(&token_file)
             .with_context(|| {
                 format!(
-                    "cannot read the CLI token {} (run master-cli as the master's user, after the master has started)",
+                    "cannot read the CLI token {} (run master-cli as the master's user, after the master has started; or as an API user with --user)",
                     token_file.display()
                 )
             })?
             .trim()
             .to_owned();
+        Client::with_token(&config, token)
+    }
+
+    /// Logs in to the master `config_file` names as an API user (`POST
+    /// /v1/login`): what that user's grants allow, and requests made and
+    /// approved in their name. Needs no access to the root token.
+    pub async fn login(config_file: &Path, user: &str, password: &str) -> anyhow::Result<Client> {
+        let config = location(config_file)?;
+        let mut client = Client::with_token(&config, String::new())?;
+        let answer: serde_json::Value = client
+            .post(
+                "/v1/login",
+                &serde_json::json!({ "username": user, "password": password }),
+            )
+            .await?;
+        client.token = answer["token"]
+            .as_str()
+            .context("the master's login answer has no token")?
+            .to_owned();
+        Ok(client)
+    }
+
+    /// A client of the API `config` locates, presenting `token`.
+    fn with_token(config: &MasterLocation, token: String) -> anyhow::Result<Client> {
         let mut addr = config.api_bind;
         if addr.port() == 0 {
-            addr = bound_api(&config)?;
+            addr = bound_api(config)?;
         }
         if addr.ip().is_unspecified() {
             addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port());

@@ -38,6 +38,11 @@ struct Cli {
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Act as this API user (the password from HALITE_PASSWORD, else
+    /// stdin, else a prompt) instead of root: what their grants allow,
+    /// and release requests made and approved in their name.
+    #[arg(long, global = true, env = "HALITE_USER")]
+    user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -125,6 +130,13 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Release requests: ask for a version in an app's environment, have
+    /// it approved, deploy it (`requests new shop production tag=v3
+    /// --reason "fixes checkout"`).
+    Requests {
+        #[command(subcommand)]
+        command: RequestsCommand,
+    },
     /// What is live where for an app (`releases shop`), or its deploy
     /// history with `--history`.
     Releases {
@@ -136,6 +148,92 @@ enum Command {
         /// How many history records.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum RequestsCommand {
+    /// Ask for a version: `tag=v3`, `branch=main` or `rev=1a2b3c` (git
+    /// apps); `url=... sha256=... version=...` (artifact apps).
+    New {
+        /// App name.
+        app: String,
+        /// Environment.
+        env: String,
+        /// `KEY=VALUE` words naming the version.
+        #[arg(required = true)]
+        words: Vec<String>,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Ask to roll an environment back (`to=RELEASE`, else the previous).
+    Rollback {
+        /// App name.
+        app: String,
+        /// Environment.
+        env: String,
+        /// Optional `to=RELEASE`.
+        words: Vec<String>,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Requests, newest first.
+    List {
+        /// Only this app's.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this environment's.
+        #[arg(long)]
+        env: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One request and its timeline.
+    Show {
+        /// Request number.
+        id: u64,
+    },
+    /// Approve (an approver of the environment, not the requester).
+    Approve {
+        /// Request number.
+        id: u64,
+        /// Why, optionally.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse, with a reason.
+    Reject {
+        /// Request number.
+        id: u64,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Send back for changes, with a reason.
+    Return {
+        /// Request number.
+        id: u64,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Submit a returned request again (the requester).
+    Resubmit {
+        /// Request number.
+        id: u64,
+    },
+    /// Take a request back (the requester).
+    Withdraw {
+        /// Request number.
+        id: u64,
+    },
+    /// Deploy an approved request with exactly its approved revision.
+    Deploy {
+        /// Request number.
+        id: u64,
     },
 }
 
@@ -264,7 +362,10 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Users { command } = &cli.command {
         return users_noted(&cli.config, command, cli.json).await;
     }
-    let client = Client::from_config(&cli.config)?;
+    let client = match &cli.user {
+        Some(user) => Client::login(&cli.config, user, &login_password(user)?).await?,
+        None => Client::from_config(&cli.config)?,
+    };
     let json = cli.json;
     match cli.command {
         Command::Users { .. } => unreachable_usage().map(|_| ExitCode::from(2)),
@@ -338,6 +439,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             since,
         } => minions(&client, events, checks.then_some((failed, since)), json).await,
         Command::Keys { command } => keys(&client, command, json).await,
+        Command::Requests { command } => requests(&client, command, json).await,
         Command::Apps => {
             let apps: Vec<halite_proto::app::AppSpec> = client.get("/v1/apps").await?;
             output::apps(&apps, json)?;
@@ -720,6 +822,114 @@ fn read_password(name: &str) -> anyhow::Result<String> {
     let second = rpassword::prompt_password("Again: ")?;
     anyhow::ensure!(first == second, "the passwords differ; nothing changed");
     Ok(first)
+}
+
+/// The password `--user` logs in with: HALITE_PASSWORD, else stdin's
+/// first line when it is not a terminal, else a prompt.
+fn login_password(user: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if let Ok(password) = std::env::var("HALITE_PASSWORD") {
+        return Ok(password);
+    }
+    if !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        anyhow::ensure!(!password.is_empty(), "no password for {user} on stdin");
+        return Ok(password);
+    }
+    Ok(rpassword::prompt_password(format!(
+        "Password for {user}: "
+    ))?)
+}
+
+/// `master-cli requests ...`.
+async fn requests(
+    client: &Client,
+    command: RequestsCommand,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use halite_model::{NewRequest, ReleaseRequest, RequestKind};
+    let version = |words: &[String]| -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        words
+            .iter()
+            .map(|w| {
+                halite_proto::words::keyword(w)
+                    .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+                    .ok_or_else(|| anyhow::anyhow!("{w:?} is not KEY=VALUE (tag=v3, to=...)"))
+            })
+            .collect()
+    };
+    let (path, step) = match command {
+        RequestsCommand::New {
+            app,
+            env,
+            words,
+            reason,
+        } => {
+            let new = NewRequest {
+                app,
+                env,
+                kind: RequestKind::Deploy,
+                version: version(&words)?,
+                reason,
+            };
+            let made: ReleaseRequest = client.post("/v1/requests", &new).await?;
+            output::request(&made, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RequestsCommand::Rollback {
+            app,
+            env,
+            words,
+            reason,
+        } => {
+            let new = NewRequest {
+                app,
+                env,
+                kind: RequestKind::Rollback,
+                version: version(&words)?,
+                reason,
+            };
+            let made: ReleaseRequest = client.post("/v1/requests", &new).await?;
+            output::request(&made, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RequestsCommand::List { app, env, limit } => {
+            let mut query = format!("/v1/requests?limit={limit}");
+            if let Some(app) = app {
+                query.push_str(&format!("&app={}", path_segment(&app)));
+            }
+            if let Some(env) = env {
+                query.push_str(&format!("&env={}", path_segment(&env)));
+            }
+            let listed: Vec<ReleaseRequest> = client.get(&query).await?;
+            output::requests(&listed, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RequestsCommand::Show { id } => {
+            let request: ReleaseRequest = client.get(&format!("/v1/requests/{id}")).await?;
+            output::request(&request, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RequestsCommand::Approve { id, reason } => (format!("/v1/requests/{id}/approve"), reason),
+        RequestsCommand::Reject { id, reason } => {
+            (format!("/v1/requests/{id}/reject"), Some(reason))
+        }
+        RequestsCommand::Return { id, reason } => {
+            (format!("/v1/requests/{id}/return"), Some(reason))
+        }
+        RequestsCommand::Resubmit { id } => (format!("/v1/requests/{id}/resubmit"), None),
+        RequestsCommand::Withdraw { id } => (format!("/v1/requests/{id}/withdraw"), None),
+        RequestsCommand::Deploy { id } => (format!("/v1/requests/{id}/deploy"), None),
+    };
+    let body = match step {
+        Some(reason) => serde_json::json!({ "reason": reason }),
+        None => serde_json::json!({}),
+    };
+    let request: ReleaseRequest = client.post(&path, &body).await?;
+    output::request(&request, json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn unreachable_usage() -> anyhow::Result<String> {

@@ -281,6 +281,97 @@ impl Columns {
     }
 }
 
+/// `requests list`: one line each.
+pub fn requests(requests: &[halite_model::ReleaseRequest], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&requests);
+    }
+    let mut table = Columns::new(&[
+        ">ID",
+        "APP",
+        "ENV",
+        "VERSION",
+        "REVISION",
+        "STATE",
+        "BY",
+        "ASKED (UTC)",
+        "REASON",
+    ]);
+    for r in requests {
+        table.row(vec![
+            r.id.to_string(),
+            r.app.clone(),
+            r.env.clone(),
+            version_text(r),
+            r.revision
+                .as_deref()
+                .map_or("-", |v| &v[..v.len().min(12)])
+                .to_owned(),
+            r.state.to_string(),
+            r.requester.clone(),
+            format_ms(r.at_creation()),
+            r.reason.clone(),
+        ]);
+    }
+    table.print();
+    line(&count(requests.len(), "request", "requests"));
+    Ok(())
+}
+
+/// `requests show` (and the answer to every step): the request and its
+/// timeline.
+pub fn request(request: &halite_model::ReleaseRequest, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(request);
+    }
+    line(&format!(
+        "Request {} ({:?}): {} {} {} — {}",
+        request.id,
+        request.kind,
+        request.app,
+        request.env,
+        version_text(request),
+        request.state
+    ));
+    if let Some(revision) = &request.revision {
+        line(&format!("  revision {revision}"));
+    }
+    if let Some(jid) = &request.jid {
+        line(&format!("  job {jid}"));
+    }
+    let mut table = Columns::new(&["TIME (UTC)", "STATE", "BY", "WHY"]);
+    for step in &request.history {
+        table.row(vec![
+            format_ms(step.at),
+            step.state.to_string(),
+            step.by.clone(),
+            step.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+/// `tag v3`, `version 1.4.2`, `to 20261122-...` — what a request names.
+fn version_text(request: &halite_model::ReleaseRequest) -> String {
+    let words: Vec<String> = request
+        .version
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "tag" | "branch" | "rev" | "version" | "to"))
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+            )
+        })
+        .collect();
+    if words.is_empty() {
+        "previous".to_owned()
+    } else {
+        words.join(" ")
+    }
+}
+
 /// "1 minion", "3 minions".
 pub fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

@@ -511,6 +511,20 @@ impl Master {
         CliOutput::from(output)
     }
 
+    /// `master-cli --config <this master> --user USER ARGS`, as that API
+    /// user (password from HALITE_PASSWORD), not root.
+    pub fn cli_as(&self, user: &str, password: &str, args: &[&str]) -> CliOutput {
+        let output = Command::new(bin("master-cli"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--user", user])
+            .args(args)
+            .env("HALITE_PASSWORD", password)
+            .output()
+            .expect("run master-cli");
+        CliOutput::from(output)
+    }
+
     /// `master-cli --config <this master> ARGS` with `input` on stdin.
     pub fn cli_input(&self, args: &[&str], input: &str) -> CliOutput {
         use std::io::Write;

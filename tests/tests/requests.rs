@@ -202,7 +202,19 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     let (status, prod) = dev.request("production", "v2");
     assert_eq!(status, 201, "{prod}");
     let prod_id = prod["id"].as_u64().unwrap();
-    lead.post(&format!("/v1/requests/{prod_id}/approve"), json!({}));
+    // The lead approves from the command line, as themselves.
+    let out = master.cli_as(
+        "lead",
+        "pw-of-lead",
+        &["requests", "approve", &prod_id.to_string()],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = master.cli_as(
+        "dev",
+        "pw-of-dev",
+        &["requests", "approve", &prod_id.to_string()],
+    );
+    assert_ne!(out.code, 0, "already approved: {out:?}");
     std::fs::write(shop.work.join("index.html"), "unreviewed").unwrap();
     git(&shop.work, &["commit", "-qam", "sneaky"]);
     git(&shop.work, &["tag", "-f", "v2"]);
@@ -224,8 +236,21 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
 
     // Everything is still there after a restart.
     master.restart();
-    let (status, listed) = dev.get("/v1/requests?app=shop&env=production");
-    assert_eq!(status, 200, "{listed}");
+    let out = master.cli_as(
+        "dev",
+        "pw-of-dev",
+        &[
+            "requests",
+            "list",
+            "--app",
+            "shop",
+            "--env",
+            "production",
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let listed = out.json();
     let states: Vec<&str> = listed
         .as_array()
         .unwrap()
