@@ -145,7 +145,7 @@ impl Core {
                 ReleaseAction::Rollback
             }
         };
-        options.insert("target".into(), Value::String(env.target.clone()));
+        options.insert("target".into(), Value::String(as_compound(&env)));
         let submitted = self.release_app(user, &app.name, action, options, Some(id))?;
         request
             .apply(Action::Deploy(submitted.jid), user, None, now_ms(), &rules)
@@ -306,7 +306,59 @@ fn describe(version: &Map<String, Value>) -> String {
     "the previous release".to_owned()
 }
 
+/// An environment's target as a compound expression (what a narrower
+/// target of an app release is read as).
+fn as_compound(env: &EnvSpec) -> String {
+    use halite_proto::TargetType;
+    match env.tgt_type {
+        TargetType::Glob | TargetType::Compound => env.target.clone(),
+        TargetType::List => format!("L@{}", env.target),
+        TargetType::Grain => format!("G@{}", env.target),
+        TargetType::Pcre => format!("E@{}", env.target),
+    }
+}
+
 /// A commit id or hash, shortened for messages.
 fn short(revision: &str) -> &str {
     revision.get(..12).unwrap_or(revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use halite_proto::target::Target;
+    use halite_proto::TargetType;
+
+    #[test]
+    fn an_environment_target_reads_the_same_as_a_compound() {
+        for (tgt_type, target, id, grains) in [
+            (TargetType::Glob, "web*", "web1", serde_json::json!({})),
+            (TargetType::List, "web1,web2", "web2", serde_json::json!({})),
+            (
+                TargetType::Grain,
+                "role:web",
+                "x",
+                serde_json::json!({"role": "web"}),
+            ),
+            (
+                TargetType::Pcre,
+                "web[0-9]+",
+                "web12",
+                serde_json::json!({}),
+            ),
+        ] {
+            let env = EnvSpec {
+                target: target.into(),
+                tgt_type,
+                ..EnvSpec::default()
+            };
+            let own = Target::parse(tgt_type, target).unwrap();
+            let compound = Target::parse(TargetType::Compound, &as_compound(&env)).unwrap();
+            assert!(
+                own.matches(id, &grains) && compound.matches(id, &grains),
+                "{target}"
+            );
+            assert!(!compound.matches("db1", &serde_json::json!({})), "{target}");
+        }
+    }
 }
