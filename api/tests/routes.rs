@@ -475,15 +475,9 @@ impl Backend for Fake {
         step: halite_model::Step,
         reason: Option<&str>,
     ) -> Result<halite_model::ReleaseRequest, ApiError> {
-        use halite_model::{Action, Step};
-        let action = match step {
-            Step::Approve => Action::Approve,
-            Step::Reject => Action::Reject,
-            Step::Return => Action::Return,
-            Step::Resubmit => Action::Resubmit,
-            Step::Withdraw => Action::Withdraw,
-            Step::Deploy => Action::Deploy(jid(KNOWN)),
-        };
+        let action = step
+            .decision()
+            .unwrap_or(halite_model::Action::Deploy(jid(KNOWN)));
         let rules = halite_model::Rules {
             requires_approval: true,
             approvers: vec!["alice".into(), "viewer".into()],

@@ -849,7 +849,7 @@ async fn requests(
     command: RequestsCommand,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    use halite_model::{NewRequest, ReleaseRequest, RequestKind};
+    use halite_model::{ReleaseRequest, RequestKind};
     let version = |words: &[String]| -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
         words
             .iter()
@@ -867,16 +867,16 @@ async fn requests(
             words,
             reason,
         } => {
-            let new = NewRequest {
+            return new_request(
+                client,
+                RequestKind::Deploy,
                 app,
                 env,
-                kind: RequestKind::Deploy,
-                version: version(&words)?,
+                version(&words)?,
                 reason,
-            };
-            let made: ReleaseRequest = client.post("/v1/requests", &new).await?;
-            output::request(&made, json)?;
-            return Ok(ExitCode::SUCCESS);
+                json,
+            )
+            .await;
         }
         RequestsCommand::Rollback {
             app,
@@ -884,16 +884,16 @@ async fn requests(
             words,
             reason,
         } => {
-            let new = NewRequest {
+            return new_request(
+                client,
+                RequestKind::Rollback,
                 app,
                 env,
-                kind: RequestKind::Rollback,
-                version: version(&words)?,
+                version(&words)?,
                 reason,
-            };
-            let made: ReleaseRequest = client.post("/v1/requests", &new).await?;
-            output::request(&made, json)?;
-            return Ok(ExitCode::SUCCESS);
+                json,
+            )
+            .await;
         }
         RequestsCommand::List { app, env, limit } => {
             let mut query = format!("/v1/requests?limit={limit}");
@@ -929,6 +929,28 @@ async fn requests(
     };
     let request: ReleaseRequest = client.post(&path, &body).await?;
     output::request(&request, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `requests new` and `requests rollback`: makes the request, prints it.
+async fn new_request(
+    client: &Client,
+    kind: halite_model::RequestKind,
+    app: String,
+    env: String,
+    version: serde_json::Map<String, serde_json::Value>,
+    reason: String,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let new = halite_model::NewRequest {
+        app,
+        env,
+        kind,
+        version,
+        reason,
+    };
+    let made: halite_model::ReleaseRequest = client.post("/v1/requests", &new).await?;
+    output::request(&made, json)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,7 +12,7 @@ use halite_api::types::{
     JobRecord, JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
 use halite_api::{ApiError, AppAction, Backend, Grant, KeyAction, PublicKeyText};
-use halite_model::{Action, NewRequest, ReleaseRequest, Step};
+use halite_model::{NewRequest, ReleaseRequest, Step};
 use halite_pki::PkiError;
 use halite_proto::Jid;
 use serde_json::{Map, Value};
@@ -230,13 +230,8 @@ impl Backend for ApiBackend {
         step: Step,
         reason: Option<&str>,
     ) -> Result<ReleaseRequest, ApiError> {
-        let action = match step {
-            Step::Approve => Action::Approve,
-            Step::Reject => Action::Reject,
-            Step::Return => Action::Return,
-            Step::Resubmit => Action::Resubmit,
-            Step::Withdraw => Action::Withdraw,
-            Step::Deploy => return Ok(blocking(|| self.0.deploy_request(user, id))?),
+        let Some(action) = step.decision() else {
+            return Ok(blocking(|| self.0.deploy_request(user, id))?);
         };
         Ok(blocking(|| {
             self.0.decide_request(user, id, action, reason)

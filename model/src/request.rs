@@ -174,6 +174,21 @@ pub enum Step {
     Deploy,
 }
 
+impl Step {
+    /// The decision this step is, or `None` for `Deploy` (which needs its
+    /// job published first, then is [`Action::Deploy`]).
+    pub fn decision(self) -> Option<Action> {
+        match self {
+            Step::Approve => Some(Action::Approve),
+            Step::Reject => Some(Action::Reject),
+            Step::Return => Some(Action::Return),
+            Step::Resubmit => Some(Action::Resubmit),
+            Step::Withdraw => Some(Action::Withdraw),
+            Step::Deploy => None,
+        }
+    }
+}
+
 /// An environment's rules for its requests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rules {

@@ -41,6 +41,48 @@ pub fn call(
     (status, body)
 }
 
+/// The real `pepper` (salt-api's CLI) as `user` against `base`, its login
+/// token cached under `home` (one login for many calls: a test that
+/// polls stays under the login throttle). Answers the JSON it prints;
+/// fails the test when pepper fails.
+pub struct Pepper {
+    /// The master's API URL.
+    pub base: String,
+    /// A HOME of the test's own (pepper writes its token cache there).
+    pub home: std::path::PathBuf,
+    /// salt-api user and password.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// What pepper sends as `eauth` (halite accepts any).
+    pub eauth: String,
+}
+
+impl Pepper {
+    /// Runs `pepper --make-token ARGS`.
+    pub fn run(&self, args: &[&str]) -> Value {
+        std::fs::create_dir_all(&self.home).expect("pepper's HOME");
+        let out = std::process::Command::new(crate::test_tool("pepper", "pepper/bin/pepper"))
+            .arg("--make-token")
+            .args(args)
+            .env("HOME", &self.home)
+            .env("SALTAPI_URL", &self.base)
+            .env("SALTAPI_USER", &self.user)
+            .env("SALTAPI_PASS", &self.password)
+            .env("SALTAPI_EAUTH", &self.eauth)
+            .output()
+            .expect("pepper runs (scripts/test.sh installs it under target/test-tools/)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "pepper {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("pepper {args:?} printed no JSON ({e}): {stdout}"))
+    }
+}
+
 /// `POST /v1/login`: status and body.
 pub fn login(base: &str, user: &str, password: &str) -> (u16, Value) {
     call(

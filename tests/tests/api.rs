@@ -441,31 +441,14 @@ fn pepper_speaks_to_halite_as_to_salt_api() {
         0
     );
     let base = master.api_url();
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let pepper = |args: &[&str]| -> Value {
-        let out =
-            std::process::Command::new(halite_tests::test_tool("pepper", "pepper/bin/pepper"))
-                // One login, its token cached in HOME: a test that polls
-                // stays under the login throttle.
-                .arg("--make-token")
-                .args(args)
-                .env("HOME", &home)
-                .env("SALTAPI_URL", &base)
-                .env("SALTAPI_USER", "salt")
-                .env("SALTAPI_PASS", "pepper-pw")
-                .env("SALTAPI_EAUTH", "pam")
-                .output()
-                .expect("pepper runs (scripts/test.sh installs it under target/test-tools/)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "pepper {args:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("pepper {args:?} printed no JSON ({e}): {stdout}"))
+    let pepper = halite_tests::api::Pepper {
+        base: base.clone(),
+        home: dir.path().join("home"),
+        user: "salt".into(),
+        password: "pepper-pw".into(),
+        eauth: "pam".into(),
     };
+    let pepper = |args: &[&str]| pepper.run(args);
 
     let ping = pepper(&["web*", "test.ping"]);
     assert_eq!(ping["return"][0]["web1"]["ret"], true, "{ping}");

@@ -525,30 +525,14 @@ fn pepper_drives_wheel_runner_and_the_functions_salt_tools_call() {
     let (master, _minions) = fleet(dir.path());
     let _web03 = Minion::start(dir.path(), "web03", master.return_port, "");
     let base = master.api_url();
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let pepper = |args: &[&str]| -> Value {
-        let out =
-            std::process::Command::new(halite_tests::test_tool("pepper", "pepper/bin/pepper"))
-                // One login, its token cached in HOME for the other calls.
-                .arg("--make-token")
-                .args(args)
-                .env("HOME", &home)
-                .env("SALTAPI_URL", &base)
-                .env("SALTAPI_USER", "saltdev")
-                .env("SALTAPI_PASS", PASSWORD)
-                .env("SALTAPI_EAUTH", "sharedsecret")
-                .output()
-                .expect("pepper runs (scripts/test.sh installs it under target/test-tools/)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "pepper {args:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("pepper {args:?} printed no JSON ({e}): {stdout}"))
+    let pepper = halite_tests::api::Pepper {
+        base: base.clone(),
+        home: dir.path().join("home"),
+        user: "saltdev".into(),
+        password: PASSWORD.into(),
+        eauth: "sharedsecret".into(),
     };
+    let pepper = |args: &[&str]| pepper.run(args);
     let wheel = |args: &[&str]| -> Value {
         let mut argv = vec!["--client", "wheel"];
         argv.extend_from_slice(args);
