@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use halite_model::{NewRequest, ReleaseRequest, Step};
+use halite_model::{HookOutcome, NewRequest, NewSchedule, ReleaseRequest, Schedule, Step};
 
 use crate::types::{
     AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
@@ -155,14 +155,47 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<ReleaseRequest>, ApiError>;
     /// One release request.
     fn request(&self, id: u64) -> Result<ReleaseRequest, ApiError>;
-    /// Takes a step on a request as `user` (approve, reject, deploy...).
+    /// Takes a step on a request as `user` (approve, reject, deploy...);
+    /// a deploy inside a freeze window needs `override_freeze`.
     fn request_step(
         &self,
         user: &str,
         id: u64,
         step: Step,
         reason: Option<&str>,
+        override_freeze: bool,
     ) -> Result<ReleaseRequest, ApiError>;
+    /// An app's tags (newest first) and branches, from the master's
+    /// cache of its repository (fetched now: slow, call off the workers).
+    fn app_versions(&self, app: &str) -> Result<Value, ApiError>;
+    /// What releasing `version` to `env` would change against what is
+    /// live there: commits and files (fetches: slow).
+    fn app_changes(
+        &self,
+        app: &str,
+        env: &str,
+        version: Map<String, Value>,
+    ) -> Result<Value, ApiError>;
+    /// What a request changes against what is live in its environment.
+    fn request_changes(&self, id: u64) -> Result<Value, ApiError>;
+    /// A webhook for an app: signature checked, push read, request made
+    /// (`headers` lower-case). Slow (fetches).
+    fn webhook(
+        &self,
+        app: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        body: &[u8],
+    ) -> Result<HookOutcome, ApiError>;
+    /// Makes a schedule owned by `user`.
+    fn create_schedule(&self, user: &str, new: NewSchedule) -> Result<Schedule, ApiError>;
+    /// Every schedule.
+    fn schedules(&self) -> Result<Vec<Schedule>, ApiError>;
+    /// One schedule.
+    fn schedule(&self, name: &str) -> Result<Schedule, ApiError>;
+    /// Pauses (or resumes) a schedule.
+    fn pause_schedule(&self, user: &str, name: &str, paused: bool) -> Result<Schedule, ApiError>;
+    /// Removes a schedule made through the API.
+    fn remove_schedule(&self, user: &str, name: &str) -> Result<(), ApiError>;
     /// Adds an entry to the event stream (salt-api's wheel and runner
     /// results, which Salt puts on its event bus); answers its id.
     fn announce(&self, entry: BusEntry) -> Result<u64, ApiError>;

@@ -22,6 +22,7 @@ use crate::backend::{AppAction, Backend, Grant, KeyAction};
 use crate::throttle::{LoginThrottle, Throttled};
 use crate::types::{AuditRecord, JobFilter, JobRequest, JobView, LoginRequest, LoginToken};
 use crate::ApiError;
+use halite_model::{HookOutcome, NewSchedule, Schedule};
 
 pub(crate) type Shared = Arc<dyn Backend>;
 
@@ -54,9 +55,19 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/apps/{name}/releases", get(app_releases))
         .route("/v1/apps/{name}/deploy", post(app_deploy))
         .route("/v1/apps/{name}/rollback", post(app_rollback))
+        .route("/v1/apps/{name}/versions", get(app_versions))
+        .route("/v1/apps/{name}/changes", get(app_changes))
         .route("/v1/requests", post(create_request).get(list_requests))
         .route("/v1/requests/{id}", get(show_request))
+        .route("/v1/requests/{id}/changes", get(request_changes))
         .route("/v1/requests/{id}/{step}", post(request_step))
+        .route("/v1/schedules", get(list_schedules).post(create_schedule))
+        .route(
+            "/v1/schedules/{name}",
+            get(show_schedule).delete(remove_schedule),
+        )
+        .route("/v1/schedules/{name}/pause", post(pause_schedule))
+        .route("/v1/schedules/{name}/resume", post(resume_schedule))
         .route("/v1/stats", get(stats))
         .route("/v1/audit", get(audit_log).post(audit_note))
         .route("/v1/logout", post(logout))
@@ -69,6 +80,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/login", post(login))
+        .route("/v1/hooks/{app}", post(webhook))
         .merge(crate::salt::open_routes())
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -344,8 +356,11 @@ async fn submit(
     axum::Extension(User(user)): axum::Extension<User>,
     Body(request): Body<JobRequest>,
 ) -> Result<Response, ApiError> {
-    let detail = AuditDetail(format!("{} on {}", request.fun, request.target));
+    let mut detail = AuditDetail(format!("{} on {}", request.fun, request.target));
     let submitted = backend.submit(&user, request)?;
+    if let Some(window) = &submitted.freeze_override {
+        detail.0 = format!("{}: inside freeze window {window:?} by override", detail.0);
+    }
     Ok((
         StatusCode::ACCEPTED,
         axum::Extension(detail),
@@ -735,12 +750,15 @@ async fn show_request(
     Ok(Json(backend.request(request_id(&id)?)?))
 }
 
-/// The body of a step: a reason, required to reject or return.
+/// The body of a step: a reason, required to reject or return; for a
+/// deploy inside a freeze window, `override_freeze`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StepBody {
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    override_freeze: bool,
 }
 
 /// `POST /v1/requests/{id}/{approve|reject|return|resubmit|withdraw|deploy}`.
@@ -767,9 +785,198 @@ async fn request_step(
                 "no step {step:?}; use approve, reject, return, resubmit, withdraw or deploy"
             ))
         })?;
-    let request = backend.request_step(&user, id, step, body.reason.as_deref())?;
-    let detail = AuditDetail(format!("request {id} {step:?}").to_lowercase());
-    Ok((axum::Extension(detail), Json(request)).into_response())
+    let request = backend.request_step(
+        &user,
+        id,
+        step,
+        body.reason.as_deref(),
+        body.override_freeze,
+    )?;
+    let mut detail = format!("request {id} {step:?}").to_lowercase();
+    if let Some(note) = request
+        .history
+        .last()
+        .and_then(|t| t.reason.as_deref())
+        .filter(|_| step == halite_model::Step::Deploy)
+    {
+        // `deployed inside freeze window "x" by override`
+        detail = format!("{detail}: {note}");
+    }
+    Ok((axum::Extension(AuditDetail(detail)), Json(request)).into_response())
+}
+
+/// `GET /v1/requests/{id}/changes`.
+async fn request_changes(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(backend.request_changes(request_id(&id)?)?))
+}
+
+/// `GET /v1/apps/{name}/versions`.
+async fn app_versions(
+    State(backend): State<Shared>,
+    Segment(name): Segment,
+) -> Result<Json<Value>, ApiError> {
+    valid_id(&name)?;
+    Ok(Json(backend.app_versions(&name)?))
+}
+
+/// `GET /v1/apps/{name}/changes?env=production&tag=v3` (or `branch=`,
+/// `rev=`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    env: String,
+    tag: Option<String>,
+    branch: Option<String>,
+    rev: Option<String>,
+}
+
+async fn app_changes(
+    State(backend): State<Shared>,
+    Segment(name): Segment,
+    Params(query): Params<ChangesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    valid_id(&name)?;
+    valid_id(&query.env)?;
+    let mut version = Map::new();
+    for (key, value) in [
+        ("tag", query.tag),
+        ("branch", query.branch),
+        ("rev", query.rev),
+    ] {
+        if let Some(value) = value {
+            version.insert(key.into(), Value::String(value));
+        }
+    }
+    Ok(Json(backend.app_changes(&name, &query.env, version)?))
+}
+
+/// Largest webhook body taken (GitHub caps its payloads at 25 MB, but
+/// push payloads with their commit lists stay far under this).
+const MAX_HOOK_BODY: usize = 5 * 1024 * 1024;
+
+/// `POST /v1/hooks/{app}`: no token; the sender's signature (or GitLab's
+/// token) is checked against the app's `[trigger] secret`. Audited as
+/// `webhook`, whatever the outcome.
+async fn webhook(
+    State(backend): State<Shared>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Path(app) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    valid_id(&app)?;
+    let from = client_address(&request);
+    let headers: std::collections::BTreeMap<String, String> = request
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str();
+            let wanted = name.starts_with("x-github-")
+                || name.starts_with("x-gitlab-")
+                || name.starts_with("x-gitea-")
+                || name.starts_with("x-gogs-")
+                || name == "x-hub-signature-256";
+            Some((name.to_owned(), value.to_str().ok()?.to_owned())).filter(|_| wanted)
+        })
+        .collect();
+    let bytes = axum::body::to_bytes(request.into_body(), MAX_HOOK_BODY)
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "cannot read the body (at most {MAX_HOOK_BODY} bytes): {e}"
+            ))
+        })?;
+    let outcome = backend.webhook(&app, &headers, &bytes);
+    backend.audit(AuditRecord {
+        at: now_ms(),
+        user: match &outcome {
+            Ok(HookOutcome { source, .. }) => format!("webhook:{source}"),
+            Err(_) => "webhook".into(),
+        },
+        from,
+        method: "POST".into(),
+        path: format!("/v1/hooks/{app}"),
+        status: match &outcome {
+            Ok(_) => 200,
+            Err(e) => e.status.as_u16(),
+        },
+        detail: Some(match &outcome {
+            Ok(HookOutcome {
+                request: Some(r), ..
+            }) => format!("request {} {} {}", r.id, r.app, r.env),
+            Ok(HookOutcome {
+                ignored: Some(why), ..
+            }) => format!("ignored: {why}"),
+            Ok(_) => "nothing done".into(),
+            Err(e) => e.message.clone(),
+        }),
+    });
+    Ok(Json(outcome?).into_response())
+}
+
+async fn list_schedules(State(backend): State<Shared>) -> Result<Json<Vec<Schedule>>, ApiError> {
+    Ok(Json(backend.schedules()?))
+}
+
+async fn create_schedule(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Body(new): Body<NewSchedule>,
+) -> Result<Response, ApiError> {
+    let detail = AuditDetail(format!(
+        "schedule {} `{}`: {} on {}",
+        new.name, new.cron, new.job.fun, new.job.target
+    ));
+    let schedule = backend.create_schedule(&user, new)?;
+    Ok((StatusCode::CREATED, axum::Extension(detail), Json(schedule)).into_response())
+}
+
+async fn show_schedule(
+    State(backend): State<Shared>,
+    Segment(name): Segment,
+) -> Result<Json<Schedule>, ApiError> {
+    Ok(Json(backend.schedule(&name)?))
+}
+
+async fn remove_schedule(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Segment(name): Segment,
+) -> Result<Response, ApiError> {
+    backend.remove_schedule(&user, &name)?;
+    Ok((
+        axum::Extension(AuditDetail(format!("schedule {name} removed"))),
+        Json(serde_json::json!({ "removed": name })),
+    )
+        .into_response())
+}
+
+async fn pause_schedule(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Segment(name): Segment,
+) -> Result<Response, ApiError> {
+    let schedule = backend.pause_schedule(&user, &name, true)?;
+    Ok((
+        axum::Extension(AuditDetail(format!("schedule {name} paused"))),
+        Json(schedule),
+    )
+        .into_response())
+}
+
+async fn resume_schedule(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Segment(name): Segment,
+) -> Result<Response, ApiError> {
+    let schedule = backend.pause_schedule(&user, &name, false)?;
+    Ok((
+        axum::Extension(AuditDetail(format!("schedule {name} resumed"))),
+        Json(schedule),
+    )
+        .into_response())
 }
 
 async fn app_deploy(
@@ -799,7 +1006,10 @@ async fn app_action(
 ) -> Result<Response, ApiError> {
     valid_id(&name)?;
     let submitted = backend.app_action(&user, &name, action, options)?;
-    let detail = AuditDetail(format!("{action:?} {name}").to_lowercase());
+    let mut detail = AuditDetail(format!("{action:?} {name}").to_lowercase());
+    if let Some(window) = &submitted.freeze_override {
+        detail.0 = format!("{}: inside freeze window {window:?} by override", detail.0);
+    }
     Ok((
         StatusCode::ACCEPTED,
         axum::Extension(detail),

@@ -80,8 +80,11 @@ fn job_requests_match_the_document() {
         timeout: Some(60),
         require_up: true,
         batch: Some("25%".into()),
-        // Never in a body: the master sets it for a request's deploy.
+        override_freeze: true,
+        // Never in a body: the master sets them for a request's deploy
+        // and a freeze override.
         release_request: None,
+        freeze_overridden: None,
     };
     agrees("JobRequest", &full);
     // The batch forms the server takes.

@@ -253,6 +253,7 @@ impl Backend for Fake {
         Ok(Submitted {
             jid: jid(KNOWN),
             minions: vec!["web01".into(), "web02".into()],
+            freeze_override: None,
         })
     }
 
@@ -474,6 +475,7 @@ impl Backend for Fake {
         id: u64,
         step: halite_model::Step,
         reason: Option<&str>,
+        _override_freeze: bool,
     ) -> Result<halite_model::ReleaseRequest, ApiError> {
         let action = step
             .decision()
@@ -492,6 +494,66 @@ impl Backend for Fake {
             .apply(action, user, reason, 2, &rules)
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         Ok(request.clone())
+    }
+
+    // The workflow's git views, webhooks and schedules are exercised
+    // against a real master (tests/tests/workflow.rs); this double has none.
+    fn app_versions(&self, app: &str) -> Result<Value, ApiError> {
+        Err(ApiError::not_found(format!("no app {app:?}")))
+    }
+
+    fn app_changes(
+        &self,
+        app: &str,
+        _: &str,
+        _: serde_json::Map<String, Value>,
+    ) -> Result<Value, ApiError> {
+        Err(ApiError::not_found(format!("no app {app:?}")))
+    }
+
+    fn request_changes(&self, id: u64) -> Result<Value, ApiError> {
+        Err(ApiError::not_found(format!("no request {id}")))
+    }
+
+    fn webhook(
+        &self,
+        app: &str,
+        _: &std::collections::BTreeMap<String, String>,
+        _: &[u8],
+    ) -> Result<halite_model::HookOutcome, ApiError> {
+        Err(ApiError::not_found(format!("no app {app:?}")))
+    }
+
+    fn create_schedule(
+        &self,
+        _: &str,
+        new: halite_model::NewSchedule,
+    ) -> Result<halite_model::Schedule, ApiError> {
+        Err(ApiError::forbidden(format!(
+            "no schedule {:?} here",
+            new.name
+        )))
+    }
+
+    fn schedules(&self) -> Result<Vec<halite_model::Schedule>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    fn schedule(&self, name: &str) -> Result<halite_model::Schedule, ApiError> {
+        Err(ApiError::not_found(format!("no schedule {name:?}")))
+    }
+
+    fn pause_schedule(
+        &self,
+        _: &str,
+        name: &str,
+        _: bool,
+    ) -> Result<halite_model::Schedule, ApiError> {
+        Err(ApiError::not_found(format!("no schedule {name:?}")))
+    }
+
+    fn remove_schedule(&self, _: &str, name: &str) -> Result<(), ApiError> {
+        Err(ApiError::not_found(format!("no schedule {name:?}")))
     }
 
     fn announce(&self, mut entry: BusEntry) -> Result<u64, ApiError> {
@@ -1749,14 +1811,19 @@ async fn salt_api_shapes() {
 /// `(METHOD, /v1/path)` pairs the router source declares.
 fn declared_routes() -> std::collections::BTreeSet<(String, String)> {
     let source = include_str!("../src/routes.rs");
+    // One `.route(` call per piece, however rustfmt wrapped it.
+    let flat: String = source.split_whitespace().collect::<Vec<_>>().join("");
     let mut routes = std::collections::BTreeSet::new();
-    for line in source.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix(".route(\"") else {
+    for piece in flat.split(".route(").skip(1) {
+        let Some(rest) = piece.strip_prefix('"') else {
             continue;
         };
+        let rest = rest.split(".route").next().unwrap_or(rest);
         let Some((path, handlers)) = rest.split_once('"') else {
             continue;
         };
+        // `,get(a).post(b))`: up to the call's end.
+        let handlers = handlers.split("))").next().unwrap_or(handlers);
         if !path.starts_with("/v1/") {
             continue;
         }

@@ -82,6 +82,10 @@ enum Command {
         /// Run on this many minions at a time (`10`) or this share (`25%`).
         #[arg(long, short = 'b')]
         batch: Option<String>,
+        /// Release inside a freeze window (needs the @freeze_override
+        /// grant; audited).
+        #[arg(long)]
+        override_freeze: bool,
     },
     /// Past jobs.
     Jobs {
@@ -136,6 +140,27 @@ enum Command {
     Requests {
         #[command(subcommand)]
         command: RequestsCommand,
+    },
+    /// Jobs run on a cron schedule (`schedules add nightly "0 2 * * *"
+    /// target=stg-web* git_deploy.deploy app=shop branch=main`).
+    Schedules {
+        #[command(subcommand)]
+        command: SchedulesCommand,
+    },
+    /// An app's tags (newest first) and branches, from its repository.
+    Versions {
+        /// App name.
+        app: String,
+    },
+    /// What releasing a version to an environment would change against
+    /// what is live there: `changes shop production tag=v3`.
+    Changes {
+        /// App name.
+        app: String,
+        /// Environment.
+        env: String,
+        /// `tag=V`, `branch=B` or `rev=R`.
+        word: String,
     },
     /// What is live where for an app (`releases shop`), or its deploy
     /// history with `--history`.
@@ -234,6 +259,56 @@ enum RequestsCommand {
     Deploy {
         /// Request number.
         id: u64,
+        /// Deploy inside a freeze window (needs the @freeze_override
+        /// grant; audited).
+        #[arg(long)]
+        override_freeze: bool,
+    },
+    /// What a request changes against what is live in its environment:
+    /// commits and files.
+    Changes {
+        /// Request number.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchedulesCommand {
+    /// Every schedule: when it runs next, its last run and job.
+    List,
+    /// One schedule and its latest runs.
+    Show {
+        /// Schedule name.
+        name: String,
+    },
+    /// Make a schedule: `add NAME "CRON" target=EXPR FUNCTION [ARGS...]`
+    /// (five cron fields, or six with seconds first; UTC).
+    Add {
+        /// Schedule name.
+        name: String,
+        /// Cron expression.
+        cron: String,
+        /// `target=EXPR`, optional `tgt_type=T`, the function, its arguments.
+        #[arg(required = true, num_args = 1..)]
+        words: Vec<String>,
+        /// Seconds each run may take on each minion.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Skip runs until resumed.
+    Pause {
+        /// Schedule name.
+        name: String,
+    },
+    /// Run again from the next time due.
+    Resume {
+        /// Schedule name.
+        name: String,
+    },
+    /// Remove a schedule made through the API.
+    Remove {
+        /// Schedule name.
+        name: String,
     },
 }
 
@@ -410,11 +485,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             progress,
             require_up,
             batch,
+            override_freeze,
         } => {
             let request = match words::parse_run(&words, timeout, &secrets) {
                 Ok(request) => JobRequest {
                     require_up,
                     batch,
+                    override_freeze,
                     ..request
                 },
                 Err(e) => {
@@ -440,6 +517,32 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         } => minions(&client, events, checks.then_some((failed, since)), json).await,
         Command::Keys { command } => keys(&client, command, json).await,
         Command::Requests { command } => requests(&client, command, json).await,
+        Command::Schedules { command } => schedules(&client, command, json).await,
+        Command::Versions { app } => {
+            let versions: Vec<serde_json::Value> = client
+                .get(&format!("/v1/apps/{}/versions", path_segment(&app)))
+                .await?;
+            output::versions(&versions, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Changes { app, env, word } => {
+            let Some((key @ ("tag" | "branch" | "rev"), value)) =
+                halite_proto::words::keyword(&word)
+            else {
+                eprintln!("master-cli changes: name the version as tag=V, branch=B or rev=R");
+                return Ok(ExitCode::from(2));
+            };
+            let changes: serde_json::Value = client
+                .get(&format!(
+                    "/v1/apps/{}/changes?env={}&{key}={}",
+                    path_segment(&app),
+                    path_segment(&env),
+                    path_segment(value)
+                ))
+                .await?;
+            output::changes(&changes, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Apps => {
             let apps: Vec<halite_proto::app::AppSpec> = client.get("/v1/apps").await?;
             output::apps(&apps, json)?;
@@ -921,7 +1024,23 @@ async fn requests(
         }
         RequestsCommand::Resubmit { id } => (format!("/v1/requests/{id}/resubmit"), None),
         RequestsCommand::Withdraw { id } => (format!("/v1/requests/{id}/withdraw"), None),
-        RequestsCommand::Deploy { id } => (format!("/v1/requests/{id}/deploy"), None),
+        RequestsCommand::Changes { id } => {
+            let changes: serde_json::Value =
+                client.get(&format!("/v1/requests/{id}/changes")).await?;
+            output::changes(&changes, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RequestsCommand::Deploy {
+            id,
+            override_freeze,
+        } => {
+            let body = serde_json::json!({ "override_freeze": override_freeze });
+            let request: ReleaseRequest = client
+                .post(&format!("/v1/requests/{id}/deploy"), &body)
+                .await?;
+            output::request(&request, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let body = match step {
         Some(reason) => serde_json::json!({ "reason": reason }),
@@ -929,6 +1048,61 @@ async fn requests(
     };
     let request: ReleaseRequest = client.post(&path, &body).await?;
     output::request(&request, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `master-cli schedules ...`.
+async fn schedules(
+    client: &Client,
+    command: SchedulesCommand,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use halite_model::Schedule;
+    let one = |name: &str| format!("/v1/schedules/{}", path_segment(name));
+    let schedule: Schedule = match command {
+        SchedulesCommand::List => {
+            let all: Vec<Schedule> = client.get("/v1/schedules").await?;
+            output::schedules(&all, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        SchedulesCommand::Show { name } => client.get(&one(&name)).await?,
+        SchedulesCommand::Add {
+            name,
+            cron,
+            words,
+            timeout,
+        } => {
+            let job = match words::parse_run(&words, timeout, &[]) {
+                Ok(job) => job,
+                Err(e) => {
+                    eprintln!("master-cli schedules add: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let new = halite_model::NewSchedule { name, cron, job };
+            client.post("/v1/schedules", &new).await?
+        }
+        SchedulesCommand::Pause { name } => {
+            client
+                .post(&format!("{}/pause", one(&name)), &serde_json::json!({}))
+                .await?
+        }
+        SchedulesCommand::Resume { name } => {
+            client
+                .post(&format!("{}/resume", one(&name)), &serde_json::json!({}))
+                .await?
+        }
+        SchedulesCommand::Remove { name } => {
+            let answer: serde_json::Value = client.delete(&one(&name)).await?;
+            if json {
+                output::print_json(&answer)?;
+            } else {
+                output::line(&format!("Schedule {name} removed."));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    output::schedule(&schedule, json)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -510,6 +510,141 @@ pub fn keys(view: &KeysView, fingerprints: bool) {
     }
 }
 
+/// `versions APP`: tags newest first, then branches.
+pub fn versions(versions: &[serde_json::Value], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&versions);
+    }
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    let mut table = Columns::new(&["KIND", "NAME", "COMMIT", "DATE (UTC)", "SUBJECT"]);
+    for v in versions {
+        let commit = text(v, "commit");
+        table.row(vec![
+            text(v, "kind"),
+            text(v, "name"),
+            commit[..commit.len().min(12)].to_owned(),
+            format_ms(v["time"].as_u64().unwrap_or(0) * 1000),
+            text(v, "subject"),
+        ]);
+    }
+    table.print();
+    line(&count(versions.len(), "version", "versions"));
+    Ok(())
+}
+
+/// `changes` and `requests changes`: commits, then files with line counts.
+pub fn changes(changes: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(changes);
+    }
+    let short = |v: &serde_json::Value| {
+        let id = v.as_str().unwrap_or("");
+        id[..id.len().min(12)].to_owned()
+    };
+    let from = match changes["from"].as_str() {
+        Some(_) => short(&changes["from"]),
+        None => "nothing live".into(),
+    };
+    line(&format!("From {from} to {}", short(&changes["to"])));
+    if changes["backwards"].as_bool() == Some(true) {
+        line("  (goes back to an older release: no new commits)");
+    }
+    let commits = changes["commits"].as_array().cloned().unwrap_or_default();
+    let mut table = Columns::new(&["COMMIT", "DATE (UTC)", "AUTHOR", "SUBJECT"]);
+    for c in &commits {
+        table.row(vec![
+            short(&c["id"]),
+            format_ms(c["time"].as_u64().unwrap_or(0) * 1000),
+            c["author"].as_str().unwrap_or("").to_owned(),
+            c["subject"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    table.print();
+    let more = if changes["truncated"].as_bool() == Some(true) {
+        " (and more)"
+    } else {
+        ""
+    };
+    line(&format!(
+        "{}{more}",
+        count(commits.len(), "commit", "commits")
+    ));
+    let files = changes["files"].as_array().cloned().unwrap_or_default();
+    let mut table = Columns::new(&["CHANGE", ">+", ">-", "FILE"]);
+    let lines = |v: &serde_json::Value| v.as_u64().map_or("bin".to_owned(), |n| n.to_string());
+    for f in &files {
+        table.row(vec![
+            f["change"].as_str().unwrap_or("").to_owned(),
+            lines(&f["added"]),
+            lines(&f["removed"]),
+            f["path"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    table.print();
+    line(&count(files.len(), "file changed", "files changed"));
+    Ok(())
+}
+
+/// `schedules list`.
+pub fn schedules(schedules: &[halite_model::Schedule], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&schedules);
+    }
+    let mut table = Columns::new(&["NAME", "CRON", "NEXT (UTC)", "LAST RUN", "OWNER", "JOB"]);
+    for s in schedules {
+        table.row(vec![
+            s.name.clone(),
+            s.cron.clone(),
+            match (s.paused, s.next_due) {
+                (true, _) => "paused".into(),
+                (false, Some(next)) => format_ms(next),
+                (false, None) => "never".into(),
+            },
+            s.runs.last().map_or("-".into(), run_text),
+            s.owner.clone(),
+            format!("{} on {}", s.job.fun, s.job.target),
+        ]);
+    }
+    table.print();
+    line(&count(schedules.len(), "schedule", "schedules"));
+    Ok(())
+}
+
+/// `schedules show|add|pause|resume`: the schedule and its latest runs.
+pub fn schedule(schedule: &halite_model::Schedule, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(schedule);
+    }
+    line(&format!(
+        "Schedule {} `{}`: {} on {} ({:?}, owner {}){}",
+        schedule.name,
+        schedule.cron,
+        schedule.job.fun,
+        schedule.job.target,
+        schedule.origin,
+        schedule.owner,
+        if schedule.paused { " — paused" } else { "" }
+    ));
+    if let Some(next) = schedule.next_due {
+        line(&format!("  next {}", format_ms(next)));
+    }
+    let mut table = Columns::new(&["DUE (UTC)", "RUN"]);
+    for run in schedule.runs.iter().rev().take(20) {
+        table.row(vec![format_ms(run.due), run_text(run)]);
+    }
+    table.print();
+    Ok(())
+}
+
+/// `job 2026...` or `refused: ...`.
+fn run_text(run: &halite_model::ScheduleRun) -> String {
+    match (&run.jid, &run.error) {
+        (Some(jid), _) => format!("job {jid}"),
+        (None, Some(error)) => format!("not run: {error}"),
+        (None, None) => "-".into(),
+    }
+}
+
 /// `apps`: one line per app.
 pub fn apps(apps: &[halite_proto::app::AppSpec], json: bool) -> anyhow::Result<()> {
     if json {

@@ -66,9 +66,7 @@ pub fn parse_run(
         kwarg,
         secret,
         timeout,
-        require_up: false,
-        batch: None,
-        release_request: None,
+        ..JobRequest::default()
     })
 }
 

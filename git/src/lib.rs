@@ -15,6 +15,9 @@ use std::time::Duration;
 use gix::bstr::ByteSlice;
 use gix::remote::Direction;
 
+/// A cached repository (what [`open_cache`] gives).
+pub use gix::Repository;
+
 /// An error and its causes on one line (`a: b: c`), each cause once.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -310,4 +313,222 @@ fn available(repo: &gix::Repository, wanted: &Wanted) -> String {
     names.sort();
     let shown: Vec<String> = names.iter().rev().take(10).rev().cloned().collect();
     format!("; {label}: {}", shown.join(", "))
+}
+
+/// A tag or branch of the cached repository and the commit it names.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Version {
+    /// `v3`, `main`.
+    pub name: String,
+    /// `tag` or `branch`.
+    pub kind: &'static str,
+    /// The commit id.
+    pub commit: String,
+    /// The commit's time (Unix seconds).
+    pub time: i64,
+    /// The commit's subject line.
+    pub subject: String,
+}
+
+/// What a repository offers to release: tags newest first (by their
+/// commit's time, then name), then branches by name.
+pub fn versions(repo: &gix::Repository) -> Result<Vec<Version>, GitError> {
+    let mut out = Vec::new();
+    for (prefix, kind) in [("refs/tags/", "tag"), ("refs/remotes/origin/", "branch")] {
+        let platform = repo
+            .references()
+            .map_err(|e| GitError::Export(format!("cannot list references: {e}")))?;
+        let refs = platform
+            .prefixed(prefix)
+            .map_err(|e| GitError::Export(format!("cannot list {prefix}: {e}")))?;
+        let mut found = Vec::new();
+        for reference in refs.filter_map(Result::ok) {
+            let mut reference = reference;
+            let name = reference
+                .name()
+                .as_bstr()
+                .to_str_lossy()
+                .trim_start_matches(prefix)
+                .to_owned();
+            if name == "HEAD" {
+                continue;
+            }
+            let Ok(id) = reference.peel_to_id() else {
+                continue;
+            };
+            let Ok(commit) = peel_to_commit(repo, id.detach()) else {
+                continue; // a tag of a tree or blob: nothing to release
+            };
+            let info = commit_info(repo, commit)?;
+            found.push(Version {
+                name,
+                kind,
+                commit: info.id,
+                time: info.time,
+                subject: info.subject,
+            });
+        }
+        if kind == "tag" {
+            found.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.name.cmp(&a.name)));
+        } else {
+            found.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// One commit, for a change list.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CommitInfo {
+    /// Commit id.
+    pub id: String,
+    /// First line of the message.
+    pub subject: String,
+    /// `Name <email>`.
+    pub author: String,
+    /// Author time (Unix seconds).
+    pub time: i64,
+}
+
+/// One changed file and its line counts (none for binary files).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FileChange {
+    /// Path in the repository.
+    pub path: String,
+    /// `added`, `deleted` or `modified`.
+    pub change: &'static str,
+    /// Lines added (None when binary).
+    pub added: Option<u32>,
+    /// Lines removed (None when binary).
+    pub removed: Option<u32>,
+}
+
+/// What going from one commit to another changes: the commits reachable
+/// from `to` but not from `from` (newest first, at most `limit`), and the
+/// files whose content differs between the two trees.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChangeSet {
+    /// The commit live now, if any.
+    pub from: Option<String>,
+    /// The commit asked for.
+    pub to: String,
+    /// The commits in between, newest first.
+    pub commits: Vec<CommitInfo>,
+    /// More commits than `limit` were in between.
+    pub truncated: bool,
+    /// The files changed, by path.
+    pub files: Vec<FileChange>,
+    /// A `to` older than `from` (the change goes backwards: a rollback).
+    pub backwards: bool,
+}
+
+fn parse_id(id: &str) -> Result<gix::ObjectId, GitError> {
+    gix::ObjectId::from_hex(id.as_bytes())
+        .map_err(|e| GitError::Export(format!("{id:?} is not a commit id: {e}")))
+}
+
+fn commit_info(repo: &gix::Repository, id: gix::ObjectId) -> Result<CommitInfo, GitError> {
+    let read =
+        |e: &dyn std::fmt::Display| GitError::Export(format!("cannot read commit {id}: {e}"));
+    let commit = repo
+        .find_object(id)
+        .map_err(|e| read(&e))?
+        .try_into_commit()
+        .map_err(|e| read(&e))?;
+    let message = commit.message().map_err(|e| read(&e))?;
+    let author = commit.author().map_err(|e| read(&e))?;
+    Ok(CommitInfo {
+        id: id.to_string(),
+        subject: message.summary().to_str_lossy().into_owned(),
+        author: format!(
+            "{} <{}>",
+            author.name.to_str_lossy().trim(),
+            author.email.to_str_lossy().trim()
+        ),
+        time: author.seconds(),
+    })
+}
+
+/// The change set from `from` (the live commit, if any) to `to`.
+pub fn changes(
+    repo: &gix::Repository,
+    from: Option<&str>,
+    to: &str,
+    limit: usize,
+) -> Result<ChangeSet, GitError> {
+    let to_id = parse_id(to)?;
+    let from_id = from.map(parse_id).transpose()?;
+    let walk_err =
+        |e: &dyn std::fmt::Display| GitError::Export(format!("cannot walk history: {e}"));
+    let mut commits = Vec::new();
+    let mut truncated = false;
+    let walk = repo
+        .rev_walk([to_id])
+        .with_hidden(from_id)
+        .all()
+        .map_err(|e| walk_err(&e))?;
+    for info in walk {
+        let info = info.map_err(|e| walk_err(&e))?;
+        if commits.len() >= limit {
+            truncated = true;
+            break;
+        }
+        commits.push(commit_info(repo, info.id)?);
+    }
+    let backwards = from_id.is_some_and(|from_id| commits.is_empty() && from_id != to_id);
+    let tree_of = |id: gix::ObjectId| -> Result<gix::Tree<'_>, GitError> {
+        repo.find_object(id)
+            .map_err(|e| GitError::Export(format!("cannot read {id}: {e}")))?
+            .peel_to_tree()
+            .map_err(|e| GitError::Export(format!("cannot read the tree of {id}: {e}")))
+    };
+    let new_tree = tree_of(to_id)?;
+    let old_tree = match from_id {
+        Some(id) => tree_of(id)?,
+        None => repo.empty_tree(),
+    };
+    let diff_err =
+        |e: &dyn std::fmt::Display| GitError::Export(format!("cannot compare trees: {e}"));
+    let mut cache = repo
+        .diff_resource_cache_for_tree_diff()
+        .map_err(|e| diff_err(&e))?;
+    let mut files = Vec::new();
+    let mut platform = old_tree.changes().map_err(|e| diff_err(&e))?;
+    platform.options(|o| {
+        o.track_path().track_rewrites(None);
+    });
+    platform
+        .for_each_to_obtain_tree(&new_tree, |change| {
+            use gix::object::tree::diff::Change;
+            let kind = match &change {
+                Change::Addition { entry_mode, .. } if !entry_mode.is_tree() => "added",
+                Change::Deletion { entry_mode, .. } if !entry_mode.is_tree() => "deleted",
+                Change::Modification { entry_mode, .. } if !entry_mode.is_tree() => "modified",
+                _ => return Ok(std::ops::ControlFlow::Continue(())),
+            };
+            let counts = change
+                .diff(&mut cache)
+                .ok()
+                .and_then(|mut p| p.line_counts().ok())
+                .flatten();
+            files.push(FileChange {
+                path: change.location().to_str_lossy().into_owned(),
+                change: kind,
+                added: counts.map(|c| c.insertions),
+                removed: counts.map(|c| c.removals),
+            });
+            cache.clear_resource_cache_keep_allocation();
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
+        .map_err(|e| diff_err(&e))?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(ChangeSet {
+        from: from_id.map(|id| id.to_string()),
+        to: to_id.to_string(),
+        commits,
+        truncated,
+        files,
+        backwards,
+    })
 }

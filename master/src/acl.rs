@@ -31,6 +31,8 @@ pub enum Special {
     Jobs,
     /// Every runner function (implies [`Special::Jobs`]).
     Runner,
+    /// May deploy during a freeze window when asking to (audited).
+    FreezeOverride,
 }
 
 impl Special {
@@ -39,6 +41,7 @@ impl Special {
             "@wheel" => Some(Special::Wheel),
             "@jobs" => Some(Special::Jobs),
             "@runner" => Some(Special::Runner),
+            "@freeze_override" => Some(Special::FreezeOverride),
             _ => None,
         }
     }
@@ -64,7 +67,10 @@ struct UserGrants {
 /// The parsed `[acl]` table.
 #[derive(Clone, Debug, Default)]
 pub struct Acl {
+    /// By user name, or by group as `name%` (Salt's shape).
     users: BTreeMap<String, UserGrants>,
+    /// `[groups]`: members by group name.
+    groups: BTreeMap<String, Vec<String>>,
 }
 
 /// Why a request is refused (a 403 for the API).
@@ -73,11 +79,43 @@ pub struct Acl {
 pub struct Denied(pub String);
 
 impl Acl {
-    /// Parses the `[acl]` table of `file`; errors name the key (`acl.deployer[0]`).
-    pub fn parse(file: &Path, table: &toml::Table) -> Result<Acl, ConfigError> {
+    /// Parses the `[acl]` and `[groups]` tables of `file`; errors name
+    /// the key (`acl.deployer[0]`, `groups.leads`). An `[acl]` entry
+    /// `leads%` grants every member of the group `leads`.
+    pub fn parse(
+        file: &Path,
+        table: &toml::Table,
+        groups_table: &toml::Table,
+    ) -> Result<Acl, ConfigError> {
+        let mut groups = BTreeMap::new();
+        for (group, members) in groups_table {
+            let key = format!("groups.{group}");
+            halite_proto::ident::validate_id(group)
+                .map_err(|e| ConfigError::key(file, &key, e.to_string()))?;
+            let members = members
+                .as_array()
+                .and_then(|list| {
+                    list.iter()
+                        .map(|m| m.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| {
+                    ConfigError::key(file, &key, "must be a list of user names like [\"alice\"]")
+                })?;
+            groups.insert(group.clone(), members);
+        }
         let mut users = BTreeMap::new();
         for (user, entries) in table {
             let key = format!("acl.{user}");
+            if let Some(group) = user.strip_suffix('%') {
+                if !groups.contains_key(group) {
+                    return Err(ConfigError::key(
+                        file,
+                        &key,
+                        format!("no group {group:?} in [groups]"),
+                    ));
+                }
+            }
             let entries = entries.as_array().ok_or_else(|| {
                 ConfigError::key(
                     file,
@@ -95,7 +133,7 @@ impl Acl {
                             ConfigError::key(
                                 file,
                                 &key,
-                                format!("unknown grant {text:?}; use @wheel, @jobs or @runner"),
+                                format!("unknown grant {text:?}; use @wheel, @jobs, @runner or @freeze_override"),
                             )
                         })?;
                         grants.specials.push(special);
@@ -152,7 +190,43 @@ impl Acl {
             }
             users.insert(user.clone(), grants);
         }
-        Ok(Acl { users })
+        Ok(Acl { users, groups })
+    }
+
+    /// Is `user` named by `entry`: the user itself, or `group%` with the
+    /// user a member (approver lists are read this way).
+    pub fn names(&self, entry: &str, user: &str) -> bool {
+        match entry.strip_suffix('%') {
+            Some(group) => self
+                .groups
+                .get(group)
+                .is_some_and(|members| members.iter().any(|m| m == user)),
+            None => entry == user,
+        }
+    }
+
+    /// The users an entry list names, groups expanded.
+    pub fn expand(&self, entries: &[String]) -> Vec<String> {
+        let mut users = Vec::new();
+        for entry in entries {
+            match entry.strip_suffix('%') {
+                Some(group) => users.extend(self.groups.get(group).cloned().unwrap_or_default()),
+                None => users.push(entry.clone()),
+            }
+        }
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    /// The grants that apply to `user`: its own and its groups'.
+    fn grants_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a UserGrants> + 'a {
+        self.users.get(user).into_iter().chain(
+            self.groups
+                .iter()
+                .filter(move |(_, members)| members.iter().any(|m| m == user))
+                .filter_map(|(group, _)| self.users.get(&format!("{group}%"))),
+        )
     }
 
     /// May `user` run `fun` on every one of `minions`? `matching` gives
@@ -169,15 +243,10 @@ impl Acl {
             return Ok(());
         }
         let grants: Vec<&Grant> = self
-            .users
-            .get(user)
-            .map(|u| {
-                u.grants
-                    .iter()
-                    .filter(|g| g.functions.iter().any(|f| f.is_match(fun)))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .grants_of(user)
+            .flat_map(|u| &u.grants)
+            .filter(|g| g.functions.iter().any(|f| f.is_match(fun)))
+            .collect();
         if grants.is_empty() {
             return Err(Denied(format!(
                 "user {user:?} may not run {fun} on any minion (no grant in the master's [acl])"
@@ -224,11 +293,8 @@ impl Acl {
         if user == halite_pki::users::ROOT {
             return true;
         }
-        let Some(grants) = self.users.get(user) else {
-            return false;
-        };
         let mut uncovered: Vec<String> = minions.to_vec();
-        for grant in &grants.grants {
+        for grant in self.grants_of(user).flat_map(|u| &u.grants) {
             match &grant.target {
                 None => return true,
                 Some((_, target)) => {
@@ -248,7 +314,7 @@ impl Acl {
         if user == halite_pki::users::ROOT {
             return Ok(());
         }
-        let has = self.users.get(user).is_some_and(|u| {
+        let has = self.grants_of(user).any(|u| {
             u.specials.contains(&special)
                 || (special == Special::Jobs && u.specials.contains(&Special::Runner))
         });
@@ -259,6 +325,7 @@ impl Acl {
                 Special::Wheel => "@wheel",
                 Special::Jobs => "@jobs",
                 Special::Runner => "@runner",
+                Special::FreezeOverride => "@freeze_override",
             };
             Err(Denied(format!(
                 "user {user:?} needs the {name} grant in the master's [acl] for this"
@@ -275,10 +342,9 @@ impl Acl {
                 serde_json::json!("@runner"),
             ];
         }
-        self.users
-            .get(user)
-            .map(|u| u.written.clone())
-            .unwrap_or_default()
+        self.grants_of(user)
+            .flat_map(|u| u.written.iter().cloned())
+            .collect()
     }
 }
 
@@ -302,7 +368,36 @@ mod tests {
 
     fn acl(text: &str) -> Result<Acl, ConfigError> {
         let table: toml::Table = toml::from_str(text).unwrap();
-        Acl::parse(Path::new("/etc/halite/master.toml"), &table)
+        let groups = match table.get("groups") {
+            Some(toml::Value::Table(t)) => t.clone(),
+            _ => toml::Table::new(),
+        };
+        let mut acl = table.clone();
+        acl.remove("groups");
+        Acl::parse(Path::new("/etc/halite/master.toml"), &acl, &groups)
+    }
+
+    #[test]
+    fn groups_grant_their_members_and_name_approvers() {
+        let acl = acl(r#"
+"leads%" = ["test.ping", "@freeze_override"]
+[groups]
+leads = ["alice", "bob"]
+"#)
+        .unwrap();
+        let web = ids(&["web1"]);
+        assert!(acl.check_job("alice", "test.ping", &web, by_glob).is_ok());
+        assert!(acl.check_job("carol", "test.ping", &web, by_glob).is_err());
+        assert!(acl.check_special("bob", Special::FreezeOverride).is_ok());
+        assert!(acl.check_special("carol", Special::FreezeOverride).is_err());
+        assert!(acl.names("leads%", "alice") && !acl.names("leads%", "carol"));
+        assert_eq!(
+            acl.expand(&["leads%".into(), "dave".into()]),
+            ["alice", "bob", "dave"]
+        );
+        let unknown: toml::Table = toml::from_str("\"ops%\" = [\".*\"]").unwrap();
+        let err = Acl::parse(Path::new("/m.toml"), &unknown, &toml::Table::new()).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("acl.ops%"));
     }
 
     fn by_glob(ids: &[String], target: &Target) -> Vec<String> {

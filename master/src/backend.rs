@@ -12,7 +12,7 @@ use halite_api::types::{
     JobRecord, JobRequest, JobView, KeysView, LoginToken, MinionView, PresenceEvent, Submitted,
 };
 use halite_api::{ApiError, AppAction, Backend, Grant, KeyAction, PublicKeyText};
-use halite_model::{NewRequest, ReleaseRequest, Step};
+use halite_model::{HookOutcome, NewRequest, NewSchedule, ReleaseRequest, Schedule, Step};
 use halite_pki::PkiError;
 use halite_proto::Jid;
 use serde_json::{Map, Value};
@@ -229,13 +229,65 @@ impl Backend for ApiBackend {
         id: u64,
         step: Step,
         reason: Option<&str>,
+        override_freeze: bool,
     ) -> Result<ReleaseRequest, ApiError> {
         let Some(action) = step.decision() else {
-            return Ok(blocking(|| self.0.deploy_request(user, id))?);
+            return Ok(blocking(|| {
+                self.0.deploy_request(user, id, override_freeze)
+            })?);
         };
         Ok(blocking(|| {
             self.0.decide_request(user, id, action, reason)
         })?)
+    }
+
+    fn app_versions(&self, app: &str) -> Result<Value, ApiError> {
+        let versions = blocking(|| self.0.app_versions(app))?;
+        Ok(serde_json::to_value(versions).unwrap_or_default())
+    }
+
+    fn app_changes(
+        &self,
+        app: &str,
+        env: &str,
+        version: Map<String, Value>,
+    ) -> Result<Value, ApiError> {
+        let changes = blocking(|| self.0.app_changes(app, env, &version))?;
+        Ok(serde_json::to_value(changes).unwrap_or_default())
+    }
+
+    fn request_changes(&self, id: u64) -> Result<Value, ApiError> {
+        let changes = blocking(|| self.0.request_changes(id))?;
+        Ok(serde_json::to_value(changes).unwrap_or_default())
+    }
+
+    fn webhook(
+        &self,
+        app: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        body: &[u8],
+    ) -> Result<HookOutcome, ApiError> {
+        Ok(blocking(|| self.0.webhook(app, headers, body))?)
+    }
+
+    fn create_schedule(&self, user: &str, new: NewSchedule) -> Result<Schedule, ApiError> {
+        Ok(blocking(|| self.0.create_schedule(user, new))?)
+    }
+
+    fn schedules(&self) -> Result<Vec<Schedule>, ApiError> {
+        Ok(blocking(|| self.0.schedules())?)
+    }
+
+    fn schedule(&self, name: &str) -> Result<Schedule, ApiError> {
+        Ok(blocking(|| self.0.schedule(name))?)
+    }
+
+    fn pause_schedule(&self, user: &str, name: &str, paused: bool) -> Result<Schedule, ApiError> {
+        Ok(blocking(|| self.0.pause_schedule(user, name, paused))?)
+    }
+
+    fn remove_schedule(&self, user: &str, name: &str) -> Result<(), ApiError> {
+        Ok(blocking(|| self.0.remove_schedule(user, name))?)
     }
 
     fn announce(&self, entry: BusEntry) -> Result<u64, ApiError> {

@@ -51,6 +51,10 @@ struct RawConfig {
     #[serde(rename = "api_tls_key")]
     _api_tls_key: Option<toml::Value>,
     acl: Option<toml::Table>,
+    groups: Option<toml::Table>,
+    freeze: Option<Vec<toml::Value>>,
+    schedule: Option<Vec<toml::Value>>,
+    notify: Option<Vec<toml::Value>>,
 }
 
 /// A validated master configuration.
@@ -105,8 +109,14 @@ pub struct Config {
     /// Certificate chain and key (PEM) to serve the API over HTTPS; both
     /// or neither.
     pub api_tls: Option<(PathBuf, PathBuf)>,
-    /// Who may run what where (`[acl]`).
+    /// Who may run what where (`[acl]`, with `[groups]`).
     pub acl: crate::acl::Acl,
+    /// When releases are refused (`[[freeze]]`).
+    pub freezes: Vec<crate::freeze::FreezeWindow>,
+    /// Jobs run on a cron schedule (`[[schedule]]`), owned by root.
+    pub schedules: Vec<halite_model::NewSchedule>,
+    /// Where release-request events are sent (`[[notify]]`).
+    pub notify: Vec<crate::notify::NotifyTarget>,
 }
 
 impl Config {
@@ -213,7 +223,14 @@ impl Config {
                 3600 * int_key(file, "token_expire", raw.token_expire, 12, 1..=24 * 365)?,
             ),
             api_tls: location.api_tls,
-            acl: crate::acl::Acl::parse(file, &raw.acl.unwrap_or_default())?,
+            acl: crate::acl::Acl::parse(
+                file,
+                &raw.acl.unwrap_or_default(),
+                &raw.groups.unwrap_or_default(),
+            )?,
+            freezes: crate::freeze::FreezeWindow::parse_all(file, &raw.freeze.unwrap_or_default())?,
+            schedules: schedules(file, raw.schedule.unwrap_or_default())?,
+            notify: crate::notify::NotifyTarget::parse_all(file, &raw.notify.unwrap_or_default())?,
         })
     }
 
@@ -242,6 +259,34 @@ impl Config {
     pub fn ports_file(&self) -> PathBuf {
         self.data_dir.join("ports.json")
     }
+}
+
+/// `[[schedule]]` entries: each a valid name, cron and job; names unique.
+fn schedules(
+    file: &Path,
+    raw: Vec<toml::Value>,
+) -> Result<Vec<halite_model::NewSchedule>, ConfigError> {
+    let mut out: Vec<halite_model::NewSchedule> = Vec::new();
+    for (i, value) in raw.into_iter().enumerate() {
+        let key = format!("schedule[{i}]");
+        let schedule: halite_model::NewSchedule = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::key(file, &key, e.message()))?;
+        crate::schedule::validate(&schedule)
+            .map_err(|(field, e)| ConfigError::key(file, &format!("{key}.{field}"), e))?;
+        if out.iter().any(|s| s.name == schedule.name) {
+            return Err(ConfigError::key(
+                file,
+                &format!("{key}.name"),
+                format!(
+                    "{:?} is already the name of another schedule",
+                    schedule.name
+                ),
+            ));
+        }
+        out.push(schedule);
+    }
+    Ok(out)
 }
 
 fn port(file: &Path, key: &str, value: Option<i64>, default: u16) -> Result<u16, ConfigError> {

@@ -18,10 +18,13 @@ pub mod batch;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod freeze;
 pub mod listing;
 pub mod lua_modules;
+pub mod notify;
 pub mod peer_masters;
 pub mod presence;
+pub mod schedule;
 pub mod session;
 pub mod stats;
 pub mod store;
@@ -195,6 +198,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     core.resume_batches()?;
     tasks.spawn(core::peers::route(core.clone(), bound.incoming));
     tasks.spawn(core::upkeep::run(core.clone(), shutdown.clone()));
+    tasks.spawn(core::workflow::run(core.clone(), shutdown.clone()));
+    tasks.spawn(core::notify::deliver(core.clone(), shutdown.clone()));
 
     spawn_api(&mut tasks, listener, tls, core.clone(), shutdown.clone())?;
 

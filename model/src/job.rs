@@ -43,6 +43,14 @@ pub struct JobRequest {
     /// take releases only through requests let it through.
     #[serde(skip)]
     pub release_request: Option<u64>,
+    /// Release even inside a freeze window (needs the `@freeze_override`
+    /// grant; audited).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub override_freeze: bool,
+    /// The freeze window this job was let through despite (set by the
+    /// master, never read from a request body).
+    #[serde(skip)]
+    pub freeze_overridden: Option<String>,
 }
 
 /// The answer to a job submission.
@@ -52,6 +60,9 @@ pub struct Submitted {
     pub jid: Jid,
     /// Minions expected to return (accepted keys matching the target).
     pub minions: Vec<String>,
+    /// The freeze window the job was released in by override, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_override: Option<String>,
 }
 
 /// A job as recorded: what was asked, by whom, and who must answer.

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod job;
 pub mod release;
 pub mod request;
+pub mod schedule;
 pub mod stream;
 
 pub use auth::{AuditRecord, LoginToken, TokenRecord};
@@ -25,7 +26,8 @@ pub use job::{
 };
 pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats};
 pub use request::{
-    Action, NewRequest, ReleaseRequest, RequestKind, RequestState, Rules, Step, Transition,
-    WorkflowError,
+    Action, HookOutcome, NewRequest, ReleaseRequest, RequestKind, RequestState, Rules, Step,
+    Transition, WorkflowError,
 };
+pub use schedule::{NewSchedule, Schedule, ScheduleOrigin, ScheduleRun};
 pub use stream::BusEntry;

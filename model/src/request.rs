@@ -435,6 +435,19 @@ impl ReleaseRequest {
     }
 }
 
+/// What a webhook did (`POST /v1/hooks/{app}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HookOutcome {
+    /// Who sent it: `github`, `gitlab`, `gitea`, `gogs`.
+    pub source: String,
+    /// Why nothing was done (not a push, a branch not watched...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+    /// The request it made (deploying already where `auto_deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<ReleaseRequest>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

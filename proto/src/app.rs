@@ -118,6 +118,9 @@ pub struct AppSpec {
     /// app is deployed to `target` directly, as before.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, EnvSpec>,
+    /// Webhooks and polling that ask for releases (`[trigger]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerSpec>,
 }
 
 /// One environment of an app: where it runs and who says yes.
@@ -143,6 +146,39 @@ pub struct EnvSpec {
     /// May a requester approve their own request? No unless set.
     #[serde(default)]
     pub self_approval: bool,
+    /// A request made by a trigger (webhook, polling) is deployed at
+    /// once. Not with `requires_approval`.
+    #[serde(default)]
+    pub auto_deploy: bool,
+}
+
+/// What asks for releases of an app without a person (`[trigger]`): a
+/// push or tag webhook from GitHub, GitLab or Gitea, and polling the
+/// repository for new tags. Each makes a release request for `env`
+/// (deployed at once if that environment has `auto_deploy`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// The environment triggered requests are for.
+    pub env: String,
+    /// Entry of the master's secrets file whose token checks webhook
+    /// signatures (GitHub, Gitea) or tokens (GitLab). Without it, webhooks
+    /// for this app are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Tags that trigger (a glob; every tag unless given).
+    #[serde(default = "every_tag")]
+    pub tags: String,
+    /// Branches whose pushes trigger (none unless given).
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// Seconds between polls of the repository for new tags (0: no polling).
+    #[serde(default)]
+    pub poll: u64,
+}
+
+fn every_tag() -> String {
+    "*".into()
 }
 
 /// What kind of thing an app is, and so which module releases it.
@@ -403,6 +439,12 @@ impl AppSpec {
             let key = |field: &str| format!("env.{name}.{field}");
             crate::ident::validate_id(name).map_err(|e| (format!("env.{name}"), e.to_string()))?;
             Target::parse(env.tgt_type, &env.target).map_err(|e| (key("target"), e.to_string()))?;
+            if env.auto_deploy && env.requires_approval {
+                return Err((
+                    key("auto_deploy"),
+                    "an environment that requires approval is never deployed automatically".into(),
+                ));
+            }
             if env.requires_approval && env.approvers.is_empty() {
                 return Err((
                     key("approvers"),
@@ -410,7 +452,8 @@ impl AppSpec {
                 ));
             }
             for approver in &env.approvers {
-                crate::ident::validate_id(approver)
+                // `leads%` names a group of the master's [groups].
+                crate::ident::validate_id(approver.strip_suffix('%').unwrap_or(approver))
                     .map_err(|e| (key("approvers"), format!("{approver:?}: {e}")))?;
             }
             if let Some(from) = &env.promote_from {
@@ -435,6 +478,29 @@ impl AppSpec {
                     seen.push(step);
                     next = self.env.get(step).and_then(|e| e.promote_from.as_deref());
                 }
+            }
+        }
+        if let Some(trigger) = &self.trigger {
+            if !self.env.contains_key(&trigger.env) {
+                return Err((
+                    "trigger.env".into(),
+                    format!(
+                        "{:?} is not an environment of this app ([env.NAME])",
+                        trigger.env
+                    ),
+                ));
+            }
+            if self.kind != AppKind::Git {
+                return Err((
+                    "trigger".into(),
+                    "triggers watch a git repository: only for git apps".into(),
+                ));
+            }
+            if trigger.poll > 86_400 {
+                return Err(("trigger.poll".into(), "must be 0 to 86400 seconds".into()));
+            }
+            for branch in &trigger.branches {
+                validate_ref_name(branch).map_err(|e| ("trigger.branches".into(), e))?;
             }
         }
         Ok(())

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod catalog;
 pub mod config;
+pub mod cron;
 pub mod envelope;
 pub mod error;
 pub mod ident;

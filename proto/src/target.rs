@@ -212,6 +212,12 @@ impl GlobToken {
     }
 }
 
+/// Does `text` match the shell glob `pattern` (read as minion-id globs
+/// are)? For names other than minion ids: tags a trigger takes.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    Glob::new(pattern).matches(text)
+}
+
 /// A shell glob as Python's `fnmatch` reads it (which is what Salt uses):
 /// `*`, `?`, `[abc]`, `[a-z]`, `[!x]`/`[^x]`, `]` first in a class is a
 /// member, an unclosed `[` is a literal, no backslash escapes. Case-sensitive.

@@ -27,35 +27,64 @@ pub(super) struct UserSessions {
 /// they were (and says why once per change).
 pub(super) struct LiveGrants {
     file: PathBuf,
-    cached: Mutex<(FileStamp, Arc<crate::acl::Acl>)>,
+    cached: Mutex<(FileStamp, LivePolicy)>,
+}
+
+/// What is re-read from the config file when it changes.
+#[derive(Clone)]
+struct LivePolicy {
+    acl: Arc<crate::acl::Acl>,
+    freezes: Arc<Vec<crate::freeze::FreezeWindow>>,
 }
 
 impl LiveGrants {
-    pub(super) fn new(file: PathBuf, acl: crate::acl::Acl) -> LiveGrants {
+    pub(super) fn new(
+        file: PathBuf,
+        acl: crate::acl::Acl,
+        freezes: Vec<crate::freeze::FreezeWindow>,
+    ) -> LiveGrants {
         let stamp = stamp_of(&file);
         LiveGrants {
             file,
-            cached: Mutex::new((stamp, Arc::new(acl))),
+            cached: Mutex::new((
+                stamp,
+                LivePolicy {
+                    acl: Arc::new(acl),
+                    freezes: Arc::new(freezes),
+                },
+            )),
         }
     }
 
     /// The grants as the config file says now.
     pub(super) fn current(&self) -> Arc<crate::acl::Acl> {
+        self.policy().acl
+    }
+
+    /// The freeze windows as the config file says now.
+    pub(super) fn freezes(&self) -> Arc<Vec<crate::freeze::FreezeWindow>> {
+        self.policy().freezes
+    }
+
+    fn policy(&self) -> LivePolicy {
         let stamp = stamp_of(&self.file);
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if cached.0 != stamp {
             cached.0 = stamp;
             match crate::Config::load(&self.file) {
                 Ok(config) => {
-                    tracing::info!(file = %self.file.display(), "the master's config changed: [acl] grants re-read");
-                    cached.1 = Arc::new(config.acl);
+                    tracing::info!(file = %self.file.display(), "the master's config changed: [acl], [groups] and [[freeze]] re-read");
+                    cached.1 = LivePolicy {
+                        acl: Arc::new(config.acl),
+                        freezes: Arc::new(config.freezes),
+                    };
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "the master's config changed but does not read; the [acl] grants stay as they were");
+                    tracing::error!(error = %e, "the master's config changed but does not read; grants and freeze windows stay as they were");
                 }
             }
         }
-        Arc::clone(&cached.1)
+        cached.1.clone()
     }
 }
 

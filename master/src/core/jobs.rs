@@ -183,7 +183,7 @@ impl Core {
             && request.fun != SYNC_MODULES
             && request.kwarg.get("app").is_some_and(|a| a.is_string());
         if catalog::takes_app(&request.fun) || lua_app {
-            self.complete_app(&mut request, &accepted, &expected)?;
+            self.complete_app(user, &mut request, &accepted, &expected)?;
         }
         let timeout = request.timeout.unwrap_or(self.config.job_timeout.as_secs());
         if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
@@ -257,6 +257,7 @@ impl Core {
             timeout,
             batch_size,
         } = planned;
+        let freeze_override = request.freeze_overridden.clone();
         let jid = self.jids.next();
         tracing::Span::current().record("jid", tracing::field::display(&jid));
         let issued_at = now_ms();
@@ -340,6 +341,7 @@ impl Core {
         Ok(Submitted {
             jid,
             minions: expected,
+            freeze_override,
         })
     }
 
@@ -394,6 +396,7 @@ impl Core {
     /// targets.
     fn complete_app(
         &self,
+        user: &str,
         request: &mut JobRequest,
         accepted: &[String],
         job_minions: &[String],
@@ -416,7 +419,8 @@ impl Core {
                 app_minions,
             )
             .map_err(CoreError::Invalid)?;
-        self.check_environments(&app, request, accepted, job_minions)?;
+        let envs = self.check_environments(&app, request, accepted, job_minions)?;
+        self.check_freeze(user, &app.name, &envs, request)?;
         request.timeout.get_or_insert(app.timeout);
         for (key, value) in secret {
             if request.secret.insert(key.clone(), value).is_some() {
@@ -433,26 +437,34 @@ impl Core {
     /// releases there only through release requests: a deploy or rollback
     /// job reaching one of its minions otherwise is refused, naming the
     /// environment (reading functions, `status`, `list`, pass).
+    ///
+    /// The environments a release job reaches (`None` for minions in no
+    /// environment of the app), for the freeze check; empty for a job
+    /// that releases nothing.
     fn check_environments(
         &self,
         app: &halite_proto::app::AppSpec,
         request: &JobRequest,
         accepted: &[String],
         job_minions: &[String],
-    ) -> Result<(), CoreError> {
+    ) -> Result<Vec<Option<String>>, CoreError> {
         let function = request.fun.rsplit('.').next().unwrap_or_default();
-        let releases = matches!(function, "deploy" | "rollback" | "undeploy");
-        if !releases || request.release_request.is_some() {
-            return Ok(());
+        if !matches!(function, "deploy" | "rollback" | "undeploy") {
+            return Ok(Vec::new());
         }
+        let mut reached = Vec::new();
+        let mut outside: Vec<&String> = job_minions.iter().collect();
         for (name, env) in &app.env {
-            if !(env.requires_approval || env.promote_from.is_some()) {
-                continue;
-            }
             let target = Target::parse(env.tgt_type, &env.target)
                 .map_err(|e| CoreError::Invalid(format!("app {} env {name}: {e}", app.name)))?;
             let theirs = self.presence.matching(accepted, &target);
-            if job_minions.iter().any(|m| theirs.contains(m)) {
+            if !job_minions.iter().any(|m| theirs.contains(m)) {
+                continue;
+            }
+            outside.retain(|m| !theirs.contains(m));
+            reached.push(Some(name.clone()));
+            let gated = env.requires_approval || env.promote_from.is_some();
+            if gated && request.release_request.is_none() {
                 return Err(CoreError::Forbidden(format!(
                     "{} {name} takes releases through requests only (approval or promotion): \
                      master-cli requests new {} {name} tag=... --reason \"...\"",
@@ -460,6 +472,49 @@ impl Core {
                 )));
             }
         }
+        if !outside.is_empty() || job_minions.is_empty() {
+            reached.push(None);
+        }
+        Ok(reached)
+    }
+
+    /// A release inside a freeze window is refused, naming the window,
+    /// unless the user asked to override it and holds `@freeze_override`;
+    /// the window overridden is kept on the request for the answer and
+    /// the audit log.
+    fn check_freeze(
+        &self,
+        user: &str,
+        app: &str,
+        envs: &[Option<String>],
+        request: &mut JobRequest,
+    ) -> Result<(), CoreError> {
+        let now = now_ms();
+        let freezes = self.grants.freezes();
+        let Some((window, env)) = envs.iter().find_map(|env| {
+            freezes
+                .iter()
+                .find(|w| w.holds(app, env.as_deref(), now))
+                .map(|w| (w, env))
+        }) else {
+            return Ok(());
+        };
+        let place = match env {
+            Some(env) => format!("{app} {env}"),
+            None => app.to_owned(),
+        };
+        if !request.override_freeze {
+            return Err(CoreError::Forbidden(format!(
+                "{place} is frozen: {}; a user with the @freeze_override grant may release anyway with override_freeze",
+                window.describe()
+            )));
+        }
+        self.require(user, crate::acl::Special::FreezeOverride)
+            .map_err(|e| {
+                CoreError::Forbidden(format!("{place} is frozen: {}; {e}", window.describe()))
+            })?;
+        tracing::warn!(app, window = %window.name, user, "release inside a freeze window, by override");
+        request.freeze_overridden = Some(window.name.clone());
         Ok(())
     }
 

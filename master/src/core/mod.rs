@@ -12,6 +12,9 @@
 //! - [`views`]: what the API reads (jobs, minions, keys, apps, stats) and
 //!   key changes.
 //! - [`upkeep`]: beacons, pruning, connectivity checks, session rotation.
+//! - [`requests`]: release requests; [`schedules`], [`triggers`]
+//!   (webhooks, polling) and [`notify`] (outgoing notifications) around
+//!   them; [`workflow`] is the task that runs what comes due.
 //!
 //! Every message from a minion is verified against a key the master
 //! already trusts before anything is done with it; a message that fails is
@@ -21,11 +24,15 @@
 pub mod auth;
 pub mod inbound;
 pub mod jobs;
+pub mod notify;
 pub mod peers;
 pub mod requests;
 pub mod returns;
+pub mod schedules;
+pub mod triggers;
 pub mod upkeep;
 pub mod views;
+pub mod workflow;
 
 #[cfg(test)]
 mod tests;
@@ -109,6 +116,8 @@ pub struct Core {
     /// reported: a minion retrying auth while pending is one entry, not
     /// one per attempt (`inbound.rs`).
     auth_reported: Mutex<HashMap<String, halite_proto::message::KeyStatus>>,
+    /// Wakes the notification sender when something is queued.
+    deliveries: tokio::sync::Notify,
 }
 
 /// Everything `Core::new` needs that is created by the caller.
@@ -152,6 +161,7 @@ impl Core {
             peer_masters,
             waiting: Mutex::new(HashMap::new()),
             auth_reported: Mutex::new(HashMap::new()),
+            deliveries: tokio::sync::Notify::new(),
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
             cancelled: Mutex::new(Default::default()),
@@ -169,7 +179,11 @@ impl Core {
             publish_port: parts.publish_port,
             cli_token: halite_pki::Secret::new(parts.cli_token),
             sessions: auth::UserSessions::new(parts.config.users_file.clone()),
-            grants: auth::LiveGrants::new(parts.config.file.clone(), parts.config.acl.clone()),
+            grants: auth::LiveGrants::new(
+                parts.config.file.clone(),
+                parts.config.acl.clone(),
+                parts.config.freezes.clone(),
+            ),
             drop_log: halite_daemon::LogThrottle::new(DROP_LOG_INTERVAL),
             config: parts.config,
         };

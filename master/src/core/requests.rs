@@ -73,7 +73,7 @@ impl Core {
             user,
             now_ms(),
         );
-        self.store.put_request(&request)?;
+        self.save_request(&request)?;
         Ok(request)
     }
 
@@ -89,20 +89,39 @@ impl Core {
         let mut request = self.request(id)?;
         let (_, env) = self.app_env(&request.app, &request.env)?;
         request
-            .apply(action, user, reason, now_ms(), &Rules::from(&env))
+            .apply(action, user, reason, now_ms(), &self.rules(&env))
             .map_err(|e| CoreError::Conflict(e.to_string()))?;
-        self.store.put_request(&request)?;
+        self.save_request(&request)?;
         Ok(request)
     }
 
     /// Deploys an approved request (or a requested one where no approval
     /// is needed) to its environment's target with exactly its revision.
     /// A tag or branch that moved since the request was made is refused:
-    /// what was approved is not what it names now.
-    pub fn deploy_request(&self, user: &str, id: u64) -> Result<ReleaseRequest, CoreError> {
+    /// what was approved is not what it names now. Inside a freeze window
+    /// it is refused unless `override_freeze` (and the user's grant).
+    pub fn deploy_request(
+        &self,
+        user: &str,
+        id: u64,
+        override_freeze: bool,
+    ) -> Result<ReleaseRequest, CoreError> {
+        self.deploy_request_as(user, user, id, override_freeze)
+    }
+
+    /// [`Core::deploy_request`], recorded as `by` and checked against the
+    /// grants of `acl_user` (a trigger deploys as root, recorded as the
+    /// trigger).
+    pub(crate) fn deploy_request_as(
+        &self,
+        by: &str,
+        acl_user: &str,
+        id: u64,
+        override_freeze: bool,
+    ) -> Result<ReleaseRequest, CoreError> {
         let mut request = self.request(id)?;
         let (app, env) = self.app_env(&request.app, &request.env)?;
-        let rules = Rules::from(&env);
+        let rules = self.rules(&env);
         let ready = request.state == RequestState::Approved
             || (request.state == RequestState::Requested && !rules.requires_approval);
         if !ready {
@@ -146,11 +165,24 @@ impl Core {
             }
         };
         options.insert("target".into(), Value::String(as_compound(&env)));
-        let submitted = self.release_app(user, &app.name, action, options, Some(id))?;
+        if override_freeze {
+            options.insert("override_freeze".into(), Value::Bool(true));
+        }
+        let submitted = self.release_app(acl_user, &app.name, action, options, Some(id))?;
+        let note = submitted
+            .freeze_override
+            .as_ref()
+            .map(|window| format!("deployed inside freeze window {window:?} by override"));
         request
-            .apply(Action::Deploy(submitted.jid), user, None, now_ms(), &rules)
+            .apply(
+                Action::Deploy(submitted.jid),
+                by,
+                note.as_deref(),
+                now_ms(),
+                &rules,
+            )
             .map_err(|e| CoreError::Conflict(e.to_string()))?;
-        self.store.put_request(&request)?;
+        self.save_request(&request)?;
         Ok(request)
     }
 
@@ -192,7 +224,7 @@ impl Core {
         }
         let ok = view.missing.is_empty() && view.returns.values().all(|r| r.success);
         let rules = match self.app_env(&request.app, &request.env) {
-            Ok((_, env)) => Rules::from(&env),
+            Ok((_, env)) => self.rules(&env),
             Err(_) => Rules::default(),
         };
         request
@@ -210,11 +242,19 @@ impl Core {
                 previous
                     .apply(Action::RolledBack, "master", None, now_ms(), &rules)
                     .map_err(|e| CoreError::Conflict(e.to_string()))?;
-                self.store.put_request(&previous)?;
+                self.save_request(&previous)?;
             }
         }
-        self.store.put_request(&request)?;
+        self.save_request(&request)?;
         Ok(request)
+    }
+
+    /// Stores a request durably, then queues its latest step for every
+    /// `[[notify]]` receiver that wants it.
+    fn save_request(&self, request: &ReleaseRequest) -> Result<(), CoreError> {
+        self.store.put_request(request)?;
+        self.notify_request(request);
+        Ok(())
     }
 
     /// The active request of an app's environment, if any.
@@ -223,6 +263,14 @@ impl Core {
             .requests(Some(app), Some(env), usize::MAX)?
             .into_iter()
             .find(|r| r.state.is_active()))
+    }
+
+    /// An environment's rules, its approver groups (`leads%`) expanded to
+    /// their members as `[groups]` says now.
+    fn rules(&self, env: &EnvSpec) -> Rules {
+        let mut rules = Rules::from(env);
+        rules.approvers = self.grants.current().expand(&env.approvers);
+        rules
     }
 
     /// The app and one of its environments.
@@ -245,7 +293,7 @@ impl Core {
     /// tag, branch or rev names (fetched into the master's cache of the
     /// repository, with the app's credentials); for an artifact app its
     /// sha256.
-    fn resolve_revision(
+    pub(crate) fn resolve_revision(
         &self,
         app: &AppSpec,
         version: &Map<String, Value>,
@@ -266,6 +314,16 @@ impl Core {
             (None, None, Some(rev)) => halite_git::Wanted::Rev(rev),
             _ => return Err(CoreError::invalid("name exactly one of tag, branch or rev")),
         };
+        let repo = self.fetched_cache(app)?;
+        let commit = halite_git::resolve(&repo, &wanted, &app.repo)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        Ok(commit.to_string())
+    }
+
+    /// The master's own cache of a git app's repository
+    /// (`data_dir/git/APP.git`: refs and objects only, never a checkout,
+    /// never a hook), fetched now with the app's credentials.
+    pub(crate) fn fetched_cache(&self, app: &AppSpec) -> Result<halite_git::Repository, CoreError> {
         let credentials = match &app.credentials {
             Some(name) => {
                 let all = self.config.apps().credentials()?;
@@ -276,8 +334,6 @@ impl Core {
             }
             None => None,
         };
-        // The master's own cache of the repository (data_dir/git/APP.git):
-        // refs and objects only, never a checkout.
         let caches = self.config.data_dir.join("git");
         std::fs::create_dir_all(&caches)
             .map_err(|e| CoreError::Invalid(format!("cannot create {}: {e}", caches.display())))?;
@@ -290,9 +346,7 @@ impl Core {
         };
         halite_git::fetch(&repo, &source, &AtomicBool::new(false))
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        let commit = halite_git::resolve(&repo, &wanted, &app.repo)
-            .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        Ok(commit.to_string())
+        Ok(repo)
     }
 }
 

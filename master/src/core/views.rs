@@ -298,6 +298,15 @@ impl Core {
             Some(t) => (t, TargetType::Compound),
             None => (spec.target.clone(), spec.tgt_type),
         };
+        let override_freeze = match options.remove("override_freeze") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(other) => {
+                return Err(CoreError::invalid(format!(
+                    "`override_freeze` must be true or false, not {other}"
+                )))
+            }
+        };
         options.insert("app".into(), Value::String(app.to_owned()));
         let function = match action {
             ReleaseAction::Deploy => "deploy",
@@ -310,6 +319,7 @@ impl Core {
             kwarg: options,
             timeout,
             release_request,
+            override_freeze,
             ..JobRequest::default()
         };
         self.submit(user, request)

@@ -125,6 +125,9 @@ pub struct Store {
     job_stream: sled::Tree,
     batches: sled::Tree,
     requests: sled::Tree,
+    schedules: sled::Tree,
+    outbox: sled::Tree,
+    triggers: sled::Tree,
     publishing: Arc<std::sync::Mutex<()>>,
     live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
 }
@@ -224,6 +227,8 @@ mod jobs;
 mod records;
 mod requests;
 mod stream;
+mod workflow;
+pub use workflow::Delivery;
 
 pub use stream::{event_entry, return_entry};
 
@@ -262,6 +267,13 @@ impl Store {
             requests: db
                 .open_tree("requests")
                 .map_err(sled_err("open requests"))?,
+            schedules: db
+                .open_tree("schedules")
+                .map_err(sled_err("open schedules"))?,
+            outbox: db.open_tree("outbox").map_err(sled_err("open outbox"))?,
+            triggers: db
+                .open_tree("triggers")
+                .map_err(sled_err("open triggers"))?,
             publishing: Arc::new(std::sync::Mutex::new(())),
             live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
             db,
