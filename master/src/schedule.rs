@@ -69,7 +69,9 @@ mod tests {
             "cron"
         );
         assert_eq!(
-            validate(&schedule("n", "0 2 * * *", "no such!")).unwrap_err().0,
+            validate(&schedule("n", "0 2 * * *", "no such!"))
+                .unwrap_err()
+                .0,
             "job.fun"
         );
         let mut secret = schedule("n", "0 2 * * *", "test.ping");

@@ -15,6 +15,7 @@ pub mod api;
 pub mod fake;
 pub mod git;
 pub mod proxy;
+pub mod receiver;
 pub mod tomcat;
 
 use std::net::TcpListener;
