@@ -341,6 +341,22 @@ mod tests {
             ("token_expire = 0", "token_expire"),
             ("api_tls_cert = \"c.pem\"", "api_tls_key"),
             ("[acl]\nbob = [\"@nope\"]", "acl.bob[0]"),
+            ("[groups]\nleads = \"alice\"", "groups.leads"),
+            ("[acl]\n\"ops%\" = [\".*\"]", "acl.ops%"),
+            ("[[freeze]]\nname = \"x\"", "freeze[0]"),
+            (
+                "[[schedule]]\nname = \"n\"\ncron = \"* *\"\njob = { target = \"*\", fun = \"test.ping\" }",
+                "schedule[0].cron",
+            ),
+            (
+                "[[schedule]]\nname = \"n\"\ncron = \"* * * * *\"\njob = { target = \"*\" }",
+                "schedule[0]",
+            ),
+            (
+                "[[schedule]]\nname = \"n\"\ncron = \"* * * * *\"\njob = { target = \"*\", fun = \"test.ping\" }\n[[schedule]]\nname = \"n\"\ncron = \"* * * * *\"\njob = { target = \"*\", fun = \"test.ping\" }",
+                "schedule[1].name",
+            ),
+            ("[[notify]]\nurl = \"ftp://x\"", "notify[0].url"),
         ] {
             let err = parse(text).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");

@@ -386,8 +386,17 @@ job = {{ target = "web1", fun = "test.ping" }}
     );
     assert_eq!(out.code, 0, "{out:?}");
     let rollback = out.json()["id"].as_u64().unwrap();
-    let (status, body) = dev.post(&format!("/v1/requests/{rollback}/deploy"), json!({}));
-    assert_eq!(status, 200, "{body}");
+    // Deployed twice at once (a double click): one job, one refusal.
+    let path = format!("/v1/requests/{rollback}/deploy");
+    let mut statuses: Vec<u16> = std::thread::scope(|scope| {
+        let both = [
+            scope.spawn(|| dev.post(&path, json!({}))),
+            scope.spawn(|| dev.post(&path, json!({}))),
+        ];
+        both.map(|t| t.join().unwrap().0).to_vec()
+    });
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
     dev.wait_state(rollback, "live");
     dev.wait_state(staged_v2, "rolled_back");
     assert_eq!(live("web1", "shop").as_deref(), Some("one"));

@@ -118,6 +118,11 @@ pub struct Core {
     auth_reported: Mutex<HashMap<String, halite_proto::message::KeyStatus>>,
     /// Wakes the notification sender when something is queued.
     deliveries: tokio::sync::Notify,
+    /// Held while a release request changes (made, decided, deployed,
+    /// settled): a double-clicked deploy submits one job, a finished
+    /// deploy is settled (and notified) once, and two requests racing
+    /// for one environment do not both get in (`requests.rs`).
+    request_steps: Mutex<()>,
 }
 
 /// Everything `Core::new` needs that is created by the caller.
@@ -162,6 +167,7 @@ impl Core {
             waiting: Mutex::new(HashMap::new()),
             auth_reported: Mutex::new(HashMap::new()),
             deliveries: tokio::sync::Notify::new(),
+            request_steps: Mutex::new(()),
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
             cancelled: Mutex::new(Default::default()),

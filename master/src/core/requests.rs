@@ -44,6 +44,27 @@ impl Core {
             RequestKind::Deploy => Some(self.resolve_revision(&app, &new.version)?),
             RequestKind::Rollback => None,
         };
+        // The fetch above is slow; what it decided is checked again under
+        // the lock, against the store as it is now.
+        let _steps = self.lock_steps();
+        if let Some(active) = self
+            .store
+            .requests(usize::MAX, |r| {
+                r.app == app.name && r.env == new.env && r.state.is_active()
+            })?
+            .into_iter()
+            .next()
+        {
+            return Err(CoreError::Conflict(format!(
+                "request {} ({} by {}) is {} for {} {}: one at a time per environment",
+                active.id,
+                describe(&active.version),
+                active.requester,
+                active.state,
+                app.name,
+                new.env
+            )));
+        }
         if let (Some(from), Some(revision)) = (&env.promote_from, &revision) {
             let live_there = self
                 .store
@@ -86,7 +107,9 @@ impl Core {
         action: Action,
         reason: Option<&str>,
     ) -> Result<ReleaseRequest, CoreError> {
-        let mut request = self.request(id)?;
+        self.request(id)?;
+        let _steps = self.lock_steps();
+        let mut request = self.stored_request(id)?;
         let (_, env) = self.app_env(&request.app, &request.env)?;
         request
             .apply(action, user, reason, now_ms(), &self.rules(&env))
@@ -119,7 +142,11 @@ impl Core {
         id: u64,
         override_freeze: bool,
     ) -> Result<ReleaseRequest, CoreError> {
-        let mut request = self.request(id)?;
+        self.request(id)?;
+        // Held until the deploy is recorded: a second deploy of the same
+        // request waits, then finds it deploying.
+        let _steps = self.lock_steps();
+        let mut request = self.stored_request(id)?;
         let (app, env) = self.app_env(&request.app, &request.env)?;
         let rules = self.rules(&env);
         let ready = request.state == RequestState::Approved
@@ -190,11 +217,21 @@ impl Core {
     /// (a finished job makes it live or failed; a live rollback marks the
     /// release it replaced rolled back).
     pub fn request(&self, id: u64) -> Result<ReleaseRequest, CoreError> {
-        let request = self
-            .store
-            .request(id)?
-            .ok_or_else(|| CoreError::NotFound(format!("no request {id}")))?;
+        let request = self.stored_request(id)?;
         self.settle(request)
+    }
+
+    /// The request as stored (not settled).
+    fn stored_request(&self, id: u64) -> Result<ReleaseRequest, CoreError> {
+        self.store
+            .request(id)?
+            .ok_or_else(|| CoreError::NotFound(format!("no request {id}")))
+    }
+
+    fn lock_steps(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.request_steps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Requests newest first (at most `limit`), settled like [`Core::request`].
@@ -214,7 +251,8 @@ impl Core {
     }
 
     /// A deploying request whose job is done becomes live or failed.
-    fn settle(&self, mut request: ReleaseRequest) -> Result<ReleaseRequest, CoreError> {
+    /// Never called with the step lock held: it takes it.
+    fn settle(&self, request: ReleaseRequest) -> Result<ReleaseRequest, CoreError> {
         let (RequestState::Deploying, Some(jid)) = (request.state, request.jid.clone()) else {
             return Ok(request);
         };
@@ -223,6 +261,11 @@ impl Core {
             return Ok(request);
         }
         let ok = view.missing.is_empty() && view.returns.values().all(|r| r.success);
+        let _steps = self.lock_steps();
+        let mut request = self.stored_request(request.id)?;
+        if request.state != RequestState::Deploying {
+            return Ok(request); // settled meanwhile
+        }
         let rules = match self.app_env(&request.app, &request.env) {
             Ok((_, env)) => self.rules(&env),
             Err(_) => Rules::default(),
