@@ -400,6 +400,22 @@ job = {{ target = "web1", fun = "test.ping" }}
     dev.wait_state(rollback, "live");
     dev.wait_state(staged_v2, "rolled_back");
     assert_eq!(live("web1", "shop").as_deref(), Some("one"));
+    // Staging runs v1 again: going to v2 is one commit, one line changed.
+    let out = master.cli_as(
+        "dev",
+        "pw-of-dev",
+        &["changes", "shop", "staging", "tag=v2", "--json"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let changes = out.json();
+    assert_eq!(changes["from"], shop.rev("v1"));
+    assert_eq!(changes["commits"].as_array().unwrap().len(), 1, "{changes}");
+    assert_eq!(
+        changes["files"],
+        json!([{ "path": "index.html", "change": "modified", "added": 1, "removed": 1 }])
+    );
+    let out = master.cli_as("dev", "pw-of-dev", &["versions", "shop"]);
+    assert_eq!(out.code, 0, "{out:?}");
 
     // Polling: the blog's first poll records the tags there are (its
     // cache holds b1 then); a new tag makes a request.
