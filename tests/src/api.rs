@@ -106,3 +106,66 @@ pub fn wait_done(base: &str, token: &str, jid: &str) -> Value {
     });
     view
 }
+
+/// An API user's session: the master's address and their token.
+pub struct Session {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The login token.
+    pub token: String,
+}
+
+impl Session {
+    /// Adds `name` to the master's users (password `pw-of-NAME`) and logs in.
+    pub fn new_user(master: &crate::Master, name: &str) -> Session {
+        let out = master.cli_input(&["users", "add", name], &format!("pw-of-{name}\n"));
+        assert_eq!(out.code, 0, "{out:?}");
+        let base = master.api_url();
+        let (status, body) = login(&base, name, &format!("pw-of-{name}"));
+        assert_eq!(status, 200, "{body}");
+        Session {
+            token: body["token"].as_str().expect("token").to_owned(),
+            base,
+        }
+    }
+
+    /// The root user's session (the CLI token).
+    pub fn root(master: &crate::Master) -> Session {
+        Session {
+            base: master.api_url(),
+            token: master.root_token(),
+        }
+    }
+
+    /// `POST` with a JSON body.
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        call(
+            http().post(format!("{}{path}", self.base)),
+            Some(&self.token),
+            Some(body),
+        )
+    }
+
+    /// `GET`.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        call(
+            http().get(format!("{}{path}", self.base)),
+            Some(&self.token),
+            None,
+        )
+    }
+
+    /// Waits until release request `id` is in `state`; answers it.
+    pub fn wait_state(&self, id: u64, state: &str) -> Value {
+        let mut seen = Value::Null;
+        eventually(
+            Duration::from_secs(90),
+            &format!("request {id} {state}"),
+            || {
+                seen = self.get(&format!("/v1/requests/{id}")).1;
+                seen["state"] == state
+            },
+        );
+        seen
+    }
+}

@@ -5,11 +5,9 @@
 //! at a time, promotion order, a tag moved after approval refused, and
 //! the requests kept across a master restart.
 
-use std::time::Duration;
-
-use halite_tests::api::{call, http, login};
+use halite_tests::api::Session as Api;
 use halite_tests::git::{git, Repo};
-use halite_tests::{eventually, Master, Minion};
+use halite_tests::{Master, Minion};
 use serde_json::{json, Value};
 
 const ACL: &str = r#"
@@ -18,61 +16,16 @@ dev = [{ "web*" = ["git_deploy.*"] }]
 lead = [{ "web*" = ["git_deploy.*"] }]
 "#;
 
-struct Api {
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        call(
-            http().post(format!("{}{path}", self.base)),
-            Some(&self.token),
-            Some(body),
-        )
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        call(
-            http().get(format!("{}{path}", self.base)),
-            Some(&self.token),
-            None,
-        )
-    }
-
-    /// Makes a request; answers its id.
-    fn request(&self, env: &str, tag: &str) -> (u16, Value) {
-        self.post(
-            "/v1/requests",
-            json!({ "app": "shop", "env": env, "version": { "tag": tag }, "reason": format!("{tag} to {env}") }),
-        )
-    }
-
-    /// Waits until request `id` is in `state`.
-    fn wait_state(&self, id: u64, state: &str) -> Value {
-        let mut seen = Value::Null;
-        eventually(
-            Duration::from_secs(90),
-            &format!("request {id} {state}"),
-            || {
-                seen = self.get(&format!("/v1/requests/{id}")).1;
-                seen["state"] == state
-            },
-        );
-        seen
-    }
-}
-
 fn user(master: &Master, name: &str) -> Api {
-    let out = master.cli_input(&["users", "add", name], &format!("pw-of-{name}\n"));
-    assert_eq!(out.code, 0, "{out:?}");
-    let base = master.api_url();
-    let (status, body) = login(&base, name, &format!("pw-of-{name}"));
-    assert_eq!(status, 200, "{body}");
-    Api {
-        token: body["token"].as_str().expect("token").to_owned(),
-        base,
-    }
+    Api::new_user(master, name)
+}
+
+/// Makes a request for `tag` of shop in `env`.
+fn request(api: &Api, env: &str, tag: &str) -> (u16, Value) {
+    api.post(
+        "/v1/requests",
+        json!({ "app": "shop", "env": env, "version": { "tag": tag }, "reason": format!("{tag} to {env}") }),
+    )
 }
 
 #[test]
@@ -130,7 +83,7 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     assert_eq!(status, 202, "reading is not releasing: {body}");
 
     // Production takes only what is live on staging.
-    let (status, body) = dev.request("production", "v1");
+    let (status, body) = request(&dev, "production", "v1");
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]
@@ -141,7 +94,7 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     );
 
     // Staging needs no approval: requested, deployed, live.
-    let (status, staged) = dev.request("staging", "v1");
+    let (status, staged) = request(&dev, "staging", "v1");
     assert_eq!(status, 201, "{staged}");
     assert_eq!(staged["revision"], shop.rev("v1"), "bound to the commit");
     let id = staged["id"].as_u64().unwrap();
@@ -152,10 +105,10 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     assert_eq!(live("web2"), None, "production untouched");
 
     // Production: one request at a time, approved by someone else.
-    let (status, prod) = dev.request("production", "v1");
+    let (status, prod) = request(&dev, "production", "v1");
     assert_eq!(status, 201, "{prod}");
     let prod_id = prod["id"].as_u64().unwrap();
-    let (status, body) = dev.request("production", "v1");
+    let (status, body) = request(&dev, "production", "v1");
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]
@@ -195,11 +148,11 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     );
 
     // v2 through staging, approved, then its tag moves: refused.
-    let (_, staged) = dev.request("staging", "v2");
+    let (_, staged) = request(&dev, "staging", "v2");
     let staged_id = staged["id"].as_u64().unwrap();
     dev.post(&format!("/v1/requests/{staged_id}/deploy"), json!({}));
     dev.wait_state(staged_id, "live");
-    let (status, prod) = dev.request("production", "v2");
+    let (status, prod) = request(&dev, "production", "v2");
     assert_eq!(status, 201, "{prod}");
     let prod_id = prod["id"].as_u64().unwrap();
     // The lead approves from the command line, as themselves.

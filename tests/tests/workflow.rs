@@ -11,58 +11,14 @@
 
 use std::time::Duration;
 
-use halite_tests::api::{call, http, login};
+use halite_tests::api::{http, Session as Api};
 use halite_tests::git::Repo;
 use halite_tests::receiver::Receiver;
 use halite_tests::{eventually, Master, Minion};
 use serde_json::{json, Value};
 
-struct Api {
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        call(
-            http().post(format!("{}{path}", self.base)),
-            Some(&self.token),
-            Some(body),
-        )
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        call(
-            http().get(format!("{}{path}", self.base)),
-            Some(&self.token),
-            None,
-        )
-    }
-
-    fn wait_state(&self, id: u64, state: &str) -> Value {
-        let mut seen = Value::Null;
-        eventually(
-            Duration::from_secs(90),
-            &format!("request {id} {state}"),
-            || {
-                seen = self.get(&format!("/v1/requests/{id}")).1;
-                seen["state"] == state
-            },
-        );
-        seen
-    }
-}
-
 fn user(master: &Master, name: &str) -> Api {
-    let out = master.cli_input(&["users", "add", name], &format!("pw-of-{name}\n"));
-    assert_eq!(out.code, 0, "{out:?}");
-    let base = master.api_url();
-    let (status, body) = login(&base, name, &format!("pw-of-{name}"));
-    assert_eq!(status, 200, "{body}");
-    Api {
-        token: body["token"].as_str().expect("token").to_owned(),
-        base,
-    }
+    Api::new_user(master, name)
 }
 
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
@@ -353,7 +309,7 @@ job = {{ target = "web1", fun = "test.ping" }}
             .contains("release freeze"),
         "{deploying}"
     );
-    let (_, audit) = master_root(&master).get("/v1/audit?limit=200");
+    let (_, audit) = Api::root(&master).get("/v1/audit?limit=200");
     let overridden = audit.as_array().unwrap().iter().any(|r| {
         r["user"] == "lead"
             && r["detail"]
@@ -540,9 +496,9 @@ job = {{ target = "web1", fun = "test.ping" }}
     let out = master.cli(&["schedules", "pause", "ping-web1", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json()["paused"], true);
-    let before = master_root(&master).get("/v1/schedules/ping-web1").1["runs"].clone();
+    let before = Api::root(&master).get("/v1/schedules/ping-web1").1["runs"].clone();
     master.restart();
-    let root = master_root(&master);
+    let root = Api::root(&master);
     let after = root.get("/v1/schedules/ping-web1").1;
     assert_eq!(after["paused"], true);
     assert_eq!(after["runs"], before, "paused: no run, and none lost");
@@ -578,12 +534,4 @@ job = {{ target = "web1", fun = "test.ping" }}
         out.code, 0,
         "a config schedule is removed from the config: {out:?}"
     );
-}
-
-/// The master's root API (the CLI token).
-fn master_root(master: &Master) -> Api {
-    Api {
-        base: master.api_url(),
-        token: master.root_token(),
-    }
 }

@@ -30,15 +30,7 @@ impl Core {
         }
         let (app, env) = self.app_env(&new.app, &new.env)?;
         if let Some(active) = self.active_request(&app.name, &new.env)? {
-            return Err(CoreError::Conflict(format!(
-                "request {} ({} by {}) is {} for {} {}: one at a time per environment",
-                active.id,
-                describe(&active.version),
-                active.requester,
-                active.state,
-                app.name,
-                new.env
-            )));
+            return Err(one_at_a_time(&active));
         }
         let revision = match new.kind {
             RequestKind::Deploy => Some(self.resolve_revision(&app, &new.version)?),
@@ -55,15 +47,7 @@ impl Core {
             .into_iter()
             .next()
         {
-            return Err(CoreError::Conflict(format!(
-                "request {} ({} by {}) is {} for {} {}: one at a time per environment",
-                active.id,
-                describe(&active.version),
-                active.requester,
-                active.state,
-                app.name,
-                new.env
-            )));
+            return Err(one_at_a_time(&active));
         }
         if let (Some(from), Some(revision)) = (&env.promote_from, &revision) {
             let live_there = self
@@ -391,6 +375,19 @@ impl Core {
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
         Ok(repo)
     }
+}
+
+/// The refusal of a second request where one is under way, naming it.
+fn one_at_a_time(active: &ReleaseRequest) -> CoreError {
+    CoreError::Conflict(format!(
+        "request {} ({} by {}) is {} for {} {}: one at a time per environment",
+        active.id,
+        describe(&active.version),
+        active.requester,
+        active.state,
+        active.app,
+        active.env
+    ))
 }
 
 /// `tag v3`, `branch main`, `rev 1a2b3c`, `version 1.4.2`, `rollback to X`.
