@@ -186,6 +186,9 @@ pub trait Backend: Send + Sync + 'static {
         headers: &std::collections::BTreeMap<String, String>,
         body: &[u8],
     ) -> Result<HookOutcome, ApiError>;
+    /// May `user` release `app` to `env` (or its whole target)? What a
+    /// page shows; the release is checked again in full.
+    fn may_release(&self, user: &str, app: &str, env: Option<&str>) -> bool;
     /// Makes a schedule owned by `user`.
     fn create_schedule(&self, user: &str, new: NewSchedule) -> Result<Schedule, ApiError>;
     /// Every schedule.

@@ -17,4 +17,4 @@ pub use halite_proto::words;
 
 pub use backend::{AppAction, Backend, Grant, KeyAction, PublicKeyText};
 pub use error::ApiError;
-pub use routes::router;
+pub use routes::{router, router_with};

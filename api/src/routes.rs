@@ -24,7 +24,8 @@ use crate::types::{AuditRecord, JobFilter, JobRequest, JobView, LoginRequest, Lo
 use crate::ApiError;
 use halite_model::{HookOutcome, NewSchedule, Schedule};
 
-pub(crate) type Shared = Arc<dyn Backend>;
+/// The backend as the routes share it.
+pub type Shared = Arc<dyn Backend>;
 
 /// The user a request was authenticated as, for handlers that record it.
 #[derive(Clone, Debug)]
@@ -33,6 +34,12 @@ pub(crate) struct User(pub String);
 /// Builds the API router over a backend: the native `/v1` routes and
 /// salt-api's (see [`crate::salt`]).
 pub fn router(backend: Arc<dyn Backend>) -> Router {
+    router_with(backend, Router::new())
+}
+
+/// [`router`] with more routes (the portal's) served beside the API's,
+/// under the same login throttle and error answers.
+pub fn router_with(backend: Arc<dyn Backend>, extra: Router<Shared>) -> Router {
     let authed = Router::new()
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{jid}", get(show_job))
@@ -83,6 +90,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/v1/hooks/{app}", post(webhook))
         .merge(crate::salt::open_routes())
         .merge(authed)
+        .merge(extra)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::Extension(Arc::new(LoginThrottle::default())))
@@ -108,7 +116,7 @@ pub(crate) struct AuditDetail(pub String);
 
 /// The client address: the connection's peer when the server was started
 /// with connect info, else `unknown`.
-pub(crate) fn client_address(request: &Request) -> String {
+pub fn client_address(request: &Request) -> String {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -119,11 +127,27 @@ pub(crate) fn client_address(request: &Request) -> String {
 }
 
 /// The client's IP address, when the server was started with connect info.
-pub(crate) fn client_ip(request: &Request) -> Option<std::net::IpAddr> {
+pub fn client_ip(request: &Request) -> Option<std::net::IpAddr> {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// The portal's session cookie (its value is a login token).
+pub const PORTAL_COOKIE: &str = "halite_session";
+
+/// A cookie's value from the request's `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then(|| value.to_owned())
+        })
 }
 
 /// The token a request carries: `X-Auth-Token`, `Authorization: Bearer`,
@@ -145,14 +169,17 @@ pub(crate) fn request_token(request: &Request) -> Option<String> {
         return Some(token.trim().to_owned());
     }
     // salt-api's session cookie, set by `/login`.
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix("session_id=").map(str::to_owned));
+    let cookie = cookie(headers, "session_id");
     if cookie.is_some() {
         return cookie;
+    }
+    // The portal's session cookie, for reading only (its pages' event
+    // streams): a change through `/v1` needs the token in a header, so a
+    // forged cross-site form cannot make one.
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        if let Some(token) = self::cookie(headers, PORTAL_COOKIE) {
+            return Some(token);
+        }
     }
     if request.uri().path().ends_with("/events") {
         let query = request.uri().query().unwrap_or_default();
@@ -237,7 +264,7 @@ const LOGIN_CHECKS: usize = 2;
 
 /// Runs the (slow) password check off the async workers and audits the
 /// attempt, whatever its outcome.
-pub(crate) async fn check_login(
+pub async fn check_login(
     backend: &Shared,
     throttle: &LoginThrottle,
     body: LoginRequest,

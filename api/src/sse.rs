@@ -61,7 +61,19 @@ struct State {
     /// Events made from one entry still to send (Salt's shape can turn
     /// one entry into several events).
     outgoing: VecDeque<Event>,
+    /// Minions whose `job/return` entries this connection sent.
+    returned: std::collections::HashSet<String>,
+    /// The stream replays the job from its start (no resume point), so
+    /// every return must have been sent before `done` is.
+    from_start: bool,
+    /// How often `done` waited for a return entry not yet on the stream.
+    done_waits: u32,
 }
+
+/// How many times a job's `done` waits for a return the store holds but
+/// whose stream entry has not been published yet (a moment: returns are
+/// stored, then put on the stream, in one flush).
+const MAX_DONE_WAITS: u32 = 20;
 
 /// Jobs whose readability a stream remembers before it starts over.
 const READABLE_CACHE: usize = 4096;
@@ -87,6 +99,9 @@ pub fn stream(
         finished: false,
         reader,
         readable: HashMap::new(),
+        returned: std::collections::HashSet::new(),
+        from_start: after == 0,
+        done_waits: 0,
         // salt-api starts its stream by telling clients to reconnect
         // after 400 ms.
         outgoing: if shape == Shape::Salt {
@@ -210,6 +225,14 @@ impl State {
         if !view.done {
             return None;
         }
+        let unsent = view.returns.keys().any(|m| !self.returned.contains(m));
+        if self.from_start && unsent && self.done_waits < MAX_DONE_WAITS {
+            // Stored but not on the stream yet: read the store again and
+            // check once more, so `done` never overtakes a return.
+            self.done_waits += 1;
+            self.more = true;
+            return None;
+        }
         self.finished = true;
         let data = json!({ "jid": jid, "missing": view.missing });
         Some(Event::default().event("done").data(data.to_string()))
@@ -221,6 +244,11 @@ impl State {
     fn send(&mut self, entry: BusEntry) -> Option<Event> {
         self.last = entry.id;
         self.check_done |= self.jid.is_some() && entry.kind == "job/return";
+        if entry.kind == "job/return" {
+            if let Some(minion) = &entry.minion {
+                self.returned.insert(minion.clone());
+            }
+        }
         let id = entry.id.to_string();
         let data = match self.shape {
             Shape::Native => vec![serde_json::to_string(&entry).unwrap_or_default()],

@@ -90,6 +90,7 @@ fn summary(j: &str, fun: &str) -> JobSummary {
         returned: 1,
         failed: 0,
         done: false,
+        app: None,
     }
 }
 
@@ -522,6 +523,10 @@ impl Backend for Fake {
         _: &[u8],
     ) -> Result<halite_model::HookOutcome, ApiError> {
         Err(ApiError::not_found(format!("no app {app:?}")))
+    }
+
+    fn may_release(&self, user: &str, _: &str, _: Option<&str>) -> bool {
+        user == "alice"
     }
 
     fn create_schedule(

@@ -270,6 +270,10 @@ impl Backend for ApiBackend {
         Ok(blocking(|| self.0.webhook(app, headers, body))?)
     }
 
+    fn may_release(&self, user: &str, app: &str, env: Option<&str>) -> bool {
+        self.0.may_release(user, app, env)
+    }
+
     fn create_schedule(&self, user: &str, new: NewSchedule) -> Result<Schedule, ApiError> {
         Ok(blocking(|| self.0.create_schedule(user, new))?)
     }

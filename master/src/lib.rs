@@ -232,7 +232,10 @@ fn spawn_api(
     core: Arc<core::Core>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let app = halite_api::router(Arc::new(backend::ApiBackend(core)));
+    let portal = halite_portal::router(halite_portal::PortalOptions {
+        secure_cookies: tls.is_some(),
+    });
+    let app = halite_api::router_with(Arc::new(backend::ApiBackend(core)), portal);
     match tls {
         Some(tls) => {
             let listener =

@@ -55,6 +55,10 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
                 .result
                 .as_deref()
                 .is_none_or(|r| r == result_of(&summary))
+                && filter
+                    .app
+                    .as_ref()
+                    .is_none_or(|a| summary.app.as_ref() == Some(a))
             {
                 page.push(summary);
             }
@@ -119,6 +123,12 @@ fn summarize(core: &Core, job: StoredJob) -> Result<JobSummary, CoreError> {
         fun: record.fun,
         target: record.target,
         tgt_type: record.tgt_type,
+        // The name as given, or the definition the master put in its place.
+        app: record
+            .kwarg
+            .get("app")
+            .and_then(|a| a.as_str().or_else(|| a.get("name")?.as_str()))
+            .map(str::to_owned),
         arg: record.arg,
         user: record.user,
         issued_at: record.issued_at,

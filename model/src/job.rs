@@ -200,6 +200,9 @@ pub struct JobSummary {
     /// Every expected minion returned, or the job's time is up.
     #[serde(default)]
     pub done: bool,
+    /// The app it released or read (its `app` keyword argument).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// `GET /v1/jobs` filters and page.
@@ -225,6 +228,8 @@ pub struct JobFilter {
     pub result: Option<String>,
     /// Only jobs that ran on this minion.
     pub minion: Option<String>,
+    /// Only jobs of this app (their `app` keyword argument).
+    pub app: Option<String>,
     /// Only jobs this user may read (set by the API from the token, never
     /// from the query).
     #[serde(skip)]

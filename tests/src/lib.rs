@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod browser;
 pub mod fake;
 pub mod git;
 pub mod proxy;

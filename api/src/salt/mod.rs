@@ -162,9 +162,19 @@ const CLIENTS: [&str; 6] = [
     "wheel_async",
 ];
 
-/// `GET /`: what salt-api answers there, so clients can probe the API.
-async fn welcome() -> Json<Value> {
-    Json(json!({ "return": "Welcome", "clients": CLIENTS }))
+/// `GET /`: what salt-api answers there, so clients can probe the API;
+/// a browser (asking for HTML first) is sent to the portal.
+async fn welcome(headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let html_first = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| first.trim().starts_with("text/html"));
+    if html_first {
+        return axum::response::Redirect::to("/ui/").into_response();
+    }
+    Json(json!({ "return": "Welcome", "clients": CLIENTS })).into_response()
 }
 
 /// Routes behind the token check.

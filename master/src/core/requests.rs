@@ -24,11 +24,29 @@ impl Core {
     /// a promoted environment must have the revision live already, and the
     /// version is resolved now to the revision the approval will bind.
     pub fn create_request(&self, user: &str, new: NewRequest) -> Result<ReleaseRequest, CoreError> {
+        self.create_request_as(user, user, new)
+    }
+
+    /// [`Core::create_request`], made as `by` and checked against the
+    /// grants of `acl_user` (a trigger asks as root, recorded as itself).
+    pub(crate) fn create_request_as(
+        &self,
+        by: &str,
+        acl_user: &str,
+        new: NewRequest,
+    ) -> Result<ReleaseRequest, CoreError> {
+        let user = by;
         let reason = new.reason.trim();
         if reason.is_empty() {
             return Err(CoreError::invalid("a request needs a reason"));
         }
         let (app, env) = self.app_env(&new.app, &new.env)?;
+        if !self.may_release(acl_user, &app.name, Some(&new.env)) {
+            return Err(CoreError::Forbidden(format!(
+                "user {acl_user:?} may not release {} to {} (no grant for its deploy function on every minion there)",
+                app.name, new.env
+            )));
+        }
         if let Some(active) = self.active_request(&app.name, &new.env)? {
             return Err(one_at_a_time(&active));
         }

@@ -232,8 +232,9 @@ impl Core {
                 version.insert("branch".into(), Value::String(branch.clone()))
             }
         };
-        let request = self.create_request(
+        let request = self.create_request_as(
             by,
+            halite_pki::users::ROOT,
             NewRequest {
                 app: app.name.clone(),
                 env: trigger.env.clone(),

@@ -325,6 +325,35 @@ impl Core {
         self.submit(user, request)
     }
 
+    /// May `user` release `app` (to environment `env`, or its whole
+    /// target)? The ACL for the app's deploy function on every accepted
+    /// minion there: what decides whether the portal shows a Deploy or
+    /// Request button (the release itself is checked again in full).
+    pub fn may_release(&self, user: &str, app: &str, env: Option<&str>) -> bool {
+        let Ok(apps) = self.apps() else {
+            return false;
+        };
+        let Some(spec) = apps.iter().find(|a| a.name == app) else {
+            return false;
+        };
+        let (target, tgt_type) = match env.map(|e| spec.env.get(e)) {
+            Some(Some(env)) => (&env.target, env.tgt_type),
+            Some(None) => return false,
+            None => (&spec.target, spec.tgt_type),
+        };
+        let Ok(target) = halite_proto::Target::parse(tgt_type, target) else {
+            return false;
+        };
+        let minions = self.presence.matching(&self.keys.accepted_ids(), &target);
+        let fun = format!("{}.deploy", crate::apps::module_for(spec));
+        self.grants
+            .current()
+            .check_job(user, &fun, &minions, |ids, t| {
+                self.presence.matching(ids, t)
+            })
+            .is_ok()
+    }
+
     /// Deploy statistics over `[from, to)` (unix ms).
     pub fn deploy_stats(&self, from: u64, to: u64) -> Result<DeployStats, CoreError> {
         let records = self.store.deploys_between(from, to)?;

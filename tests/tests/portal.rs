@@ -1,0 +1,352 @@
+//! The portal in a real browser: headless Chromium driven through
+//! WebDriver against a real master with two minions and a git
+//! repository. A developer releases to staging and watches the console,
+//! requests production, cannot approve it themselves; a lead approves and
+//! deploys; a rollback with a reason; the dashboard, statistics and the
+//! other screens; a user without the grant neither sees nor can force a
+//! deploy; nothing in the browser console; usable on a phone's width.
+//!
+//! Every screen is saved as a PNG under `target/portal-screenshots/`; with
+//! `HALITE_UPDATE_SCREENSHOTS=1` they also replace `docs/portal/`.
+
+use std::path::{Path, PathBuf};
+
+use halite_tests::api::Session;
+use halite_tests::browser::Browser;
+use halite_tests::git::Repo;
+use halite_tests::{Master, Minion};
+use serde_json::json;
+
+/// Runs blocking work (the harness's HTTP client, process calls) from
+/// the async test without stalling the runtime.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}
+
+/// A form body, as a browser sends it.
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+const ACL: &str = r#"
+[acl]
+dev = [{ "web*" = ["git_deploy.*"] }]
+lead = [{ "web*" = ["git_deploy.*"] }, "@wheel"]
+viewer = [{ "db*" = ["git_deploy.*"] }]
+"#;
+
+/// Where screenshots go.
+fn shots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/portal-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+async fn shot(browser: &Browser, name: &str) {
+    let path = shots().join(format!("{name}.png"));
+    browser.screenshot(&path).await;
+    if std::env::var_os("HALITE_UPDATE_SCREENSHOTS").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/portal");
+        std::fs::create_dir_all(&docs).expect("docs/portal");
+        std::fs::copy(&path, docs.join(format!("{name}.png"))).expect("copy screenshot");
+    }
+}
+
+async fn log_in(browser: &Browser, base: &str, user: &str) {
+    browser
+        .client
+        .goto(&format!("{base}/"))
+        .await
+        .expect("open the master");
+    browser.fill("#username", user).await;
+    browser.fill("#password", &format!("pw-of-{user}")).await;
+    browser.click("#login").await;
+    assert_eq!(browser.text("#user").await, user);
+}
+
+async fn log_out(browser: &Browser) {
+    browser.click(".who button").await;
+    browser.wait_for("#username").await;
+}
+
+/// The job id of the console page the browser is on.
+async fn console_jid(browser: &Browser) -> String {
+    let console = browser.wait_for("#console").await;
+    console
+        .attr("data-jid")
+        .await
+        .expect("attr")
+        .expect("data-jid")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_through_the_portal_in_a_real_browser() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("git");
+    let shop = Repo::create(dir.path(), &root, "shop", &[("v1", "one"), ("v2", "two")]);
+    let srv = dir.path().join("srv");
+    let apps = dir.path().join("master/apps.d");
+    std::fs::create_dir_all(&apps).unwrap();
+    std::fs::write(
+        apps.join("shop.toml"),
+        format!(
+            "repo = \"{}\"\ntarget = \"web*\"\npath = \"{}/{{id}}/shop\"\n\
+             [env.staging]\ntarget = \"web1\"\n\
+             [env.production]\ntarget = \"web2\"\nrequires_approval = true\napprovers = [\"lead\", \"dev\"]\npromote_from = \"staging\"\n",
+            shop.bare.display(),
+            srv.display()
+        ),
+    )
+    .unwrap();
+    let (master, _minions) = blocking(|| {
+        let master = Master::start(dir.path(), ACL);
+        let minions: Vec<Minion> = ["web1", "web2"]
+            .iter()
+            .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
+            .collect();
+        master.accept("web1");
+        master.accept("web2");
+        for user in ["dev", "lead", "viewer"] {
+            Session::new_user(&master, user);
+        }
+        (master, minions)
+    });
+    let root_api = Session::root(&master);
+    let base = master.api_url();
+    let live =
+        |id: &str| std::fs::read_to_string(srv.join(id).join("shop/current/index.html")).ok();
+    let browser = Browser::start(dir.path()).await;
+
+    // The developer logs in (a browser at / is sent to the portal).
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser.wait_for("#username").await;
+    shot(&browser, "login").await;
+    log_in(&browser, &base, "dev").await;
+    shot(&browser, "dashboard-empty").await;
+
+    // Staging needs no approval: Deploy, then the console shows the
+    // stages completing.
+    browser
+        .client
+        .goto(&format!("{base}/ui/apps/shop"))
+        .await
+        .unwrap();
+    browser.select("#version-staging", "tag:v1").await;
+    browser.fill("#reason-staging", "first release").await;
+    shot(&browser, "app").await;
+    browser.click("#release-staging").await;
+    let jid = console_jid(&browser).await;
+    browser.wait_text("#job-state", "done").await;
+    browser
+        .wait_text(r#".lane[data-minion="web1"] .lane-state"#, "succeeded")
+        .await;
+    let deploy_stage = browser
+        .text(r#".lane[data-minion="web1"] [data-stage="deploy"] .status"#)
+        .await;
+    assert_eq!(deploy_stage, "succeeded");
+    shot(&browser, "console").await;
+    assert_eq!(live("web1").as_deref(), Some("one"));
+    let (_, job) = blocking(|| root_api.get(&format!("/v1/jobs/{jid}")));
+    assert_eq!(job["done"], true, "{job}");
+
+    // Production: a request, which its requester cannot approve.
+    browser
+        .client
+        .goto(&format!("{base}/ui/apps/shop"))
+        .await
+        .unwrap();
+    browser.select("#version-production", "tag:v1").await;
+    browser.fill("#reason-production", "ship one").await;
+    browser.click("#release-production").await;
+    browser.wait_text("#state", "requested").await;
+    let url = browser.client.current_url().await.unwrap();
+    let request_path = url.path().to_owned();
+    let request_id: u64 = request_path.rsplit('/').next().unwrap().parse().unwrap();
+    browser.click("#approve").await;
+    browser.wait_contains("#notice", "may not approve").await;
+    browser.wait_text("#state", "requested").await;
+    log_out(&browser).await;
+
+    // The lead approves and deploys it.
+    log_in(&browser, &base, "lead").await;
+    browser
+        .client
+        .goto(&format!("{base}{request_path}"))
+        .await
+        .unwrap();
+    shot(&browser, "request").await;
+    browser.click("#approve").await;
+    browser.wait_text("#state", "approved").await;
+    browser.click("#deploy").await;
+    console_jid(&browser).await;
+    browser.wait_text("#job-state", "done").await;
+    browser
+        .wait_text(r#".lane[data-minion="web2"] .lane-state"#, "succeeded")
+        .await;
+    assert_eq!(live("web2").as_deref(), Some("one"));
+    let (_, request) = blocking(|| root_api.get(&format!("/v1/requests/{request_id}")));
+    blocking(|| root_api.wait_state(request_id, "live"));
+    assert_eq!(request["history"][1]["by"], "lead");
+
+    // v2 to staging, then rolled back with a reason.
+    browser
+        .client
+        .goto(&format!("{base}/ui/apps/shop"))
+        .await
+        .unwrap();
+    browser.select("#version-staging", "tag:v2").await;
+    browser.fill("#reason-staging", "second release").await;
+    browser.click("#release-staging").await;
+    browser.wait_text("#job-state", "done").await;
+    assert_eq!(live("web1").as_deref(), Some("two"));
+    browser
+        .client
+        .goto(&format!("{base}/ui/apps/shop"))
+        .await
+        .unwrap();
+    browser
+        .fill("#rollback-reason-staging", "two breaks checkout")
+        .await;
+    browser.click("#rollback-staging").await;
+    browser.wait_text("#job-state", "done").await;
+    assert_eq!(live("web1").as_deref(), Some("one"));
+    let (_, listed) = blocking(|| root_api.get("/v1/requests?app=shop&env=staging"));
+    let rollback = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "rollback")
+        .cloned()
+        .expect("a rollback request");
+    assert_eq!(rollback["reason"], "two breaks checkout");
+    blocking(|| root_api.wait_state(rollback["id"].as_u64().unwrap(), "live"));
+
+    // The dashboard shows where each environment is; the statistics
+    // count the deploys; the other screens render.
+    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    let table = browser.text("#dashboard").await;
+    assert!(
+        table.contains("staging") && table.contains("production"),
+        "{table}"
+    );
+    assert!(table.contains("tag v1"), "{table}");
+    shot(&browser, "dashboard").await;
+    browser
+        .client
+        .goto(&format!("{base}/ui/stats"))
+        .await
+        .unwrap();
+    let totals = browser.text("#totals").await;
+    assert!(!totals.contains("Deploys\n0"), "{totals}");
+    browser.wait_for("svg.chart rect").await;
+    shot(&browser, "stats").await;
+    for (path, css, name) in [
+        ("/ui/jobs", "#jobs", "jobs"),
+        ("/ui/minions", "#minions", "minions"),
+        ("/ui/audit", "#audit", "audit"),
+        ("/ui/schedules", "#schedules", "schedules"),
+    ] {
+        browser.client.goto(&format!("{base}{path}")).await.unwrap();
+        browser.wait_for(css).await;
+        shot(&browser, name).await;
+    }
+    browser
+        .client
+        .goto(&format!("{base}/ui/jobs?fun=git_deploy.*&app=shop"))
+        .await
+        .unwrap();
+    let jobs = browser.text("#jobs").await;
+    assert!(jobs.contains("git_deploy.deploy"), "{jobs}");
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.is_empty(),
+        "errors in the browser console: {errors:?}"
+    );
+
+    // On a phone's width nothing runs off the side.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.wait_for("#dashboard").await;
+    let fits = browser
+        .client
+        .execute(
+            "return document.body.scrollWidth <= window.innerWidth + 1",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits, json!(true));
+    shot(&browser, "dashboard-phone").await;
+    browser.client.set_window_size(1280, 800).await.unwrap();
+    log_out(&browser).await;
+
+    // A user without a grant on the app's minions sees no release form,
+    // and a release forged by hand with their session is refused.
+    log_in(&browser, &base, "viewer").await;
+    browser
+        .client
+        .goto(&format!("{base}/ui/apps/shop"))
+        .await
+        .unwrap();
+    browser.wait_for("#env-staging").await;
+    assert!(
+        browser
+            .client
+            .find(fantoccini::Locator::Css("#release-staging"))
+            .await
+            .is_err(),
+        "no release form for the viewer"
+    );
+    let csrf = browser
+        .wait_for(r#".who input[name="csrf"]"#)
+        .await
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let cookie = browser
+        .client
+        .get_named_cookie("halite_session")
+        .await
+        .expect("session cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+    let before = blocking(|| root_api.get("/v1/requests?app=shop")).1;
+    let session = format!("halite_session={}", cookie.value());
+    let post = |path: &str, body: String| {
+        blocking(|| {
+            let answer = halite_tests::api::http()
+                .post(format!("{base}{path}"))
+                .header("cookie", &session)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .expect("post");
+            (answer.status().as_u16(), answer.url().to_string())
+        })
+    };
+    let (_, landed) = post(
+        "/ui/apps/shop/release",
+        form(&[
+            ("csrf", csrf.as_str()),
+            ("env", "staging"),
+            ("version", "tag:v2"),
+            ("reason", "forged"),
+            ("kind", "deploy"),
+        ]),
+    );
+    assert!(landed.contains("error="), "refused: {landed}");
+    assert_eq!(
+        blocking(|| root_api.get("/v1/requests?app=shop")).1,
+        before,
+        "no request made for the viewer"
+    );
+    assert_eq!(live("web1").as_deref(), Some("one"), "nothing released");
+    // Without the session's CSRF token, a form is refused outright.
+    let (status, _) = post(
+        "/ui/schedules/none/pause",
+        form(&[("csrf", &"0".repeat(32))]),
+    );
+    assert_eq!(status, 403);
+}
