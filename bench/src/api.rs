@@ -146,6 +146,23 @@ fn wrk(args: &ApiArgs, url: &str, script: &Path) -> Result<Measured> {
     })
 }
 
+/// The status of one portal page fetched with the session cookie.
+fn page_status(addr: &std::net::SocketAddr, path: &str, token: &str) -> Result<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).context("connect to the API")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nCookie: halite_session={token}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in the answer to {path}"))
+}
+
 /// Runs the benchmark.
 pub fn run(args: ApiArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("temp dir")?;
@@ -187,6 +204,21 @@ pub fn run(args: ApiArgs) -> Result<()> {
         &plain,
         format!("wrk.headers[\"X-Auth-Token\"] = \"{token}\"\n"),
     )?;
+    // The portal's pages, as a logged-in browser asks for them (the
+    // session cookie holds a token; the CLI's will do).
+    let page = dir.path().join("page.lua");
+    std::fs::write(
+        &page,
+        format!("wrk.headers[\"Cookie\"] = \"halite_session={token}\"\n"),
+    )?;
+    let page_lookup = dir.path().join("page-lookup.lua");
+    std::fs::write(
+        &page_lookup,
+        format!(
+            "wrk.headers[\"Cookie\"] = \"halite_session={token}\"\nlocal jids = {{{}}}\nmath.randomseed(42)\nrequest = function()\n  return wrk.format(\"GET\", \"/ui/jobs/\" .. jids[math.random(#jids)])\nend\n",
+            sample.iter().map(|j| format!("\"{j}\"")).collect::<Vec<_>>().join(",")
+        ),
+    )?;
 
     let scenarios = [
         (
@@ -204,7 +236,50 @@ pub fn run(args: ApiArgs) -> Result<()> {
             format!("{base}/v1/jobs?fun=git_deploy.*&limit=50"),
             &plain,
         ),
+        ("portal: dashboard /ui/", format!("{base}/ui/"), &page),
+        (
+            "portal: jobs list /ui/jobs (50 rows)",
+            format!("{base}/ui/jobs"),
+            &page,
+        ),
+        (
+            "portal: jobs list filtered /ui/jobs?fun=git_deploy.*",
+            format!("{base}/ui/jobs?fun=git_deploy.*"),
+            &page,
+        ),
+        (
+            "portal: a job's page /ui/jobs/{jid} (random)",
+            format!("{base}/ui/jobs/x"),
+            &page_lookup,
+        ),
+        (
+            "portal: minions /ui/minions",
+            format!("{base}/ui/minions"),
+            &page,
+        ),
+        (
+            "portal: statistics /ui/stats",
+            format!("{base}/ui/stats"),
+            &page,
+        ),
+        ("portal: audit /ui/audit", format!("{base}/ui/audit"), &page),
+        (
+            "portal: schedules /ui/schedules",
+            format!("{base}/ui/schedules"),
+            &page,
+        ),
     ];
+    // A page that redirected to the login form would be measured too
+    // (wrk counts 3xx as answers): every portal page must be a 200 first.
+    for (name, url, script) in &scenarios {
+        if *script == &page {
+            let path = url.trim_start_matches(&base);
+            let status = page_status(&running.api_addr, path, &token)?;
+            if status != 200 {
+                bail!("{name}: {path} answered {status}, not the page");
+            }
+        }
+    }
     let mut table = Table::new(&[
         "request",
         "jobs stored",

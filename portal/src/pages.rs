@@ -783,6 +783,7 @@ pub async fn request_step(
 #[template(path = "jobs.html")]
 struct JobsPage {
     chrome: Chrome,
+    older: Option<String>,
     jobs: Vec<(String, String, String, String, String, String)>,
     fun: String,
     user: String,
@@ -802,7 +803,12 @@ pub struct JobsQuery {
     #[serde(default)]
     result: String,
     hours: Option<u64>,
+    /// The page after this job (the previous page's last).
+    before: Option<String>,
 }
+
+/// Rows per page of the jobs list.
+const JOBS_PAGE: usize = 50;
 
 pub async fn jobs(
     State(backend): State<Shared>,
@@ -812,7 +818,8 @@ pub async fn jobs(
     let hours = query.hours.unwrap_or(24 * 7).clamp(1, 24 * 365);
     let nonempty = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
     let filter = JobFilter {
-        limit: Some(200),
+        limit: Some(JOBS_PAGE),
+        before: query.before.clone().filter(|b| !b.is_empty()),
         fun: nonempty(&query.fun),
         user: nonempty(&query.user),
         result: nonempty(&query.result),
@@ -847,8 +854,23 @@ pub async fn jobs(
             )
         })
         .collect();
+    let older = page.next.map(|next| {
+        let pairs = [
+            ("fun", query.fun.as_str()),
+            ("app", app.as_str()),
+            ("user", query.user.as_str()),
+            ("result", query.result.as_str()),
+            ("hours", &hours.to_string()),
+            ("before", &next),
+        ];
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        format!("/ui/jobs?{query}")
+    });
     render(JobsPage {
         chrome: Chrome::new(&viewer, &backend, "jobs", &Flash::default()),
+        older,
         jobs,
         fun: query.fun,
         user: query.user,
