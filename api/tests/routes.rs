@@ -38,6 +38,8 @@ struct Fake {
     live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
     logged_out: Mutex<Vec<String>>,
     requests: Mutex<Vec<halite_model::ReleaseRequest>>,
+    /// Whether job KNOWN reads as done (its one return is web01's).
+    known_done: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Fake {
@@ -51,6 +53,7 @@ impl Default for Fake {
             live: tokio::sync::broadcast::channel(64).0,
             logged_out: Mutex::default(),
             requests: Mutex::default(),
+            known_done: Default::default(),
         }
     }
 }
@@ -307,7 +310,7 @@ impl Backend for Fake {
             },
             returns: BTreeMap::from([("web01".to_owned(), ret)]),
             missing: vec!["web02".into()],
-            done: false,
+            done: self.known_done.load(std::sync::atomic::Ordering::SeqCst),
         })
     }
 
@@ -1689,6 +1692,31 @@ async fn job_events_stream_resumes_after_last_event_id_and_follows_live() {
     let (status, body) = call(&app, request).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error(&body, &["Last-Event-ID"]);
+}
+
+/// Returns are stored before their stream entries are published: a job
+/// the store already calls done must not end its stream before the
+/// return's entry has been sent (the portal's console and `master-cli`
+/// would lose the last return).
+#[tokio::test]
+async fn a_job_stream_never_ends_before_a_stored_return_is_sent() {
+    let (fake, app) = app();
+    fake.publish("job/event", Some(KNOWN));
+    fake.known_done
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let request = req(Method::GET, &format!("/v1/jobs/{KNOWN}/events"))
+        .header("x-auth-token", TOKEN)
+        .header(header::ACCEPT, "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let mut body = app.clone().oneshot(request).await.unwrap().into_body();
+    let first = sse_data(&mut body, 1).await;
+    assert_eq!(first[0].1["kind"], "job/event");
+    // The return's entry arrives after the store said done.
+    fake.publish("job/return", Some(KNOWN));
+    let rest = sse_data(&mut body, 2).await;
+    assert_eq!(rest[0].1["kind"], "job/return", "{rest:?}");
+    assert_eq!(rest[1].1["jid"], KNOWN, "then done: {rest:?}");
 }
 
 #[tokio::test]

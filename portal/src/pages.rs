@@ -1116,6 +1116,9 @@ struct StatsPage {
     by_stage: String,
     by_minion: String,
     per_app: Vec<(String, u64, u64, String)>,
+    /// Release requests that went out, per app and environment: live,
+    /// failed, rolled back.
+    per_env: Vec<(String, String, u64, u64, u64)>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1145,8 +1148,29 @@ pub async fn stats(
         app.0 += d.deploys;
         app.1 += d.failed;
     }
+    let mut per_env: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
+    for r in backend.requests(None, None, 10_000).unwrap_or_default() {
+        let deployed = r
+            .history
+            .iter()
+            .find(|t| t.state == RequestState::Deploying);
+        if deployed.is_none_or(|t| t.at < from) {
+            continue;
+        }
+        let counts = per_env.entry((r.app.clone(), r.env.clone())).or_default();
+        match r.state {
+            RequestState::Live => counts.0 += 1,
+            RequestState::Failed => counts.1 += 1,
+            RequestState::RolledBack => counts.2 += 1,
+            _ => {}
+        }
+    }
     render(StatsPage {
         chrome: Chrome::new(&viewer, &backend, "stats", &Flash::default()),
+        per_env: per_env
+            .into_iter()
+            .map(|((app, env), (live, failed, rolled_back))| (app, env, live, failed, rolled_back))
+            .collect(),
         days,
         total: stats.total,
         rate: format!("{:.0} %", stats.success_rate * 100.0),

@@ -241,6 +241,8 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     let totals = browser.text("#totals").await;
     assert!(!totals.contains("Deploys\n0"), "{totals}");
     browser.wait_for("svg.chart rect").await;
+    let per_env = browser.text("#per-env").await;
+    assert!(per_env.contains("production"), "{per_env}");
     shot(&browser, "stats").await;
     for (path, css, name) in [
         ("/ui/jobs", "#jobs", "jobs"),
