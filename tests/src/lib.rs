@@ -101,14 +101,17 @@ fn crates_of(binary: &str) -> &'static [&'static str] {
             "proto",
             "model",
             "pki",
+            "git",
             "daemon",
             "api",
+            "portal",
             "master",
             "vendor/zeromq",
         ],
         "halite-minion" => &[
             "proto",
             "pki",
+            "git",
             "modules",
             "daemon",
             "minion",
@@ -142,7 +145,10 @@ fn newest_source(binary: &str) -> Option<(PathBuf, std::time::SystemTime)> {
     // often leaves a binary as it was, and cargo then does not relink it.
     let mut dirs: Vec<PathBuf> = Vec::new();
     for krate in crates_of(binary) {
-        dirs.push(root.join(krate).join("src"));
+        // The portal's templates and assets are compiled in too.
+        for part in ["src", "templates", "assets"] {
+            dirs.push(root.join(krate).join(part));
+        }
     }
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -152,7 +158,9 @@ fn newest_source(binary: &str) -> Option<(PathBuf, std::time::SystemTime)> {
             let path = entry.path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs" || e == "json")
+            } else if path
+                .extension()
+                .is_some_and(|e| ["rs", "json", "html", "css", "js", "svg"].iter().any(|x| e == *x))
                 // Unit-test modules (`tests.rs`) are not in the binary:
                 // cargo does not relink it when they change.
                 && path.file_name().is_none_or(|n| n != "tests.rs")
