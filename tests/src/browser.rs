@@ -38,13 +38,19 @@ impl Browser {
             "the portal tests need Debian's chromium and chromium-driver (bash scripts/test.sh installs them)"
         );
         let port = crate::free_port();
-        let driver = Command::new("/usr/bin/chromedriver")
+        let mut driver = Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
+        // chromedriver says when it listens; nothing else to wait for.
+        let out = driver.stdout.take().expect("chromedriver stdout");
+        let ready = std::io::BufRead::lines(std::io::BufReader::new(out))
+            .map_while(Result::ok)
+            .any(|line| line.contains("started successfully"));
+        assert!(ready, "chromedriver exited before it listened");
         let profile = dir.join("chromium-profile");
         std::fs::create_dir_all(&profile).expect("profile dir");
         let mut capabilities = serde_json::Map::new();
@@ -64,30 +70,22 @@ impl Browser {
             "goog:loggingPrefs".into(),
             serde_json::json!({ "browser": "ALL" }),
         );
-        let url = format!("http://127.0.0.1:{port}");
-        let mut last = None;
-        // chromedriver takes a moment to listen: try until it answers.
-        for _ in 0..100 {
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector)
-                .capabilities(capabilities.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(client) => return Browser { client, driver },
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("cannot start a WebDriver session: {last:?}");
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot start a WebDriver session: {e}"));
+        Browser { client, driver }
     }
 
-    /// Waits (up to 60 s) for an element.
+    /// Waits (up to 90 s) for an element: the way every test waits on a
+    /// page, state included (`#state.state-approved`).
     pub async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
         match self
             .client
             .wait()
-            .at_most(Duration::from_secs(60))
+            .at_most(Duration::from_secs(90))
             .for_element(Locator::Css(css))
             .await
         {
@@ -106,46 +104,9 @@ impl Browser {
         }
     }
 
-    /// Waits (up to 90 s) until `css`'s text is `text`.
-    pub async fn wait_text(&self, css: &str, text: &str) {
-        for _ in 0..900 {
-            if let Ok(element) = self.client.find(Locator::Css(css)).await {
-                if element.text().await.is_ok_and(|t| t.trim() == text) {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let page = self.client.source().await.unwrap_or_default();
-        panic!("{css} never read {text:?}:\n{page}");
-    }
-
-    /// The text of an element (found again if the page changed under it).
+    /// The text of an element.
     pub async fn text(&self, css: &str) -> String {
-        for _ in 0..50 {
-            if let Ok(text) = self.wait_for(css).await.text().await {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("cannot read {css}");
-    }
-
-    /// Waits (up to 90 s) until `css`'s text contains `needle`; answers it.
-    pub async fn wait_contains(&self, css: &str, needle: &str) -> String {
-        let mut seen = String::new();
-        for _ in 0..900 {
-            if let Ok(element) = self.client.find(Locator::Css(css)).await {
-                if let Ok(text) = element.text().await {
-                    if text.contains(needle) {
-                        return text;
-                    }
-                    seen = text;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{css} never contained {needle:?} (last: {seen:?})");
+        self.wait_for(css).await.text().await.expect("text")
     }
 
     /// Types into a field (cleared first).

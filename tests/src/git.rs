@@ -255,3 +255,46 @@ pub fn static_files(root: &Path) -> Server {
     });
     Server { child, port }
 }
+
+/// The app the release-request tests share: `shop` from a repository with
+/// tags v1 ("one") and v2 ("two"), released under `<dir>/srv/<minion>/shop`,
+/// with `staging` (web1, no rules) and `production` (web2, approved by
+/// `lead` or `dev`, promoted from staging), in `<dir>/master/apps.d`.
+pub struct TwoEnvShop {
+    /// The repository.
+    pub repo: Repo,
+    /// Where minions release it (`srv/<id>/shop/current`).
+    pub srv: PathBuf,
+}
+
+impl TwoEnvShop {
+    /// Creates the repository and writes the app's definition.
+    pub fn create(dir: &Path) -> TwoEnvShop {
+        let repo = Repo::create(
+            dir,
+            &dir.join("git"),
+            "shop",
+            &[("v1", "one"), ("v2", "two")],
+        );
+        let srv = dir.join("srv");
+        let apps = dir.join("master/apps.d");
+        std::fs::create_dir_all(&apps).expect("apps.d");
+        std::fs::write(
+            apps.join("shop.toml"),
+            format!(
+                "repo = \"{}\"\ntarget = \"web*\"\npath = \"{}/{{id}}/shop\"\n\
+                 [env.staging]\ntarget = \"web1\"\n\
+                 [env.production]\ntarget = \"web2\"\nrequires_approval = true\napprovers = [\"lead\", \"dev\"]\npromote_from = \"staging\"\n",
+                repo.bare.display(),
+                srv.display()
+            ),
+        )
+        .expect("write shop.toml");
+        TwoEnvShop { repo, srv }
+    }
+
+    /// What is live on a minion (`index.html` of its current release).
+    pub fn live(&self, minion: &str) -> Option<String> {
+        std::fs::read_to_string(self.srv.join(minion).join("shop/current/index.html")).ok()
+    }
+}

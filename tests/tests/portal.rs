@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use halite_tests::api::Session;
 use halite_tests::browser::Browser;
-use halite_tests::git::Repo;
+use halite_tests::git::TwoEnvShop;
 use halite_tests::{Master, Minion};
 use serde_json::json;
 
@@ -84,22 +84,7 @@ async fn console_jid(browser: &Browser) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_release_through_the_portal_in_a_real_browser() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("git");
-    let shop = Repo::create(dir.path(), &root, "shop", &[("v1", "one"), ("v2", "two")]);
-    let srv = dir.path().join("srv");
-    let apps = dir.path().join("master/apps.d");
-    std::fs::create_dir_all(&apps).unwrap();
-    std::fs::write(
-        apps.join("shop.toml"),
-        format!(
-            "repo = \"{}\"\ntarget = \"web*\"\npath = \"{}/{{id}}/shop\"\n\
-             [env.staging]\ntarget = \"web1\"\n\
-             [env.production]\ntarget = \"web2\"\nrequires_approval = true\napprovers = [\"lead\", \"dev\"]\npromote_from = \"staging\"\n",
-            shop.bare.display(),
-            srv.display()
-        ),
-    )
-    .unwrap();
+    let app = TwoEnvShop::create(dir.path());
     let (master, _minions) = blocking(|| {
         let master = Master::start(dir.path(), ACL);
         let minions: Vec<Minion> = ["web1", "web2"]
@@ -115,8 +100,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     });
     let root_api = Session::root(&master);
     let base = master.api_url();
-    let live =
-        |id: &str| std::fs::read_to_string(srv.join(id).join("shop/current/index.html")).ok();
+    let live = |id: &str| app.live(id);
     let browser = Browser::start(dir.path()).await;
 
     // The developer logs in (a browser at / is sent to the portal).
@@ -138,9 +122,9 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     shot(&browser, "app").await;
     browser.click("#release-staging").await;
     let jid = console_jid(&browser).await;
-    browser.wait_text("#job-state", "done").await;
+    browser.wait_for("#job-state.state-done").await;
     browser
-        .wait_text(r#".lane[data-minion="web1"] .lane-state"#, "succeeded")
+        .wait_for(r#".lane[data-minion="web1"] .lane-state.state-succeeded"#)
         .await;
     let deploy_stage = browser
         .text(r#".lane[data-minion="web1"] [data-stage="deploy"] .status"#)
@@ -160,13 +144,14 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     browser.select("#version-production", "tag:v1").await;
     browser.fill("#reason-production", "ship one").await;
     browser.click("#release-production").await;
-    browser.wait_text("#state", "requested").await;
+    browser.wait_for("#state.state-requested").await;
     let url = browser.client.current_url().await.unwrap();
     let request_path = url.path().to_owned();
     let request_id: u64 = request_path.rsplit('/').next().unwrap().parse().unwrap();
     browser.click("#approve").await;
-    browser.wait_contains("#notice", "may not approve").await;
-    browser.wait_text("#state", "requested").await;
+    let notice = browser.text("#notice.error").await;
+    assert!(notice.contains("may not approve"), "{notice}");
+    browser.wait_for("#state.state-requested").await;
     log_out(&browser).await;
 
     // The lead approves and deploys it.
@@ -178,12 +163,12 @@ async fn a_release_through_the_portal_in_a_real_browser() {
         .unwrap();
     shot(&browser, "request").await;
     browser.click("#approve").await;
-    browser.wait_text("#state", "approved").await;
+    browser.wait_for("#state.state-approved").await;
     browser.click("#deploy").await;
     console_jid(&browser).await;
-    browser.wait_text("#job-state", "done").await;
+    browser.wait_for("#job-state.state-done").await;
     browser
-        .wait_text(r#".lane[data-minion="web2"] .lane-state"#, "succeeded")
+        .wait_for(r#".lane[data-minion="web2"] .lane-state.state-succeeded"#)
         .await;
     assert_eq!(live("web2").as_deref(), Some("one"));
     let (_, request) = blocking(|| root_api.get(&format!("/v1/requests/{request_id}")));
@@ -199,7 +184,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     browser.select("#version-staging", "tag:v2").await;
     browser.fill("#reason-staging", "second release").await;
     browser.click("#release-staging").await;
-    browser.wait_text("#job-state", "done").await;
+    browser.wait_for("#job-state.state-done").await;
     assert_eq!(live("web1").as_deref(), Some("two"));
     browser
         .client
@@ -210,7 +195,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
         .fill("#rollback-reason-staging", "two breaks checkout")
         .await;
     browser.click("#rollback-staging").await;
-    browser.wait_text("#job-state", "done").await;
+    browser.wait_for("#job-state.state-done").await;
     assert_eq!(live("web1").as_deref(), Some("one"));
     let (_, listed) = blocking(|| root_api.get("/v1/requests?app=shop&env=staging"));
     let rollback = listed

@@ -6,7 +6,7 @@
 //! the requests kept across a master restart.
 
 use halite_tests::api::Session as Api;
-use halite_tests::git::{git, Repo};
+use halite_tests::git::{git, TwoEnvShop};
 use halite_tests::{Master, Minion};
 use serde_json::{json, Value};
 
@@ -31,22 +31,8 @@ fn request(api: &Api, env: &str, tag: &str) -> (u16, Value) {
 #[test]
 fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("git");
-    let shop = Repo::create(dir.path(), &root, "shop", &[("v1", "one"), ("v2", "two")]);
-    let srv = dir.path().join("srv");
-    let apps = dir.path().join("master/apps.d");
-    std::fs::create_dir_all(&apps).unwrap();
-    std::fs::write(
-        apps.join("shop.toml"),
-        format!(
-            "repo = \"{}\"\ntarget = \"web*\"\npath = \"{}/{{id}}/shop\"\n\
-             [env.staging]\ntarget = \"web1\"\n\
-             [env.production]\ntarget = \"web2\"\nrequires_approval = true\napprovers = [\"lead\", \"dev\"]\npromote_from = \"staging\"\n",
-            shop.bare.display(),
-            srv.display()
-        ),
-    )
-    .unwrap();
+    let app = TwoEnvShop::create(dir.path());
+    let shop = &app.repo;
     let mut master = Master::start(dir.path(), ACL);
     let _minions: Vec<Minion> = ["web1", "web2"]
         .iter()
@@ -56,8 +42,7 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     master.accept("web2");
     let dev = user(&master, "dev");
     let lead = user(&master, "lead");
-    let live =
-        |id: &str| std::fs::read_to_string(srv.join(id).join("shop/current/index.html")).ok();
+    let live = |id: &str| app.live(id);
 
     // Production takes releases through requests only: a deploy straight
     // to its minions is refused, by the app route and by a plain job;
