@@ -163,6 +163,30 @@ fn page_status(addr: &std::net::SocketAddr, path: &str, token: &str) -> Result<u
         .with_context(|| format!("no status in the answer to {path}"))
 }
 
+/// Asks for v2 of the shop on staging; answers the request's id.
+fn create_request(addr: &std::net::SocketAddr, token: &str) -> Result<u64> {
+    use std::io::{Read, Write};
+    let body = r#"{"app":"shop","env":"staging","version":{"tag":"v2"},"reason":"bench"}"#;
+    let mut stream = std::net::TcpStream::connect(addr).context("connect to the API")?;
+    write!(
+        stream,
+        "POST /v1/requests HTTP/1.1\r\nHost: bench\r\nX-Auth-Token: {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let json = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .context("an answer without a body")?;
+    let created: serde_json::Value = serde_json::from_str(json.trim())
+        .with_context(|| format!("the request was not made: {answer}"))?;
+    created["id"]
+        .as_u64()
+        .with_context(|| format!("the request was not made: {answer}"))
+}
+
 /// Runs the benchmark.
 pub fn run(args: ApiArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("temp dir")?;
@@ -173,6 +197,11 @@ pub fn run(args: ApiArgs) -> Result<()> {
         grouped(args.jobs),
         started.elapsed().as_secs_f64()
     );
+    // A git app with two environments, for the app and request pages
+    // (their versions and change sets come from the master's git cache).
+    halite_tests::git::TwoEnvShop::create(dir.path());
+    std::fs::rename(dir.path().join("master/apps.d"), dir.path().join("apps.d"))
+        .context("move the app definition next to the master's config")?;
     let config = crate::fanout::master_config(dir.path(), None)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.master_workers.max(1))
@@ -220,6 +249,7 @@ pub fn run(args: ApiArgs) -> Result<()> {
         ),
     )?;
 
+    let request = create_request(&running.api_addr, &token)?;
     let scenarios = [
         (
             "GET /v1/jobs/{jid} (random)",
@@ -251,6 +281,16 @@ pub fn run(args: ApiArgs) -> Result<()> {
             "portal: a job's page /ui/jobs/{jid} (random)",
             format!("{base}/ui/jobs/x"),
             &page_lookup,
+        ),
+        (
+            "portal: app page /ui/apps/shop (2 environments, git fetch)",
+            format!("{base}/ui/apps/shop"),
+            &page,
+        ),
+        (
+            "portal: release request /ui/requests/{id} (change set)",
+            format!("{base}/ui/requests/{request}"),
+            &page,
         ),
         (
             "portal: minions /ui/minions",

@@ -304,6 +304,7 @@ pub fn deploy_record(job: &JobRecord, ret: &ReturnRecord) -> Option<DeployRecord
         failed_stage: report.failed_stage.map(|stage| stage.as_str().to_owned()),
         at: ret.finished_at,
         duration_ms: report.duration_ms,
+        env: None,
     })
 }
 

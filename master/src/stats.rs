@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use halite_model::{AppDayStats, DeployRecord, DeployStats};
+use halite_model::{AppDayStats, DeployRecord, DeployStats, EnvStats};
+
+/// An app and the environment of its minion.
+type AppEnv<'a> = (&'a str, Option<&'a str>);
 
 /// Statistics of the records in `[from, to)`.
 pub fn deploy_stats(records: &[DeployRecord], from: u64, to: u64) -> DeployStats {
@@ -18,7 +21,14 @@ pub fn deploy_stats(records: &[DeployRecord], from: u64, to: u64) -> DeployStats
     let mut per_app_day: BTreeMap<(String, String), AppDayStats> = BTreeMap::new();
     let mut failures_by_minion = BTreeMap::new();
     let mut failures_by_stage = BTreeMap::new();
+    // (app, environment) → (failures, durations)
+    let mut per_env: BTreeMap<AppEnv, (u64, Vec<u64>)> = BTreeMap::new();
     for record in &in_range {
+        let env = per_env
+            .entry((record.app.as_str(), record.env.as_deref()))
+            .or_default();
+        env.0 += u64::from(!record.success);
+        env.1.push(record.duration_ms);
         let day = utc_day(record.at);
         let row = per_app_day
             .entry((record.app.clone(), day.clone()))
@@ -51,6 +61,20 @@ pub fn deploy_stats(records: &[DeployRecord], from: u64, to: u64) -> DeployStats
         median_ms: percentile(&durations, 50),
         p95_ms: percentile(&durations, 95),
         per_app_day: per_app_day.into_values().collect(),
+        per_env: per_env
+            .into_iter()
+            .map(|((app, env), (failed, mut durations))| {
+                durations.sort_unstable();
+                EnvStats {
+                    app: app.to_owned(),
+                    env: env.map(str::to_owned),
+                    deploys: durations.len() as u64,
+                    failed,
+                    median_ms: percentile(&durations, 50),
+                    p95_ms: percentile(&durations, 95),
+                }
+            })
+            .collect(),
         failures_by_minion,
         failures_by_stage,
     }
@@ -101,6 +125,7 @@ mod tests {
             failed_stage: stage.map(str::to_owned),
             at,
             duration_ms: ms,
+            env: None,
         }
     }
 
@@ -135,6 +160,37 @@ mod tests {
         assert_eq!(stats.per_app_day[1].deploys, 21);
         assert_eq!(stats.per_app_day[1].failed, 1);
         let empty = deploy_stats(&[], 0, 1);
+        assert!(empty.per_env.is_empty());
         assert_eq!((empty.total, empty.success_rate, empty.p95_ms), (0, 1.0, 0));
+    }
+
+    #[test]
+    fn every_deploy_counts_for_its_environment() {
+        let day = 1_795_000_000_000;
+        let in_env = |minion: &str, env: Option<&str>, ms: u64, stage: Option<&str>| DeployRecord {
+            env: env.map(str::to_owned),
+            ..record("shop", minion, day + ms, ms, stage)
+        };
+        let records = [
+            in_env("web1", Some("staging"), 100, None),
+            in_env("web1", Some("staging"), 300, Some("verify")),
+            in_env("web2", Some("production"), 200, None),
+            in_env("web9", None, 50, None),
+        ];
+        let stats = deploy_stats(&records, day, day + 86_400_000);
+        let rows: Vec<(Option<&str>, u64, u64, u64, u64)> = stats
+            .per_env
+            .iter()
+            .map(|e| (e.env.as_deref(), e.deploys, e.failed, e.median_ms, e.p95_ms))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (None, 1, 0, 50, 50),
+                (Some("production"), 1, 0, 200, 200),
+                (Some("staging"), 2, 1, 100, 300),
+            ]
+        );
+        assert!(stats.per_env.iter().all(|e| e.app == "shop"));
     }
 }

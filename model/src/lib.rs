@@ -24,7 +24,7 @@ pub use job::{
     EventRecord, JobFilter, JobPage, JobRecord, JobRequest, JobSummary, JobView, ReturnRecord,
     Submitted, RETURN_GRACE_MS,
 };
-pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats};
+pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats, EnvStats};
 pub use request::{
     Action, HookOutcome, NewRequest, ReleaseRequest, RequestKind, RequestState, Rules, Step,
     Transition, WorkflowError,

@@ -41,6 +41,11 @@ pub struct DeployRecord {
     pub at: u64,
     /// How long it took.
     pub duration_ms: u64,
+    /// The app's environment the minion is in (none for an app without
+    /// environments, or a minion outside them), so statistics per
+    /// environment count every deploy, through a request or not.
+    #[serde(default)]
+    pub env: Option<String>,
 }
 
 /// `GET /v1/apps/{name}/releases`: what is live on each minion, and the
@@ -79,6 +84,26 @@ pub struct DeployStats {
     /// Failures by the stage that failed (`fetch`, `prepare`, `deploy`,
     /// `verify`, or `unknown`).
     pub failures_by_stage: BTreeMap<String, u64>,
+    /// Per app and environment: count, failures and durations.
+    #[serde(default)]
+    pub per_env: Vec<EnvStats>,
+}
+
+/// Deploys of one app in one environment over the range.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct EnvStats {
+    /// App name.
+    pub app: String,
+    /// Environment (none: minions outside the app's environments).
+    pub env: Option<String>,
+    /// Deploys and rollbacks (per minion).
+    pub deploys: u64,
+    /// How many failed.
+    pub failed: u64,
+    /// Median duration (ms).
+    pub median_ms: u64,
+    /// 95th percentile duration (ms).
+    pub p95_ms: u64,
 }
 
 /// Deploys of one app on one day.

@@ -13,6 +13,7 @@
     var lines = lane.querySelector(".lines");
     // The stream replays the job from its start: begin from nothing.
     lines.textContent = "";
+    lines.dataset.count = "0";
     lane.querySelectorAll(".stage").forEach(function (stage) {
       stage.className = "stage status-pending";
       stage.querySelector(".status").textContent = "pending";
@@ -55,6 +56,7 @@
         var lines = lane.querySelector(".lines");
         var follow = stuckToBottom(lines);
         lines.appendChild(document.createTextNode(event.line + "\n"));
+        lines.dataset.count = String(Number(lines.dataset.count || 0) + 1);
         if (follow) { lines.scrollTop = lines.scrollHeight; }
         setState(lane, "running");
       } else if (event.type === "stage") {

@@ -6,6 +6,10 @@ use std::fmt::Write;
 
 const WIDTH: u32 = 640;
 const BAR_AREA: u32 = 160;
+/// Where the bars start: below the title and the tallest bar's count.
+const TOP: u32 = 40;
+/// The widest slot a bar takes, so a few bars stay bars.
+const MAX_SLOT: u32 = 80;
 
 /// Escapes text for SVG/HTML.
 fn escape(text: &str) -> String {
@@ -31,7 +35,7 @@ pub fn stacked_bars(title: &str, values: &BTreeMap<String, (u64, u64)>) -> Strin
 }
 
 fn draw(title: &str, series: &[(String, u64, u64)], ok: &str, bad: &str) -> String {
-    let height = BAR_AREA + 60;
+    let height = TOP + BAR_AREA + 36;
     let mut svg = format!(
         r#"<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{t}" xmlns="http://www.w3.org/2000/svg"><title>{t}</title><text x="4" y="16" class="chart-title">{t}</text>"#,
         t = escape(title)
@@ -44,13 +48,13 @@ fn draw(title: &str, series: &[(String, u64, u64)], ok: &str, bad: &str) -> Stri
         return svg;
     }
     let max = series.iter().map(|s| s.1).max().unwrap_or(1).max(1);
-    let slot = (WIDTH - 8) / series.len() as u32;
+    let slot = ((WIDTH - 8) / series.len() as u32).min(MAX_SLOT);
     let bar = (slot * 7 / 10).max(2);
     for (i, (label, total, part)) in series.iter().enumerate() {
         let x = 4 + i as u32 * slot;
         let h = (*total * u64::from(BAR_AREA) / max) as u32;
         let p = (*part * u64::from(BAR_AREA) / max) as u32;
-        let base = 24 + BAR_AREA;
+        let base = TOP + BAR_AREA;
         let _ = write!(
             svg,
             r#"<rect x="{x}" y="{}" width="{bar}" height="{h}" fill="{ok}"><title>{}: {total}</title></rect>"#,

@@ -257,8 +257,9 @@ struct Dashboard {
 }
 
 /// Where each app is in each environment: its latest request that went
-/// out (live, deploying, failed, rolled back); for an app without
-/// environments, its latest live deploy record.
+/// out (live, deploying, failed, rolled back), or a newer deploy made
+/// without a request (its record carries the environment); for an app
+/// without environments, its latest live deploy record.
 pub async fn dashboard(
     State(backend): State<Shared>,
     viewer: Viewer,
@@ -289,42 +290,63 @@ pub async fn dashboard(
     let rows = apps
         .iter()
         .map(|app| {
+            let history = backend
+                .app_releases(&app.name, 200)
+                .map(|r| r.history)
+                .unwrap_or_default();
             let cells = envs
                 .iter()
                 .map(|env| {
-                    if app.env.is_empty() && env == "(target)" {
-                        let releases = backend.app_releases(&app.name, 1).ok()?;
-                        let latest = releases.live.iter().max_by_key(|r| r.at)?;
-                        return Some(Cell {
-                            version: latest
-                                .reference
-                                .clone()
-                                .or_else(|| latest.revision.as_deref().map(short))
-                                .unwrap_or_else(|| "-".into()),
-                            state: latest.result.clone(),
-                            age: age(latest.at),
-                            by: String::new(),
-                            link: format!("/ui/jobs/{}", latest.jid),
-                        });
-                    }
-                    if !app.env.contains_key(env) {
+                    let in_env = app.env.contains_key(env);
+                    let whole_target = app.env.is_empty() && env == "(target)";
+                    if !in_env && !whole_target {
                         return None;
                     }
-                    let r = requests
+                    // The newest deploy record here, requests or not...
+                    let record = history.iter().find(|r| {
+                        if in_env {
+                            r.env.as_deref() == Some(env)
+                        } else {
+                            r.result == "live"
+                        }
+                    });
+                    // ...unless the newest request that went out is as new.
+                    let request = requests
                         .iter()
                         .filter(|r| r.app == app.name && &r.env == env)
-                        .find(went_out)?;
-                    let released = r
-                        .history
-                        .iter()
-                        .rev()
-                        .find(|t| t.state == RequestState::Deploying);
+                        .find(went_out)
+                        .filter(|r| {
+                            let at = r.history.last().map_or(0, |t| t.at);
+                            record.is_none_or(|record| at >= record.at)
+                        });
+                    if let Some(r) = request {
+                        let released = r
+                            .history
+                            .iter()
+                            .rev()
+                            .find(|t| t.state == RequestState::Deploying);
+                        return Some(Cell {
+                            version: version_of(r),
+                            state: r.state.to_string(),
+                            age: age(r.history.last().map_or(0, |t| t.at)),
+                            by: released.map_or_else(|| r.requester.clone(), |t| t.by.clone()),
+                            link: format!("/ui/requests/{}", r.id),
+                        });
+                    }
+                    let record = record?;
                     Some(Cell {
-                        version: version_of(r),
-                        state: r.state.to_string(),
-                        age: age(r.history.last().map_or(0, |t| t.at)),
-                        by: released.map_or_else(|| r.requester.clone(), |t| t.by.clone()),
-                        link: format!("/ui/requests/{}", r.id),
+                        version: record
+                            .reference
+                            .clone()
+                            .or_else(|| record.revision.as_deref().map(short))
+                            .unwrap_or_else(|| "-".into()),
+                        state: record.result.clone(),
+                        age: age(record.at),
+                        by: backend
+                            .job(&record.jid)
+                            .map(|view| view.job.user)
+                            .unwrap_or_default(),
+                        link: format!("/ui/jobs/{}", record.jid),
                     })
                 })
                 .collect();
@@ -1116,9 +1138,8 @@ struct StatsPage {
     by_stage: String,
     by_minion: String,
     per_app: Vec<(String, u64, u64, String)>,
-    /// Release requests that went out, per app and environment: live,
-    /// failed, rolled back.
-    per_env: Vec<(String, String, u64, u64, u64)>,
+    /// Per app and environment: deploys, failed, success rate, p50, p95.
+    per_env: Vec<(String, String, u64, u64, String, String, String)>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1148,49 +1169,53 @@ pub async fn stats(
         app.0 += d.deploys;
         app.1 += d.failed;
     }
-    let mut per_env: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
-    for r in backend.requests(None, None, 10_000).unwrap_or_default() {
-        let deployed = r
-            .history
-            .iter()
-            .find(|t| t.state == RequestState::Deploying);
-        if deployed.is_none_or(|t| t.at < from) {
-            continue;
-        }
-        let counts = per_env.entry((r.app.clone(), r.env.clone())).or_default();
-        match r.state {
-            RequestState::Live => counts.0 += 1,
-            RequestState::Failed => counts.1 += 1,
-            RequestState::RolledBack => counts.2 += 1,
-            _ => {}
-        }
-    }
     render(StatsPage {
         chrome: Chrome::new(&viewer, &backend, "stats", &Flash::default()),
-        per_env: per_env
-            .into_iter()
-            .map(|((app, env), (live, failed, rolled_back))| (app, env, live, failed, rolled_back))
+        per_env: stats
+            .per_env
+            .iter()
+            .map(|e| {
+                (
+                    e.app.clone(),
+                    e.env.clone().unwrap_or_else(|| "(target)".into()),
+                    e.deploys,
+                    e.failed,
+                    success_rate(e.deploys, e.failed),
+                    seconds(e.median_ms),
+                    seconds(e.p95_ms),
+                )
+            })
             .collect(),
         days,
         total: stats.total,
         rate: format!("{:.0} %", stats.success_rate * 100.0),
-        p50: format!("{:.1} s", stats.median_ms as f64 / 1000.0),
-        p95: format!("{:.1} s", stats.p95_ms as f64 / 1000.0),
+        p50: seconds(stats.median_ms),
+        p95: seconds(stats.p95_ms),
         per_day: charts::stacked_bars("Deploys per day (failed in red)", &per_day),
         by_stage: charts::bars("Failures by stage", &stats.failures_by_stage),
         by_minion: charts::bars("Failures by minion", &stats.failures_by_minion),
         per_app: per_app
             .into_iter()
-            .map(|(app, (n, failed))| {
-                let rate = if n == 0 {
-                    "-".into()
-                } else {
-                    format!("{:.0} %", (n - failed) as f64 * 100.0 / n as f64)
-                };
-                (app, n, failed, rate)
-            })
+            .map(|(app, (n, failed))| (app, n, failed, success_rate(n, failed)))
             .collect(),
     })
+}
+
+/// `93 %` of `deploys` that did not fail (`-` when there were none).
+fn success_rate(deploys: u64, failed: u64) -> String {
+    if deploys == 0 {
+        "-".into()
+    } else {
+        format!(
+            "{:.0} %",
+            (deploys - failed) as f64 * 100.0 / deploys as f64
+        )
+    }
+}
+
+/// A duration in ms as `1.2 s`.
+fn seconds(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
 }
 
 // ---------------------------------------------------------------- audit

@@ -130,6 +130,67 @@ impl Browser {
             .unwrap_or_else(|e| panic!("cannot choose {value} in {css}: {e}"));
     }
 
+    /// Presses and releases a key where the focus is, as a keyboard does
+    /// (WebDriver actions: `:focus-visible` applies, forms submit on
+    /// Enter, links follow).
+    pub async fn press(&self, key: fantoccini::key::Key) {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let value = char::from(key);
+        let keys = KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value })
+            .then(KeyAction::Up { value });
+        self.client
+            .perform_actions(keys)
+            .await
+            .unwrap_or_else(|e| panic!("cannot press {key:?}: {e}"));
+    }
+
+    /// Types text where the focus is.
+    pub async fn type_text(&self, text: &str) {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let mut keys = KeyActions::new("keyboard".into());
+        for value in text.chars() {
+            keys = keys
+                .then(KeyAction::Down { value })
+                .then(KeyAction::Up { value });
+        }
+        self.client
+            .perform_actions(keys)
+            .await
+            .unwrap_or_else(|e| panic!("cannot type {text:?}: {e}"));
+    }
+
+    /// The focused element: its `id`, or its tag and text when it has
+    /// none (`a:Jobs`).
+    pub async fn focused(&self) -> String {
+        let found = self
+            .client
+            .execute(
+                "const e = document.activeElement; \
+                 return e.id || (e.tagName.toLowerCase() + ':' + e.textContent.trim());",
+                vec![],
+            )
+            .await
+            .expect("the focused element");
+        found.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Does the focused element draw a visible focus ring?
+    pub async fn focus_is_visible(&self) -> bool {
+        let style = self
+            .client
+            .execute(
+                "const s = getComputedStyle(document.activeElement); \
+                 const r = document.activeElement.getBoundingClientRect(); \
+                 return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0 \
+                   && r.right > 0 && r.bottom > 0;",
+                vec![],
+            )
+            .await
+            .expect("the focused element's style");
+        style == serde_json::Value::Bool(true)
+    }
+
     /// Saves a PNG of the page.
     pub async fn screenshot(&self, path: &Path) {
         let png = self.client.screenshot().await.expect("screenshot");

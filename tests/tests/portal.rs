@@ -6,6 +6,9 @@
 //! other screens; a user without the grant neither sees nor can force a
 //! deploy; nothing in the browser console; usable on a phone's width.
 //!
+//! A second test works the portal from the keyboard alone and follows a
+//! job's console across a master restart.
+//!
 //! Every screen is saved as a PNG under `target/portal-screenshots/`; with
 //! `HALITE_UPDATE_SCREENSHOTS=1` they also replace `docs/portal/`.
 
@@ -227,7 +230,10 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     assert!(!totals.contains("Deploys\n0"), "{totals}");
     browser.wait_for("svg.chart rect").await;
     let per_env = browser.text("#per-env").await;
-    assert!(per_env.contains("production"), "{per_env}");
+    assert!(
+        per_env.contains("production") && per_env.contains("staging"),
+        "{per_env}"
+    );
     shot(&browser, "stats").await;
     for (path, css, name) in [
         ("/ui/jobs", "#jobs", "jobs"),
@@ -336,4 +342,135 @@ async fn a_release_through_the_portal_in_a_real_browser() {
         form(&[("csrf", &"0".repeat(32))]),
     );
     assert_eq!(status, 403);
+
+    // A deploy made outside any request still shows as staging's state.
+    let (status, body) = blocking(|| {
+        root_api.post(
+            "/v1/apps/shop/deploy",
+            json!({ "tag": "v2", "target": "web1" }),
+        )
+    });
+    assert_eq!(status, 202, "{body}");
+    let jid = body["jid"].as_str().expect("jid").to_owned();
+    blocking(|| halite_tests::api::wait_done(&root_api.base, &root_api.token, &jid));
+    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    let cell = browser
+        .text(&format!(r#"a.cell.state-live[href="/ui/jobs/{jid}"]"#))
+        .await;
+    assert!(cell.contains("v2"), "{cell}");
+}
+
+/// The portal from the keyboard alone (autofocus, Tab, Enter, the skip
+/// link, visible focus), then a job's console that loses its stream when
+/// the master restarts mid-job: the browser reconnects with
+/// Last-Event-ID and shows every output line exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_keyboard_works_and_the_console_loses_nothing_across_a_master_restart() {
+    use fantoccini::key::Key;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut master, _minion, ops) = blocking(|| {
+        let master = Master::start(
+            dir.path(),
+            "[acl]\nops = [{ \"web*\" = [\"cmd.run\", \"test.*\"] }]\n",
+        );
+        let minion = Minion::start(dir.path(), "web1", master.return_port, "");
+        master.accept("web1");
+        let ops = Session::new_user(&master, "ops");
+        (master, minion, ops)
+    });
+    let base = master.api_url();
+    let browser = Browser::start(dir.path()).await;
+
+    // Log in without the mouse: the user field has the focus, Tab moves
+    // on, Enter submits.
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser.wait_for("#username").await;
+    assert_eq!(browser.focused().await, "username");
+    browser.type_text("ops").await;
+    browser.press(Key::Tab).await;
+    assert_eq!(browser.focused().await, "password");
+    browser.type_text("pw-of-ops").await;
+    browser.press(Key::Enter).await;
+    assert_eq!(browser.text("#user").await, "ops");
+
+    // The first Tab reaches the skip link, drawn with a focus ring; Enter
+    // puts the focus on the content.
+    browser.press(Key::Tab).await;
+    assert_eq!(browser.focused().await, "a:Skip to content");
+    assert!(
+        browser.focus_is_visible().await,
+        "the skip link shows focus"
+    );
+    browser.press(Key::Enter).await;
+    assert_eq!(browser.focused().await, "main");
+    // From the top, the menu: skip link, brand, Dashboard, Jobs.
+    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.wait_for("#dashboard").await;
+    for _ in 0..4 {
+        browser.press(Key::Tab).await;
+    }
+    assert_eq!(browser.focused().await, "a:Jobs");
+    assert!(browser.focus_is_visible().await, "the menu shows focus");
+    browser.press(Key::Enter).await;
+    browser.wait_for("#jobs").await;
+    // Tab to the function filter, type, Enter: the list is filtered.
+    let mut tabs = 0;
+    while browser.focused().await != "f-fun" {
+        assert!(tabs < 30, "Tab never reached the function filter");
+        browser.press(Key::Tab).await;
+        tabs += 1;
+    }
+    browser.type_text("cmd.*").await;
+    browser.press(Key::Enter).await;
+    browser.wait_for("#f-fun[value='cmd.*']").await;
+
+    // A job that prints two lines, waits for the test, prints two more.
+    let gate = dir.path().join("gate");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let script = format!(
+        "printf 'one\\ntwo\\n'; read go < '{}'; printf 'three\\nfour\\n'",
+        gate.display()
+    );
+    let (status, submitted) = blocking(|| {
+        ops.post(
+            "/v1/jobs",
+            json!({ "target": "web1", "fun": "cmd.run", "arg": [script] }),
+        )
+    });
+    assert_eq!(status, 202, "{submitted}");
+    let jid = submitted["jid"].as_str().expect("jid").to_owned();
+    browser
+        .client
+        .goto(&format!("{base}/ui/jobs/{jid}"))
+        .await
+        .unwrap();
+    let lines = r#".lane[data-minion="web1"] .lines"#;
+    browser
+        .wait_for(&format!(r#"{lines}[data-count="2"]"#))
+        .await;
+
+    // The master dies under the open stream and comes back; once the
+    // minion is connected again, the job goes on.
+    blocking(|| {
+        master.restart();
+        halite_tests::eventually(
+            std::time::Duration::from_secs(60),
+            "the minion answers the restarted master",
+            || master.cli(&["run", "target=web1", "test.ping"]).code == 0,
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&gate)
+            .and_then(|mut fifo| std::io::Write::write_all(&mut fifo, b"go\n"))
+            .expect("open the gate");
+    });
+    browser.wait_for("#job-state.state-done").await;
+    browser
+        .wait_for(r#".lane[data-minion="web1"] .lane-state.state-succeeded"#)
+        .await;
+    assert_eq!(browser.text(lines).await, "one\ntwo\nthree\nfour");
 }

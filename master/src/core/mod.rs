@@ -123,6 +123,9 @@ pub struct Core {
     /// deploy is settled (and notified) once, and two requests racing
     /// for one environment do not both get in (`requests.rs`).
     request_steps: Mutex<()>,
+    /// When each app's git cache was last fetched, so page views within
+    /// [`requests::VIEW_FRESHNESS`] read the cache instead of the remote.
+    git_fetched: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Everything `Core::new` needs that is created by the caller.
@@ -168,6 +171,7 @@ impl Core {
             auth_reported: Mutex::new(HashMap::new()),
             deliveries: tokio::sync::Notify::new(),
             request_steps: Mutex::new(()),
+            git_fetched: Mutex::new(HashMap::new()),
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
             cancelled: Mutex::new(Default::default()),

@@ -51,7 +51,9 @@ impl Core {
             return Err(one_at_a_time(&active));
         }
         let revision = match new.kind {
-            RequestKind::Deploy => Some(self.resolve_revision(&app, &new.version)?),
+            RequestKind::Deploy => {
+                Some(self.resolve_revision(&app, &new.version, Freshness::Now)?)
+            }
             RequestKind::Rollback => None,
         };
         // The fetch above is slow; what it decided is checked again under
@@ -163,7 +165,7 @@ impl Core {
         let action = match request.kind {
             RequestKind::Deploy => {
                 let approved = request.revision.clone().unwrap_or_default();
-                let now = self.resolve_revision(&app, &request.version)?;
+                let now = self.resolve_revision(&app, &request.version, Freshness::Now)?;
                 if now != approved {
                     return Err(CoreError::Conflict(format!(
                         "{} now names {}, but {} was approved: make a new request for it",
@@ -342,6 +344,7 @@ impl Core {
         &self,
         app: &AppSpec,
         version: &Map<String, Value>,
+        freshness: Freshness,
     ) -> Result<String, CoreError> {
         let text = |key: &str| version.get(key).and_then(Value::as_str).map(str::to_owned);
         if app.kind != AppKind::Git {
@@ -359,7 +362,7 @@ impl Core {
             (None, None, Some(rev)) => halite_git::Wanted::Rev(rev),
             _ => return Err(CoreError::invalid("name exactly one of tag, branch or rev")),
         };
-        let repo = self.fetched_cache(app)?;
+        let repo = self.fetched_cache(app, freshness)?;
         let commit = halite_git::resolve(&repo, &wanted, &app.repo)
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
         Ok(commit.to_string())
@@ -367,8 +370,14 @@ impl Core {
 
     /// The master's own cache of a git app's repository
     /// (`data_dir/git/APP.git`: refs and objects only, never a checkout,
-    /// never a hook), fetched now with the app's credentials.
-    pub(crate) fn fetched_cache(&self, app: &AppSpec) -> Result<halite_git::Repository, CoreError> {
+    /// never a hook), fetched with the app's credentials: always for
+    /// [`Freshness::Now`], at most once per [`VIEW_FRESHNESS`] for
+    /// [`Freshness::View`].
+    pub(crate) fn fetched_cache(
+        &self,
+        app: &AppSpec,
+        freshness: Freshness,
+    ) -> Result<halite_git::Repository, CoreError> {
         let credentials = match &app.credentials {
             Some(name) => {
                 let all = self.config.apps().credentials()?;
@@ -384,16 +393,48 @@ impl Core {
             .map_err(|e| CoreError::Invalid(format!("cannot create {}: {e}", caches.display())))?;
         let cache = caches.join(format!("{}.git", app.name));
         let repo = halite_git::open_cache(&cache).map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let fetched_at = self
+            .git_fetched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&app.name)
+            .copied();
+        if freshness == Freshness::View
+            && fetched_at.is_some_and(|at| at.elapsed() < VIEW_FRESHNESS)
+        {
+            return Ok(repo);
+        }
         let source = halite_git::Source {
             url: &app.repo,
             credentials,
             roots: Vec::new(),
         };
+        let started = std::time::Instant::now();
         halite_git::fetch(&repo, &source, &AtomicBool::new(false))
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        self.git_fetched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(app.name.clone(), started);
         Ok(repo)
     }
 }
+
+/// How current the master's git cache must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Fetched now: a request binds the commit a tag names at this moment,
+    /// and a poll looks for what is new.
+    Now,
+    /// A change set: a fetch made within [`VIEW_FRESHNESS`] will do (a
+    /// version the cache lacks is fetched again), so an app page with
+    /// several environments costs one round trip to the remote (its list
+    /// of versions, always fetched), not three per environment.
+    View,
+}
+
+/// How long a fetch serves views.
+pub(crate) const VIEW_FRESHNESS: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The refusal of a second request where one is under way, naming it.
 fn one_at_a_time(active: &ReleaseRequest) -> CoreError {

@@ -111,8 +111,11 @@ impl Core {
             for ((jid, record), _) in records.iter().zip(&new).filter(|(_, is_new)| **is_new) {
                 if halite_proto::catalog::releases(&record.fun) {
                     let job = self.store.job(jid)?;
-                    let deploy =
-                        job.and_then(|job| crate::apps::deploy_record(&job.record, record));
+                    let deploy = job.and_then(|job| {
+                        let mut deploy = crate::apps::deploy_record(&job.record, record)?;
+                        deploy.env = self.environment_of(&job.record, &deploy.minion);
+                        Some(deploy)
+                    });
                     if let Some(deploy) = deploy {
                         self.store.put_deploy(&deploy)?;
                     }
@@ -174,6 +177,22 @@ impl Core {
         self.store.put_job(&StoredJob {
             record,
             envelope: Vec::new(),
+        })
+    }
+}
+
+impl Core {
+    /// The environment of the job's app that `minion` is in, from the app
+    /// definition the job carried (so a later edit of the app does not
+    /// move past deploys): `None` for an app without environments or a
+    /// minion outside them.
+    fn environment_of(&self, job: &JobRecord, minion: &str) -> Option<String> {
+        let app: halite_proto::app::AppSpec =
+            serde_json::from_value(job.kwarg.get("app")?.clone()).ok()?;
+        let ids = [minion.to_owned()];
+        app.env.iter().find_map(|(name, env)| {
+            let target = halite_proto::Target::parse(env.tgt_type, &env.target).ok()?;
+            (!self.presence.matching(&ids, &target).is_empty()).then(|| name.clone())
         })
     }
 }

@@ -14,6 +14,7 @@ use halite_model::{HookOutcome, NewRequest, ReleaseRequest, RequestKind, Request
 use halite_proto::app::{AppKind, AppSpec, TriggerSpec};
 use serde_json::{Map, Value};
 
+use super::requests::Freshness;
 use super::{Core, CoreError};
 
 /// Commits listed in a change set at most.
@@ -47,7 +48,7 @@ impl Core {
     /// An app's tags (newest first) and branches, fetched now.
     pub fn app_versions(&self, app: &str) -> Result<Vec<halite_git::Version>, CoreError> {
         let app = self.git_app(app)?;
-        let repo = self.fetched_cache(&app)?;
+        let repo = self.fetched_cache(&app, Freshness::Now)?;
         halite_git::versions(&repo).map_err(|e| CoreError::Invalid(e.to_string()))
     }
 
@@ -61,7 +62,11 @@ impl Core {
         version: &Map<String, Value>,
     ) -> Result<halite_git::ChangeSet, CoreError> {
         let spec = self.git_app(app)?;
-        let to = self.resolve_revision(&spec, version)?;
+        // Views read the cache a moment old; a version it lacks yet (a tag
+        // pushed just now) is looked for again after a fetch.
+        let to = self
+            .resolve_revision(&spec, version, Freshness::View)
+            .or_else(|_| self.resolve_revision(&spec, version, Freshness::Now))?;
         self.changes_between(&spec, env, &to)
     }
 
@@ -102,7 +107,7 @@ impl Core {
             )));
         }
         let live = self.live_revision(&app.name, env)?;
-        let repo = self.fetched_cache(app)?;
+        let repo = self.fetched_cache(app, Freshness::View)?;
         halite_git::changes(&repo, live.as_deref(), to, MAX_COMMITS)
             .map_err(|e| CoreError::Invalid(e.to_string()))
     }
@@ -257,7 +262,7 @@ impl Core {
         let Some(trigger) = &app.trigger else {
             return Ok(None);
         };
-        let repo = self.fetched_cache(app)?;
+        let repo = self.fetched_cache(app, Freshness::Now)?;
         let versions =
             halite_git::versions(&repo).map_err(|e| CoreError::Invalid(e.to_string()))?;
         let tags: Vec<&halite_git::Version> = versions.iter().filter(|v| v.kind == "tag").collect();
