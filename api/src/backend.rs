@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use halite_model::{HookOutcome, NewRequest, NewSchedule, ReleaseRequest, Schedule, Step};
+use halite_model::{
+    HookOutcome, NewRequest, NewRollout, NewSchedule, ReleaseRequest, Rollout, RolloutAction,
+    Schedule, Step,
+};
 
 use crate::types::{
     AppReleases, AuditRecord, BusEntry, CheckRecord, DeployStats, EventRecord, JobFilter, JobPage,
@@ -199,6 +202,19 @@ pub trait Backend: Send + Sync + 'static {
     fn pause_schedule(&self, user: &str, name: &str, paused: bool) -> Result<Schedule, ApiError>;
     /// Removes a schedule made through the API.
     fn remove_schedule(&self, user: &str, name: &str) -> Result<(), ApiError>;
+    /// Starts a rollout (checked against the user's grants first).
+    fn start_rollout(&self, user: &str, new: NewRollout) -> Result<Rollout, ApiError>;
+    /// Rollouts, newest first.
+    fn rollouts(&self, limit: usize) -> Result<Vec<Rollout>, ApiError>;
+    /// One rollout.
+    fn rollout(&self, id: u64) -> Result<Rollout, ApiError>;
+    /// Continue, pause, resume or abort a rollout.
+    fn rollout_action(
+        &self,
+        user: &str,
+        id: u64,
+        action: RolloutAction,
+    ) -> Result<Rollout, ApiError>;
     /// Adds an entry to the event stream (salt-api's wheel and runner
     /// results, which Salt puts on its event bus); answers its id.
     fn announce(&self, entry: BusEntry) -> Result<u64, ApiError>;

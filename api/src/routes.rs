@@ -68,6 +68,9 @@ pub fn router_with(backend: Arc<dyn Backend>, extra: Router<Shared>) -> Router {
         .route("/v1/requests/{id}", get(show_request))
         .route("/v1/requests/{id}/changes", get(request_changes))
         .route("/v1/requests/{id}/{step}", post(request_step))
+        .route("/v1/rollouts", get(list_rollouts).post(start_rollout))
+        .route("/v1/rollouts/{id}", get(show_rollout))
+        .route("/v1/rollouts/{id}/{action}", post(rollout_action))
         .route("/v1/schedules", get(list_schedules).post(create_schedule))
         .route(
             "/v1/schedules/{name}",
@@ -941,6 +944,71 @@ async fn webhook(
         }),
     });
     Ok(Json(outcome?).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct RolloutQuery {
+    limit: Option<usize>,
+}
+
+async fn list_rollouts(
+    State(backend): State<Shared>,
+    Params(query): Params<RolloutQuery>,
+) -> Result<Json<Vec<halite_model::Rollout>>, ApiError> {
+    Ok(Json(
+        backend.rollouts(query.limit.unwrap_or(50).clamp(1, 1000))?,
+    ))
+}
+
+fn rollout_id(text: &str) -> Result<u64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request(format!("{text:?} is not a rollout number")))
+}
+
+/// `POST /v1/rollouts`: 201 and the rollout; its steps then go out one by
+/// one (follow `rollout/progress` on `/v1/events`).
+async fn start_rollout(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    Body(new): Body<halite_model::NewRollout>,
+) -> Result<Response, ApiError> {
+    let rollout = backend.start_rollout(&user, new)?;
+    let detail = AuditDetail(format!(
+        "rollout {} of {} {} to {} minions",
+        rollout.id,
+        rollout.app,
+        serde_json::Value::Object(rollout.version.clone()),
+        rollout.minions()
+    ));
+    Ok((StatusCode::CREATED, axum::Extension(detail), Json(rollout)).into_response())
+}
+
+async fn show_rollout(
+    State(backend): State<Shared>,
+    Segment(id): Segment,
+) -> Result<Json<halite_model::Rollout>, ApiError> {
+    Ok(Json(backend.rollout(rollout_id(&id)?)?))
+}
+
+/// `POST /v1/rollouts/{id}/{continue|pause|resume|abort}`, audited.
+async fn rollout_action(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, action)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id = rollout_id(&id)?;
+    let step = halite_model::RolloutAction::parse(&action).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no rollout action {action:?}: continue, pause, resume or abort"
+        ))
+    })?;
+    let rollout = backend.rollout_action(&user, id, step)?;
+    Ok((
+        axum::Extension(AuditDetail(format!("rollout {id} {action}"))),
+        Json(rollout),
+    )
+        .into_response())
 }
 
 async fn list_schedules(State(backend): State<Shared>) -> Result<Json<Vec<Schedule>>, ApiError> {

@@ -543,6 +543,31 @@ impl Backend for Fake {
         )))
     }
 
+    fn start_rollout(
+        &self,
+        _: &str,
+        new: halite_model::NewRollout,
+    ) -> Result<halite_model::Rollout, ApiError> {
+        Err(ApiError::not_found(format!("no app {:?}", new.app)))
+    }
+
+    fn rollouts(&self, _: usize) -> Result<Vec<halite_model::Rollout>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    fn rollout(&self, id: u64) -> Result<halite_model::Rollout, ApiError> {
+        Err(ApiError::not_found(format!("no rollout {id}")))
+    }
+
+    fn rollout_action(
+        &self,
+        _: &str,
+        id: u64,
+        _: halite_model::RolloutAction,
+    ) -> Result<halite_model::Rollout, ApiError> {
+        Err(ApiError::not_found(format!("no rollout {id}")))
+    }
+
     fn schedules(&self) -> Result<Vec<halite_model::Schedule>, ApiError> {
         Ok(Vec::new())
     }

@@ -147,6 +147,12 @@ enum Command {
         #[command(subcommand)]
         command: SchedulesCommand,
     },
+    /// Progressive delivery: `rollout start shop tag=v3 --ramp 1,10%,50%,100%`,
+    /// then `rollout show|continue|pause|resume|abort ID`.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// An app's tags (newest first) and branches, from its repository.
     Versions {
         /// App name.
@@ -268,6 +274,78 @@ enum RequestsCommand {
     /// commits and files.
     Changes {
         /// Request number.
+        id: u64,
+    },
+}
+
+// Parsed once per run: the size of `Start` does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Start a rollout of an app: `start shop tag=v3 [target=EXPR]`; the
+    /// plan from the options, else the app's `[rollout]`, else all at once.
+    Start {
+        /// App name.
+        app: String,
+        /// The version (`tag=V`, `branch=B` or `rev=R`) and optionally a
+        /// narrower `target=EXPR`.
+        words: Vec<String>,
+        /// Where each step ends: `1,10%,50%,100%`.
+        #[arg(long)]
+        ramp: Option<String>,
+        /// Seconds each step bakes before its gates.
+        #[arg(long)]
+        bake: Option<u64>,
+        /// Failed minions a step tolerates (`0`, `2`, `10%`).
+        #[arg(long)]
+        max_fail: Option<String>,
+        /// Minions of a step that may not return in time (`0`, `1`, `5%`).
+        #[arg(long)]
+        max_missing: Option<String>,
+        /// Failed and missing minions the whole rollout tolerates.
+        #[arg(long)]
+        max_fail_total: Option<String>,
+        /// Seconds a step's minions have to return.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Wait for `rollout continue` after each step but the last.
+        #[arg(long)]
+        manual: bool,
+        /// After each step, the master GETs this URL and expects 200.
+        #[arg(long)]
+        probe_url: Vec<String>,
+        /// Leave released minions on the new release when a step fails.
+        #[arg(long)]
+        no_rollback: bool,
+        /// Why (history and audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Rollouts, newest first.
+    List,
+    /// One rollout: its steps, gates, rollback and history.
+    Show {
+        /// Rollout number.
+        id: u64,
+    },
+    /// Let a rollout waiting at a manual gate go on.
+    Continue {
+        /// Rollout number.
+        id: u64,
+    },
+    /// Start no further step (a running step finishes).
+    Pause {
+        /// Rollout number.
+        id: u64,
+    },
+    /// Go on after a pause.
+    Resume {
+        /// Rollout number.
+        id: u64,
+    },
+    /// Stop for good; every minion it released goes back.
+    Abort {
+        /// Rollout number.
         id: u64,
     },
 }
@@ -518,6 +596,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command } => keys(&client, command, json).await,
         Command::Requests { command } => requests(&client, command, json).await,
         Command::Schedules { command } => schedules(&client, command, json).await,
+        Command::Rollout { command } => rollout(&client, command, json).await,
         Command::Versions { app } => {
             let versions: Vec<serde_json::Value> = client
                 .get(&format!("/v1/apps/{}/versions", path_segment(&app)))
@@ -1103,6 +1182,124 @@ async fn schedules(
         }
     };
     output::schedule(&schedule, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `master-cli rollout ...`.
+async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow::Result<ExitCode> {
+    use halite_model::Rollout;
+    use halite_proto::rollout::{Amount, Gate, Probe, RolloutPlan};
+    let action = |id: u64, action: &str| format!("/v1/rollouts/{id}/{action}");
+    let empty = serde_json::json!({});
+    let rollout: Rollout = match command {
+        RolloutCommand::List => {
+            let all: Vec<Rollout> = client.get("/v1/rollouts").await?;
+            output::rollouts(&all, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RolloutCommand::Show { id } => client.get(&format!("/v1/rollouts/{id}")).await?,
+        RolloutCommand::Continue { id } => client.post(&action(id, "continue"), &empty).await?,
+        RolloutCommand::Pause { id } => client.post(&action(id, "pause"), &empty).await?,
+        RolloutCommand::Resume { id } => client.post(&action(id, "resume"), &empty).await?,
+        RolloutCommand::Abort { id } => client.post(&action(id, "abort"), &empty).await?,
+        RolloutCommand::Start {
+            app,
+            words,
+            ramp,
+            bake,
+            max_fail,
+            max_missing,
+            max_fail_total,
+            timeout,
+            manual,
+            probe_url,
+            no_rollback,
+            reason,
+        } => {
+            let usage = |e: String| {
+                eprintln!("master-cli rollout start: {e}");
+                Ok(ExitCode::from(2))
+            };
+            let mut version = serde_json::Map::new();
+            let mut target = None;
+            for word in &words {
+                match halite_proto::words::keyword(word) {
+                    Some(("target", value)) => target = Some(value.to_owned()),
+                    Some((key @ ("tag" | "branch" | "rev"), value)) => {
+                        version.insert(key.to_owned(), value.into());
+                    }
+                    _ => {
+                        return usage(format!(
+                            "{word:?}: give tag=V, branch=B or rev=R, and target=EXPR"
+                        ))
+                    }
+                }
+            }
+            if version.len() != 1 {
+                return usage("name the version once: tag=V, branch=B or rev=R".into());
+            }
+            let amount = |flag: &str, text: Option<String>| -> Result<Option<Amount>, String> {
+                text.map(|t| Amount::parse(&t).map_err(|e| format!("--{flag}: {e}")))
+                    .transpose()
+            };
+            let options_given = ramp.is_some()
+                || bake.is_some()
+                || max_fail.is_some()
+                || max_missing.is_some()
+                || max_fail_total.is_some()
+                || timeout.is_some()
+                || manual
+                || !probe_url.is_empty()
+                || no_rollback;
+            let plan = if options_given {
+                let mut plan = RolloutPlan::default();
+                if let Some(ramp) = ramp {
+                    match RolloutPlan::parse_ramp(&ramp) {
+                        Ok(steps) => plan.ramp = steps,
+                        Err(e) => return usage(format!("--{e}")),
+                    }
+                }
+                plan.bake = bake.unwrap_or(0);
+                match (
+                    amount("max-fail", max_fail),
+                    amount("max-missing", max_missing),
+                    amount("max-fail-total", max_fail_total),
+                ) {
+                    (Ok(fail), Ok(missing), Ok(total)) => {
+                        plan.max_fail = fail.unwrap_or(plan.max_fail);
+                        plan.max_missing = missing.unwrap_or(plan.max_missing);
+                        plan.max_fail_total = total;
+                    }
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return usage(e),
+                }
+                plan.timeout = timeout;
+                plan.gate = if manual { Gate::Manual } else { Gate::Auto };
+                plan.probes = probe_url
+                    .into_iter()
+                    .map(|url| Probe {
+                        url: Some(url),
+                        status: 200,
+                        command: Vec::new(),
+                        exit_code: 0,
+                        timeout: 10,
+                    })
+                    .collect();
+                plan.auto_rollback = !no_rollback;
+                Some(plan)
+            } else {
+                None
+            };
+            let new = halite_model::NewRollout {
+                app,
+                version,
+                target,
+                plan,
+                reason,
+            };
+            client.post("/v1/rollouts", &new).await?
+        }
+    };
+    output::rollout(&rollout, json)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -302,7 +302,7 @@ pub fn requests(requests: &[halite_model::ReleaseRequest], json: bool) -> anyhow
             r.id.to_string(),
             r.app.clone(),
             r.env.clone(),
-            version_text(r),
+            version_text(&r.version),
             r.revision
                 .as_deref()
                 .map_or("-", |v| &v[..v.len().min(12)])
@@ -330,7 +330,7 @@ pub fn request(request: &halite_model::ReleaseRequest, json: bool) -> anyhow::Re
         request.kind,
         request.app,
         request.env,
-        version_text(request),
+        version_text(&request.version),
         request.state
     ));
     if let Some(revision) = &request.revision {
@@ -352,10 +352,10 @@ pub fn request(request: &halite_model::ReleaseRequest, json: bool) -> anyhow::Re
     Ok(())
 }
 
-/// `tag v3`, `version 1.4.2`, `to 20261122-...` — what a request names.
-fn version_text(request: &halite_model::ReleaseRequest) -> String {
-    let words: Vec<String> = request
-        .version
+/// `tag=v3`, `version=1.4.2`, `to=20261122-...` — what a request or a
+/// rollout names.
+fn version_text(version: &serde_json::Map<String, serde_json::Value>) -> String {
+    let words: Vec<String> = version
         .iter()
         .filter(|(k, _)| matches!(k.as_str(), "tag" | "branch" | "rev" | "version" | "to"))
         .map(|(k, v)| {
@@ -633,6 +633,88 @@ pub fn schedule(schedule: &halite_model::Schedule, json: bool) -> anyhow::Result
         table.row(vec![format_ms(run.due), run_text(run)]);
     }
     table.print();
+    Ok(())
+}
+
+/// Rollouts, one line each.
+pub fn rollouts(all: &[halite_model::Rollout], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&all);
+    }
+    let mut table = Columns::new(&[
+        "ID",
+        "APP",
+        "VERSION",
+        "STATE",
+        "STEP",
+        "BY",
+        "STARTED (UTC)",
+    ]);
+    for r in all {
+        table.row(vec![
+            r.id.to_string(),
+            r.app.clone(),
+            version_text(&r.version),
+            r.state.to_string(),
+            format!("{}/{}", (r.current + 1).min(r.steps.len()), r.steps.len()),
+            r.user.clone(),
+            format_ms(r.created_at),
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+/// A rollout: its steps, its rollback and its history.
+pub fn rollout(r: &halite_model::Rollout, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(r);
+    }
+    line(&format!(
+        "Rollout {} of {} {} by {}: {}",
+        r.id,
+        r.app,
+        version_text(&r.version),
+        r.user,
+        r.state
+    ));
+    if let Some(failure) = &r.failure {
+        line(&format!("  stopped: {failure}"));
+    }
+    let mut table = Columns::new(&[
+        "STEP", "PHASE", "MINIONS", "RELEASED", "FAILED", "MISSING", "JOB",
+    ]);
+    for (i, step) in r.steps.iter().enumerate() {
+        table.row(vec![
+            (i + 1).to_string(),
+            format!("{:?}", step.phase).to_lowercase(),
+            step.minions.join(","),
+            step.released.len().to_string(),
+            step.failed.join(","),
+            step.missing.join(","),
+            step.jid.as_ref().map(|j| j.to_string()).unwrap_or_default(),
+        ]);
+    }
+    table.print();
+    if let Some(rollback) = &r.rollback {
+        let back = if rollback.rolled_back.is_empty() {
+            "-".to_owned()
+        } else {
+            rollback.rolled_back.join(", ")
+        };
+        line(&format!(
+            "  rollback: back {back}; not back {}",
+            rollback.not_back()
+        ));
+    }
+    for event in &r.history {
+        line(&format!(
+            "  {}  {}  {}",
+            format_ms(event.at),
+            event.by,
+            event.what
+        ));
+    }
     Ok(())
 }
 

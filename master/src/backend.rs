@@ -274,6 +274,31 @@ impl Backend for ApiBackend {
         self.0.may_release(user, app, env)
     }
 
+    fn start_rollout(
+        &self,
+        user: &str,
+        new: halite_model::NewRollout,
+    ) -> Result<halite_model::Rollout, ApiError> {
+        Ok(blocking(|| self.0.start_rollout(user, new))?)
+    }
+
+    fn rollouts(&self, limit: usize) -> Result<Vec<halite_model::Rollout>, ApiError> {
+        Ok(blocking(|| self.0.rollouts(limit))?)
+    }
+
+    fn rollout(&self, id: u64) -> Result<halite_model::Rollout, ApiError> {
+        Ok(blocking(|| self.0.rollout(id))?)
+    }
+
+    fn rollout_action(
+        &self,
+        user: &str,
+        id: u64,
+        action: halite_model::RolloutAction,
+    ) -> Result<halite_model::Rollout, ApiError> {
+        Ok(blocking(|| self.0.rollout_action(user, id, action))?)
+    }
+
     fn create_schedule(&self, user: &str, new: NewSchedule) -> Result<Schedule, ApiError> {
         Ok(blocking(|| self.0.create_schedule(user, new))?)
     }

@@ -199,6 +199,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tasks.spawn(core::peers::route(core.clone(), bound.incoming));
     tasks.spawn(core::upkeep::run(core.clone(), shutdown.clone()));
     tasks.spawn(core::workflow::run(core.clone(), shutdown.clone()));
+    tasks.spawn(core::rollouts::run(core.clone(), shutdown.clone()));
     tasks.spawn(core::notify::deliver(core.clone(), shutdown.clone()));
 
     spawn_api(&mut tasks, listener, tls, core.clone(), shutdown.clone())?;

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod job;
 pub mod release;
 pub mod request;
+pub mod rollout;
 pub mod schedule;
 pub mod stream;
 
@@ -28,6 +29,10 @@ pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats, EnvStats}
 pub use request::{
     Action, HookOutcome, NewRequest, ReleaseRequest, RequestKind, RequestState, Rules, Step,
     Transition, WorkflowError,
+};
+pub use rollout::{
+    FleetRollback, GateResult, NewRollout, Rollout, RolloutAction, RolloutEvent, RolloutState,
+    RolloutStep, StepPhase,
 };
 pub use schedule::{NewSchedule, Schedule, ScheduleOrigin, ScheduleRun};
 pub use stream::BusEntry;

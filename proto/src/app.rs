@@ -121,6 +121,10 @@ pub struct AppSpec {
     /// Webhooks and polling that ask for releases (`[trigger]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerSpec>,
+    /// How `master-cli rollout start` ramps this app through its fleet
+    /// when the rollout names no plan (`[rollout]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutPlan>,
 }
 
 /// One environment of an app: where it runs and who says yes.
@@ -365,6 +369,9 @@ impl AppSpec {
             ));
         }
         Target::parse(self.tgt_type, &self.target).map_err(|e| ("target", e.to_string()))?;
+        if let Some(plan) = &self.rollout {
+            plan.validate().map_err(|e| ("rollout", e.to_string()))?;
+        }
         if !is_absolute_anywhere(&self.path) {
             return Err(("path", "must be an absolute path".into()));
         }
@@ -680,6 +687,11 @@ retries = 5
             ),
             ("path = \"/srv/x\"\nlock = \"maybe\"\n", "lock"),
             ("path = \"/srv/x\"\nkeep = 3\n", "keep"),
+            ("path = \"/srv/x\"\n[rollout]\nramp = []\n", "rollout"),
+            (
+                "path = \"/srv/x\"\n[rollout]\nramp = [\"1\", \"x%\"]\n",
+                "ramp",
+            ),
         ] {
             let e = err(&format!("{base}{extra}"));
             assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");

@@ -19,6 +19,7 @@ pub mod ident;
 pub mod jid;
 pub mod message;
 pub mod release;
+pub mod rollout;
 pub mod target;
 pub mod time;
 pub mod words;

@@ -256,20 +256,34 @@ pub fn static_files(root: &Path) -> Server {
     Server { child, port }
 }
 
-/// The app the release-request tests share: `shop` from a repository with
-/// tags v1 ("one") and v2 ("two"), released under `<dir>/srv/<minion>/shop`,
-/// with `staging` (web1, no rules) and `production` (web2, approved by
-/// `lead` or `dev`, promoted from staging), in `<dir>/master/apps.d`.
-pub struct TwoEnvShop {
+/// The app the release tests share: `shop` from a repository with tags v1
+/// ("one") and v2 ("two"), on `web*`, released under
+/// `<dir>/srv/<minion>/shop`, its definition in `<dir>/master/apps.d`.
+pub struct Shop {
     /// The repository.
     pub repo: Repo,
     /// Where minions release it (`srv/<id>/shop/current`).
     pub srv: PathBuf,
 }
 
-impl TwoEnvShop {
-    /// Creates the repository and writes the app's definition.
-    pub fn create(dir: &Path) -> TwoEnvShop {
+/// [`Shop`] with `staging` (web1, no rules) and `production` (web2,
+/// approved by `lead` or `dev`, promoted from staging): what the
+/// release-request and portal tests use.
+pub type TwoEnvShop = Shop;
+
+impl Shop {
+    /// [`Shop`] with its two environments.
+    pub fn create(dir: &Path) -> Shop {
+        Shop::with(
+            dir,
+            "[env.staging]\ntarget = \"web1\"\n\
+             [env.production]\ntarget = \"web2\"\nrequires_approval = true\napprovers = [\"lead\", \"dev\"]\npromote_from = \"staging\"\n",
+        )
+    }
+
+    /// Creates the repository and writes the app's definition, `more`
+    /// TOML appended to it.
+    pub fn with(dir: &Path, more: &str) -> Shop {
         let repo = Repo::create(
             dir,
             &dir.join("git"),
@@ -282,15 +296,13 @@ impl TwoEnvShop {
         std::fs::write(
             apps.join("shop.toml"),
             format!(
-                "repo = \"{}\"\ntarget = \"web*\"\npath = \"{}/{{id}}/shop\"\n\
-                 [env.staging]\ntarget = \"web1\"\n\
-                 [env.production]\ntarget = \"web2\"\nrequires_approval = true\napprovers = [\"lead\", \"dev\"]\npromote_from = \"staging\"\n",
+                "repo = \"{}\"\ntarget = \"web*\"\npath = \"{}/{{id}}/shop\"\n{more}",
                 repo.bare.display(),
                 srv.display()
             ),
         )
         .expect("write shop.toml");
-        TwoEnvShop { repo, srv }
+        Shop { repo, srv }
     }
 
     /// What is live on a minion (`index.html` of its current release).

@@ -110,7 +110,12 @@ impl Core {
     }
 
     /// Refuses unless `user` may run `fun` on every one of `minions`.
-    fn check_acl(&self, user: &str, fun: &str, minions: &[String]) -> Result<(), CoreError> {
+    pub(crate) fn check_acl(
+        &self,
+        user: &str,
+        fun: &str,
+        minions: &[String],
+    ) -> Result<(), CoreError> {
         self.grants
             .current()
             .check_job(user, &acl_function(fun), minions, |ids, t| {

@@ -28,6 +28,7 @@ pub mod notify;
 pub mod peers;
 pub mod requests;
 pub mod returns;
+pub mod rollouts;
 pub mod schedules;
 pub mod triggers;
 pub mod upkeep;
@@ -126,6 +127,8 @@ pub struct Core {
     /// When each app's git cache was last fetched, so page views within
     /// [`requests::VIEW_FRESHNESS`] read the cache instead of the remote.
     git_fetched: Mutex<HashMap<String, std::time::Instant>>,
+    /// Serialises each change of a rollout (the driver's, people's).
+    rollout_lock: Mutex<()>,
 }
 
 /// Everything `Core::new` needs that is created by the caller.
@@ -172,6 +175,7 @@ impl Core {
             deliveries: tokio::sync::Notify::new(),
             request_steps: Mutex::new(()),
             git_fetched: Mutex::new(HashMap::new()),
+            rollout_lock: Mutex::new(()),
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
             cancelled: Mutex::new(Default::default()),

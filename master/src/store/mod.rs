@@ -128,6 +128,7 @@ pub struct Store {
     schedules: sled::Tree,
     outbox: sled::Tree,
     triggers: sled::Tree,
+    rollouts: sled::Tree,
     publishing: Arc<std::sync::Mutex<()>>,
     live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
 }
@@ -224,8 +225,10 @@ fn jid_prefix(jid: &Jid) -> Vec<u8> {
 
 mod fleet;
 mod jobs;
+mod numbered;
 mod records;
 mod requests;
+mod rollouts;
 mod stream;
 mod workflow;
 pub use workflow::Delivery;
@@ -270,6 +273,9 @@ impl Store {
             schedules: db
                 .open_tree("schedules")
                 .map_err(sled_err("open schedules"))?,
+            rollouts: db
+                .open_tree("rollouts")
+                .map_err(sled_err("open rollouts"))?,
             outbox: db.open_tree("outbox").map_err(sled_err("open outbox"))?,
             triggers: db
                 .open_tree("triggers")

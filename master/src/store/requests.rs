@@ -6,35 +6,27 @@ use halite_model::ReleaseRequest;
 use super::*;
 
 impl Store {
+    fn numbered_requests(&self) -> numbered::Numbered<'_> {
+        numbered::Numbered {
+            tree: &self.requests,
+            what: "request",
+        }
+    }
+
     /// The next request id (1, 2, ...; never reused, also after a restart).
     pub fn next_request_id(&self) -> Result<u64, StoreError> {
-        let last = self
-            .requests
-            .last()
-            .map_err(sled_err("read requests"))?
-            .and_then(|(key, _)| <[u8; 8]>::try_from(key.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes);
-        Ok(last + 1)
+        self.numbered_requests().next_id()
     }
 
     /// Stores (or replaces) a request, durably.
     pub fn put_request(&self, request: &ReleaseRequest) -> Result<(), StoreError> {
-        self.requests
-            .insert(request.id.to_be_bytes(), to_bytes("request", request)?)
-            .map_err(sled_err("write request"))?;
+        self.numbered_requests().put(request.id, request)?;
         self.flush()
     }
 
     /// The request with this id.
     pub fn request(&self, id: u64) -> Result<Option<ReleaseRequest>, StoreError> {
-        match self
-            .requests
-            .get(id.to_be_bytes())
-            .map_err(sled_err("read request"))?
-        {
-            Some(bytes) => Ok(Some(from_bytes("request", &bytes)?)),
-            None => Ok(None),
-        }
+        self.numbered_requests().get(id)
     }
 
     /// Requests newest first, at most `limit`, those `keep` says yes to.
@@ -43,18 +35,7 @@ impl Store {
         limit: usize,
         keep: impl Fn(&ReleaseRequest) -> bool,
     ) -> Result<Vec<ReleaseRequest>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.requests.iter().rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, bytes) = item.map_err(sled_err("scan requests"))?;
-            let request: ReleaseRequest = from_bytes("request", &bytes)?;
-            if keep(&request) {
-                out.push(request);
-            }
-        }
-        Ok(out)
+        self.numbered_requests().newest(limit, keep)
     }
 }
 

@@ -1,0 +1,729 @@
+//! Rollouts: an app released through its fleet in steps (`1,10%,50%,100%`).
+//!
+//! Each step is one deploy job (the app's module, through the release
+//! kit, so git_deploy, java_tomcat, dotnet_iis and Lua deploy modules
+//! alike) to that step's minions. When its minions returned (or its time
+//! ran out) the step is judged: failed and missing minions against the
+//! plan's limits; then it bakes; then the master's probes run (an HTTP
+//! status, a command's exit code); then, with a manual gate, it waits for
+//! `rollout continue`. A step over a limit or failing a gate stops the
+//! rollout, and — unless the plan turns it off — every minion the rollout
+//! released goes back to its recorded previous release in one rollback
+//! job (no fetch: the kit keeps the previous release on disk), whose
+//! returns say which minions are back and which are not.
+//!
+//! The record is stored after every change; the driver reads it from the
+//! store each round, so a restarted master continues a rollout at its
+//! stored step and never runs a passed step again. A step whose job was
+//! published but whose jid was not yet stored when the master died is
+//! published again on restart: deploying the same version again leaves a
+//! minion unchanged.
+//!
+//! Locking: `rollout_lock` serialises a rollout's read-modify-write (the
+//! driver's transitions and people's actions); probes run outside it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use halite_model::{
+    BusEntry, FleetRollback, GateResult, JobRequest, NewRollout, Rollout, RolloutAction,
+    RolloutState, RolloutStep, StepPhase,
+};
+use halite_proto::rollout::{Gate, Probe, RolloutPlan};
+use halite_proto::time::now_ms;
+use halite_proto::{Target, TargetType};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::views::ReleaseAction;
+use super::{Core, CoreError};
+
+/// The master itself, in a rollout's history.
+const MASTER: &str = "halite";
+
+/// How often the driver looks at running rollouts.
+const TICK: Duration = Duration::from_millis(200);
+
+impl Core {
+    /// Starts a rollout: the app's minions (or a narrower target's),
+    /// sorted, cut into the plan's steps; refused up front when the user
+    /// may not deploy the app to all of them.
+    pub fn start_rollout(&self, user: &str, new: NewRollout) -> Result<Rollout, CoreError> {
+        let apps = self.apps()?;
+        let spec = apps
+            .iter()
+            .find(|a| a.name == new.app)
+            .ok_or_else(|| CoreError::NotFound(format!("no app {:?}", new.app)))?;
+        let plan = new
+            .plan
+            .clone()
+            .or_else(|| spec.rollout.clone())
+            .unwrap_or_default();
+        plan.validate()
+            .map_err(|e| CoreError::invalid(format!("rollout plan: {e}")))?;
+        let version_keys = ["tag", "branch", "rev", "url", "sha256", "version"];
+        if let Some(key) = new
+            .version
+            .keys()
+            .find(|k| !version_keys.contains(&k.as_str()))
+        {
+            return Err(CoreError::invalid(format!(
+                "version: `{key}` is not one of tag, branch, rev (git) or url, sha256, version (artifacts)"
+            )));
+        }
+        let target = match &new.target {
+            Some(target) => Target::parse(TargetType::Compound, target),
+            None => Target::parse(spec.tgt_type, &spec.target),
+        }
+        .map_err(|e| CoreError::invalid(format!("target: {e}")))?;
+        let mut minions = self.presence.matching(&self.keys.accepted_ids(), &target);
+        minions.sort();
+        if minions.is_empty() {
+            return Err(CoreError::invalid(format!(
+                "no accepted minion of app {} matches the target",
+                spec.name
+            )));
+        }
+        let fun = format!("{}.deploy", crate::apps::module_for(spec));
+        // The whole fleet is checked now (grants, environments, freeze),
+        // so a rollout is not refused halfway.
+        self.check(
+            user,
+            step_request(&new.app, &fun, &new.version, &minions, &plan),
+        )?;
+        let _lock = self.lock_rollouts();
+        let now = now_ms();
+        let mut rollout = Rollout {
+            id: self.store.next_rollout_id()?,
+            app: new.app.clone(),
+            version: new.version.clone(),
+            fun,
+            user: user.to_owned(),
+            reason: new.reason.clone(),
+            steps: plan
+                .steps(&minions)
+                .into_iter()
+                .map(|minions| RolloutStep {
+                    minions,
+                    ..RolloutStep::default()
+                })
+                .collect(),
+            plan,
+            current: 0,
+            state: RolloutState::Running,
+            bake_until: 0,
+            failure: None,
+            rollback: None,
+            history: Vec::new(),
+            created_at: now,
+        };
+        let sizes: Vec<String> = rollout
+            .steps
+            .iter()
+            .map(|s| s.minions.len().to_string())
+            .collect();
+        rollout.note(
+            now,
+            user,
+            format!(
+                "started: {} minions in steps of {}",
+                minions.len(),
+                sizes.join(", ")
+            ),
+        );
+        self.save_rollout(&rollout)?;
+        Ok(rollout)
+    }
+
+    /// Rollouts, newest first.
+    pub fn rollouts(&self, limit: usize) -> Result<Vec<Rollout>, CoreError> {
+        Ok(self.store.rollouts(limit, |_| true)?)
+    }
+
+    /// One rollout.
+    pub fn rollout(&self, id: u64) -> Result<Rollout, CoreError> {
+        self.store
+            .rollout(id)?
+            .ok_or_else(|| CoreError::NotFound(format!("no rollout {id}")))
+    }
+
+    /// A person's step: continue past a manual gate, pause, resume, or
+    /// abort (released minions go back). Needs the grant to deploy the
+    /// app on the rollout's minions.
+    pub fn rollout_action(
+        &self,
+        user: &str,
+        id: u64,
+        action: RolloutAction,
+    ) -> Result<Rollout, CoreError> {
+        let _lock = self.lock_rollouts();
+        let mut rollout = self.rollout(id)?;
+        let everyone: Vec<String> = rollout
+            .steps
+            .iter()
+            .flat_map(|s| s.minions.iter().cloned())
+            .collect();
+        self.check_acl(user, &rollout.fun, &everyone)?;
+        if rollout.state.is_final() {
+            return Err(CoreError::Conflict(format!(
+                "rollout {id} is {}: nothing more to do",
+                rollout.state
+            )));
+        }
+        let now = now_ms();
+        match action {
+            RolloutAction::Continue => {
+                let step = rollout
+                    .steps
+                    .get_mut(rollout.current)
+                    .filter(|s| s.phase == StepPhase::Waiting)
+                    .ok_or_else(|| {
+                        CoreError::Conflict(format!("rollout {id} is not waiting at a gate"))
+                    })?;
+                step.phase = StepPhase::Passed;
+                step.continued_by = Some(user.to_owned());
+                let number = rollout.current + 1;
+                rollout.current += 1;
+                rollout.note(now, user, format!("continued after step {number}"));
+            }
+            RolloutAction::Pause => {
+                if rollout.state != RolloutState::Running {
+                    return Err(CoreError::Conflict(format!(
+                        "rollout {id} is {}, not running",
+                        rollout.state
+                    )));
+                }
+                rollout.state = RolloutState::Paused;
+                rollout.note(now, user, "paused");
+            }
+            RolloutAction::Resume => {
+                if rollout.state != RolloutState::Paused {
+                    return Err(CoreError::Conflict(format!(
+                        "rollout {id} is {}, not paused",
+                        rollout.state
+                    )));
+                }
+                rollout.state = RolloutState::Running;
+                rollout.note(now, user, "resumed");
+            }
+            RolloutAction::Abort => {
+                if rollout.state == RolloutState::RollingBack {
+                    return Err(CoreError::Conflict(format!(
+                        "rollout {id} is already rolling back"
+                    )));
+                }
+                rollout.note(now, user, "aborted");
+                self.stop_rollout(&mut rollout, format!("aborted by {user}"), true);
+            }
+        }
+        self.save_rollout(&rollout)?;
+        Ok(rollout)
+    }
+
+    /// One round of the driver: every rollout not finished takes the
+    /// steps it can take now. Blocking (store, job submission, probes).
+    pub fn drive_rollouts(&self) {
+        let active = match self.store.rollouts(usize::MAX, |r| !r.state.is_final()) {
+            Ok(active) => active,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the rollouts");
+                return;
+            }
+        };
+        for rollout in active {
+            let id = rollout.id;
+            if let Err(e) = self.advance_rollout(id) {
+                tracing::error!(rollout = id, error = %e, "cannot advance the rollout");
+            }
+        }
+    }
+
+    /// Takes the next transition of one rollout, if it is due.
+    fn advance_rollout(&self, id: u64) -> Result<(), CoreError> {
+        let probes_due = {
+            let _lock = self.lock_rollouts();
+            let mut rollout = self.rollout(id)?;
+            let before = rollout.clone();
+            let probes_due = self.transition(&mut rollout);
+            if rollout != before {
+                self.save_rollout(&rollout)?;
+            }
+            probes_due.then_some((rollout.current, rollout.plan.probes.clone()))
+        };
+        // Probes take time: run them without the lock, then apply the
+        // result if the rollout is still where it was.
+        let Some((step, probes)) = probes_due else {
+            return Ok(());
+        };
+        let results: Vec<GateResult> = probes.iter().map(run_probe).collect();
+        let _lock = self.lock_rollouts();
+        let mut rollout = self.rollout(id)?;
+        let still_baking = rollout.current == step
+            && rollout.state == RolloutState::Running
+            && rollout.steps[step].phase == StepPhase::Baking;
+        if !still_baking {
+            return Ok(());
+        }
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| format!("{}: {}", r.gate, r.detail))
+            .collect();
+        rollout.steps[step].gates = results;
+        if failed.is_empty() {
+            self.pass_step(&mut rollout);
+        } else {
+            let why = format!("step {} failed its gates: {}", step + 1, failed.join("; "));
+            self.stop_rollout(&mut rollout, why, false);
+        }
+        self.save_rollout(&rollout)
+    }
+
+    /// Moves a rollout on as far as it can without waiting; answers
+    /// whether the current step's probes are due (run by the caller).
+    fn transition(&self, rollout: &mut Rollout) -> bool {
+        let now = now_ms();
+        match rollout.state {
+            RolloutState::RollingBack => {
+                self.settle_rollback(rollout);
+                return false;
+            }
+            RolloutState::Running => {}
+            _ => return false,
+        }
+        let Some(step) = rollout.steps.get(rollout.current).cloned() else {
+            rollout.state = RolloutState::Succeeded;
+            rollout.note(now, MASTER, "every step passed");
+            return false;
+        };
+        let number = rollout.current + 1;
+        match step.phase {
+            StepPhase::Pending => {
+                let request = step_request(
+                    &rollout.app,
+                    &rollout.fun,
+                    &rollout.version,
+                    &step.minions,
+                    &rollout.plan,
+                );
+                match self.submit(&rollout.user, request) {
+                    Ok(submitted) => {
+                        let step = &mut rollout.steps[rollout.current];
+                        step.phase = StepPhase::Running;
+                        step.jid = Some(submitted.jid.clone());
+                        step.started_at = now;
+                        rollout.note(
+                            now,
+                            MASTER,
+                            format!(
+                                "step {number}: {} to {} minion(s), job {}",
+                                rollout.fun,
+                                step_len(rollout),
+                                submitted.jid
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        let why = format!("step {number} could not start: {e}");
+                        self.stop_rollout(rollout, why, false);
+                    }
+                }
+                false
+            }
+            StepPhase::Running => {
+                let Some(jid) = step.jid.clone() else {
+                    rollout.steps[rollout.current].phase = StepPhase::Pending;
+                    return false;
+                };
+                let view = match self.job_view(&jid) {
+                    Ok(view) => view,
+                    Err(e) => {
+                        tracing::warn!(rollout = rollout.id, %jid, error = %e, "cannot read the step's job");
+                        return false;
+                    }
+                };
+                if !view.done {
+                    return false;
+                }
+                let (released, failed): (Vec<_>, Vec<_>) =
+                    view.returns.values().partition(|r| r.success);
+                let step = &mut rollout.steps[rollout.current];
+                step.released = released.iter().map(|r| r.id.clone()).collect();
+                step.failed = failed.iter().map(|r| r.id.clone()).collect();
+                step.missing = view.missing.clone();
+                let of = step.minions.len();
+                let plan = &rollout.plan;
+                let mut over = Vec::new();
+                if RolloutPlan::exceeds(plan.max_fail, step.failed.len(), of) {
+                    over.push(format!(
+                        "{} failed ({}) over max_fail {}",
+                        step.failed.len(),
+                        step.failed.join(", "),
+                        plan.max_fail
+                    ));
+                }
+                if RolloutPlan::exceeds(plan.max_missing, step.missing.len(), of) {
+                    over.push(format!(
+                        "{} did not return ({}) over max_missing {}",
+                        step.missing.len(),
+                        step.missing.join(", "),
+                        plan.max_missing
+                    ));
+                }
+                if let Some(total) = plan.max_fail_total {
+                    let failures = rollout.failures();
+                    if RolloutPlan::exceeds(total, failures, rollout.minions()) {
+                        over.push(format!(
+                            "{failures} failed or missing in all over max_fail_total {total}"
+                        ));
+                    }
+                }
+                if !over.is_empty() {
+                    let why = format!("step {number}: {}", over.join("; "));
+                    self.stop_rollout(rollout, why, false);
+                    return false;
+                }
+                let step = &mut rollout.steps[rollout.current];
+                step.phase = StepPhase::Baking;
+                step.finished_at = now;
+                let released = step.released.len();
+                rollout.bake_until = now + rollout.plan.bake * 1000;
+                rollout.note(
+                    now,
+                    MASTER,
+                    format!(
+                        "step {number}: {released} released; baking {} s",
+                        rollout.plan.bake
+                    ),
+                );
+                false
+            }
+            StepPhase::Baking => {
+                if now < rollout.bake_until {
+                    return false;
+                }
+                if !rollout.plan.probes.is_empty() {
+                    return true;
+                }
+                self.pass_step(rollout);
+                false
+            }
+            StepPhase::Waiting | StepPhase::Passed | StepPhase::Failed => false,
+        }
+    }
+
+    /// A step passed its gates: wait for a person (manual gate, not the
+    /// last step) or go on.
+    fn pass_step(&self, rollout: &mut Rollout) {
+        let now = now_ms();
+        let number = rollout.current + 1;
+        let last = rollout.current + 1 == rollout.steps.len();
+        if rollout.plan.gate == Gate::Manual && !last {
+            rollout.steps[rollout.current].phase = StepPhase::Waiting;
+            rollout.note(
+                now,
+                MASTER,
+                format!(
+                    "step {number} passed; waiting for `master-cli rollout continue {}`",
+                    rollout.id
+                ),
+            );
+            return;
+        }
+        rollout.steps[rollout.current].phase = StepPhase::Passed;
+        rollout.note(now, MASTER, format!("step {number} passed"));
+        rollout.current += 1;
+        if rollout.current == rollout.steps.len() {
+            rollout.state = RolloutState::Succeeded;
+            rollout.note(now, MASTER, "every step passed");
+        }
+    }
+
+    /// Stops a rollout: the current step failed (or it was aborted); the
+    /// minions it released go back unless the plan says otherwise.
+    fn stop_rollout(&self, rollout: &mut Rollout, why: String, aborted: bool) {
+        let now = now_ms();
+        if let Some(step) = rollout.steps.get_mut(rollout.current) {
+            if !aborted || step.phase != StepPhase::Pending {
+                step.phase = StepPhase::Failed;
+                step.finished_at = now;
+            }
+        }
+        tracing::warn!(rollout = rollout.id, app = %rollout.app, reason = %why, "rollout stopped");
+        rollout.note(now, MASTER, why.clone());
+        rollout.failure = Some(why.clone());
+        let released = rollout.released();
+        if released.is_empty() {
+            rollout.state = if aborted {
+                RolloutState::Aborted
+            } else {
+                RolloutState::Failed
+            };
+            return;
+        }
+        if !rollout.plan.auto_rollback && !aborted {
+            rollout.state = RolloutState::Failed;
+            rollout.note(
+                now,
+                MASTER,
+                format!(
+                    "auto_rollback is off: {} stay on the new release",
+                    released.join(", ")
+                ),
+            );
+            return;
+        }
+        let mut options = Map::new();
+        options.insert(
+            "target".into(),
+            Value::String(format!("L@{}", released.join(","))),
+        );
+        if let Some(timeout) = rollout.plan.timeout {
+            options.insert("timeout".into(), timeout.into());
+        }
+        let mut rollback = FleetRollback {
+            reason: why,
+            jid: None,
+            minions: released.clone(),
+            rolled_back: Vec::new(),
+            not_rolled_back: Vec::new(),
+        };
+        match self.release_app(
+            &rollout.user,
+            &rollout.app,
+            ReleaseAction::Rollback,
+            options,
+            None,
+        ) {
+            Ok(submitted) => {
+                rollout.note(
+                    now,
+                    MASTER,
+                    format!(
+                        "rolling back {} minion(s), job {}",
+                        released.len(),
+                        submitted.jid
+                    ),
+                );
+                rollback.jid = Some(submitted.jid);
+                rollout.state = RolloutState::RollingBack;
+            }
+            Err(e) => {
+                rollout.note(now, MASTER, format!("the rollback could not start: {e}"));
+                rollback.not_rolled_back = released
+                    .iter()
+                    .map(|m| (m.clone(), format!("no rollback job: {e}")))
+                    .collect();
+                rollout.state = RolloutState::Failed;
+            }
+        }
+        rollout.rollback = Some(rollback);
+    }
+
+    /// When the fleet rollback's job is done: who is back, who is not.
+    fn settle_rollback(&self, rollout: &mut Rollout) {
+        let Some(jid) = rollout.rollback.as_ref().and_then(|r| r.jid.clone()) else {
+            rollout.state = RolloutState::Failed;
+            return;
+        };
+        let view = match self.job_view(&jid) {
+            Ok(view) if view.done => view,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(rollout = rollout.id, %jid, error = %e, "cannot read the rollback job");
+                return;
+            }
+        };
+        let Some(rollback) = rollout.rollback.as_mut() else {
+            return;
+        };
+        rollback.rolled_back.clear();
+        rollback.not_rolled_back.clear();
+        for minion in &rollback.minions {
+            match view.returns.get(minion) {
+                Some(ret) if ret.success => rollback.rolled_back.push(minion.clone()),
+                Some(ret) => rollback
+                    .not_rolled_back
+                    .push((minion.clone(), summarize(&ret.data))),
+                None => rollback
+                    .not_rolled_back
+                    .push((minion.clone(), "did not return".into())),
+            }
+        }
+        let all_back = rollback.not_rolled_back.is_empty();
+        let what = if all_back {
+            format!("rolled back: {}", rollback.rolled_back.join(", "))
+        } else {
+            format!(
+                "rolled back: {}; not rolled back: {}",
+                rollback.rolled_back.join(", "),
+                rollback.not_back()
+            )
+        };
+        rollout.state = if all_back {
+            RolloutState::RolledBack
+        } else {
+            RolloutState::Failed
+        };
+        rollout.note(now_ms(), MASTER, what);
+    }
+
+    /// Stores a rollout and puts it on the event stream (`rollout/progress`).
+    fn save_rollout(&self, rollout: &Rollout) -> Result<(), CoreError> {
+        self.store.put_rollout(rollout)?;
+        let entry = BusEntry {
+            id: 0,
+            kind: "rollout/progress".into(),
+            at: now_ms(),
+            jid: None,
+            minion: None,
+            data: serde_json::to_value(rollout).unwrap_or(Value::Null),
+        };
+        self.store.publish(entry)?;
+        Ok(())
+    }
+
+    fn lock_rollouts(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rollout_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The minions of the current step.
+fn step_len(rollout: &Rollout) -> usize {
+    rollout
+        .steps
+        .get(rollout.current)
+        .map_or(0, |s| s.minions.len())
+}
+
+/// The deploy job of one step: the app's deploy function with the
+/// rollout's version, to exactly these minions.
+fn step_request(
+    app: &str,
+    fun: &str,
+    version: &Map<String, Value>,
+    minions: &[String],
+    plan: &RolloutPlan,
+) -> JobRequest {
+    let mut kwarg = version.clone();
+    kwarg.insert("app".into(), Value::String(app.to_owned()));
+    JobRequest {
+        target: minions.join(","),
+        tgt_type: TargetType::List,
+        fun: fun.to_owned(),
+        kwarg,
+        timeout: plan.timeout,
+        ..JobRequest::default()
+    }
+}
+
+/// A return's data in a line.
+fn summarize(data: &Value) -> String {
+    let text = match data {
+        Value::String(s) => s.clone(),
+        other => other
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| other.to_string()),
+    };
+    text.chars().take(200).collect()
+}
+
+/// Runs one probe on the master (blocking: called from the blocking pool).
+fn run_probe(probe: &Probe) -> GateResult {
+    let timeout = Duration::from_secs(probe.timeout);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return GateResult {
+                gate: "probe".into(),
+                passed: false,
+                detail: format!("cannot run probes: {e}"),
+            }
+        }
+    };
+    if let Some(url) = &probe.url {
+        let gate = format!("probe {url}");
+        halite_pki::install_tls_provider();
+        let answer = runtime.block_on(async {
+            let client = reqwest::Client::builder().timeout(timeout).build()?;
+            client.get(url).send().await.map(|r| r.status().as_u16())
+        });
+        return match answer {
+            Ok(status) => GateResult {
+                gate,
+                passed: status == probe.status,
+                detail: format!("answered {status}, expected {}", probe.status),
+            },
+            Err(e) => GateResult {
+                gate,
+                passed: false,
+                detail: format!("no answer: {e}"),
+            },
+        };
+    }
+    let gate = format!("probe {}", probe.command.join(" "));
+    let Some((program, args)) = probe.command.split_first() else {
+        return GateResult {
+            gate,
+            passed: false,
+            detail: "no command".into(),
+        };
+    };
+    let ended = runtime.block_on(async {
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => status.map(Some),
+            Err(_) => Ok(None),
+        }
+    });
+    match ended {
+        Ok(Some(status)) => {
+            let code = status.code().unwrap_or(-1);
+            GateResult {
+                gate,
+                passed: code == probe.exit_code,
+                detail: format!("exited {code}, expected {}", probe.exit_code),
+            }
+        }
+        Ok(None) => GateResult {
+            gate,
+            passed: false,
+            detail: format!("still running after {} s", probe.timeout),
+        },
+        Err(e) => GateResult {
+            gate,
+            passed: false,
+            detail: format!("cannot run: {e}"),
+        },
+    }
+}
+
+/// Drives the rollouts until shutdown: a round every [`TICK`], on the
+/// blocking pool, one round at a time.
+pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let worker = core.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || worker.drive_rollouts()).await {
+            tracing::error!(error = %e, "the rollout driver failed");
+        }
+    }
+}

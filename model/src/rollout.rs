@@ -1,0 +1,283 @@
+//! Rollouts: one release of an app through its fleet in steps, each step
+//! a job, checked and gated before the next; stopped and put back when a
+//! step fails. The master stores the record after every change, so a
+//! restarted master continues it where it was.
+
+use halite_proto::rollout::RolloutPlan;
+use halite_proto::Jid;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// What starts a rollout (`POST /v1/rollouts`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRollout {
+    /// The app.
+    pub app: String,
+    /// Which version: `{"tag": "v3"}`, `{"branch": ...}` or `{"rev": ...}`.
+    pub version: Map<String, Value>,
+    /// A narrower target than the app's (read as a compound target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The plan; the app's `[rollout]` (or all at once) unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RolloutPlan>,
+    /// Why, for the history and the audit log.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Where a step is.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPhase {
+    /// Not started.
+    #[default]
+    Pending,
+    /// Its deploy job is out.
+    Running,
+    /// Released; baking until `bake_until`.
+    Baking,
+    /// Waiting for `rollout continue` (a manual gate).
+    Waiting,
+    /// Done and checked.
+    Passed,
+    /// Over a threshold or a gate failed.
+    Failed,
+}
+
+/// One step of a rollout.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct RolloutStep {
+    /// Its minions.
+    pub minions: Vec<String>,
+    /// Where it is.
+    pub phase: StepPhase,
+    /// Its deploy job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jid: Option<Jid>,
+    /// Minions whose deploy succeeded (released by this rollout).
+    #[serde(default)]
+    pub released: Vec<String>,
+    /// Minions whose deploy failed.
+    #[serde(default)]
+    pub failed: Vec<String>,
+    /// Minions that did not return in time.
+    #[serde(default)]
+    pub missing: Vec<String>,
+    /// When its job went out (unix ms).
+    #[serde(default)]
+    pub started_at: u64,
+    /// When it was released and checked, or failed (unix ms).
+    #[serde(default)]
+    pub finished_at: u64,
+    /// Gates run after the bake: what each found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateResult>,
+    /// Who let it go on (a manual gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continued_by: Option<String>,
+}
+
+/// What one gate found.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct GateResult {
+    /// `probe http://…`, `probe cmd …`.
+    pub gate: String,
+    /// Passed?
+    pub passed: bool,
+    /// What it saw (status, exit code, error).
+    pub detail: String,
+}
+
+/// Where a rollout is.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Going through its steps.
+    #[default]
+    Running,
+    /// Stopped by a person between steps (a running job finishes).
+    Paused,
+    /// Putting released minions back.
+    RollingBack,
+    /// Every step passed.
+    Succeeded,
+    /// A step failed; released minions stay (auto_rollback off) or some
+    /// could not be put back.
+    Failed,
+    /// A step failed or it was aborted, and every released minion is back
+    /// on its previous release.
+    RolledBack,
+    /// Aborted without a rollback (nothing had been released).
+    Aborted,
+}
+
+impl RolloutState {
+    /// Nothing more happens.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RolloutState::Succeeded
+                | RolloutState::Failed
+                | RolloutState::RolledBack
+                | RolloutState::Aborted
+        )
+    }
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::RollingBack => "rolling_back",
+            RolloutState::Succeeded => "succeeded",
+            RolloutState::Failed => "failed",
+            RolloutState::RolledBack => "rolled_back",
+            RolloutState::Aborted => "aborted",
+        };
+        f.write_str(text)
+    }
+}
+
+/// The fleet rollback after a failed step or an abort.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct FleetRollback {
+    /// Why.
+    pub reason: String,
+    /// The rollback job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jid: Option<Jid>,
+    /// The minions it went to: every one this rollout released.
+    pub minions: Vec<String>,
+    /// Back on their previous release (and healthy).
+    #[serde(default)]
+    pub rolled_back: Vec<String>,
+    /// Could not be put back, with what went wrong.
+    #[serde(default)]
+    pub not_rolled_back: Vec<(String, String)>,
+}
+
+impl FleetRollback {
+    /// `web3 (did not return), web4 (...)`, or `-` when every one is back.
+    pub fn not_back(&self) -> String {
+        if self.not_rolled_back.is_empty() {
+            return "-".into();
+        }
+        self.not_rolled_back
+            .iter()
+            .map(|(minion, why)| format!("{minion} ({why})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Something that happened to a rollout, for its history.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct RolloutEvent {
+    /// When (unix ms).
+    pub at: u64,
+    /// Who (the master itself: `halite`).
+    pub by: String,
+    /// What.
+    pub what: String,
+}
+
+/// A rollout.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Rollout {
+    /// Its number (1, 2, ...).
+    pub id: u64,
+    /// The app.
+    pub app: String,
+    /// The version released.
+    pub version: Map<String, Value>,
+    /// The deploy module's function (`git_deploy.deploy`, ...).
+    pub fun: String,
+    /// Who started it; its jobs run with their grants.
+    pub user: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// The plan it follows.
+    pub plan: RolloutPlan,
+    /// The steps, in order.
+    pub steps: Vec<RolloutStep>,
+    /// The step under way (`steps.len()` when every step passed).
+    pub current: usize,
+    /// Where it is.
+    pub state: RolloutState,
+    /// When the current step's bake ends (unix ms).
+    #[serde(default)]
+    pub bake_until: u64,
+    /// Why it stopped, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The fleet rollback, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<FleetRollback>,
+    /// What happened, oldest first.
+    pub history: Vec<RolloutEvent>,
+    /// When it was started (unix ms).
+    pub created_at: u64,
+}
+
+impl Rollout {
+    /// Every minion this rollout released so far.
+    pub fn released(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .flat_map(|s| s.released.iter().cloned())
+            .collect()
+    }
+
+    /// Failed and missing minions over every step.
+    pub fn failures(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| s.failed.len() + s.missing.len())
+            .sum()
+    }
+
+    /// Every minion of the rollout.
+    pub fn minions(&self) -> usize {
+        self.steps.iter().map(|s| s.minions.len()).sum()
+    }
+
+    /// Records what happened.
+    pub fn note(&mut self, at: u64, by: &str, what: impl Into<String>) {
+        self.history.push(RolloutEvent {
+            at,
+            by: by.to_owned(),
+            what: what.into(),
+        });
+    }
+}
+
+/// A person's step on a rollout (`POST /v1/rollouts/{id}/ACTION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    /// Let a step waiting at a manual gate go on.
+    Continue,
+    /// Start no further step.
+    Pause,
+    /// Go on after a pause.
+    Resume,
+    /// Stop for good and put released minions back.
+    Abort,
+}
+
+impl RolloutAction {
+    /// `continue`, `pause`, `resume`, `abort`.
+    pub fn parse(text: &str) -> Option<RolloutAction> {
+        match text {
+            "continue" => Some(RolloutAction::Continue),
+            "pause" => Some(RolloutAction::Pause),
+            "resume" => Some(RolloutAction::Resume),
+            "abort" => Some(RolloutAction::Abort),
+            _ => None,
+        }
+    }
+}

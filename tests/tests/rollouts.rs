@@ -1,0 +1,255 @@
+//! Rollouts for real: a master, minions and a git repository; an app
+//! released in steps. A minion failing in step 2 puts the step-1 minions
+//! back on their previous release; a minion that does not return stops a
+//! rollout too; a manual gate waits for `rollout continue` (refused
+//! without the grant) and a master restarted at the gate continues the
+//! rollout without running its first step again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use halite_tests::api::Session;
+use halite_tests::git::Shop;
+use halite_tests::{eventually, Master, Minion};
+use serde_json::{json, Value};
+
+/// The shop app, its post_deploy hook failing where
+/// `srv/<id>/shop/broken` exists.
+fn shop(dir: &Path) -> Shop {
+    Shop::with(
+        dir,
+        "post_deploy = \"test ! -e ../../broken\"\nstop_on_error = true\nauto_rollback = true\n",
+    )
+}
+
+/// Waits until rollout `id` is in `state`; answers it.
+fn wait_state(api: &Session, id: u64, state: &str) -> Value {
+    let mut seen = Value::Null;
+    eventually(
+        Duration::from_secs(120),
+        &format!("rollout {id} {state}"),
+        || {
+            seen = api.get(&format!("/v1/rollouts/{id}")).1;
+            seen["state"] == state
+        },
+    );
+    seen
+}
+
+/// Starts a rollout with `master-cli rollout start`; answers its id.
+fn start(master: &Master, args: &[&str]) -> u64 {
+    let mut all = vec!["rollout", "start", "shop", "--json"];
+    all.extend_from_slice(args);
+    let out = master.cli(&all);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()["id"].as_u64().expect("rollout id")
+}
+
+fn names(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failed_step_puts_every_released_minion_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = shop(dir.path());
+    let master = Master::start(dir.path(), "");
+    let mut minions: Vec<Minion> = ["web1", "web2", "web3"]
+        .iter()
+        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
+        .collect();
+    for id in ["web1", "web2", "web3"] {
+        master.accept(id);
+    }
+    let root = Session::root(&master);
+    let (status, body) = root.post("/v1/apps/shop/deploy", json!({ "tag": "v1" }));
+    assert_eq!(status, 202, "{body}");
+    halite_tests::api::wait_done(&root.base, &root.token, body["jid"].as_str().unwrap());
+    for id in ["web1", "web2", "web3"] {
+        assert_eq!(app.live(id).as_deref(), Some("one"), "{id}");
+    }
+
+    // web3 fails its post_deploy hook. Step 1 is web1; step 2, web2 and
+    // web3: web3 fails, so web1 and web2 (released by this rollout) go
+    // back to v1.
+    std::fs::write(dir.path().join("srv/web3/shop/broken"), "").expect("break web3");
+    let id = start(
+        &master,
+        &["tag=v2", "--ramp", "1,100%", "--reason", "v2 out"],
+    );
+    let rollout = wait_state(&root, id, "rolled_back");
+    assert_eq!(names(&rollout["steps"][0]["minions"]), ["web1"]);
+    assert_eq!(rollout["steps"][0]["phase"], "passed", "{rollout}");
+    assert_eq!(rollout["steps"][1]["phase"], "failed", "{rollout}");
+    assert_eq!(names(&rollout["steps"][1]["failed"]), ["web3"], "{rollout}");
+    assert_eq!(
+        names(&rollout["rollback"]["rolled_back"]),
+        ["web1", "web2"],
+        "{rollout}"
+    );
+    assert!(rollout["rollback"]["not_rolled_back"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    for id in ["web1", "web2", "web3"] {
+        assert_eq!(app.live(id).as_deref(), Some("one"), "{id}");
+    }
+    // What `rollout show` prints is the same record.
+    let shown = master.cli(&["rollout", "show", &id.to_string(), "--json"]);
+    assert_eq!(shown.json()["rollback"], rollout["rollback"]);
+
+    // A minion that does not return stops the next rollout the same way
+    // (max_missing 0), counted apart from failures.
+    std::fs::remove_file(dir.path().join("srv/web3/shop/broken")).expect("mend web3");
+    minions[2].proc.kill();
+    let id = start(&master, &["tag=v2", "--ramp", "1,100%", "--timeout", "3"]);
+    let rollout = wait_state(&root, id, "rolled_back");
+    assert_eq!(
+        names(&rollout["steps"][1]["missing"]),
+        ["web3"],
+        "{rollout}"
+    );
+    assert!(
+        names(&rollout["steps"][1]["failed"]).is_empty(),
+        "{rollout}"
+    );
+    assert_eq!(
+        names(&rollout["rollback"]["rolled_back"]),
+        ["web1", "web2"],
+        "{rollout}"
+    );
+    assert_eq!(app.live("web1").as_deref(), Some("one"));
+    assert_eq!(app.live("web2").as_deref(), Some("one"));
+
+    // With one missing minion tolerated, the same rollout goes through.
+    let id = start(
+        &master,
+        &[
+            "tag=v2",
+            "--ramp",
+            "1,100%",
+            "--timeout",
+            "3",
+            "--max-missing",
+            "1",
+        ],
+    );
+    let rollout = wait_state(&root, id, "succeeded");
+    assert_eq!(
+        names(&rollout["steps"][1]["released"]),
+        ["web2"],
+        "{rollout}"
+    );
+    assert_eq!(app.live("web1").as_deref(), Some("two"));
+    assert_eq!(app.live("web2").as_deref(), Some("two"));
+}
+
+#[test]
+fn a_manual_gate_waits_and_a_restarted_master_continues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = shop(dir.path());
+    let mut master = Master::start(
+        dir.path(),
+        "[acl]\ndev = [{ \"web1\" = [\"git_deploy.*\"] }]\n",
+    );
+    let _minions: Vec<Minion> = ["web1", "web2"]
+        .iter()
+        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
+        .collect();
+    master.accept("web1");
+    master.accept("web2");
+    let root = Session::root(&master);
+    let dev = Session::new_user(&master, "dev");
+
+    let id = start(&master, &["tag=v1", "--ramp", "1,100%", "--manual"]);
+    let mut rollout = Value::Null;
+    eventually(Duration::from_secs(60), "step 1 waits at the gate", || {
+        rollout = root.get(&format!("/v1/rollouts/{id}")).1;
+        rollout["steps"][0]["phase"] == "waiting"
+    });
+    let first_job = rollout["steps"][0]["jid"].clone();
+    assert_eq!(app.live("web1").as_deref(), Some("one"));
+    assert_eq!(app.live("web2"), None, "step 2 waits");
+
+    // dev may deploy web1 only: not let a rollout to web2 go on.
+    let (status, body) = dev.post(&format!("/v1/rollouts/{id}/continue"), json!({}));
+    assert_eq!(status, 403, "{body}");
+
+    // The master dies at the gate; back, it still waits there.
+    master.restart();
+    let root = Session::root(&master);
+    let (_, after) = root.get(&format!("/v1/rollouts/{id}"));
+    assert_eq!(after["steps"][0]["phase"], "waiting", "{after}");
+    let out = master.cli(&["rollout", "continue", &id.to_string()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let rollout = wait_state(&root, id, "succeeded");
+    assert_eq!(app.live("web2").as_deref(), Some("one"));
+    // Step 1 ran once: the same job, and two deploy jobs in all.
+    assert_eq!(rollout["steps"][0]["jid"], first_job);
+    assert_eq!(rollout["steps"][0]["continued_by"], "root");
+    let (_, jobs) = root.get("/v1/jobs?fun=git_deploy.deploy&limit=50");
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "{jobs}");
+    // The audit log says who let it go on, and who was refused.
+    let (_, audit) = root.get("/v1/audit?limit=100");
+    let continued: Vec<(String, u64)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"] == format!("/v1/rollouts/{id}/continue"))
+        .map(|r| {
+            (
+                r["user"].as_str().unwrap().to_owned(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        continued.contains(&("dev".to_owned(), 403)),
+        "{continued:?}"
+    );
+    assert!(
+        continued.contains(&("root".to_owned(), 200)),
+        "{continued:?}"
+    );
+    // Probes after each step: an HTTP probe answered 503 stops the
+    // rollout after step 1 and puts web1 back.
+    let probed = halite_tests::receiver::Receiver::start(1);
+    let health = format!("{}/health", probed.url);
+    let id = start(
+        &master,
+        &["tag=v2", "--ramp", "1,100%", "--probe-url", &health],
+    );
+    let rollout = wait_state(&root, id, "rolled_back");
+    let gate = &rollout["steps"][0]["gates"][0];
+    assert_eq!(gate["passed"], false, "{rollout}");
+    assert_eq!(names(&rollout["rollback"]["rolled_back"]), ["web1"]);
+    assert_eq!(app.live("web1").as_deref(), Some("one"));
+    assert_eq!(app.live("web2").as_deref(), Some("one"));
+    // The same probe answering 200 and a command probe exiting 0 let it
+    // through (a plan given through the API).
+    let (status, body) = root.post(
+        "/v1/rollouts",
+        json!({
+            "app": "shop",
+            "version": { "tag": "v2" },
+            "plan": {
+                "ramp": ["1", "100%"],
+                "probes": [{ "url": health }, { "command": ["test", "-d", dir.path()] }],
+            },
+        }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let rollout = wait_state(&root, body["id"].as_u64().unwrap(), "succeeded");
+    assert_eq!(rollout["steps"][0]["gates"][1]["passed"], true, "{rollout}");
+    assert_eq!(app.live("web2").as_deref(), Some("two"));
+    // A malformed plan is refused, naming the field.
+    let (status, body) = root.post(
+        "/v1/rollouts",
+        json!({ "app": "shop", "version": { "tag": "v2" }, "plan": { "ramp": [], "bake": 1 } }),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("ramp"), "{body}");
+}
