@@ -202,6 +202,15 @@ pub trait Backend: Send + Sync + 'static {
     fn pause_schedule(&self, user: &str, name: &str, paused: bool) -> Result<Schedule, ApiError>;
     /// Removes a schedule made through the API.
     fn remove_schedule(&self, user: &str, name: &str) -> Result<(), ApiError>;
+    /// Pauses (or resumes) an app's trigger.
+    fn pause_trigger(
+        &self,
+        user: &str,
+        app: &str,
+        paused: bool,
+    ) -> Result<halite_model::TriggerState, ApiError>;
+    /// Every app's trigger and whether it is paused.
+    fn triggers(&self) -> Result<Vec<halite_model::TriggerState>, ApiError>;
     /// Starts a rollout (checked against the user's grants first).
     fn start_rollout(&self, user: &str, new: NewRollout) -> Result<Rollout, ApiError>;
     /// Rollouts, newest first.

@@ -68,6 +68,8 @@ pub fn router_with(backend: Arc<dyn Backend>, extra: Router<Shared>) -> Router {
         .route("/v1/requests/{id}", get(show_request))
         .route("/v1/requests/{id}/changes", get(request_changes))
         .route("/v1/requests/{id}/{step}", post(request_step))
+        .route("/v1/triggers", get(list_triggers))
+        .route("/v1/apps/{name}/trigger/{action}", post(trigger_action))
         .route("/v1/rollouts", get(list_rollouts).post(start_rollout))
         .route("/v1/rollouts/{id}", get(show_rollout))
         .route("/v1/rollouts/{id}/{action}", post(rollout_action))
@@ -944,6 +946,33 @@ async fn webhook(
         }),
     });
     Ok(Json(outcome?).into_response())
+}
+
+async fn list_triggers(
+    State(backend): State<Shared>,
+) -> Result<Json<Vec<halite_model::TriggerState>>, ApiError> {
+    Ok(Json(backend.triggers()?))
+}
+
+/// `POST /v1/apps/{name}/trigger/{pause|resume}`, audited.
+async fn trigger_action(
+    State(backend): State<Shared>,
+    axum::Extension(User(user)): axum::Extension<User>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((app, action)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    valid_id(&app)?;
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return Err(ApiError::not_found("pause or resume")),
+    };
+    let state = backend.pause_trigger(&user, &app, paused)?;
+    Ok((
+        axum::Extension(AuditDetail(format!("trigger of {app} {action}d"))),
+        Json(state),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

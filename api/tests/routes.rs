@@ -543,6 +543,19 @@ impl Backend for Fake {
         )))
     }
 
+    fn pause_trigger(
+        &self,
+        _: &str,
+        app: &str,
+        _: bool,
+    ) -> Result<halite_model::TriggerState, ApiError> {
+        Err(ApiError::not_found(format!("no app {app:?}")))
+    }
+
+    fn triggers(&self) -> Result<Vec<halite_model::TriggerState>, ApiError> {
+        Ok(Vec::new())
+    }
+
     fn start_rollout(
         &self,
         _: &str,

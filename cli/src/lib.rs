@@ -147,6 +147,12 @@ enum Command {
         #[command(subcommand)]
         command: SchedulesCommand,
     },
+    /// Apps' webhooks and polling (`[trigger]`): `triggers list`,
+    /// `triggers pause APP`, `triggers resume APP`.
+    Triggers {
+        #[command(subcommand)]
+        command: TriggersCommand,
+    },
     /// Progressive delivery: `rollout start shop tag=v3 --ramp 1,10%,50%,100%`,
     /// then `rollout show|continue|pause|resume|abort ID`.
     Rollout {
@@ -275,6 +281,22 @@ enum RequestsCommand {
     Changes {
         /// Request number.
         id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TriggersCommand {
+    /// Every app's trigger and whether it is paused.
+    List,
+    /// Ignore the app's webhooks and polled tags until resumed.
+    Pause {
+        /// App name.
+        app: String,
+    },
+    /// Act on the app's webhooks and new tags again.
+    Resume {
+        /// App name.
+        app: String,
     },
 }
 
@@ -597,6 +619,30 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Requests { command } => requests(&client, command, json).await,
         Command::Schedules { command } => schedules(&client, command, json).await,
         Command::Rollout { command } => rollout(&client, command, json).await,
+        Command::Triggers { command } => {
+            use halite_model::TriggerState;
+            let states: Vec<TriggerState> = match command {
+                TriggersCommand::List => client.get("/v1/triggers").await?,
+                TriggersCommand::Pause { app } => vec![
+                    client
+                        .post(
+                            &format!("/v1/apps/{}/trigger/pause", path_segment(&app)),
+                            &serde_json::json!({}),
+                        )
+                        .await?,
+                ],
+                TriggersCommand::Resume { app } => vec![
+                    client
+                        .post(
+                            &format!("/v1/apps/{}/trigger/resume", path_segment(&app)),
+                            &serde_json::json!({}),
+                        )
+                        .await?,
+                ],
+            };
+            output::triggers(&states, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Versions { app } => {
             let versions: Vec<serde_json::Value> = client
                 .get(&format!("/v1/apps/{}/versions", path_segment(&app)))

@@ -636,6 +636,23 @@ pub fn schedule(schedule: &halite_model::Schedule, json: bool) -> anyhow::Result
     Ok(())
 }
 
+/// Apps' triggers and whether they are paused.
+pub fn triggers(all: &[halite_model::TriggerState], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&all);
+    }
+    let mut table = Columns::new(&["APP", "ENV", "STATE"]);
+    for t in all {
+        let state = match &t.paused {
+            Some(p) => format!("paused by {} at {}", p.by, format_ms(p.at)),
+            None => "on".to_owned(),
+        };
+        table.row(vec![t.app.clone(), t.env.clone(), state]);
+    }
+    table.print();
+    Ok(())
+}
+
 /// Rollouts, one line each.
 pub fn rollouts(all: &[halite_model::Rollout], json: bool) -> anyhow::Result<()> {
     if json {

@@ -274,6 +274,25 @@ impl Backend for ApiBackend {
         self.0.may_release(user, app, env)
     }
 
+    fn pause_trigger(
+        &self,
+        user: &str,
+        app: &str,
+        paused: bool,
+    ) -> Result<halite_model::TriggerState, ApiError> {
+        Ok(blocking(|| self.0.pause_trigger(user, app, paused))?)
+    }
+
+    fn triggers(&self) -> Result<Vec<halite_model::TriggerState>, ApiError> {
+        Ok(blocking(|| {
+            let mut all = Vec::new();
+            for app in self.0.apps()? {
+                all.extend(self.0.trigger_state(&app)?);
+            }
+            Ok::<_, crate::error::CoreError>(all)
+        })?)
+    }
+
     fn start_rollout(
         &self,
         user: &str,

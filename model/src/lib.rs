@@ -28,7 +28,7 @@ pub use job::{
 pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats, EnvStats};
 pub use request::{
     Action, HookOutcome, NewRequest, ReleaseRequest, RequestKind, RequestState, Rules, Step,
-    Transition, WorkflowError,
+    Transition, TriggerPause, TriggerState, WorkflowError,
 };
 pub use rollout::{
     FleetRollback, GateResult, NewRollout, Rollout, RolloutAction, RolloutEvent, RolloutState,

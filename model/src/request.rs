@@ -448,6 +448,29 @@ pub struct HookOutcome {
     pub request: Option<ReleaseRequest>,
 }
 
+/// A paused trigger: who paused it and when. While paused, webhooks are
+/// answered and ignored and polling records tags without asking for them.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct TriggerPause {
+    /// Who paused it.
+    pub by: String,
+    /// When (unix ms).
+    pub at: u64,
+}
+
+/// An app's trigger and whether it is paused
+/// (`POST /v1/apps/{name}/trigger/{pause|resume}`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct TriggerState {
+    /// The app.
+    pub app: String,
+    /// The environment its requests are for.
+    pub env: String,
+    /// Set while paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<TriggerPause>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

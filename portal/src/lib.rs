@@ -55,6 +55,7 @@ pub fn router(options: PortalOptions) -> Router<Shared> {
             "/ui/schedules/{name}/{action}",
             post(pages::schedule_action),
         )
+        .route("/ui/triggers/{app}/{action}", post(pages::trigger_action))
         .route("/ui/static/portal.css", get(css))
         .route("/ui/static/portal.js", get(script))
         .route("/ui/static/icon.svg", get(icon))

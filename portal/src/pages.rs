@@ -1261,7 +1261,8 @@ pub async fn audit(State(backend): State<Shared>, viewer: Viewer) -> Response {
 struct SchedulesPage {
     chrome: Chrome,
     schedules: Vec<(String, String, String, String, String, String, bool)>,
-    triggers: Vec<(String, String, String, String)>,
+    /// App, environment, webhook, polling, and `paused by …` or empty.
+    triggers: Vec<(String, String, String, String, String)>,
 }
 
 pub async fn schedules(
@@ -1293,12 +1294,22 @@ pub async fn schedules(
             )
         })
         .collect();
+    let paused: BTreeMap<String, String> = backend
+        .triggers()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| {
+            let p = t.paused?;
+            Some((t.app, format!("paused by {} {}", p.by, age(p.at))))
+        })
+        .collect();
     let triggers = backend
         .apps()
         .unwrap_or_default()
         .into_iter()
         .filter_map(|a| {
             let t = a.trigger?;
+            let state = paused.get(&a.name).cloned().unwrap_or_default();
             Some((
                 a.name,
                 t.env,
@@ -1312,6 +1323,7 @@ pub async fn schedules(
                 } else {
                     "-".to_owned()
                 },
+                state,
             ))
         })
         .collect();
@@ -1320,6 +1332,26 @@ pub async fn schedules(
         schedules,
         triggers,
     })
+}
+
+pub async fn trigger_action(
+    State(backend): State<Shared>,
+    viewer: Viewer,
+    Path((app, action)): Path<(String, String)>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Err(refused) = viewer.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return problem(StatusCode::NOT_FOUND, "pause or resume"),
+    };
+    match backend.pause_trigger(&viewer.user, &app, paused) {
+        Ok(_) => back("/ui/schedules", Ok(format!("trigger of {app} {action}d"))),
+        Err(e) => back("/ui/schedules", Err(e.message)),
+    }
 }
 
 pub async fn schedule_action(

@@ -88,6 +88,12 @@ async fn console_jid(browser: &Browser) -> String {
 async fn a_release_through_the_portal_in_a_real_browser() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = TwoEnvShop::create(dir.path());
+    // Staging also polls the repository (hourly: only the first poll,
+    // which records the tags, runs here).
+    let definition = dir.path().join("master/apps.d/shop.toml");
+    let mut toml = std::fs::read_to_string(&definition).expect("shop.toml");
+    toml.push_str("[trigger]\nenv = \"staging\"\npoll = 3600\n");
+    std::fs::write(&definition, toml).expect("shop.toml");
     let (master, _minions) = blocking(|| {
         let master = Master::start(dir.path(), ACL);
         let minions: Vec<Minion> = ["web1", "web2"]
@@ -245,6 +251,13 @@ async fn a_release_through_the_portal_in_a_real_browser() {
         browser.wait_for(css).await;
         shot(&browser, name).await;
     }
+    // The trigger pauses and resumes from the schedules page.
+    browser.click("#trigger-shop").await;
+    browser.wait_for(".trigger-state.state-paused").await;
+    let (_, triggers) = blocking(|| root_api.get("/v1/triggers"));
+    assert_eq!(triggers[0]["paused"]["by"], "lead", "{triggers}");
+    browser.click("#trigger-shop").await;
+    browser.wait_for(".trigger-state.state-live").await;
     browser
         .client
         .goto(&format!("{base}/ui/jobs?fun=git_deploy.*&app=shop"))

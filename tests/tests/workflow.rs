@@ -195,6 +195,42 @@ job = {{ target = "web1", fun = "test.ping" }}
     assert_eq!(status, 200, "{answer}");
     assert!(answer["ignored"].is_string(), "{answer}");
 
+    // A paused trigger answers a signed push and asks for nothing; the
+    // pause is kept until resumed (here with the CLI).
+    let (status, paused) = dev.post("/v1/apps/shop/trigger/pause", json!({}));
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["paused"]["by"], "dev", "{paused}");
+    let (status, answer) = hook(
+        &master.api_url(),
+        "shop",
+        &[
+            ("x-github-event", "push".into()),
+            ("x-hub-signature-256", signed(&body)),
+        ],
+        &body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["ignored"].is_string() && answer["request"].is_null(),
+        "{answer}"
+    );
+    let (_, listed) = dev.get("/v1/requests?app=shop");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let out = master.cli_as("dev", "pw-of-dev", &["triggers", "list", "--json"]);
+    let shop_trigger = out
+        .json()
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["app"] == "shop").cloned())
+        .expect("shop's trigger listed");
+    assert_eq!(shop_trigger["paused"]["by"], "dev", "{out:?}");
+    let out = master.cli_as(
+        "dev",
+        "pw-of-dev",
+        &["triggers", "resume", "shop", "--json"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.json()[0]["paused"].is_null(), "{out:?}");
+
     // v2 by a GitLab tag hook (token): staging goes to v2.
     shop.commit_tag("v2", "two");
     let gitlab = json!({ "ref": "refs/tags/v2", "after": "2".repeat(40), "user_username": "dave" });

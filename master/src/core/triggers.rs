@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use halite_model::{HookOutcome, NewRequest, ReleaseRequest, RequestKind, RequestState};
+use halite_model::{
+    HookOutcome, NewRequest, ReleaseRequest, RequestKind, RequestState, TriggerPause, TriggerState,
+};
 use halite_proto::app::{AppKind, AppSpec, TriggerSpec};
 use serde_json::{Map, Value};
 
@@ -207,6 +209,13 @@ impl Core {
         if !watches(&trigger, &pushed) {
             return ignored(format!("the app's [trigger] does not watch {reference}"));
         }
+        if let Some(pause) = self.store.trigger_pause(&spec.name)? {
+            return ignored(format!(
+                "the app's trigger was paused by {} ({} ignored)",
+                pause.by,
+                pushed_words(&pushed)
+            ));
+        }
         let reason = format!("{} by {pusher} ({source} webhook)", pushed_words(&pushed));
         let request = self.trigger(&spec, &pushed, &format!("webhook:{source}"), &reason)?;
         Ok(HookOutcome {
@@ -255,6 +264,53 @@ impl Core {
         self.deploy_request_as(by, halite_pki::users::ROOT, request.id, false)
     }
 
+    /// Pauses or resumes an app's trigger (webhooks and polling): by a
+    /// user who may release the app to the trigger's environment.
+    pub fn pause_trigger(
+        &self,
+        user: &str,
+        app: &str,
+        paused: bool,
+    ) -> Result<TriggerState, CoreError> {
+        let apps = self.apps()?;
+        let spec = apps
+            .iter()
+            .find(|a| a.name == app)
+            .ok_or_else(|| CoreError::NotFound(format!("no app {app:?}")))?;
+        let trigger = spec
+            .trigger
+            .as_ref()
+            .ok_or_else(|| CoreError::NotFound(format!("app {app} has no [trigger]")))?;
+        if !self.may_release(user, app, Some(&trigger.env)) {
+            return Err(CoreError::Forbidden(format!(
+                "{user} may not release {app} to {}: its trigger is not theirs to pause",
+                trigger.env
+            )));
+        }
+        let pause = paused.then(|| TriggerPause {
+            by: user.to_owned(),
+            at: halite_proto::time::now_ms(),
+        });
+        self.store.put_trigger_pause(app, pause.as_ref())?;
+        Ok(TriggerState {
+            app: app.to_owned(),
+            env: trigger.env.clone(),
+            paused: pause,
+        })
+    }
+
+    /// An app's trigger and whether it is paused.
+    pub fn trigger_state(&self, app: &AppSpec) -> Result<Option<TriggerState>, CoreError> {
+        let Some(trigger) = &app.trigger else {
+            return Ok(None);
+        };
+        Ok(Some(TriggerState {
+            app: app.name.clone(),
+            env: trigger.env.clone(),
+            paused: self.store.trigger_pause(&app.name)?,
+        }))
+    }
+
     /// Polls one app's repository: tags it has not seen before (and its
     /// `[trigger] tags` glob takes) trigger a request for the newest of
     /// them. The first poll only records what there is.
@@ -269,7 +325,9 @@ impl Core {
         let key = format!("poll/{}", app.name);
         let seen = self.store.trigger_state(&key)?;
         let names: Vec<String> = tags.iter().map(|t| t.name.clone()).collect();
-        let Some(seen) = seen else {
+        // The first poll, and every poll while paused, only records.
+        let paused = self.store.trigger_pause(&app.name)?.is_some();
+        let Some(seen) = seen.filter(|_| !paused) else {
             self.store.put_trigger_state(&key, &names)?;
             return Ok(None);
         };

@@ -3,7 +3,7 @@
 //! each trigger has seen (by `poll/APP`). Each write is flushed: a
 //! schedule's taken time and a queued notification must survive a crash.
 
-use halite_model::Schedule;
+use halite_model::{Schedule, TriggerPause};
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -121,6 +121,36 @@ impl Store {
             Some(bytes) => Ok(Some(from_bytes("trigger", &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// Whether an app's trigger is paused (`paused/APP`).
+    pub fn trigger_pause(&self, app: &str) -> Result<Option<TriggerPause>, StoreError> {
+        match self
+            .triggers
+            .get(format!("paused/{app}").as_bytes())
+            .map_err(sled_err("read trigger pause"))?
+        {
+            Some(bytes) => Ok(Some(from_bytes("trigger pause", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Pauses (`Some`) or resumes (`None`) an app's trigger, durably.
+    pub fn put_trigger_pause(
+        &self,
+        app: &str,
+        pause: Option<&TriggerPause>,
+    ) -> Result<(), StoreError> {
+        let key = format!("paused/{app}");
+        match pause {
+            Some(pause) => self
+                .triggers
+                .insert(key.as_bytes(), to_bytes("trigger pause", pause)?)
+                .map(|_| ()),
+            None => self.triggers.remove(key.as_bytes()).map(|_| ()),
+        }
+        .map_err(sled_err("write trigger pause"))?;
+        self.flush()
     }
 
     /// Records what a trigger has seen.
