@@ -135,6 +135,10 @@ pub struct ReleaseRequest {
     /// The deploy job, once deploying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jid: Option<Jid>,
+    /// The rollout that deploys it, when its environment (or app) has a
+    /// rollout plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<u64>,
 }
 
 /// A request as asked for (`POST /v1/requests`, `master-cli requests new`).
@@ -223,6 +227,8 @@ pub enum Action {
     Resubmit,
     /// Its deploy job was published as `jid`.
     Deploy(Jid),
+    /// Its rollout (this id) was started.
+    RollOut(u64),
     /// The deploy finished: live, or failed.
     Finished {
         /// Did it succeed everywhere?
@@ -242,7 +248,7 @@ impl Action {
             Action::Reject => "rejected",
             Action::Return => "returned for changes",
             Action::Resubmit => "resubmitted",
-            Action::Deploy(_) => "deployed",
+            Action::Deploy(_) | Action::RollOut(_) => "deployed",
             Action::Finished { .. } => "finished",
             Action::RolledBack => "rolled back",
             Action::Withdraw => "withdrawn",
@@ -332,6 +338,7 @@ impl ReleaseRequest {
                 reason: Some(reason.to_owned()),
             }],
             jid: None,
+            rollout: None,
         }
     }
 
@@ -370,8 +377,10 @@ impl ReleaseRequest {
                 self.check_requester(by)?;
                 Requested
             }
-            (Action::Deploy(_), Approved) => Deploying,
-            (Action::Deploy(_), Requested) if !rules.requires_approval => Deploying,
+            (Action::Deploy(_) | Action::RollOut(_), Approved) => Deploying,
+            (Action::Deploy(_) | Action::RollOut(_), Requested) if !rules.requires_approval => {
+                Deploying
+            }
             (Action::Finished { ok: true }, Deploying) => Live,
             (Action::Finished { ok: false }, Deploying) => Failed,
             (Action::RolledBack, Live) => RolledBack,
@@ -387,8 +396,10 @@ impl ReleaseRequest {
                 action: action.name(),
             });
         }
-        if let Action::Deploy(jid) = &action {
-            self.jid = Some(jid.clone());
+        match &action {
+            Action::Deploy(jid) => self.jid = Some(jid.clone()),
+            Action::RollOut(id) => self.rollout = Some(*id),
+            _ => {}
         }
         self.state = next;
         self.history.push(Transition {
@@ -529,6 +540,24 @@ mod tests {
         r.apply(Action::RolledBack, "master", None, 5, &rules())
             .unwrap();
         assert!(!r.state.is_active());
+    }
+
+    #[test]
+    fn a_rollout_deploys_like_a_job_and_only_when_approved() {
+        let mut r = request();
+        assert!(r
+            .apply(Action::RollOut(7), "dev", None, 2, &rules())
+            .is_err());
+        r.apply(Action::Approve, "lead", None, 3, &rules()).unwrap();
+        r.apply(Action::RollOut(7), "dev", None, 4, &rules())
+            .unwrap();
+        assert_eq!(
+            (r.state, r.rollout, r.jid.as_ref()),
+            (RequestState::Deploying, Some(7), None)
+        );
+        r.apply(Action::Finished { ok: false }, "master", None, 5, &rules())
+            .unwrap();
+        assert_eq!(r.state, RequestState::Failed);
     }
 
     #[test]

@@ -221,6 +221,13 @@ pub struct Rollout {
     pub history: Vec<RolloutEvent>,
     /// When it was started (unix ms).
     pub created_at: u64,
+    /// The release request it deploys (its jobs carry it, so an
+    /// environment that takes releases through requests lets them in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_request: Option<u64>,
+    /// The request was deployed with a freeze override: so are the steps.
+    #[serde(default)]
+    pub override_freeze: bool,
 }
 
 impl Rollout {

@@ -154,6 +154,10 @@ pub struct EnvSpec {
     /// once. Not with `requires_approval`.
     #[serde(default)]
     pub auto_deploy: bool,
+    /// A request deployed here goes out as a rollout in steps
+    /// (`[env.production.rollout]`; the app's `[rollout]` unless given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutPlan>,
 }
 
 /// What asks for releases of an app without a person (`[trigger]`): a
@@ -446,6 +450,10 @@ impl AppSpec {
             let key = |field: &str| format!("env.{name}.{field}");
             crate::ident::validate_id(name).map_err(|e| (format!("env.{name}"), e.to_string()))?;
             Target::parse(env.tgt_type, &env.target).map_err(|e| (key("target"), e.to_string()))?;
+            if let Some(plan) = &env.rollout {
+                plan.validate()
+                    .map_err(|e| (key("rollout"), e.to_string()))?;
+            }
             if env.auto_deploy && env.requires_approval {
                 return Err((
                     key("auto_deploy"),

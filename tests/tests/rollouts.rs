@@ -253,3 +253,66 @@ fn a_manual_gate_waits_and_a_restarted_master_continues() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("ramp"), "{body}");
 }
+
+#[test]
+fn a_release_request_goes_out_as_its_environments_rollout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = Shop::with(
+        dir.path(),
+        "[env.production]\ntarget = \"web2,web3\"\ntgt_type = \"list\"\n\
+         requires_approval = true\napprovers = [\"lead\"]\n\
+         [env.production.rollout]\nramp = [\"1\", \"100%\"]\ngate = \"manual\"\n",
+    );
+    let master = Master::start(
+        dir.path(),
+        "[acl]\ndev = [{ \"web*\" = [\"git_deploy.*\"] }]\nlead = [{ \"web*\" = [\"git_deploy.*\"] }]\n",
+    );
+    let _minions: Vec<Minion> = ["web2", "web3"]
+        .iter()
+        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
+        .collect();
+    master.accept("web2");
+    master.accept("web3");
+    let dev = Session::new_user(&master, "dev");
+    let lead = Session::new_user(&master, "lead");
+
+    // Production takes releases through requests only: a rollout started
+    // by hand is refused like any direct deploy there.
+    let (status, body) = lead.post(
+        "/v1/rollouts",
+        json!({ "app": "shop", "version": { "tag": "v1" }, "target": "web2" }),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    let (status, body) = dev.post(
+        "/v1/requests",
+        json!({ "app": "shop", "env": "production", "version": { "tag": "v1" }, "reason": "v1 out" }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().expect("request id");
+    let (status, body) = lead.post(&format!("/v1/requests/{id}/approve"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let (status, request) = dev.post(&format!("/v1/requests/{id}/deploy"), json!({}));
+    assert_eq!(status, 200, "{request}");
+    assert_eq!(request["state"], "deploying", "{request}");
+    let rollout_id = request["rollout"].as_u64().expect("deployed by a rollout");
+
+    // Step 1 (web2) waits at the environment's manual gate; the request
+    // is deploying until the lead lets the rollout go on.
+    let mut rollout = Value::Null;
+    eventually(Duration::from_secs(60), "step 1 at the gate", || {
+        rollout = lead.get(&format!("/v1/rollouts/{rollout_id}")).1;
+        rollout["steps"][0]["phase"] == "waiting"
+    });
+    assert_eq!(rollout["release_request"], id, "{rollout}");
+    assert_eq!(app.live("web2").as_deref(), Some("one"));
+    assert_eq!(app.live("web3"), None);
+    assert_eq!(
+        dev.get(&format!("/v1/requests/{id}")).1["state"],
+        "deploying"
+    );
+    let (status, body) = lead.post(&format!("/v1/rollouts/{rollout_id}/continue"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    lead.wait_state(id, "live");
+    assert_eq!(app.live("web3").as_deref(), Some("one"));
+}

@@ -195,6 +195,34 @@ impl Core {
                 ReleaseAction::Rollback
             }
         };
+        // An environment (or app) with a rollout plan deploys in steps.
+        let plan = env.rollout.clone().or_else(|| app.rollout.clone());
+        if let (RequestKind::Deploy, Some(plan)) = (request.kind, plan) {
+            let rollout = self.start_bound_rollout(
+                acl_user,
+                halite_model::NewRollout {
+                    app: app.name.clone(),
+                    version: options,
+                    target: Some(as_compound(&env)),
+                    plan: Some(plan),
+                    reason: format!("request {id}: {}", request.reason),
+                },
+                Some(id),
+                override_freeze,
+            )?;
+            let note = format!("rollout {} in {} steps", rollout.id, rollout.steps.len());
+            request
+                .apply(
+                    Action::RollOut(rollout.id),
+                    by,
+                    Some(&note),
+                    now_ms(),
+                    &rules,
+                )
+                .map_err(|e| CoreError::Conflict(e.to_string()))?;
+            self.save_request(&request)?;
+            return Ok(request);
+        }
         options.insert("target".into(), Value::String(as_compound(&env)));
         if override_freeze {
             options.insert("override_freeze".into(), Value::Bool(true));
@@ -257,14 +285,26 @@ impl Core {
     /// A deploying request whose job is done becomes live or failed.
     /// Never called with the step lock held: it takes it.
     fn settle(&self, request: ReleaseRequest) -> Result<ReleaseRequest, CoreError> {
-        let (RequestState::Deploying, Some(jid)) = (request.state, request.jid.clone()) else {
-            return Ok(request);
-        };
-        let view = self.job_view(&jid)?;
-        if !view.done {
+        if request.state != RequestState::Deploying {
             return Ok(request);
         }
-        let ok = view.missing.is_empty() && view.returns.values().all(|r| r.success);
+        let ok = match (&request.jid, request.rollout) {
+            (_, Some(rollout)) => {
+                let rollout = self.rollout(rollout)?;
+                if !rollout.state.is_final() {
+                    return Ok(request);
+                }
+                rollout.state == halite_model::RolloutState::Succeeded
+            }
+            (Some(jid), None) => {
+                let view = self.job_view(jid)?;
+                if !view.done {
+                    return Ok(request);
+                }
+                view.missing.is_empty() && view.returns.values().all(|r| r.success)
+            }
+            (None, None) => return Ok(request),
+        };
         let _steps = self.lock_steps();
         let mut request = self.stored_request(request.id)?;
         if request.state != RequestState::Deploying {

@@ -49,6 +49,18 @@ impl Core {
     /// sorted, cut into the plan's steps; refused up front when the user
     /// may not deploy the app to all of them.
     pub fn start_rollout(&self, user: &str, new: NewRollout) -> Result<Rollout, CoreError> {
+        self.start_bound_rollout(user, new, None, false)
+    }
+
+    /// A rollout deploying a release request (`release_request`), or none;
+    /// never from the API's body, so a rollout cannot claim a request.
+    pub(crate) fn start_bound_rollout(
+        &self,
+        user: &str,
+        new: NewRollout,
+        release_request: Option<u64>,
+        override_freeze: bool,
+    ) -> Result<Rollout, CoreError> {
         let apps = self.apps()?;
         let spec = apps
             .iter()
@@ -87,10 +99,10 @@ impl Core {
         let fun = format!("{}.deploy", crate::apps::module_for(spec));
         // The whole fleet is checked now (grants, environments, freeze),
         // so a rollout is not refused halfway.
-        self.check(
-            user,
-            step_request(&new.app, &fun, &new.version, &minions, &plan),
-        )?;
+        let mut whole = step_request(&new.app, &fun, &new.version, &minions, &plan);
+        whole.release_request = release_request;
+        whole.override_freeze = override_freeze;
+        self.check(user, whole)?;
         let _lock = self.lock_rollouts();
         let now = now_ms();
         let mut rollout = Rollout {
@@ -116,6 +128,8 @@ impl Core {
             rollback: None,
             history: Vec::new(),
             created_at: now,
+            release_request,
+            override_freeze,
         };
         let sizes: Vec<String> = rollout
             .steps
@@ -299,13 +313,15 @@ impl Core {
         let number = rollout.current + 1;
         match step.phase {
             StepPhase::Pending => {
-                let request = step_request(
+                let mut request = step_request(
                     &rollout.app,
                     &rollout.fun,
                     &rollout.version,
                     &step.minions,
                     &rollout.plan,
                 );
+                request.release_request = rollout.release_request;
+                request.override_freeze = rollout.override_freeze;
                 match self.submit(&rollout.user, request) {
                     Ok(submitted) => {
                         let step = &mut rollout.steps[rollout.current];
@@ -481,6 +497,9 @@ impl Core {
         if let Some(timeout) = rollout.plan.timeout {
             options.insert("timeout".into(), timeout.into());
         }
+        if rollout.override_freeze {
+            options.insert("override_freeze".into(), Value::Bool(true));
+        }
         let mut rollback = FleetRollback {
             reason: why,
             jid: None,
@@ -493,7 +512,7 @@ impl Core {
             &rollout.app,
             ReleaseAction::Rollback,
             options,
-            None,
+            rollout.release_request,
         ) {
             Ok(submitted) => {
                 rollout.note(
