@@ -225,6 +225,11 @@ pub struct Rollout {
     /// environment that takes releases through requests lets them in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_request: Option<u64>,
+    /// Who aborted it while a step's job was out: the step is judged
+    /// when its job is done, then the rollout stops, so every minion the
+    /// job released is put back too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborting: Option<String>,
     /// The request was deployed with a freeze override: so are the steps.
     #[serde(default)]
     pub override_freeze: bool,

@@ -14,11 +14,13 @@ use halite_tests::{eventually, Master, Minion};
 use serde_json::{json, Value};
 
 /// The shop app, its post_deploy hook failing where
-/// `srv/<id>/shop/broken` exists.
+/// `srv/<id>/shop/broken` exists and waiting for a line where
+/// `srv/<id>/shop/gate` is a FIFO.
 fn shop(dir: &Path) -> Shop {
     Shop::with(
         dir,
-        "post_deploy = \"test ! -e ../../broken\"\nstop_on_error = true\nauto_rollback = true\n",
+        "post_deploy = \"test ! -e ../../broken && { test ! -p ../../gate || cat ../../gate; }\"\n\
+         stop_on_error = true\nauto_rollback = true\n",
     )
 }
 
@@ -252,6 +254,51 @@ fn a_manual_gate_waits_and_a_restarted_master_continues() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("ramp"), "{body}");
+
+    // Aborted at its gate, a rollout puts step 1 back.
+    let id = start(&master, &["tag=v1", "--ramp", "1,100%", "--manual"]);
+    eventually(Duration::from_secs(60), "step 1 at the gate", || {
+        root.get(&format!("/v1/rollouts/{id}")).1["steps"][0]["phase"] == "waiting"
+    });
+    assert_eq!(app.live("web1").as_deref(), Some("one"));
+    let out = master.cli(&["rollout", "abort", &id.to_string()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let rollout = wait_state(&root, id, "rolled_back");
+    assert_eq!(names(&rollout["rollback"]["rolled_back"]), ["web1"]);
+    assert_eq!(app.live("web1").as_deref(), Some("two"));
+
+    // Aborted while a step's job is out (web1's hook waits on a FIFO),
+    // the step is judged when the job is done, then all of it goes back.
+    let gate = app.srv.join("web1/shop/gate");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let id = start(&master, &["tag=v1", "--ramp", "100%"]);
+    eventually(
+        Duration::from_secs(60),
+        "web2 released, web1 waiting",
+        || app.live("web2").as_deref() == Some("one"),
+    );
+    let (status, aborted) = root.post(&format!("/v1/rollouts/{id}/abort"), json!({}));
+    assert_eq!(status, 200, "{aborted}");
+    assert_eq!(aborted["state"], "running", "{aborted}");
+    assert_eq!(aborted["aborting"], "root", "{aborted}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&gate)
+        .and_then(|mut fifo| std::io::Write::write_all(&mut fifo, b"go\n"))
+        .expect("open the gate");
+    std::fs::remove_file(&gate).expect("remove the gate");
+    let rollout = wait_state(&root, id, "rolled_back");
+    assert_eq!(
+        names(&rollout["rollback"]["rolled_back"]),
+        ["web1", "web2"],
+        "{rollout}"
+    );
+    assert_eq!(app.live("web1").as_deref(), Some("two"));
+    assert_eq!(app.live("web2").as_deref(), Some("two"));
 }
 
 #[test]

@@ -129,6 +129,7 @@ impl Core {
             history: Vec::new(),
             created_at: now,
             release_request,
+            aborting: None,
             override_freeze,
         };
         let sizes: Vec<String> = rollout
@@ -226,8 +227,23 @@ impl Core {
                         "rollout {id} is already rolling back"
                     )));
                 }
-                rollout.note(now, user, "aborted");
-                self.stop_rollout(&mut rollout, format!("aborted by {user}"), true);
+                let running = rollout
+                    .steps
+                    .get(rollout.current)
+                    .is_some_and(|s| s.phase == StepPhase::Running);
+                if running {
+                    // Judged when its job is done; then the rollout stops.
+                    rollout.aborting = Some(user.to_owned());
+                    rollout.state = RolloutState::Running;
+                    rollout.note(
+                        now,
+                        user,
+                        "aborted: stops once the running step's job is done",
+                    );
+                } else {
+                    rollout.note(now, user, "aborted");
+                    self.stop_rollout(&mut rollout, format!("aborted by {user}"), true);
+                }
             }
         }
         self.save_rollout(&rollout)?;
@@ -237,15 +253,14 @@ impl Core {
     /// One round of the driver: every rollout not finished takes the
     /// steps it can take now. Blocking (store, job submission, probes).
     pub fn drive_rollouts(&self) {
-        let active = match self.store.rollouts(usize::MAX, |r| !r.state.is_final()) {
+        let active = match self.store.active_rollouts() {
             Ok(active) => active,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the rollouts");
                 return;
             }
         };
-        for rollout in active {
-            let id = rollout.id;
+        for id in active {
             if let Err(e) = self.advance_rollout(id) {
                 tracing::error!(rollout = id, error = %e, "cannot advance the rollout");
             }
@@ -367,6 +382,10 @@ impl Core {
                 step.released = released.iter().map(|r| r.id.clone()).collect();
                 step.failed = failed.iter().map(|r| r.id.clone()).collect();
                 step.missing = view.missing.clone();
+                if let Some(by) = rollout.aborting.clone() {
+                    self.stop_rollout(rollout, format!("aborted by {by}"), true);
+                    return false;
+                }
                 let of = step.minions.len();
                 let plan = &rollout.plan;
                 let mut over = Vec::new();

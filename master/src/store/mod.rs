@@ -129,6 +129,7 @@ pub struct Store {
     outbox: sled::Tree,
     triggers: sled::Tree,
     rollouts: sled::Tree,
+    active_rollouts: sled::Tree,
     publishing: Arc<std::sync::Mutex<()>>,
     live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
 }
@@ -276,6 +277,9 @@ impl Store {
             rollouts: db
                 .open_tree("rollouts")
                 .map_err(sled_err("open rollouts"))?,
+            active_rollouts: db
+                .open_tree("active_rollouts")
+                .map_err(sled_err("open active rollouts"))?,
             outbox: db.open_tree("outbox").map_err(sled_err("open outbox"))?,
             triggers: db
                 .open_tree("triggers")
