@@ -304,6 +304,11 @@ pub fn run(args: ApiArgs) -> Result<()> {
         ),
         ("portal: audit /ui/audit", format!("{base}/ui/audit"), &page),
         (
+            "portal: rollouts /ui/rollouts",
+            format!("{base}/ui/rollouts"),
+            &page,
+        ),
+        (
             "portal: schedules /ui/schedules",
             format!("{base}/ui/schedules"),
             &page,

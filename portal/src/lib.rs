@@ -56,6 +56,9 @@ pub fn router(options: PortalOptions) -> Router<Shared> {
             post(pages::schedule_action),
         )
         .route("/ui/triggers/{app}/{action}", post(pages::trigger_action))
+        .route("/ui/rollouts", get(pages::rollouts))
+        .route("/ui/rollouts/{id}", get(pages::rollout))
+        .route("/ui/rollouts/{id}/{action}", post(pages::rollout_action))
         .route("/ui/static/portal.css", get(css))
         .route("/ui/static/portal.js", get(script))
         .route("/ui/static/icon.svg", get(icon))

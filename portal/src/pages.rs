@@ -12,7 +12,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use halite_api::routes::Shared;
 use halite_api::{ApiError, Grant, KeyAction};
-use halite_model::{JobFilter, NewRequest, ReleaseRequest, RequestKind, RequestState, Step};
+use halite_model::{
+    JobFilter, NewRequest, ReleaseRequest, RequestKind, RequestState, RolloutState, Step, StepPhase,
+};
 use halite_proto::time::{format_ms, now_ms};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -113,15 +115,25 @@ pub fn age(at_ms: u64) -> String {
 
 /// `tag v3`, `branch main`, `to 2026...`, `version 1.4`.
 fn version_of(request: &ReleaseRequest) -> String {
+    match (describe_version(&request.version), request.kind) {
+        (found, _) if found != "-" => found,
+        (_, RequestKind::Rollback) => "previous release".into(),
+        (_, RequestKind::Deploy) => "-".into(),
+    }
+}
+
+/// What a version map names: `tag v3`, `rev 1a2b…`, or `-`.
+fn describe_version(version: &Map<String, Value>) -> String {
     for key in ["tag", "branch", "rev", "version", "to"] {
-        if let Some(v) = request.version.get(key).and_then(Value::as_str) {
-            return format!("{key} {v}");
+        if let Some(v) = version.get(key).and_then(Value::as_str) {
+            return if key == "rev" {
+                format!("rev {}", short(v))
+            } else {
+                format!("{key} {v}")
+            };
         }
     }
-    match request.kind {
-        RequestKind::Rollback => "previous release".into(),
-        RequestKind::Deploy => "-".into(),
-    }
+    "-".into()
 }
 
 fn short(id: &str) -> String {
@@ -674,11 +686,243 @@ pub async fn release(
         );
     }
     match backend.request_step(&viewer.user, made.id, Step::Deploy, None, false) {
-        Ok(deployed) => match deployed.jid {
-            Some(jid) => Redirect::to(&format!("/ui/jobs/{jid}")).into_response(),
-            None => back(&format!("/ui/requests/{}", made.id), Ok("deploying".into())),
-        },
+        Ok(deployed) => deployed_to(&deployed),
         Err(e) => back(&format!("/ui/requests/{}", made.id), Err(e.message)),
+    }
+}
+
+/// Where a deployed request is watched: its job's console, or its
+/// rollout's page.
+fn deployed_to(request: &ReleaseRequest) -> Response {
+    match (&request.jid, request.rollout) {
+        (Some(jid), _) => Redirect::to(&format!("/ui/jobs/{jid}")).into_response(),
+        (None, Some(rollout)) => Redirect::to(&format!("/ui/rollouts/{rollout}")).into_response(),
+        (None, None) => back(
+            &format!("/ui/requests/{}", request.id),
+            Ok("deploying".into()),
+        ),
+    }
+}
+
+// ------------------------------------------------------------- rollouts
+
+#[derive(Template)]
+#[template(path = "rollouts.html")]
+struct RolloutsPage {
+    chrome: Chrome,
+    /// id, app, version, state, step, user, started
+    rows: Vec<(u64, String, String, String, String, String, String)>,
+}
+
+pub async fn rollouts(
+    State(backend): State<Shared>,
+    viewer: Viewer,
+    Query(flash): Query<Flash>,
+) -> Response {
+    let all = match backend.rollouts(200) {
+        Ok(all) => all,
+        Err(e) => return api_problem(e),
+    };
+    render(RolloutsPage {
+        chrome: Chrome::new(&viewer, &backend, "rollouts", &flash),
+        rows: all
+            .iter()
+            .map(|r| {
+                (
+                    r.id,
+                    r.app.clone(),
+                    describe_version(&r.version),
+                    r.state.to_string(),
+                    format!("{}/{}", (r.current + 1).min(r.steps.len()), r.steps.len()),
+                    r.user.clone(),
+                    format_ms(r.created_at),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// One step of a rollout as shown.
+struct StepRow {
+    number: usize,
+    phase: String,
+    minions: String,
+    released: String,
+    failed: String,
+    missing: String,
+    jid: String,
+    gates: String,
+}
+
+#[derive(Template)]
+#[template(path = "rollout.html")]
+struct RolloutPage {
+    chrome: Chrome,
+    id: u64,
+    app: String,
+    version: String,
+    state: String,
+    user: String,
+    reason: String,
+    request: Option<u64>,
+    plan: String,
+    failure: String,
+    steps: Vec<StepRow>,
+    rolled_back: String,
+    not_rolled_back: String,
+    has_rollback: bool,
+    history: Vec<(String, String, String)>,
+    /// Which of continue, pause, resume, abort apply now, for a user
+    /// whose grants reach the rollout's minions.
+    actions: Vec<&'static str>,
+    /// Reload every 2 s while it moves by itself (not at a gate, not
+    /// paused, not finished): no script needed.
+    following: bool,
+}
+
+pub async fn rollout(
+    State(backend): State<Shared>,
+    viewer: Viewer,
+    Path(id): Path<u64>,
+    Query(flash): Query<Flash>,
+) -> Response {
+    let r = match backend.rollout(id) {
+        Ok(r) => r,
+        Err(e) => return api_problem(e),
+    };
+    let mut actions = Vec::new();
+    // The environment a request's rollout goes to, else the app's target.
+    let env = r
+        .release_request
+        .and_then(|id| backend.request(id).ok())
+        .map(|request| request.env);
+    if !r.state.is_final() && backend.may_release(&viewer.user, &r.app, env.as_deref()) {
+        let waiting = r
+            .steps
+            .get(r.current)
+            .is_some_and(|s| s.phase == StepPhase::Waiting);
+        if waiting && r.state == RolloutState::Running {
+            actions.push("continue");
+        }
+        match r.state {
+            RolloutState::Running if r.aborting.is_none() => actions.push("pause"),
+            RolloutState::Paused => actions.push("resume"),
+            _ => {}
+        }
+        if r.state != RolloutState::RollingBack && r.aborting.is_none() {
+            actions.push("abort");
+        }
+    }
+    let join = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let plan = &r.plan;
+    render(RolloutPage {
+        chrome: Chrome::new(&viewer, &backend, "rollouts", &flash),
+        id,
+        app: r.app.clone(),
+        version: describe_version(&r.version),
+        state: r.state.to_string(),
+        user: r.user.clone(),
+        reason: r.reason.clone(),
+        request: r.release_request,
+        plan: format!(
+            "ramp {}; bake {} s; max_fail {}; max_missing {}{}{}",
+            plan.ramp
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            plan.bake,
+            plan.max_fail,
+            plan.max_missing,
+            if plan.gate == halite_proto::rollout::Gate::Manual {
+                "; manual gate"
+            } else {
+                ""
+            },
+            if plan.auto_rollback {
+                ""
+            } else {
+                "; no automatic rollback"
+            },
+        ),
+        failure: r.failure.clone().unwrap_or_default(),
+        steps: r
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepRow {
+                number: i + 1,
+                phase: format!("{:?}", s.phase).to_lowercase(),
+                minions: join(&s.minions),
+                released: join(&s.released),
+                failed: join(&s.failed),
+                missing: join(&s.missing),
+                jid: s.jid.as_ref().map(ToString::to_string).unwrap_or_default(),
+                gates: s
+                    .gates
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{} {}: {}",
+                            if g.passed { "passed" } else { "FAILED" },
+                            g.gate,
+                            g.detail
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })
+            .collect(),
+        has_rollback: r.rollback.is_some(),
+        rolled_back: r
+            .rollback
+            .as_ref()
+            .map(|b| join(&b.rolled_back))
+            .unwrap_or_default(),
+        not_rolled_back: r
+            .rollback
+            .as_ref()
+            .map(halite_model::FleetRollback::not_back)
+            .unwrap_or_default(),
+        history: r
+            .history
+            .iter()
+            .map(|e| (format_ms(e.at), e.by.clone(), e.what.clone()))
+            .collect(),
+        following: r.state == RolloutState::RollingBack
+            || (r.state == RolloutState::Running
+                && r.steps
+                    .get(r.current)
+                    .is_none_or(|s| s.phase != StepPhase::Waiting)),
+        actions,
+    })
+}
+
+pub async fn rollout_action(
+    State(backend): State<Shared>,
+    viewer: Viewer,
+    Path((id, action)): Path<(u64, String)>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Err(refused) = viewer.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    let Some(step) = halite_model::RolloutAction::parse(&action) else {
+        return problem(StatusCode::NOT_FOUND, "continue, pause, resume or abort");
+    };
+    let page = format!("/ui/rollouts/{id}");
+    match backend.rollout_action(&viewer.user, id, step) {
+        Ok(r) => back(
+            &page,
+            Ok(format!("rollout {id}: {action} — now {}", r.state)),
+        ),
+        Err(e) => back(&page, Err(e.message)),
     }
 }
 
@@ -698,6 +942,7 @@ struct RequestPage {
     requester: String,
     state: String,
     job: Option<String>,
+    rollout: Option<u64>,
     timeline: Vec<(String, String, String, String)>,
     change: Option<Change>,
     change_error: Option<String>,
@@ -739,6 +984,7 @@ pub async fn request(
         requester: r.requester.clone(),
         state: r.state.to_string(),
         job: r.jid.as_ref().map(ToString::to_string),
+        rollout: r.rollout,
         timeline: r
             .history
             .iter()
@@ -790,10 +1036,7 @@ pub async fn request_step(
         reason,
         form.override_freeze.is_some(),
     ) {
-        Ok(r) if step == Step::Deploy => match r.jid {
-            Some(jid) => Redirect::to(&format!("/ui/jobs/{jid}")).into_response(),
-            None => back(&page, Ok("deploying".into())),
-        },
+        Ok(r) if step == Step::Deploy => deployed_to(&r),
         Ok(r) => back(&page, Ok(format!("request {id} is {}", r.state))),
         Err(e) => back(&page, Err(e.message)),
     }
@@ -1340,18 +1583,13 @@ pub async fn trigger_action(
     Path((app, action)): Path<(String, String)>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(refused) = viewer.check_csrf(&form.csrf) {
-        return refused.into_response();
-    }
-    let paused = match action.as_str() {
-        "pause" => true,
-        "resume" => false,
-        _ => return problem(StatusCode::NOT_FOUND, "pause or resume"),
-    };
-    match backend.pause_trigger(&viewer.user, &app, paused) {
-        Ok(_) => back("/ui/schedules", Ok(format!("trigger of {app} {action}d"))),
-        Err(e) => back("/ui/schedules", Err(e.message)),
-    }
+    pause_or_resume(
+        &viewer,
+        &form,
+        &action,
+        &format!("trigger of {app}"),
+        |paused| backend.pause_trigger(&viewer.user, &app, paused).map(drop),
+    )
 }
 
 pub async fn schedule_action(
@@ -1360,16 +1598,38 @@ pub async fn schedule_action(
     Path((name, action)): Path<(String, String)>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
+    pause_or_resume(
+        &viewer,
+        &form,
+        &action,
+        &format!("schedule {name}"),
+        |paused| {
+            backend
+                .pause_schedule(&viewer.user, &name, paused)
+                .map(drop)
+        },
+    )
+}
+
+/// A Pause or Resume button of the schedules page: the CSRF token, the
+/// action, then `apply(paused)`; back to the page saying what happened.
+fn pause_or_resume(
+    viewer: &Viewer,
+    form: &CsrfOnly,
+    action: &str,
+    what: &str,
+    apply: impl FnOnce(bool) -> Result<(), ApiError>,
+) -> Response {
     if let Err(refused) = viewer.check_csrf(&form.csrf) {
         return refused.into_response();
     }
-    let paused = match action.as_str() {
+    let paused = match action {
         "pause" => true,
         "resume" => false,
         _ => return problem(StatusCode::NOT_FOUND, "pause or resume"),
     };
-    match backend.pause_schedule(&viewer.user, &name, paused) {
-        Ok(_) => back("/ui/schedules", Ok(format!("schedule {name} {action}d"))),
+    match apply(paused) {
+        Ok(()) => back("/ui/schedules", Ok(format!("{what} {action}d"))),
         Err(e) => back("/ui/schedules", Err(e.message)),
     }
 }

@@ -487,3 +487,65 @@ async fn the_keyboard_works_and_the_console_loses_nothing_across_a_master_restar
         .await;
     assert_eq!(browser.text(lines).await, "one\ntwo\nthree\nfour");
 }
+
+/// A rollout in the portal: the app's plan waits at its manual gate, the
+/// page shows the steps, Continue lets it go on, and the page (reloading
+/// itself while the rollout moves) shows it succeeded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_continues_from_the_portal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = halite_tests::git::Shop::with(
+        dir.path(),
+        "[rollout]\nramp = [\"1\", \"100%\"]\ngate = \"manual\"\n",
+    );
+    let (master, _minions, ops) = blocking(|| {
+        let master = Master::start(
+            dir.path(),
+            "[acl]\nops = [{ \"web*\" = [\"git_deploy.*\"] }]\n",
+        );
+        let minions: Vec<Minion> = ["web1", "web2"]
+            .iter()
+            .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
+            .collect();
+        master.accept("web1");
+        master.accept("web2");
+        let ops = Session::new_user(&master, "ops");
+        (master, minions, ops)
+    });
+    let base = master.api_url();
+    let (status, rollout) = blocking(|| {
+        ops.post(
+            "/v1/rollouts",
+            json!({ "app": "shop", "version": { "tag": "v1" }, "reason": "v1 in steps" }),
+        )
+    });
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["id"].as_u64().expect("rollout id");
+    let browser = Browser::start(dir.path()).await;
+    log_in(&browser, &base, "ops").await;
+    browser
+        .client
+        .goto(&format!("{base}/ui/rollouts/{id}"))
+        .await
+        .unwrap();
+    browser.wait_for("#step-1.phase-waiting").await;
+    assert_eq!(app.live("web1").as_deref(), Some("one"));
+    assert_eq!(app.live("web2"), None);
+    shot(&browser, "rollout").await;
+    browser.click("#continue").await;
+    browser.wait_for("#state.state-succeeded").await;
+    browser.wait_for("#step-2.phase-passed").await;
+    assert_eq!(app.live("web2").as_deref(), Some("one"));
+    browser
+        .client
+        .goto(&format!("{base}/ui/rollouts"))
+        .await
+        .unwrap();
+    let list = browser.text("#rollouts").await;
+    assert!(list.contains("succeeded"), "{list}");
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.is_empty(),
+        "errors in the browser console: {errors:?}"
+    );
+}
