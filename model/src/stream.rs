@@ -12,7 +12,7 @@ pub struct BusEntry {
     /// Position in the stream; strictly increasing, survives restarts.
     pub id: u64,
     /// `job/new`, `job/event`, `job/return`, `job/cancel`, `minion/up`,
-    /// `minion/down`.
+    /// `minion/down`, `rollout/progress`, ... (docs/api.md lists them).
     pub kind: String,
     /// When it happened (unix ms).
     pub at: u64,
