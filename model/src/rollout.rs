@@ -252,9 +252,17 @@ impl Rollout {
             .sum()
     }
 
-    /// Every minion of the rollout.
+    /// How many minions the rollout has.
     pub fn minions(&self) -> usize {
         self.steps.iter().map(|s| s.minions.len()).sum()
+    }
+
+    /// Every minion of the rollout, in step order.
+    pub fn all_minions(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .flat_map(|s| s.minions.iter().cloned())
+            .collect()
     }
 
     /// Records what happened.

@@ -79,6 +79,24 @@ impl Browser {
         Browser { client, driver }
     }
 
+    /// Opens a page.
+    pub async fn open(&self, url: &str) {
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+    }
+
+    /// Fails the test if the browser console logged an error since the
+    /// last look.
+    pub async fn assert_no_console_errors(&self) {
+        let errors = self.console_errors().await;
+        assert!(
+            errors.is_empty(),
+            "errors in the browser console: {errors:?}"
+        );
+    }
+
     /// Waits (up to 90 s) for an element: the way every test waits on a
     /// page, state included (`#state.state-approved`).
     pub async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {

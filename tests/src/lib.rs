@@ -578,6 +578,19 @@ impl Master {
             .to_owned()
     }
 
+    /// Starts minions `ids` under `dir` pointed at this master, accepts
+    /// their keys and waits until each is up.
+    pub fn start_minions(&self, dir: &Path, ids: &[&str]) -> Vec<Minion> {
+        let minions: Vec<Minion> = ids
+            .iter()
+            .map(|id| Minion::start(dir, id, self.return_port, ""))
+            .collect();
+        for id in ids {
+            self.accept(id);
+        }
+        minions
+    }
+
     /// Accepts `id` once its key is pending, then waits until it is up.
     pub fn accept(&self, id: &str) {
         eventually(

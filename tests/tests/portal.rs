@@ -58,11 +58,7 @@ async fn shot(browser: &Browser, name: &str) {
 }
 
 async fn log_in(browser: &Browser, base: &str, user: &str) {
-    browser
-        .client
-        .goto(&format!("{base}/"))
-        .await
-        .expect("open the master");
+    browser.open(&format!("{base}/")).await;
     browser.fill("#username", user).await;
     browser.fill("#password", &format!("pw-of-{user}")).await;
     browser.click("#login").await;
@@ -96,12 +92,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     std::fs::write(&definition, toml).expect("shop.toml");
     let (master, _minions) = blocking(|| {
         let master = Master::start(dir.path(), ACL);
-        let minions: Vec<Minion> = ["web1", "web2"]
-            .iter()
-            .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
-            .collect();
-        master.accept("web1");
-        master.accept("web2");
+        let minions = master.start_minions(dir.path(), &["web1", "web2"]);
         for user in ["dev", "lead", "viewer"] {
             Session::new_user(&master, user);
         }
@@ -113,7 +104,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     let browser = Browser::start(dir.path()).await;
 
     // The developer logs in (a browser at / is sent to the portal).
-    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser.open(&format!("{base}/")).await;
     browser.wait_for("#username").await;
     shot(&browser, "login").await;
     log_in(&browser, &base, "dev").await;
@@ -121,11 +112,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
 
     // Staging needs no approval: Deploy, then the console shows the
     // stages completing.
-    browser
-        .client
-        .goto(&format!("{base}/ui/apps/shop"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/apps/shop")).await;
     browser.select("#version-staging", "tag:v1").await;
     browser.fill("#reason-staging", "first release").await;
     shot(&browser, "app").await;
@@ -145,11 +132,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     assert_eq!(job["done"], true, "{job}");
 
     // Production: a request, which its requester cannot approve.
-    browser
-        .client
-        .goto(&format!("{base}/ui/apps/shop"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/apps/shop")).await;
     browser.select("#version-production", "tag:v1").await;
     browser.fill("#reason-production", "ship one").await;
     browser.click("#release-production").await;
@@ -165,11 +148,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
 
     // The lead approves and deploys it.
     log_in(&browser, &base, "lead").await;
-    browser
-        .client
-        .goto(&format!("{base}{request_path}"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}{request_path}")).await;
     shot(&browser, "request").await;
     browser.click("#approve").await;
     browser.wait_for("#state.state-approved").await;
@@ -185,21 +164,13 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     assert_eq!(request["history"][1]["by"], "lead");
 
     // v2 to staging, then rolled back with a reason.
-    browser
-        .client
-        .goto(&format!("{base}/ui/apps/shop"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/apps/shop")).await;
     browser.select("#version-staging", "tag:v2").await;
     browser.fill("#reason-staging", "second release").await;
     browser.click("#release-staging").await;
     browser.wait_for("#job-state.state-done").await;
     assert_eq!(live("web1").as_deref(), Some("two"));
-    browser
-        .client
-        .goto(&format!("{base}/ui/apps/shop"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/apps/shop")).await;
     browser
         .fill("#rollback-reason-staging", "two breaks checkout")
         .await;
@@ -219,7 +190,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
 
     // The dashboard shows where each environment is; the statistics
     // count the deploys; the other screens render.
-    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.open(&format!("{base}/ui/")).await;
     let table = browser.text("#dashboard").await;
     assert!(
         table.contains("staging") && table.contains("production"),
@@ -227,11 +198,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     );
     assert!(table.contains("tag v1"), "{table}");
     shot(&browser, "dashboard").await;
-    browser
-        .client
-        .goto(&format!("{base}/ui/stats"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/stats")).await;
     let totals = browser.text("#totals").await;
     assert!(!totals.contains("Deploys\n0"), "{totals}");
     browser.wait_for("svg.chart rect").await;
@@ -247,7 +214,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
         ("/ui/audit", "#audit", "audit"),
         ("/ui/schedules", "#schedules", "schedules"),
     ] {
-        browser.client.goto(&format!("{base}{path}")).await.unwrap();
+        browser.open(&format!("{base}{path}")).await;
         browser.wait_for(css).await;
         shot(&browser, name).await;
     }
@@ -259,21 +226,15 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     browser.click("#trigger-shop").await;
     browser.wait_for(".trigger-state.state-live").await;
     browser
-        .client
-        .goto(&format!("{base}/ui/jobs?fun=git_deploy.*&app=shop"))
-        .await
-        .unwrap();
+        .open(&format!("{base}/ui/jobs?fun=git_deploy.*&app=shop"))
+        .await;
     let jobs = browser.text("#jobs").await;
     assert!(jobs.contains("git_deploy.deploy"), "{jobs}");
-    let errors = browser.console_errors().await;
-    assert!(
-        errors.is_empty(),
-        "errors in the browser console: {errors:?}"
-    );
+    browser.assert_no_console_errors().await;
 
     // On a phone's width nothing runs off the side.
     browser.client.set_window_size(390, 844).await.unwrap();
-    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.open(&format!("{base}/ui/")).await;
     browser.wait_for("#dashboard").await;
     let fits = browser
         .client
@@ -291,11 +252,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     // A user without a grant on the app's minions sees no release form,
     // and a release forged by hand with their session is refused.
     log_in(&browser, &base, "viewer").await;
-    browser
-        .client
-        .goto(&format!("{base}/ui/apps/shop"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/apps/shop")).await;
     browser.wait_for("#env-staging").await;
     assert!(
         browser
@@ -366,7 +323,7 @@ async fn a_release_through_the_portal_in_a_real_browser() {
     assert_eq!(status, 202, "{body}");
     let jid = body["jid"].as_str().expect("jid").to_owned();
     blocking(|| halite_tests::api::wait_done(&root_api.base, &root_api.token, &jid));
-    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.open(&format!("{base}/ui/")).await;
     let cell = browser
         .text(&format!(r#"a.cell.state-live[href="/ui/jobs/{jid}"]"#))
         .await;
@@ -396,7 +353,7 @@ async fn the_keyboard_works_and_the_console_loses_nothing_across_a_master_restar
 
     // Log in without the mouse: the user field has the focus, Tab moves
     // on, Enter submits.
-    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser.open(&format!("{base}/")).await;
     browser.wait_for("#username").await;
     assert_eq!(browser.focused().await, "username");
     browser.type_text("ops").await;
@@ -417,7 +374,7 @@ async fn the_keyboard_works_and_the_console_loses_nothing_across_a_master_restar
     browser.press(Key::Enter).await;
     assert_eq!(browser.focused().await, "main");
     // From the top, the menu: skip link, brand, Dashboard, Jobs.
-    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.open(&format!("{base}/ui/")).await;
     browser.wait_for("#dashboard").await;
     for _ in 0..4 {
         browser.press(Key::Tab).await;
@@ -456,11 +413,7 @@ async fn the_keyboard_works_and_the_console_loses_nothing_across_a_master_restar
     });
     assert_eq!(status, 202, "{submitted}");
     let jid = submitted["jid"].as_str().expect("jid").to_owned();
-    browser
-        .client
-        .goto(&format!("{base}/ui/jobs/{jid}"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/jobs/{jid}")).await;
     let lines = r#".lane[data-minion="web1"] .lines"#;
     browser
         .wait_for(&format!(r#"{lines}[data-count="2"]"#))
@@ -503,12 +456,7 @@ async fn a_rollout_continues_from_the_portal() {
             dir.path(),
             "[acl]\nops = [{ \"web*\" = [\"git_deploy.*\"] }]\n",
         );
-        let minions: Vec<Minion> = ["web1", "web2"]
-            .iter()
-            .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
-            .collect();
-        master.accept("web1");
-        master.accept("web2");
+        let minions = master.start_minions(dir.path(), &["web1", "web2"]);
         let ops = Session::new_user(&master, "ops");
         (master, minions, ops)
     });
@@ -523,11 +471,7 @@ async fn a_rollout_continues_from_the_portal() {
     let id = rollout["id"].as_u64().expect("rollout id");
     let browser = Browser::start(dir.path()).await;
     log_in(&browser, &base, "ops").await;
-    browser
-        .client
-        .goto(&format!("{base}/ui/rollouts/{id}"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/rollouts/{id}")).await;
     browser.wait_for("#step-1.phase-waiting").await;
     assert_eq!(app.live("web1").as_deref(), Some("one"));
     assert_eq!(app.live("web2"), None);
@@ -536,16 +480,8 @@ async fn a_rollout_continues_from_the_portal() {
     browser.wait_for("#state.state-succeeded").await;
     browser.wait_for("#step-2.phase-passed").await;
     assert_eq!(app.live("web2").as_deref(), Some("one"));
-    browser
-        .client
-        .goto(&format!("{base}/ui/rollouts"))
-        .await
-        .unwrap();
+    browser.open(&format!("{base}/ui/rollouts")).await;
     let list = browser.text("#rollouts").await;
     assert!(list.contains("succeeded"), "{list}");
-    let errors = browser.console_errors().await;
-    assert!(
-        errors.is_empty(),
-        "errors in the browser console: {errors:?}"
-    );
+    browser.assert_no_console_errors().await;
 }

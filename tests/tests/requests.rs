@@ -7,7 +7,7 @@
 
 use halite_tests::api::Session as Api;
 use halite_tests::git::{git, TwoEnvShop};
-use halite_tests::{Master, Minion};
+use halite_tests::Master;
 use serde_json::{json, Value};
 
 const ACL: &str = r#"
@@ -34,12 +34,7 @@ fn a_release_goes_from_request_to_live_as_the_environments_rules_say() {
     let app = TwoEnvShop::create(dir.path());
     let shop = &app.repo;
     let mut master = Master::start(dir.path(), ACL);
-    let _minions: Vec<Minion> = ["web1", "web2"]
-        .iter()
-        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
-        .collect();
-    master.accept("web1");
-    master.accept("web2");
+    let _minions = master.start_minions(dir.path(), &["web1", "web2"]);
     let dev = user(&master, "dev");
     let lead = user(&master, "lead");
     let live = |id: &str| app.live(id);

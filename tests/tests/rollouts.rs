@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use halite_tests::api::Session;
 use halite_tests::git::Shop;
-use halite_tests::{eventually, Master, Minion};
+use halite_tests::{eventually, Master};
 use serde_json::{json, Value};
 
 /// The shop app, its post_deploy hook failing where
@@ -59,13 +59,7 @@ fn a_failed_step_puts_every_released_minion_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = shop(dir.path());
     let master = Master::start(dir.path(), "");
-    let mut minions: Vec<Minion> = ["web1", "web2", "web3"]
-        .iter()
-        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
-        .collect();
-    for id in ["web1", "web2", "web3"] {
-        master.accept(id);
-    }
+    let mut minions = master.start_minions(dir.path(), &["web1", "web2", "web3"]);
     let root = Session::root(&master);
     let (status, body) = root.post("/v1/apps/shop/deploy", json!({ "tag": "v1" }));
     assert_eq!(status, 202, "{body}");
@@ -157,12 +151,7 @@ fn a_manual_gate_waits_and_a_restarted_master_continues() {
         dir.path(),
         "[acl]\ndev = [{ \"web1\" = [\"git_deploy.*\"] }]\n",
     );
-    let _minions: Vec<Minion> = ["web1", "web2"]
-        .iter()
-        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
-        .collect();
-    master.accept("web1");
-    master.accept("web2");
+    let _minions = master.start_minions(dir.path(), &["web1", "web2"]);
     let root = Session::root(&master);
     let dev = Session::new_user(&master, "dev");
 
@@ -314,12 +303,7 @@ fn a_release_request_goes_out_as_its_environments_rollout() {
         dir.path(),
         "[acl]\ndev = [{ \"web*\" = [\"git_deploy.*\"] }]\nlead = [{ \"web*\" = [\"git_deploy.*\"] }]\n",
     );
-    let _minions: Vec<Minion> = ["web2", "web3"]
-        .iter()
-        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
-        .collect();
-    master.accept("web2");
-    master.accept("web3");
+    let _minions = master.start_minions(dir.path(), &["web2", "web3"]);
     let dev = Session::new_user(&master, "dev");
     let lead = Session::new_user(&master, "lead");
 

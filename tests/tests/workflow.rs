@@ -14,7 +14,7 @@ use std::time::Duration;
 use halite_tests::api::{http, Session as Api};
 use halite_tests::git::Repo;
 use halite_tests::receiver::Receiver;
-use halite_tests::{eventually, Master, Minion};
+use halite_tests::{eventually, Master};
 use serde_json::{json, Value};
 
 fn user(master: &Master, name: &str) -> Api {
@@ -114,12 +114,7 @@ job = {{ target = "web1", fun = "test.ping" }}
         url = receiver.url
     );
     let mut master = Master::start(dir.path(), &config);
-    let _minions: Vec<Minion> = ["web1", "web2"]
-        .iter()
-        .map(|id| Minion::start(dir.path(), id, master.return_port, ""))
-        .collect();
-    master.accept("web1");
-    master.accept("web2");
+    let _minions = master.start_minions(dir.path(), &["web1", "web2"]);
     let dev = user(&master, "dev");
     let lead = user(&master, "lead");
     let live = |id: &str, app: &str| {
@@ -136,15 +131,19 @@ job = {{ target = "web1", fun = "test.ping" }}
             hmac_hex("hook-secret", body.to_string().as_bytes())
         )
     };
-    let (status, answer) = hook(
-        &master.api_url(),
-        "shop",
-        &[
-            ("x-github-event", "push".into()),
-            ("x-hub-signature-256", signed(&body)),
-        ],
-        &body,
-    );
+    // A push signed as GitHub signs it.
+    let github_push = |body: &Value| {
+        hook(
+            &master.api_url(),
+            "shop",
+            &[
+                ("x-github-event", "push".into()),
+                ("x-hub-signature-256", signed(body)),
+            ],
+            body,
+        )
+    };
+    let (status, answer) = github_push(&body);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["source"], "github");
     let staged = answer["request"]["id"].as_u64().expect("a request");
@@ -200,15 +199,7 @@ job = {{ target = "web1", fun = "test.ping" }}
     let (status, paused) = dev.post("/v1/apps/shop/trigger/pause", json!({}));
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["paused"]["by"], "dev", "{paused}");
-    let (status, answer) = hook(
-        &master.api_url(),
-        "shop",
-        &[
-            ("x-github-event", "push".into()),
-            ("x-hub-signature-256", signed(&body)),
-        ],
-        &body,
-    );
+    let (status, answer) = github_push(&body);
     assert_eq!(status, 200, "{answer}");
     assert!(
         answer["ignored"].is_string() && answer["request"].is_null(),

@@ -96,20 +96,12 @@ impl Core {
                 spec.name
             )));
         }
-        let fun = format!("{}.deploy", crate::apps::module_for(spec));
-        // The whole fleet is checked now (grants, environments, freeze),
-        // so a rollout is not refused halfway.
-        let mut whole = step_request(&new.app, &fun, &new.version, &minions, &plan);
-        whole.release_request = release_request;
-        whole.override_freeze = override_freeze;
-        self.check(user, whole)?;
-        let _lock = self.lock_rollouts();
         let now = now_ms();
         let mut rollout = Rollout {
-            id: self.store.next_rollout_id()?,
+            id: 0,
             app: new.app.clone(),
             version: new.version.clone(),
-            fun,
+            fun: format!("{}.deploy", crate::apps::module_for(spec)),
             user: user.to_owned(),
             reason: new.reason.clone(),
             steps: plan
@@ -132,6 +124,11 @@ impl Core {
             aborting: None,
             override_freeze,
         };
+        // The whole fleet is checked now (grants, environments, freeze),
+        // so a rollout is not refused halfway.
+        self.check(user, step_request(&rollout, &minions))?;
+        let _lock = self.lock_rollouts();
+        rollout.id = self.store.next_rollout_id()?;
         let sizes: Vec<String> = rollout
             .steps
             .iter()
@@ -173,12 +170,7 @@ impl Core {
     ) -> Result<Rollout, CoreError> {
         let _lock = self.lock_rollouts();
         let mut rollout = self.rollout(id)?;
-        let everyone: Vec<String> = rollout
-            .steps
-            .iter()
-            .flat_map(|s| s.minions.iter().cloned())
-            .collect();
-        self.check_acl(user, &rollout.fun, &everyone)?;
+        self.check_acl(user, &rollout.fun, &rollout.all_minions())?;
         if rollout.state.is_final() {
             return Err(CoreError::Conflict(format!(
                 "rollout {id} is {}: nothing more to do",
@@ -328,28 +320,19 @@ impl Core {
         let number = rollout.current + 1;
         match step.phase {
             StepPhase::Pending => {
-                let mut request = step_request(
-                    &rollout.app,
-                    &rollout.fun,
-                    &rollout.version,
-                    &step.minions,
-                    &rollout.plan,
-                );
-                request.release_request = rollout.release_request;
-                request.override_freeze = rollout.override_freeze;
-                match self.submit(&rollout.user, request) {
+                match self.submit(&rollout.user, step_request(rollout, &step.minions)) {
                     Ok(submitted) => {
-                        let step = &mut rollout.steps[rollout.current];
-                        step.phase = StepPhase::Running;
-                        step.jid = Some(submitted.jid.clone());
-                        step.started_at = now;
+                        let running = &mut rollout.steps[rollout.current];
+                        running.phase = StepPhase::Running;
+                        running.jid = Some(submitted.jid.clone());
+                        running.started_at = now;
                         rollout.note(
                             now,
                             MASTER,
                             format!(
                                 "step {number}: {} to {} minion(s), job {}",
                                 rollout.fun,
-                                step_len(rollout),
+                                step.minions.len(),
                                 submitted.jid
                             ),
                         );
@@ -628,31 +611,19 @@ impl Core {
     }
 }
 
-/// The minions of the current step.
-fn step_len(rollout: &Rollout) -> usize {
-    rollout
-        .steps
-        .get(rollout.current)
-        .map_or(0, |s| s.minions.len())
-}
-
 /// The deploy job of one step: the app's deploy function with the
 /// rollout's version, to exactly these minions.
-fn step_request(
-    app: &str,
-    fun: &str,
-    version: &Map<String, Value>,
-    minions: &[String],
-    plan: &RolloutPlan,
-) -> JobRequest {
-    let mut kwarg = version.clone();
-    kwarg.insert("app".into(), Value::String(app.to_owned()));
+fn step_request(rollout: &Rollout, minions: &[String]) -> JobRequest {
+    let mut kwarg = rollout.version.clone();
+    kwarg.insert("app".into(), Value::String(rollout.app.clone()));
     JobRequest {
         target: minions.join(","),
         tgt_type: TargetType::List,
-        fun: fun.to_owned(),
+        fun: rollout.fun.clone(),
         kwarg,
-        timeout: plan.timeout,
+        timeout: rollout.plan.timeout,
+        release_request: rollout.release_request,
+        override_freeze: rollout.override_freeze,
         ..JobRequest::default()
     }
 }
@@ -670,22 +641,12 @@ fn summarize(data: &Value) -> String {
     text.chars().take(200).collect()
 }
 
-/// Runs one probe on the master (blocking: called from the blocking pool).
+/// Runs one probe on the master. Blocking: called from the driver's round
+/// on the blocking pool, whose runtime it blocks on for the I/O.
 fn run_probe(probe: &Probe) -> GateResult {
     let timeout = Duration::from_secs(probe.timeout);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            return GateResult {
-                gate: "probe".into(),
-                passed: false,
-                detail: format!("cannot run probes: {e}"),
-            }
-        }
-    };
+    // On the blocking pool (the driver's round): its runtime runs the I/O.
+    let runtime = tokio::runtime::Handle::current();
     if let Some(url) = &probe.url {
         let gate = format!("probe {url}");
         halite_pki::install_tls_provider();
