@@ -157,7 +157,7 @@ enum Command {
     /// then `rollout show|continue|pause|resume|abort ID`.
     Rollout {
         #[command(subcommand)]
-        command: RolloutCommand,
+        command: Box<RolloutCommand>,
     },
     /// An app's tags (newest first) and branches, from its repository.
     Versions {
@@ -300,6 +300,52 @@ enum TriggersCommand {
     },
 }
 
+/// The canary judgment of `rollout start`: the first step's minions
+/// against as many not yet released.
+#[derive(clap::Args)]
+struct CanaryOptions {
+    /// Judge the first step as a canary: each of its minions and of the
+    /// baseline times the app's health check this many times.
+    #[arg(long, value_name = "SAMPLES")]
+    canary: Option<u32>,
+    /// Measure with this shell command instead (the last number it
+    /// prints); needs a grant for cmd.run.
+    #[arg(long, value_name = "CMD", requires = "canary")]
+    canary_cmd: Option<String>,
+    /// How much worse than the baseline's median the canary's may be,
+    /// in percent (20).
+    #[arg(long, value_name = "PERCENT", requires = "canary")]
+    canary_margin: Option<f64>,
+    /// A difference of medians this small never fails (0).
+    #[arg(long, value_name = "NUMBER", requires = "canary")]
+    canary_min_difference: Option<f64>,
+    /// Errors the canary may have beyond the baseline's (0).
+    #[arg(long, value_name = "N", requires = "canary")]
+    canary_max_errors: Option<u32>,
+    /// Higher numbers are better (throughput), not lower (latency).
+    #[arg(long, requires = "canary")]
+    canary_higher_is_better: bool,
+}
+
+impl CanaryOptions {
+    fn plan(self) -> Option<halite_proto::rollout::Canary> {
+        use halite_proto::rollout::{Better, Canary};
+        let samples = self.canary?;
+        Some(Canary {
+            samples,
+            cmd: self.canary_cmd,
+            margin: self.canary_margin.unwrap_or(20.0),
+            min_difference: self.canary_min_difference.unwrap_or(0.0),
+            max_errors: self.canary_max_errors.unwrap_or(0),
+            better: if self.canary_higher_is_better {
+                Better::Higher
+            } else {
+                Better::Lower
+            },
+        })
+    }
+}
+
 // Parsed once per run: the size of `Start` does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -339,6 +385,11 @@ enum RolloutCommand {
         /// Leave released minions on the new release when a step fails.
         #[arg(long)]
         no_rollback: bool,
+        /// Do not run the app's health check again after each bake.
+        #[arg(long)]
+        no_health_gate: bool,
+        #[command(flatten)]
+        canary: CanaryOptions,
         /// Why (history and audit log).
         #[arg(long, default_value = "")]
         reason: String,
@@ -618,7 +669,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command } => keys(&client, command, json).await,
         Command::Requests { command } => requests(&client, command, json).await,
         Command::Schedules { command } => schedules(&client, command, json).await,
-        Command::Rollout { command } => rollout(&client, command, json).await,
+        Command::Rollout { command } => rollout(&client, *command, json).await,
         Command::Triggers { command } => {
             use halite_model::TriggerState;
             let states: Vec<TriggerState> = match command {
@@ -1260,6 +1311,8 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
             manual,
             probe_url,
             no_rollback,
+            no_health_gate,
+            canary,
             reason,
         } => {
             let usage = |e: String| {
@@ -1296,7 +1349,9 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
                 || timeout.is_some()
                 || manual
                 || !probe_url.is_empty()
-                || no_rollback;
+                || no_rollback
+                || no_health_gate
+                || canary.canary.is_some();
             let plan = if options_given {
                 let mut plan = RolloutPlan::default();
                 if let Some(ramp) = ramp {
@@ -1331,6 +1386,8 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
                     })
                     .collect();
                 plan.auto_rollback = !no_rollback;
+                plan.health_gate = !no_health_gate;
+                plan.canary = canary.plan();
                 Some(plan)
             } else {
                 None

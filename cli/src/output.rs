@@ -713,6 +713,17 @@ pub fn rollout(r: &halite_model::Rollout, json: bool) -> anyhow::Result<()> {
         ]);
     }
     table.print();
+    for (i, step) in r.steps.iter().enumerate() {
+        for gate in &step.gates {
+            let verdict = if gate.passed { "passed" } else { "FAILED" };
+            line(&format!(
+                "  step {} {}: {verdict}: {}",
+                i + 1,
+                gate.gate,
+                gate.detail
+            ));
+        }
+    }
     if let Some(rollback) = &r.rollback {
         let back = if rollback.rolled_back.is_empty() {
             "-".to_owned()

@@ -167,7 +167,8 @@ impl Catalog {
     ) -> Result<AppSpec, String> {
         let all = self.load().map_err(|e| e.to_string())?;
         // A deploy module takes only apps of its kind; a Lua module any.
-        let built_in = halite_proto::catalog::module(module).is_some();
+        let built_in = halite_proto::catalog::module(module).is_some()
+            && !halite_proto::catalog::reads_any_app(module);
         let of_kind = |a: &&AppSpec| !built_in || a.kind.module() == module;
         if let Some(serde_json::Value::String(name)) = kwarg.get("app") {
             if let Some(app) = all.iter().find(|a| &a.name == name && !of_kind(a)) {

@@ -38,6 +38,9 @@ pub enum StepPhase {
     Running,
     /// Released; baking until `bake_until`.
     Baking,
+    /// Baked; its checks on the minions (the app's health check, the
+    /// canary's measurement) and the master's probes are running.
+    Checking,
     /// Waiting for `rollout continue` (a manual gate).
     Waiting,
     /// Done and checked.
@@ -71,6 +74,21 @@ pub struct RolloutStep {
     /// When it was released and checked, or failed (unix ms).
     #[serde(default)]
     pub finished_at: u64,
+    /// The job running the app's health check again on the released
+    /// minions after the bake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_jid: Option<Jid>,
+    /// Released minions whose health check failed after the bake (or did
+    /// not answer), with what it saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhealthy: Vec<(String, String)>,
+    /// The canary's measurement job (the first step): its minions and the
+    /// baseline's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_jid: Option<Jid>,
+    /// Minions not yet released measured as the canary's baseline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baseline: Vec<String>,
     /// Gates run after the bake: what each found.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateResult>,
@@ -82,7 +100,7 @@ pub struct RolloutStep {
 /// What one gate found.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct GateResult {
-    /// `probe http://…`, `probe cmd …`.
+    /// `health check`, `canary`, `probe http://…`, `probe cmd …`.
     pub gate: String,
     /// Passed?
     pub passed: bool,

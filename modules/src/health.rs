@@ -28,26 +28,9 @@ pub(crate) async fn check(
     };
     let mut last = String::new();
     for attempt in 1..=health.retries {
-        let result = match (&client, &health.url, &health.command) {
-            (Some(client), Some(url), _) => probe_url(client, url, health.expect_status).await,
-            (_, _, Some(command)) => {
-                match crate::process::run_shell(
-                    "health",
-                    command,
-                    release_dir,
-                    env.clone(),
-                    attempt_timeout,
-                    events,
-                    cancel,
-                )
-                .await
-                {
-                    Ok(done) if done.retcode == 0 => Ok(format!("`{command}` exited 0")),
-                    Ok(done) => Err(format!("`{command}` exited {}", done.retcode)),
-                    Err(e) => Err(format!("`{command}`: {e}")),
-                }
-            }
-            _ => return Err("health check has neither url nor command".into()),
+        let result = match once(health, client.as_ref(), release_dir, env, events, cancel).await {
+            Attempt::Seen(result) => result,
+            Attempt::Undefined => return Err("health check has neither url nor command".into()),
         };
         match result {
             Ok(seen) => {
@@ -77,6 +60,48 @@ pub(crate) async fn check(
         "health check failed after {} attempt(s): {last}",
         health.retries
     ))
+}
+
+/// What one attempt of a health check saw.
+pub(crate) enum Attempt {
+    /// Healthy (Ok) or not (Err), in a line.
+    Seen(Result<String, String>),
+    /// The check has neither a URL nor a command.
+    Undefined,
+}
+
+/// One attempt of the check, no retry: what [`check`] repeats and what
+/// `release.measure` times. `client` is needed for a URL check.
+pub(crate) async fn once(
+    health: &HealthCheck,
+    client: Option<&reqwest::Client>,
+    release_dir: &Path,
+    env: &BTreeMap<String, String>,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Attempt {
+    let attempt_timeout = Duration::from_secs(health.timeout);
+    Attempt::Seen(match (client, &health.url, &health.command) {
+        (Some(client), Some(url), _) => probe_url(client, url, health.expect_status).await,
+        (_, _, Some(command)) => {
+            match crate::process::run_shell(
+                "health",
+                command,
+                release_dir,
+                env.clone(),
+                attempt_timeout,
+                events,
+                cancel,
+            )
+            .await
+            {
+                Ok(done) if done.retcode == 0 => Ok(format!("`{command}` exited 0")),
+                Ok(done) => Err(format!("`{command}` exited {}", done.retcode)),
+                Err(e) => Err(format!("`{command}`: {e}")),
+            }
+        }
+        _ => return Attempt::Undefined,
+    })
 }
 
 async fn probe_url(client: &reqwest::Client, url: &str, expect: u16) -> Result<String, String> {

@@ -43,6 +43,7 @@ mod module;
 mod outcome;
 mod process;
 mod registry;
+mod release_checks;
 pub mod releases;
 mod service;
 mod test_module;

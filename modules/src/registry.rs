@@ -58,6 +58,7 @@ impl Registry {
         registry.register(Arc::new(crate::win_task::WinTaskModule::system()));
         registry.register(Arc::new(crate::dotnet_iis::DotnetIisModule::system()));
         registry.register(Arc::new(crate::service::ServiceModule::system()));
+        registry.register(Arc::new(crate::release_checks::ReleaseChecks));
         registry
     }
 
@@ -270,7 +271,7 @@ mod tests {
         let err = registry().resolve("nope.x").err().expect("unknown");
         assert_eq!(
             err,
-            "unknown function `nope.x`; the minion has modules: cmd, dotnet_iis, git_deploy, grains, java_tomcat, service, test, win_task"
+            "unknown function `nope.x`; the minion has modules: cmd, dotnet_iis, git_deploy, grains, java_tomcat, release, service, test, win_task"
         );
     }
 

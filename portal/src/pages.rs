@@ -831,7 +831,7 @@ pub async fn rollout(
         reason: r.reason.clone(),
         request: r.release_request,
         plan: format!(
-            "ramp {}; bake {} s; max_fail {}; max_missing {}{}{}",
+            "ramp {}; bake {} s; max_fail {}; max_missing {}{}{}{}",
             plan.ramp
                 .iter()
                 .map(ToString::to_string)
@@ -849,6 +849,18 @@ pub async fn rollout(
                 ""
             } else {
                 "; no automatic rollback"
+            },
+            match &plan.canary {
+                Some(c) => format!(
+                    "; canary: {} samples, margin {}%{}",
+                    c.samples,
+                    c.margin,
+                    c.cmd
+                        .as_ref()
+                        .map(|cmd| format!(", measured by `{cmd}`"))
+                        .unwrap_or_default()
+                ),
+                None => String::new(),
             },
         ),
         failure: r.failure.clone().unwrap_or_default(),

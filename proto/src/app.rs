@@ -25,7 +25,7 @@ pub const SECRET_PASSWORD: &str = "repo_password";
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
 
 /// One deployable application, as written in `<apps_dir>/<name>.toml`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
     /// The app's name (`app=NAME` on the command line); defaults to the
@@ -128,7 +128,7 @@ pub struct AppSpec {
 }
 
 /// One environment of an app: where it runs and who says yes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvSpec {
     /// Which minions are this environment (read like the app's `target`).

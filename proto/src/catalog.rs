@@ -27,6 +27,10 @@ pub enum Kind {
     Release,
     /// Handled by the minion itself (`saltutil.*`), not by a module.
     Minion,
+    /// Reads an app defined on the master, of any kind (`release.health`):
+    /// completed with the app's definition like [`Kind::App`], but its
+    /// returns are not release records.
+    AppCheck,
 }
 
 /// One function.
@@ -252,6 +256,27 @@ pub mod git_deploy {
     };
 }
 
+/// `release`: checks of a live app, whatever module released it; what
+/// a rollout's gates run on its minions.
+pub mod release {
+    use super::{Function, Kind::AppCheck, Module};
+    functions! {
+        /// `release.health app=NAME`: the app's health check (its URL or
+        /// command, with its retries) against the live release.
+        HEALTH = Function::new("release.health", &["app"], AppCheck);
+        /// `release.measure app=NAME samples=N [cmd=...]`: runs the app's
+        /// health check (or `cmd`, which prints a number) N times, once
+        /// each, and answers each run's latency or number and the errors.
+        MEASURE = Function::new("release.measure", &["app", "samples", "cmd"], AppCheck);
+    }
+    /// The module.
+    pub const MODULE: Module = Module {
+        name: "release",
+        default: None,
+        functions: &[HEALTH, MEASURE],
+    };
+}
+
 /// `java_tomcat`: WARs on Tomcat.
 pub mod java_tomcat {
     use super::{Function, Kind::App, Module, PASSWORD, USERNAME};
@@ -428,6 +453,7 @@ pub const MODULES: &[Module] = &[
     git_deploy::MODULE,
     grains::MODULE,
     java_tomcat::MODULE,
+    release::MODULE,
     saltutil::MODULE,
     service::MODULE,
     sys::MODULE,
@@ -453,7 +479,13 @@ pub fn function(fun: &str) -> Option<&'static Function> {
 
 /// Does a job of `fun` work on an app (the master completes it)?
 pub fn takes_app(fun: &str) -> bool {
-    function(fun).is_some_and(|f| f.kind == Kind::App)
+    function(fun).is_some_and(|f| matches!(f.kind, Kind::App | Kind::AppCheck))
+}
+
+/// Does `module` read apps of every kind (`release`), rather than only
+/// the apps it releases?
+pub fn reads_any_app(module: &str) -> bool {
+    self::module(module).is_some_and(|m| m.functions.iter().all(|f| f.kind == Kind::AppCheck))
 }
 
 /// Are the returns of `fun` release records (and its stages shown live)?

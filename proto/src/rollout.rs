@@ -123,6 +123,141 @@ fn probe_timeout() -> u64 {
     10
 }
 
+/// Which way a canary's numbers get worse.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    /// Latency, error rates: the canary is worse when its numbers are
+    /// higher.
+    #[default]
+    Lower,
+    /// Throughput, hit rates: worse when lower.
+    Higher,
+}
+
+/// Canary judgment without a metrics backend: after the first step has
+/// baked, its minions (the canary) and as many minions not yet released
+/// (the baseline) each run the same measurement `samples` times — the
+/// app's health check, timed, or `cmd`, which prints a number — and the
+/// step fails when the canary is worse than the baseline by more than
+/// the margin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// Runs per minion (10 unless given; 1 to 1000).
+    #[serde(default = "ten")]
+    pub samples: u32,
+    /// A shell command run in the live release instead of the health
+    /// check; the last number it prints is the sample, a non-zero exit
+    /// an error. Given when a rollout is started, it needs a grant for
+    /// `cmd.run` on the minions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    /// How much worse the canary's median may be, in percent of the
+    /// baseline's median (20 unless given).
+    #[serde(default = "twenty")]
+    pub margin: f64,
+    /// A difference of medians this small never fails (0 unless given):
+    /// 0.4 ms against 0.3 ms is noise, not a regression.
+    #[serde(default)]
+    pub min_difference: f64,
+    /// Errors the canary may have beyond the baseline's (0 unless given).
+    #[serde(default)]
+    pub max_errors: u32,
+    /// Which way is better (`lower` unless given).
+    #[serde(default)]
+    pub better: Better,
+}
+
+fn ten() -> u32 {
+    10
+}
+
+fn twenty() -> f64 {
+    20.0
+}
+
+/// What one minion measured (`release.measure`'s return).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Runs made.
+    pub samples: u32,
+    /// Runs that failed (unhealthy answer, non-zero exit, no number).
+    pub errors: u32,
+    /// The numbers of the runs that did not fail: milliseconds for the
+    /// health check, what `cmd` printed otherwise.
+    pub values: Vec<f64>,
+}
+
+/// A canary judged against its baseline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Not worse than the baseline beyond the margin.
+    pub passed: bool,
+    /// The numbers compared, in a line.
+    pub detail: String,
+}
+
+/// The median of some numbers; none of none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    })
+}
+
+impl Canary {
+    /// Judges the canary's measurements against the baseline's: more
+    /// errors than the baseline's plus `max_errors` fails, and so does a
+    /// median worse by more than `margin` percent and `min_difference`.
+    pub fn judge(&self, canary: &[Measurement], baseline: &[Measurement]) -> Verdict {
+        let pooled = |ms: &[Measurement]| {
+            let errors: u32 = ms.iter().map(|m| m.errors).sum();
+            let values: Vec<f64> = ms.iter().flat_map(|m| m.values.iter().copied()).collect();
+            (errors, median(&values))
+        };
+        let (canary_errors, canary_median) = pooled(canary);
+        let (baseline_errors, baseline_median) = pooled(baseline);
+        let show = |m: Option<f64>| m.map_or("-".to_owned(), |m| format!("{m:.3}"));
+        let numbers = format!(
+            "canary median {} with {canary_errors} error(s), baseline median {} with {baseline_errors} error(s)",
+            show(canary_median),
+            show(baseline_median)
+        );
+        let verdict = |passed: bool, why: &str| Verdict {
+            passed,
+            detail: format!("{why}: {numbers}"),
+        };
+        if canary_errors > baseline_errors.saturating_add(self.max_errors) {
+            return verdict(false, "more errors than the baseline");
+        }
+        let (Some(canary), Some(baseline)) = (canary_median, baseline_median) else {
+            return match canary_median {
+                None => verdict(false, "the canary measured nothing"),
+                Some(_) => verdict(true, "no baseline numbers to compare"),
+            };
+        };
+        let (worse_by, allowed) = match self.better {
+            Better::Lower => (canary - baseline, baseline.abs() * self.margin / 100.0),
+            Better::Higher => (baseline - canary, baseline.abs() * self.margin / 100.0),
+        };
+        if worse_by > allowed && worse_by > self.min_difference {
+            return verdict(
+                false,
+                &format!("worse than the baseline by more than {}%", self.margin),
+            );
+        }
+        verdict(true, &format!("within {}% of the baseline", self.margin))
+    }
+}
+
 /// Does a step wait for a person before the next one starts?
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -136,7 +271,7 @@ pub enum Gate {
 }
 
 /// How a rollout ramps and when it stops.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutPlan {
     /// Where each step ends, counted from the start of the rollout:
@@ -172,6 +307,14 @@ pub struct RolloutPlan {
     /// its previous release (yes unless turned off).
     #[serde(default = "yes")]
     pub auto_rollback: bool,
+    /// Judge the first step as a canary against minions not yet released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// After each step's bake, run the app's health check on every
+    /// minion of the step again (yes unless turned off; only for apps
+    /// that define one).
+    #[serde(default = "yes")]
+    pub health_gate: bool,
 }
 
 fn none_tolerated() -> Amount {
@@ -195,6 +338,8 @@ impl Default for RolloutPlan {
             probes: Vec::new(),
             gate: Gate::Auto,
             auto_rollback: true,
+            canary: None,
+            health_gate: true,
         }
     }
 }
@@ -240,6 +385,20 @@ impl RolloutPlan {
             }
             if probe.timeout == 0 || probe.timeout > 3600 {
                 return Err(plan_error(field("timeout"), "1 to 3600 seconds"));
+            }
+        }
+        if let Some(canary) = &self.canary {
+            if !(1..=1000).contains(&canary.samples) {
+                return Err(plan_error("canary.samples", "1 to 1000"));
+            }
+            if !(canary.margin.is_finite() && canary.margin >= 0.0) {
+                return Err(plan_error("canary.margin", "a percentage of 0 or more"));
+            }
+            if !(canary.min_difference.is_finite() && canary.min_difference >= 0.0) {
+                return Err(plan_error("canary.min_difference", "a number of 0 or more"));
+            }
+            if canary.cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(plan_error("canary.cmd", "an empty command"));
             }
         }
         Ok(())
@@ -366,6 +525,101 @@ mod tests {
                 ..ok
             }),
             "probes[0].url"
+        );
+    }
+
+    fn measured(values: &[f64], errors: u32) -> Measurement {
+        Measurement {
+            samples: values.len() as u32 + errors,
+            errors,
+            values: values.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_canary_is_judged_against_its_baseline() {
+        let canary = Canary {
+            samples: 3,
+            cmd: None,
+            margin: 20.0,
+            min_difference: 0.0,
+            max_errors: 0,
+            better: Better::Lower,
+        };
+        let baseline = [measured(&[10.0, 11.0, 9.0], 0), measured(&[10.0], 0)];
+        // Within the margin (median 11.5 against 10).
+        assert!(
+            canary
+                .judge(&[measured(&[11.0, 12.0], 0)], &baseline)
+                .passed
+        );
+        // Worse by more than 20%.
+        assert!(
+            !canary
+                .judge(&[measured(&[13.0, 12.5, 14.0], 0)], &baseline)
+                .passed
+        );
+        // ... unless the difference is below min_difference.
+        let lenient = Canary {
+            min_difference: 5.0,
+            ..canary.clone()
+        };
+        assert!(lenient.judge(&[measured(&[13.0], 0)], &baseline).passed);
+        // More errors than the baseline fails, whatever the numbers.
+        assert!(!canary.judge(&[measured(&[1.0], 1)], &baseline).passed);
+        let tolerant = Canary {
+            max_errors: 1,
+            ..canary.clone()
+        };
+        assert!(tolerant.judge(&[measured(&[1.0], 1)], &baseline).passed);
+        // A canary that measured nothing fails; no baseline numbers pass.
+        assert!(!canary.judge(&[measured(&[], 0)], &baseline).passed);
+        assert!(
+            canary
+                .judge(&[measured(&[5.0], 0)], &[measured(&[], 0)])
+                .passed
+        );
+        // Higher is better: a lower canary is the worse one.
+        let throughput = Canary {
+            better: Better::Higher,
+            ..canary.clone()
+        };
+        assert!(!throughput.judge(&[measured(&[7.0], 0)], &baseline).passed);
+        assert!(throughput.judge(&[measured(&[30.0], 0)], &baseline).passed);
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn a_bad_canary_names_its_field() {
+        let plan = |canary: Canary| RolloutPlan {
+            canary: Some(canary),
+            ..RolloutPlan::default()
+        };
+        let ok: Canary = toml::from_str("samples = 5\ncmd = \"echo 1\"\n").unwrap();
+        assert_eq!(ok.margin, 20.0);
+        assert!(plan(ok.clone()).validate().is_ok());
+        let field = |c: Canary| plan(c).validate().unwrap_err().field;
+        assert_eq!(
+            field(Canary {
+                samples: 0,
+                ..ok.clone()
+            }),
+            "canary.samples"
+        );
+        assert_eq!(
+            field(Canary {
+                margin: -1.0,
+                ..ok.clone()
+            }),
+            "canary.margin"
+        );
+        assert_eq!(
+            field(Canary {
+                cmd: Some(" ".into()),
+                ..ok
+            }),
+            "canary.cmd"
         );
     }
 

@@ -347,3 +347,123 @@ fn a_release_request_goes_out_as_its_environments_rollout() {
     lead.wait_state(id, "live");
     assert_eq!(app.live("web3").as_deref(), Some("one"));
 }
+
+#[test]
+fn a_worse_canary_and_a_host_sick_after_the_bake_stop_the_rollout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Healthy unless `srv/<id>/shop/sick-<what index.html says>` exists.
+    let app = Shop::with(
+        dir.path(),
+        "[health]\ncommand = \"test ! -e ../../sick-$(cat index.html)\"\nretries = 1\ninterval = 0\n",
+    );
+    let master = Master::start(
+        dir.path(),
+        "[acl]\ndev = [{ \"web*\" = [\"git_deploy.*\"] }]\n",
+    );
+    let ids = ["web1", "web2", "web3", "web4"];
+    let _minions = master.start_minions(dir.path(), &ids);
+    let root = Session::root(&master);
+    let dev = Session::new_user(&master, "dev");
+    let (status, body) = root.post("/v1/apps/shop/deploy", json!({ "tag": "v1" }));
+    assert_eq!(status, 202, "{body}");
+    halite_tests::api::wait_done(&root.base, &root.token, body["jid"].as_str().unwrap());
+
+    // v2 answers in 50 (whatever unit the command prints), v1 in 10.
+    let measure = "case $(cat index.html) in two) echo 50;; *) echo 10;; esac";
+    let canary_plan = json!({
+        "app": "shop",
+        "version": { "tag": "v2" },
+        "plan": { "ramp": ["1", "100%"], "canary": { "samples": 3, "cmd": measure } },
+    });
+    // A canary command runs on the minions: dev, who may deploy but not
+    // run commands, is refused.
+    let (status, body) = dev.post("/v1/rollouts", canary_plan.clone());
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("cmd.run"),
+        "{body}"
+    );
+
+    // The canary (web1, on v2) measures 50 against its baseline's 10
+    // (web2, not yet released): the rollout stops and web1 goes back.
+    let (status, body) = root.post("/v1/rollouts", canary_plan);
+    assert_eq!(status, 201, "{body}");
+    let rollout = wait_state(&root, body["id"].as_u64().unwrap(), "rolled_back");
+    let step = &rollout["steps"][0];
+    assert_eq!(names(&step["baseline"]), ["web2"], "{rollout}");
+    let gates = step["gates"].as_array().expect("gates");
+    let canary = gates
+        .iter()
+        .find(|g| g["gate"] == "canary")
+        .expect("canary");
+    assert_eq!(canary["passed"], false, "{rollout}");
+    let health = gates
+        .iter()
+        .find(|g| g["gate"] == "health check")
+        .expect("health");
+    assert_eq!(health["passed"], true, "{rollout}");
+    assert_eq!(names(&rollout["rollback"]["rolled_back"]), ["web1"]);
+    for id in ids {
+        assert_eq!(app.live(id).as_deref(), Some("one"), "{id}");
+    }
+
+    // Timing the app's health check needs no command: dev may judge a
+    // canary with it. The difference in milliseconds between two shells
+    // is noise, so a large min_difference lets it through.
+    let out = master.cli_as(
+        "dev",
+        "pw-of-dev",
+        &[
+            "rollout",
+            "start",
+            "shop",
+            "tag=v2",
+            "--ramp",
+            "1,100%",
+            "--canary",
+            "3",
+            "--canary-min-difference",
+            "10000",
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let rollout = wait_state(&root, out.json()["id"].as_u64().unwrap(), "succeeded");
+    let canary = &rollout["steps"][0]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "canary")
+        .cloned()
+        .expect("canary");
+    assert_eq!(canary["passed"], true, "{rollout}");
+    for id in ids {
+        assert_eq!(app.live(id).as_deref(), Some("two"), "{id}");
+    }
+
+    // web1 falls sick while step 1 bakes: the health check after the bake
+    // finds it, the rollout stops and web1 goes back to v2.
+    let id = start(&master, &["tag=v1", "--ramp", "1,100%", "--bake", "5"]);
+    eventually(Duration::from_secs(60), "step 1 baking", || {
+        root.get(&format!("/v1/rollouts/{id}")).1["steps"][0]["phase"] == "baking"
+    });
+    std::fs::write(app.srv.join("web1/shop/sick-one"), "").expect("web1 sick");
+    let rollout = wait_state(&root, id, "rolled_back");
+    let gate = &rollout["steps"][0]["gates"][0];
+    assert_eq!(gate["gate"], "health check", "{rollout}");
+    assert_eq!(gate["passed"], false, "{rollout}");
+    assert!(
+        gate["detail"].as_str().unwrap().contains("web1"),
+        "{rollout}"
+    );
+    assert_eq!(names(&rollout["rollback"]["rolled_back"]), ["web1"]);
+    for id in ids {
+        assert_eq!(app.live(id).as_deref(), Some("two"), "{id}");
+    }
+    // The health check ran once more after the bake, a job of its own
+    // (one per step that baked: four in this test).
+    let (_, jobs) = root.get("/v1/jobs?fun=release.health&limit=50");
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(4), "{jobs}");
+    assert_eq!(jobs["jobs"][0]["target"], "web1", "{jobs}");
+    assert_eq!(jobs["jobs"][0]["failed"], 1, "{jobs}");
+}

@@ -4,9 +4,12 @@
 //! kit, so git_deploy, java_tomcat, dotnet_iis and Lua deploy modules
 //! alike) to that step's minions. When its minions returned (or its time
 //! ran out) the step is judged: failed and missing minions against the
-//! plan's limits; then it bakes; then the master's probes run (an HTTP
-//! status, a command's exit code); then, with a manual gate, it waits for
-//! `rollout continue`. A step over a limit or failing a gate stops the
+//! plan's limits; then it bakes; then its checks run: the app's health
+//! check again on every minion it released (`release.health`), for the
+//! first step the canary judgment (`release.measure` on its minions and
+//! as many not yet released, compared on the master), and the master's
+//! probes (an HTTP status, a command's exit code); then, with a manual
+//! gate, it waits for `rollout continue`. A step over a limit or failing a gate stops the
 //! rollout, and — unless the plan turns it off — every minion the rollout
 //! released goes back to its recorded previous release in one rollback
 //! job (no fetch: the kit keeps the previous release on disk), whose
@@ -29,8 +32,10 @@ use halite_model::{
     BusEntry, FleetRollback, GateResult, JobRequest, NewRollout, Rollout, RolloutAction,
     RolloutState, RolloutStep, StepPhase,
 };
-use halite_proto::rollout::{Gate, Probe, RolloutPlan};
+use halite_proto::catalog::release::{HEALTH, MEASURE};
+use halite_proto::rollout::{Gate, Measurement, Probe, RolloutPlan};
 use halite_proto::time::now_ms;
+use halite_proto::Jid;
 use halite_proto::{Target, TargetType};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +48,10 @@ const MASTER: &str = "halite";
 
 /// How often the driver looks at running rollouts.
 const TICK: Duration = Duration::from_millis(200);
+
+/// More transitions than a step takes (pending, running, baking,
+/// checking, passed): the bound of one round's loop over a rollout.
+const TRANSITIONS_PER_STEP: usize = 8;
 
 impl Core {
     /// Starts a rollout: the app's minions (or a narrower target's),
@@ -127,6 +136,19 @@ impl Core {
         // The whole fleet is checked now (grants, environments, freeze),
         // so a rollout is not refused halfway.
         self.check(user, step_request(&rollout, &minions))?;
+        // A canary command given now runs on the minions like cmd.run
+        // (one in the app's definition is the admin's, like its hooks).
+        let given_cmd = new
+            .plan
+            .as_ref()
+            .and_then(|p| p.canary.as_ref()?.cmd.as_ref());
+        if given_cmd.is_some() {
+            self.check_acl(user, "cmd.run", &minions).map_err(|denied| {
+                CoreError::Forbidden(format!(
+                    "canary.cmd is a command the minions would run: it needs a grant for cmd.run on them too ({denied})"
+                ))
+            })?;
+        }
         let _lock = self.lock_rollouts();
         rollout.id = self.store.next_rollout_id()?;
         let sizes: Vec<String> = rollout
@@ -264,10 +286,20 @@ impl Core {
         let probes_due = {
             let _lock = self.lock_rollouts();
             let mut rollout = self.rollout(id)?;
-            let before = rollout.clone();
-            let probes_due = self.transition(&mut rollout);
-            if rollout != before {
+            // As far as it goes now: a step that passed starts the next
+            // one in the same round. Every change is stored.
+            let mut probes_due = false;
+            // Bounded: each step takes a handful of transitions.
+            for _ in 0..TRANSITIONS_PER_STEP * (rollout.steps.len() + 1) {
+                let before = rollout.clone();
+                probes_due = self.transition(&mut rollout);
+                if rollout == before {
+                    break;
+                }
                 self.save_rollout(&rollout)?;
+                if probes_due {
+                    break;
+                }
             }
             probes_due.then_some((rollout.current, rollout.plan.probes.clone()))
         };
@@ -279,10 +311,10 @@ impl Core {
         let results: Vec<GateResult> = probes.iter().map(run_probe).collect();
         let _lock = self.lock_rollouts();
         let mut rollout = self.rollout(id)?;
-        let still_baking = rollout.current == step
+        let still_checking = rollout.current == step
             && rollout.state == RolloutState::Running
-            && rollout.steps[step].phase == StepPhase::Baking;
-        if !still_baking {
+            && rollout.steps[step].phase == StepPhase::Checking;
+        if !still_checking {
             return Ok(());
         }
         let failed: Vec<String> = results
@@ -290,7 +322,7 @@ impl Core {
             .filter(|r| !r.passed)
             .map(|r| format!("{}: {}", r.gate, r.detail))
             .collect();
-        rollout.steps[step].gates = results;
+        rollout.steps[step].gates.extend(results);
         if failed.is_empty() {
             self.pass_step(&mut rollout);
         } else {
@@ -420,6 +452,24 @@ impl Core {
                 if now < rollout.bake_until {
                     return false;
                 }
+                self.start_checks(rollout);
+                false
+            }
+            StepPhase::Checking => {
+                let Some(gates) = self.judge_checks(rollout) else {
+                    return false;
+                };
+                let failed: Vec<String> = gates
+                    .iter()
+                    .filter(|g| !g.passed)
+                    .map(|g| format!("{}: {}", g.gate, g.detail))
+                    .collect();
+                rollout.steps[rollout.current].gates = gates;
+                if !failed.is_empty() {
+                    let why = format!("step {number} failed its gates: {}", failed.join("; "));
+                    self.stop_rollout(rollout, why, false);
+                    return false;
+                }
                 if !rollout.plan.probes.is_empty() {
                     return true;
                 }
@@ -428,6 +478,191 @@ impl Core {
             }
             StepPhase::Waiting | StepPhase::Passed | StepPhase::Failed => false,
         }
+    }
+
+    /// The step has baked: its checks on the minions go out (the app's
+    /// health check on the minions it released, the canary's measurement
+    /// after the first step) and it is checking.
+    fn start_checks(&self, rollout: &mut Rollout) {
+        let now = now_ms();
+        let number = rollout.current + 1;
+        let released = rollout.steps[rollout.current].released.clone();
+        let health_defined = self
+            .apps()
+            .map(|apps| {
+                apps.iter()
+                    .any(|a| a.name == rollout.app && a.health.is_some())
+            })
+            .unwrap_or(false);
+        let mut out = Vec::new();
+        if rollout.plan.health_gate && health_defined && !released.is_empty() {
+            match self.submit_implied(&rollout.user, check_request(rollout, HEALTH.fun, &released))
+            {
+                Ok(submitted) => {
+                    out.push(format!(
+                        "health check on {} minion(s), job {}",
+                        released.len(),
+                        submitted.jid
+                    ));
+                    rollout.steps[rollout.current].health_jid = Some(submitted.jid);
+                }
+                Err(e) => {
+                    let why = format!("step {number}: the health check could not start: {e}");
+                    self.stop_rollout(rollout, why, false);
+                    return;
+                }
+            }
+        }
+        let baseline = baseline_of(rollout);
+        if let (Some(canary), false) = (&rollout.plan.canary, baseline.is_empty()) {
+            let mut request = check_request(
+                rollout,
+                MEASURE.fun,
+                &[released.as_slice(), baseline.as_slice()].concat(),
+            );
+            request
+                .kwarg
+                .insert("samples".into(), canary.samples.into());
+            if let Some(cmd) = &canary.cmd {
+                request
+                    .kwarg
+                    .insert("cmd".into(), Value::String(cmd.clone()));
+            }
+            match self.submit_implied(&rollout.user, request) {
+                Ok(submitted) => {
+                    out.push(format!(
+                        "canary: {} against the baseline {}, job {}",
+                        released.join(", "),
+                        baseline.join(", "),
+                        submitted.jid
+                    ));
+                    let step = &mut rollout.steps[rollout.current];
+                    step.canary_jid = Some(submitted.jid);
+                    step.baseline = baseline;
+                }
+                Err(e) => {
+                    let why = format!("step {number}: the canary measurement could not start: {e}");
+                    self.stop_rollout(rollout, why, false);
+                    return;
+                }
+            }
+        }
+        rollout.steps[rollout.current].phase = StepPhase::Checking;
+        if !out.is_empty() {
+            rollout.note(
+                now,
+                MASTER,
+                format!("step {number}: baked; {}", out.join("; ")),
+            );
+        }
+    }
+
+    /// The gates of the step's checks on the minions, once their jobs are
+    /// done (None while one is out). Recomputed from the jobs each time,
+    /// so a restarted master judges the same.
+    fn judge_checks(&self, rollout: &Rollout) -> Option<Vec<GateResult>> {
+        let step = &rollout.steps[rollout.current];
+        let mut gates = Vec::new();
+        let done_view = |jid: &Jid| match self.job_view(jid) {
+            Ok(view) if view.done => Some(Ok(view)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(jid) = &step.health_jid {
+            let gate = match done_view(jid)? {
+                Ok(view) => {
+                    let unhealthy: Vec<(String, String)> = step
+                        .released
+                        .iter()
+                        .filter_map(|minion| match view.returns.get(minion) {
+                            Some(ret) if ret.success => None,
+                            Some(ret) => Some((minion.clone(), summarize(&ret.data))),
+                            None => Some((minion.clone(), "did not answer".into())),
+                        })
+                        .collect();
+                    let failed = step.failed.len() + unhealthy.len();
+                    let passed =
+                        !RolloutPlan::exceeds(rollout.plan.max_fail, failed, step.minions.len());
+                    let healthy = step.released.len() - unhealthy.len();
+                    let mut detail = format!(
+                        "{healthy} of {} healthy after the bake",
+                        step.released.len()
+                    );
+                    if !unhealthy.is_empty() {
+                        let list: Vec<String> = unhealthy
+                            .iter()
+                            .map(|(m, why)| format!("{m} ({why})"))
+                            .collect();
+                        detail.push_str(&format!("; unhealthy: {}", list.join(", ")));
+                    }
+                    GateResult {
+                        gate: "health check".into(),
+                        passed,
+                        detail,
+                    }
+                }
+                Err(e) => GateResult {
+                    gate: "health check".into(),
+                    passed: false,
+                    detail: format!("cannot read job {jid}: {e}"),
+                },
+            };
+            gates.push(gate);
+        }
+        if let Some(canary) = rollout
+            .plan
+            .canary
+            .as_ref()
+            .filter(|_| rollout.current == 0)
+        {
+            let gate = match &step.canary_jid {
+                None => GateResult {
+                    gate: "canary".into(),
+                    passed: true,
+                    detail: "no canary or no minion left unreleased for a baseline: not judged"
+                        .into(),
+                },
+                Some(jid) => match done_view(jid)? {
+                    Ok(view) => {
+                        let measured = |minions: &[String]| -> Vec<Measurement> {
+                            minions
+                                .iter()
+                                .map(|m| match view.returns.get(m) {
+                                    Some(ret) if ret.success => serde_json::from_value(
+                                        ret.data.clone(),
+                                    )
+                                    .unwrap_or_else(|_| Measurement {
+                                        samples: canary.samples,
+                                        errors: canary.samples,
+                                        values: Vec::new(),
+                                    }),
+                                    // No answer counts as every run failing.
+                                    _ => Measurement {
+                                        samples: canary.samples,
+                                        errors: canary.samples,
+                                        values: Vec::new(),
+                                    },
+                                })
+                                .collect()
+                        };
+                        let verdict =
+                            canary.judge(&measured(&step.released), &measured(&step.baseline));
+                        GateResult {
+                            gate: "canary".into(),
+                            passed: verdict.passed,
+                            detail: verdict.detail,
+                        }
+                    }
+                    Err(e) => GateResult {
+                        gate: "canary".into(),
+                        passed: false,
+                        detail: format!("cannot read job {jid}: {e}"),
+                    },
+                },
+            };
+            gates.push(gate);
+        }
+        Some(gates)
     }
 
     /// A step passed its gates: wait for a person (manual gate, not the
@@ -626,6 +861,37 @@ fn step_request(rollout: &Rollout, minions: &[String]) -> JobRequest {
         override_freeze: rollout.override_freeze,
         ..JobRequest::default()
     }
+}
+
+/// A check on a step's minions (`release.health`, `release.measure`)
+/// of the rollout's app; it carries the request like the deploys do.
+fn check_request(rollout: &Rollout, fun: &str, minions: &[String]) -> JobRequest {
+    let mut kwarg = Map::new();
+    kwarg.insert("app".into(), Value::String(rollout.app.clone()));
+    JobRequest {
+        target: minions.join(","),
+        tgt_type: TargetType::List,
+        fun: fun.to_owned(),
+        kwarg,
+        timeout: rollout.plan.timeout,
+        release_request: rollout.release_request,
+        ..JobRequest::default()
+    }
+}
+
+/// The canary's baseline: as many minions as the first step released,
+/// from those not yet released (the next steps'), when the plan has a
+/// canary and this is the first step.
+fn baseline_of(rollout: &Rollout) -> Vec<String> {
+    if rollout.plan.canary.is_none() || rollout.current != 0 {
+        return Vec::new();
+    }
+    let canaries = rollout.steps[0].released.len();
+    rollout.steps[1..]
+        .iter()
+        .flat_map(|s| s.minions.iter().cloned())
+        .take(canaries)
+        .collect()
 }
 
 /// A return's data in a line.
