@@ -35,7 +35,7 @@ pub fn run(args: AcceptArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let overrides = dir.path().join("overrides.toml");
     std::fs::write(&overrides, "auto_accept = false\n")?;
-    let config = crate::fanout::master_config(dir.path(), Some(&overrides))?;
+    let config = crate::fleet::master_config(dir.path(), Some(&overrides))?;
     let master_rt = tokio::runtime::Runtime::new().context("master runtime")?;
     let shutdown = CancellationToken::new();
     let master = master_rt.block_on(halite_master::start(config, shutdown.clone()))?;

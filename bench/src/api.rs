@@ -202,7 +202,7 @@ pub fn run(args: ApiArgs) -> Result<()> {
     halite_tests::git::TwoEnvShop::create(dir.path());
     std::fs::rename(dir.path().join("master/apps.d"), dir.path().join("apps.d"))
         .context("move the app definition next to the master's config")?;
-    let config = crate::fanout::master_config(dir.path(), None)?;
+    let config = crate::fleet::master_config(dir.path(), None)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.master_workers.max(1))
         .thread_name("master")

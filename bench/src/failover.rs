@@ -56,7 +56,7 @@ fn start_master(dir: &Path, id: &str, workers: usize) -> Result<RunningMaster> {
         &overrides,
         format!("id = \"{id}\"\nbeacon_interval = 1\nheartbeat_interval = 5\n"),
     )?;
-    let config = crate::fanout::master_config(dir, Some(&overrides))?;
+    let config = crate::fleet::master_config(dir, Some(&overrides))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .thread_name(id)

@@ -6,6 +6,7 @@
 //!   of N minions ([`fanout`]).
 //! - `api --jobs N`: HTTP API requests/s and p99 with N stored jobs ([`api`]).
 //! - `lua`: a Lua module call against the same Rust module call ([`lua`]).
+//! - `rollout --minions N`: a ramp through a swarm, overhead per step ([`rollout`]).
 //! - `idle-rss`: resident memory of one idle `halite-minion` ([`idle`]).
 //! - `swarm` (hidden): part of a swarm in a child process ([`swarm`]).
 //!
@@ -20,9 +21,11 @@ mod api;
 mod deploy;
 mod failover;
 mod fanout;
+mod fleet;
 mod idle;
 mod lua;
 mod report;
+mod rollout;
 mod seal;
 mod stored;
 mod swarm;
@@ -63,6 +66,8 @@ enum Cmd {
     Seal(seal::SealArgs),
     /// Cost of the signed job summary returns carry to the other masters.
     Vouch(vouch::VouchArgs),
+    /// A real git_deploy app through a swarm in a ramp: halite's overhead per step.
+    Rollout(rollout::RolloutArgs),
     /// Runs part of a swarm for `fanout` (internal).
     #[command(hide = true)]
     Swarm(swarm::SwarmArgs),
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
         Cmd::Failover(args) => failover::run(args),
         Cmd::Seal(args) => seal::run(args),
         Cmd::Vouch(args) => vouch::run(args),
+        Cmd::Rollout(args) => rollout::run(args),
         Cmd::Swarm(args) => swarm::run_child(args),
     };
     match result {

@@ -15,8 +15,9 @@
 //! job (no fetch: the kit keeps the previous release on disk), whose
 //! returns say which minions are back and which are not.
 //!
-//! The record is stored after every change; the driver reads it from the
-//! store each round, so a restarted master continues a rollout at its
+//! The record is stored (flushed) after every round that changed it —
+//! right after any job it published — and people's actions; the driver
+//! reads it from the store each round, so a restarted master continues a rollout at its
 //! stored step and never runs a passed step again. A step whose job was
 //! published but whose jid was not yet stored when the master died is
 //! published again on restart: deploying the same version again leaves a
@@ -25,6 +26,7 @@
 //! Locking: `rollout_lock` serialises a rollout's read-modify-write (the
 //! driver's transitions and people's actions); probes run outside it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -266,19 +268,34 @@ impl Core {
 
     /// One round of the driver: every rollout not finished takes the
     /// steps it can take now. Blocking (store, job submission, probes).
-    pub fn drive_rollouts(&self) {
+    /// Answers the jobs the rollouts now wait for, each with how many
+    /// returns it still lacks, so the driver's next round can start when
+    /// the last one is stored rather than at the next tick.
+    pub fn drive_rollouts(&self) -> HashMap<Jid, usize> {
+        let mut waiting = HashMap::new();
         let active = match self.store.active_rollouts() {
             Ok(active) => active,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the rollouts");
-                return;
+                return waiting;
             }
         };
         for id in active {
             if let Err(e) = self.advance_rollout(id) {
                 tracing::error!(rollout = id, error = %e, "cannot advance the rollout");
             }
+            let Ok(rollout) = self.rollout(id) else {
+                continue;
+            };
+            for jid in awaited_jobs(&rollout) {
+                if let Ok(view) = self.job_view(&jid) {
+                    if !view.done {
+                        waiting.insert(jid, view.missing.len());
+                    }
+                }
+            }
         }
+        waiting
     }
 
     /// Takes the next transition of one rollout, if it is due.
@@ -287,19 +304,22 @@ impl Core {
             let _lock = self.lock_rollouts();
             let mut rollout = self.rollout(id)?;
             // As far as it goes now: a step that passed starts the next
-            // one in the same round. Every change is stored.
+            // one in the same round. Stored once at the end: the
+            // transitions between two jobs are recomputed from the stored
+            // record after a crash, and a job published is followed by no
+            // other transition before the store (it is not done yet).
+            let original = rollout.clone();
             let mut probes_due = false;
             // Bounded: each step takes a handful of transitions.
             for _ in 0..TRANSITIONS_PER_STEP * (rollout.steps.len() + 1) {
                 let before = rollout.clone();
                 probes_due = self.transition(&mut rollout);
-                if rollout == before {
+                if rollout == before || probes_due {
                     break;
                 }
+            }
+            if rollout != original {
                 self.save_rollout(&rollout)?;
-                if probes_due {
-                    break;
-                }
             }
             probes_due.then_some((rollout.current, rollout.plan.probes.clone()))
         };
@@ -863,6 +883,31 @@ fn step_request(rollout: &Rollout, minions: &[String]) -> JobRequest {
     }
 }
 
+/// The jobs a rollout waits for where it is: its step's deploy, its
+/// checks, or its fleet rollback.
+fn awaited_jobs(rollout: &Rollout) -> Vec<Jid> {
+    if rollout.state == RolloutState::RollingBack {
+        return rollout
+            .rollback
+            .iter()
+            .filter_map(|r| r.jid.clone())
+            .collect();
+    }
+    let Some(step) = rollout.steps.get(rollout.current) else {
+        return Vec::new();
+    };
+    match step.phase {
+        StepPhase::Running => step.jid.iter().cloned().collect(),
+        StepPhase::Checking => step
+            .health_jid
+            .iter()
+            .chain(step.canary_jid.iter())
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// A check on a step's minions (`release.health`, `release.measure`)
 /// of the rollout's app; it carries the request like the deploys do.
 fn check_request(rollout: &Rollout, fun: &str, minions: &[String]) -> JobRequest {
@@ -976,19 +1021,50 @@ fn run_probe(probe: &Probe) -> GateResult {
     }
 }
 
-/// Drives the rollouts until shutdown: a round every [`TICK`], on the
-/// blocking pool, one round at a time.
+/// Drives the rollouts until shutdown, one round at a time on the
+/// blocking pool: every [`TICK`] (bakes ending, jobs timing out, people's
+/// actions), and as soon as the last return a rollout waits for is
+/// stored, so a step that is done starts the next one without waiting
+/// for the tick (returns counted from the store's live stream; a count
+/// that is off only makes a round early or leaves it to the tick).
 pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut live = core.store.subscribe();
+    let mut streaming = true;
+    let mut waiting: HashMap<Jid, usize> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            entry = live.recv(), if streaming => {
+                let last_awaited = match entry {
+                    Ok(entry) if entry.kind == "job/return" => entry
+                        .jid
+                        .as_ref()
+                        .and_then(|jid| waiting.get_mut(jid))
+                        .is_some_and(|lacking| {
+                            *lacking = lacking.saturating_sub(1);
+                            *lacking == 0
+                        }),
+                    Ok(_) => false,
+                    // Missed entries: look now.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    // The store is going away: the tick alone until then.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        streaming = false;
+                        false
+                    }
+                };
+                if !last_awaited {
+                    continue;
+                }
+            }
         }
         let worker = core.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || worker.drive_rollouts()).await {
-            tracing::error!(error = %e, "the rollout driver failed");
+        match tokio::task::spawn_blocking(move || worker.drive_rollouts()).await {
+            Ok(now_waiting) => waiting = now_waiting,
+            Err(e) => tracing::error!(error = %e, "the rollout driver failed"),
         }
     }
 }
