@@ -9,14 +9,19 @@
 //! automatic gates), to v2, then v1, and so on, so every step really
 //! deploys.
 //!
-//! Measured from the rollout's record and the store, in the master's
-//! clock (ms): a step's **deploy** is from its job's publication to its
-//! last return stored; its **overhead** is from that last return to the
-//! next step's job being published (for the last step, to the rollout
-//! being recorded as succeeded): judging the step, storing the record,
-//! putting it on the stream and submitting the next job — what halite
-//! adds to the deploys.
+//! Measured from the rollout's record, the store and its live stream, in
+//! the master's clock (ms): a step's **deploy** is from its job's
+//! publication to its last return stored and announced on the live
+//! stream (returns are flushed in batches: the announcement is when
+//! anyone, the rollout driver included, can know); its **overhead** is
+//! from that announcement to the next step's job being published (for
+//! the last step, to the rollout being recorded as succeeded): judging
+//! the step, storing the record, putting it on the stream and planning,
+//! signing and storing the next job — what halite adds to the deploys.
+//! The flush (`stored_at` → announced) is shown apart.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,7 +30,9 @@ use halite_api::types::JobRequest;
 use halite_master::core::Core;
 use halite_model::{NewRollout, Rollout, RolloutState};
 use halite_proto::rollout::RolloutPlan;
+use halite_proto::time::now_ms;
 use halite_proto::TargetType;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::fleet::{Fleet, FleetArgs};
 use crate::report::{grouped, percentile, Table};
@@ -60,7 +67,47 @@ pub struct RolloutArgs {
 struct StepTimes {
     minions: usize,
     deploy: f64,
+    flush: f64,
     overhead: f64,
+    /// From the last return's `stored_at` (the flush counted in).
+    overhead_with_flush: f64,
+}
+
+/// When the last return of each job was announced on the store's live
+/// stream (unix ms), followed on a thread until the store closes.
+#[derive(Clone, Default)]
+struct Announced(Arc<Mutex<HashMap<String, u64>>>);
+
+impl Announced {
+    fn follow(&self, core: &Core) {
+        let mut live = core.store.subscribe();
+        let seen = self.clone();
+        std::thread::spawn(move || loop {
+            match live.blocking_recv() {
+                Ok(entry) if entry.kind == "job/return" => {
+                    if let Some(jid) = &entry.jid {
+                        seen.0
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(jid.as_str().to_owned(), now_ms());
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the announcement follower fell behind");
+                }
+                Err(RecvError::Closed) => return,
+            }
+        });
+    }
+
+    fn last(&self, jid: &str) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(jid)
+            .copied()
+    }
 }
 
 /// Runs `halite-bench rollout`.
@@ -104,6 +151,8 @@ pub fn run(args: RolloutArgs) -> Result<()> {
         std::fs::write(apps.join("shop.toml"), &app).context("write apps.d/shop.toml")
     })?;
     let core = fleet.core.clone();
+    let announced = Announced::default();
+    announced.follow(&core);
     let timeout = Duration::from_secs(args.round_timeout);
 
     let started = Instant::now();
@@ -121,7 +170,7 @@ pub fn run(args: RolloutArgs) -> Result<()> {
         let clock = Instant::now();
         let rollout = roll_out(&core, tag, &plan, timeout)?;
         let total = clock.elapsed();
-        let steps = step_times(&core, &rollout)?;
+        let steps = step_times(&core, &announced, &rollout)?;
         eprintln!(
             "rollout {} to {tag}: {:.1} s; overhead per step {} ms",
             rollout.id,
@@ -218,7 +267,7 @@ fn roll_out(core: &Core, tag: &str, plan: &RolloutPlan, timeout: Duration) -> Re
 }
 
 /// Each step's deploy time and the overhead after it.
-fn step_times(core: &Core, rollout: &Rollout) -> Result<Vec<StepTimes>> {
+fn step_times(core: &Core, announced: &Announced, rollout: &Rollout) -> Result<Vec<StepTimes>> {
     let succeeded_at = rollout
         .history
         .last()
@@ -233,14 +282,36 @@ fn step_times(core: &Core, rollout: &Rollout) -> Result<Vec<StepTimes>> {
             .map(|r| r.stored_at)
             .max()
             .context("a step without returns")?;
-        let next = rollout
-            .steps
-            .get(i + 1)
-            .map_or(succeeded_at, |s| s.started_at);
+        // The next step's job as the store has it: published after it
+        // was planned, signed and stored.
+        let next = match rollout.steps.get(i + 1) {
+            Some(next) => {
+                let jid = next.jid.as_ref().context("a step without a job")?;
+                core.store
+                    .job(jid)
+                    .context("read a step's job")?
+                    .context("a step's job is not stored")?
+                    .record
+                    .issued_at
+            }
+            None => succeeded_at,
+        };
+        let last_announced = announced
+            .last(jid.as_str())
+            .context("a step's returns were not announced")?;
+        let issued = core
+            .store
+            .job(jid)
+            .context("read a step's job")?
+            .context("a step's job is not stored")?
+            .record
+            .issued_at;
         times.push(StepTimes {
             minions: step.minions.len(),
-            deploy: last_stored.saturating_sub(step.started_at) as f64,
-            overhead: next.saturating_sub(last_stored) as f64,
+            deploy: last_announced.saturating_sub(issued) as f64,
+            flush: last_announced.saturating_sub(last_stored) as f64,
+            overhead: next.saturating_sub(last_announced) as f64,
+            overhead_with_flush: next.saturating_sub(last_stored) as f64,
         });
     }
     Ok(times)
@@ -258,8 +329,11 @@ fn print_report(args: &RolloutArgs, mode: &str, rounds: &[Vec<StepTimes>], total
         "step",
         "minions",
         "deploy p50 (ms)",
+        "of which flush p50 (ms)",
         "overhead p50 (ms)",
         "overhead max (ms)",
+        "with the flush p50 (ms)",
+        "with the flush max (ms)",
     ]);
     let mut worst: f64 = 0.0;
     for i in 0..steps {
@@ -269,12 +343,16 @@ fn print_report(args: &RolloutArgs, mode: &str, rounds: &[Vec<StepTimes>], total
         let overheads = of(|s| s.overhead);
         let max = overheads.iter().copied().fold(0.0, f64::max);
         worst = worst.max(max);
+        let with_flush = of(|s| s.overhead_with_flush);
         table.row(vec![
             (i + 1).to_string(),
             rounds[0][i].minions.to_string(),
             format!("{:.0}", percentile(&of(|s| s.deploy), 50.0)),
+            format!("{:.0}", percentile(&of(|s| s.flush), 50.0)),
             format!("{:.0}", percentile(&overheads, 50.0)),
             format!("{max:.0}"),
+            format!("{:.0}", percentile(&with_flush, 50.0)),
+            format!("{:.0}", with_flush.iter().copied().fold(0.0, f64::max)),
         ]);
     }
     print!("{}", table.render(args.markdown));

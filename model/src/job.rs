@@ -142,6 +142,15 @@ pub struct ReturnRecord {
     pub stored_at: u64,
 }
 
+/// A stored return read without its data: who, and did it succeed.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ReturnOutcome {
+    /// Minion id.
+    pub id: String,
+    /// Did it succeed?
+    pub success: bool,
+}
+
 /// One progress line or stage change, as stored.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct EventRecord {

@@ -22,8 +22,8 @@ pub mod stream;
 pub use auth::{AuditRecord, LoginToken, TokenRecord};
 pub use fleet::{CheckRecord, KeyView, KeysView, MinionRecord, MinionView, PresenceEvent};
 pub use job::{
-    EventRecord, JobFilter, JobPage, JobRecord, JobRequest, JobSummary, JobView, ReturnRecord,
-    Submitted, RETURN_GRACE_MS,
+    EventRecord, JobFilter, JobPage, JobRecord, JobRequest, JobSummary, JobView, ReturnOutcome,
+    ReturnRecord, Submitted, RETURN_GRACE_MS,
 };
 pub use release::{AppDayStats, AppReleases, DeployRecord, DeployStats, EnvStats};
 pub use request::{

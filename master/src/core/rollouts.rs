@@ -288,7 +288,7 @@ impl Core {
                 continue;
             };
             for jid in awaited_jobs(&rollout) {
-                if let Ok(view) = self.job_view(&jid) {
+                if let Ok(view) = self.job_outcome(&jid) {
                     if !view.done {
                         waiting.insert(jid, view.missing.len());
                     }
@@ -401,7 +401,7 @@ impl Core {
                     rollout.steps[rollout.current].phase = StepPhase::Pending;
                     return false;
                 };
-                let view = match self.job_view(&jid) {
+                let view = match self.job_outcome(&jid) {
                     Ok(view) => view,
                     Err(e) => {
                         tracing::warn!(rollout = rollout.id, %jid, error = %e, "cannot read the step's job");
@@ -412,11 +412,11 @@ impl Core {
                     return false;
                 }
                 let (released, failed): (Vec<_>, Vec<_>) =
-                    view.returns.values().partition(|r| r.success);
+                    view.returned.iter().partition(|(_, success)| **success);
                 let step = &mut rollout.steps[rollout.current];
-                step.released = released.iter().map(|r| r.id.clone()).collect();
-                step.failed = failed.iter().map(|r| r.id.clone()).collect();
-                step.missing = view.missing.clone();
+                step.released = released.into_iter().map(|(id, _)| id.clone()).collect();
+                step.failed = failed.into_iter().map(|(id, _)| id.clone()).collect();
+                step.missing = view.missing;
                 if let Some(by) = rollout.aborting.clone() {
                     self.stop_rollout(rollout, format!("aborted by {by}"), true);
                     return false;

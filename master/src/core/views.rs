@@ -40,6 +40,17 @@ pub enum ReleaseAction {
     Rollback,
 }
 
+/// What [`Core::job_outcome`] answers.
+#[derive(Clone, Debug)]
+pub struct JobOutcome {
+    /// Minions that returned: did each succeed?
+    pub returned: BTreeMap<String, bool>,
+    /// Expected minions that have not returned yet.
+    pub missing: Vec<String>,
+    /// Every expected minion returned, or the job's time is up.
+    pub done: bool,
+}
+
 impl Core {
     /// A job with its returns, what is missing and whether it is done.
     pub fn job_view(&self, jid: &Jid) -> Result<JobView, CoreError> {
@@ -64,6 +75,35 @@ impl Core {
         Ok(JobView {
             job: job.record,
             returns,
+            missing,
+            done,
+        })
+    }
+
+    /// Who of a job's minions returned and whether they succeeded, who
+    /// has not, and whether it is done: [`Core::job_view`] without the
+    /// returns' data, for deciding on large jobs (a rollout's step).
+    pub fn job_outcome(&self, jid: &Jid) -> Result<JobOutcome, CoreError> {
+        let job = self
+            .store
+            .job(jid)?
+            .ok_or_else(|| CoreError::NotFound(format!("no job {jid}")))?;
+        let returned: BTreeMap<String, bool> = self
+            .store
+            .return_outcomes(jid)?
+            .into_iter()
+            .map(|r| (r.id, r.success))
+            .collect();
+        let missing: Vec<String> = job
+            .record
+            .expected
+            .iter()
+            .filter(|id| !returned.contains_key(*id))
+            .cloned()
+            .collect();
+        let done = missing.is_empty() || now_ms() >= job.record.deadline();
+        Ok(JobOutcome {
+            returned,
             missing,
             done,
         })

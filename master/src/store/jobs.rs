@@ -162,6 +162,19 @@ impl Store {
             .collect()
     }
 
+    /// Who returned and whether it succeeded, by minion id order: the
+    /// returns without their data (a large step's judgment reads
+    /// hundreds of release reports otherwise).
+    pub fn return_outcomes(
+        &self,
+        jid: &Jid,
+    ) -> Result<Vec<halite_model::ReturnOutcome>, StoreError> {
+        self.returns
+            .scan_prefix(jid_prefix(jid))
+            .map(|item| decode_item("scan returns", "return", item))
+            .collect()
+    }
+
     /// Every return of a job, by minion id order.
     pub fn returns(&self, jid: &Jid) -> Result<Vec<ReturnRecord>, StoreError> {
         self.returns
