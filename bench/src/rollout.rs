@@ -242,6 +242,7 @@ fn roll_out(core: &Core, tag: &str, plan: &RolloutPlan, timeout: Duration) -> Re
                 target: None,
                 plan: Some(plan.clone()),
                 reason: "bench".into(),
+                then: Vec::new(),
             },
         )
         .map_err(|e| anyhow!("start the rollout: {e}"))?;

@@ -388,6 +388,11 @@ enum RolloutCommand {
         /// Do not run the app's health check again after each bake.
         #[arg(long)]
         no_health_gate: bool,
+        /// Then another app, released after the ones before it with the
+        /// same plan: `--then 'store version=2 url=https://… sha256=…'`,
+        /// optionally with `target=EXPR`. Repeatable; in this order.
+        #[arg(long, value_name = "'APP KEY=V ...'")]
+        then: Vec<String>,
         #[command(flatten)]
         canary: CanaryOptions,
         /// Why (history and audit log).
@@ -1312,6 +1317,7 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
             probe_url,
             no_rollback,
             no_health_gate,
+            then,
             canary,
             reason,
         } => {
@@ -1319,23 +1325,24 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
                 eprintln!("master-cli rollout start: {e}");
                 Ok(ExitCode::from(2))
             };
-            let mut version = serde_json::Map::new();
-            let mut target = None;
-            for word in &words {
-                match halite_proto::words::keyword(word) {
-                    Some(("target", value)) => target = Some(value.to_owned()),
-                    Some((key @ ("tag" | "branch" | "rev"), value)) => {
-                        version.insert(key.to_owned(), value.into());
-                    }
-                    _ => {
-                        return usage(format!(
-                            "{word:?}: give tag=V, branch=B or rev=R, and target=EXPR"
-                        ))
-                    }
+            let (version, target) = match group_words(&words) {
+                Ok(group) => group,
+                Err(e) => return usage(e),
+            };
+            let mut groups = Vec::new();
+            for text in &then {
+                let words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+                let Some((app, words)) = words.split_first() else {
+                    return usage("--then: give the app, then its version".into());
+                };
+                match group_words(words) {
+                    Ok((version, target)) => groups.push(halite_model::NewGroup {
+                        app: app.clone(),
+                        version,
+                        target,
+                    }),
+                    Err(e) => return usage(format!("--then {app}: {e}")),
                 }
-            }
-            if version.len() != 1 {
-                return usage("name the version once: tag=V, branch=B or rev=R".into());
             }
             let amount = |flag: &str, text: Option<String>| -> Result<Option<Amount>, String> {
                 text.map(|t| Amount::parse(&t).map_err(|e| format!("--{flag}: {e}")))
@@ -1398,12 +1405,49 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
                 target,
                 plan,
                 reason,
+                then: groups,
             };
             client.post("/v1/rollouts", &new).await?
         }
     };
     output::rollout(&rollout, json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A rollout group's words: its version (`tag=V`, `branch=B`, `rev=R`,
+/// or for artifact apps `version=V url=U sha256=H`) and `target=EXPR`.
+#[allow(clippy::type_complexity)]
+fn group_words(
+    words: &[String],
+) -> Result<(serde_json::Map<String, serde_json::Value>, Option<String>), String> {
+    let mut version = serde_json::Map::new();
+    let mut target = None;
+    for word in words {
+        match halite_proto::words::keyword(word) {
+            Some(("target", value)) => target = Some(value.to_owned()),
+            Some((key @ ("tag" | "branch" | "rev"), value)) => {
+                version.insert(key.to_owned(), value.into());
+            }
+            Some((key @ ("version" | "url" | "sha256"), value)) => {
+                version.insert(key.to_owned(), value.into());
+            }
+            _ => {
+                return Err(format!(
+                    "{word:?}: give tag=V, branch=B or rev=R (git), or version=V url=U sha256=H (artifacts), and target=EXPR"
+                ))
+            }
+        }
+    }
+    let git = ["tag", "branch", "rev"]
+        .iter()
+        .filter(|k| version.contains_key(**k))
+        .count();
+    if git > 1 || version.is_empty() {
+        return Err(
+            "name the version once: tag=V, branch=B or rev=R (or version=V url=U sha256=H)".into(),
+        );
+    }
+    Ok((version, target))
 }
 
 /// `requests new` and `requests rollback`: makes the request, prints it.

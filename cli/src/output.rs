@@ -699,12 +699,13 @@ pub fn rollout(r: &halite_model::Rollout, json: bool) -> anyhow::Result<()> {
         line(&format!("  stopped: {failure}"));
     }
     let mut table = Columns::new(&[
-        "STEP", "PHASE", "MINIONS", "RELEASED", "FAILED", "MISSING", "JOB",
+        "STEP", "PHASE", "APP", "MINIONS", "RELEASED", "FAILED", "MISSING", "JOB",
     ]);
     for (i, step) in r.steps.iter().enumerate() {
         table.row(vec![
             (i + 1).to_string(),
             format!("{:?}", step.phase).to_lowercase(),
+            r.group(step.group).0.to_owned(),
             step.minions.join(","),
             step.released.len().to_string(),
             step.failed.join(","),

@@ -31,8 +31,8 @@ pub use request::{
     Transition, TriggerPause, TriggerState, WorkflowError,
 };
 pub use rollout::{
-    FleetRollback, GateResult, NewRollout, Rollout, RolloutAction, RolloutEvent, RolloutState,
-    RolloutStep, StepPhase,
+    FleetRollback, GateResult, NewGroup, NewRollout, Rollout, RolloutAction, RolloutEvent,
+    RolloutGroup, RolloutState, RolloutStep, StepPhase,
 };
 pub use schedule::{NewSchedule, Schedule, ScheduleOrigin, ScheduleRun};
 pub use stream::BusEntry;

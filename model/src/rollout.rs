@@ -25,6 +25,35 @@ pub struct NewRollout {
     /// Why, for the history and the audit log.
     #[serde(default)]
     pub reason: String,
+    /// Groups released after this app's minions, in this order: other
+    /// apps (each its own module and target), ramped by the same plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<NewGroup>,
+}
+
+/// A group of a rollout after the first (`then`): another app and the
+/// version it gets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    /// The app (its own module: `git_deploy`, `java_tomcat`, ...).
+    pub app: String,
+    /// Its version (`{"tag": "v3"}`, `{"url": ..., "sha256": ..., "version": ...}`).
+    pub version: Map<String, Value>,
+    /// A narrower target than the app's (read as a compound target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// A group of a rollout after the first, as the master resolved it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct RolloutGroup {
+    /// The app.
+    pub app: String,
+    /// Its version.
+    pub version: Map<String, Value>,
+    /// Its deploy function (`java_tomcat.deploy`, ...).
+    pub fun: String,
 }
 
 /// Where a step is.
@@ -52,6 +81,9 @@ pub enum StepPhase {
 /// One step of a rollout.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct RolloutStep {
+    /// Its group: 0 is the rollout's app, 1 the first of `then`, ...
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub group: usize,
     /// Its minions.
     pub minions: Vec<String>,
     /// Where it is.
@@ -164,9 +196,12 @@ impl std::fmt::Display for RolloutState {
 pub struct FleetRollback {
     /// Why.
     pub reason: String,
-    /// The rollback job.
+    /// The rollback job (the first group's, when there are several).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jid: Option<Jid>,
+    /// Every rollback job: one per app the rollout released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<Jid>,
     /// The minions it went to: every one this rollout released.
     pub minions: Vec<String>,
     /// Back on their previous release (and healthy).
@@ -178,6 +213,17 @@ pub struct FleetRollback {
 }
 
 impl FleetRollback {
+    /// Every rollback job (a record from before `jobs` has only `jid`).
+    pub fn all_jobs(&self) -> Vec<Jid> {
+        let mut all = self.jobs.clone();
+        if let Some(jid) = &self.jid {
+            if !all.contains(jid) {
+                all.insert(0, jid.clone());
+            }
+        }
+        all
+    }
+
     /// `web3 (did not return), web4 (...)`, or `-` when every one is back.
     pub fn not_back(&self) -> String {
         if self.not_rolled_back.is_empty() {
@@ -251,9 +297,52 @@ pub struct Rollout {
     /// The request was deployed with a freeze override: so are the steps.
     #[serde(default)]
     pub override_freeze: bool,
+    /// Groups after the first (other apps), released in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<RolloutGroup>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Rollout {
+    /// The app, version and deploy function of group `group` (0: the
+    /// rollout's own).
+    pub fn group(&self, group: usize) -> (&str, &Map<String, Value>, &str) {
+        match group.checked_sub(1).and_then(|i| self.then.get(i)) {
+            Some(g) => (&g.app, &g.version, &g.fun),
+            None => (&self.app, &self.version, &self.fun),
+        }
+    }
+
+    /// Each group's minions, in group order: (group, minions).
+    pub fn minions_by_group(&self) -> Vec<(usize, Vec<String>)> {
+        let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
+        for step in &self.steps {
+            match groups.last_mut() {
+                Some((g, minions)) if *g == step.group => {
+                    minions.extend(step.minions.iter().cloned())
+                }
+                _ => groups.push((step.group, step.minions.clone())),
+            }
+        }
+        groups
+    }
+
+    /// The minions this rollout released so far, by group: (group,
+    /// minions), groups without any left out.
+    pub fn released_by_group(&self) -> Vec<(usize, Vec<String>)> {
+        let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
+        for step in self.steps.iter().filter(|s| !s.released.is_empty()) {
+            match groups.iter_mut().find(|(g, _)| *g == step.group) {
+                Some((_, minions)) => minions.extend(step.released.iter().cloned()),
+                None => groups.push((step.group, step.released.clone())),
+            }
+        }
+        groups
+    }
+
     /// Every minion this rollout released so far.
     pub fn released(&self) -> Vec<String> {
         self.steps
@@ -317,5 +406,67 @@ impl RolloutAction {
             "abort" => Some(RolloutAction::Abort),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(group: usize, minions: &[&str], released: &[&str]) -> RolloutStep {
+        RolloutStep {
+            group,
+            minions: minions.iter().map(|m| m.to_string()).collect(),
+            released: released.iter().map(|m| m.to_string()).collect(),
+            ..RolloutStep::default()
+        }
+    }
+
+    #[test]
+    fn groups_keep_their_apps_and_minions_apart() {
+        let rollout = Rollout {
+            id: 1,
+            app: "shop".into(),
+            version: Map::new(),
+            fun: "git_deploy.deploy".into(),
+            user: "root".into(),
+            reason: String::new(),
+            plan: RolloutPlan::default(),
+            steps: vec![
+                step(0, &["web1"], &["web1"]),
+                step(0, &["web2"], &["web2"]),
+                step(1, &["app1"], &["app1"]),
+                step(1, &["app2"], &[]),
+            ],
+            current: 3,
+            state: RolloutState::Running,
+            bake_until: 0,
+            failure: None,
+            rollback: None,
+            history: Vec::new(),
+            created_at: 0,
+            release_request: None,
+            aborting: None,
+            override_freeze: false,
+            then: vec![RolloutGroup {
+                app: "store".into(),
+                version: Map::new(),
+                fun: "java_tomcat.deploy".into(),
+            }],
+        };
+        assert_eq!(rollout.group(0).0, "shop");
+        assert_eq!(rollout.group(1).2, "java_tomcat.deploy");
+        let by_group = rollout.minions_by_group();
+        assert_eq!(by_group.len(), 2);
+        assert_eq!(by_group[1], (1, vec!["app1".to_owned(), "app2".to_owned()]));
+        let released = rollout.released_by_group();
+        assert_eq!(released[0], (0, vec!["web1".to_owned(), "web2".to_owned()]));
+        assert_eq!(released[1], (1, vec!["app1".to_owned()]));
+        // A stored rollback from before `jobs` still names its job.
+        let old: FleetRollback = serde_json::from_value(
+            serde_json::json!({"reason": "x", "jid": "20260101000000000001", "minions": []}),
+        )
+        .unwrap();
+        assert_eq!(old.all_jobs().len(), 1);
     }
 }

@@ -746,6 +746,7 @@ pub async fn rollouts(
 struct StepRow {
     number: usize,
     phase: String,
+    app: String,
     minions: String,
     released: String,
     failed: String,
@@ -871,6 +872,7 @@ pub async fn rollout(
             .map(|(i, s)| StepRow {
                 number: i + 1,
                 phase: format!("{:?}", s.phase).to_lowercase(),
+                app: r.group(s.group).0.to_owned(),
                 minions: join(&s.minions),
                 released: join(&s.released),
                 failed: join(&s.failed),

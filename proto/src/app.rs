@@ -224,7 +224,7 @@ pub struct TomcatSpec {
     /// The context path (`/shop`; `/` for ROOT).
     pub context: String,
     /// Without a manager: the `webapps` directory the WAR is copied into
-    /// (Tomcat's autodeploy picks it up).
+    /// (Tomcat's autodeploy picks it up); `{id}` stands for the minion's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webapps: Option<PathBuf>,
     /// Keep the previous version deployed after a successful switch
@@ -768,23 +768,26 @@ retries = 5
 /// What `{id}` in an app's `path` stands for.
 pub const MINION_ID_PLACEHOLDER: &str = "{id}";
 
-/// Replaces `{id}` in the `path` of the app definition a job carries
+/// Replaces `{id}` in the `path` (and a Tomcat app's `webapps`) of the app definition a job carries
 /// (`kwargs.app`) with this minion's id: every module of every kind then
 /// works on the minion's own path. Anything else is left alone.
 pub fn expand_for_minion(kwargs: &mut serde_json::Map<String, serde_json::Value>, id: &str) {
-    let path = kwargs
-        .get_mut("app")
-        .and_then(|app| app.get_mut("path"))
-        .filter(|path| {
-            path.as_str()
-                .is_some_and(|p| p.contains(MINION_ID_PLACEHOLDER))
-        });
-    if let Some(path) = path {
-        let expanded = path
-            .as_str()
-            .unwrap_or_default()
-            .replace(MINION_ID_PLACEHOLDER, id);
-        *path = serde_json::Value::String(expanded);
+    let Some(app) = kwargs.get_mut("app") else {
+        return;
+    };
+    let webapps = app.get_mut("tomcat").and_then(|t| t.get_mut("webapps"));
+    for place in [webapps].into_iter().flatten() {
+        expand_id(place, id);
+    }
+    if let Some(path) = app.get_mut("path") {
+        expand_id(path, id);
+    }
+}
+
+/// `{id}` in a string value becomes the minion's id.
+fn expand_id(value: &mut serde_json::Value, id: &str) {
+    if let Some(text) = value.as_str().filter(|t| t.contains(MINION_ID_PLACEHOLDER)) {
+        *value = serde_json::Value::String(text.replace(MINION_ID_PLACEHOLDER, id));
     }
 }
 
@@ -801,6 +804,13 @@ mod expand_tests {
                 .unwrap();
         expand_for_minion(&mut kwargs, "web01");
         assert_eq!(kwargs["app"]["path"], "/srv/web01/shop");
+        let mut tomcat = serde_json::json!({"app": {"path": "/srv/{id}/blog", "tomcat": {"context": "/blog", "webapps": "/opt/{id}/webapps"}}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        expand_for_minion(&mut tomcat, "app1");
+        assert_eq!(tomcat["app"]["tomcat"]["webapps"], "/opt/app1/webapps");
+        assert_eq!(tomcat["app"]["path"], "/srv/app1/blog");
         assert_eq!(kwargs["tag"], "v1");
         let mut plain = serde_json::json!({"app": "shop"})
             .as_object()

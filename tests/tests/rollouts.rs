@@ -467,3 +467,205 @@ fn a_worse_canary_and_a_host_sick_after_the_bake_stop_the_rollout() {
     assert_eq!(jobs["jobs"][0]["target"], "web1", "{jobs}");
     assert_eq!(jobs["jobs"][0]["failed"], 1, "{jobs}");
 }
+
+#[test]
+fn one_rollout_releases_two_apps_with_their_own_modules_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Group 1: shop (git_deploy) on web1, web2. Group 2: store
+    // (java_tomcat, its WARs copied into each minion's own webapps
+    // directory, no manager) on app1, app2, unhealthy where
+    // `srv/<id>/store/broken` exists.
+    let app = shop(dir.path());
+    let wars = dir.path().join("wars");
+    std::fs::create_dir_all(&wars).expect("wars");
+    let war = |version: &str| {
+        halite_tests::tomcat::war(
+            &wars,
+            &format!("store-{version}"),
+            &[("index.html", version)],
+        )
+    };
+    let (v1, v2) = (war("1"), war("2"));
+    let files = halite_tests::git::static_files(&wars);
+    let store = |war: &Path, version: &str| {
+        json!({
+            "url": format!("http://127.0.0.1:{}/{}", files.port, war.file_name().unwrap().to_string_lossy()),
+            "sha256": halite_pki::sha256_hex(&std::fs::read(war).unwrap()),
+            "version": version,
+        })
+    };
+    std::fs::write(
+        dir.path().join("master/apps.d/store.toml"),
+        format!(
+            "kind = \"tomcat\"\ntarget = \"app*\"\npath = \"{0}/srv/{{id}}/store\"\n\
+             [tomcat]\ncontext = \"/store\"\nwebapps = \"{0}/tomcat/{{id}}/webapps\"\n\
+             [health]\ncommand = \"test ! -e broken\"\nretries = 1\ninterval = 0\n",
+            dir.path().display()
+        ),
+    )
+    .expect("store.toml");
+    for id in ["app1", "app2"] {
+        std::fs::create_dir_all(dir.path().join(format!("tomcat/{id}/webapps"))).expect("webapps");
+    }
+    // Tomcat's autodeploy, doubled: a WAR in a webapps directory is
+    // unpacked (its directory appears) and a removed one goes away.
+    // java_tomcat.rs runs the real Tomcat; here the subject is the
+    // rollout.
+    let _autodeploy = Autodeploy::start(
+        ["app1", "app2"]
+            .map(|id| dir.path().join(format!("tomcat/{id}/webapps")))
+            .to_vec(),
+    );
+    let master = Master::start(dir.path(), "");
+    let ids = ["web1", "web2", "app1", "app2"];
+    let _minions = master.start_minions(dir.path(), &ids);
+    let root = Session::root(&master);
+    for (path, body) in [
+        ("/v1/apps/shop/deploy", json!({ "tag": "v1" })),
+        ("/v1/apps/store/deploy", store(&v1, "1")),
+    ] {
+        let (status, body) = root.post(path, body);
+        assert_eq!(status, 202, "{body}");
+        let done =
+            halite_tests::api::wait_done(&root.base, &root.token, body["jid"].as_str().unwrap());
+        assert!(
+            done["returns"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|r| r["success"] == true),
+            "{done}"
+        );
+    }
+    let webapps = |id: &str| -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path().join(format!("tomcat/{id}/webapps")))
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|name| name.ends_with(".war"))
+                        .collect()
+                })
+                .unwrap_or_default();
+        names.sort();
+        names
+    };
+    assert_eq!(webapps("app1"), ["store##1.war"]);
+
+    // Both apps in one rollout, shop first; a step per minion.
+    let then = format!(
+        "store version=2 url={} sha256={}",
+        store(&v2, "2")["url"].as_str().unwrap(),
+        store(&v2, "2")["sha256"].as_str().unwrap()
+    );
+    let id = start(&master, &["tag=v2", "--ramp", "1,100%", "--then", &then]);
+    let rollout = wait_state(&root, id, "succeeded");
+    let steps = rollout["steps"].as_array().expect("steps");
+    let order: Vec<(&str, u64)> = steps
+        .iter()
+        .map(|s| {
+            (
+                s["minions"][0].as_str().unwrap(),
+                s["group"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [("web1", 0), ("web2", 0), ("app1", 1), ("app2", 1)],
+        "{rollout}"
+    );
+    // The groups went out in order: every shop step before any store step.
+    let started: Vec<u64> = steps
+        .iter()
+        .map(|s| s["started_at"].as_u64().unwrap())
+        .collect();
+    assert!(started.windows(2).all(|w| w[0] <= w[1]), "{rollout}");
+    assert_eq!(app.live("web2").as_deref(), Some("two"));
+    assert_eq!(webapps("app1"), ["store##2.war"]);
+    assert_eq!(webapps("app2"), ["store##2.war"]);
+    let (_, jobs) = root.get("/v1/jobs?fun=java_tomcat.deploy&limit=50");
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(3), "{jobs}");
+
+    // Back to v1 and version 1; app2 is unhealthy: its step fails, and
+    // one rollback job per app puts web1, web2 (shop) and app1 (store)
+    // back.
+    std::fs::write(dir.path().join("srv/app2/store/broken"), "").expect("break app2");
+    let then = format!(
+        "store version=1 url={} sha256={}",
+        store(&v1, "1")["url"].as_str().unwrap(),
+        store(&v1, "1")["sha256"].as_str().unwrap()
+    );
+    let id = start(&master, &["tag=v1", "--ramp", "1,100%", "--then", &then]);
+    let rollout = wait_state(&root, id, "rolled_back");
+    assert_eq!(rollout["steps"][3]["phase"], "failed", "{rollout}");
+    assert_eq!(names(&rollout["steps"][3]["failed"]), ["app2"], "{rollout}");
+    assert_eq!(
+        rollout["rollback"]["jobs"].as_array().map(Vec::len),
+        Some(2),
+        "{rollout}"
+    );
+    assert_eq!(
+        names(&rollout["rollback"]["rolled_back"]),
+        ["web1", "web2", "app1"],
+        "{rollout}"
+    );
+    assert_eq!(app.live("web1").as_deref(), Some("two"));
+    assert_eq!(app.live("web2").as_deref(), Some("two"));
+    assert_eq!(webapps("app1"), ["store##2.war"]);
+    assert_eq!(webapps("app2"), ["store##2.war"]);
+
+    // A minion in two groups is refused up front.
+    let (status, body) = root.post(
+        "/v1/rollouts",
+        json!({ "app": "shop", "version": { "tag": "v1" },
+                "then": [{ "app": "store", "version": store(&v1, "1"), "target": "web1 or app1" }] }),
+    );
+    assert_eq!(status, 400, "{body}");
+}
+
+/// Tomcat's autodeploy for webapps directories without a Tomcat: unpacks
+/// (creates the directory of) every `*.war` and removes the directory of
+/// a WAR that is gone, every 50 ms until dropped (at most ten minutes).
+struct Autodeploy {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Autodeploy {
+    fn start(dirs: Vec<std::path::PathBuf>) -> Autodeploy {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(600);
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                for dir in &dirs {
+                    let Ok(entries) = std::fs::read_dir(dir) else {
+                        continue;
+                    };
+                    for entry in entries.filter_map(Result::ok) {
+                        let path = entry.path();
+                        match path.extension() {
+                            Some(ext) if ext == "war" => {
+                                let _ = std::fs::create_dir_all(path.with_extension(""));
+                            }
+                            None if path.is_dir() && !path.with_extension("war").exists() => {
+                                let _ = std::fs::remove_dir_all(&path);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Autodeploy { stop }
+    }
+}
+
+impl Drop for Autodeploy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

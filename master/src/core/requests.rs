@@ -206,6 +206,7 @@ impl Core {
                     target: Some(as_compound(&env)),
                     plan: Some(plan),
                     reason: format!("request {id}: {}", request.reason),
+                    then: Vec::new(),
                 },
                 Some(id),
                 override_freeze,

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use halite_model::{
-    BusEntry, FleetRollback, GateResult, JobRequest, NewRollout, Rollout, RolloutAction,
-    RolloutState, RolloutStep, StepPhase,
+    BusEntry, FleetRollback, GateResult, JobRequest, NewGroup, NewRollout, Rollout, RolloutAction,
+    RolloutGroup, RolloutState, RolloutStep, StepPhase,
 };
 use halite_proto::catalog::release::{HEALTH, MEASURE};
 use halite_proto::rollout::{Gate, Measurement, Probe, RolloutPlan};
@@ -84,45 +84,61 @@ impl Core {
             .unwrap_or_default();
         plan.validate()
             .map_err(|e| CoreError::invalid(format!("rollout plan: {e}")))?;
-        let version_keys = ["tag", "branch", "rev", "url", "sha256", "version"];
-        if let Some(key) = new
-            .version
-            .keys()
-            .find(|k| !version_keys.contains(&k.as_str()))
-        {
-            return Err(CoreError::invalid(format!(
-                "version: `{key}` is not one of tag, branch, rev (git) or url, sha256, version (artifacts)"
-            )));
+        if release_request.is_some() && !new.then.is_empty() {
+            return Err(CoreError::invalid(
+                "a release request's rollout releases its own app only",
+            ));
         }
-        let target = match &new.target {
-            Some(target) => Target::parse(TargetType::Compound, target),
-            None => Target::parse(spec.tgt_type, &spec.target),
-        }
-        .map_err(|e| CoreError::invalid(format!("target: {e}")))?;
-        let mut minions = self.presence.matching(&self.keys.accepted_ids(), &target);
-        minions.sort();
-        if minions.is_empty() {
-            return Err(CoreError::invalid(format!(
-                "no accepted minion of app {} matches the target",
-                spec.name
-            )));
-        }
-        let now = now_ms();
-        let mut rollout = Rollout {
-            id: 0,
+        // Every group: its app, version, deploy function and minions. A
+        // minion belongs to one group (it is released once).
+        let first = NewGroup {
             app: new.app.clone(),
             version: new.version.clone(),
-            fun: format!("{}.deploy", crate::apps::module_for(spec)),
+            target: new.target.clone(),
+        };
+        let mut groups: Vec<(RolloutGroup, Vec<String>)> = Vec::new();
+        for (index, group) in std::iter::once(&first).chain(&new.then).enumerate() {
+            let resolved = self
+                .resolve_group(&apps, group)
+                .map_err(|e| match (index, e) {
+                    (0, e) => e,
+                    (i, CoreError::Invalid(m)) => {
+                        CoreError::Invalid(format!("then[{}]: {m}", i - 1))
+                    }
+                    (_, e) => e,
+                })?;
+            if let Some(twice) = resolved
+                .1
+                .iter()
+                .find(|m| groups.iter().any(|(_, theirs)| theirs.contains(m)))
+            {
+                return Err(CoreError::invalid(format!(
+                    "{twice} is in two groups of the rollout: release each minion once"
+                )));
+            }
+            groups.push(resolved);
+        }
+        let now = now_ms();
+        let mut steps = Vec::new();
+        for (index, (_, minions)) in groups.iter().enumerate() {
+            steps.extend(plan.steps(minions).into_iter().map(|minions| RolloutStep {
+                group: index,
+                minions,
+                ..RolloutStep::default()
+            }));
+        }
+        let mut rest = groups.iter().map(|(g, _)| g.clone());
+        let Some(own) = rest.next() else {
+            return Err(CoreError::invalid("a rollout needs an app"));
+        };
+        let mut rollout = Rollout {
+            id: 0,
+            app: own.app,
+            version: own.version,
+            fun: own.fun,
             user: user.to_owned(),
             reason: new.reason.clone(),
-            steps: plan
-                .steps(&minions)
-                .into_iter()
-                .map(|minions| RolloutStep {
-                    minions,
-                    ..RolloutStep::default()
-                })
-                .collect(),
+            steps,
             plan,
             current: 0,
             state: RolloutState::Running,
@@ -134,10 +150,14 @@ impl Core {
             release_request,
             aborting: None,
             override_freeze,
+            then: rest.collect(),
         };
         // The whole fleet is checked now (grants, environments, freeze),
         // so a rollout is not refused halfway.
-        self.check(user, step_request(&rollout, &minions))?;
+        for (index, (_, minions)) in groups.iter().enumerate() {
+            self.check(user, step_request(&rollout, index, minions))?;
+        }
+        let minions: Vec<String> = groups.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
         // A canary command given now runs on the minions like cmd.run
         // (one in the app's definition is the admin's, like its hooks).
         let given_cmd = new
@@ -171,6 +191,48 @@ impl Core {
         Ok(rollout)
     }
 
+    /// One group of a rollout: its app's deploy function and the
+    /// accepted minions of its target (or a narrower one), sorted.
+    fn resolve_group(
+        &self,
+        apps: &[halite_proto::app::AppSpec],
+        group: &NewGroup,
+    ) -> Result<(RolloutGroup, Vec<String>), CoreError> {
+        let spec = apps
+            .iter()
+            .find(|a| a.name == group.app)
+            .ok_or_else(|| CoreError::NotFound(format!("no app {:?}", group.app)))?;
+        let version_keys = ["tag", "branch", "rev", "url", "sha256", "version"];
+        if let Some(key) = group
+            .version
+            .keys()
+            .find(|k| !version_keys.contains(&k.as_str()))
+        {
+            return Err(CoreError::invalid(format!(
+                "version: `{key}` is not one of tag, branch, rev (git) or url, sha256, version (artifacts)"
+            )));
+        }
+        let target = match &group.target {
+            Some(target) => Target::parse(TargetType::Compound, target),
+            None => Target::parse(spec.tgt_type, &spec.target),
+        }
+        .map_err(|e| CoreError::invalid(format!("target: {e}")))?;
+        let mut minions = self.presence.matching(&self.keys.accepted_ids(), &target);
+        minions.sort();
+        if minions.is_empty() {
+            return Err(CoreError::invalid(format!(
+                "no accepted minion of app {} matches the target",
+                spec.name
+            )));
+        }
+        let resolved = RolloutGroup {
+            app: spec.name.clone(),
+            version: group.version.clone(),
+            fun: format!("{}.deploy", crate::apps::module_for(spec)),
+        };
+        Ok((resolved, minions))
+    }
+
     /// Rollouts, newest first.
     pub fn rollouts(&self, limit: usize) -> Result<Vec<Rollout>, CoreError> {
         Ok(self.store.rollouts(limit, |_| true)?)
@@ -194,7 +256,9 @@ impl Core {
     ) -> Result<Rollout, CoreError> {
         let _lock = self.lock_rollouts();
         let mut rollout = self.rollout(id)?;
-        self.check_acl(user, &rollout.fun, &rollout.all_minions())?;
+        for (group, minions) in rollout.minions_by_group() {
+            self.check_acl(user, rollout.group(group).2, &minions)?;
+        }
         if rollout.state.is_final() {
             return Err(CoreError::Conflict(format!(
                 "rollout {id} is {}: nothing more to do",
@@ -372,7 +436,10 @@ impl Core {
         let number = rollout.current + 1;
         match step.phase {
             StepPhase::Pending => {
-                match self.submit(&rollout.user, step_request(rollout, &step.minions)) {
+                match self.submit(
+                    &rollout.user,
+                    step_request(rollout, step.group, &step.minions),
+                ) {
                     Ok(submitted) => {
                         let running = &mut rollout.steps[rollout.current];
                         running.phase = StepPhase::Running;
@@ -383,7 +450,7 @@ impl Core {
                             MASTER,
                             format!(
                                 "step {number}: {} to {} minion(s), job {}",
-                                rollout.fun,
+                                rollout.group(step.group).2,
                                 step.minions.len(),
                                 submitted.jid
                             ),
@@ -507,11 +574,12 @@ impl Core {
         let now = now_ms();
         let number = rollout.current + 1;
         let released = rollout.steps[rollout.current].released.clone();
+        let group = rollout.steps[rollout.current].group;
         let health_defined = self
             .apps()
             .map(|apps| {
                 apps.iter()
-                    .any(|a| a.name == rollout.app && a.health.is_some())
+                    .any(|a| a.name == rollout.group(group).0 && a.health.is_some())
             })
             .unwrap_or(false);
         let mut out = Vec::new();
@@ -746,77 +814,114 @@ impl Core {
             );
             return;
         }
-        let mut options = Map::new();
-        options.insert(
-            "target".into(),
-            Value::String(format!("L@{}", released.join(","))),
-        );
-        if let Some(timeout) = rollout.plan.timeout {
-            options.insert("timeout".into(), timeout.into());
-        }
-        if rollout.override_freeze {
-            options.insert("override_freeze".into(), Value::Bool(true));
-        }
         let mut rollback = FleetRollback {
             reason: why,
             jid: None,
+            jobs: Vec::new(),
             minions: released.clone(),
             rolled_back: Vec::new(),
             not_rolled_back: Vec::new(),
         };
-        match self.release_app(
-            &rollout.user,
-            &rollout.app,
-            ReleaseAction::Rollback,
-            options,
-            rollout.release_request,
-        ) {
-            Ok(submitted) => {
-                rollout.note(
-                    now,
-                    MASTER,
-                    format!(
-                        "rolling back {} minion(s), job {}",
-                        released.len(),
-                        submitted.jid
-                    ),
-                );
-                rollback.jid = Some(submitted.jid);
-                rollout.state = RolloutState::RollingBack;
+        // One rollback job per app released (a rollout of several groups
+        // releases several apps, each with its own module).
+        for (group, minions) in rollout.released_by_group() {
+            let app = rollout.group(group).0.to_owned();
+            let mut options = Map::new();
+            options.insert(
+                "target".into(),
+                Value::String(format!("L@{}", minions.join(","))),
+            );
+            if let Some(timeout) = rollout.plan.timeout {
+                options.insert("timeout".into(), timeout.into());
             }
-            Err(e) => {
-                rollout.note(now, MASTER, format!("the rollback could not start: {e}"));
-                rollback.not_rolled_back = released
-                    .iter()
-                    .map(|m| (m.clone(), format!("no rollback job: {e}")))
-                    .collect();
-                rollout.state = RolloutState::Failed;
+            if rollout.override_freeze {
+                options.insert("override_freeze".into(), Value::Bool(true));
+            }
+            match self.release_app(
+                &rollout.user,
+                &app,
+                ReleaseAction::Rollback,
+                options,
+                rollout.release_request,
+            ) {
+                Ok(submitted) => {
+                    rollout.note(
+                        now,
+                        MASTER,
+                        format!(
+                            "rolling back {} minion(s) of {app}, job {}",
+                            minions.len(),
+                            submitted.jid
+                        ),
+                    );
+                    rollback.jid.get_or_insert_with(|| submitted.jid.clone());
+                    rollback.jobs.push(submitted.jid);
+                }
+                Err(e) => {
+                    rollout.note(
+                        now,
+                        MASTER,
+                        format!("the rollback of {app} could not start: {e}"),
+                    );
+                    rollback.not_rolled_back.extend(
+                        minions
+                            .iter()
+                            .map(|m| (m.clone(), format!("no rollback job: {e}"))),
+                    );
+                }
             }
         }
+        rollout.state = if rollback.jobs.is_empty() {
+            RolloutState::Failed
+        } else {
+            RolloutState::RollingBack
+        };
         rollout.rollback = Some(rollback);
     }
 
-    /// When the fleet rollback's job is done: who is back, who is not.
+    /// When the fleet rollback's jobs are done: who is back, who is not.
     fn settle_rollback(&self, rollout: &mut Rollout) {
-        let Some(jid) = rollout.rollback.as_ref().and_then(|r| r.jid.clone()) else {
+        let jobs = rollout
+            .rollback
+            .as_ref()
+            .map(FleetRollback::all_jobs)
+            .unwrap_or_default();
+        if jobs.is_empty() {
             rollout.state = RolloutState::Failed;
             return;
-        };
-        let view = match self.job_view(&jid) {
-            Ok(view) if view.done => view,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(rollout = rollout.id, %jid, error = %e, "cannot read the rollback job");
-                return;
+        }
+        let mut returns = std::collections::BTreeMap::new();
+        let mut covered = std::collections::BTreeSet::new();
+        for jid in &jobs {
+            match self.job_view(jid) {
+                Ok(view) if view.done => {
+                    covered.extend(view.job.expected);
+                    returns.extend(view.returns);
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(rollout = rollout.id, %jid, error = %e, "cannot read the rollback job");
+                    return;
+                }
             }
-        };
+        }
         let Some(rollback) = rollout.rollback.as_mut() else {
             return;
         };
+        // A minion no rollback job went to (its app's could not start)
+        // keeps the reason `stop_rollout` gave.
+        let earlier = std::mem::take(&mut rollback.not_rolled_back);
         rollback.rolled_back.clear();
-        rollback.not_rolled_back.clear();
         for minion in &rollback.minions {
-            match view.returns.get(minion) {
+            if !covered.contains(minion) {
+                let why = earlier
+                    .iter()
+                    .find(|(m, _)| m == minion)
+                    .map_or_else(|| "no rollback job".to_owned(), |(_, why)| why.clone());
+                rollback.not_rolled_back.push((minion.clone(), why));
+                continue;
+            }
+            match returns.get(minion) {
                 Some(ret) if ret.success => rollback.rolled_back.push(minion.clone()),
                 Some(ret) => rollback
                     .not_rolled_back
@@ -866,15 +971,16 @@ impl Core {
     }
 }
 
-/// The deploy job of one step: the app's deploy function with the
-/// rollout's version, to exactly these minions.
-fn step_request(rollout: &Rollout, minions: &[String]) -> JobRequest {
-    let mut kwarg = rollout.version.clone();
-    kwarg.insert("app".into(), Value::String(rollout.app.clone()));
+/// The deploy job of one step: its group's app and deploy function with
+/// the group's version, to exactly these minions.
+fn step_request(rollout: &Rollout, group: usize, minions: &[String]) -> JobRequest {
+    let (app, version, fun) = rollout.group(group);
+    let mut kwarg = version.clone();
+    kwarg.insert("app".into(), Value::String(app.to_owned()));
     JobRequest {
         target: minions.join(","),
         tgt_type: TargetType::List,
-        fun: rollout.fun.clone(),
+        fun: fun.to_owned(),
         kwarg,
         timeout: rollout.plan.timeout,
         release_request: rollout.release_request,
@@ -889,9 +995,9 @@ fn awaited_jobs(rollout: &Rollout) -> Vec<Jid> {
     if rollout.state == RolloutState::RollingBack {
         return rollout
             .rollback
-            .iter()
-            .filter_map(|r| r.jid.clone())
-            .collect();
+            .as_ref()
+            .map(FleetRollback::all_jobs)
+            .unwrap_or_default();
     }
     let Some(step) = rollout.steps.get(rollout.current) else {
         return Vec::new();
@@ -911,8 +1017,12 @@ fn awaited_jobs(rollout: &Rollout) -> Vec<Jid> {
 /// A check on a step's minions (`release.health`, `release.measure`)
 /// of the rollout's app; it carries the request like the deploys do.
 fn check_request(rollout: &Rollout, fun: &str, minions: &[String]) -> JobRequest {
+    let group = rollout.steps.get(rollout.current).map_or(0, |s| s.group);
     let mut kwarg = Map::new();
-    kwarg.insert("app".into(), Value::String(rollout.app.clone()));
+    kwarg.insert(
+        "app".into(),
+        Value::String(rollout.group(group).0.to_owned()),
+    );
     JobRequest {
         target: minions.join(","),
         tgt_type: TargetType::List,
@@ -934,6 +1044,7 @@ fn baseline_of(rollout: &Rollout) -> Vec<String> {
     let canaries = rollout.steps[0].released.len();
     rollout.steps[1..]
         .iter()
+        .filter(|s| s.group == rollout.steps[0].group)
         .flat_map(|s| s.minions.iter().cloned())
         .take(canaries)
         .collect()

@@ -91,6 +91,7 @@ mod tests {
             release_request: None,
             aborting: None,
             override_freeze: false,
+            then: Vec::new(),
         }
     }
 
