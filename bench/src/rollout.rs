@@ -243,6 +243,7 @@ fn roll_out(core: &Core, tag: &str, plan: &RolloutPlan, timeout: Duration) -> Re
                 plan: Some(plan.clone()),
                 reason: "bench".into(),
                 then: Vec::new(),
+                module: None,
             },
         )
         .map_err(|e| anyhow!("start the rollout: {e}"))?;

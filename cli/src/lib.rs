@@ -1325,7 +1325,7 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
                 eprintln!("master-cli rollout start: {e}");
                 Ok(ExitCode::from(2))
             };
-            let (version, target) = match group_words(&words) {
+            let first = match group_words(&words) {
                 Ok(group) => group,
                 Err(e) => return usage(e),
             };
@@ -1336,10 +1336,11 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
                     return usage("--then: give the app, then its version".into());
                 };
                 match group_words(words) {
-                    Ok((version, target)) => groups.push(halite_model::NewGroup {
+                    Ok(group) => groups.push(halite_model::NewGroup {
                         app: app.clone(),
-                        version,
-                        target,
+                        version: group.version,
+                        target: group.target,
+                        module: group.module,
                     }),
                     Err(e) => return usage(format!("--then {app}: {e}")),
                 }
@@ -1401,11 +1402,12 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
             };
             let new = halite_model::NewRollout {
                 app,
-                version,
-                target,
+                version: first.version,
+                target: first.target,
                 plan,
                 reason,
                 then: groups,
+                module: first.module,
             };
             client.post("/v1/rollouts", &new).await?
         }
@@ -1415,16 +1417,16 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
 }
 
 /// A rollout group's words: its version (`tag=V`, `branch=B`, `rev=R`,
-/// or for artifact apps `version=V url=U sha256=H`) and `target=EXPR`.
-#[allow(clippy::type_complexity)]
-fn group_words(
-    words: &[String],
-) -> Result<(serde_json::Map<String, serde_json::Value>, Option<String>), String> {
+/// or for artifact apps `version=V url=U sha256=H`), `target=EXPR` and
+/// `module=M` (a Lua deploy module releasing it).
+fn group_words(words: &[String]) -> Result<GroupWords, String> {
     let mut version = serde_json::Map::new();
     let mut target = None;
+    let mut module = None;
     for word in words {
         match halite_proto::words::keyword(word) {
             Some(("target", value)) => target = Some(value.to_owned()),
+            Some(("module", value)) => module = Some(value.to_owned()),
             Some((key @ ("tag" | "branch" | "rev"), value)) => {
                 version.insert(key.to_owned(), value.into());
             }
@@ -1447,7 +1449,18 @@ fn group_words(
             "name the version once: tag=V, branch=B or rev=R (or version=V url=U sha256=H)".into(),
         );
     }
-    Ok((version, target))
+    Ok(GroupWords {
+        version,
+        target,
+        module,
+    })
+}
+
+/// What [`group_words`] reads.
+struct GroupWords {
+    version: serde_json::Map<String, serde_json::Value>,
+    target: Option<String>,
+    module: Option<String>,
 }
 
 /// `requests new` and `requests rollback`: makes the request, prints it.

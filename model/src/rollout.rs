@@ -22,6 +22,11 @@ pub struct NewRollout {
     /// The plan; the app's `[rollout]` (or all at once) unless given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<RolloutPlan>,
+    /// The module that releases the app: a Lua deploy module of the
+    /// master's (`php_app`), whose `deploy` and `rollback` the steps and
+    /// the fleet rollback run; the app kind's own module unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
     /// Why, for the history and the audit log.
     #[serde(default)]
     pub reason: String,
@@ -43,6 +48,9 @@ pub struct NewGroup {
     /// A narrower target than the app's (read as a compound target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// A Lua deploy module releasing the app instead of its kind's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 /// A group of a rollout after the first, as the master resolved it.

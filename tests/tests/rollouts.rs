@@ -669,3 +669,85 @@ impl Drop for Autodeploy {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A Lua deploy module of the master's: git_deploy, then a line in
+/// `<path>/../deploys.log`; its rollback is git_deploy's.
+const SITE_MODULE: &str = r#"
+local M = {}
+local function git_args(k, extra)
+  local args = { app = k.app }
+  for key, value in pairs(extra) do args[key] = value end
+  return args
+end
+function M.deploy(job)
+  local k = job.kwargs
+  local r = halite.call("git_deploy.deploy", git_args(k, { tag = k.tag }))
+  if not r.success then
+    error("git_deploy: " .. tostring(type(r.data) == "table" and r.data.error or r.data), 0)
+  end
+  return { app = k.app.name, release = r.data.release, result = "live" }
+end
+function M.rollback(job)
+  local k = job.kwargs
+  local r = halite.call("git_deploy.rollback", git_args(k, {}))
+  if not r.success then
+    error("git_deploy.rollback: " .. tostring(type(r.data) == "table" and r.data.error or r.data), 0)
+  end
+  return { app = k.app.name, release = r.data.release, result = "rolled_back" }
+end
+return M
+"#;
+
+#[test]
+fn a_lua_deploy_module_rolls_out_and_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = shop(dir.path());
+    let modules = dir.path().join("master/lua-modules");
+    std::fs::create_dir_all(&modules).expect("lua-modules");
+    std::fs::write(modules.join("site.lua"), SITE_MODULE).expect("site.lua");
+    let master = Master::start(dir.path(), "");
+    let srv = dir.path().join("srv");
+    std::fs::create_dir_all(&srv).expect("srv");
+    let lua = format!("[lua]\nroots = [\"{}\"]\n", srv.display());
+    let _minions: Vec<halite_tests::Minion> = ["web1", "web2"]
+        .iter()
+        .map(|id| halite_tests::Minion::start(dir.path(), id, master.return_port, &lua))
+        .collect();
+    master.accept("web1");
+    master.accept("web2");
+    let root = Session::root(&master);
+    let (status, body) = root.post("/v1/apps/shop/deploy", json!({ "tag": "v1" }));
+    assert_eq!(status, 202, "{body}");
+    halite_tests::api::wait_done(&root.base, &root.token, body["jid"].as_str().unwrap());
+
+    // A module that is neither the app's own nor a Lua module: refused.
+    let (status, body) = root.post(
+        "/v1/rollouts",
+        json!({ "app": "shop", "version": { "tag": "v2" }, "module": "nope" }),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    // web2's deploy fails: site.rollback puts web1 back.
+    std::fs::write(srv.join("web2/shop/broken"), "").expect("break web2");
+    let id = start(&master, &["tag=v2", "module=site", "--ramp", "1,100%"]);
+    let rollout = wait_state(&root, id, "rolled_back");
+    assert_eq!(rollout["fun"], "site.deploy", "{rollout}");
+    assert_eq!(names(&rollout["steps"][1]["failed"]), ["web2"], "{rollout}");
+    assert_eq!(
+        names(&rollout["rollback"]["rolled_back"]),
+        ["web1"],
+        "{rollout}"
+    );
+    let rollback_jid = rollout["rollback"]["jid"].as_str().expect("rollback job");
+    let (_, job) = root.get(&format!("/v1/jobs/{rollback_jid}"));
+    assert_eq!(job["fun"], "site.rollback", "{job}");
+    assert_eq!(app.live("web1").as_deref(), Some("one"));
+    assert_eq!(app.live("web2").as_deref(), Some("one"));
+
+    // Mended, the same rollout goes through.
+    std::fs::remove_file(srv.join("web2/shop/broken")).expect("mend web2");
+    let id = start(&master, &["tag=v2", "module=site", "--ramp", "1,100%"]);
+    wait_state(&root, id, "succeeded");
+    assert_eq!(app.live("web1").as_deref(), Some("two"));
+    assert_eq!(app.live("web2").as_deref(), Some("two"));
+}

@@ -207,6 +207,7 @@ impl Core {
                     plan: Some(plan),
                     reason: format!("request {id}: {}", request.reason),
                     then: Vec::new(),
+                    module: None,
                 },
                 Some(id),
                 override_freeze,

@@ -42,7 +42,6 @@ use halite_proto::{Target, TargetType};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::views::ReleaseAction;
 use super::{Core, CoreError};
 
 /// The master itself, in a rollout's history.
@@ -95,6 +94,7 @@ impl Core {
             app: new.app.clone(),
             version: new.version.clone(),
             target: new.target.clone(),
+            module: new.module.clone(),
         };
         let mut groups: Vec<(RolloutGroup, Vec<String>)> = Vec::new();
         for (index, group) in std::iter::once(&first).chain(&new.then).enumerate() {
@@ -225,10 +225,26 @@ impl Core {
                 spec.name
             )));
         }
+        let module = match &group.module {
+            None => crate::apps::module_for(spec).to_owned(),
+            Some(module) if module == crate::apps::module_for(spec) => module.clone(),
+            Some(module) => {
+                // Another module than the kind's: a Lua deploy module of
+                // this master's (its jobs carry it to the minions).
+                if !self.config.lua_modules().all()?.contains_key(module) {
+                    return Err(CoreError::invalid(format!(
+                        "module: {module:?} is neither {}'s own module ({}) nor a Lua module of this master",
+                        spec.name,
+                        crate::apps::module_for(spec)
+                    )));
+                }
+                module.clone()
+            }
+        };
         let resolved = RolloutGroup {
             app: spec.name.clone(),
             version: group.version.clone(),
-            fun: format!("{}.deploy", crate::apps::module_for(spec)),
+            fun: format!("{module}.deploy"),
         };
         Ok((resolved, minions))
     }
@@ -826,24 +842,7 @@ impl Core {
         // releases several apps, each with its own module).
         for (group, minions) in rollout.released_by_group() {
             let app = rollout.group(group).0.to_owned();
-            let mut options = Map::new();
-            options.insert(
-                "target".into(),
-                Value::String(format!("L@{}", minions.join(","))),
-            );
-            if let Some(timeout) = rollout.plan.timeout {
-                options.insert("timeout".into(), timeout.into());
-            }
-            if rollout.override_freeze {
-                options.insert("override_freeze".into(), Value::Bool(true));
-            }
-            match self.release_app(
-                &rollout.user,
-                &app,
-                ReleaseAction::Rollback,
-                options,
-                rollout.release_request,
-            ) {
+            match self.submit(&rollout.user, rollback_request(rollout, group, &minions)) {
                 Ok(submitted) => {
                     rollout.note(
                         now,
@@ -1011,6 +1010,21 @@ fn awaited_jobs(rollout: &Rollout) -> Vec<Jid> {
             .cloned()
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// The fleet rollback of one group: its module's rollback (to each
+/// minion's previous release: the kit keeps it, nothing is fetched), to
+/// exactly the minions the rollout released there.
+fn rollback_request(rollout: &Rollout, group: usize, minions: &[String]) -> JobRequest {
+    let (app, _, fun) = rollout.group(group);
+    let module = fun.split('.').next().unwrap_or(fun);
+    let mut kwarg = Map::new();
+    kwarg.insert("app".into(), Value::String(app.to_owned()));
+    JobRequest {
+        fun: format!("{module}.rollback"),
+        kwarg,
+        ..step_request(rollout, group, minions)
     }
 }
 
