@@ -1002,11 +1002,26 @@ async fn start_rollout(
     Body(new): Body<halite_model::NewRollout>,
 ) -> Result<Response, ApiError> {
     let rollout = backend.start_rollout(&user, new)?;
+    let groups: Vec<String> = (0..=rollout.then.len())
+        .map(|g| {
+            let (app, version, fun) = rollout.group(g);
+            format!(
+                "{app} {} by {fun}",
+                serde_json::Value::Object(version.clone())
+            )
+        })
+        .collect();
+    let canary_cmd = rollout
+        .plan
+        .canary
+        .as_ref()
+        .and_then(|c| c.cmd.as_deref())
+        .map(|cmd| format!("; canary cmd {cmd:?}"))
+        .unwrap_or_default();
     let detail = AuditDetail(format!(
-        "rollout {} of {} {} to {} minions",
+        "rollout {} of {} to {} minions{canary_cmd}",
         rollout.id,
-        rollout.app,
-        serde_json::Value::Object(rollout.version.clone()),
+        groups.join(", then "),
         rollout.minions()
     ));
     Ok((StatusCode::CREATED, axum::Extension(detail), Json(rollout)).into_response())

@@ -390,7 +390,8 @@ enum RolloutCommand {
         no_health_gate: bool,
         /// Then another app, released after the ones before it with the
         /// same plan: `--then 'store version=2 url=https://… sha256=…'`,
-        /// optionally with `target=EXPR`. Repeatable; in this order.
+        /// optionally `module=M` (a Lua deploy module) and, last,
+        /// `target=EXPR` (spaces allowed). Repeatable; in this order.
         #[arg(long, value_name = "'APP KEY=V ...'")]
         then: Vec<String>,
         #[command(flatten)]
@@ -1331,7 +1332,13 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> anyhow
             };
             let mut groups = Vec::new();
             for text in &then {
-                let words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+                let mut words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+                // `target=` comes last and takes the rest: a compound
+                // target has spaces (`target=G@os:Windows and iis*`).
+                if let Some(at) = words.iter().position(|w| w.starts_with("target=")) {
+                    let target = words.split_off(at).join(" ");
+                    words.push(target);
+                }
                 let Some((app, words)) = words.split_first() else {
                     return usage("--then: give the app, then its version".into());
                 };

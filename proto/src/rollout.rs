@@ -215,16 +215,19 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 impl Canary {
     /// Judges the canary's measurements against the baseline's: more
-    /// errors than the baseline's plus `max_errors` fails, and so does a
-    /// median worse by more than `margin` percent and `min_difference`.
+    /// errors than the baseline's rate predicts for the canary's runs,
+    /// plus `max_errors`, fails, and so does a median worse by more than
+    /// `margin` percent and `min_difference`. A baseline that measured
+    /// nothing cannot vouch for the canary: that fails too.
     pub fn judge(&self, canary: &[Measurement], baseline: &[Measurement]) -> Verdict {
         let pooled = |ms: &[Measurement]| {
+            let samples: u32 = ms.iter().map(|m| m.samples).sum();
             let errors: u32 = ms.iter().map(|m| m.errors).sum();
             let values: Vec<f64> = ms.iter().flat_map(|m| m.values.iter().copied()).collect();
-            (errors, median(&values))
+            (samples, errors, median(&values))
         };
-        let (canary_errors, canary_median) = pooled(canary);
-        let (baseline_errors, baseline_median) = pooled(baseline);
+        let (canary_samples, canary_errors, canary_median) = pooled(canary);
+        let (baseline_samples, baseline_errors, baseline_median) = pooled(baseline);
         let show = |m: Option<f64>| m.map_or("-".to_owned(), |m| format!("{m:.3}"));
         let numbers = format!(
             "canary median {} with {canary_errors} error(s), baseline median {} with {baseline_errors} error(s)",
@@ -235,7 +238,13 @@ impl Canary {
             passed,
             detail: format!("{why}: {numbers}"),
         };
-        if canary_errors > baseline_errors.saturating_add(self.max_errors) {
+        if baseline_samples == 0 {
+            return verdict(false, "the baseline measured nothing");
+        }
+        // The baseline's error rate, over as many runs as the canary made.
+        let expected =
+            f64::from(baseline_errors) * f64::from(canary_samples) / f64::from(baseline_samples);
+        if f64::from(canary_errors) > expected + f64::from(self.max_errors) {
             return verdict(false, "more errors than the baseline");
         }
         let (Some(canary), Some(baseline)) = (canary_median, baseline_median) else {
@@ -572,13 +581,25 @@ mod tests {
             ..canary.clone()
         };
         assert!(tolerant.judge(&[measured(&[1.0], 1)], &baseline).passed);
-        // A canary that measured nothing fails; no baseline numbers pass.
+        // A canary that measured nothing fails; so does a baseline that
+        // made no runs; a baseline whose runs all failed gives no numbers
+        // to compare, only its errors.
         assert!(!canary.judge(&[measured(&[], 0)], &baseline).passed);
+        assert!(!canary.judge(&[measured(&[5.0], 0)], &[]).passed);
         assert!(
             canary
-                .judge(&[measured(&[5.0], 0)], &[measured(&[], 0)])
+                .judge(&[measured(&[5.0], 1)], &[measured(&[], 2)])
                 .passed
         );
+        // Errors compare as rates: two canaries with one error each in
+        // ten runs against one baseline minion with one in ten pass.
+        let ten = |errors: u32| Measurement {
+            samples: 10,
+            errors,
+            values: vec![10.0; (10 - errors) as usize],
+        };
+        assert!(canary.judge(&[ten(1), ten(1)], &[ten(1)]).passed);
+        assert!(!canary.judge(&[ten(2), ten(2)], &[ten(1)]).passed);
         // Higher is better: a lower canary is the worse one.
         let throughput = Canary {
             better: Better::Higher,

@@ -12,7 +12,7 @@
 //! gate, it waits for `rollout continue`. A step over a limit or failing a gate stops the
 //! rollout, and — unless the plan turns it off — every minion the rollout
 //! released goes back to its recorded previous release in one rollback
-//! job (no fetch: the kit keeps the previous release on disk), whose
+//! job per app (no fetch: the kit keeps the previous release on disk), whose
 //! returns say which minions are back and which are not.
 //!
 //! The record is stored (flushed) after every round that changed it —
@@ -21,7 +21,8 @@
 //! stored step and never runs a passed step again. A step whose job was
 //! published but whose jid was not yet stored when the master died is
 //! published again on restart: deploying the same version again leaves a
-//! minion unchanged.
+//! minion unchanged. A fleet rollback published twice would take a minion
+//! one release further back; its window is the flush after publishing.
 //!
 //! Locking: `rollout_lock` serialises a rollout's read-modify-write (the
 //! driver's transitions and people's actions); probes run outside it.
@@ -49,6 +50,9 @@ const MASTER: &str = "halite";
 
 /// How often the driver looks at running rollouts.
 const TICK: Duration = Duration::from_millis(200);
+
+/// The most groups (apps) one rollout releases.
+const MAX_GROUPS: usize = 20;
 
 /// More transitions than a step takes (pending, running, baking,
 /// checking, passed): the bound of one round's loop over a rollout.
@@ -96,7 +100,14 @@ impl Core {
             target: new.target.clone(),
             module: new.module.clone(),
         };
+        if new.then.len() > MAX_GROUPS - 1 {
+            return Err(CoreError::invalid(format!(
+                "then: at most {} groups after the first",
+                MAX_GROUPS - 1
+            )));
+        }
         let mut groups: Vec<(RolloutGroup, Vec<String>)> = Vec::new();
+        let mut taken = std::collections::HashSet::new();
         for (index, group) in std::iter::once(&first).chain(&new.then).enumerate() {
             let resolved = self
                 .resolve_group(&apps, group)
@@ -107,11 +118,7 @@ impl Core {
                     }
                     (_, e) => e,
                 })?;
-            if let Some(twice) = resolved
-                .1
-                .iter()
-                .find(|m| groups.iter().any(|(_, theirs)| theirs.contains(m)))
-            {
+            if let Some(twice) = resolved.1.iter().find(|m| !taken.insert(m.to_string())) {
                 return Err(CoreError::invalid(format!(
                     "{twice} is in two groups of the rollout: release each minion once"
                 )));
@@ -154,16 +161,21 @@ impl Core {
         };
         // The whole fleet is checked now (grants, environments, freeze),
         // so a rollout is not refused halfway.
+        // The fleet rollback too: a rollout that could not be put back
+        // does not start.
         for (index, (_, minions)) in groups.iter().enumerate() {
             self.check(user, step_request(&rollout, index, minions))?;
+            self.check(user, rollback_request(&rollout, index, minions))?;
         }
         let minions: Vec<String> = groups.iter().flat_map(|(_, m)| m.iter().cloned()).collect();
         // A canary command given now runs on the minions like cmd.run
-        // (one in the app's definition is the admin's, like its hooks).
+        // (one in the app's or environment's definition is the admin's,
+        // like its hooks: a request's rollout carries that plan).
         let given_cmd = new
             .plan
             .as_ref()
-            .and_then(|p| p.canary.as_ref()?.cmd.as_ref());
+            .and_then(|p| p.canary.as_ref()?.cmd.as_ref())
+            .filter(|_| release_request.is_none());
         if given_cmd.is_some() {
             self.check_acl(user, "cmd.run", &minions).map_err(|denied| {
                 CoreError::Forbidden(format!(
@@ -316,6 +328,14 @@ impl Core {
                 }
                 rollout.state = RolloutState::Running;
                 rollout.note(now, user, "resumed");
+                // Checks from before the pause may be stale: run them again.
+                if let Some(step) = rollout.steps.get_mut(rollout.current) {
+                    if step.phase == StepPhase::Checking {
+                        step.phase = StepPhase::Baking;
+                        step.gates.clear();
+                        rollout.bake_until = now;
+                    }
+                }
             }
             RolloutAction::Abort => {
                 if rollout.state == RolloutState::RollingBack {
@@ -559,9 +579,10 @@ impl Core {
                 false
             }
             StepPhase::Checking => {
-                let Some(gates) = self.judge_checks(rollout) else {
+                let Some(Judged { gates, unhealthy }) = self.judge_checks(rollout) else {
                     return false;
                 };
+                rollout.steps[rollout.current].unhealthy = unhealthy;
                 let failed: Vec<String> = gates
                     .iter()
                     .filter(|g| !g.passed)
@@ -591,13 +612,16 @@ impl Core {
         let number = rollout.current + 1;
         let released = rollout.steps[rollout.current].released.clone();
         let group = rollout.steps[rollout.current].group;
-        let health_defined = self
-            .apps()
-            .map(|apps| {
-                apps.iter()
-                    .any(|a| a.name == rollout.group(group).0 && a.health.is_some())
-            })
-            .unwrap_or(false);
+        let health_defined = match self.apps() {
+            Ok(apps) => apps
+                .iter()
+                .any(|a| a.name == rollout.group(group).0 && a.health.is_some()),
+            Err(e) => {
+                // Not knowing is not a pass: the next round tries again.
+                tracing::warn!(rollout = rollout.id, error = %e, "cannot read the app definitions");
+                return;
+            }
+        };
         let mut out = Vec::new();
         if rollout.plan.health_gate && health_defined && !released.is_empty() {
             match self.submit_implied(&rollout.user, check_request(rollout, HEALTH.fun, &released))
@@ -664,13 +688,15 @@ impl Core {
     /// The gates of the step's checks on the minions, once their jobs are
     /// done (None while one is out). Recomputed from the jobs each time,
     /// so a restarted master judges the same.
-    fn judge_checks(&self, rollout: &Rollout) -> Option<Vec<GateResult>> {
+    fn judge_checks(&self, rollout: &Rollout) -> Option<Judged> {
         let step = &rollout.steps[rollout.current];
         let mut gates = Vec::new();
-        let done_view = |jid: &Jid| match self.job_view(jid) {
-            Ok(view) if view.done => Some(Ok(view)),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
+        let mut sick = Vec::new();
+        // Whether it is done from the outcomes alone; the returns' data
+        // only once it is.
+        let done_view = |jid: &Jid| match self.job_outcome(jid) {
+            Ok(outcome) if !outcome.done => None,
+            _ => Some(self.job_view(jid)),
         };
         if let Some(jid) = &step.health_jid {
             let gate = match done_view(jid)? {
@@ -699,6 +725,7 @@ impl Core {
                             .collect();
                         detail.push_str(&format!("; unhealthy: {}", list.join(", ")));
                     }
+                    sick = unhealthy;
                     GateResult {
                         gate: "health check".into(),
                         passed,
@@ -728,29 +755,30 @@ impl Core {
                 },
                 Some(jid) => match done_view(jid)? {
                     Ok(view) => {
-                        let measured = |minions: &[String]| -> Vec<Measurement> {
-                            minions
-                                .iter()
-                                .map(|m| match view.returns.get(m) {
-                                    Some(ret) if ret.success => serde_json::from_value(
-                                        ret.data.clone(),
-                                    )
-                                    .unwrap_or_else(|_| Measurement {
-                                        samples: canary.samples,
-                                        errors: canary.samples,
-                                        values: Vec::new(),
-                                    }),
-                                    // No answer counts as every run failing.
-                                    _ => Measurement {
-                                        samples: canary.samples,
-                                        errors: canary.samples,
-                                        values: Vec::new(),
-                                    },
-                                })
-                                .collect()
+                        // A canary that does not answer (or answers no
+                        // measurement) failed every run; a baseline minion
+                        // that does not is left out: it cannot vouch.
+                        let failed_runs = Measurement {
+                            samples: canary.samples,
+                            errors: canary.samples,
+                            values: Vec::new(),
                         };
-                        let verdict =
-                            canary.judge(&measured(&step.released), &measured(&step.baseline));
+                        let measured_by = |minion: &String| {
+                            view.returns
+                                .get(minion)
+                                .filter(|ret| ret.success)
+                                .and_then(|ret| {
+                                    serde_json::from_value::<Measurement>(ret.data.clone()).ok()
+                                })
+                        };
+                        let canaries: Vec<Measurement> = step
+                            .released
+                            .iter()
+                            .map(|m| measured_by(m).unwrap_or_else(|| failed_runs.clone()))
+                            .collect();
+                        let baseline: Vec<Measurement> =
+                            step.baseline.iter().filter_map(measured_by).collect();
+                        let verdict = canary.judge(&canaries, &baseline);
                         GateResult {
                             gate: "canary".into(),
                             passed: verdict.passed,
@@ -766,7 +794,10 @@ impl Core {
             };
             gates.push(gate);
         }
-        Some(gates)
+        Some(Judged {
+            gates,
+            unhealthy: sick,
+        })
     }
 
     /// A step passed its gates: wait for a person (manual gate, not the
@@ -807,6 +838,15 @@ impl Core {
             }
         }
         tracing::warn!(rollout = rollout.id, app = %rollout.app, reason = %why, "rollout stopped");
+        // Checks still running on the step's minions stop: the rollback
+        // is what happens there now.
+        if let Some(step) = rollout.steps.get(rollout.current) {
+            for jid in step.health_jid.iter().chain(step.canary_jid.iter()) {
+                if let Err(e) = self.cancel(&rollout.user, jid) {
+                    tracing::debug!(rollout = rollout.id, %jid, error = %e, "check not cancelled");
+                }
+            }
+        }
         rollout.note(now, MASTER, why.clone());
         rollout.failure = Some(why.clone());
         let released = rollout.released();
@@ -892,6 +932,9 @@ impl Core {
         let mut returns = std::collections::BTreeMap::new();
         let mut covered = std::collections::BTreeSet::new();
         for jid in &jobs {
+            if self.job_outcome(jid).is_ok_and(|o| !o.done) {
+                return;
+            }
             match self.job_view(jid) {
                 Ok(view) if view.done => {
                     covered.extend(view.job.expected);
@@ -986,6 +1029,12 @@ fn step_request(rollout: &Rollout, group: usize, minions: &[String]) -> JobReque
         override_freeze: rollout.override_freeze,
         ..JobRequest::default()
     }
+}
+
+/// What a step's checks on its minions found.
+struct Judged {
+    gates: Vec<GateResult>,
+    unhealthy: Vec<(String, String)>,
 }
 
 /// The jobs a rollout waits for where it is: its step's deploy, its
