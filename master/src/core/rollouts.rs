@@ -1066,12 +1066,22 @@ fn awaited_jobs(rollout: &Rollout) -> Vec<Jid> {
 /// minion's previous release: the kit keeps it, nothing is fetched), to
 /// exactly the minions the rollout released there.
 fn rollback_request(rollout: &Rollout, group: usize, minions: &[String]) -> JobRequest {
-    let (app, _, fun) = rollout.group(group);
+    let fun = rollout.group(group).2;
     let module = fun.split('.').next().unwrap_or(fun);
+    app_request(rollout, group, format!("{module}.rollback"), minions)
+}
+
+/// A job of `fun` on a group's app (no version) to these minions,
+/// carrying what the steps carry (the request, the freeze override, the
+/// timeout).
+fn app_request(rollout: &Rollout, group: usize, fun: String, minions: &[String]) -> JobRequest {
     let mut kwarg = Map::new();
-    kwarg.insert("app".into(), Value::String(app.to_owned()));
+    kwarg.insert(
+        "app".into(),
+        Value::String(rollout.group(group).0.to_owned()),
+    );
     JobRequest {
-        fun: format!("{module}.rollback"),
+        fun,
         kwarg,
         ..step_request(rollout, group, minions)
     }
@@ -1081,20 +1091,7 @@ fn rollback_request(rollout: &Rollout, group: usize, minions: &[String]) -> JobR
 /// of the rollout's app; it carries the request like the deploys do.
 fn check_request(rollout: &Rollout, fun: &str, minions: &[String]) -> JobRequest {
     let group = rollout.steps.get(rollout.current).map_or(0, |s| s.group);
-    let mut kwarg = Map::new();
-    kwarg.insert(
-        "app".into(),
-        Value::String(rollout.group(group).0.to_owned()),
-    );
-    JobRequest {
-        target: minions.join(","),
-        tgt_type: TargetType::List,
-        fun: fun.to_owned(),
-        kwarg,
-        timeout: rollout.plan.timeout,
-        release_request: rollout.release_request,
-        ..JobRequest::default()
-    }
+    app_request(rollout, group, fun.to_owned(), minions)
 }
 
 /// The canary's baseline: as many minions as the first step released,

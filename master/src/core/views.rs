@@ -40,6 +40,19 @@ pub enum ReleaseAction {
     Rollback,
 }
 
+/// The expected minions of a job that have not returned, and whether it
+/// is done (every one returned, or its time is up).
+fn progress(job: &halite_model::JobRecord, returned: impl Fn(&str) -> bool) -> (Vec<String>, bool) {
+    let missing: Vec<String> = job
+        .expected
+        .iter()
+        .filter(|id| !returned(id))
+        .cloned()
+        .collect();
+    let done = missing.is_empty() || now_ms() >= job.deadline();
+    (missing, done)
+}
+
 /// What [`Core::job_outcome`] answers.
 #[derive(Clone, Debug)]
 pub struct JobOutcome {
@@ -64,14 +77,7 @@ impl Core {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
-        let missing: Vec<String> = job
-            .record
-            .expected
-            .iter()
-            .filter(|id| !returns.contains_key(*id))
-            .cloned()
-            .collect();
-        let done = missing.is_empty() || now_ms() >= job.record.deadline();
+        let (missing, done) = progress(&job.record, |id| returns.contains_key(id));
         Ok(JobView {
             job: job.record,
             returns,
@@ -94,14 +100,7 @@ impl Core {
             .into_iter()
             .map(|r| (r.id, r.success))
             .collect();
-        let missing: Vec<String> = job
-            .record
-            .expected
-            .iter()
-            .filter(|id| !returned.contains_key(*id))
-            .cloned()
-            .collect();
-        let done = missing.is_empty() || now_ms() >= job.record.deadline();
+        let (missing, done) = progress(&job.record, |id| returned.contains_key(id));
         Ok(JobOutcome {
             returned,
             missing,
