@@ -1,7 +1,11 @@
 //! A real browser for the portal tests: Debian's `chromedriver` started
 //! on a free loopback port, driving headless Chromium through WebDriver
-//! (fantoccini). Both stop when the [`Browser`] is dropped.
+//! (fantoccini). Both stop when the [`Browser`] is dropped: the session
+//! is ended (chromedriver then quits Chromium and its helpers) and
+//! chromedriver's process group is killed, so no browser outlives its
+//! test, a panicking one included.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -13,10 +17,33 @@ pub struct Browser {
     /// The session.
     pub client: Client,
     driver: Child,
+    port: u16,
+    session: Option<String>,
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // `DELETE /session/ID`: chromedriver quits the browser it started.
+        // Plain HTTP on a socket: Drop cannot await the client.
+        if let Some(session) = &self.session {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let request = format!(
+                    "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    self.port
+                );
+                if stream.write_all(request.as_bytes()).is_ok() {
+                    let _ = stream.read_to_end(&mut Vec::new());
+                }
+            }
+        }
+        // Whatever is left of the group (chromedriver, a browser that did
+        // not quit) goes too.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -39,6 +66,9 @@ impl Browser {
         );
         let port = crate::free_port();
         let mut driver = Command::new("/usr/bin/chromedriver")
+            // Its own process group: the browser it starts joins it, and
+            // Drop ends them together.
+            .process_group(0)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::piped())
@@ -76,7 +106,18 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .unwrap_or_else(|e| panic!("cannot start a WebDriver session: {e}"));
-        Browser { client, driver }
+        let session = client
+            .session_id()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.to_string());
+        Browser {
+            client,
+            driver,
+            port,
+            session,
+        }
     }
 
     /// Opens a page.
