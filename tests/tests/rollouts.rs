@@ -509,18 +509,18 @@ fn one_rollout_releases_two_apps_with_their_own_modules_in_order() {
         ),
     )
     .expect("store.toml");
+    // No Tomcat here (java_tomcat.rs runs the real one; the subject is
+    // the rollout): what its autodeploy would unpack, each version's
+    // directory, is there from the start, so a WAR copied in counts as
+    // deployed at once.
     for id in ["app1", "app2"] {
-        std::fs::create_dir_all(dir.path().join(format!("tomcat/{id}/webapps"))).expect("webapps");
+        for version in ["1", "2"] {
+            let unpacked = dir
+                .path()
+                .join(format!("tomcat/{id}/webapps/store##{version}"));
+            std::fs::create_dir_all(unpacked).expect("webapps");
+        }
     }
-    // Tomcat's autodeploy, doubled: a WAR in a webapps directory is
-    // unpacked (its directory appears) and a removed one goes away.
-    // java_tomcat.rs runs the real Tomcat; here the subject is the
-    // rollout.
-    let _autodeploy = Autodeploy::start(
-        ["app1", "app2"]
-            .map(|id| dir.path().join(format!("tomcat/{id}/webapps")))
-            .to_vec(),
-    );
     let master = Master::start(dir.path(), "");
     let ids = ["web1", "web2", "app1", "app2"];
     let _minions = master.start_minions(dir.path(), &ids);
@@ -627,52 +627,6 @@ fn one_rollout_releases_two_apps_with_their_own_modules_in_order() {
                 "then": [{ "app": "store", "version": store(&v1, "1"), "target": "web1 or app1" }] }),
     );
     assert_eq!(status, 400, "{body}");
-}
-
-/// Tomcat's autodeploy for webapps directories without a Tomcat: unpacks
-/// (creates the directory of) every `*.war` and removes the directory of
-/// a WAR that is gone, every 50 ms until dropped (at most ten minutes).
-struct Autodeploy {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Autodeploy {
-    fn start(dirs: Vec<std::path::PathBuf>) -> Autodeploy {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + Duration::from_secs(600);
-            while !stopped.load(std::sync::atomic::Ordering::Relaxed)
-                && std::time::Instant::now() < deadline
-            {
-                for dir in &dirs {
-                    let Ok(entries) = std::fs::read_dir(dir) else {
-                        continue;
-                    };
-                    for entry in entries.filter_map(Result::ok) {
-                        let path = entry.path();
-                        match path.extension() {
-                            Some(ext) if ext == "war" => {
-                                let _ = std::fs::create_dir_all(path.with_extension(""));
-                            }
-                            None if path.is_dir() && !path.with_extension("war").exists() => {
-                                let _ = std::fs::remove_dir_all(&path);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Autodeploy { stop }
-    }
-}
-
-impl Drop for Autodeploy {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// A Lua deploy module of the master's: git_deploy, then a line in
