@@ -91,7 +91,15 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
             }
         }
         None => {
-            for item in core.store.scan_jobs(before.as_ref()) {
+            let scan: Box<dyn Iterator<Item = _>> = match &fun {
+                // The function index reads only the matching jobs.
+                Some(fun) => Box::new(
+                    core.store
+                        .scan_jobs_of(|name| fun.matches(name), before.as_ref())?,
+                ),
+                None => Box::new(core.store.scan_jobs(before.as_ref())),
+            };
+            for item in scan {
                 let (head, lazy) = item?;
                 if !visit(&head, &|| Ok(lazy.decode()?))? {
                     break;

@@ -46,6 +46,19 @@ fn a_store_from_before_schema_versions_is_migrated_and_reads_back_whole() {
         store.events(&job.record.jid, None).unwrap();
     }
     assert!(returns >= 8, "{returns} returns");
+    // Schema 2's function index is built from the jobs already stored.
+    let deploys: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.record.fun.starts_with("git_deploy"))
+        .map(|j| j.record.jid.clone())
+        .collect();
+    assert!(!deploys.is_empty());
+    let indexed: Vec<_> = store
+        .scan_jobs_of(|fun| fun.starts_with("git_deploy"), None)
+        .unwrap()
+        .map(|item| item.unwrap().0.jid)
+        .collect();
+    assert_eq!(indexed, deploys);
     let deploys = store.deploys("shop", 100).unwrap();
     assert_eq!(deploys.len(), 3, "{deploys:?}");
     assert!(deploys.iter().any(|d| d.action == "rollback"));

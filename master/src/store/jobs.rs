@@ -10,6 +10,9 @@ impl Store {
         self.jobs
             .insert(job.record.jid.as_str().as_bytes(), bytes)
             .map_err(sled_err("write job"))?;
+        self.fun_jobs
+            .insert(fun_key(&job.record.fun, &job.record.jid), &[])
+            .map_err(sled_err("index job"))?;
         Ok(())
     }
 
@@ -62,6 +65,115 @@ impl Store {
             let head: HeadOnly = from_bytes("job", &bytes)?;
             Ok((head.record, LazyJob(bytes)))
         })
+    }
+
+    /// Jobs whose function `wanted` accepts, newest first, strictly
+    /// older than `before`: a merge of the function index's ranges, one
+    /// per stored function name that `wanted` accepts, so a filtered page
+    /// reads its own jobs and not every job in between.
+    pub fn scan_jobs_of<'a>(
+        &'a self,
+        wanted: impl Fn(&str) -> bool,
+        before: Option<&Jid>,
+    ) -> Result<impl Iterator<Item = Result<(JobHead, LazyJob), StoreError>> + 'a, StoreError> {
+        let mut ranges = Vec::new();
+        for (fun, prefix) in self.function_prefixes()? {
+            if !wanted(&fun) {
+                continue;
+            }
+            let mut end = prefix.clone();
+            match before {
+                Some(before) => end.extend_from_slice(before.as_str().as_bytes()),
+                None => end.push(0xff),
+            }
+            let mut range = self.fun_jobs.range(prefix.clone()..end).keys().rev();
+            let head = range.next();
+            ranges.push((prefix.len(), range, head));
+        }
+        let jobs = self.jobs.clone();
+        Ok(std::iter::from_fn(move || loop {
+            // The newest head among the ranges (a few functions at most).
+            let mut newest: Option<usize> = None;
+            for (i, (skip, _, head)) in ranges.iter().enumerate() {
+                match head {
+                    Some(Err(_)) => {
+                        newest = Some(i);
+                        break;
+                    }
+                    Some(Ok(key)) => {
+                        let better = match newest {
+                            None => true,
+                            Some(n) => match &ranges[n].2 {
+                                Some(Ok(other)) => key[*skip..] > other[ranges[n].0..],
+                                _ => false,
+                            },
+                        };
+                        if better {
+                            newest = Some(i);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            let (skip, range, head) = &mut ranges[newest?];
+            let taken = std::mem::replace(head, range.next());
+            let key = match taken? {
+                Ok(key) => key,
+                Err(e) => return Some(Err(sled_err("scan function index")(e))),
+            };
+            let jid = &key[*skip..];
+            match jobs.get(jid) {
+                Err(e) => return Some(Err(sled_err("read job")(e))),
+                // Pruned between the index read and this one.
+                Ok(None) => continue,
+                Ok(Some(bytes)) => {
+                    return Some(
+                        from_bytes::<HeadOnly>("job", &bytes)
+                            .map(|head| (head.record, LazyJob(bytes))),
+                    )
+                }
+            }
+        }))
+    }
+
+    /// Every function name jobs are stored under, one index seek each.
+    pub fn job_functions(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .function_prefixes()?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Each stored function name with its index prefix as stored.
+    fn function_prefixes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut names = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(item) = self.fun_jobs.range(from.clone()..).keys().next() {
+            let key = item.map_err(sled_err("scan function index"))?;
+            let Some(len) = key
+                .get(..2)
+                .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+            else {
+                return Err(StoreError::Corrupt {
+                    what: "function index",
+                    reason: "key shorter than its length".into(),
+                });
+            };
+            let Some(name) = key.get(2..2 + len) else {
+                return Err(StoreError::Corrupt {
+                    what: "function index",
+                    reason: "name shorter than its length".into(),
+                });
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let prefix = key[..2 + len].to_vec();
+            // Past every jid of this name: jids are ASCII digits.
+            from = prefix.clone();
+            from.push(0xff);
+            names.push((name, prefix));
+        }
+        Ok(names)
     }
 
     /// Jobs issued at or after `since`, oldest first.
@@ -219,6 +331,12 @@ impl Store {
             .collect::<Result<_, _>>()
             .map_err(sled_err("scan old jobs"))?;
         for key in &old {
+            if let Some(bytes) = self.jobs.get(key).map_err(sled_err("read old job"))? {
+                let head: HeadOnly = from_bytes("job", &bytes)?;
+                self.fun_jobs
+                    .remove(fun_key(&head.record.fun, &head.record.jid))
+                    .map_err(sled_err("prune index"))?;
+            }
             let mut prefix = key.to_vec();
             prefix.push(0);
             for tree in [&self.returns, &self.events] {

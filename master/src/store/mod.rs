@@ -122,6 +122,8 @@ pub struct Store {
     audit: sled::Tree,
     bus: sled::Tree,
     minion_jobs: sled::Tree,
+    /// The function index: `fun_key(fun, jid)` → nothing (schema 2).
+    fun_jobs: sled::Tree,
     job_stream: sled::Tree,
     batches: sled::Tree,
     requests: sled::Tree,
@@ -143,7 +145,10 @@ const LIVE_CAPACITY: usize = 4096;
 /// no new schema; renaming, retyping or re-keying one does, with a step
 /// in [`migrate`] and a fixture store of the old schema under
 /// `master/tests/fixtures/`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The function index's tree (schema 2).
+const FUN_JOBS_TREE: &str = "fun_jobs";
 
 /// Where the schema version is kept: tree `meta`, key `schema`, a
 /// big-endian u32.
@@ -170,7 +175,9 @@ pub fn schema_of(db: &sled::Db) -> Result<Option<u32>, StoreError> {
 /// older one is migrated step by step, a newer one is refused.
 ///
 /// Schema 0 is every store written before the version was kept; its
-/// records are exactly schema 1's, so the step only stamps the version.
+/// records are exactly schema 1's, so that step only stamps the version.
+/// Schema 2 adds the function index (`fun_jobs`), built here from the
+/// jobs already stored.
 fn migrate(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
     let found = schema_of(db)?;
     match found {
@@ -189,6 +196,9 @@ fn migrate(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
         .iter()
         .filter(|name| name.as_ref() != META_TREE.as_bytes())
         .any(|name| db.open_tree(name).is_ok_and(|tree| !tree.is_empty()));
+    if found.unwrap_or(0) < 2 {
+        index_functions(db)?;
+    }
     let meta = db.open_tree(META_TREE).map_err(sled_err("open meta"))?;
     meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
         .map_err(sled_err("write schema"))?;
@@ -202,6 +212,39 @@ fn migrate(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
         );
     }
     Ok(())
+}
+
+/// Schema 1 → 2: indexes every stored job under its function.
+fn index_functions(db: &sled::Db) -> Result<(), StoreError> {
+    let jobs = db.open_tree("jobs").map_err(sled_err("open jobs"))?;
+    let index = db
+        .open_tree(FUN_JOBS_TREE)
+        .map_err(sled_err("open fun_jobs"))?;
+    for item in jobs.iter() {
+        let (_, bytes) = item.map_err(sled_err("scan jobs"))?;
+        let head: HeadOnly = from_bytes("job", &bytes)?;
+        index
+            .insert(fun_key(&head.record.fun, &head.record.jid), &[])
+            .map_err(sled_err("index job"))?;
+    }
+    Ok(())
+}
+
+/// The function index's prefix for one name: its length (u16,
+/// big-endian) then the name, so no name is a prefix of another's keys.
+fn fun_prefix(fun: &str) -> Vec<u8> {
+    let name = &fun.as_bytes()[..fun.len().min(u16::MAX as usize)];
+    let mut key = Vec::with_capacity(2 + name.len() + 20);
+    key.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    key.extend_from_slice(name);
+    key
+}
+
+/// A job's key in the function index.
+fn fun_key(fun: &str, jid: &Jid) -> Vec<u8> {
+    let mut key = fun_prefix(fun);
+    key.extend_from_slice(jid.as_str().as_bytes());
+    key
 }
 
 fn return_key(jid: &Jid, id: &str) -> Vec<u8> {
@@ -264,6 +307,9 @@ impl Store {
             minion_jobs: db
                 .open_tree("minion_jobs")
                 .map_err(sled_err("open minion_jobs"))?,
+            fun_jobs: db
+                .open_tree(FUN_JOBS_TREE)
+                .map_err(sled_err("open fun_jobs"))?,
             job_stream: db
                 .open_tree("job_stream")
                 .map_err(sled_err("open job_stream"))?,
@@ -373,6 +419,103 @@ mod tests {
             },
             envelope: vec![1, 2, 3, 255],
         }
+    }
+
+    fn job_of(jid: &Jid, fun: &str) -> StoredJob {
+        let mut stored = job(jid);
+        stored.record.fun = fun.into();
+        stored
+    }
+
+    fn jids_of(store: &Store, wanted: impl Fn(&str) -> bool, before: Option<&Jid>) -> Vec<Jid> {
+        store
+            .scan_jobs_of(wanted, before)
+            .unwrap()
+            .map(|item| item.unwrap().0.jid)
+            .collect()
+    }
+
+    #[test]
+    fn the_function_index_merges_names_newest_first_and_forgets_pruned_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let funs = [
+            "git_deploy.deploy",
+            "test.ping",
+            "git_deploy.rollback",
+            "git_deploy",
+        ];
+        let jids: Vec<Jid> = (0..12)
+            .map(|i| Jid::from_unix_us(1_700_000_000_000_000 + i * 1_000_000))
+            .collect();
+        for (i, jid) in jids.iter().enumerate() {
+            store.put_job(&job_of(jid, funs[i % funs.len()])).unwrap();
+        }
+        // A name that is a prefix of another is its own entry.
+        let mut names = store.job_functions().unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "git_deploy",
+                "git_deploy.deploy",
+                "git_deploy.rollback",
+                "test.ping"
+            ]
+        );
+        let deploys = |jid: &Jid| {
+            let i = jids.iter().position(|j| j == jid).unwrap();
+            funs[i % funs.len()].starts_with("git_deploy")
+        };
+        let expected: Vec<Jid> = jids.iter().rev().filter(|j| deploys(j)).cloned().collect();
+        assert_eq!(
+            jids_of(&store, |f| f.starts_with("git_deploy"), None),
+            expected
+        );
+        assert_eq!(
+            jids_of(&store, |f| f.starts_with("git_deploy"), Some(&jids[6])),
+            expected
+                .iter()
+                .filter(|j| **j < jids[6])
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            jids_of(&store, |f| f == "test.ping", None),
+            vec![jids[9].clone(), jids[5].clone(), jids[1].clone()]
+        );
+        assert!(jids_of(&store, |f| f == "cmd.run", None).is_empty());
+        assert_eq!(store.prune_before(&jids[6]).unwrap(), 6);
+        assert_eq!(
+            jids_of(&store, |f| f == "test.ping", None),
+            vec![jids[9].clone()]
+        );
+        assert_eq!(store.fun_jobs.len(), 6);
+    }
+
+    #[test]
+    fn opening_a_schema_1_store_builds_the_function_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let jid = Jid::from_unix_us(1_700_000_000_000_000);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_job(&job_of(&jid, "git_deploy.deploy")).unwrap();
+            // What a schema 1 store looks like: jobs without the index.
+            store.fun_jobs.clear().unwrap();
+            store
+                .db
+                .open_tree(META_TREE)
+                .unwrap()
+                .insert(SCHEMA_KEY, &1u32.to_be_bytes())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(schema_of(&store.db).unwrap(), Some(SCHEMA_VERSION));
+        assert_eq!(
+            jids_of(&store, |f| f.starts_with("git_deploy"), None),
+            vec![jid]
+        );
     }
 
     fn ret(id: &str, retcode: i32) -> ReturnRecord {
