@@ -227,4 +227,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Adds an entry to the event stream (salt-api's wheel and runner
     /// results, which Salt puts on its event bus); answers its id.
     fn announce(&self, entry: BusEntry) -> Result<u64, ApiError>;
+    /// A request to `route` (its template, `/v1/jobs/{jid}`) was answered
+    /// with `status` after `took`, for the master's metrics. Called on
+    /// the async workers: it must not block.
+    fn request_served(&self, method: &str, route: &str, status: u16, took: std::time::Duration);
 }

@@ -96,11 +96,35 @@ pub fn router_with(backend: Arc<dyn Backend>, extra: Router<Shared>) -> Router {
         .merge(crate::salt::open_routes())
         .merge(authed)
         .merge(extra)
+        // After routing, so the route's template is known.
+        .route_layer(middleware::from_fn_with_state(
+            backend.clone(),
+            time_request,
+        ))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::Extension(Arc::new(LoginThrottle::default())))
         .layer(middleware::from_fn(crate::salt::salt_answers))
         .with_state(backend)
+}
+
+/// Reports each routed request's template, status and duration to the
+/// backend's metrics (an event stream counts until its headers are sent).
+async fn time_request(State(backend): State<Shared>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    backend.request_served(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn health() -> Json<Value> {

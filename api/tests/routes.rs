@@ -40,6 +40,8 @@ struct Fake {
     requests: Mutex<Vec<halite_model::ReleaseRequest>>,
     /// Whether job KNOWN reads as done (its one return is web01's).
     known_done: std::sync::atomic::AtomicBool,
+    /// What `request_served` was told: method, route, status.
+    served: Mutex<Vec<(String, String, u16)>>,
 }
 
 impl Default for Fake {
@@ -54,6 +56,7 @@ impl Default for Fake {
             logged_out: Mutex::default(),
             requests: Mutex::default(),
             known_done: Default::default(),
+            served: Mutex::default(),
         }
     }
 }
@@ -602,6 +605,13 @@ impl Backend for Fake {
         Err(ApiError::not_found(format!("no schedule {name:?}")))
     }
 
+    fn request_served(&self, method: &str, route: &str, status: u16, _took: std::time::Duration) {
+        self.served
+            .lock()
+            .unwrap()
+            .push((method.to_owned(), route.to_owned(), status));
+    }
+
     fn announce(&self, mut entry: BusEntry) -> Result<u64, ApiError> {
         let mut stream = self.stream.lock().unwrap();
         entry.id = stream.len() as u64 + 1;
@@ -731,6 +741,26 @@ async fn health_needs_no_token() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"ok": true}));
+}
+
+#[tokio::test]
+async fn requests_are_reported_by_route_template_and_status() {
+    let (fake, app) = app();
+    call(&app, authed(Method::GET, &format!("/v1/jobs/{KNOWN}"))).await;
+    let unauthed = req(Method::GET, &format!("/v1/jobs/{KNOWN}"))
+        .body(Body::empty())
+        .unwrap();
+    call(&app, unauthed).await;
+    call(&app, authed(Method::GET, "/v1/no-such-route")).await;
+    let served = fake.served.lock().unwrap().clone();
+    assert_eq!(
+        served,
+        vec![
+            ("GET".to_owned(), "/v1/jobs/{jid}".to_owned(), 200),
+            ("GET".to_owned(), "/v1/jobs/{jid}".to_owned(), 401),
+        ],
+        "the raw path is never a label; an unrouted request is not reported"
+    );
 }
 
 #[tokio::test]

@@ -341,4 +341,8 @@ impl Backend for ApiBackend {
     fn announce(&self, entry: BusEntry) -> Result<u64, ApiError> {
         Ok(blocking(|| self.0.store.publish(entry)).map_err(CoreError::from)?)
     }
+
+    fn request_served(&self, method: &str, route: &str, status: u16, took: std::time::Duration) {
+        self.0.metrics.request_served(method, route, status, took);
+    }
 }

@@ -55,6 +55,7 @@ struct RawConfig {
     freeze: Option<Vec<toml::Value>>,
     schedule: Option<Vec<toml::Value>>,
     notify: Option<Vec<toml::Value>>,
+    metrics_bind: Option<String>,
 }
 
 /// A validated master configuration.
@@ -72,6 +73,9 @@ pub struct Config {
     pub return_port: u16,
     /// HTTP API address. Port 0 picks a free port (tests).
     pub api_bind: SocketAddr,
+    /// Where `GET /metrics` (Prometheus text, no token) is served; unset:
+    /// nowhere.
+    pub metrics_bind: Option<SocketAddr>,
     /// Master key and minion keys by state.
     pub pki_dir: PathBuf,
     /// The store, the CLI token and the port file.
@@ -148,6 +152,19 @@ impl Config {
             publish_port: port(file, "publish_port", raw.publish_port, 4505)?,
             return_port: port(file, "return_port", raw.return_port, 4506)?,
             api_bind: location.api_bind,
+            metrics_bind: raw
+                .metrics_bind
+                .as_deref()
+                .map(|text| {
+                    text.parse().map_err(|_| {
+                        ConfigError::key(
+                            file,
+                            "metrics_bind",
+                            format!("{text:?} is not an address like 127.0.0.1:9273"),
+                        )
+                    })
+                })
+                .transpose()?,
             pki_dir: resolve_path(
                 file,
                 &raw.pki_dir
@@ -334,6 +351,7 @@ mod tests {
             ("return_port = -1", "return_port"),
             ("interface = \"nowhere\"", "interface"),
             ("api_bind = \"8000\"", "api_bind"),
+            ("metrics_bind = \"9273\"", "metrics_bind"),
             ("keep_jobs = 0", "keep_jobs"),
             ("id = \"../evil\"", "id"),
             ("auto_accept = \"yes\"", "auto_accept"),

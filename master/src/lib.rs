@@ -21,6 +21,7 @@ pub mod error;
 pub mod freeze;
 pub mod listing;
 pub mod lua_modules;
+pub mod metrics;
 pub mod notify;
 pub mod peer_masters;
 pub mod presence;
@@ -72,6 +73,8 @@ pub struct Running {
     pub return_port: u16,
     /// HTTP API address actually bound.
     pub api_addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics_bind` is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// The shared state (for in-process tests).
     pub core: Arc<core::Core>,
     /// Fires to stop every task.
@@ -166,6 +169,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         source,
     })?;
 
+    let metrics_listener = match config.metrics_bind {
+        Some(bind) => Some(
+            tokio::net::TcpListener::bind(bind)
+                .await
+                .map_err(|source| Error::Io {
+                    context: format!("bind metrics_bind {bind}"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()
+        .map_err(|source| Error::Io {
+            context: "read the metrics address".into(),
+            source,
+        })?;
+
     let (returns_tx, returns_rx) = tokio::sync::mpsc::channel(16 * 1024);
     // The core reports the ports actually bound (0 in the file picks one).
     let mut core_config = config.clone();
@@ -203,14 +226,28 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tasks.spawn(core::notify::deliver(core.clone(), shutdown.clone()));
 
     spawn_api(&mut tasks, listener, tls, core.clone(), shutdown.clone())?;
+    if let Some(listener) = metrics_listener {
+        tasks.spawn(serve_api(
+            listener,
+            metrics_router(core.clone()),
+            shutdown.clone(),
+        ));
+    }
 
-    write_ports(&config, bound.publish_port, bound.return_port, api_addr)?;
+    write_ports(
+        &config,
+        bound.publish_port,
+        bound.return_port,
+        api_addr,
+        metrics_addr,
+    )?;
     tracing::info!(
         id = %config.id,
         version = env!("CARGO_PKG_VERSION"),
         publish_port = bound.publish_port,
         return_port = bound.return_port,
         api = %api_addr,
+        metrics = ?metrics_addr,
         fingerprint = %core.fingerprint(),
         "halite-master ready"
     );
@@ -218,6 +255,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         publish_port: bound.publish_port,
         return_port: bound.return_port,
         api_addr,
+        metrics_addr,
         core,
         shutdown,
         tasks,
@@ -251,6 +289,44 @@ fn spawn_api(
         }
     }
     Ok(())
+}
+
+/// The `metrics_bind` listener's one route: `GET /metrics`, Prometheus
+/// text format, without a token (a scraper cannot log in; bind it where
+/// only the scraper reaches, loopback by default in the packages).
+fn metrics_router(core: Arc<core::Core>) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let core = core.clone();
+            async move {
+                let rendered = tokio::task::spawn_blocking(move || {
+                    core.gauges().map(|gauges| core.metrics.render(&gauges))
+                })
+                .await;
+                match rendered {
+                    Ok(Ok(text)) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot read the metrics' gauges");
+                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics task failed");
+                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                }
+            }
+        }),
+    )
 }
 
 /// How long a client may take to send a request's headers, and how long
@@ -312,11 +388,13 @@ fn write_ports(
     publish_port: u16,
     return_port: u16,
     api: SocketAddr,
+    metrics: Option<SocketAddr>,
 ) -> Result<(), Error> {
     let body = serde_json::json!({
         "publish_port": publish_port,
         "return_port": return_port,
         "api": api.to_string(),
+        "metrics": metrics.map(|m| m.to_string()),
         "pid": std::process::id(),
     });
     let path = config.ports_file();

@@ -570,6 +570,24 @@ impl Master {
         )
     }
 
+    /// What `GET /metrics` answers on the `metrics_bind` listener (the
+    /// address from the ports file); panics when it is not served.
+    pub fn metrics(&self) -> String {
+        let ports: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.dir.join("data/ports.json")).expect("ports.json"),
+        )
+        .expect("ports.json is JSON");
+        let address = ports["metrics"]
+            .as_str()
+            .expect("metrics address: set metrics_bind");
+        let response = api::http()
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .expect("GET /metrics");
+        assert!(response.status().is_success(), "{response:?}");
+        response.text().expect("metrics text")
+    }
+
     /// The local root token (what master-cli uses).
     pub fn root_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("data/cli.token"))

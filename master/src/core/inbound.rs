@@ -8,8 +8,8 @@ use bytes::Bytes;
 use halite_model::EventRecord;
 use halite_pki::PublicKey;
 use halite_proto::message::{
-    Auth, AuthReply, Catchup, CatchupReply, Event, Heartbeat, HeartbeatAck, JobSummary, KeyStatus,
-    Return, ReturnAck, TOPIC_JOB,
+    Auth, AuthReply, Catchup, CatchupReply, Event, EventBody, Heartbeat, HeartbeatAck, JobSummary,
+    KeyStatus, Return, ReturnAck, TOPIC_JOB,
 };
 use halite_proto::time::now_ms;
 use halite_proto::{Envelope, Jid, Kind, Message};
@@ -343,6 +343,15 @@ impl Core {
     }
 
     fn on_event(&self, event: Event) {
+        if let EventBody::Stage {
+            stage,
+            status,
+            duration_ms: Some(duration_ms),
+            ..
+        } = &event.body
+        {
+            self.metrics.stage_ended(stage, status, *duration_ms);
+        }
         let record = EventRecord {
             cursor: 0,
             id: event.id.clone(),

@@ -339,6 +339,13 @@ impl Core {
             template: job.clone(),
         });
         self.store_job(record, envelope.clone(), plan.as_ref())?;
+        self.metrics.job_published(
+            &jid,
+            &job.fun,
+            expected.len(),
+            issued_at,
+            expires_at + RETURN_GRACE_MS,
+        );
         self.send_job(&job, first, envelope);
         if let Some(plan) = plan {
             if self.batches.send(plan).is_err() {

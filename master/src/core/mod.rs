@@ -129,6 +129,8 @@ pub struct Core {
     git_fetched: Mutex<HashMap<String, std::time::Instant>>,
     /// Serialises each change of a rollout (the driver's, people's).
     rollout_lock: Mutex<()>,
+    /// What `/metrics` exports.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Everything `Core::new` needs that is created by the caller.
@@ -176,6 +178,7 @@ impl Core {
             request_steps: Mutex::new(()),
             git_fetched: Mutex::new(HashMap::new()),
             rollout_lock: Mutex::new(()),
+            metrics: crate::metrics::Metrics::new(),
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
             cancelled: Mutex::new(Default::default()),

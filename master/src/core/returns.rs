@@ -123,7 +123,9 @@ impl Core {
                 self.store
                     .publish(crate::store::return_entry(jid, record))?;
             }
+            let flushing = std::time::Instant::now();
             self.store.flush()?;
+            self.metrics.store_operation("flush", flushing.elapsed());
             Ok(new)
         });
         let new = match stored {
@@ -134,6 +136,9 @@ impl Core {
                 return;
             }
         };
+        for ((jid, record), _) in records.iter().zip(&new).filter(|(_, is_new)| **is_new) {
+            self.metrics.return_stored(jid, record, now);
+        }
         for ((peer, ack, success), is_new) in acks.into_iter().zip(new) {
             if is_new {
                 tracing::info!(jid = %ack.jid, minion = %ack.id, success, "return stored");

@@ -30,6 +30,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
             _ = beacon.tick() => core.beacon(),
             _ = sweep.tick() => {
                 core.presence.sweep(now_ms());
+                core.metrics.sweep(now_ms());
             }
             _ = check.tick() => {
                 let core = core.clone();

@@ -125,7 +125,24 @@ impl Core {
 
     /// Jobs newest first, filtered, one page.
     pub fn jobs(&self, filter: &JobFilter) -> Result<JobPage, CoreError> {
-        crate::listing::jobs(self, filter)
+        let started = std::time::Instant::now();
+        let page = crate::listing::jobs(self, filter);
+        self.metrics.store_operation("list_jobs", started.elapsed());
+        page
+    }
+
+    /// What the gauges of `/metrics` show right now.
+    pub fn gauges(&self) -> Result<crate::metrics::Gauges, CoreError> {
+        let accepted = self.keys.accepted_ids();
+        let minions_up = accepted.iter().filter(|id| self.presence.is_up(id)).count();
+        Ok(crate::metrics::Gauges {
+            minions_up,
+            minions_down: accepted.len() - minions_up,
+            returns_queued: self.returns.max_capacity() - self.returns.capacity(),
+            batches_pending: self.store.batches_len(),
+            deliveries_pending: self.store.outbox_len(),
+            rollouts_active: self.store.active_rollouts()?.len(),
+        })
     }
 
     /// A job's events after a cursor (404 for an unknown job).

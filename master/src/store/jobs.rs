@@ -266,6 +266,11 @@ impl Store {
         Ok(())
     }
 
+    /// How many jobs still have batches to publish.
+    pub fn batches_len(&self) -> usize {
+        self.batches.len()
+    }
+
     /// Every batch plan left.
     pub fn batches(&self) -> Result<Vec<crate::batch::BatchPlan>, StoreError> {
         self.batches

@@ -87,6 +87,11 @@ impl Store {
         self.flush()
     }
 
+    /// How many deliveries wait (due or not).
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// Deliveries due at `now`, oldest first, at most `limit`.
     pub fn due_deliveries(&self, now: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let mut out = Vec::new();
