@@ -74,6 +74,9 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Small writes (event stream entries) go out at once; see
+                // `serve_api`.
+                let _ = tcp.set_nodelay(true);
                 if tx.is_closed() {
                     break;
                 }

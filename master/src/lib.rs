@@ -285,6 +285,13 @@ fn spawn_api(
             tasks.spawn(serve_api(listener, app, shutdown));
         }
         None => {
+            // Without TCP_NODELAY, a small write (an event stream entry, the
+            // end of a chunked answer) waits for the ACK of the previous
+            // one, which the client delays up to 40 ms (Nagle against
+            // delayed ACK): every `master-cli run` paid it.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tasks.spawn(serve_api(listener, app, shutdown));
         }
     }
