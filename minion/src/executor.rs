@@ -279,7 +279,7 @@ impl Executor {
                 std::fs::write(self.markers.join(jid.as_str()), bytes)
             })
             .map_err(|e| format!("{}: {e}", self.markers.display()))?;
-        self.outbox.probe(jid).inspect_err(|_| {
+        self.outbox.probe().inspect_err(|_| {
             let _ = std::fs::remove_file(self.markers.join(jid.as_str()));
         })
     }

@@ -59,11 +59,11 @@ impl Outbox {
     }
 
     /// Can every route's spool take a return now (Err names the spool)?
-    pub fn probe(&self, jid: &Jid) -> Result<(), String> {
+    pub fn probe(&self) -> Result<(), String> {
         for route in &self.routes {
             route
                 .spool
-                .probe(jid)
+                .probe()
                 .map_err(|e| format!("{}: {e}", route.spool.dir().display()))?;
         }
         Ok(())

@@ -721,15 +721,9 @@ impl Minion {
         self.proc.log_text()
     }
 
-    /// Files waiting in the return spool.
+    /// Returns waiting in the return spool (not yet acknowledged).
     pub fn spooled(&self) -> usize {
-        std::fs::read_dir(self.dir.join("data/spool"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "ret"))
-                    .count()
-            })
-            .unwrap_or(0)
+        halite_minion::spool::waiting_in(&self.dir.join("data/spool")).expect("read the spool")
     }
 }
 
