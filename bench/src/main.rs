@@ -5,6 +5,7 @@
 //! - `fanout --minions N`: publish-to-all-returns-stored time for a swarm
 //!   of N minions ([`fanout`]).
 //! - `api --jobs N`: HTTP API requests/s and p99 with N stored jobs ([`api`]).
+//! - `cli --minions 30,60 [--salt-bin DIR]`: `master-cli run` against real minion processes, next to Salt's CLI ([`cli`]).
 //! - `lua`: a Lua module call against the same Rust module call ([`lua`]).
 //! - `rollout --minions N`: a ramp through a swarm, overhead per step ([`rollout`]).
 //! - `idle-rss`: resident memory of one idle `halite-minion` ([`idle`]).
@@ -18,6 +19,7 @@
 
 mod accept;
 mod api;
+mod cli;
 mod deploy;
 mod failover;
 mod fanout;
@@ -52,6 +54,8 @@ enum Cmd {
     Accept(accept::AcceptArgs),
     /// HTTP API requests/s and latency with many stored jobs, under wrk.
     Api(api::ApiArgs),
+    /// `master-cli run target='web*' test.ping` against real minion processes (and Salt's CLI).
+    Cli(cli::CliArgs),
     /// Time from publishing test.ping until all N returns are stored.
     Fanout(fanout::FanoutArgs),
     /// git_deploy (first deploy, one-file redeploy, rollback) against system git.
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Accept(args) => accept::run(args),
         Cmd::Api(args) => api::run(args),
+        Cmd::Cli(args) => cli::run(args),
         Cmd::Fanout(args) => fanout::run(args),
         Cmd::IdleRss(args) => idle::run(args),
         Cmd::Lua(args) => lua::run(args),
