@@ -276,10 +276,12 @@ fn salt_side(salt_bin: &Path, n: usize, runs: usize, timeout: Duration) -> Resul
     sys::wait_for(
         &format!("{n} salt minions answering"),
         timeout,
-        Duration::from_millis(500),
+        Duration::from_secs(2),
         |progress| {
             master.check_alive()?;
-            let (_, ok) = ping(5)?;
+            // A master still enrolling dozens of Python minions answers
+            // slowly: a short timeout would never see them all.
+            let (_, ok) = ping(30)?;
             *progress = format!("{ok} answered");
             Ok((ok == n).then_some(()))
         },
