@@ -98,9 +98,9 @@ pub fn run(args: CliArgs) -> Result<()> {
 /// Starts a halite master and `n` minions, waits until all are up, then
 /// times the CLI.
 fn halite_side(bin_dir: &Path, n: usize, runs: usize, timeout: Duration) -> Result<Timed> {
-    let master_bin = binary(bin_dir, "halite-master")?;
-    let minion_bin = binary(bin_dir, "halite-minion")?;
-    let cli_bin = binary(bin_dir, "master-cli")?;
+    let master_bin = sys::binary(bin_dir, "halite-master")?;
+    let minion_bin = sys::binary(bin_dir, "halite-minion")?;
+    let cli_bin = sys::binary(bin_dir, "master-cli")?;
     let dir = tempfile::Builder::new()
         .prefix("halite-bench-cli-")
         .tempdir()
@@ -118,13 +118,7 @@ fn halite_side(bin_dir: &Path, n: usize, runs: usize, timeout: Duration) -> Resu
         ),
     )
     .context("write the master config")?;
-    let mut master = spawn(
-        "halite-master",
-        &master_bin,
-        &["--config"],
-        &master_toml,
-        root,
-    )?;
+    let mut master = spawn("halite-master", &master_bin, "--config", &master_toml, root)?;
     let ports: Value = sys::wait_for(
         "the master's ports.json",
         timeout,
@@ -151,7 +145,7 @@ fn halite_side(bin_dir: &Path, n: usize, runs: usize, timeout: Duration) -> Resu
             ),
         )
         .context("write a minion config")?;
-        minions.push(spawn(&id, &minion_bin, &["--config"], &config, root)?);
+        minions.push(spawn(&id, &minion_bin, "--config", &config, root)?);
     }
     let cli = |quiet: bool| -> Result<(Duration, String)> {
         let started = Instant::now();
@@ -208,9 +202,9 @@ fn halite_side(bin_dir: &Path, n: usize, runs: usize, timeout: Duration) -> Resu
 /// Starts a salt-master and `n` salt-minions, waits until every minion
 /// answers, then times the `salt` CLI.
 fn salt_side(salt_bin: &Path, n: usize, runs: usize, timeout: Duration) -> Result<Timed> {
-    let master_bin = binary(salt_bin, "salt-master")?;
-    let minion_bin = binary(salt_bin, "salt-minion")?;
-    let salt = binary(salt_bin, "salt")?;
+    let master_bin = sys::binary(salt_bin, "salt-master")?;
+    let minion_bin = sys::binary(salt_bin, "salt-minion")?;
+    let salt = sys::binary(salt_bin, "salt")?;
     let dir = tempfile::Builder::new()
         .prefix("halite-bench-salt-")
         .tempdir()
@@ -231,7 +225,7 @@ fn salt_side(salt_bin: &Path, n: usize, runs: usize, timeout: Duration) -> Resul
             master_dir.join("master.log").display(),
         ),
     )?;
-    let mut master = spawn("salt-master", &master_bin, &["-c"], &master_dir, root)?;
+    let mut master = spawn("salt-master", &master_bin, "-c", &master_dir, root)?;
     let mut minions = Vec::with_capacity(n);
     for i in 1..=n {
         let id = format!("web{i:02}");
@@ -247,7 +241,7 @@ fn salt_side(salt_bin: &Path, n: usize, runs: usize, timeout: Duration) -> Resul
                 conf.join("minion.log").display(),
             ),
         )?;
-        minions.push(spawn(&id, &minion_bin, &["-c"], &conf, root)?);
+        minions.push(spawn(&id, &minion_bin, "-c", &conf, root)?);
     }
     let ping = |timeout_s: u64| -> Result<(Duration, usize)> {
         let started = Instant::now();
@@ -307,32 +301,15 @@ fn free_port() -> Result<u16> {
     Ok(socket.local_addr()?.port())
 }
 
-fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    if !path.is_file() {
-        bail!(
-            "{} not found (build with `cargo build --release --workspace --bins`, or point \
-             --salt-bin at a Salt virtualenv's bin)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 /// Starts `exe FLAG config`, its stderr in `dir/NAME.log`, stopped by PID
 /// when dropped.
-fn spawn(name: &str, exe: &Path, flag: &[&str], config: &Path, dir: &Path) -> Result<Guarded> {
+fn spawn(name: &str, exe: &Path, flag: &str, config: &Path, dir: &Path) -> Result<Guarded> {
     let log = dir.join(format!("{name}.log"));
-    let log_file =
-        std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-    let child = Command::new(exe)
-        .args(flag)
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .with_context(|| format!("start {}", exe.display()))?;
-    Ok(Guarded::new(name, child, Some(log)))
+    sys::spawn_logged(
+        name,
+        exe,
+        &[flag.as_ref(), config.as_os_str()],
+        &log,
+        "warn",
+    )
 }

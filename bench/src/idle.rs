@@ -10,7 +10,6 @@
 //! SIGKILL after a grace period), also when the bench fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -43,34 +42,14 @@ pub struct IdleArgs {
     pub markdown: bool,
 }
 
-fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    if !path.is_file() {
-        bail!(
-            "{} not found: build the binaries next to halite-bench with \
-             `cargo build --release --workspace --bins` (or pass --bin-dir)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 fn spawn(name: &str, exe: &Path, config: &Path, log: &Path) -> Result<Guarded> {
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let child = Command::new(exe)
-        .arg("--config")
-        .arg(config)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .with_context(|| format!("start {}", exe.display()))?;
-    Ok(Guarded::new(name, child, Some(log.to_path_buf())))
+    sys::spawn_logged(
+        name,
+        exe,
+        &["--config".as_ref(), config.as_os_str()],
+        log,
+        "info",
+    )
 }
 
 fn write_toml(path: &Path, table: toml::Table) -> Result<()> {
@@ -84,8 +63,8 @@ pub fn run(args: IdleArgs) -> Result<()> {
         Some(dir) => dir.clone(),
         None => sys::exe_dir()?,
     };
-    let master_bin = binary(&bin_dir, "halite-master")?;
-    let minion_bin = binary(&bin_dir, "halite-minion")?;
+    let master_bin = sys::binary(&bin_dir, "halite-master")?;
+    let minion_bin = sys::binary(&bin_dir, "halite-minion")?;
     let timeout = Duration::from_secs(args.timeout);
     let dir = tempfile::Builder::new()
         .prefix("halite-bench-idle-")

@@ -187,3 +187,42 @@ impl Drop for Guarded {
         self.stop(Duration::from_secs(5));
     }
 }
+
+/// `dir/name`, or an error saying how to build it (or, for a tool of
+/// another project, which option points at it).
+pub fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build the binaries next to halite-bench with \
+             `cargo build --release --workspace --bins` (or point the bench's option at it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Starts `exe args…`, its stderr in `log`, `RUST_LOG` passed on (or
+/// `default_log`), stopped by PID when dropped.
+pub fn spawn_logged(
+    name: &str,
+    exe: &Path,
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+    default_log: &str,
+) -> Result<Guarded> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let child = std::process::Command::new(exe)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| default_log.into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log_file))
+        .spawn()
+        .with_context(|| format!("start {}", exe.display()))?;
+    Ok(Guarded::new(name, child, Some(log.to_path_buf())))
+}
