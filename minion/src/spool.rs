@@ -62,10 +62,13 @@ impl Spool {
     pub fn open(dir: &Path) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(LOG);
+        // Not in append mode: Windows refuses to truncate a file opened
+        // for appending; records are written at `len` under the lock.
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
@@ -235,7 +238,11 @@ impl Log {
         record.extend_from_slice(payload);
         let crc = crc32fast::hash(&record);
         record.extend_from_slice(&crc.to_le_bytes());
-        if let Err(e) = self.file.write_all(&record) {
+        let written = self
+            .file
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(&record));
+        if let Err(e) = written {
             // A partial record would end the log at the next open: cut it now.
             let _ = self.file.set_len(self.len);
             return Err(e);
@@ -270,14 +277,13 @@ impl Log {
         let mut fresh = Log {
             file: OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .create(true)
-                .truncate(false)
+                .truncate(true)
                 .open(&tmp)?,
             len: 0,
             waiting: BTreeMap::new(),
         };
-        fresh.file.set_len(0)?;
         for (jid, (offset, length)) in waiting {
             let bytes = self.read(offset, length)?;
             let at = fresh.append(PUT, &jid, &bytes)?;
