@@ -266,12 +266,9 @@ impl Metrics {
     pub fn sweep(&self, now: u64) {
         let expired: Vec<Open> = {
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            let jids: Vec<Jid> = open
-                .iter()
-                .filter(|(_, job)| job.deadline <= now)
-                .map(|(jid, _)| jid.clone())
-                .collect();
-            jids.iter().filter_map(|jid| open.remove(jid)).collect()
+            open.extract_if(|_, job| job.deadline <= now)
+                .map(|(_, job)| job)
+                .collect()
         };
         for job in expired {
             self.finish(job, "incomplete", now);

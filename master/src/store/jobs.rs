@@ -136,17 +136,9 @@ impl Store {
         }))
     }
 
-    /// Every function name jobs are stored under, one index seek each.
-    pub fn job_functions(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .function_prefixes()?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect())
-    }
-
-    /// Each stored function name with its index prefix as stored.
-    fn function_prefixes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// Each stored function name (one index seek each) with its index
+    /// prefix as stored.
+    pub(super) fn function_prefixes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut names = Vec::new();
         let mut from: Vec<u8> = Vec::new();
         while let Some(item) = self.fun_jobs.range(from.clone()..).keys().next() {

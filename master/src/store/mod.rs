@@ -452,7 +452,12 @@ mod tests {
             store.put_job(&job_of(jid, funs[i % funs.len()])).unwrap();
         }
         // A name that is a prefix of another is its own entry.
-        let mut names = store.job_functions().unwrap();
+        let mut names: Vec<String> = store
+            .function_prefixes()
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         names.sort();
         assert_eq!(
             names,
