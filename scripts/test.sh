@@ -44,6 +44,8 @@ command -v wixl >/dev/null || need+=(wixl)
 #   (debootstrap) booted with systemd-nspawn (systemd-container).
 command -v lintian >/dev/null || need+=(lintian)
 command -v rpm >/dev/null || need+=(rpm)
+# - the shared store's tests start a throwaway PostgreSQL cluster.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || need+=(postgresql)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 install_debian_packages scripts/test.sh ${need[@]+"${need[@]}"}

@@ -56,6 +56,7 @@ struct RawConfig {
     schedule: Option<Vec<toml::Value>>,
     notify: Option<Vec<toml::Value>>,
     metrics_bind: Option<String>,
+    store: Option<String>,
 }
 
 /// A validated master configuration.
@@ -78,8 +79,12 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     /// Master key and minion keys by state.
     pub pki_dir: PathBuf,
-    /// The store, the CLI token and the port file.
+    /// The store (unless `store` names a database), the CLI token and
+    /// the port file.
     pub data_dir: PathBuf,
+    /// Where jobs, returns and the rest are kept: sled in
+    /// `data_dir/store`, or a PostgreSQL database several masters share.
+    pub store: crate::store::StoreLocation,
     /// Accept every new minion key without an operator (labs only).
     pub auto_accept: bool,
     /// Keys that may wait for acceptance; past it new ids are refused.
@@ -170,6 +175,11 @@ impl Config {
                 &raw.pki_dir
                     .unwrap_or_else(|| "/etc/halite/pki/master".into()),
             ),
+            store: crate::store::StoreLocation::parse(
+                raw.store.as_deref(),
+                &location.data_dir.join("store"),
+            )
+            .map_err(|e| ConfigError::key(file, "store", e.to_string()))?,
             data_dir: location.data_dir,
             auto_accept: raw.auto_accept.unwrap_or(false),
             max_pending_keys: int_key(
@@ -330,6 +340,15 @@ mod tests {
         assert_eq!(config.api_bind.to_string(), "127.0.0.1:8000");
         assert!(!config.auto_accept);
         assert_eq!(config.keep_jobs, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            config.store,
+            crate::store::StoreLocation::Sled("/var/lib/halite/master/store".into())
+        );
+        let shared = parse("id = \"m1\"\nstore = \"postgres://halite@db/halite\"").unwrap();
+        assert_eq!(
+            shared.store,
+            crate::store::StoreLocation::Postgres("postgres://halite@db/halite".into())
+        );
     }
 
     #[test]
@@ -352,6 +371,8 @@ mod tests {
             ("interface = \"nowhere\"", "interface"),
             ("api_bind = \"8000\"", "api_bind"),
             ("metrics_bind = \"9273\"", "metrics_bind"),
+            ("store = \"mysql://db/halite\"", "store"),
+            ("store = 5", "store"),
             ("keep_jobs = 0", "keep_jobs"),
             ("id = \"../evil\"", "id"),
             ("auto_accept = \"yes\"", "auto_accept"),

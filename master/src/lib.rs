@@ -140,7 +140,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!(pki_dir = %config.pki_dir.display(), "generated master key");
     }
     let keys = halite_pki::KeyStore::open(&config.pki_dir)?;
-    let store = store::Store::open(&config.data_dir.join("store"))?;
+    let store = store::Store::at(&config.store)?;
+    tracing::info!(store = %config.store, "store open");
     let cli_token = token::ensure(&config.token_file()).map_err(|source| Error::Io {
         context: format!("write CLI token {}", config.token_file().display()),
         source,

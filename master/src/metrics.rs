@@ -93,6 +93,7 @@ pub struct Metrics {
     store_seconds: Histograms<Operation>,
     minions: Family<Name, Gauge>,
     queued: Family<Name, Gauge>,
+    driving: Gauge,
     open: Mutex<HashMap<Jid, Open>>,
 }
 
@@ -110,6 +111,8 @@ pub struct Gauges {
     pub deliveries_pending: usize,
     /// Rollouts not finished.
     pub rollouts_active: usize,
+    /// Whether this master holds the drivers' lease.
+    pub driving: bool,
 }
 
 impl Default for Metrics {
@@ -184,6 +187,13 @@ impl Metrics {
         );
         let queued = Family::<Name, Gauge>::default();
         registry.register("queue_depth", "Work waiting, by queue", queued.clone());
+        let driving = Gauge::default();
+        registry.register(
+            "driving",
+            "1 while this master holds the lease to drive rollouts, schedules and batches \
+             (always on the embedded store; one master at a time on a shared one)",
+            driving.clone(),
+        );
         Metrics {
             registry,
             submitted,
@@ -196,6 +206,7 @@ impl Metrics {
             store_seconds,
             minions,
             queued,
+            driving,
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -327,6 +338,7 @@ impl Metrics {
         set(&self.queued, "batches", gauges.batches_pending);
         set(&self.queued, "deliveries", gauges.deliveries_pending);
         set(&self.queued, "rollouts", gauges.rollouts_active);
+        self.driving.set(i64::from(gauges.driving));
         set(
             &self.queued,
             "jobs_in_flight",
@@ -368,6 +380,7 @@ mod tests {
             batches_pending: 0,
             deliveries_pending: 2,
             rollouts_active: 0,
+            driving: true,
         }
     }
 

@@ -237,68 +237,71 @@ mod tests {
 
     #[test]
     fn transitions_are_recorded_once_each_way() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
-        assert!(presence.heartbeat("web01", 1, "0.1.0", Some(4), 1_000));
-        assert!(presence.heartbeat("web01", 2, "0.1.0", None, 2_000));
-        assert!(presence.is_up("web01"));
-        assert!(presence.sweep(4_000).is_empty());
-        let down = presence.sweep(5_001);
-        assert_eq!(down.len(), 1);
-        assert_eq!(down[0].event, "minion/down");
-        assert!(presence.sweep(9_000).is_empty(), "down is recorded once");
-        assert!(presence.heartbeat("web01", 3, "0.1.0", None, 10_000));
-        let events = store.presence(10).unwrap();
-        let kinds: Vec<(&str, u64)> = events.iter().map(|e| (e.event.as_str(), e.at)).collect();
-        assert_eq!(
-            kinds,
-            vec![
-                ("minion/up", 10_000),
-                ("minion/down", 5_001),
-                ("minion/up", 1_000)
-            ]
-        );
-        assert_eq!(
-            presence.all()[0].rtt_ms,
-            Some(4),
-            "latency kept until the next measurement"
-        );
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
+            assert!(presence.heartbeat("web01", 1, "0.1.0", Some(4), 1_000));
+            assert!(presence.heartbeat("web01", 2, "0.1.0", None, 2_000));
+            assert!(presence.is_up("web01"));
+            assert!(presence.sweep(4_000).is_empty());
+            let down = presence.sweep(5_001);
+            assert_eq!(down.len(), 1);
+            assert_eq!(down[0].event, "minion/down");
+            assert!(presence.sweep(9_000).is_empty(), "down is recorded once");
+            assert!(presence.heartbeat("web01", 3, "0.1.0", None, 10_000));
+            let events = store.presence(10).unwrap();
+            let kinds: Vec<(&str, u64)> = events.iter().map(|e| (e.event.as_str(), e.at)).collect();
+            assert_eq!(
+                kinds,
+                vec![
+                    ("minion/up", 10_000),
+                    ("minion/down", 5_001),
+                    ("minion/up", 1_000)
+                ]
+            );
+            assert_eq!(
+                presence.all()[0].rtt_ms,
+                Some(4),
+                "latency kept until the next measurement"
+            );
+        }
     }
 
     #[test]
     fn a_restarted_master_knows_who_was_up_without_new_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        {
-            let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
-            assert!(presence.heartbeat("web01", 1, "0.1.0", None, 1_000));
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            {
+                let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
+                assert!(presence.heartbeat("web01", 1, "0.1.0", None, 1_000));
+            }
+            let presence = Presence::load(store.clone(), Duration::from_secs(3), 2_000).unwrap();
+            assert!(presence.is_up("web01"));
+            assert_eq!(store.presence(10).unwrap().len(), 1);
+            assert_eq!(presence.sweep(10_000).len(), 1);
         }
-        let presence = Presence::load(store.clone(), Duration::from_secs(3), 2_000).unwrap();
-        assert!(presence.is_up("web01"));
-        assert_eq!(store.presence(10).unwrap().len(), 1);
-        assert_eq!(presence.sweep(10_000).len(), 1);
     }
 
     #[test]
     fn a_replayed_heartbeat_is_no_sign_of_life_even_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        {
-            let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
-            assert!(presence.heartbeat("web01", 500, "0.1.0", None, 1_000));
-            assert!(!presence.heartbeat("web01", 500, "0.1.0", None, 2_000));
-            assert!(
-                presence.sweep(4_500).len() == 1,
-                "the replay kept nothing up"
-            );
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            {
+                let presence = Presence::load(store.clone(), Duration::from_secs(3), 0).unwrap();
+                assert!(presence.heartbeat("web01", 500, "0.1.0", None, 1_000));
+                assert!(!presence.heartbeat("web01", 500, "0.1.0", None, 2_000));
+                assert!(
+                    presence.sweep(4_500).len() == 1,
+                    "the replay kept nothing up"
+                );
+            }
+            let presence = Presence::load(store.clone(), Duration::from_secs(3), 10_000).unwrap();
+            assert!(!presence.heartbeat("web01", 500, "0.1.0", None, 10_000));
+            assert!(!presence.is_up("web01"));
+            presence.authenticated("web01", Value::Null, "0.1.0");
+            assert!(!presence.is_up("web01"), "an auth is not a sign of life");
+            assert!(presence.heartbeat("web01", 501, "0.1.0", None, 10_000));
+            assert!(presence.is_up("web01"));
         }
-        let presence = Presence::load(store.clone(), Duration::from_secs(3), 10_000).unwrap();
-        assert!(!presence.heartbeat("web01", 500, "0.1.0", None, 10_000));
-        assert!(!presence.is_up("web01"));
-        presence.authenticated("web01", Value::Null, "0.1.0");
-        assert!(!presence.is_up("web01"), "an auth is not a sign of life");
-        assert!(presence.heartbeat("web01", 501, "0.1.0", None, 10_000));
-        assert!(presence.is_up("web01"));
     }
 }

@@ -591,6 +591,10 @@ impl Core {
     /// Hands the batch plans a previous run left in the store to the batch
     /// driver (at start).
     pub fn resume_batches(&self) -> Result<usize, crate::store::StoreError> {
+        // On a shared store the master driving the rest resumes them.
+        if !self.drives() {
+            return Ok(0);
+        }
         let plans = self.store.batches()?;
         let count = plans.len();
         for plan in plans {

@@ -131,7 +131,18 @@ pub struct Core {
     rollout_lock: Mutex<()>,
     /// What `/metrics` exports.
     pub metrics: crate::metrics::Metrics,
+    /// Whether this master held the drivers' lease at its last ask.
+    driving: std::sync::atomic::AtomicBool,
 }
+
+/// The lease under which one master of those sharing a store drives
+/// rollouts, schedules, settling requests and resumed batches.
+const DRIVERS_LEASE: &str = "drivers";
+
+/// How long the drivers' lease outlives its holder's last renewal (each
+/// driver round renews it, several times a second): how long the work
+/// waits when the master driving it dies.
+pub const DRIVERS_LEASE_MS: u64 = 10_000;
 
 /// Everything `Core::new` needs that is created by the caller.
 pub struct CoreParts {
@@ -178,6 +189,7 @@ impl Core {
             request_steps: Mutex::new(()),
             git_fetched: Mutex::new(HashMap::new()),
             rollout_lock: Mutex::new(()),
+            driving: std::sync::atomic::AtomicBool::new(false),
             metrics: crate::metrics::Metrics::new(),
             batches,
             batch_plans: Mutex::new(Some(batch_plans)),
@@ -272,6 +284,34 @@ impl Core {
                 tracing::error!(jid = %job.jid, error = %e, "cannot seal a job for publishing")
             }
         }
+    }
+
+    /// Does this master drive the shared work (rollouts, schedules,
+    /// settling requests, resumed batches) now? Asks for (or renews) the
+    /// store's lease: always granted on sled; on a shared store to one
+    /// master at a time, and to another once its holder stops renewing.
+    /// Blocks for a store round trip.
+    pub fn drives(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let holds = match self
+            .store
+            .hold_lease(DRIVERS_LEASE, &self.config.id, DRIVERS_LEASE_MS)
+        {
+            Ok(holds) => holds,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the drivers' lease; not driving");
+                false
+            }
+        };
+        if self.driving.swap(holds, Ordering::AcqRel) != holds {
+            tracing::info!(driving = holds, "the drivers' lease changed hands");
+        }
+        holds
+    }
+
+    /// Whether this master drove the shared work at its last ask.
+    pub fn is_driving(&self) -> bool {
+        self.driving.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Puts an entry on the event stream; a failure is logged, never

@@ -373,6 +373,9 @@ impl Core {
     /// the last one is stored rather than at the next tick.
     pub fn drive_rollouts(&self) -> HashMap<Jid, usize> {
         let mut waiting = HashMap::new();
+        if !self.drives() {
+            return waiting;
+        }
         let active = match self.store.active_rollouts() {
             Ok(active) => active,
             Err(e) => {

@@ -139,9 +139,10 @@ impl Core {
             minions_up,
             minions_down: accepted.len() - minions_up,
             returns_queued: self.returns.max_capacity() - self.returns.capacity(),
-            batches_pending: self.store.batches_len(),
-            deliveries_pending: self.store.outbox_len(),
+            batches_pending: self.store.batches_len()?,
+            deliveries_pending: self.store.outbox_len()?,
             rollouts_active: self.store.active_rollouts()?.len(),
+            driving: self.is_driving(),
         })
     }
 

@@ -44,6 +44,9 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
         }
         let worker = core.clone();
         let ran = tokio::task::spawn_blocking(move || {
+            if !worker.drives() {
+                return;
+            }
             let now = now_ms();
             if let Err(e) = worker.run_due_schedules(now) {
                 tracing::error!(error = %e, "cannot run the schedules");

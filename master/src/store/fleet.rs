@@ -9,7 +9,7 @@ impl Store {
         let bytes = to_bytes("minion", minion)?;
         self.minions
             .insert(minion.id.as_bytes(), bytes)
-            .map_err(sled_err("write minion"))?;
+            .map_err(failed("write minion"))?;
         Ok(())
     }
 
@@ -25,7 +25,7 @@ impl Store {
     pub fn remove_minion(&self, id: &str) -> Result<(), StoreError> {
         self.minions
             .remove(id.as_bytes())
-            .map_err(sled_err("remove minion"))?;
+            .map_err(failed("remove minion"))?;
         Ok(())
     }
 
@@ -37,7 +37,7 @@ impl Store {
         let bytes = to_bytes("presence", event)?;
         self.presence
             .insert(key, bytes)
-            .map_err(sled_err("write presence"))?;
+            .map_err(failed("write presence"))?;
         Ok(())
     }
 
@@ -53,7 +53,7 @@ impl Store {
             key.extend_from_slice(check.id.as_bytes());
             self.checks
                 .insert(key, to_bytes("check", check)?)
-                .map_err(sled_err("write check"))?;
+                .map_err(failed("write check"))?;
         }
         Ok(())
     }

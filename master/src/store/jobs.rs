@@ -9,10 +9,10 @@ impl Store {
         let bytes = to_bytes("job", job)?;
         self.jobs
             .insert(job.record.jid.as_str().as_bytes(), bytes)
-            .map_err(sled_err("write job"))?;
+            .map_err(failed("write job"))?;
         self.fun_jobs
-            .insert(fun_key(&job.record.fun, &job.record.jid), &[])
-            .map_err(sled_err("index job"))?;
+            .insert(fun_key(&job.record.fun, &job.record.jid), [])
+            .map_err(failed("index job"))?;
         Ok(())
     }
 
@@ -20,7 +20,7 @@ impl Store {
     pub fn has_job(&self, jid: &Jid) -> Result<bool, StoreError> {
         self.jobs
             .contains_key(jid.as_str().as_bytes())
-            .map_err(sled_err("read job"))
+            .map_err(failed("read job"))
     }
 
     /// One job, if known.
@@ -28,7 +28,7 @@ impl Store {
         match self
             .jobs
             .get(jid.as_str().as_bytes())
-            .map_err(sled_err("read job"))?
+            .map_err(failed("read job"))?
         {
             Some(bytes) => Ok(Some(from_bytes("job", &bytes)?)),
             None => Ok(None),
@@ -61,7 +61,7 @@ impl Store {
             None => self.jobs.iter(),
         };
         iter.rev().map(|item| {
-            let (_, bytes) = item.map_err(sled_err("scan jobs"))?;
+            let (_, bytes) = item.map_err(failed("scan jobs"))?;
             let head: HeadOnly = from_bytes("job", &bytes)?;
             Ok((head.record, LazyJob(bytes)))
         })
@@ -119,11 +119,11 @@ impl Store {
             let taken = std::mem::replace(head, range.next());
             let key = match taken? {
                 Ok(key) => key,
-                Err(e) => return Some(Err(sled_err("scan function index")(e))),
+                Err(e) => return Some(Err(failed("scan function index")(e))),
             };
             let jid = &key[*skip..];
             match jobs.get(jid) {
-                Err(e) => return Some(Err(sled_err("read job")(e))),
+                Err(e) => return Some(Err(failed("read job")(e))),
                 // Pruned between the index read and this one.
                 Ok(None) => continue,
                 Ok(Some(bytes)) => {
@@ -142,7 +142,7 @@ impl Store {
         let mut names = Vec::new();
         let mut from: Vec<u8> = Vec::new();
         while let Some(item) = self.fun_jobs.range(from.clone()..).keys().next() {
-            let key = item.map_err(sled_err("scan function index"))?;
+            let key = item.map_err(failed("scan function index"))?;
             let Some(len) = key
                 .get(..2)
                 .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
@@ -185,17 +185,16 @@ impl Store {
             .iter()
             .map(|(jid, ret)| {
                 let bytes = to_bytes("return", ret)?;
-                let previous = self
+                let new = self
                     .returns
-                    .compare_and_swap(return_key(jid, &ret.id), None as Option<&[u8]>, Some(bytes))
-                    .map_err(sled_err("write return"))?;
-                let new = previous.is_ok();
+                    .insert_new(return_key(jid, &ret.id), bytes)
+                    .map_err(failed("write return"))?;
                 if new {
                     let mut index = jid_prefix_of_id(&ret.id);
                     index.extend_from_slice(jid.as_str().as_bytes());
                     self.minion_jobs
-                        .insert(index, &[])
-                        .map_err(sled_err("index return"))?;
+                        .insert(index, [])
+                        .map_err(failed("index return"))?;
                 }
                 Ok(new)
             })
@@ -229,7 +228,7 @@ impl Store {
             .rev()
             .take(limit)
             .map(|key| {
-                let key = key.map_err(sled_err("scan minion jobs"))?;
+                let key = key.map_err(failed("scan minion jobs"))?;
                 let raw = std::str::from_utf8(&key[prefix.len()..]).unwrap_or_default();
                 Jid::parse(raw).map_err(|e| StoreError::Corrupt {
                     what: "minion job index",
@@ -246,7 +245,7 @@ impl Store {
                 plan.template.jid.as_str().as_bytes(),
                 to_bytes("batch plan", plan)?,
             )
-            .map_err(sled_err("write batch plan"))?;
+            .map_err(failed("write batch plan"))?;
         Ok(())
     }
 
@@ -254,13 +253,13 @@ impl Store {
     pub fn delete_batch(&self, jid: &Jid) -> Result<(), StoreError> {
         self.batches
             .remove(jid.as_str().as_bytes())
-            .map_err(sled_err("delete batch plan"))?;
+            .map_err(failed("delete batch plan"))?;
         Ok(())
     }
 
     /// How many jobs still have batches to publish.
-    pub fn batches_len(&self) -> usize {
-        self.batches.len()
+    pub fn batches_len(&self) -> Result<usize, StoreError> {
+        self.batches.len().map_err(failed("count batch plans"))
     }
 
     /// Every batch plan left.
@@ -295,13 +294,13 @@ impl Store {
     /// Appends a progress event to a job; its cursor orders all events of
     /// the job by arrival.
     pub fn put_event(&self, jid: &Jid, mut event: EventRecord) -> Result<EventRecord, StoreError> {
-        event.cursor = self.db.generate_id().map_err(sled_err("event id"))?;
+        event.cursor = self.engine.generate_id().map_err(failed("event id"))?;
         let mut key = jid_prefix(jid);
         key.extend_from_slice(&event.cursor.to_be_bytes());
         let bytes = to_bytes("event", &event)?;
         self.events
             .insert(key, bytes)
-            .map_err(sled_err("write event"))?;
+            .map_err(failed("write event"))?;
         Ok(event)
     }
 
@@ -319,44 +318,46 @@ impl Store {
     }
 
     /// Removes jobs older than `cutoff` with their returns and events.
-    /// Returns how many jobs were pruned.
+    /// Returns how many jobs were pruned. Returns and events go by key
+    /// range (on PostgreSQL whole partitions), also those of a job whose
+    /// own record an earlier, interrupted prune already removed.
     pub fn prune_before(&self, cutoff: &Jid) -> Result<usize, StoreError> {
-        let old: Vec<sled::IVec> = self
+        let cutoff = cutoff.as_str().as_bytes();
+        let old: Vec<Bytes> = self
             .jobs
-            .range(..cutoff.as_str().as_bytes())
+            .range(..cutoff)
             .keys()
             .collect::<Result<_, _>>()
-            .map_err(sled_err("scan old jobs"))?;
+            .map_err(failed("scan old jobs"))?;
         for key in &old {
-            if let Some(bytes) = self.jobs.get(key).map_err(sled_err("read old job"))? {
+            if let Some(bytes) = self.jobs.get(key).map_err(failed("read old job"))? {
                 let head: HeadOnly = from_bytes("job", &bytes)?;
                 self.fun_jobs
                     .remove(fun_key(&head.record.fun, &head.record.jid))
-                    .map_err(sled_err("prune index"))?;
+                    .map_err(failed("prune index"))?;
             }
-            let mut prefix = key.to_vec();
-            prefix.push(0);
-            for tree in [&self.returns, &self.events] {
-                let keys: Vec<sled::IVec> = tree
-                    .scan_prefix(&prefix)
-                    .keys()
-                    .collect::<Result<_, _>>()
-                    .map_err(sled_err("scan old records"))?;
-                for k in keys {
-                    if std::ptr::eq(tree, &self.returns) {
-                        // returns are jid NUL minion; the index is minion NUL jid.
-                        let mut index = k[prefix.len()..].to_vec();
-                        index.push(0);
-                        index.extend_from_slice(key);
-                        self.minion_jobs
-                            .remove(index)
-                            .map_err(sled_err("prune index"))?;
-                    }
-                    tree.remove(k).map_err(sled_err("prune"))?;
-                }
-            }
-            self.jobs.remove(key).map_err(sled_err("prune job"))?;
+            self.jobs.remove(key).map_err(failed("prune job"))?;
         }
+        // Returns are jid NUL minion; their index is minion NUL jid.
+        for key in self.returns.range(..cutoff).keys() {
+            let key = key.map_err(failed("scan old returns"))?;
+            let jid_len = cutoff.len();
+            if key.len() <= jid_len {
+                continue;
+            }
+            let mut index = key[jid_len + 1..].to_vec();
+            index.push(0);
+            index.extend_from_slice(&key[..jid_len]);
+            self.minion_jobs
+                .remove(index)
+                .map_err(failed("prune index"))?;
+        }
+        self.returns
+            .remove_below(cutoff)
+            .map_err(failed("prune returns"))?;
+        self.events
+            .remove_below(cutoff)
+            .map_err(failed("prune events"))?;
         Ok(old.len())
     }
 }

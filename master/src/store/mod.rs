@@ -25,16 +25,28 @@ use halite_proto::Jid;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use engine::EngineError;
+use engine::{Bytes, Engine, SledEngine, Space};
+
 /// A store failure, naming what was being read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled itself failed (I/O, corruption).
+    /// The engine failed (sled's I/O, PostgreSQL's connection or a
+    /// statement).
     #[error("store: {context}: {source}")]
-    Sled {
+    Engine {
         /// What was being done.
         context: &'static str,
-        /// sled's error.
-        source: sled::Error,
+        /// The engine's error.
+        source: EngineError,
+    },
+    /// The master config's `store` is not a store this halite knows.
+    #[error("store {location:?}: {reason}")]
+    Location {
+        /// What the config says.
+        location: String,
+        /// Why it is refused.
+        reason: &'static str,
     },
     /// The store was written by a newer halite, whose records this one
     /// would misread.
@@ -60,8 +72,12 @@ pub enum StoreError {
     },
 }
 
-fn sled_err(context: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
-    move |source| StoreError::Sled { context, source }
+/// Names what was being done when the engine failed.
+fn failed<E: Into<EngineError>>(context: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |source| StoreError::Engine {
+        context,
+        source: source.into(),
+    }
 }
 
 /// A job as kept: the record the API serves and the signed envelope as
@@ -98,7 +114,7 @@ struct HeadOnly {
 }
 
 /// A stored job not decoded yet.
-pub struct LazyJob(sled::IVec);
+pub struct LazyJob(Bytes);
 
 impl LazyJob {
     /// Decodes the whole job.
@@ -107,33 +123,104 @@ impl LazyJob {
     }
 }
 
-/// The sled database and its trees.
+/// The store: its engine and one keyspace per kind of record.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    jobs: sled::Tree,
-    returns: sled::Tree,
-    events: sled::Tree,
-    minions: sled::Tree,
-    presence: sled::Tree,
-    checks: sled::Tree,
-    deploys: sled::Tree,
-    tokens: sled::Tree,
-    audit: sled::Tree,
-    bus: sled::Tree,
-    minion_jobs: sled::Tree,
+    engine: Arc<dyn Engine>,
+    jobs: Space,
+    returns: Space,
+    events: Space,
+    minions: Space,
+    presence: Space,
+    checks: Space,
+    deploys: Space,
+    tokens: Space,
+    audit: Space,
+    bus: Space,
+    minion_jobs: Space,
     /// The function index: `fun_key(fun, jid)` → nothing (schema 2).
-    fun_jobs: sled::Tree,
-    job_stream: sled::Tree,
-    batches: sled::Tree,
-    requests: sled::Tree,
-    schedules: sled::Tree,
-    outbox: sled::Tree,
-    triggers: sled::Tree,
-    rollouts: sled::Tree,
-    active_rollouts: sled::Tree,
+    fun_jobs: Space,
+    job_stream: Space,
+    batches: Space,
+    requests: Space,
+    schedules: Space,
+    outbox: Space,
+    triggers: Space,
+    rollouts: Space,
+    active_rollouts: Space,
+    /// Set on PostgreSQL: its partitions are made ahead as days pass.
+    postgres: Option<Arc<postgres::PgEngine>>,
     publishing: Arc<std::sync::Mutex<()>>,
     live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
+}
+
+/// Every keyspace, by name (sled trees, PostgreSQL tables `kv_<name>`).
+pub const SPACES: &[&str] = &[
+    "jobs",
+    "returns",
+    "events",
+    "minions",
+    "presence",
+    "checks",
+    "deploys",
+    "tokens",
+    "audit",
+    "bus",
+    "minion_jobs",
+    FUN_JOBS_TREE,
+    "job_stream",
+    "batches",
+    "requests",
+    "schedules",
+    "outbox",
+    "triggers",
+    "rollouts",
+    "active_rollouts",
+];
+
+/// Where the store lives: the master config's `store` (a PostgreSQL URL),
+/// or by default sled in `data_dir/store`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded store in this directory.
+    Sled(std::path::PathBuf),
+    /// A PostgreSQL database, shared with other masters.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// What the config's `store` says; `None`: sled in `default_dir`.
+    pub fn parse(text: Option<&str>, default_dir: &Path) -> Result<StoreLocation, StoreError> {
+        match text {
+            None => Ok(StoreLocation::Sled(default_dir.to_path_buf())),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(StoreLocation::Postgres(url.to_owned()))
+            }
+            Some(other) => Err(StoreError::Location {
+                location: other.chars().take(200).collect(),
+                reason:
+                    "expected a postgres:// URL (leave it out for the embedded store in data_dir)",
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// The location without a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sled(dir) => write!(f, "{}", dir.display()),
+            StoreLocation::Postgres(url) => match url.split_once('@') {
+                Some((user, rest)) => match user.rsplit_once(':') {
+                    Some((scheme_user, _)) if scheme_user.contains("://") => {
+                        write!(f, "{scheme_user}:***@{rest}")
+                    }
+                    _ => write!(f, "{url}"),
+                },
+                None => write!(f, "{url}"),
+            },
+        }
+    }
 }
 
 /// How many stream entries a slow live subscriber may fall behind before
@@ -158,8 +245,8 @@ const SCHEMA_KEY: &[u8] = b"schema";
 /// The schema a store says it has; `None` for a store that predates
 /// versioning (schema 0) or is new.
 pub fn schema_of(db: &sled::Db) -> Result<Option<u32>, StoreError> {
-    let meta = db.open_tree(META_TREE).map_err(sled_err("open meta"))?;
-    match meta.get(SCHEMA_KEY).map_err(sled_err("read schema"))? {
+    let meta = db.open_tree(META_TREE).map_err(failed("open meta"))?;
+    match meta.get(SCHEMA_KEY).map_err(failed("read schema"))? {
         None => Ok(None),
         Some(bytes) => {
             let bytes: [u8; 4] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
@@ -199,10 +286,10 @@ fn migrate(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
     if found.unwrap_or(0) < 2 {
         index_functions(db)?;
     }
-    let meta = db.open_tree(META_TREE).map_err(sled_err("open meta"))?;
+    let meta = db.open_tree(META_TREE).map_err(failed("open meta"))?;
     meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
-        .map_err(sled_err("write schema"))?;
-    db.flush().map_err(sled_err("flush schema"))?;
+        .map_err(failed("write schema"))?;
+    db.flush().map_err(failed("flush schema"))?;
     if had_data {
         tracing::info!(
             store = %dir.display(),
@@ -216,16 +303,16 @@ fn migrate(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
 
 /// Schema 1 → 2: indexes every stored job under its function.
 fn index_functions(db: &sled::Db) -> Result<(), StoreError> {
-    let jobs = db.open_tree("jobs").map_err(sled_err("open jobs"))?;
+    let jobs = db.open_tree("jobs").map_err(failed("open jobs"))?;
     let index = db
         .open_tree(FUN_JOBS_TREE)
-        .map_err(sled_err("open fun_jobs"))?;
+        .map_err(failed("open fun_jobs"))?;
     for item in jobs.iter() {
-        let (_, bytes) = item.map_err(sled_err("scan jobs"))?;
+        let (_, bytes) = item.map_err(failed("scan jobs"))?;
         let head: HeadOnly = from_bytes("job", &bytes)?;
         index
             .insert(fun_key(&head.record.fun, &head.record.jid), &[])
-            .map_err(sled_err("index job"))?;
+            .map_err(failed("index job"))?;
     }
     Ok(())
 }
@@ -267,19 +354,31 @@ fn jid_prefix(jid: &Jid) -> Vec<u8> {
     key
 }
 
+mod engine;
 mod fleet;
 mod jobs;
 mod numbered;
+pub mod postgres;
 mod records;
 mod requests;
 mod rollouts;
 mod stream;
+pub mod throwaway;
 mod workflow;
 pub use workflow::Delivery;
 
 pub use stream::{event_entry, return_entry};
 
 impl Store {
+    /// Opens the store where the config says: sled in a directory or a
+    /// PostgreSQL database.
+    pub fn at(location: &StoreLocation) -> Result<Store, StoreError> {
+        match location {
+            StoreLocation::Sled(dir) => Store::open(dir),
+            StoreLocation::Postgres(url) => Store::connect(url),
+        }
+    }
+
     /// Opens (or creates) the store in `dir`, migrating an older schema
     /// in place and refusing a newer one. One process per store: a
     /// second master on the same `data_dir` fails here.
@@ -289,56 +388,67 @@ impl Store {
             .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(sled_err("open"))?;
+            .map_err(failed("open"))?;
         migrate(&db, dir)?;
+        Store::over(Arc::new(SledEngine { db }), None)
+    }
+
+    /// Connects to the PostgreSQL store at `url` (several masters may),
+    /// applying the migrations it lacks.
+    pub fn connect(url: &str) -> Result<Store, StoreError> {
+        let engine = Arc::new(postgres::PgEngine::connect(url, SPACES).map_err(failed("connect"))?);
+        Store::over(engine.clone(), Some(engine))
+    }
+
+    fn over(
+        engine: Arc<dyn Engine>,
+        postgres: Option<Arc<postgres::PgEngine>>,
+    ) -> Result<Store, StoreError> {
+        let space = |name| engine.space(name).map_err(failed("open a keyspace"));
         Ok(Store {
-            jobs: db.open_tree("jobs").map_err(sled_err("open jobs"))?,
-            returns: db.open_tree("returns").map_err(sled_err("open returns"))?,
-            events: db.open_tree("events").map_err(sled_err("open events"))?,
-            minions: db.open_tree("minions").map_err(sled_err("open minions"))?,
-            presence: db
-                .open_tree("presence")
-                .map_err(sled_err("open presence"))?,
-            checks: db.open_tree("checks").map_err(sled_err("open checks"))?,
-            deploys: db.open_tree("deploys").map_err(sled_err("open deploys"))?,
-            tokens: db.open_tree("tokens").map_err(sled_err("open tokens"))?,
-            audit: db.open_tree("audit").map_err(sled_err("open audit"))?,
-            bus: db.open_tree("bus").map_err(sled_err("open bus"))?,
-            minion_jobs: db
-                .open_tree("minion_jobs")
-                .map_err(sled_err("open minion_jobs"))?,
-            fun_jobs: db
-                .open_tree(FUN_JOBS_TREE)
-                .map_err(sled_err("open fun_jobs"))?,
-            job_stream: db
-                .open_tree("job_stream")
-                .map_err(sled_err("open job_stream"))?,
-            batches: db.open_tree("batches").map_err(sled_err("open batches"))?,
-            requests: db
-                .open_tree("requests")
-                .map_err(sled_err("open requests"))?,
-            schedules: db
-                .open_tree("schedules")
-                .map_err(sled_err("open schedules"))?,
-            rollouts: db
-                .open_tree("rollouts")
-                .map_err(sled_err("open rollouts"))?,
-            active_rollouts: db
-                .open_tree("active_rollouts")
-                .map_err(sled_err("open active rollouts"))?,
-            outbox: db.open_tree("outbox").map_err(sled_err("open outbox"))?,
-            triggers: db
-                .open_tree("triggers")
-                .map_err(sled_err("open triggers"))?,
+            jobs: space("jobs")?,
+            returns: space("returns")?,
+            events: space("events")?,
+            minions: space("minions")?,
+            presence: space("presence")?,
+            checks: space("checks")?,
+            deploys: space("deploys")?,
+            tokens: space("tokens")?,
+            audit: space("audit")?,
+            bus: space("bus")?,
+            minion_jobs: space("minion_jobs")?,
+            fun_jobs: space(FUN_JOBS_TREE)?,
+            job_stream: space("job_stream")?,
+            batches: space("batches")?,
+            requests: space("requests")?,
+            schedules: space("schedules")?,
+            rollouts: space("rollouts")?,
+            active_rollouts: space("active_rollouts")?,
+            outbox: space("outbox")?,
+            triggers: space("triggers")?,
+            postgres,
             publishing: Arc::new(std::sync::Mutex::new(())),
             live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
-            db,
+            engine,
         })
+    }
+
+    /// Takes or keeps lease `name` for `holder` (a master's id) for
+    /// `ttl_ms`; whether `holder` has it. On sled always (one master).
+    pub fn hold_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        self.engine
+            .hold_lease(name, holder, ttl_ms)
+            .map_err(failed("hold a lease"))
+    }
+
+    /// Is this store shared by several masters (PostgreSQL)?
+    pub fn is_shared(&self) -> bool {
+        self.postgres.is_some()
     }
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(sled_err("flush"))
+        self.engine.flush().map_err(failed("flush"))
     }
 }
 
@@ -349,18 +459,12 @@ fn jid_prefix_of_id(id: &str) -> Vec<u8> {
     key
 }
 
-/// Removes the entries of a tree keyed by big-endian time older than
-/// `cutoff_ms`.
-fn prune_timed(tree: &sled::Tree, cutoff_ms: u64) -> Result<usize, StoreError> {
-    let old: Vec<sled::IVec> = tree
-        .range(..cutoff_ms.to_be_bytes().to_vec())
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(sled_err("scan old entries"))?;
-    for key in &old {
-        tree.remove(key).map_err(sled_err("prune"))?;
-    }
-    Ok(old.len())
+/// Removes the entries of a keyspace keyed by big-endian time older
+/// than `cutoff_ms`.
+fn prune_timed(space: &Space, cutoff_ms: u64) -> Result<usize, StoreError> {
+    space
+        .remove_below(cutoff_ms.to_be_bytes())
+        .map_err(failed("prune"))
 }
 
 /// Decodes one `(key, value)` of a scan; failures name the scan and the
@@ -368,9 +472,9 @@ fn prune_timed(tree: &sled::Tree, cutoff_ms: u64) -> Result<usize, StoreError> {
 fn decode_item<T: serde::de::DeserializeOwned>(
     context: &'static str,
     what: &'static str,
-    item: sled::Result<(sled::IVec, sled::IVec)>,
+    item: Result<(Bytes, Bytes), EngineError>,
 ) -> Result<T, StoreError> {
-    let (_, bytes) = item.map_err(sled_err(context))?;
+    let (_, bytes) = item.map_err(failed(context))?;
     from_bytes(what, &bytes)
 }
 
@@ -391,6 +495,51 @@ fn from_bytes<T: serde::de::DeserializeOwned>(
         what,
         reason: e.to_string(),
     })
+}
+
+/// A fresh, empty store on one engine, opened as often as a test wants
+/// (a reopen sees what was stored before).
+#[cfg(test)]
+pub(crate) struct Fresh {
+    dir: tempfile::TempDir,
+    url: Option<String>,
+}
+
+#[cfg(test)]
+impl Fresh {
+    /// The database's URL, on PostgreSQL.
+    pub(crate) fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
+    /// Opens (again) the store.
+    pub(crate) fn open(&self) -> Store {
+        match &self.url {
+            Some(url) => Store::connect(url).expect("connect to the test database"),
+            None => Store::open(self.dir.path()).expect("open the test store"),
+        }
+    }
+}
+
+/// The store tests run on every engine: sled in a temporary directory
+/// and PostgreSQL in a new database of this test process's own cluster.
+#[cfg(test)]
+pub(crate) fn each_engine() -> [Fresh; 2] {
+    static CLUSTER: std::sync::OnceLock<throwaway::Cluster> = std::sync::OnceLock::new();
+    let cluster = CLUSTER.get_or_init(|| {
+        throwaway::Cluster::start().expect("start a PostgreSQL cluster for the store tests")
+    });
+    let url = cluster.database().expect("create a test database");
+    [
+        Fresh {
+            dir: tempfile::tempdir().unwrap(),
+            url: None,
+        },
+        Fresh {
+            dir: tempfile::tempdir().unwrap(),
+            url: Some(url),
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -437,65 +586,66 @@ mod tests {
 
     #[test]
     fn the_function_index_merges_names_newest_first_and_forgets_pruned_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let funs = [
-            "git_deploy.deploy",
-            "test.ping",
-            "git_deploy.rollback",
-            "git_deploy",
-        ];
-        let jids: Vec<Jid> = (0..12)
-            .map(|i| Jid::from_unix_us(1_700_000_000_000_000 + i * 1_000_000))
-            .collect();
-        for (i, jid) in jids.iter().enumerate() {
-            store.put_job(&job_of(jid, funs[i % funs.len()])).unwrap();
-        }
-        // A name that is a prefix of another is its own entry.
-        let mut names: Vec<String> = store
-            .function_prefixes()
-            .unwrap()
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                "git_deploy",
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            let funs = [
                 "git_deploy.deploy",
+                "test.ping",
                 "git_deploy.rollback",
-                "test.ping"
-            ]
-        );
-        let deploys = |jid: &Jid| {
-            let i = jids.iter().position(|j| j == jid).unwrap();
-            funs[i % funs.len()].starts_with("git_deploy")
-        };
-        let expected: Vec<Jid> = jids.iter().rev().filter(|j| deploys(j)).cloned().collect();
-        assert_eq!(
-            jids_of(&store, |f| f.starts_with("git_deploy"), None),
-            expected
-        );
-        assert_eq!(
-            jids_of(&store, |f| f.starts_with("git_deploy"), Some(&jids[6])),
-            expected
-                .iter()
-                .filter(|j| **j < jids[6])
-                .cloned()
-                .collect::<Vec<_>>()
-        );
-        assert_eq!(
-            jids_of(&store, |f| f == "test.ping", None),
-            vec![jids[9].clone(), jids[5].clone(), jids[1].clone()]
-        );
-        assert!(jids_of(&store, |f| f == "cmd.run", None).is_empty());
-        assert_eq!(store.prune_before(&jids[6]).unwrap(), 6);
-        assert_eq!(
-            jids_of(&store, |f| f == "test.ping", None),
-            vec![jids[9].clone()]
-        );
-        assert_eq!(store.fun_jobs.len(), 6);
+                "git_deploy",
+            ];
+            let jids: Vec<Jid> = (0..12)
+                .map(|i| Jid::from_unix_us(1_700_000_000_000_000 + i * 1_000_000))
+                .collect();
+            for (i, jid) in jids.iter().enumerate() {
+                store.put_job(&job_of(jid, funs[i % funs.len()])).unwrap();
+            }
+            // A name that is a prefix of another is its own entry.
+            let mut names: Vec<String> = store
+                .function_prefixes()
+                .unwrap()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            names.sort();
+            assert_eq!(
+                names,
+                [
+                    "git_deploy",
+                    "git_deploy.deploy",
+                    "git_deploy.rollback",
+                    "test.ping"
+                ]
+            );
+            let deploys = |jid: &Jid| {
+                let i = jids.iter().position(|j| j == jid).unwrap();
+                funs[i % funs.len()].starts_with("git_deploy")
+            };
+            let expected: Vec<Jid> = jids.iter().rev().filter(|j| deploys(j)).cloned().collect();
+            assert_eq!(
+                jids_of(&store, |f| f.starts_with("git_deploy"), None),
+                expected
+            );
+            assert_eq!(
+                jids_of(&store, |f| f.starts_with("git_deploy"), Some(&jids[6])),
+                expected
+                    .iter()
+                    .filter(|j| **j < jids[6])
+                    .cloned()
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(
+                jids_of(&store, |f| f == "test.ping", None),
+                vec![jids[9].clone(), jids[5].clone(), jids[1].clone()]
+            );
+            assert!(jids_of(&store, |f| f == "cmd.run", None).is_empty());
+            assert_eq!(store.prune_before(&jids[6]).unwrap(), 6);
+            assert_eq!(
+                jids_of(&store, |f| f == "test.ping", None),
+                vec![jids[9].clone()]
+            );
+            assert_eq!(store.fun_jobs.len().unwrap(), 6);
+        }
     }
 
     #[test]
@@ -506,21 +656,24 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             store.put_job(&job_of(&jid, "git_deploy.deploy")).unwrap();
             // What a schema 1 store looks like: jobs without the index.
-            store.fun_jobs.clear().unwrap();
+            store.fun_jobs.remove_below([0xff]).unwrap();
             store
-                .db
-                .open_tree(META_TREE)
+                .engine
+                .space(META_TREE)
                 .unwrap()
-                .insert(SCHEMA_KEY, &1u32.to_be_bytes())
+                .insert(SCHEMA_KEY, 1u32.to_be_bytes())
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(schema_of(&store.db).unwrap(), Some(SCHEMA_VERSION));
-        assert_eq!(
-            jids_of(&store, |f| f.starts_with("git_deploy"), None),
-            vec![jid]
-        );
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                jids_of(&store, |f| f.starts_with("git_deploy"), None),
+                vec![jid]
+            );
+        }
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(schema_of(&db).unwrap(), Some(SCHEMA_VERSION));
     }
 
     fn ret(id: &str, retcode: i32) -> ReturnRecord {
@@ -538,110 +691,128 @@ mod tests {
 
     #[test]
     fn jobs_returns_and_events_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let jid = Jid::from_unix_us(1_700_000_000_000_000);
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store.put_job(&job(&jid)).unwrap();
-            assert_eq!(
-                store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap(),
-                vec![true]
-            );
-            store
-                .put_event(
-                    &jid,
-                    EventRecord {
-                        cursor: 0,
-                        id: "a".into(),
-                        seq: 0,
-                        at: 1,
-                        body: halite_proto::message::EventBody::Progress {
-                            line: "hi".into(),
-                            stream: "stdout".into(),
+        for fresh in crate::store::each_engine() {
+            let jid = Jid::from_unix_us(1_700_000_000_000_000);
+            {
+                let store = fresh.open();
+                store.put_job(&job(&jid)).unwrap();
+                assert_eq!(
+                    store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap(),
+                    vec![true]
+                );
+                store
+                    .put_event(
+                        &jid,
+                        EventRecord {
+                            cursor: 0,
+                            id: "a".into(),
+                            seq: 0,
+                            at: 1,
+                            body: halite_proto::message::EventBody::Progress {
+                                line: "hi".into(),
+                                stream: "stdout".into(),
+                            },
                         },
-                    },
-                )
-                .unwrap();
-            store.flush().unwrap();
+                    )
+                    .unwrap();
+                store.flush().unwrap();
+            }
+            let store = fresh.open();
+            let stored = store.job(&jid).unwrap().unwrap();
+            assert_eq!(stored.record, job(&jid).record);
+            assert_eq!(stored.envelope, vec![1, 2, 3, 255]);
+            assert_eq!(store.returns(&jid).unwrap(), vec![ret("a", 0)]);
+            assert_eq!(store.events(&jid, None).unwrap().len(), 1);
+            let cursor = store.events(&jid, None).unwrap()[0].cursor;
+            assert!(store.events(&jid, Some(cursor)).unwrap().is_empty());
         }
-        let store = Store::open(dir.path()).unwrap();
-        let stored = store.job(&jid).unwrap().unwrap();
-        assert_eq!(stored.record, job(&jid).record);
-        assert_eq!(stored.envelope, vec![1, 2, 3, 255]);
-        assert_eq!(store.returns(&jid).unwrap(), vec![ret("a", 0)]);
-        assert_eq!(store.events(&jid, None).unwrap().len(), 1);
-        let cursor = store.events(&jid, None).unwrap()[0].cursor;
-        assert!(store.events(&jid, Some(cursor)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_store_location_is_shown_without_its_password() {
+        let shown = |url: &str| StoreLocation::Postgres(url.into()).to_string();
+        assert_eq!(
+            shown("postgres://halite:s3cret@db:5432/halite"),
+            "postgres://halite:***@db:5432/halite"
+        );
+        assert_eq!(
+            shown("postgres://halite@db/halite"),
+            "postgres://halite@db/halite"
+        );
+        assert!(StoreLocation::parse(Some("sqlite:///x"), Path::new("/d")).is_err());
     }
 
     #[test]
     fn a_duplicate_return_keeps_the_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let jid = Jid::from_unix_us(1_700_000_000_000_000);
-        assert_eq!(
-            store
-                .put_returns(&[(jid.clone(), ret("a", 0)), (jid.clone(), ret("a", 1))])
-                .unwrap(),
-            vec![true, false]
-        );
-        assert_eq!(store.returns(&jid).unwrap(), vec![ret("a", 0)]);
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            let jid = Jid::from_unix_us(1_700_000_000_000_000);
+            assert_eq!(
+                store
+                    .put_returns(&[(jid.clone(), ret("a", 0)), (jid.clone(), ret("a", 1))])
+                    .unwrap(),
+                vec![true, false]
+            );
+            assert_eq!(store.returns(&jid).unwrap(), vec![ret("a", 0)]);
+        }
     }
 
     #[test]
     fn checks_filter_by_time_and_failure_and_prune() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for (at, ok) in [(1_000, true), (2_000, false), (3_000, true)] {
-            let check = CheckRecord {
-                id: "web01".into(),
-                at,
-                ok,
-                latency_ms: None,
-                last_seen: None,
-            };
-            store.put_checks(&[check]).unwrap();
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            for (at, ok) in [(1_000, true), (2_000, false), (3_000, true)] {
+                let check = CheckRecord {
+                    id: "web01".into(),
+                    at,
+                    ok,
+                    latency_ms: None,
+                    last_seen: None,
+                };
+                store.put_checks(&[check]).unwrap();
+            }
+            let ats = |v: Vec<CheckRecord>| v.into_iter().map(|c| c.at).collect::<Vec<_>>();
+            assert_eq!(
+                ats(store.checks(0, false, 10).unwrap()),
+                vec![3_000, 2_000, 1_000]
+            );
+            assert_eq!(ats(store.checks(0, true, 10).unwrap()), vec![2_000]);
+            assert_eq!(ats(store.checks(2_500, false, 10).unwrap()), vec![3_000]);
+            assert_eq!(ats(store.checks(0, false, 1).unwrap()), vec![3_000]);
+            assert_eq!(store.prune_checks_before(2_500).unwrap(), 2);
+            assert_eq!(ats(store.checks(0, false, 10).unwrap()), vec![3_000]);
         }
-        let ats = |v: Vec<CheckRecord>| v.into_iter().map(|c| c.at).collect::<Vec<_>>();
-        assert_eq!(
-            ats(store.checks(0, false, 10).unwrap()),
-            vec![3_000, 2_000, 1_000]
-        );
-        assert_eq!(ats(store.checks(0, true, 10).unwrap()), vec![2_000]);
-        assert_eq!(ats(store.checks(2_500, false, 10).unwrap()), vec![3_000]);
-        assert_eq!(ats(store.checks(0, false, 1).unwrap()), vec![3_000]);
-        assert_eq!(store.prune_checks_before(2_500).unwrap(), 2);
-        assert_eq!(ats(store.checks(0, false, 10).unwrap()), vec![3_000]);
     }
 
     #[test]
     fn listing_is_newest_first_and_prune_removes_old() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let jids: Vec<Jid> = (0..5)
-            .map(|i| Jid::from_unix_us(1_700_000_000_000_000 + i * 1_000_000))
-            .collect();
-        for jid in &jids {
-            store.put_job(&job(jid)).unwrap();
-            store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap();
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            let jids: Vec<Jid> = (0..5)
+                .map(|i| Jid::from_unix_us(1_700_000_000_000_000 + i * 1_000_000))
+                .collect();
+            for jid in &jids {
+                store.put_job(&job(jid)).unwrap();
+                store.put_returns(&[(jid.clone(), ret("a", 0))]).unwrap();
+            }
+            let listed: Vec<Jid> = store
+                .jobs(10, None)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.record.jid)
+                .collect();
+            assert_eq!(listed, jids.iter().rev().cloned().collect::<Vec<_>>());
+            let page: Vec<Jid> = store
+                .jobs(2, Some(&jids[3]))
+                .unwrap()
+                .into_iter()
+                .map(|j| j.record.jid)
+                .collect();
+            assert_eq!(page, vec![jids[2].clone(), jids[1].clone()]);
+            assert_eq!(store.prune_before(&jids[2]).unwrap(), 2);
+            assert!(store.job(&jids[0]).unwrap().is_none());
+            assert!(store.returns(&jids[1]).unwrap().is_empty());
+            assert_eq!(store.jobs_since(&jids[0]).unwrap().len(), 3);
         }
-        let listed: Vec<Jid> = store
-            .jobs(10, None)
-            .unwrap()
-            .into_iter()
-            .map(|j| j.record.jid)
-            .collect();
-        assert_eq!(listed, jids.iter().rev().cloned().collect::<Vec<_>>());
-        let page: Vec<Jid> = store
-            .jobs(2, Some(&jids[3]))
-            .unwrap()
-            .into_iter()
-            .map(|j| j.record.jid)
-            .collect();
-        assert_eq!(page, vec![jids[2].clone(), jids[1].clone()]);
-        assert_eq!(store.prune_before(&jids[2]).unwrap(), 2);
-        assert!(store.job(&jids[0]).unwrap().is_none());
-        assert!(store.returns(&jids[1]).unwrap().is_empty());
-        assert_eq!(store.jobs_since(&jids[0]).unwrap().len(), 3);
     }
 }

@@ -9,27 +9,21 @@ use super::*;
 
 /// One numbered tree and the kind of record it holds (for errors).
 pub(super) struct Numbered<'a> {
-    pub(super) tree: &'a sled::Tree,
+    pub(super) tree: &'a Space,
     pub(super) what: &'static str,
 }
 
 impl Numbered<'_> {
     /// The id the next record gets.
     pub(super) fn next_id(&self) -> Result<u64, StoreError> {
-        let last = self
-            .tree
-            .last()
-            .map_err(sled_err("read the last numbered record"))?
-            .and_then(|(key, _)| <[u8; 8]>::try_from(key.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes);
-        Ok(last + 1)
+        self.tree.next_number().map_err(failed("number a record"))
     }
 
     /// Stores (or replaces) record `id` (not flushed).
     pub(super) fn put<T: Serialize>(&self, id: u64, record: &T) -> Result<(), StoreError> {
         self.tree
             .insert(id.to_be_bytes(), to_bytes(self.what, record)?)
-            .map_err(sled_err("write a numbered record"))?;
+            .map_err(failed("write a numbered record"))?;
         Ok(())
     }
 
@@ -38,7 +32,7 @@ impl Numbered<'_> {
         match self
             .tree
             .get(id.to_be_bytes())
-            .map_err(sled_err("read a numbered record"))?
+            .map_err(failed("read a numbered record"))?
         {
             Some(bytes) => Ok(Some(from_bytes(self.what, &bytes)?)),
             None => Ok(None),
@@ -56,7 +50,7 @@ impl Numbered<'_> {
             if out.len() >= limit {
                 break;
             }
-            let (_, bytes) = item.map_err(sled_err("scan numbered records"))?;
+            let (_, bytes) = item.map_err(failed("scan numbered records"))?;
             let record: T = from_bytes(self.what, &bytes)?;
             if keep(&record) {
                 out.push(record);

@@ -7,7 +7,7 @@ impl Store {
     pub fn put_token(&self, token_hash: &[u8], record: &TokenRecord) -> Result<(), StoreError> {
         self.tokens
             .insert(token_hash, to_bytes("token", record)?)
-            .map_err(sled_err("write token"))?;
+            .map_err(failed("write token"))?;
         self.flush()
     }
 
@@ -16,17 +16,13 @@ impl Store {
         let removed = self
             .tokens
             .remove(token_hash)
-            .map_err(sled_err("remove token"))?;
-        Ok(removed.is_some())
+            .map_err(failed("remove token"))?;
+        Ok(removed)
     }
 
     /// The token with this hash, if stored (expired or not).
     pub fn token(&self, token_hash: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
-        match self
-            .tokens
-            .get(token_hash)
-            .map_err(sled_err("read token"))?
-        {
+        match self.tokens.get(token_hash).map_err(failed("read token"))? {
             Some(bytes) => Ok(Some(from_bytes("token", &bytes)?)),
             None => Ok(None),
         }
@@ -36,14 +32,14 @@ impl Store {
     pub fn prune_tokens(&self, now_ms: u64) -> Result<usize, StoreError> {
         let mut expired = Vec::new();
         for item in self.tokens.iter() {
-            let (key, bytes) = item.map_err(sled_err("scan tokens"))?;
+            let (key, bytes) = item.map_err(failed("scan tokens"))?;
             let record: TokenRecord = from_bytes("token", &bytes)?;
             if record.expires_at <= now_ms {
                 expired.push(key);
             }
         }
         for key in &expired {
-            self.tokens.remove(key).map_err(sled_err("prune tokens"))?;
+            self.tokens.remove(key).map_err(failed("prune tokens"))?;
         }
         Ok(expired.len())
     }
@@ -54,14 +50,14 @@ impl Store {
         let mut key = record.at.to_be_bytes().to_vec();
         key.extend_from_slice(
             &self
-                .db
+                .engine
                 .generate_id()
-                .map_err(sled_err("audit id"))?
+                .map_err(failed("audit id"))?
                 .to_be_bytes(),
         );
         self.audit
             .insert(key, to_bytes("audit", record)?)
-            .map_err(sled_err("write audit"))?;
+            .map_err(failed("write audit"))?;
         self.flush()
     }
 
@@ -98,7 +94,7 @@ impl Store {
         key.extend_from_slice(record.jid.as_str().as_bytes());
         self.deploys
             .insert(key, to_bytes("deploy", record)?)
-            .map_err(sled_err("write deploy"))?;
+            .map_err(failed("write deploy"))?;
         Ok(())
     }
 

@@ -46,29 +46,30 @@ mod tests {
 
     #[test]
     fn requests_keep_their_order_and_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for n in 1..=3 {
-            let id = store.next_request_id().unwrap();
-            assert_eq!(id, n);
-            let request = ReleaseRequest::new(
-                id,
-                "shop",
-                "production",
-                RequestKind::Deploy,
-                serde_json::Map::new(),
-                None,
-                "why",
-                "dev",
-                n,
-            );
-            store.put_request(&request).unwrap();
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            for n in 1..=3 {
+                let id = store.next_request_id().unwrap();
+                assert_eq!(id, n);
+                let request = ReleaseRequest::new(
+                    id,
+                    "shop",
+                    "production",
+                    RequestKind::Deploy,
+                    serde_json::Map::new(),
+                    None,
+                    "why",
+                    "dev",
+                    n,
+                );
+                store.put_request(&request).unwrap();
+            }
+            drop(store);
+            let store = fresh.open();
+            let all = store.requests(10, |_| true).unwrap();
+            assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [3, 2, 1]);
+            assert_eq!(store.request(2).unwrap().unwrap().at_creation(), 2);
+            assert_eq!(store.next_request_id().unwrap(), 4);
         }
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        let all = store.requests(10, |_| true).unwrap();
-        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [3, 2, 1]);
-        assert_eq!(store.request(2).unwrap().unwrap().at_creation(), 2);
-        assert_eq!(store.next_request_id().unwrap(), 4);
     }
 }

@@ -27,9 +27,9 @@ impl Store {
         if rollout.state.is_final() {
             self.active_rollouts.remove(key).map(|_| ())
         } else {
-            self.active_rollouts.insert(key, &[]).map(|_| ())
+            self.active_rollouts.insert(key, []).map(|_| ())
         }
-        .map_err(sled_err("write the active rollouts"))?;
+        .map_err(failed("write the active rollouts"))?;
         self.flush()
     }
 
@@ -39,7 +39,7 @@ impl Store {
             .iter()
             .keys()
             .map(|key| {
-                let key = key.map_err(sled_err("scan the active rollouts"))?;
+                let key = key.map_err(failed("scan the active rollouts"))?;
                 <[u8; 8]>::try_from(key.as_ref())
                     .map(u64::from_be_bytes)
                     .map_err(|_| StoreError::Corrupt {
@@ -97,37 +97,38 @@ mod tests {
 
     #[test]
     fn only_unfinished_rollouts_are_active_and_that_survives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            assert_eq!(store.next_rollout_id().unwrap(), 1);
-            store
-                .put_rollout(&rollout(1, RolloutState::Running))
-                .unwrap();
-            store
-                .put_rollout(&rollout(2, RolloutState::Paused))
-                .unwrap();
-            store
-                .put_rollout(&rollout(3, RolloutState::Running))
-                .unwrap();
-            store
-                .put_rollout(&rollout(1, RolloutState::Succeeded))
-                .unwrap();
+        for fresh in crate::store::each_engine() {
+            {
+                let store = fresh.open();
+                assert_eq!(store.next_rollout_id().unwrap(), 1);
+                store
+                    .put_rollout(&rollout(1, RolloutState::Running))
+                    .unwrap();
+                store
+                    .put_rollout(&rollout(2, RolloutState::Paused))
+                    .unwrap();
+                store
+                    .put_rollout(&rollout(3, RolloutState::Running))
+                    .unwrap();
+                store
+                    .put_rollout(&rollout(1, RolloutState::Succeeded))
+                    .unwrap();
+                assert_eq!(store.active_rollouts().unwrap(), [2, 3]);
+            }
+            let store = fresh.open();
             assert_eq!(store.active_rollouts().unwrap(), [2, 3]);
+            assert_eq!(store.next_rollout_id().unwrap(), 4);
+            let newest: Vec<u64> = store
+                .rollouts(2, |_| true)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect();
+            assert_eq!(newest, [3, 2]);
+            assert_eq!(
+                store.rollout(1).unwrap().unwrap().state,
+                RolloutState::Succeeded
+            );
         }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.active_rollouts().unwrap(), [2, 3]);
-        assert_eq!(store.next_rollout_id().unwrap(), 4);
-        let newest: Vec<u64> = store
-            .rollouts(2, |_| true)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(newest, [3, 2]);
-        assert_eq!(
-            store.rollout(1).unwrap().unwrap().state,
-            RolloutState::Succeeded
-        );
     }
 }

@@ -10,16 +10,16 @@ impl Store {
     /// after id N misses nothing. Not durable until [`Store::flush`].
     pub fn publish(&self, mut entry: BusEntry) -> Result<u64, StoreError> {
         let _order = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
-        entry.id = self.db.generate_id().map_err(sled_err("stream id"))? + 1;
+        entry.id = self.engine.generate_id().map_err(failed("stream id"))? + 1;
         self.bus
             .insert(entry.id.to_be_bytes(), to_bytes("stream entry", &entry)?)
-            .map_err(sled_err("write stream entry"))?;
+            .map_err(failed("write stream entry"))?;
         if let Some(jid) = &entry.jid {
             let mut index = jid_prefix(jid);
             index.extend_from_slice(&entry.id.to_be_bytes());
             self.job_stream
-                .insert(index, &[])
-                .map_err(sled_err("index stream entry"))?;
+                .insert(index, [])
+                .map_err(failed("index stream entry"))?;
         }
         let id = entry.id;
         // No subscriber is fine: the entry is stored for later readers.
@@ -51,9 +51,9 @@ impl Store {
         to.extend_from_slice(&u64::MAX.to_be_bytes());
         let mut out = Vec::new();
         for key in self.job_stream.range(from..=to).keys().take(limit) {
-            let key = key.map_err(sled_err("scan job stream"))?;
+            let key = key.map_err(failed("scan job stream"))?;
             let id = &key[prefix.len()..];
-            if let Some(bytes) = self.bus.get(id).map_err(sled_err("read stream entry"))? {
+            if let Some(bytes) = self.bus.get(id).map_err(failed("read stream entry"))? {
                 out.push(from_bytes("stream entry", &bytes)?);
             }
         }
@@ -65,7 +65,7 @@ impl Store {
         Ok(self
             .bus
             .last()
-            .map_err(sled_err("read stream"))?
+            .map_err(failed("read stream"))?
             .and_then(|(key, _)| <[u8; 8]>::try_from(key.as_ref()).ok())
             .map_or(0, u64::from_be_bytes))
     }
@@ -79,7 +79,7 @@ impl Store {
     pub fn prune_stream_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let mut old = Vec::new();
         for item in self.bus.iter() {
-            let (key, bytes) = item.map_err(sled_err("scan stream"))?;
+            let (key, bytes) = item.map_err(failed("scan stream"))?;
             let entry: BusEntry = from_bytes("stream entry", &bytes)?;
             if entry.at >= cutoff_ms {
                 break;
@@ -87,13 +87,13 @@ impl Store {
             old.push((key, entry.jid));
         }
         for (key, jid) in &old {
-            self.bus.remove(key).map_err(sled_err("prune stream"))?;
+            self.bus.remove(key).map_err(failed("prune stream"))?;
             if let Some(jid) = jid {
                 let mut index = jid_prefix(jid);
                 index.extend_from_slice(key);
                 self.job_stream
                     .remove(index)
-                    .map_err(sled_err("prune stream"))?;
+                    .map_err(failed("prune stream"))?;
             }
         }
         Ok(old.len())

@@ -34,7 +34,7 @@ impl Store {
     pub fn put_schedule(&self, schedule: &Schedule) -> Result<(), StoreError> {
         self.schedules
             .insert(schedule.name.as_bytes(), to_bytes("schedule", schedule)?)
-            .map_err(sled_err("write schedule"))?;
+            .map_err(failed("write schedule"))?;
         self.flush()
     }
 
@@ -43,7 +43,7 @@ impl Store {
         match self
             .schedules
             .get(name.as_bytes())
-            .map_err(sled_err("read schedule"))?
+            .map_err(failed("read schedule"))?
         {
             Some(bytes) => Ok(Some(from_bytes("schedule", &bytes)?)),
             None => Ok(None),
@@ -55,7 +55,7 @@ impl Store {
         self.schedules
             .iter()
             .map(|item| {
-                let (_, bytes) = item.map_err(sled_err("scan schedules"))?;
+                let (_, bytes) = item.map_err(failed("scan schedules"))?;
                 from_bytes("schedule", &bytes)
             })
             .collect()
@@ -66,15 +66,14 @@ impl Store {
         let gone = self
             .schedules
             .remove(name.as_bytes())
-            .map_err(sled_err("remove schedule"))?
-            .is_some();
+            .map_err(failed("remove schedule"))?;
         self.flush()?;
         Ok(gone)
     }
 
     /// Queues a notification (its id is assigned here), durably.
     pub fn queue_delivery(&self, mut delivery: Delivery) -> Result<u64, StoreError> {
-        delivery.id = self.db.generate_id().map_err(sled_err("outbox id"))?;
+        delivery.id = self.engine.generate_id().map_err(failed("outbox id"))?;
         self.put_delivery(&delivery)?;
         Ok(delivery.id)
     }
@@ -83,20 +82,20 @@ impl Store {
     pub fn put_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
         self.outbox
             .insert(delivery.id.to_be_bytes(), to_bytes("delivery", delivery)?)
-            .map_err(sled_err("write outbox"))?;
+            .map_err(failed("write outbox"))?;
         self.flush()
     }
 
     /// How many deliveries wait (due or not).
-    pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
+    pub fn outbox_len(&self) -> Result<usize, StoreError> {
+        self.outbox.len().map_err(failed("count the outbox"))
     }
 
     /// Deliveries due at `now`, oldest first, at most `limit`.
     pub fn due_deliveries(&self, now: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let mut out = Vec::new();
         for item in self.outbox.iter() {
-            let (_, bytes) = item.map_err(sled_err("scan outbox"))?;
+            let (_, bytes) = item.map_err(failed("scan outbox"))?;
             let delivery: Delivery = from_bytes("delivery", &bytes)?;
             if delivery.next_at <= now {
                 out.push(delivery);
@@ -112,7 +111,7 @@ impl Store {
     pub fn remove_delivery(&self, id: u64) -> Result<(), StoreError> {
         self.outbox
             .remove(id.to_be_bytes())
-            .map_err(sled_err("remove outbox"))?;
+            .map_err(failed("remove outbox"))?;
         self.flush()
     }
 
@@ -121,7 +120,7 @@ impl Store {
         match self
             .triggers
             .get(key.as_bytes())
-            .map_err(sled_err("read trigger"))?
+            .map_err(failed("read trigger"))?
         {
             Some(bytes) => Ok(Some(from_bytes("trigger", &bytes)?)),
             None => Ok(None),
@@ -133,7 +132,7 @@ impl Store {
         match self
             .triggers
             .get(format!("paused/{app}").as_bytes())
-            .map_err(sled_err("read trigger pause"))?
+            .map_err(failed("read trigger pause"))?
         {
             Some(bytes) => Ok(Some(from_bytes("trigger pause", &bytes)?)),
             None => Ok(None),
@@ -154,7 +153,7 @@ impl Store {
                 .map(|_| ()),
             None => self.triggers.remove(key.as_bytes()).map(|_| ()),
         }
-        .map_err(sled_err("write trigger pause"))?;
+        .map_err(failed("write trigger pause"))?;
         self.flush()
     }
 
@@ -162,7 +161,7 @@ impl Store {
     pub fn put_trigger_state(&self, key: &str, seen: &[String]) -> Result<(), StoreError> {
         self.triggers
             .insert(key.as_bytes(), to_bytes("trigger", &seen)?)
-            .map_err(sled_err("write trigger"))?;
+            .map_err(failed("write trigger"))?;
         self.flush()
     }
 }
@@ -173,33 +172,34 @@ mod tests {
 
     #[test]
     fn the_outbox_keeps_deliveries_until_removed_and_across_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let delivery = |next_at| Delivery {
-            id: 0,
-            url: "http://127.0.0.1:9/".into(),
-            event: "approved".into(),
-            body: b"{}".to_vec(),
-            secret: None,
-            attempts: 0,
-            next_at,
-        };
-        let first = store.queue_delivery(delivery(10)).unwrap();
-        let later = store.queue_delivery(delivery(1000)).unwrap();
-        assert!(later > first);
-        assert_eq!(store.due_deliveries(20, 10).unwrap().len(), 1);
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.due_deliveries(2000, 10).unwrap().len(), 2);
-        store.remove_delivery(first).unwrap();
-        let left = store.due_deliveries(2000, 10).unwrap();
-        assert_eq!(left.iter().map(|d| d.id).collect::<Vec<_>>(), [later]);
-        store
-            .put_trigger_state("poll/shop", &["v1".into()])
-            .unwrap();
-        assert_eq!(
-            store.trigger_state("poll/shop").unwrap(),
-            Some(vec!["v1".to_owned()])
-        );
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            let delivery = |next_at| Delivery {
+                id: 0,
+                url: "http://127.0.0.1:9/".into(),
+                event: "approved".into(),
+                body: b"{}".to_vec(),
+                secret: None,
+                attempts: 0,
+                next_at,
+            };
+            let first = store.queue_delivery(delivery(10)).unwrap();
+            let later = store.queue_delivery(delivery(1000)).unwrap();
+            assert!(later > first);
+            assert_eq!(store.due_deliveries(20, 10).unwrap().len(), 1);
+            drop(store);
+            let store = fresh.open();
+            assert_eq!(store.due_deliveries(2000, 10).unwrap().len(), 2);
+            store.remove_delivery(first).unwrap();
+            let left = store.due_deliveries(2000, 10).unwrap();
+            assert_eq!(left.iter().map(|d| d.id).collect::<Vec<_>>(), [later]);
+            store
+                .put_trigger_state("poll/shop", &["v1".into()])
+                .unwrap();
+            assert_eq!(
+                store.trigger_state("poll/shop").unwrap(),
+                Some(vec!["v1".to_owned()])
+            );
+        }
     }
 }

@@ -1,0 +1,660 @@
+//! The PostgreSQL engine: one table per keyspace (`kv_<name>`, `k bytea`
+//! primary key, `v bytea`), so several masters share one store.
+//!
+//! - **Ordering.** `bytea` compares bytewise, as sled does, so every range
+//!   the store reads (jobs newest first, one job's returns) is an index
+//!   range scan, read in pages as the caller walks.
+//! - **Exactly once.** A return is inserted with `ON CONFLICT DO NOTHING`
+//!   on its `(jid, minion)` key: a return re-sent, or sent to two
+//!   masters, is stored once and announced once.
+//! - **Ids.** Event cursors, stream ids and outbox ids come from one
+//!   sequence; request and rollout numbers from a sequence each, so two
+//!   masters never hand out the same one.
+//! - **Durability.** Sessions commit with `synchronous_commit = off` and
+//!   [`Engine::flush`] commits one synchronous transaction: PostgreSQL
+//!   flushes the write-ahead log up to that commit, which covers every
+//!   commit before it. That is sled's contract (writes visible at once,
+//!   durable at flush), so the return collector's one flush per batch
+//!   works unchanged.
+//! - **Time partitions.** Returns and events (keys start with the jid,
+//!   `YYYYMMDD…`) are partitioned by day; pruning drops the partitions
+//!   wholly older than the cutoff and deletes only the rest. A default
+//!   partition takes rows of days without one, so no insert depends on
+//!   the partitions being made in time.
+//! - **Migrations** are numbered SQL steps in [`MIGRATIONS`], applied at
+//!   start under an advisory lock (two masters starting together apply
+//!   each once) and recorded in `halite_migrations`.
+//!
+//! **Which calls block.** The `postgres` client is synchronous; its
+//! connections live on [`POOL_SIZE`] threads of their own, and a store
+//! call sends its statement there and waits for the answer. That keeps
+//! the store's calls synchronous like sled's (a round trip on loopback
+//! is tens of microseconds), and works from any thread, async or not.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use super::engine::{Bytes, Engine, EngineError, Item, KeyRange, Keyspace, Space};
+#[cfg(test)]
+use super::Store;
+
+/// Connections (and threads) per master.
+pub const POOL_SIZE: usize = 4;
+
+/// Keyspaces partitioned by day (keys start with a jid).
+const PARTITIONED: &[&str] = &["returns", "events"];
+
+/// Keyspaces numbered by their own sequence.
+const NUMBERED: &[&str] = &["requests", "rollouts"];
+
+/// Days of partitions made ahead of today.
+const DAYS_AHEAD: u64 = 3;
+
+/// The schema, step by step. A step is never edited once released; a
+/// change is a new step.
+pub const MIGRATIONS: &[(i32, &str)] =
+    &[(1, "the keyspaces, ids and time partitions"), (2, "leases")];
+
+/// A task for a pooled connection.
+type Task = Box<dyn FnOnce(&mut Conn) + Send>;
+
+/// The connection pool: threads each owning one connection.
+struct Pool {
+    tasks: Mutex<Option<mpsc::Sender<Task>>>,
+}
+
+impl Pool {
+    fn start(url: &str) -> Result<Pool, EngineError> {
+        let (send, receive) = mpsc::channel::<Task>();
+        let receive = Arc::new(Mutex::new(receive));
+        for n in 0..POOL_SIZE {
+            let receive = receive.clone();
+            let mut conn = Conn::new(url);
+            std::thread::Builder::new()
+                .name(format!("store-pg-{n}"))
+                .spawn(move || loop {
+                    let task = match receive.lock() {
+                        Ok(receive) => receive.recv(),
+                        Err(_) => return,
+                    };
+                    match task {
+                        Ok(task) => task(&mut conn),
+                        Err(_) => return,
+                    }
+                })
+                .map_err(|_| EngineError::PoolStopped)?;
+        }
+        let pool = Pool {
+            tasks: Mutex::new(Some(send)),
+        };
+        // Connect once now, so a wrong URL fails the start and not the
+        // first store call (on a pool thread: the client blocks on a
+        // runtime of its own, which an async caller's thread refuses).
+        pool.run(|conn| conn.client().map(|_| ()))?;
+        Ok(pool)
+    }
+
+    /// Runs `work` on a pooled connection and waits for its answer.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Conn) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (answer, answered) = mpsc::sync_channel(1);
+        let task: Task = Box::new(move |conn| {
+            let _ = answer.send(work(conn));
+        });
+        let sent = match self.tasks.lock() {
+            Ok(tasks) => tasks.as_ref().map(|tasks| tasks.send(task).is_ok()),
+            Err(_) => None,
+        };
+        if sent != Some(true) {
+            return Err(EngineError::PoolStopped);
+        }
+        answered.recv().map_err(|_| EngineError::PoolStopped)?
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the channel ends the threads once their task is done.
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.take();
+        }
+    }
+}
+
+/// One connection and its prepared statements.
+struct Conn {
+    url: String,
+    client: Option<Client>,
+    prepared: HashMap<String, Statement>,
+}
+
+impl Conn {
+    fn new(url: &str) -> Conn {
+        Conn {
+            url: url.to_owned(),
+            client: None,
+            prepared: HashMap::new(),
+        }
+    }
+
+    /// The connection, made (again) if there is none or it was lost.
+    fn client(&mut self) -> Result<&mut Client, EngineError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.prepared.clear();
+            let mut client = Client::connect(&self.url, NoTls)?;
+            client.batch_execute("SET synchronous_commit = off")?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement, EngineError> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client()?.prepare(sql)?;
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, EngineError> {
+        let statement = self.statement(sql)?;
+        Ok(self.client()?.query(&statement, params)?)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, EngineError> {
+        let statement = self.statement(sql)?;
+        Ok(self.client()?.execute(&statement, params)?)
+    }
+}
+
+/// A store in PostgreSQL.
+pub struct PgEngine {
+    pool: Arc<Pool>,
+}
+
+impl PgEngine {
+    /// Connects, applies the migrations this database lacks and makes
+    /// the coming days' partitions.
+    pub fn connect(url: &str, spaces: &[&'static str]) -> Result<PgEngine, EngineError> {
+        let pool = Arc::new(Pool::start(url)?);
+        let spaces: Vec<&'static str> = spaces.to_vec();
+        pool.run(move |conn| migrate(conn.client()?, &spaces))?;
+        let engine = PgEngine { pool };
+        engine.make_partitions(halite_proto::time::now_ms())?;
+        Ok(engine)
+    }
+
+    /// Makes the partitions of the days from yesterday to
+    /// [`DAYS_AHEAD`] days on (those already there are kept).
+    pub fn make_partitions(&self, now_ms: u64) -> Result<(), EngineError> {
+        self.pool.run(move |conn| {
+            let client = conn.client()?;
+            for table in PARTITIONED {
+                for day in 0..=DAYS_AHEAD + 1 {
+                    let at = (now_ms / 1000 + day * 86_400).saturating_sub(86_400);
+                    let (from, to) = day_bounds(at);
+                    let sql = format!(
+                        "CREATE TABLE IF NOT EXISTS kv_{table}_p{from} PARTITION OF kv_{table} \
+                         FOR VALUES FROM ('{from}') TO ('{to}')"
+                    );
+                    // A default partition already holding rows of that day
+                    // refuses the new one: those rows stay where they are
+                    // (pruning deletes them), and the day goes on without.
+                    if let Err(e) = client.batch_execute(&sql) {
+                        tracing::warn!(table, day = from, error = %e, "cannot make a partition");
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The day of `at_s` (unix seconds) and the next, as `YYYYMMDD`: the
+/// partition's bounds on jid-prefixed keys.
+fn day_bounds(at_s: u64) -> (String, String) {
+    let day = |s: u64| halite_proto::Jid::from_unix_us(s * 1_000_000).as_str()[..8].to_owned();
+    (day(at_s), day(at_s + 86_400))
+}
+
+/// Applies the missing [`MIGRATIONS`] in one transaction under an
+/// advisory lock.
+fn migrate(client: &mut Client, spaces: &[&'static str]) -> Result<(), EngineError> {
+    let mut tx = client.transaction()?;
+    // Any constant: one lock for "halite migrates this database".
+    tx.execute("SELECT pg_advisory_xact_lock(4857001)", &[])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS halite_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM halite_migrations", &[])?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, name) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(&migration_sql(*version, spaces))?;
+        tx.execute(
+            "INSERT INTO halite_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )?;
+        tracing::info!(version, name, "store migration applied");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The SQL of one migration step.
+fn migration_sql(version: i32, spaces: &[&'static str]) -> String {
+    match version {
+        1 => {
+            let mut sql = String::from("CREATE SEQUENCE halite_ids;\n");
+            for space in spaces {
+                if PARTITIONED.contains(space) {
+                    sql.push_str(&format!(
+                        "CREATE TABLE kv_{space} (k bytea PRIMARY KEY, v bytea NOT NULL) \
+                         PARTITION BY RANGE (k);\n\
+                         CREATE TABLE kv_{space}_default PARTITION OF kv_{space} DEFAULT;\n"
+                    ));
+                } else {
+                    sql.push_str(&format!(
+                        "CREATE TABLE kv_{space} (k bytea PRIMARY KEY, v bytea NOT NULL);\n"
+                    ));
+                }
+                if NUMBERED.contains(space) {
+                    sql.push_str(&format!("CREATE SEQUENCE kv_{space}_seq;\n"));
+                }
+            }
+            sql
+        }
+        2 => "CREATE TABLE halite_leases (
+                  name text PRIMARY KEY,
+                  holder text NOT NULL,
+                  expires_at timestamptz NOT NULL)"
+            .to_owned(),
+        _ => unreachable!("every step in MIGRATIONS has its SQL"),
+    }
+}
+
+impl Engine for PgEngine {
+    fn space(&self, name: &'static str) -> Result<Space, EngineError> {
+        Ok(Space(Arc::new(PgSpace {
+            pool: self.pool.clone(),
+            name,
+            sql: Sql::of(name),
+        })))
+    }
+
+    fn generate_id(&self) -> Result<u64, EngineError> {
+        self.pool.run(|conn| {
+            let rows = conn.query("SELECT nextval('halite_ids')", &[])?;
+            Ok(rows[0].get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn flush(&self) -> Result<(), EngineError> {
+        self.pool.run(|conn| {
+            // A transaction with an xid commits with a WAL record;
+            // committed synchronously, the WAL is flushed up to it.
+            let mut tx = conn.client()?.transaction()?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on; SELECT txid_current()")?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn hold_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, EngineError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let ttl_ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        self.pool.run(move |conn| {
+            // Taken when free or run out, kept (renewed) by its holder;
+            // the row's lock orders two masters asking at once. The
+            // database's clock decides, so masters' clocks may differ.
+            let rows = conn.query(
+                "INSERT INTO halite_leases (name, holder, expires_at) \
+                 VALUES ($1, $2, clock_timestamp() + $3::float8 * interval '1 millisecond') \
+                 ON CONFLICT (name) DO UPDATE \
+                 SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE halite_leases.holder = excluded.holder \
+                    OR halite_leases.expires_at < clock_timestamp() \
+                 RETURNING holder",
+                &[&name, &holder, &(ttl_ms as f64)],
+            )?;
+            Ok(!rows.is_empty())
+        })
+    }
+}
+
+/// One keyspace's fixed statements.
+struct Sql {
+    get: String,
+    upsert: String,
+    insert_new: String,
+    remove: String,
+    count: String,
+}
+
+impl Sql {
+    fn of(name: &str) -> Sql {
+        Sql {
+            get: format!("SELECT v FROM kv_{name} WHERE k = $1"),
+            upsert: format!(
+                "INSERT INTO kv_{name} (k, v) VALUES ($1, $2) \
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+            ),
+            insert_new: format!(
+                "INSERT INTO kv_{name} (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING"
+            ),
+            remove: format!("DELETE FROM kv_{name} WHERE k = $1"),
+            count: format!("SELECT count(*) FROM kv_{name}"),
+        }
+    }
+}
+
+/// A keyspace's table.
+struct PgSpace {
+    pool: Arc<Pool>,
+    name: &'static str,
+    sql: Sql,
+}
+
+impl Keyspace for PgSpace {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        let sql = self.sql.get.clone();
+        let key = key.to_vec();
+        self.pool.run(move |conn| {
+            let rows = conn.query(&sql, &[&key])?;
+            Ok(rows.first().map(|row| Bytes::Owned(row.get(0))))
+        })
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        let sql = self.sql.upsert.clone();
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.pool
+            .run(move |conn| conn.execute(&sql, &[&key, &value]).map(|_| ()))
+    }
+
+    fn insert_new(&self, key: &[u8], value: &[u8]) -> Result<bool, EngineError> {
+        let sql = self.sql.insert_new.clone();
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.pool
+            .run(move |conn| Ok(conn.execute(&sql, &[&key, &value])? == 1))
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<bool, EngineError> {
+        let sql = self.sql.remove.clone();
+        let key = key.to_vec();
+        self.pool
+            .run(move |conn| Ok(conn.execute(&sql, &[&key])? > 0))
+    }
+
+    fn scan(&self, range: KeyRange, values: bool) -> Box<dyn Iterator<Item = Item> + Send> {
+        Box::new(PgScan {
+            pool: self.pool.clone(),
+            name: self.name,
+            range,
+            values,
+            page: Vec::new().into_iter(),
+            page_size: FIRST_PAGE,
+            done: false,
+        })
+    }
+
+    fn len(&self) -> Result<usize, EngineError> {
+        let sql = self.sql.count.clone();
+        self.pool.run(move |conn| {
+            let rows = conn.query(&sql, &[])?;
+            Ok(rows[0].get::<_, i64>(0) as usize)
+        })
+    }
+
+    fn remove_below(&self, hi: &[u8]) -> Result<usize, EngineError> {
+        let name = self.name;
+        let hi = hi.to_vec();
+        self.pool.run(move |conn| {
+            let mut removed = 0usize;
+            if PARTITIONED.contains(&name) {
+                // Partitions are named by their first day; one wholly
+                // below `hi` ends (next day) at or before it.
+                let parts = conn.query(
+                    "SELECT c.relname FROM pg_inherits i \
+                     JOIN pg_class c ON c.oid = i.inhrelid \
+                     JOIN pg_class p ON p.oid = i.inhparent \
+                     WHERE p.relname = $1",
+                    &[&format!("kv_{name}")],
+                )?;
+                let prefix = format!("kv_{name}_p");
+                for row in parts {
+                    let part: String = row.get(0);
+                    let Some(day) = part.strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    let Some(end) = next_day(day) else {
+                        continue;
+                    };
+                    if end.as_bytes() <= hi.as_slice() {
+                        let rows = conn.query(&format!("SELECT count(*) FROM {part}"), &[])?;
+                        removed += rows[0].get::<_, i64>(0) as usize;
+                        conn.client()?
+                            .batch_execute(&format!("DROP TABLE {part}"))?;
+                        conn.prepared.clear();
+                    }
+                }
+            }
+            removed +=
+                conn.execute(&format!("DELETE FROM kv_{name} WHERE k < $1"), &[&hi])? as usize;
+            Ok(removed)
+        })
+    }
+
+    fn next_number(&self) -> Result<u64, EngineError> {
+        let name = self.name;
+        self.pool.run(move |conn| {
+            if NUMBERED.contains(&name) {
+                // The sequence's next, or past the greatest key if a record
+                // was put under a number it did not hand out.
+                let rows = conn.query(
+                    &format!(
+                        "SELECT setval('kv_{name}_seq', greatest(nextval('kv_{name}_seq'), \
+                         coalesce((SELECT ('x' || encode(k, 'hex'))::bit(64)::bigint + 1 \
+                         FROM kv_{name} ORDER BY k DESC LIMIT 1), 1)))"
+                    ),
+                    &[],
+                )?;
+                return Ok(rows[0].get::<_, i64>(0) as u64);
+            }
+            // Not numbered by a sequence: past the greatest key.
+            let rows = conn.query(
+                &format!("SELECT k FROM kv_{name} ORDER BY k DESC LIMIT 1"),
+                &[],
+            )?;
+            let last = rows
+                .first()
+                .and_then(|row| <[u8; 8]>::try_from(row.get::<_, Vec<u8>>(0).as_slice()).ok())
+                .map_or(0, u64::from_be_bytes);
+            Ok(last + 1)
+        })
+    }
+}
+
+/// `YYYYMMDD` of the day after `day`.
+fn next_day(day: &str) -> Option<String> {
+    if day.len() != 8 || !day.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (y, m, d): (i64, u32, u32) = (
+        day[..4].parse().ok()?,
+        day[4..6].parse().ok()?,
+        day[6..].parse().ok()?,
+    );
+    let days = halite_proto::time::days_from_civil(y, m, d);
+    let (_, next) = day_bounds((days.max(0) as u64) * 86_400);
+    Some(next)
+}
+
+/// Rows in the first page of a scan; each next page doubles, up to
+/// [`LAST_PAGE`] (a listing of 50 reads one page, a full scan few).
+const FIRST_PAGE: i64 = 64;
+const LAST_PAGE: i64 = 2048;
+
+/// A range read in pages, each continuing after the last key seen.
+struct PgScan {
+    pool: Arc<Pool>,
+    name: &'static str,
+    range: KeyRange,
+    values: bool,
+    page: std::vec::IntoIter<(Bytes, Bytes)>,
+    page_size: i64,
+    done: bool,
+}
+
+impl PgScan {
+    fn fetch(&mut self) -> Result<(), EngineError> {
+        let mut clauses = Vec::new();
+        let mut params: Vec<Vec<u8>> = Vec::new();
+        for (bound, below) in [(&self.range.lo, false), (&self.range.hi, true)] {
+            let (op, key) = match (bound, below) {
+                (Bound::Included(key), false) => (">=", key),
+                (Bound::Excluded(key), false) => (">", key),
+                (Bound::Included(key), true) => ("<=", key),
+                (Bound::Excluded(key), true) => ("<", key),
+                (Bound::Unbounded, _) => continue,
+            };
+            params.push(key.clone());
+            clauses.push(format!("k {op} ${}", params.len()));
+        }
+        let sql = format!(
+            "SELECT k{} FROM kv_{}{}{} ORDER BY k{} LIMIT {}",
+            if self.values { ", v" } else { "" },
+            self.name,
+            if clauses.is_empty() { "" } else { " WHERE " },
+            clauses.join(" AND "),
+            if self.range.rev { " DESC" } else { "" },
+            self.page_size,
+        );
+        let values = self.values;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self.pool.run(move |conn| {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            Ok(conn
+                .query(&sql, &params)?
+                .into_iter()
+                .map(|row| {
+                    let value = if values { row.get(1) } else { Vec::new() };
+                    (row.get(0), value)
+                })
+                .collect())
+        })?;
+        if (rows.len() as i64) < self.page_size {
+            self.done = true;
+        }
+        // The next page continues past the last key of this one.
+        if let Some((last, _)) = rows.last() {
+            let after = Bound::Excluded(last.clone());
+            if self.range.rev {
+                self.range.hi = after;
+            } else {
+                self.range.lo = after;
+            }
+        }
+        self.page_size = (self.page_size * 2).min(LAST_PAGE);
+        self.page = rows
+            .into_iter()
+            .map(|(k, v)| (Bytes::Owned(k), Bytes::Owned(v)))
+            .collect::<Vec<_>>()
+            .into_iter();
+        Ok(())
+    }
+}
+
+impl Iterator for PgScan {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        if let Some(entry) = self.page.next() {
+            return Some(Ok(entry));
+        }
+        if self.done {
+            return None;
+        }
+        if let Err(e) = self.fetch() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        self.page.next().map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_held_by_one_master_until_it_runs_out() {
+        let fresh = &crate::store::each_engine()[1];
+        let store = fresh.open();
+        assert!(store.is_shared());
+        assert!(store.hold_lease("drivers", "master-a", 60_000).unwrap());
+        assert!(!store.hold_lease("drivers", "master-b", 60_000).unwrap());
+        // Renewed by its holder; another lease is another name.
+        assert!(store.hold_lease("drivers", "master-a", 60_000).unwrap());
+        assert!(store.hold_lease("other", "master-b", 60_000).unwrap());
+        // Run out (a holder that stopped renewing): the next asker has it.
+        assert!(store.hold_lease("drivers", "master-a", 0).unwrap());
+        assert!(store.hold_lease("drivers", "master-b", 60_000).unwrap());
+        assert!(!store.hold_lease("drivers", "master-a", 60_000).unwrap());
+    }
+
+    #[test]
+    fn masters_starting_together_apply_each_migration_once() {
+        let fresh = &crate::store::each_engine()[1];
+        let opened: Vec<Store> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| fresh.open())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(opened.len(), 4);
+        let url = fresh.url().unwrap();
+        let mut client = Client::connect(url, NoTls).unwrap();
+        let versions: Vec<i32> = client
+            .query(
+                "SELECT version FROM halite_migrations ORDER BY version",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let known: Vec<i32> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, known);
+    }
+
+    #[test]
+    fn partitions_are_bounded_by_days_as_jids_spell_them() {
+        // 2026-12-01 12:00 UTC.
+        assert_eq!(
+            day_bounds(1_796_126_400),
+            ("20261201".to_owned(), "20261202".to_owned())
+        );
+        assert_eq!(next_day("20261231").as_deref(), Some("20270101"));
+        assert_eq!(next_day("20240228").as_deref(), Some("20240229"));
+        assert_eq!(next_day("default"), None);
+    }
+}

@@ -1,0 +1,162 @@
+//! Several masters on one PostgreSQL store (`store = "postgres://…"`):
+//! a real cluster started for the test, real masters and minions on
+//! loopback.
+
+use std::time::Duration;
+
+use halite_master::store::throwaway::Cluster;
+use halite_tests::{eventually, Master, Minion};
+
+/// The jids `master` lists.
+fn listed(master: &Master) -> Vec<String> {
+    let out = master.cli(&["jobs", "list", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|job| job["jid"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn two_masters_on_one_postgres_show_each_others_jobs_and_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start().expect("start PostgreSQL");
+    let url = cluster.database().expect("a database");
+    let store = format!("store = \"{url}\"");
+    let a = Master::start(
+        &dir.path().join("a"),
+        &format!("id = \"master-a\"\n{store}"),
+    );
+    let b = Master::start(
+        &dir.path().join("b"),
+        &format!("id = \"master-b\"\n{store}"),
+    );
+    // Minions split across the masters, each knowing only its own.
+    let _on_a: Vec<Minion> = a.start_minions(&dir.path().join("a"), &["pga01"]);
+    let _on_b: Vec<Minion> = b.start_minions(&dir.path().join("b"), &["pgb01"]);
+
+    let mut jids = Vec::new();
+    for (master, minion) in [(&a, "pga01"), (&b, "pgb01")] {
+        let out = master.cli(&["run", &format!("target={minion}"), "test.ping", "--json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(out.json()["returns"][minion]["data"], true, "{out:?}");
+        jids.push((out.json()["jid"].as_str().expect("jid").to_owned(), minion));
+    }
+
+    // Both jobs, with their returns, through either master.
+    for master in [&a, &b] {
+        let listed = listed(master);
+        for (jid, minion) in &jids {
+            assert!(listed.contains(jid), "{jid} not in {listed:?}");
+            let out = master.cli(&["jobs", "show", jid, "--json"]);
+            assert_eq!(out.code, 0, "{out:?}");
+            let returns = out.json()["returns"].clone();
+            assert_eq!(
+                returns.as_object().map(|r| r.keys().collect::<Vec<_>>()),
+                Some(vec![&minion.to_string()]),
+                "{out:?}"
+            );
+            assert_eq!(returns[*minion]["data"], true, "{out:?}");
+        }
+    }
+
+    // A master restarted on the shared store finds both jobs again.
+    let mut a = a;
+    a.restart();
+    eventually(
+        Duration::from_secs(30),
+        "both jobs listed after a restart",
+        || {
+            let listed = listed(&a);
+            jids.iter().all(|(jid, _)| listed.contains(jid))
+        },
+    );
+}
+
+/// Whether `master` drives rollouts now (its `halite_driving` gauge).
+fn driving(master: &Master) -> bool {
+    master
+        .metrics()
+        .lines()
+        .any(|line| line.trim() == "halite_driving 1")
+}
+
+#[test]
+fn a_rollout_goes_on_when_the_master_driving_it_dies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start().expect("start PostgreSQL");
+    let url = cluster.database().expect("a database");
+    let config = |id: &str, metrics: u16| {
+        format!(
+            "id = \"{id}\"\nstore = \"{url}\"\nauto_accept = true\n\
+             metrics_bind = \"127.0.0.1:{metrics}\"\n"
+        )
+    };
+    let mut a = Master::start(
+        &dir.path().join("a"),
+        &config("master-a", halite_tests::free_port()),
+    );
+    eventually(Duration::from_secs(30), "master-a drives", || driving(&a));
+    let b = Master::start(
+        &dir.path().join("b"),
+        &config("master-b", halite_tests::free_port()),
+    );
+    a.trust_peer(&b, "master-b");
+    b.trust_peer(&a, "master-a");
+    assert!(!driving(&b), "one master drives at a time");
+    // The app, defined on both masters; its minions serve both (hot).
+    let app = halite_tests::git::Shop::with(&dir.path().join("a"), "");
+    std::fs::create_dir_all(dir.path().join("b/master/apps.d")).expect("apps.d");
+    std::fs::copy(
+        dir.path().join("a/master/apps.d/shop.toml"),
+        dir.path().join("b/master/apps.d/shop.toml"),
+    )
+    .expect("copy shop.toml");
+    let minion_config = format!(
+        "masters = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\nmaster_type = \"hot\"\n",
+        a.return_port, b.return_port
+    );
+    let _minions: Vec<Minion> = ["web1", "web2"]
+        .iter()
+        .map(|id| Minion::start(dir.path(), id, a.return_port, &minion_config))
+        .collect();
+    for master in [&a, &b] {
+        for id in ["web1", "web2"] {
+            master.wait_up(id);
+        }
+    }
+
+    // Started through master-b, driven by master-a: step 1 waits at its
+    // gate.
+    let out = b.cli(&[
+        "rollout", "start", "shop", "tag=v1", "--ramp", "1,100%", "--manual", "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.json()["id"].as_u64().expect("rollout id").to_string();
+    let rollout = |master: &Master| {
+        let out = master.cli(&["rollout", "show", &id, "--json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.json()
+    };
+    eventually(Duration::from_secs(60), "step 1 at the gate", || {
+        rollout(&b)["steps"][0]["phase"] == "waiting"
+    });
+    let first_job = rollout(&b)["steps"][0]["jid"].clone();
+    assert_eq!(app.live("web1").as_deref(), Some("one"));
+
+    // master-a dies; master-b takes the lease once it runs out and
+    // finishes the rollout, without running step 1 again.
+    a.proc.kill();
+    let out = b.cli(&["rollout", "continue", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually(
+        Duration::from_secs(90),
+        "the rollout done by master-b",
+        || rollout(&b)["state"] == "succeeded",
+    );
+    assert!(driving(&b));
+    assert_eq!(app.live("web2").as_deref(), Some("one"));
+    assert_eq!(rollout(&b)["steps"][0]["jid"], first_job);
+}
