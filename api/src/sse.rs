@@ -4,7 +4,8 @@
 //! A stream first replays what the store holds after the client's
 //! resume point, then follows live entries. It subscribes *before* it
 //! reads the store and skips live entries it already sent, and the
-//! master hands out ids and sends entries in one order, so nothing falls
+//! master hands out ids and sends entries in one order (on a shared
+//! store, every master's, through its stream follower), so nothing falls
 //! in between; a subscriber that falls too far behind the live channel
 //! re-reads from the store. Every entry carries its `id`, so a client
 //! that reconnects with `Last-Event-ID` misses nothing.

@@ -1,7 +1,8 @@
 //! The master's HTTP API from a test: a client, JSON calls, login, and
 //! waiting for a job through the API.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -168,4 +169,45 @@ impl Session {
         );
         seen
     }
+}
+
+/// Reads SSE blocks from `response` until `until` says stop (or 60 s):
+/// `(id, event, data)` each.
+pub fn read_sse(
+    response: reqwest::blocking::Response,
+    mut until: impl FnMut(&[(Option<u64>, String, Value)]) -> bool,
+) -> Vec<(Option<u64>, String, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reader = BufReader::new(response);
+    let mut events = Vec::new();
+    let (mut id, mut kind, mut data) = (None, String::from("message"), String::new());
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).expect("SSE line") == 0 {
+            break;
+        }
+        let text = line.trim_end();
+        if text.is_empty() {
+            if !data.is_empty() {
+                let value = serde_json::from_str(&data).expect("SSE data is JSON");
+                events.push((
+                    id.take(),
+                    std::mem::replace(&mut kind, "message".into()),
+                    value,
+                ));
+                data.clear();
+                if until(&events) {
+                    break;
+                }
+            }
+        } else if let Some(v) = text.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if let Some(v) = text.strip_prefix("event:") {
+            kind = v.trim().to_owned();
+        } else if let Some(v) = text.strip_prefix("data:") {
+            data.push_str(v.trim());
+        }
+    }
+    events
 }

@@ -4,11 +4,10 @@
 //! filters, minion history, app actions and statistics, TLS, and
 //! salt-api compatibility driven by the real `pepper` CLI.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use halite_tests::api::{call, http, login, wait_done};
+use halite_tests::api::{call, http, login, read_sse, wait_done};
 use halite_tests::git::Repo;
 use halite_tests::{eventually, Master, Minion};
 use serde_json::{json, Value};
@@ -19,47 +18,6 @@ deployer = [{ "web*" = ["test.*", "git_deploy.*"] }]
 viewer = ["@jobs"]
 salt = [".*", "@jobs"]
 "#;
-
-/// Reads SSE blocks from `response` until `until` says stop (or 60 s):
-/// `(id, event, data)` each.
-fn read_sse(
-    response: reqwest::blocking::Response,
-    mut until: impl FnMut(&[(Option<u64>, String, Value)]) -> bool,
-) -> Vec<(Option<u64>, String, Value)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut reader = BufReader::new(response);
-    let mut events = Vec::new();
-    let (mut id, mut kind, mut data) = (None, String::from("message"), String::new());
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        if reader.read_line(&mut line).expect("SSE line") == 0 {
-            break;
-        }
-        let text = line.trim_end();
-        if text.is_empty() {
-            if !data.is_empty() {
-                let value = serde_json::from_str(&data).expect("SSE data is JSON");
-                events.push((
-                    id.take(),
-                    std::mem::replace(&mut kind, "message".into()),
-                    value,
-                ));
-                data.clear();
-                if until(&events) {
-                    break;
-                }
-            }
-        } else if let Some(v) = text.strip_prefix("id:") {
-            id = v.trim().parse().ok();
-        } else if let Some(v) = text.strip_prefix("event:") {
-            kind = v.trim().to_owned();
-        } else if let Some(v) = text.strip_prefix("data:") {
-            data.push_str(v.trim());
-        }
-    }
-    events
-}
 
 fn start_fleet(dir: &Path, extra: &str, ids: &[&str]) -> (Master, Vec<Minion>) {
     let master = Master::start(dir, extra);

@@ -37,6 +37,14 @@ fn two_masters_on_one_postgres_show_each_others_jobs_and_returns() {
     let _on_a: Vec<Minion> = a.start_minions(&dir.path().join("a"), &["pga01"]);
     let _on_b: Vec<Minion> = b.start_minions(&dir.path().join("b"), &["pgb01"]);
 
+    // A live event stream on master-b, opened before either job.
+    let events = halite_tests::api::http()
+        .get(format!("{}/v1/events", b.api_url()))
+        .header("X-Auth-Token", b.root_token())
+        .send()
+        .expect("GET /v1/events");
+    assert!(events.status().is_success(), "{events:?}");
+
     let mut jids = Vec::new();
     for (master, minion) in [(&a, "pga01"), (&b, "pgb01")] {
         let out = master.cli(&["run", &format!("target={minion}"), "test.ping", "--json"]);
@@ -44,6 +52,26 @@ fn two_masters_on_one_postgres_show_each_others_jobs_and_returns() {
         assert_eq!(out.json()["returns"][minion]["data"], true, "{out:?}");
         jids.push((out.json()["jid"].as_str().expect("jid").to_owned(), minion));
     }
+
+    // master-b's clients saw both returns live, master-a's too, in the
+    // order of their ids.
+    let seen = halite_tests::api::read_sse(events, |seen| {
+        jids.iter().all(|(jid, _)| {
+            seen.iter()
+                .any(|(_, _, entry)| entry["kind"] == "job/return" && entry["jid"] == jid.as_str())
+        })
+    });
+    for (jid, minion) in &jids {
+        assert!(
+            seen.iter()
+                .any(|(_, _, entry)| entry["kind"] == "job/return"
+                    && entry["jid"] == jid.as_str()
+                    && entry["minion"] == *minion),
+            "no live return of {jid} from {minion}: {seen:?}"
+        );
+    }
+    let ids: Vec<u64> = seen.iter().filter_map(|(id, _, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 
     // Both jobs, with their returns, through either master.
     for master in [&a, &b] {

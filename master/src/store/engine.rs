@@ -25,6 +25,9 @@ pub enum EngineError {
     /// PostgreSQL refused a statement or the connection failed.
     #[error(transparent)]
     Postgres(#[from] postgres::Error),
+    /// A record could not be encoded for an ordered append.
+    #[error("cannot encode a record: {0}")]
+    Encode(String),
     /// The PostgreSQL connection pool's threads are gone (the master is
     /// stopping).
     #[error("the PostgreSQL connection pool has stopped")]
@@ -72,6 +75,12 @@ pub struct KeyRange {
 /// What a scan yields: a key and its value (empty for a keys-only scan).
 pub type Item = Result<(Bytes, Bytes), EngineError>;
 
+/// Rows to write: keyspace, key, value.
+pub type Rows = Vec<(&'static str, Vec<u8>, Vec<u8>)>;
+
+/// What an ordered append writes, given the id it was handed.
+pub type OrderedWrite = Box<dyn FnOnce(u64) -> Result<Rows, String> + Send>;
+
 /// One ordered keyspace (a sled tree, a PostgreSQL table).
 pub trait Keyspace: Send + Sync {
     /// The value under `key`.
@@ -104,6 +113,12 @@ pub trait Engine: Send + Sync {
     fn generate_id(&self) -> Result<u64, EngineError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), EngineError>;
+    /// Hands out the next id and writes what `write` makes of it, such
+    /// that every id below it is written before it becomes visible (the
+    /// event stream: a reader following ids misses none, even with several
+    /// masters writing). The caller holds the store's publishing lock, which
+    /// orders one process; PostgreSQL also orders the masters.
+    fn append_ordered(&self, write: OrderedWrite) -> Result<u64, EngineError>;
     /// Takes or keeps lease `name` for `holder` for `ttl_ms`: true while
     /// `holder` has it, false while another holder's has not run out.
     fn hold_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, EngineError>;
@@ -283,6 +298,16 @@ impl Engine for SledEngine {
     fn flush(&self) -> Result<(), EngineError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    fn append_ordered(&self, write: OrderedWrite) -> Result<u64, EngineError> {
+        // One process per sled store, ordered by the caller's lock; ids
+        // start at 1 (0 is "from the start" to readers).
+        let id = self.db.generate_id()? + 1;
+        for (space, key, value) in write(id).map_err(EngineError::Encode)? {
+            self.db.open_tree(space)?.insert(key, value)?;
+        }
+        Ok(id)
     }
 
     fn hold_lease(&self, _name: &str, _holder: &str, _ttl_ms: u64) -> Result<bool, EngineError> {

@@ -40,6 +40,9 @@ pub enum StoreError {
         /// The engine's error.
         source: EngineError,
     },
+    /// The thread following a shared store's event stream did not start.
+    #[error("store: cannot follow the shared event stream: {0}")]
+    Follow(String),
     /// The master config's `store` is not a store this halite knows.
     #[error("store {location:?}: {reason}")]
     Location {
@@ -152,6 +155,9 @@ pub struct Store {
     postgres: Option<Arc<postgres::PgEngine>>,
     publishing: Arc<std::sync::Mutex<()>>,
     live: tokio::sync::broadcast::Sender<Arc<BusEntry>>,
+    /// Owned while any clone of this store lives; the PostgreSQL stream
+    /// follower stops when it has no owner left.
+    following: Arc<()>,
 }
 
 /// Every keyspace, by name (sled trees, PostgreSQL tables `kv_<name>`).
@@ -397,7 +403,21 @@ impl Store {
     /// applying the migrations it lacks.
     pub fn connect(url: &str) -> Result<Store, StoreError> {
         let engine = Arc::new(postgres::PgEngine::connect(url, SPACES).map_err(failed("connect"))?);
-        Store::over(engine.clone(), Some(engine))
+        let store = Store::over(engine.clone(), Some(engine))?;
+        let live = store.live.clone();
+        postgres::follow_stream(
+            url.to_owned(),
+            store.stream_head()?,
+            Arc::downgrade(&store.following),
+            move |id, bytes| match from_bytes::<BusEntry>("stream entry", bytes) {
+                Ok(entry) => {
+                    let _ = live.send(Arc::new(entry));
+                }
+                Err(e) => tracing::warn!(id, error = %e, "an undecodable stream entry skipped"),
+            },
+        )
+        .map_err(|e| StoreError::Follow(e.to_string()))?;
+        Ok(store)
     }
 
     fn over(
@@ -429,6 +449,7 @@ impl Store {
             postgres,
             publishing: Arc::new(std::sync::Mutex::new(())),
             live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
+            following: Arc::new(()),
             engine,
         })
     }

@@ -36,12 +36,16 @@ use std::ops::Bound;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 
-use super::engine::{Bytes, Engine, EngineError, Item, KeyRange, Keyspace, Space};
+use super::engine::{Bytes, Engine, EngineError, Item, KeyRange, Keyspace, OrderedWrite, Space};
 #[cfg(test)]
 use super::Store;
+
+/// The channel stream appends notify (`LISTEN halite_stream`).
+const STREAM_CHANNEL: &str = "halite_stream";
 
 /// Connections (and threads) per master.
 pub const POOL_SIZE: usize = 4;
@@ -320,6 +324,25 @@ impl Engine for PgEngine {
         })
     }
 
+    fn append_ordered(&self, write: OrderedWrite) -> Result<u64, EngineError> {
+        self.pool.run(move |conn| {
+            let lock = conn.statement("SELECT pg_advisory_xact_lock(4857002)")?;
+            let next = conn.statement("SELECT nextval('halite_ids')")?;
+            let notify = conn.statement(&format!("SELECT pg_notify('{STREAM_CHANNEL}', '')"))?;
+            let mut tx = conn.client()?.transaction()?;
+            // Held to the commit: ids commit in the order handed out, so
+            // a follower reading past its last id skips none.
+            tx.execute(&lock, &[])?;
+            let id = tx.query_one(&next, &[])?.get::<_, i64>(0) as u64;
+            for (space, key, value) in write(id).map_err(EngineError::Encode)? {
+                tx.execute(&Sql::of(space).upsert, &[&key, &value])?;
+            }
+            tx.execute(&notify, &[])?;
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
     fn hold_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, EngineError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         let ttl_ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
@@ -493,6 +516,69 @@ impl Keyspace for PgSpace {
             Ok(last + 1)
         })
     }
+}
+
+/// Follows the event stream of every master sharing the database: reads
+/// the entries past `cursor` in id order whenever one is appended
+/// (`LISTEN`), and at least every second, handing each to `deliver`.
+/// Runs on a thread of its own until `alive` has no owner left; a lost
+/// connection is made again and reading goes on from the cursor.
+pub fn follow_stream(
+    url: String,
+    mut cursor: u64,
+    alive: std::sync::Weak<()>,
+    deliver: impl Fn(u64, &[u8]) + Send + 'static,
+) -> std::io::Result<()> {
+    let read_after = "SELECT k, v FROM kv_bus WHERE k > $1 ORDER BY k LIMIT 1000";
+    std::thread::Builder::new()
+        .name("store-pg-stream".into())
+        .spawn(move || {
+            let mut warned = false;
+            'connect: while alive.strong_count() > 0 {
+                let mut client = match Client::connect(&url, NoTls)
+                    .and_then(|mut c| c.batch_execute(&format!("LISTEN {STREAM_CHANNEL}")).map(|()| c))
+                {
+                    Ok(client) => client,
+                    Err(e) => {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(error = %e, "cannot follow the shared event stream; retrying");
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                warned = false;
+                while alive.strong_count() > 0 {
+                    loop {
+                        let rows = match client.query(read_after, &[&cursor.to_be_bytes().to_vec()]) {
+                            Ok(rows) => rows,
+                            Err(_) => continue 'connect,
+                        };
+                        for row in &rows {
+                            let key: Vec<u8> = row.get(0);
+                            let Ok(id) = <[u8; 8]>::try_from(key.as_slice()) else {
+                                continue;
+                            };
+                            cursor = u64::from_be_bytes(id);
+                            deliver(cursor, &row.get::<_, Vec<u8>>(1));
+                        }
+                        if rows.len() < 1000 {
+                            break;
+                        }
+                    }
+                    let waited = client
+                        .notifications()
+                        .timeout_iter(std::time::Duration::from_secs(1))
+                        .next();
+                    if waited.is_err() {
+                        continue 'connect;
+                    }
+                    // Several appends, one read.
+                    while let Ok(Some(_)) = client.notifications().iter().next() {}
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 /// `YYYYMMDD` of the day after `day`.

@@ -1,5 +1,8 @@
 //! The event stream: ids handed out and entries sent to live
-//! subscribers under one lock, so a subscriber sees them in order.
+//! subscribers in one order, so a subscriber sees them in order. On sled
+//! one lock orders both; on PostgreSQL appends commit in id order (the
+//! engine's `append_ordered`) and a follower thread per master reads them
+//! in that order, every master's, and sends them to its subscribers.
 
 use super::*;
 
@@ -10,20 +13,28 @@ impl Store {
     /// after id N misses nothing. Not durable until [`Store::flush`].
     pub fn publish(&self, mut entry: BusEntry) -> Result<u64, StoreError> {
         let _order = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
-        entry.id = self.engine.generate_id().map_err(failed("stream id"))? + 1;
-        self.bus
-            .insert(entry.id.to_be_bytes(), to_bytes("stream entry", &entry)?)
+        let written = entry.clone();
+        let id = self
+            .engine
+            .append_ordered(Box::new(move |id| {
+                let mut entry = written;
+                entry.id = id;
+                let bytes = to_bytes("stream entry", &entry).map_err(|e| e.to_string())?;
+                let mut rows = vec![("bus", id.to_be_bytes().to_vec(), bytes)];
+                if let Some(jid) = &entry.jid {
+                    let mut index = jid_prefix(jid);
+                    index.extend_from_slice(&id.to_be_bytes());
+                    rows.push(("job_stream", index, Vec::new()));
+                }
+                Ok(rows)
+            }))
             .map_err(failed("write stream entry"))?;
-        if let Some(jid) = &entry.jid {
-            let mut index = jid_prefix(jid);
-            index.extend_from_slice(&entry.id.to_be_bytes());
-            self.job_stream
-                .insert(index, [])
-                .map_err(failed("index stream entry"))?;
+        entry.id = id;
+        // On a shared store the follower sends it, in order with the other
+        // masters' entries. No subscriber is fine: it is stored.
+        if !self.is_shared() {
+            let _ = self.live.send(Arc::new(entry));
         }
-        let id = entry.id;
-        // No subscriber is fine: the entry is stored for later readers.
-        let _ = self.live.send(Arc::new(entry));
         Ok(id)
     }
 
