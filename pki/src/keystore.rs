@@ -323,6 +323,59 @@ impl KeyStore {
         self.status_locked(id).ok().flatten()
     }
 
+    /// The keys `id` has, by state (what another master mirrors).
+    pub fn states_of(&self, id: &str) -> Result<Vec<(KeyStatus, PublicKey)>, PkiError> {
+        check_id(id)?;
+        let _guard = self.lock();
+        let mut states = Vec::new();
+        for status in STATES {
+            if let Some(key) = self.read(status, id)? {
+                states.push((status, key));
+            }
+        }
+        Ok(states)
+    }
+
+    /// Makes `id`'s keys exactly `states` (several masters sharing one
+    /// store mirror each other's decisions): new files are written before
+    /// old ones go, so a crash never loses a key. Returns `true` if an
+    /// accepted key was revoked (rotate the session key).
+    pub fn mirror(&self, id: &str, states: &[(KeyStatus, PublicKey)]) -> Result<bool, PkiError> {
+        check_id(id)?;
+        let _guard = self.lock();
+        let wanted = |status: KeyStatus| {
+            states
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, key)| *key)
+        };
+        for status in STATES {
+            if let Some(key) = wanted(status) {
+                if self.read(status, id)? != Some(key) {
+                    self.write(status, id, &key)?;
+                }
+            }
+        }
+        let accepted = match (wanted(KeyStatus::Accepted), wanted(KeyStatus::Rejected)) {
+            (Some(key), None) => Some(key),
+            _ => None,
+        };
+        let revoked = {
+            let mut cache = self.cache_mut();
+            let before = match accepted {
+                Some(key) => cache.insert(id.to_owned(), key),
+                None => cache.remove(id),
+            };
+            before.is_some_and(|before| Some(before) != accepted)
+        };
+        for status in STATES {
+            if wanted(status).is_none() {
+                self.remove(status, id)?;
+            }
+        }
+        Ok(revoked)
+    }
+
     // ---- internals; callers hold `changes` ----
 
     fn accept_locked(&self, id: &str) -> Result<(), PkiError> {
@@ -456,6 +509,44 @@ mod tests {
 
     fn key() -> PublicKey {
         KeyPair::generate().unwrap().public()
+    }
+
+    #[test]
+    fn mirroring_makes_an_ids_keys_exactly_what_another_master_has() {
+        let (mine, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (here, there) = (
+            KeyStore::open(mine.path()).unwrap(),
+            KeyStore::open(theirs.path()).unwrap(),
+        );
+        let k = key();
+        // Pending there, mirrored here; accepted there, mirrored here.
+        assert_eq!(there.submit("web1", &k, false).unwrap(), KeyStatus::Pending);
+        assert!(!here
+            .mirror("web1", &there.states_of("web1").unwrap())
+            .unwrap());
+        assert_eq!(here.status("web1"), Some(KeyStatus::Pending));
+        assert_eq!(here.accepted_key("web1"), None);
+        there.accept("web1").unwrap();
+        assert!(!here
+            .mirror("web1", &there.states_of("web1").unwrap())
+            .unwrap());
+        assert_eq!(here.accepted_key("web1"), Some(k));
+        assert_eq!(
+            here.states_of("web1").unwrap(),
+            vec![(KeyStatus::Accepted, k)]
+        );
+        // Rejected there: revoked here.
+        assert!(there.reject("web1").unwrap());
+        assert!(here
+            .mirror("web1", &there.states_of("web1").unwrap())
+            .unwrap());
+        assert_eq!(here.accepted_key("web1"), None);
+        assert_eq!(here.status("web1"), Some(KeyStatus::Rejected));
+        // Deleted there: gone here.
+        there.delete("web1").unwrap();
+        assert!(!here.mirror("web1", &[]).unwrap());
+        assert_eq!(here.status("web1"), None);
+        assert!(here.mirror("../x", &[]).is_err());
     }
 
     fn open() -> (tempfile::TempDir, KeyStore) {

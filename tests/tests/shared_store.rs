@@ -188,3 +188,56 @@ fn a_rollout_goes_on_when_the_master_driving_it_dies() {
     assert_eq!(app.live("web2").as_deref(), Some("one"));
     assert_eq!(rollout(&b)["steps"][0]["jid"], first_job);
 }
+
+#[test]
+fn a_key_decided_on_one_master_is_decided_on_every_master() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start().expect("start PostgreSQL");
+    let url = cluster.database().expect("a database");
+    let store = format!("store = \"{url}\"");
+    let a = Master::start(
+        &dir.path().join("a"),
+        &format!("id = \"master-a\"\n{store}"),
+    );
+    let b = Master::start(
+        &dir.path().join("b"),
+        &format!("id = \"master-b\"\n{store}"),
+    );
+    // web1 knows master-a only; its key waits there, and on master-b.
+    let _web1 = Minion::start(dir.path(), "web1", a.return_port, "");
+    for master in [&a, &b] {
+        eventually(Duration::from_secs(60), "web1 pending", || {
+            master.key_status("web1").as_deref() == Some("pending")
+        });
+    }
+    // Accepted on master-b, the minion waiting on master-a is let in.
+    let out = b.cli(&["keys", "accept", "web1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    a.wait_up("web1");
+    assert_eq!(a.key_status("web1").as_deref(), Some("accepted"));
+    let out = a.cli(&["run", "target=web1", "test.ping", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["returns"]["web1"]["data"], true, "{out:?}");
+    // Rejected on master-a: rejected on master-b too.
+    let out = a.cli(&["keys", "reject", "web1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually(Duration::from_secs(30), "web1 rejected on master-b", || {
+        b.key_status("web1").as_deref() == Some("rejected")
+    });
+    // Deleted on master-b, gone from master-a; a third master joining
+    // later learns every decision at its start.
+    let out = b.cli(&["keys", "delete", "web1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // (web1 keeps asking master-a, so it is pending there again.)
+    eventually(Duration::from_secs(30), "web1 deleted on master-a", || {
+        a.key_status("web1").as_deref() != Some("rejected")
+    });
+    let c = Master::start(
+        &dir.path().join("c"),
+        &format!("id = \"master-c\"\n{store}"),
+    );
+    eventually(Duration::from_secs(30), "master-c agrees", || {
+        let here = c.key_status("web1");
+        here.is_some() && here == a.key_status("web1")
+    });
+}

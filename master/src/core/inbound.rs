@@ -149,6 +149,13 @@ impl Core {
             self.reply(peer, &self.auth_reply(auth.nonce, status, None));
             return Ok(());
         }
+        // On a shared store a submit that changed anything is news for
+        // the other masters.
+        let before = if self.store.is_shared() {
+            self.keys.states_of(&auth.id).ok()
+        } else {
+            None
+        };
         let status = match self.keys.submit(&auth.id, &key, self.config.auto_accept) {
             Err(halite_pki::PkiError::TooManyPending { max }) => {
                 // No answer: the minion asks again later, when there may
@@ -160,6 +167,9 @@ impl Core {
             }
             other => other?,
         };
+        if before.is_some() && self.keys.states_of(&auth.id).ok() != before {
+            self.share_keys(std::slice::from_ref(&auth.id));
+        }
         let session = if status == KeyStatus::Accepted {
             let transcript = halite_pki::transcript(&auth.id, &key, &self.master_pub, &auth.nonce);
             self.presence

@@ -30,6 +30,7 @@ pub mod requests;
 pub mod returns;
 pub mod rollouts;
 pub mod schedules;
+pub mod shared_keys;
 pub mod triggers;
 pub mod upkeep;
 pub mod views;

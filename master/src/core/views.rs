@@ -291,6 +291,7 @@ impl Core {
             }
         };
         tracing::info!(ids = ?affected, "key state changed");
+        self.share_keys(&affected);
         // An accepted minion that waits gets its session key at once; a
         // rejected or deleted one is forgotten (answering it again would
         // submit a deleted key anew).
@@ -451,7 +452,7 @@ impl Core {
 
 impl Core {
     /// A revoked minion's own key goes: nothing more is sealed to it.
-    fn forget_personal_key(&self, id: &str) {
+    pub(super) fn forget_personal_key(&self, id: &str) {
         self.personal
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -1,9 +1,56 @@
 //! Minions as last seen, their up/down transitions and connectivity
 //! checks.
 
+use halite_proto::message::KeyStatus;
+
 use super::*;
 
+/// One of a minion's keys, as the masters sharing a store record it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedKey {
+    /// Its state.
+    pub status: KeyStatus,
+    /// The public key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+}
+
 impl Store {
+    /// Records a minion's keys as they now are, durably (empty: deleted,
+    /// kept so that a master that was away deletes it too).
+    pub fn put_key_states(&self, id: &str, states: &[SharedKey]) -> Result<(), StoreError> {
+        self.keys
+            .insert(id.as_bytes(), to_bytes("shared key", &states)?)
+            .map_err(failed("write shared key"))?;
+        self.flush()
+    }
+
+    /// A minion's keys as last recorded (`None`: never recorded).
+    pub fn key_states(&self, id: &str) -> Result<Option<Vec<SharedKey>>, StoreError> {
+        match self
+            .keys
+            .get(id.as_bytes())
+            .map_err(failed("read shared key"))?
+        {
+            Some(bytes) => Ok(Some(from_bytes("shared key", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every recorded minion's keys, by id.
+    pub fn all_key_states(&self) -> Result<Vec<(String, Vec<SharedKey>)>, StoreError> {
+        self.keys
+            .iter()
+            .map(|item| {
+                let (id, bytes) = item.map_err(failed("scan shared keys"))?;
+                Ok((
+                    String::from_utf8_lossy(&id).into_owned(),
+                    from_bytes("shared key", &bytes)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Saves what is known of a minion.
     pub fn put_minion(&self, minion: &MinionRecord) -> Result<(), StoreError> {
         let bytes = to_bytes("minion", minion)?;

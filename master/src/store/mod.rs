@@ -151,6 +151,9 @@ pub struct Store {
     triggers: Space,
     rollouts: Space,
     active_rollouts: Space,
+    /// Minion keys by state, as the masters sharing the store decided
+    /// them (only written on a shared store).
+    keys: Space,
     /// Set on PostgreSQL: its partitions are made ahead as days pass.
     postgres: Option<Arc<postgres::PgEngine>>,
     publishing: Arc<std::sync::Mutex<()>>,
@@ -182,6 +185,7 @@ pub const SPACES: &[&str] = &[
     "triggers",
     "rollouts",
     "active_rollouts",
+    "keys",
 ];
 
 /// Where the store lives: the master config's `store` (a PostgreSQL URL),
@@ -371,6 +375,7 @@ mod rollouts;
 mod stream;
 pub mod throwaway;
 mod workflow;
+pub use fleet::SharedKey;
 pub use workflow::Delivery;
 
 pub use stream::{event_entry, return_entry};
@@ -402,7 +407,7 @@ impl Store {
     /// Connects to the PostgreSQL store at `url` (several masters may),
     /// applying the migrations it lacks.
     pub fn connect(url: &str) -> Result<Store, StoreError> {
-        let engine = Arc::new(postgres::PgEngine::connect(url, SPACES).map_err(failed("connect"))?);
+        let engine = Arc::new(postgres::PgEngine::connect(url).map_err(failed("connect"))?);
         let store = Store::over(engine.clone(), Some(engine))?;
         let live = store.live.clone();
         postgres::follow_stream(
@@ -444,6 +449,7 @@ impl Store {
             schedules: space("schedules")?,
             rollouts: space("rollouts")?,
             active_rollouts: space("active_rollouts")?,
+            keys: space("keys")?,
             outbox: space("outbox")?,
             triggers: space("triggers")?,
             postgres,

@@ -61,8 +61,36 @@ const DAYS_AHEAD: u64 = 3;
 
 /// The schema, step by step. A step is never edited once released; a
 /// change is a new step.
-pub const MIGRATIONS: &[(i32, &str)] =
-    &[(1, "the keyspaces, ids and time partitions"), (2, "leases")];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, "the keyspaces, ids and time partitions"),
+    (2, "leases"),
+    (3, "minion keys shared by the masters"),
+];
+
+/// The keyspaces of migration 1, as they were then (a step never
+/// changes; a keyspace added later is a step of its own).
+const V1_SPACES: &[&str] = &[
+    "jobs",
+    "returns",
+    "events",
+    "minions",
+    "presence",
+    "checks",
+    "deploys",
+    "tokens",
+    "audit",
+    "bus",
+    "minion_jobs",
+    "fun_jobs",
+    "job_stream",
+    "batches",
+    "requests",
+    "schedules",
+    "outbox",
+    "triggers",
+    "rollouts",
+    "active_rollouts",
+];
 
 /// A task for a pooled connection.
 type Task = Box<dyn FnOnce(&mut Conn) + Send>;
@@ -191,10 +219,9 @@ pub struct PgEngine {
 impl PgEngine {
     /// Connects, applies the migrations this database lacks and makes
     /// the coming days' partitions.
-    pub fn connect(url: &str, spaces: &[&'static str]) -> Result<PgEngine, EngineError> {
+    pub fn connect(url: &str) -> Result<PgEngine, EngineError> {
         let pool = Arc::new(Pool::start(url)?);
-        let spaces: Vec<&'static str> = spaces.to_vec();
-        pool.run(move |conn| migrate(conn.client()?, &spaces))?;
+        pool.run(move |conn| migrate(conn.client()?))?;
         let engine = PgEngine { pool };
         engine.make_partitions(halite_proto::time::now_ms())?;
         Ok(engine)
@@ -235,7 +262,7 @@ fn day_bounds(at_s: u64) -> (String, String) {
 
 /// Applies the missing [`MIGRATIONS`] in one transaction under an
 /// advisory lock.
-fn migrate(client: &mut Client, spaces: &[&'static str]) -> Result<(), EngineError> {
+fn migrate(client: &mut Client) -> Result<(), EngineError> {
     let mut tx = client.transaction()?;
     // Any constant: one lock for "halite migrates this database".
     tx.execute("SELECT pg_advisory_xact_lock(4857001)", &[])?;
@@ -254,7 +281,7 @@ fn migrate(client: &mut Client, spaces: &[&'static str]) -> Result<(), EngineErr
         if applied.contains(version) {
             continue;
         }
-        tx.batch_execute(&migration_sql(*version, spaces))?;
+        tx.batch_execute(&migration_sql(*version))?;
         tx.execute(
             "INSERT INTO halite_migrations (version, name) VALUES ($1, $2)",
             &[version, name],
@@ -266,11 +293,11 @@ fn migrate(client: &mut Client, spaces: &[&'static str]) -> Result<(), EngineErr
 }
 
 /// The SQL of one migration step.
-fn migration_sql(version: i32, spaces: &[&'static str]) -> String {
+fn migration_sql(version: i32) -> String {
     match version {
         1 => {
             let mut sql = String::from("CREATE SEQUENCE halite_ids;\n");
-            for space in spaces {
+            for space in V1_SPACES {
                 if PARTITIONED.contains(space) {
                     sql.push_str(&format!(
                         "CREATE TABLE kv_{space} (k bytea PRIMARY KEY, v bytea NOT NULL) \
@@ -293,6 +320,7 @@ fn migration_sql(version: i32, spaces: &[&'static str]) -> String {
                   holder text NOT NULL,
                   expires_at timestamptz NOT NULL)"
             .to_owned(),
+        3 => "CREATE TABLE kv_keys (k bytea PRIMARY KEY, v bytea NOT NULL)".to_owned(),
         _ => unreachable!("every step in MIGRATIONS has its SQL"),
     }
 }
@@ -707,6 +735,17 @@ mod tests {
         assert!(store.hold_lease("drivers", "master-a", 0).unwrap());
         assert!(store.hold_lease("drivers", "master-b", 60_000).unwrap());
         assert!(!store.hold_lease("drivers", "master-a", 60_000).unwrap());
+    }
+
+    #[test]
+    fn every_keyspace_has_its_table_after_the_migrations() {
+        let fresh = &crate::store::each_engine()[1];
+        let url = fresh.url().unwrap().to_owned();
+        let engine = PgEngine::connect(&url).unwrap();
+        for name in crate::store::SPACES {
+            let space = engine.space(name).unwrap();
+            assert_eq!(space.len().unwrap(), 0, "{name}");
+        }
     }
 
     #[test]
