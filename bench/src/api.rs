@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use halite_api::types::{JobRecord, ReturnRecord};
-use halite_master::store::{Store, StoredJob};
+use halite_master::store::{Store, StoreLocation, StoredJob};
 use halite_proto::{JidGenerator, TargetType};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,10 @@ pub struct ApiArgs {
     /// Print Markdown tables (for bench/RESULTS.md).
     #[arg(long)]
     markdown: bool,
+    /// Keep the store in PostgreSQL (a throwaway cluster started for the
+    /// run) instead of sled.
+    #[arg(long)]
+    postgres: bool,
 }
 
 /// What wrk measured for one scenario.
@@ -59,8 +63,8 @@ struct Measured {
     errors: u64,
 }
 
-fn fill(dir: &Path, jobs: usize) -> Result<Vec<String>> {
-    let store = Store::open(&dir.join("data/store")).context("open the store")?;
+fn fill(location: &StoreLocation, jobs: usize) -> Result<Vec<String>> {
+    let store = Store::at(location).context("open the store")?;
     let jids = JidGenerator::new();
     let mut all = Vec::with_capacity(jobs);
     for n in 0..jobs {
@@ -190,8 +194,18 @@ fn create_request(addr: &std::net::SocketAddr, token: &str) -> Result<u64> {
 /// Runs the benchmark.
 pub fn run(args: ApiArgs) -> Result<()> {
     let dir = tempfile::tempdir().context("temp dir")?;
+    // Held for the run: dropping it stops PostgreSQL.
+    let cluster = if args.postgres {
+        Some(halite_master::store::throwaway::Cluster::start().context("start PostgreSQL")?)
+    } else {
+        None
+    };
+    let location = match &cluster {
+        Some(cluster) => StoreLocation::Postgres(cluster.database().context("a database")?),
+        None => StoreLocation::Sled(dir.path().join("data/store")),
+    };
     let started = Instant::now();
-    let jids = fill(dir.path(), args.jobs)?;
+    let jids = fill(&location, args.jobs)?;
     eprintln!(
         "stored {} jobs in {:.1}s",
         grouped(args.jobs),
@@ -202,7 +216,8 @@ pub fn run(args: ApiArgs) -> Result<()> {
     halite_tests::git::TwoEnvShop::create(dir.path());
     std::fs::rename(dir.path().join("master/apps.d"), dir.path().join("apps.d"))
         .context("move the app definition next to the master's config")?;
-    let config = crate::fleet::master_config(dir.path(), None)?;
+    let mut config = crate::fleet::master_config(dir.path(), None)?;
+    config.store = location;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.master_workers.max(1))
         .thread_name("master")

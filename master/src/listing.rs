@@ -2,7 +2,7 @@
 //! `GET /v1/minions/{id}/jobs`), over the store's newest-first scans.
 
 use crate::error::CoreError;
-use halite_model::{JobFilter, JobPage, JobSummary};
+use halite_model::{JobFilter, JobPage, JobSummary, ReturnOutcome};
 use halite_proto::time::now_ms;
 use halite_proto::Jid;
 
@@ -36,6 +36,30 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
         .transpose()
         .map_err(|e| CoreError::invalid(format!("fun: {e}")))?;
     let mut page = Vec::with_capacity(limit);
+    // Jobs that passed the filters on the job itself wait here for their
+    // returns, read for many jobs at once (one round trip to a shared
+    // store); at most as many as the page still lacks.
+    let mut waiting: Vec<StoredJob> = Vec::new();
+    let take_returns = |waiting: &mut Vec<StoredJob>, page: &mut Vec<JobSummary>| {
+        let jobs = std::mem::take(waiting);
+        let jids: Vec<Jid> = jobs.iter().map(|job| job.record.jid.clone()).collect();
+        let outcomes = core.store.return_outcomes_of(&jids)?;
+        for (stored, returns) in jobs.into_iter().zip(outcomes) {
+            let summary = summarize(stored, &returns);
+            if filter
+                .result
+                .as_deref()
+                .is_none_or(|r| r == result_of(&summary))
+                && filter
+                    .app
+                    .as_ref()
+                    .is_none_or(|a| summary.app.as_ref() == Some(a))
+            {
+                page.push(summary);
+            }
+        }
+        Ok::<_, CoreError>(())
+    };
     let mut visit = |head: &JobHead, job: &dyn Fn() -> Result<StoredJob, CoreError>| {
         if filter.from.is_some_and(|from| head.issued_at < from) {
             return Ok::<_, CoreError>(false);
@@ -50,17 +74,9 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
                     return Ok(true);
                 }
             }
-            let summary = summarize(core, stored)?;
-            if filter
-                .result
-                .as_deref()
-                .is_none_or(|r| r == result_of(&summary))
-                && filter
-                    .app
-                    .as_ref()
-                    .is_none_or(|a| summary.app.as_ref() == Some(a))
-            {
-                page.push(summary);
+            waiting.push(stored);
+            if waiting.len() > limit - page.len().min(limit) {
+                take_returns(&mut waiting, &mut page)?;
             }
         }
         Ok(page.len() <= limit)
@@ -107,6 +123,7 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
             }
         }
     }
+    take_returns(&mut waiting, &mut page)?;
     let next = if page.len() > limit {
         page.truncate(limit);
         page.last().map(|j| j.jid.to_string())
@@ -116,13 +133,12 @@ pub fn jobs(core: &Core, filter: &JobFilter) -> Result<JobPage, CoreError> {
     Ok(JobPage { jobs: page, next })
 }
 
-fn summarize(core: &Core, job: StoredJob) -> Result<JobSummary, CoreError> {
+fn summarize(job: StoredJob, returns: &[ReturnOutcome]) -> JobSummary {
     let record = job.record;
-    let returns = core.store.returns(&record.jid)?;
     let failed = returns.iter().filter(|r| !r.success).count();
     let returned = returns.len();
     let deadline = record.deadline();
-    Ok(JobSummary {
+    JobSummary {
         done: returned >= record.expected.len() || now_ms() >= deadline,
         failed,
         returned,
@@ -140,7 +156,7 @@ fn summarize(core: &Core, job: StoredJob) -> Result<JobSummary, CoreError> {
         arg: record.arg,
         user: record.user,
         issued_at: record.issued_at,
-    })
+    }
 }
 
 /// `running`, `success` or `failed` (failed also when a minion never returned).

@@ -94,6 +94,13 @@ pub trait Keyspace: Send + Sync {
     /// The entries of `range` in its direction, read as the caller walks
     /// (values left empty unless `values`).
     fn scan(&self, range: KeyRange, values: bool) -> Box<dyn Iterator<Item = Item> + Send>;
+    /// The entries under each of `prefixes`, in key order, one list per
+    /// prefix: one round trip on PostgreSQL (a page of jobs and their
+    /// returns is then two queries, not fifty-one).
+    fn scan_prefixes(&self, prefixes: &[Vec<u8>]) -> Result<Vec<Vec<(Bytes, Bytes)>>, EngineError>;
+    /// The values under `keys`, in their order (one round trip on
+    /// PostgreSQL).
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, EngineError>;
     /// How many entries there are.
     fn len(&self) -> Result<usize, EngineError>;
     /// Removes every key below `hi`; how many. PostgreSQL drops the
@@ -187,6 +194,19 @@ impl Space {
         self.scan_of(Bound::Included(prefix), hi)
     }
 
+    /// The values under `keys`, in their order.
+    pub fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, EngineError> {
+        self.0.get_many(keys)
+    }
+
+    /// The entries under each of `prefixes`, one list per prefix.
+    pub fn scan_prefixes(
+        &self,
+        prefixes: &[Vec<u8>],
+    ) -> Result<Vec<Vec<(Bytes, Bytes)>>, EngineError> {
+        self.0.scan_prefixes(prefixes)
+    }
+
     /// The greatest entry.
     pub fn last(&self) -> Result<Option<(Bytes, Bytes)>, EngineError> {
         self.iter().rev().next().transpose()
@@ -219,7 +239,7 @@ impl Space {
 
 /// The smallest key greater than every key starting with `prefix`
 /// (`None`: no such key, the prefix is all 0xff).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -352,6 +372,27 @@ impl Keyspace for SledSpace {
         } else {
             Box::new(iter.map(shared))
         }
+    }
+
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, EngineError> {
+        keys.iter()
+            .map(|key| Ok(self.0.get(key)?.map(Bytes::Shared)))
+            .collect()
+    }
+
+    fn scan_prefixes(&self, prefixes: &[Vec<u8>]) -> Result<Vec<Vec<(Bytes, Bytes)>>, EngineError> {
+        prefixes
+            .iter()
+            .map(|prefix| {
+                self.0
+                    .scan_prefix(prefix)
+                    .map(|item| {
+                        let (key, value) = item?;
+                        Ok((Bytes::Shared(key), Bytes::Shared(value)))
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     fn len(&self) -> Result<usize, EngineError> {

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Jobs a filtered listing reads per batch (a page is 50 by default).
+const JOB_BATCH: usize = 64;
+
 impl Store {
     /// Records a job (before it is published, so no return can precede it).
     pub fn put_job(&self, job: &StoredJob) -> Result<(), StoreError> {
@@ -90,9 +93,9 @@ impl Store {
             let head = range.next();
             ranges.push((prefix.len(), range, head));
         }
-        let jobs = self.jobs.clone();
-        Ok(std::iter::from_fn(move || loop {
-            // The newest head among the ranges (a few functions at most).
+        // The index's jids, newest first: a merge of the ranges' heads (a
+        // few functions at most).
+        let mut jids = std::iter::from_fn(move || {
             let mut newest: Option<usize> = None;
             for (i, (skip, _, head)) in ranges.iter().enumerate() {
                 match head {
@@ -117,20 +120,44 @@ impl Store {
             }
             let (skip, range, head) = &mut ranges[newest?];
             let taken = std::mem::replace(head, range.next());
-            let key = match taken? {
-                Ok(key) => key,
-                Err(e) => return Some(Err(failed("scan function index")(e))),
-            };
-            let jid = &key[*skip..];
-            match jobs.get(jid) {
-                Err(e) => return Some(Err(failed("read job")(e))),
-                // Pruned between the index read and this one.
-                Ok(None) => continue,
-                Ok(Some(bytes)) => {
-                    return Some(
+            Some(match taken? {
+                Ok(key) => Ok(key[*skip..].to_vec()),
+                Err(e) => Err(failed("scan function index")(e)),
+            })
+        });
+        // The jobs read a batch at a time (one round trip to a shared
+        // store for a page, not one per job).
+        let jobs = self.jobs.clone();
+        let mut ready: std::collections::VecDeque<Result<(JobHead, LazyJob), StoreError>> =
+            std::collections::VecDeque::new();
+        Ok(std::iter::from_fn(move || loop {
+            if let Some(item) = ready.pop_front() {
+                return Some(item);
+            }
+            let mut batch = Vec::with_capacity(JOB_BATCH);
+            for jid in jids.by_ref().take(JOB_BATCH) {
+                match jid {
+                    Ok(jid) => batch.push(jid),
+                    Err(e) => {
+                        ready.push_back(Err(e));
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                return ready.pop_front();
+            }
+            match jobs.get_many(&batch) {
+                Err(e) => ready.push_front(Err(failed("read jobs")(e))),
+                Ok(found) => {
+                    // `None`: pruned between the index read and this one.
+                    let decoded = found.into_iter().flatten().map(|bytes| {
                         from_bytes::<HeadOnly>("job", &bytes)
-                            .map(|head| (head.record, LazyJob(bytes))),
-                    )
+                            .map(|head| (head.record, LazyJob(bytes)))
+                    });
+                    let errors_after = std::mem::take(&mut ready);
+                    ready.extend(decoded);
+                    ready.extend(errors_after);
                 }
             }
         }))
@@ -280,6 +307,26 @@ impl Store {
         self.returns
             .scan_prefix(jid_prefix(jid))
             .map(|item| decode_item("scan returns", "return", item))
+            .collect()
+    }
+
+    /// [`Store::return_outcomes`] of several jobs at once, in their order
+    /// (a page of jobs reads its returns in one go).
+    pub fn return_outcomes_of(
+        &self,
+        jids: &[Jid],
+    ) -> Result<Vec<Vec<halite_model::ReturnOutcome>>, StoreError> {
+        let prefixes: Vec<Vec<u8>> = jids.iter().map(jid_prefix).collect();
+        self.returns
+            .scan_prefixes(&prefixes)
+            .map_err(failed("scan returns"))?
+            .into_iter()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|(_, bytes)| from_bytes("return", bytes))
+                    .collect()
+            })
             .collect()
     }
 

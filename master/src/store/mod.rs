@@ -770,6 +770,37 @@ mod tests {
     }
 
     #[test]
+    fn the_returns_of_many_jobs_come_back_by_job_in_one_read() {
+        for fresh in crate::store::each_engine() {
+            let store = fresh.open();
+            let jids: Vec<Jid> = (0..3)
+                .map(|i| Jid::from_unix_us(1_700_000_000_000_000 + i * 1_000_000))
+                .collect();
+            store
+                .put_returns(&[
+                    (jids[0].clone(), ret("b", 0)),
+                    (jids[0].clone(), ret("a", 1)),
+                    (jids[2].clone(), ret("c", 0)),
+                ])
+                .unwrap();
+            let outcomes = store.return_outcomes_of(&jids).unwrap();
+            let seen: Vec<Vec<(String, bool)>> = outcomes
+                .iter()
+                .map(|list| list.iter().map(|o| (o.id.clone(), o.success)).collect())
+                .collect();
+            assert_eq!(
+                seen,
+                vec![
+                    vec![("a".to_owned(), false), ("b".to_owned(), true)],
+                    vec![],
+                    vec![("c".to_owned(), true)],
+                ]
+            );
+            assert!(store.return_outcomes_of(&[]).unwrap().is_empty());
+        }
+    }
+
+    #[test]
     fn a_duplicate_return_keeps_the_first() {
         for fresh in crate::store::each_engine() {
             let store = fresh.open();

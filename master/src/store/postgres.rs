@@ -469,6 +469,57 @@ impl Keyspace for PgSpace {
         })
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Bytes>>, EngineError> {
+        let keys = keys.to_vec();
+        let sql = format!("SELECT k, v FROM kv_{} WHERE k = ANY($1)", self.name);
+        self.pool.run(move |conn| {
+            let mut found: HashMap<Vec<u8>, Vec<u8>> = conn
+                .query(&sql, &[&keys])?
+                .into_iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            Ok(keys
+                .iter()
+                .map(|key| found.remove(key).map(Bytes::Owned))
+                .collect())
+        })
+    }
+
+    fn scan_prefixes(&self, prefixes: &[Vec<u8>]) -> Result<Vec<Vec<(Bytes, Bytes)>>, EngineError> {
+        let count = prefixes.len();
+        let lows: Vec<Vec<u8>> = prefixes.to_vec();
+        // Past every key under the prefix (an all-0xff prefix, which no
+        // store key has, is closed with more 0xff).
+        let highs: Vec<Vec<u8>> = prefixes
+            .iter()
+            .map(|p| {
+                super::engine::prefix_end(p).unwrap_or_else(|| {
+                    let mut end = p.clone();
+                    end.extend_from_slice(&[0xff; 16]);
+                    end
+                })
+            })
+            .collect();
+        let sql = format!(
+            "SELECT p.n, r.k, r.v \
+             FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS p(lo, hi, n) \
+             CROSS JOIN LATERAL \
+             (SELECT k, v FROM kv_{} WHERE k >= p.lo AND k < p.hi ORDER BY k) r \
+             ORDER BY p.n, r.k",
+            self.name
+        );
+        self.pool.run(move |conn| {
+            let mut out: Vec<Vec<(Bytes, Bytes)>> = vec![Vec::new(); count];
+            for row in conn.query(&sql, &[&lows, &highs])? {
+                let n: i64 = row.get(0);
+                if let Some(list) = usize::try_from(n - 1).ok().and_then(|i| out.get_mut(i)) {
+                    list.push((Bytes::Owned(row.get(1)), Bytes::Owned(row.get(2))));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn len(&self) -> Result<usize, EngineError> {
         let sql = self.sql.count.clone();
         self.pool.run(move |conn| {
@@ -735,6 +786,80 @@ mod tests {
         assert!(store.hold_lease("drivers", "master-a", 0).unwrap());
         assert!(store.hold_lease("drivers", "master-b", 60_000).unwrap());
         assert!(!store.hold_lease("drivers", "master-a", 60_000).unwrap());
+    }
+
+    #[test]
+    fn pruning_drops_the_partitions_of_whole_days() {
+        use halite_model::ReturnRecord;
+        use halite_proto::Jid;
+        let fresh = &crate::store::each_engine()[1];
+        let url = fresh.url().unwrap().to_owned();
+        let store = fresh.open();
+        let engine = PgEngine::connect(&url).unwrap();
+        // 2023-11-14 and the days around it get partitions of their own.
+        let day_ms = 86_400_000;
+        let start_ms = 1_699_920_000_000; // 2023-11-14 00:00 UTC
+        engine.make_partitions(start_ms).unwrap();
+        let jid_at = |ms: u64| Jid::from_unix_us(ms * 1000 + 1);
+        let ret = |id: &str| ReturnRecord {
+            id: id.into(),
+            fun: "test.ping".into(),
+            success: true,
+            retcode: 0,
+            data: serde_json::Value::Bool(true),
+            started_at: 1,
+            finished_at: 2,
+            stored_at: 3,
+        };
+        for day in 0..3 {
+            let jid = jid_at(start_ms + day * day_ms);
+            store
+                .put_returns(&[(jid.clone(), ret("a")), (jid, ret("b"))])
+                .unwrap();
+        }
+        let mut client = Client::connect(&url, NoTls).unwrap();
+        let partitions = |client: &mut Client| -> Vec<String> {
+            let mut names: Vec<String> = client
+                .query(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                     JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'kv_returns'",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            names.sort();
+            names
+        };
+        assert!(partitions(&mut client).contains(&"kv_returns_p20231114".to_owned()));
+        let rows_of = |client: &mut Client, table: &str| -> i64 {
+            client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .unwrap()
+                .get(0)
+        };
+        assert_eq!(rows_of(&mut client, "kv_returns_p20231115"), 2);
+        assert_eq!(rows_of(&mut client, "kv_returns_default"), 0);
+        // Prune before noon of the 15th: the 14th goes whole (its
+        // partition dropped), the 15th keeps what is after the cutoff.
+        let cutoff = jid_at(start_ms + day_ms + day_ms / 2);
+        store.prune_before(&cutoff).unwrap();
+        let left = partitions(&mut client);
+        assert!(
+            !left.contains(&"kv_returns_p20231114".to_owned()),
+            "{left:?}"
+        );
+        assert!(
+            left.contains(&"kv_returns_p20231115".to_owned()),
+            "{left:?}"
+        );
+        assert_eq!(rows_of(&mut client, "kv_returns"), 2);
+        assert!(store.returns(&jid_at(start_ms)).unwrap().is_empty());
+        assert_eq!(
+            store.returns(&jid_at(start_ms + 2 * day_ms)).unwrap().len(),
+            2
+        );
     }
 
     #[test]
