@@ -369,6 +369,13 @@ impl Store {
     /// range (on PostgreSQL whole partitions), also those of a job whose
     /// own record an earlier, interrupted prune already removed.
     pub fn prune_before(&self, cutoff: &Jid) -> Result<usize, StoreError> {
+        // Pruning runs every few minutes: the coming days' partitions are
+        // made here too, before their rows arrive.
+        if let Some(postgres) = &self.postgres {
+            postgres
+                .make_partitions(halite_proto::time::now_ms())
+                .map_err(failed("make partitions"))?;
+        }
         let cutoff = cutoff.as_str().as_bytes();
         let old: Vec<Bytes> = self
             .jobs

@@ -796,6 +796,19 @@ mod tests {
         let url = fresh.url().unwrap().to_owned();
         let store = fresh.open();
         let engine = PgEngine::connect(&url).unwrap();
+        // Each prune makes the coming days' partitions.
+        store.prune_before(&Jid::from_unix_us(0)).unwrap();
+        // Two days on: made even if midnight passed since the prune.
+        let two_days_on = day_bounds(halite_proto::time::now_ms() / 1000 + 2 * 86_400).0;
+        let mut client = Client::connect(&url, NoTls).unwrap();
+        let ahead: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class WHERE relname = $1",
+                &[&format!("kv_returns_p{two_days_on}")],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(ahead, 1, "the partition two days ahead");
         // 2023-11-14 and the days around it get partitions of their own.
         let day_ms = 86_400_000;
         let start_ms = 1_699_920_000_000; // 2023-11-14 00:00 UTC
