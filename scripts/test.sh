@@ -23,7 +23,7 @@ started=$SECONDS
 #   WARs with the JDK's `jar`; the harness talks to it with curl.
 # - pepper is installed with python3's venv module.
 # - the Windows minion is cross-built with mingw-w64 and run under Wine;
-#   its MSI is built with wixl.
+#   its MSI is built with wixl and patched with msibuild (msitools).
 need=()
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
@@ -40,6 +40,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64)
 command -v wine >/dev/null || need+=(wine wine64)
 command -v wixl >/dev/null || need+=(wixl)
+command -v msibuild >/dev/null || need+=(msitools)
 # - the packages are built (lintian, rpm) and installed into a Debian root
 #   (debootstrap) booted with systemd-nspawn (systemd-container).
 command -v lintian >/dev/null || need+=(lintian)
