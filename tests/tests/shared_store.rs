@@ -2,10 +2,27 @@
 //! a real cluster started for the test, real masters and minions on
 //! loopback.
 
+use std::path::Path;
 use std::time::Duration;
 
 use halite_master::store::throwaway::Cluster;
 use halite_tests::{eventually, Master, Minion};
+
+/// A throwaway PostgreSQL with a new database (it stops when dropped),
+/// and the config line of the masters that share it.
+fn shared_database() -> (Cluster, String) {
+    let cluster = Cluster::start().expect("start PostgreSQL");
+    let url = cluster.database().expect("a database");
+    (cluster, format!("store = \"{url}\""))
+}
+
+/// Master `master-NAME` under `dir/NAME`, `config` added to its config.
+fn master_on(dir: &Path, name: &str, config: &str) -> Master {
+    Master::start(
+        &dir.join(name),
+        &format!("id = \"master-{name}\"\n{config}"),
+    )
+}
 
 /// The jids `master` lists.
 fn listed(master: &Master) -> Vec<String> {
@@ -22,17 +39,9 @@ fn listed(master: &Master) -> Vec<String> {
 #[test]
 fn two_masters_on_one_postgres_show_each_others_jobs_and_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::start().expect("start PostgreSQL");
-    let url = cluster.database().expect("a database");
-    let store = format!("store = \"{url}\"");
-    let a = Master::start(
-        &dir.path().join("a"),
-        &format!("id = \"master-a\"\n{store}"),
-    );
-    let b = Master::start(
-        &dir.path().join("b"),
-        &format!("id = \"master-b\"\n{store}"),
-    );
+    let (_cluster, store) = shared_database();
+    let a = master_on(dir.path(), "a", &store);
+    let b = master_on(dir.path(), "b", &store);
     // Minions split across the masters, each knowing only its own.
     let _on_a: Vec<Minion> = a.start_minions(&dir.path().join("a"), &["pga01"]);
     let _on_b: Vec<Minion> = b.start_minions(&dir.path().join("b"), &["pgb01"]);
@@ -114,23 +123,13 @@ fn driving(master: &Master) -> bool {
 #[test]
 fn a_rollout_goes_on_when_the_master_driving_it_dies() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::start().expect("start PostgreSQL");
-    let url = cluster.database().expect("a database");
-    let config = |id: &str, metrics: u16| {
-        format!(
-            "id = \"{id}\"\nstore = \"{url}\"\nauto_accept = true\n\
-             metrics_bind = \"127.0.0.1:{metrics}\"\n"
-        )
+    let (_cluster, store) = shared_database();
+    let config = |metrics: u16| {
+        format!("{store}\nauto_accept = true\nmetrics_bind = \"127.0.0.1:{metrics}\"\n")
     };
-    let mut a = Master::start(
-        &dir.path().join("a"),
-        &config("master-a", halite_tests::free_port()),
-    );
+    let mut a = master_on(dir.path(), "a", &config(halite_tests::free_port()));
     eventually(Duration::from_secs(30), "master-a drives", || driving(&a));
-    let b = Master::start(
-        &dir.path().join("b"),
-        &config("master-b", halite_tests::free_port()),
-    );
+    let b = master_on(dir.path(), "b", &config(halite_tests::free_port()));
     a.trust_peer(&b, "master-b");
     b.trust_peer(&a, "master-a");
     assert!(!driving(&b), "one master drives at a time");
@@ -192,17 +191,9 @@ fn a_rollout_goes_on_when_the_master_driving_it_dies() {
 #[test]
 fn a_key_decided_on_one_master_is_decided_on_every_master() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::start().expect("start PostgreSQL");
-    let url = cluster.database().expect("a database");
-    let store = format!("store = \"{url}\"");
-    let a = Master::start(
-        &dir.path().join("a"),
-        &format!("id = \"master-a\"\n{store}"),
-    );
-    let b = Master::start(
-        &dir.path().join("b"),
-        &format!("id = \"master-b\"\n{store}"),
-    );
+    let (_cluster, store) = shared_database();
+    let a = master_on(dir.path(), "a", &store);
+    let b = master_on(dir.path(), "b", &store);
     // web1 knows master-a only; its key waits there, and on master-b.
     let _web1 = Minion::start(dir.path(), "web1", a.return_port, "");
     for master in [&a, &b] {
@@ -232,10 +223,7 @@ fn a_key_decided_on_one_master_is_decided_on_every_master() {
     eventually(Duration::from_secs(30), "web1 deleted on master-a", || {
         a.key_status("web1").as_deref() != Some("rejected")
     });
-    let c = Master::start(
-        &dir.path().join("c"),
-        &format!("id = \"master-c\"\n{store}"),
-    );
+    let c = master_on(dir.path(), "c", &store);
     eventually(Duration::from_secs(30), "master-c agrees", || {
         let here = c.key_status("web1");
         here.is_some() && here == a.key_status("web1")
