@@ -76,13 +76,15 @@ pub struct KeyRange {
 pub type Item = Result<(Bytes, Bytes), EngineError>;
 
 /// Rows to write: keyspace, key, value.
-pub type Rows = Vec<(&'static str, Vec<u8>, Vec<u8>)>;
+pub type Rows = Vec<(Space, Vec<u8>, Vec<u8>)>;
 
 /// What an ordered append writes, given the id it was handed.
 pub type OrderedWrite = Box<dyn FnOnce(u64) -> Result<Rows, String> + Send>;
 
 /// One ordered keyspace (a sled tree, a PostgreSQL table).
 pub trait Keyspace: Send + Sync {
+    /// The keyspace's name (the sled tree, the table `kv_<name>`).
+    fn name(&self) -> &'static str;
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
     /// Sets `key` to `value`.
@@ -136,6 +138,11 @@ pub trait Engine: Send + Sync {
 pub struct Space(pub(super) Arc<dyn Keyspace>);
 
 impl Space {
+    /// The keyspace's name.
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
     /// The value under `key`.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, EngineError> {
         self.0.get(key.as_ref())
@@ -308,7 +315,7 @@ pub struct SledEngine {
 
 impl Engine for SledEngine {
     fn space(&self, name: &'static str) -> Result<Space, EngineError> {
-        Ok(Space(Arc::new(SledSpace(self.db.open_tree(name)?))))
+        Ok(Space(Arc::new(SledSpace(self.db.open_tree(name)?, name))))
     }
 
     fn generate_id(&self) -> Result<u64, EngineError> {
@@ -325,7 +332,7 @@ impl Engine for SledEngine {
         // start at 1 (0 is "from the start" to readers).
         let id = self.db.generate_id()? + 1;
         for (space, key, value) in write(id).map_err(EngineError::Encode)? {
-            self.db.open_tree(space)?.insert(key, value)?;
+            space.insert(key, value)?;
         }
         Ok(id)
     }
@@ -337,9 +344,13 @@ impl Engine for SledEngine {
 }
 
 /// A sled tree.
-struct SledSpace(sled::Tree);
+struct SledSpace(sled::Tree, &'static str);
 
 impl Keyspace for SledSpace {
+    fn name(&self) -> &'static str {
+        self.1
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         Ok(self.0.get(key)?.map(Bytes::Shared))
     }

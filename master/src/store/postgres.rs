@@ -363,7 +363,7 @@ impl Engine for PgEngine {
             tx.execute(&lock, &[])?;
             let id = tx.query_one(&next, &[])?.get::<_, i64>(0) as u64;
             for (space, key, value) in write(id).map_err(EngineError::Encode)? {
-                tx.execute(&Sql::of(space).upsert, &[&key, &value])?;
+                tx.execute(&upsert_sql(space.name()), &[&key, &value])?;
             }
             tx.execute(&notify, &[])?;
             tx.commit()?;
@@ -406,10 +406,7 @@ impl Sql {
     fn of(name: &str) -> Sql {
         Sql {
             get: format!("SELECT v FROM kv_{name} WHERE k = $1"),
-            upsert: format!(
-                "INSERT INTO kv_{name} (k, v) VALUES ($1, $2) \
-                 ON CONFLICT (k) DO UPDATE SET v = excluded.v"
-            ),
+            upsert: upsert_sql(name),
             insert_new: format!(
                 "INSERT INTO kv_{name} (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING"
             ),
@@ -426,7 +423,19 @@ struct PgSpace {
     sql: Sql,
 }
 
+/// Sets a key of table `kv_<name>` to a value.
+fn upsert_sql(name: &str) -> String {
+    format!(
+        "INSERT INTO kv_{name} (k, v) VALUES ($1, $2) \
+         ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+    )
+}
+
 impl Keyspace for PgSpace {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         let sql = self.sql.get.clone();
         let key = key.to_vec();

@@ -14,17 +14,18 @@ impl Store {
     pub fn publish(&self, mut entry: BusEntry) -> Result<u64, StoreError> {
         let _order = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
         let written = entry.clone();
+        let (bus, job_stream) = (self.bus.clone(), self.job_stream.clone());
         let id = self
             .engine
             .append_ordered(Box::new(move |id| {
                 let mut entry = written;
                 entry.id = id;
                 let bytes = to_bytes("stream entry", &entry).map_err(|e| e.to_string())?;
-                let mut rows = vec![("bus", id.to_be_bytes().to_vec(), bytes)];
+                let mut rows = vec![(bus, id.to_be_bytes().to_vec(), bytes)];
                 if let Some(jid) = &entry.jid {
                     let mut index = jid_prefix(jid);
                     index.extend_from_slice(&id.to_be_bytes());
-                    rows.push(("job_stream", index, Vec::new()));
+                    rows.push((job_stream, index, Vec::new()));
                 }
                 Ok(rows)
             }))
