@@ -276,7 +276,12 @@ impl Executor {
         std::fs::create_dir_all(&self.markers)
             .and_then(|()| {
                 let bytes = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
-                std::fs::write(self.markers.join(jid.as_str()), bytes)
+                // Written aside and renamed: a kill between creating the
+                // file and writing it must not leave an empty marker, which
+                // would lose the interrupted job's return.
+                let partial = self.markers.join(format!(".{jid}.partial"));
+                std::fs::write(&partial, bytes)?;
+                std::fs::rename(&partial, self.markers.join(jid.as_str()))
             })
             .map_err(|e| format!("{}: {e}", self.markers.display()))?;
         self.outbox.probe().inspect_err(|_| {
@@ -295,6 +300,11 @@ impl Executor {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // A marker cut short before its rename: its job never ran.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             let parsed = Jid::parse(&name).ok().zip(
                 std::fs::read(&path)
                     .ok()
@@ -806,6 +816,32 @@ mod tests {
         assert!(!ret.success);
         assert_eq!((ret.fun.as_str(), ret.master.as_str()), ("cmd.run", "m1"));
         assert!(!dir.path().join("running").join(jid.as_str()).exists());
+    }
+
+    #[test]
+    fn a_marker_appears_whole_and_a_partial_one_is_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (executor, spool) = executor(dir.path());
+        let jid = Jid::from_unix_us(3_000_000);
+        mark(&executor, &jid);
+        let running = dir.path().join("running");
+        let names: Vec<String> = std::fs::read_dir(&running)
+            .expect("markers")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![jid.to_string()]);
+        let marker: Marker =
+            serde_json::from_slice(&std::fs::read(running.join(jid.as_str())).expect("read"))
+                .expect("a whole marker");
+        assert_eq!(marker.fun, "cmd.run");
+        // Killed between writing a marker and renaming it: the job never
+        // ran, so there is nothing to report and nothing left behind.
+        std::fs::remove_file(running.join(jid.as_str())).expect("remove");
+        let partial = running.join(format!(".{jid}.partial"));
+        std::fs::write(&partial, b"").expect("partial");
+        executor.recover_interrupted();
+        assert!(spool.all().is_empty());
+        assert!(!partial.exists());
     }
 
     #[test]
