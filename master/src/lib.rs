@@ -226,6 +226,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tasks.spawn(core::rollouts::run(core.clone(), shutdown.clone()));
     tasks.spawn(core::notify::deliver(core.clone(), shutdown.clone()));
     tasks.spawn(core::shared_keys::follow(core.clone(), shutdown.clone()));
+    tasks.spawn(core::shared_users::follow(core.clone(), shutdown.clone()));
 
     spawn_api(&mut tasks, listener, tls, core.clone(), shutdown.clone())?;
     if let Some(listener) = metrics_listener {

@@ -74,16 +74,19 @@ pub struct Session {
 #[serde(deny_unknown_fields)]
 struct UsersFile {
     #[serde(default)]
-    users: BTreeMap<String, UserEntry>,
+    users: BTreeMap<String, UserRecord>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// One user as the file holds them: what masters sharing a store copy
+/// between their users files.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct UserEntry {
-    hash: String,
+pub struct UserRecord {
+    /// The password hash (`pbkdf2-sha256$…`).
+    pub hash: String,
     /// Unix ms; tokens issued at or before it no longer authenticate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    tokens_after: Option<u64>,
+    pub tokens_after: Option<u64>,
 }
 
 /// The users file at one path.
@@ -157,7 +160,7 @@ impl Users {
             check_length(password)?;
             users.insert(
                 name.to_owned(),
-                UserEntry {
+                UserRecord {
                     hash: Hash::new(password)?.to_string(),
                     tokens_after: None,
                 },
@@ -206,6 +209,32 @@ impl Users {
             .collect())
     }
 
+    /// Every user as the file holds them, by name.
+    pub fn records(&self) -> Result<BTreeMap<String, UserRecord>, UsersError> {
+        Ok(self.load()?.users)
+    }
+
+    /// Makes `name` what another master's users file says (`None`:
+    /// deleted). Returns whether the file changed. A hash this version
+    /// cannot check is refused, so the file stays readable.
+    pub fn mirror(&self, name: &str, record: Option<&UserRecord>) -> Result<bool, UsersError> {
+        if let Some(record) = record {
+            Hash::parse(&record.hash)
+                .map_err(|why| self.error(format!("user {name:?} from another master: {why}")))?;
+        }
+        if self.load()?.users.get(name) == record {
+            return Ok(false);
+        }
+        self.change(name, |users| {
+            match record {
+                Some(record) => users.insert(name.to_owned(), record.clone()),
+                None => users.remove(name),
+            };
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
     /// Removes a user.
     pub fn delete(&self, name: &str) -> Result<(), UsersError> {
         self.change(name, |users| {
@@ -219,7 +248,7 @@ impl Users {
     fn change(
         &self,
         name: &str,
-        edit: impl FnOnce(&mut BTreeMap<String, UserEntry>) -> Result<(), UsersError>,
+        edit: impl FnOnce(&mut BTreeMap<String, UserRecord>) -> Result<(), UsersError>,
     ) -> Result<(), UsersError> {
         validate_name(name)?;
         let mut users = self.load()?;

@@ -229,3 +229,101 @@ fn a_key_decided_on_one_master_is_decided_on_every_master() {
         here.is_some() && here == a.key_status("web1")
     });
 }
+
+/// Does `token` still authenticate on `master`?
+fn token_works(master: &Master, token: &str) -> bool {
+    let (status, body) = halite_tests::api::call(
+        halite_tests::api::http().get(format!("{}/v1/minions", master.api_url())),
+        Some(token),
+        None,
+    );
+    assert!(status == 200 || status == 401, "{status} {body}");
+    status == 200
+}
+
+/// Can `user` log in on `master` with `password`? The login token if so.
+fn logs_in(master: &Master, user: &str, password: &str) -> Option<String> {
+    let (status, body) = halite_tests::api::login(&master.api_url(), user, password);
+    assert!(status == 200 || status == 401, "{status} {body}");
+    (status == 200).then(|| body["token"].as_str().expect("token").to_owned())
+}
+
+/// `user`'s password hash in `master`'s users file (what logins check;
+/// polled instead of logins, which are throttled).
+fn hash_of(master: &Master, user: &str) -> Option<String> {
+    let users = halite_pki::users::Users::new(master.dir.join("users.toml"));
+    let records = users.records().expect("a users file that reads");
+    records.get(user).map(|record| record.hash.clone())
+}
+
+#[test]
+fn a_user_changed_on_one_master_is_changed_on_every_master() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_cluster, store) = shared_database();
+    let acl = "[acl]\nalice = [\"test.*\"]\nbob = [\"test.*\"]\ncarol = [\"test.*\"]\n";
+    let config = format!("{store}\n{acl}");
+    let a = master_on(dir.path(), "a", &config);
+    let b = master_on(dir.path(), "b", &config);
+    let shared = |user: &str, masters: &[&Master]| {
+        eventually(
+            Duration::from_secs(30),
+            "the same user on every master",
+            || {
+                let hash = hash_of(masters[0], user);
+                masters.iter().all(|master| hash_of(master, user) == hash)
+            },
+        )
+    };
+
+    // Added on master-a's host: alice logs in on master-b, and a token
+    // from master-a works there.
+    let out = a.cli_input(&["users", "add", "alice"], "alice-pw-1\n");
+    assert_eq!(out.code, 0, "{out:?}");
+    shared("alice", &[&a, &b]);
+    assert!(logs_in(&b, "alice", "alice-pw-1").is_some());
+    let token = logs_in(&a, "alice", "alice-pw-1").expect("alice on master-a");
+    assert!(token_works(&b, &token));
+
+    // A new password on master-b: master-a takes it, and the token
+    // issued under the old one dies on both.
+    let old = hash_of(&b, "alice");
+    let out = b.cli_input(&["users", "passwd", "alice"], "alice-pw-2\n");
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually(
+        Duration::from_secs(30),
+        "the new password on master-a",
+        || hash_of(&a, "alice") != old,
+    );
+    shared("alice", &[&a, &b]);
+    assert!(logs_in(&a, "alice", "alice-pw-2").is_some());
+    assert!(logs_in(&a, "alice", "alice-pw-1").is_none());
+    assert!(!token_works(&a, &token) && !token_works(&b, &token));
+
+    // A master that starts later has every user, and a user added on it
+    // reaches the others.
+    let out = a.cli_input(&["users", "add", "bob"], "bob-pw-123\n");
+    assert_eq!(out.code, 0, "{out:?}");
+    shared("bob", &[&a, &b]);
+    let c = master_on(dir.path(), "c", &config);
+    eventually(Duration::from_secs(30), "alice and bob on master-c", || {
+        hash_of(&c, "alice").is_some() && hash_of(&c, "bob").is_some()
+    });
+    shared("alice", &[&a, &b, &c]);
+    assert!(logs_in(&c, "bob", "bob-pw-123").is_some());
+    let out = c.cli_input(&["users", "add", "carol"], "carol-pw-1\n");
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually(Duration::from_secs(30), "carol on master-a", || {
+        hash_of(&a, "carol").is_some()
+    });
+    assert!(logs_in(&a, "carol", "carol-pw-1").is_some());
+
+    // Deleted on master-a: gone everywhere.
+    let out = a.cli(&["users", "delete", "alice"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually(Duration::from_secs(30), "alice deleted everywhere", || {
+        [&b, &c]
+            .iter()
+            .all(|master| hash_of(master, "alice").is_none())
+    });
+    assert!(logs_in(&b, "alice", "alice-pw-2").is_none());
+}

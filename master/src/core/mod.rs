@@ -31,6 +31,7 @@ pub mod returns;
 pub mod rollouts;
 pub mod schedules;
 pub mod shared_keys;
+pub mod shared_users;
 pub mod triggers;
 pub mod upkeep;
 pub mod views;
@@ -102,6 +103,8 @@ pub struct Core {
     sessions: auth::UserSessions,
     /// The `[acl]` grants, re-read when the config file changes.
     grants: auth::LiveGrants,
+    /// The users file as last shared with the other masters.
+    shared_users: shared_users::SharedUsers,
     /// Lines about dropped messages, per peer, at most one per interval.
     drop_log: halite_daemon::LogThrottle,
     /// New batch plans, for the batch driver.
@@ -209,6 +212,7 @@ impl Core {
             publish_port: parts.publish_port,
             cli_token: halite_pki::Secret::new(parts.cli_token),
             sessions: auth::UserSessions::new(parts.config.users_file.clone()),
+            shared_users: Default::default(),
             grants: auth::LiveGrants::new(
                 parts.config.file.clone(),
                 parts.config.acl.clone(),

@@ -15,7 +15,53 @@ pub struct SharedKey {
     pub key: Vec<u8>,
 }
 
+/// An API user as the masters sharing a store last changed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedUser {
+    /// What the users file holds of them; `None`: deleted (kept so that a
+    /// master that was away deletes them too).
+    pub entry: Option<halite_pki::users::UserRecord>,
+    /// When (unix ms) and where the change was made.
+    pub changed_at: u64,
+    /// The master whose users file changed.
+    pub master: String,
+}
+
 impl Store {
+    /// Records an API user as changed on one master, durably.
+    pub fn put_user_state(&self, name: &str, user: &SharedUser) -> Result<(), StoreError> {
+        self.users
+            .insert(name.as_bytes(), to_bytes("shared user", user)?)
+            .map_err(failed("write shared user"))?;
+        self.flush()
+    }
+
+    /// An API user as last recorded (`None`: never recorded).
+    pub fn user_state(&self, name: &str) -> Result<Option<SharedUser>, StoreError> {
+        match self
+            .users
+            .get(name.as_bytes())
+            .map_err(failed("read shared user"))?
+        {
+            Some(bytes) => Ok(Some(from_bytes("shared user", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every recorded API user, by name.
+    pub fn all_user_states(&self) -> Result<Vec<(String, SharedUser)>, StoreError> {
+        self.users
+            .iter()
+            .map(|item| {
+                let (name, bytes) = item.map_err(failed("scan shared users"))?;
+                Ok((
+                    String::from_utf8_lossy(&name).into_owned(),
+                    from_bytes("shared user", &bytes)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Records a minion's keys as they now are, durably (empty: deleted,
     /// kept so that a master that was away deletes it too).
     pub fn put_key_states(&self, id: &str, states: &[SharedKey]) -> Result<(), StoreError> {

@@ -154,6 +154,9 @@ pub struct Store {
     /// Minion keys by state, as the masters sharing the store decided
     /// them (only written on a shared store).
     keys: Space,
+    /// API users as the masters sharing the store last changed them
+    /// (only written on a shared store).
+    users: Space,
     /// Set on PostgreSQL: its partitions are made ahead as days pass.
     postgres: Option<Arc<postgres::PgEngine>>,
     publishing: Arc<std::sync::Mutex<()>>,
@@ -186,6 +189,7 @@ pub const SPACES: &[&str] = &[
     "rollouts",
     "active_rollouts",
     "keys",
+    "users",
 ];
 
 /// Where the store lives: the master config's `store` (a PostgreSQL URL),
@@ -375,7 +379,7 @@ mod rollouts;
 mod stream;
 pub mod throwaway;
 mod workflow;
-pub use fleet::SharedKey;
+pub use fleet::{SharedKey, SharedUser};
 pub use workflow::Delivery;
 
 pub use stream::{event_entry, return_entry};
@@ -450,6 +454,7 @@ impl Store {
             rollouts: space("rollouts")?,
             active_rollouts: space("active_rollouts")?,
             keys: space("keys")?,
+            users: space("users")?,
             outbox: space("outbox")?,
             triggers: space("triggers")?,
             postgres,

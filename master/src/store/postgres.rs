@@ -65,6 +65,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, "the keyspaces, ids and time partitions"),
     (2, "leases"),
     (3, "minion keys shared by the masters"),
+    (4, "API users shared by the masters"),
 ];
 
 /// The keyspaces of migration 1, as they were then (a step never
@@ -321,6 +322,7 @@ fn migration_sql(version: i32) -> String {
                   expires_at timestamptz NOT NULL)"
             .to_owned(),
         3 => "CREATE TABLE kv_keys (k bytea PRIMARY KEY, v bytea NOT NULL)".to_owned(),
+        4 => "CREATE TABLE kv_users (k bytea PRIMARY KEY, v bytea NOT NULL)".to_owned(),
         _ => unreachable!("every step in MIGRATIONS has its SQL"),
     }
 }
