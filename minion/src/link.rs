@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use halite_pki::{Ephemeral, KeyPair, PublicKey, SessionKey};
+use halite_pki::{Ephemeral, KeyPair, LinkKey, PublicKey, SessionKey};
 use halite_proto::message::{
     Auth, AuthReply, Beacon, Catchup, CatchupReply, Heartbeat, HeartbeatAck, Job, KeyStatus,
     Return, ReturnAck, TOPIC_BEACON, TOPIC_JOB,
@@ -140,6 +140,9 @@ struct Accepted {
     session: SessionKey,
     /// This minion's own key from this master, if it gave one.
     personal: Option<SessionKey>,
+    /// The key of this link's heartbeats and acks (from `personal`), when
+    /// the master checks link MACs (`halite_pki::link_key`).
+    link_key: Option<LinkKey>,
 }
 
 impl Link {
@@ -291,7 +294,7 @@ impl Link {
                     }
                 }
                 message = rx.recv() => {
-                    let Some(envelope) = self.reply_from_master(message?, &accepted.master_pub) else { continue };
+                    let Some(envelope) = self.reply_from_master(message?, &accepted.master_pub, accepted.link_key.as_ref()) else { continue };
                     match envelope.kind {
                         Kind::ReturnAck => {
                             let Ok(ack) = envelope.open::<ReturnAck>() else { continue };
@@ -310,7 +313,10 @@ impl Link {
                             last_contact = last_ack;
                             rtt_ms = Some(sent.elapsed().as_millis() as u64);
                             if !ack.accepted {
-                                return Ok(Next::Reconnect("the master no longer accepts this key"));
+                                // Rejected or deleted, or the master no
+                                // longer holds this link's key: a new auth
+                                // says which.
+                                return Ok(Next::Reconnect("the master asks for a new auth"));
                             }
                             if ack.session_epoch > epoch {
                                 return Ok(Next::Reconnect("session key rotated"));
@@ -368,7 +374,7 @@ impl Link {
                     // Strictly increasing: the master takes a heartbeat
                     // not newer than the last as a replay.
                     last_beat_at = now_ms().max(last_beat_at + 1);
-                    let beat = self.sign(&Heartbeat {
+                    let beat = self.sign_linked(accepted.link_key.as_ref(), &Heartbeat {
                         id: self.id.clone(),
                         nonce: heartbeat_nonce.clone(),
                         at: last_beat_at,
@@ -430,6 +436,7 @@ impl Link {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             grains: (*self.grains).clone(),
             probe,
+            link_macs: true,
         })?;
         tx.send(frame(auth)).await?;
         Ok(())
@@ -511,6 +518,10 @@ impl Link {
         let transcript =
             halite_pki::transcript(&self.id, &self.key.public(), &master_pub, &waiting.nonce);
         let (session, personal) = waiting.ephemeral.accept(grant, &transcript)?;
+        let link_key = match (&personal, reply.link_macs) {
+            (Some(personal), true) => Some(LinkKey::derive(personal)?),
+            _ => None,
+        };
         Ok(AuthOutcome::Accepted(Accepted {
             master_pub,
             master: reply.master,
@@ -518,6 +529,7 @@ impl Link {
             heartbeat: Duration::from_secs(reply.heartbeat_interval.max(1)),
             session,
             personal,
+            link_key,
         }))
     }
 
@@ -536,29 +548,57 @@ impl Link {
         }
     }
 
-    /// Decodes and verifies a DEALER reply from the master; logs and
-    /// drops anything else.
-    fn reply_from_master(&self, message: ZmqMessage, master_pub: &PublicKey) -> Option<Envelope> {
+    /// Decodes and verifies a DEALER reply from the master: signed by its
+    /// key, or (acks) with this link's MAC; logs and drops anything else.
+    fn reply_from_master(
+        &self,
+        message: ZmqMessage,
+        master_pub: &PublicKey,
+        link_key: Option<&LinkKey>,
+    ) -> Option<Envelope> {
         let body = message.into_vec().into_iter().next()?;
-        self.verify_master(&body, master_pub)
+        match link_key {
+            Some(link_key) => {
+                let envelope = self.decode_master(&body)?;
+                if !LinkKey::carries_mac(&envelope) {
+                    return self.verified_master(envelope, master_pub);
+                }
+                if let Err(e) = link_key.verify(&envelope) {
+                    if let Some(suppressed) = self.drop_logged() {
+                        tracing::warn!(master = %self.addr, kind = ?envelope.kind, error = %e, suppressed, "dropped a message without this link's MAC");
+                    }
+                    return None;
+                }
+                Some(envelope)
+            }
+            None => self.verify_master(&body, master_pub),
+        }
     }
 
     fn verify_master(&self, body: &[u8], master_pub: &PublicKey) -> Option<Envelope> {
+        let envelope = self.decode_master(body)?;
+        self.verified_master(envelope, master_pub)
+    }
+
+    fn decode_master(&self, body: &[u8]) -> Option<Envelope> {
         if body.len() > MAX_FRAME {
             if let Some(suppressed) = self.drop_logged() {
                 tracing::warn!(master = %self.addr, bytes = body.len(), suppressed, "dropped an oversized message");
             }
             return None;
         }
-        let envelope = match Envelope::from_bytes(body) {
-            Ok(envelope) => envelope,
+        match Envelope::from_bytes(body) {
+            Ok(envelope) => Some(envelope),
             Err(e) => {
                 if let Some(suppressed) = self.drop_logged() {
                     tracing::warn!(master = %self.addr, error = %e, suppressed, "dropped a malformed message");
                 }
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    fn verified_master(&self, envelope: Envelope, master_pub: &PublicKey) -> Option<Envelope> {
         if let Err(e) = halite_pki::verify_envelope(&envelope, master_pub) {
             if let Some(suppressed) = self.drop_logged() {
                 tracing::warn!(master = %self.addr, kind = ?envelope.kind, error = %e, suppressed, "dropped a message not signed by the master key");
@@ -700,6 +740,18 @@ impl Link {
 
     fn sign<M: halite_proto::Message>(&self, message: &M) -> Result<Vec<u8>, LinkError> {
         Ok(self.key.sign_message(&self.id, message)?.to_bytes())
+    }
+
+    /// With this link's MAC when there is a link key, else signed.
+    fn sign_linked<M: halite_proto::Message>(
+        &self,
+        link_key: Option<&LinkKey>,
+        message: &M,
+    ) -> Result<Vec<u8>, LinkError> {
+        match link_key {
+            Some(link_key) => Ok(link_key.seal_message(&self.id, message)?.to_bytes()),
+            None => self.sign(message),
+        }
     }
 }
 

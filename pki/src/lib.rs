@@ -18,6 +18,7 @@ pub mod error;
 mod fsio;
 pub mod keys;
 pub mod keystore;
+pub mod link_key;
 mod pem;
 pub mod secret;
 pub mod session;
@@ -28,6 +29,7 @@ pub use error::PkiError;
 pub use fsio::write_atomic;
 pub use keys::{normalize_fingerprint, verify_envelope, verify_vouched_job, KeyPair, PublicKey};
 pub use keystore::{KeyEntry, KeyStore};
+pub use link_key::LinkKey;
 pub use secret::Secret;
 pub use session::{
     grant, open_for_minion, open_publication, seal_for_minion, seal_publication, transcript,

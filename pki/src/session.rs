@@ -109,6 +109,11 @@ impl SessionKey {
         )
     }
 
+    /// The key's bytes, for keys derived from it (`link_key.rs`).
+    pub(crate) fn secret_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.key
+    }
+
     fn aead_key(&self) -> Result<LessSafeKey, PkiError> {
         UnboundKey::new(&CHACHA20_POLY1305, &self.key)
             .map(LessSafeKey::new)

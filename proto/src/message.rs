@@ -249,6 +249,10 @@ pub struct Auth {
     /// first by a minion with `master_fingerprint` and no pin yet.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probe: bool,
+    /// The minion checks link MACs (`halite_pki::LinkKey`): the master may
+    /// authenticate its heartbeat and return acks to it that way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub link_macs: bool,
 }
 message!(Auth, Auth, "auth");
 
@@ -307,6 +311,10 @@ pub struct AuthReply {
     pub heartbeat_interval: u64,
     /// The session key, only when `status` is accepted.
     pub session: Option<SessionGrant>,
+    /// The master checks link MACs: the minion may authenticate its
+    /// heartbeats that way (with the key derived from its personal key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub link_macs: bool,
 }
 message!(AuthReply, AuthReply, "auth_reply");
 

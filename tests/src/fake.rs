@@ -118,6 +118,7 @@ impl FakeMaster {
                                 publish_port,
                                 heartbeat_interval: 1,
                                 session: grant,
+                                link_macs: false,
                             },
                         )
                     }
@@ -342,6 +343,7 @@ impl RawDealer {
             version: "barrier".into(),
             grains: serde_json::json!({}),
             probe: false,
+            link_macs: false,
         };
         self.send(key.sign_message(id, &auth).expect("sign").to_bytes())
             .await;

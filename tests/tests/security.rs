@@ -510,6 +510,7 @@ fn pending_keys_are_capped() {
             version: "flood".into(),
             grains: json!({}),
             probe: false,
+            link_macs: false,
         };
         raw.send(key.sign_message("flood3", &auth).expect("sign").to_bytes())
             .await;
@@ -780,6 +781,7 @@ fn an_accepted_minion_cannot_open_another_minions_secrets() {
                 version: "0.1.0".into(),
                 grains: json!({}),
                 probe: false,
+                link_macs: false,
             };
             let bytes = mole.sign_message("mole", &auth).expect("sign").to_bytes();
             dealer

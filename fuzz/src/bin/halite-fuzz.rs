@@ -170,6 +170,7 @@ fn seed() -> anyhow::Result<()> {
                 version: "0.1.0".into(),
                 grains: serde_json::json!({"os": "Debian"}),
                 probe: false,
+                link_macs: false,
             },
         )?,
         one(
@@ -183,6 +184,7 @@ fn seed() -> anyhow::Result<()> {
                 publish_port: 4505,
                 heartbeat_interval: 5,
                 session: None,
+                link_macs: false,
             },
         )?,
         one("return", &key, &ret)?,

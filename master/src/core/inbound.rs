@@ -77,7 +77,7 @@ impl Core {
                             id: ret.id,
                             nonce: ret.nonce,
                         };
-                        self.reply(peer, &ack);
+                        self.reply_to(&envelope.sender, peer, &ack);
                         return Err(refusal);
                     }
                 };
@@ -134,6 +134,51 @@ impl Core {
         }
     }
 
+    /// Replies to `minion` with a link MAC when it checks them and the
+    /// kind allows (see `halite_pki::link_key`), else signed.
+    pub(super) fn reply_to<M: Message>(&self, minion: &str, peer: Bytes, message: &M) {
+        if halite_pki::LinkKey::allows(M::KIND) {
+            let link_key = self
+                .link_keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(minion)
+                .cloned();
+            if let Some(link_key) = link_key {
+                match link_key.seal_message(&self.config.id, message) {
+                    Ok(envelope) => self.outbound.reply(peer, envelope.to_bytes()),
+                    Err(e) => tracing::error!(minion, error = %e, "cannot authenticate a reply"),
+                }
+                return;
+            }
+        }
+        self.reply(peer, message);
+    }
+
+    /// Opens a heartbeat: signed, or with a link MAC under the sender's
+    /// link key. A MAC this master has no key for (it restarted, or the
+    /// key was rejected) is [`Refusal::NotAccepted`]: the minion is told
+    /// to authenticate again.
+    fn verified_heartbeat(&self, envelope: &Envelope) -> Result<Heartbeat, Refusal> {
+        if !halite_pki::LinkKey::carries_mac(envelope) {
+            return self.verified(envelope);
+        }
+        halite_proto::ident::validate_id(&envelope.sender)?;
+        let link_key = self
+            .link_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&envelope.sender)
+            .cloned();
+        match link_key {
+            Some(link_key) if self.keys.accepted_key(&envelope.sender).is_some() => {
+                link_key.verify(envelope)?;
+                Ok(envelope.open()?)
+            }
+            _ => Err(Refusal::NotAccepted),
+        }
+    }
+
     fn on_auth(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {
         // Auth is self-signed: the signature proves the sender holds the key
         // it presents; whether that key is trusted is the key store's call.
@@ -183,10 +228,19 @@ impl Core {
                 &auth.eph_pub,
                 &transcript,
             )?;
+            let link_key = match auth.link_macs {
+                true => Some(halite_pki::LinkKey::derive(&personal)?),
+                false => None,
+            };
             self.personal
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(auth.id.clone(), personal);
+            let mut link_keys = self.link_keys.write().unwrap_or_else(|p| p.into_inner());
+            match link_key {
+                Some(key) => link_keys.insert(auth.id.clone(), key),
+                None => link_keys.remove(&auth.id),
+            };
             Some(grant)
         } else {
             None
@@ -228,6 +282,7 @@ impl Core {
             publish_port: self.publish_port,
             heartbeat_interval: self.config.heartbeat_interval.as_secs(),
             session,
+            link_macs: true,
         }
     }
 
@@ -308,7 +363,7 @@ impl Core {
 
     fn on_heartbeat(&self, peer: Bytes, envelope: Envelope) -> Result<(), Refusal> {
         let epoch = self.session.current().epoch();
-        match self.verified::<Heartbeat>(&envelope) {
+        match self.verified_heartbeat(&envelope) {
             Ok(heartbeat) => {
                 same_id(&envelope.sender, &heartbeat.id)?;
                 let fresh = self.presence.heartbeat(
@@ -323,7 +378,8 @@ impl Core {
                     // ack either, so it teaches the sender nothing.
                     return Err(Refusal::Replayed);
                 }
-                self.reply(
+                self.reply_to(
+                    &heartbeat.id,
                     peer,
                     &HeartbeatAck {
                         nonce: heartbeat.nonce,

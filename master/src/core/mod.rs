@@ -89,6 +89,10 @@ pub struct Core {
     /// secrets sealed to it alone. In memory: after a restart, minions
     /// authenticate again before they are sent secrets.
     personal: RwLock<HashMap<String, halite_pki::SessionKey>>,
+    /// The link key (from the personal key) of each minion that said at
+    /// auth it checks link MACs: its heartbeats, their acks and its
+    /// return acks are authenticated with it instead of Ed25519.
+    link_keys: RwLock<HashMap<String, halite_pki::LinkKey>>,
     jids: JidGenerator,
     /// Jobs minions may still ask for through catch-up.
     /// Read by every return and event (is it expected?), written when a
@@ -201,6 +205,7 @@ impl Core {
             presence,
             session: SessionKeys::new()?,
             personal: RwLock::new(HashMap::new()),
+            link_keys: RwLock::new(HashMap::new()),
             jids: JidGenerator::new(),
             recent: RwLock::new(Vec::new()),
             master_pub,

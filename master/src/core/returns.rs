@@ -145,7 +145,7 @@ impl Core {
             } else {
                 tracing::debug!(jid = %ack.jid, minion = %ack.id, "duplicate return acknowledged");
             }
-            self.reply(peer, &ack);
+            self.reply_to(&ack.id, peer, &ack);
         }
     }
 

@@ -452,3 +452,146 @@ async fn an_unknown_function_is_refused_with_what_there_is() {
         );
     }
 }
+
+/// Authenticates `id` as a minion that checks link MACs, the way
+/// `minion::link` does, and returns its link key.
+async fn auth_with_link_macs(h: &mut Harness, id: &str) -> halite_pki::LinkKey {
+    use halite_proto::message::{Auth, AuthReply};
+    let (ephemeral, eph_pub) = halite_pki::Ephemeral::generate().unwrap();
+    let key = h.key(id);
+    let auth = Auth {
+        id: id.into(),
+        pubkey: key.public().as_bytes().to_vec(),
+        nonce: vec![4; 16],
+        eph_pub,
+        version: "test".into(),
+        grains: serde_json::json!({}),
+        probe: false,
+        link_macs: true,
+    };
+    let transcript = halite_pki::transcript(id, &key.public(), &h.core.master_pub, &auth.nonce);
+    h.send(id, &auth).await;
+    let reply: AuthReply = replies(&h.drain_sent())
+        .into_iter()
+        .find_map(|envelope| envelope.open().ok())
+        .expect("an auth reply");
+    assert!(reply.link_macs);
+    let (_, personal) = ephemeral
+        .accept(reply.session.as_ref().unwrap(), &transcript)
+        .unwrap();
+    halite_pki::LinkKey::derive(&personal.expect("a personal key")).unwrap()
+}
+
+fn replies(sent: &[Sent]) -> Vec<Envelope> {
+    sent.iter()
+        .filter_map(|s| match s {
+            Sent::Replied { body, .. } => Envelope::from_bytes(body).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+fn heartbeat(id: &str, at: u64) -> halite_proto::message::Heartbeat {
+    halite_proto::message::Heartbeat {
+        id: id.into(),
+        nonce: vec![at as u8; 16],
+        at,
+        version: "test".into(),
+        session_epoch: 0,
+        running: vec![],
+        rtt_ms: None,
+    }
+}
+
+async fn send_envelope(h: &Harness, id: &str, envelope: Envelope) {
+    h.core
+        .handle(Bytes::from(id.to_owned()), Bytes::from(envelope.to_bytes()))
+        .await;
+}
+
+#[tokio::test]
+async fn heartbeats_and_acks_travel_under_the_link_key_and_only_under_it() {
+    use halite_proto::message::HeartbeatAck;
+    let mut h = Harness::new(&["web1", "web2"]);
+    let link = auth_with_link_macs(&mut h, "web1").await;
+
+    // A heartbeat with web1's link MAC is heard, and its ack carries the
+    // same key's MAC (no signature to check).
+    let beat = link.seal_message("web1", &heartbeat("web1", 10)).unwrap();
+    send_envelope(&h, "web1", beat).await;
+    let sent = replies(&h.drain_sent());
+    assert_eq!(sent.len(), 1);
+    assert!(halite_pki::LinkKey::carries_mac(&sent[0]));
+    link.verify(&sent[0])
+        .expect("the ack under web1's link key");
+    let ack: HeartbeatAck = sent[0].open().unwrap();
+    assert!(ack.accepted && ack.nonce == vec![10; 16]);
+
+    // A return's ack too.
+    let jid = h.submit("web1", "test.ping").unwrap().jid;
+    h.drain_sent();
+    h.send("web1", &ret(&jid, "web1", "m1")).await;
+    assert_eq!(h.collect(), 1);
+    let sent = replies(&h.drain_sent());
+    assert_eq!(sent.len(), 1);
+    link.verify(&sent[0])
+        .expect("the return ack under web1's link key");
+
+    // Another key's MAC, or web1's MAC claimed by web2, is dropped
+    // unanswered.
+    let stranger =
+        halite_pki::LinkKey::derive(&halite_pki::SessionKey::generate(1).unwrap()).unwrap();
+    send_envelope(
+        &h,
+        "web1",
+        stranger
+            .seal_message("web1", &heartbeat("web1", 11))
+            .unwrap(),
+    )
+    .await;
+    send_envelope(
+        &h,
+        "web2",
+        link.seal_message("web2", &heartbeat("web2", 12)).unwrap(),
+    )
+    .await;
+    let sent = replies(&h.drain_sent());
+    assert!(
+        sent.iter().all(|e| e
+            .open::<HeartbeatAck>()
+            .map(|a| !a.accepted)
+            .unwrap_or(true)),
+        "a forged heartbeat was acked as accepted: {sent:?}"
+    );
+    // A replay of the heard heartbeat is not acked again.
+    send_envelope(
+        &h,
+        "web1",
+        link.seal_message("web1", &heartbeat("web1", 10)).unwrap(),
+    )
+    .await;
+    assert!(replies(&h.drain_sent()).is_empty());
+
+    // A return is never taken on a link MAC.
+    let mut forged = Envelope::unsigned("web1", &ret(&jid, "web1", "m1")).unwrap();
+    forged.sig = vec![0; halite_pki::link_key::MAC_LEN];
+    send_envelope(&h, "web1", forged).await;
+    assert_eq!(h.collect(), 0);
+
+    // Rejected: the link key goes with the personal key, and web1 is told
+    // (signed) to authenticate again.
+    h.core
+        .change_keys(super::views::KeyChange::Reject("web1".into()))
+        .unwrap();
+    h.drain_sent();
+    send_envelope(
+        &h,
+        "web1",
+        link.seal_message("web1", &heartbeat("web1", 13)).unwrap(),
+    )
+    .await;
+    let sent = replies(&h.drain_sent());
+    assert_eq!(sent.len(), 1);
+    halite_pki::verify_envelope(&sent[0], &h.core.master_pub).expect("a signed answer");
+    assert!(!sent[0].open::<HeartbeatAck>().unwrap().accepted);
+}

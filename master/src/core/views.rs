@@ -457,5 +457,9 @@ impl Core {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.link_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
