@@ -81,6 +81,18 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
 /// users file of a master that runs as `halite` (`master-cli users add`)
 /// must not leave the master unable to read it.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
+    write_replacing(path, bytes, private, true)
+}
+
+/// Like [`write_atomic`] without the two syncs: readers still never see a
+/// torn file, but a crash may leave it missing or empty. For what its
+/// writer sends again by itself (a minion's key presented at auth: the
+/// two syncs cost about 1.6 ms per key on this project's test machine).
+pub(crate) fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    write_replacing(path, bytes, false, false)
+}
+
+fn write_replacing(path: &Path, bytes: &[u8], private: bool, sync: bool) -> Result<(), PkiError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -100,13 +112,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiE
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = write_new(&tmp, bytes, private)
+    let result = write_new(&tmp, bytes, private, sync)
         .and_then(|()| keep_owner(path, &tmp))
         .and_then(|()| fs::rename(&tmp, path).map_err(io_err("rename into place", path)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result?;
+    if !sync {
+        return Ok(());
+    }
     // Make the rename itself durable. Some file systems refuse to fsync a
     // directory; the file is in place either way, so that is not an error.
     #[cfg(unix)]
@@ -139,7 +154,7 @@ fn keep_owner(_path: &Path, _tmp: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
-fn write_new(tmp: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
+fn write_new(tmp: &Path, bytes: &[u8], private: bool, sync: bool) -> Result<(), PkiError> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -151,7 +166,10 @@ fn write_new(tmp: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
     let _ = private;
     let mut file = options.open(tmp).map_err(io_err("create", tmp))?;
     file.write_all(bytes).map_err(io_err("write", tmp))?;
-    file.sync_all().map_err(io_err("sync", tmp))
+    if sync {
+        file.sync_all().map_err(io_err("sync", tmp))?;
+    }
+    Ok(())
 }
 
 #[cfg(all(test, unix))]

@@ -13,6 +13,13 @@
 //! also held in memory ([`KeyStore::accepted_key`] is called for every
 //! message); a revocation removes the key from memory before touching the
 //! disk, so it takes effect even if the disk write then fails.
+//!
+//! Durability: an operator's decision (accept, reject, delete, a mirrored
+//! one) is synced before it is reported done. A key as a minion presented
+//! it (pending, auto-accepted, denied) is written whole but not synced: a
+//! crash may lose it or leave it empty, and an empty key file is taken as
+//! no key (removed), since the minion presents the same key at its next
+//! auth and gets the same answer.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -161,30 +168,30 @@ impl KeyStore {
                 self.cache_mut().insert(id.to_owned(), accepted);
                 return Ok(KeyStatus::Accepted);
             }
-            self.write(KeyStatus::Denied, id, key)?;
+            self.write_submitted(KeyStatus::Denied, id, key)?;
             return Ok(KeyStatus::Denied);
         }
         if let Some(pending) = self.read(KeyStatus::Pending, id)? {
             if pending != *key {
-                self.write(KeyStatus::Denied, id, key)?;
+                self.write_submitted(KeyStatus::Denied, id, key)?;
                 return Ok(KeyStatus::Denied);
             }
             if !auto_accept {
                 return Ok(KeyStatus::Pending);
             }
-            self.write(KeyStatus::Accepted, id, key)?;
+            self.write_submitted(KeyStatus::Accepted, id, key)?;
             self.cache_mut().insert(id.to_owned(), *key);
             self.remove(KeyStatus::Pending, id)?;
             return Ok(KeyStatus::Accepted);
         }
         if self.has(KeyStatus::Denied, id)? {
             if self.read(KeyStatus::Denied, id).ok().flatten() != Some(*key) {
-                self.write(KeyStatus::Denied, id, key)?;
+                self.write_submitted(KeyStatus::Denied, id, key)?;
             }
             return Ok(KeyStatus::Denied);
         }
         if auto_accept {
-            self.write(KeyStatus::Accepted, id, key)?;
+            self.write_submitted(KeyStatus::Accepted, id, key)?;
             self.cache_mut().insert(id.to_owned(), *key);
             Ok(KeyStatus::Accepted)
         } else {
@@ -192,7 +199,7 @@ impl KeyStore {
             if self.ids_in(KeyStatus::Pending)?.len() >= max {
                 return Err(PkiError::TooManyPending { max });
             }
-            self.write(KeyStatus::Pending, id, key)?;
+            self.write_submitted(KeyStatus::Pending, id, key)?;
             Ok(KeyStatus::Pending)
         }
     }
@@ -430,11 +437,34 @@ impl KeyStore {
         if !fsio::exists(&path)? {
             return Ok(None);
         }
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            // What a crash leaves of a submitted key not yet synced (see
+            // `write_submitted`): no decision anyone made. Gone, and the
+            // minion presents its key again at its next auth.
+            fsio::remove_if_exists(&path)?;
+            return Ok(None);
+        }
         PublicKey::read_file(&path).map(Some)
     }
 
+    /// An operator's decision (accept, reject, mirror): synced before
+    /// the change is reported done.
     fn write(&self, status: KeyStatus, id: &str, key: &PublicKey) -> Result<(), PkiError> {
         key.write_file(&self.path(status, id))
+    }
+
+    /// A key as a minion presented it at auth (pending, auto-accepted or
+    /// denied): written whole but not synced. A crash can lose it or leave
+    /// it empty, which costs nothing: the minion presents the same key at
+    /// its next auth and gets the same answer. The two syncs per key were
+    /// most of an enrolment's time (`bench/RESULTS.md`, 2026-12-01).
+    fn write_submitted(
+        &self,
+        status: KeyStatus,
+        id: &str,
+        key: &PublicKey,
+    ) -> Result<(), PkiError> {
+        fsio::write_atomic_unsynced(&self.path(status, id), key.to_pem().as_bytes())
     }
 
     fn remove(&self, status: KeyStatus, id: &str) -> Result<bool, PkiError> {
@@ -613,6 +643,33 @@ mod tests {
         );
         assert_eq!(file(&store, KeyStatus::Accepted, "web01"), Some(k));
         assert_eq!(store.accepted_key("web01"), Some(k));
+    }
+
+    #[test]
+    fn an_empty_key_file_left_by_a_crash_is_no_decision() {
+        // Submitted keys are not synced: a crash can leave an accepted or
+        // pending file empty. The master still starts, the id is unknown,
+        // and the minion's next auth gets the same answer as its first.
+        let (dir, store) = open();
+        let k = key();
+        store.submit("web01", &k, true).unwrap();
+        store.submit("web02", &k, false).unwrap();
+        drop(store);
+        let pki = dir.path().join("pki");
+        fs::write(pki.join("minions").join("web01"), b"").unwrap();
+        fs::write(pki.join("minions_pre").join("web02"), b"").unwrap();
+        let store = KeyStore::open(&pki).expect("opens past empty key files");
+        assert_eq!(store.accepted_key("web01"), None);
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(
+            store.submit("web01", &k, true).unwrap(),
+            KeyStatus::Accepted
+        );
+        assert_eq!(
+            store.submit("web02", &k, false).unwrap(),
+            KeyStatus::Pending
+        );
+        assert_eq!(file(&store, KeyStatus::Accepted, "web01"), Some(k));
     }
 
     #[test]
