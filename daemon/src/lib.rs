@@ -2,6 +2,8 @@
 //! stop and bound their sockets the same way.
 #![deny(missing_docs)]
 
+pub mod traces;
+
 use std::fmt::Display;
 use std::process::ExitCode;
 use std::time::Duration;

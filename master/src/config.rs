@@ -57,6 +57,7 @@ struct RawConfig {
     notify: Option<Vec<toml::Value>>,
     metrics_bind: Option<String>,
     store: Option<String>,
+    otel_endpoint: Option<String>,
 }
 
 /// A validated master configuration.
@@ -77,6 +78,9 @@ pub struct Config {
     /// Where `GET /metrics` (Prometheus text, no token) is served; unset:
     /// nowhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// Where the master sends its spans of each job (OTLP over HTTP,
+    /// `halite_daemon::traces`); unset: nowhere.
+    pub otel_endpoint: Option<String>,
     /// Master key and minion keys by state.
     pub pki_dir: PathBuf,
     /// The store (unless `store` names a database), the CLI token and
@@ -170,6 +174,12 @@ impl Config {
                     })
                 })
                 .transpose()?,
+            otel_endpoint: raw
+                .otel_endpoint
+                .as_deref()
+                .map(halite_daemon::traces::parse_endpoint)
+                .transpose()
+                .map_err(|e| ConfigError::key(file, "otel_endpoint", e))?,
             pki_dir: resolve_path(
                 file,
                 &raw.pki_dir
@@ -367,6 +377,7 @@ mod tests {
     fn bad_values_name_file_and_key() {
         for (text, key) in [
             ("publish_port = 70000", "publish_port"),
+            ("otel_endpoint = \"localhost:4318\"", "otel_endpoint"),
             ("return_port = -1", "return_port"),
             ("interface = \"nowhere\"", "interface"),
             ("api_bind = \"8000\"", "api_bind"),

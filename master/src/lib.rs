@@ -208,6 +208,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         cli_token,
     })?);
 
+    if let Some(endpoint) = &core.config.otel_endpoint {
+        core.send_traces_to(halite_daemon::traces::Traces::start(
+            endpoint,
+            "halite-master",
+            &core.config.id,
+            shutdown.clone(),
+        ));
+    }
     let mut tasks = JoinSet::new();
     tasks.spawn(core::returns::collect(
         core.clone(),

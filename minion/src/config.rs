@@ -76,6 +76,7 @@ struct RawConfig {
     master_alive_interval: Option<i64>,
     master_failback: Option<bool>,
     lua: Option<RawLua>,
+    otel_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +182,9 @@ pub struct Config {
     pub master_failback: bool,
     /// How Lua modules run: limits and the directories they may use.
     pub lua: halite_modules::lua::LuaConfig,
+    /// Where this minion sends its spans of each job (OTLP over HTTP,
+    /// `halite_daemon::traces`); unset: nowhere.
+    pub otel_endpoint: Option<String>,
     /// What is valid but probably not meant (a setting written after
     /// `[grains]`, which makes it a grain): logged at start.
     pub warnings: Vec<String>,
@@ -201,6 +205,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "master_alive_interval",
     "master_failback",
     "lua",
+    "otel_endpoint",
 ];
 
 impl Config {
@@ -277,6 +282,12 @@ impl Config {
             )?),
             master_failback: raw.master_failback.unwrap_or(false),
             lua: lua_config(file, raw.lua.unwrap_or_default())?,
+            otel_endpoint: raw
+                .otel_endpoint
+                .as_deref()
+                .map(halite_daemon::traces::parse_endpoint)
+                .transpose()
+                .map_err(|e| ConfigError::key(file, "otel_endpoint", e))?,
             warnings: grain_warnings(file, &grains),
             grains,
         })
@@ -439,6 +450,7 @@ mod tests {
             ("id = \"a/b\"", "id"),
             ("master_fingerprint = \"zz\"", "master_fingerprint"),
             ("clock_skew = -5", "clock_skew"),
+            ("otel_endpoint = \"grpc://collector:4317\"", "otel_endpoint"),
             ("color = 1", "color"),
             ("masters = \"m1\"", "masters"),
             ("master_type = \"warm\"", "master_type"),

@@ -113,6 +113,8 @@ pub struct Executor {
     /// the publisher's signed job summary, the only word the other
     /// masters take for a job they did not publish.
     several_masters: bool,
+    /// Where this minion's spans go (`otel_endpoint`), if anywhere.
+    traces: Option<halite_daemon::traces::Traces>,
 }
 
 /// A job running now.
@@ -148,6 +150,8 @@ pub struct ExecutorParts {
     pub lua: Arc<crate::lua_store::LuaStore>,
     /// Whether the minion serves several masters (hot or failover).
     pub several_masters: bool,
+    /// Where spans go (`otel_endpoint`), if anywhere.
+    pub traces: Option<halite_daemon::traces::Traces>,
 }
 
 impl Executor {
@@ -167,6 +171,7 @@ impl Executor {
             shutdown: parts.shutdown,
             lua: parts.lua,
             several_masters: parts.several_masters,
+            traces: parts.traces,
         }
     }
 
@@ -441,6 +446,7 @@ impl Executor {
             job: self.vouch(job),
         };
         tracing::info!(success = ret.success, retcode = ret.retcode, "job finished");
+        self.trace_run(&ret);
         let ack = Some((ret.jid.clone(), ret.nonce.clone()));
         match self.key.sign_message(&self.id, &ret) {
             Ok(envelope) => {
@@ -470,6 +476,32 @@ impl Executor {
             }
             Err(e) => tracing::error!(error = %e, "cannot sign the return"),
         }
+    }
+
+    /// This minion's span of a job it ran, when `otel_endpoint` is set: a
+    /// child of the master's span for this minion, in the job's trace
+    /// (`halite_daemon::traces`).
+    fn trace_run(&self, ret: &Return) {
+        use halite_daemon::traces::{span_id, trace_id, Span};
+        let Some(traces) = &self.traces else {
+            return;
+        };
+        let jid = ret.jid.as_str();
+        traces.record(Span {
+            trace_id: trace_id(jid),
+            span_id: span_id(jid, &["run", &self.id]),
+            parent: Some(span_id(jid, &["minion", &self.id])),
+            name: format!("run {}", ret.fun),
+            start_ms: ret.started_at,
+            end_ms: ret.finished_at,
+            error: !ret.success,
+            attributes: vec![
+                ("halite.jid", Value::from(jid)),
+                ("halite.minion", Value::from(self.id.as_str())),
+                ("halite.fun", Value::from(ret.fun.as_str())),
+                ("halite.retcode", Value::from(ret.retcode)),
+            ],
+        });
     }
 
     /// Keyword arguments with the secret ones opened: this minion's own
@@ -788,6 +820,7 @@ mod tests {
                 registry,
             )),
             several_masters: false,
+            traces: None,
         });
         (executor, spool)
     }

@@ -138,6 +138,14 @@ pub fn start(
         markers: config.data_dir.join("running"),
         lua,
         several_masters: config.masters.len() > 1,
+        traces: config.otel_endpoint.as_deref().map(|endpoint| {
+            halite_daemon::traces::Traces::start(
+                endpoint,
+                "halite-minion",
+                &config.id,
+                shutdown.clone(),
+            )
+        }),
     }));
     executor.recover_interrupted();
     let fatal = Arc::new(std::sync::OnceLock::new());

@@ -48,6 +48,22 @@ impl Jid {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The moment the jid names, in unix ms (a jid is made when its job
+    /// is issued, so this is when the job began).
+    pub fn unix_ms(&self) -> u64 {
+        let digits = |range: std::ops::Range<usize>| self.0[range].parse::<u64>().unwrap_or(0);
+        let days = crate::time::days_from_civil(
+            digits(0..4) as i64,
+            digits(4..6) as u32,
+            digits(6..8) as u32,
+        );
+        let secs = days.max(0) as u64 * 86_400
+            + digits(8..10) * 3600
+            + digits(10..12) * 60
+            + digits(12..14);
+        secs * 1000 + digits(14..20) / 1000
+    }
 }
 
 impl fmt::Display for Jid {
@@ -117,6 +133,7 @@ mod tests {
     fn formats_like_salt() {
         // 2023-11-14 22:13:20.000123 UTC
         let jid = Jid::from_unix_us(1_700_000_000_000_123);
+        assert_eq!(jid.unix_ms(), 1_700_000_000_000);
         assert_eq!(jid.as_str(), "20231114221320000123");
         assert_eq!(Jid::parse(jid.as_str()).unwrap(), jid);
     }

@@ -355,6 +355,7 @@ impl Core {
             }
         }
         tracing::info!(target = %job.tgt, expected = expected.len(), "job published");
+        self.trace_published(&jid, &job.fun, &job.tgt, user, expected.len());
         self.announce(BusEntry {
             id: 0,
             kind: "job/new".to_owned(),

@@ -32,6 +32,7 @@ pub mod rollouts;
 pub mod schedules;
 pub mod shared_keys;
 pub mod shared_users;
+mod traces;
 pub mod triggers;
 pub mod upkeep;
 pub mod views;
@@ -93,6 +94,8 @@ pub struct Core {
     /// auth it checks link MACs: its heartbeats, their acks and its
     /// return acks are authenticated with it instead of Ed25519.
     link_keys: RwLock<HashMap<String, halite_pki::LinkKey>>,
+    /// Where spans go, when `otel_endpoint` is set (`traces.rs`).
+    traces: std::sync::OnceLock<halite_daemon::traces::Traces>,
     jids: JidGenerator,
     /// Jobs minions may still ask for through catch-up.
     /// Read by every return and event (is it expected?), written when a
@@ -206,6 +209,7 @@ impl Core {
             session: SessionKeys::new()?,
             personal: RwLock::new(HashMap::new()),
             link_keys: RwLock::new(HashMap::new()),
+            traces: std::sync::OnceLock::new(),
             jids: JidGenerator::new(),
             recent: RwLock::new(Vec::new()),
             master_pub,

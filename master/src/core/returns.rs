@@ -138,6 +138,7 @@ impl Core {
         };
         for ((jid, record), _) in records.iter().zip(&new).filter(|(_, is_new)| **is_new) {
             self.metrics.return_stored(jid, record, now);
+            self.trace_stored(jid, record);
         }
         for ((peer, ack, success), is_new) in acks.into_iter().zip(new) {
             if is_new {
