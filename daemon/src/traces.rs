@@ -94,6 +94,12 @@ pub fn parse_endpoint(text: &str) -> Result<String, String> {
     }
 }
 
+/// The `otel_endpoint` config value, checked ([`parse_endpoint`]); `None`
+/// when unset.
+pub fn endpoint_setting(value: Option<&str>) -> Result<Option<String>, String> {
+    value.map(parse_endpoint).transpose()
+}
+
 /// Where this process's spans go. Cheap to clone.
 #[derive(Clone)]
 pub struct Traces {

@@ -174,11 +174,7 @@ impl Config {
                     })
                 })
                 .transpose()?,
-            otel_endpoint: raw
-                .otel_endpoint
-                .as_deref()
-                .map(halite_daemon::traces::parse_endpoint)
-                .transpose()
+            otel_endpoint: halite_daemon::traces::endpoint_setting(raw.otel_endpoint.as_deref())
                 .map_err(|e| ConfigError::key(file, "otel_endpoint", e))?,
             pki_dir: resolve_path(
                 file,

@@ -282,11 +282,7 @@ impl Config {
             )?),
             master_failback: raw.master_failback.unwrap_or(false),
             lua: lua_config(file, raw.lua.unwrap_or_default())?,
-            otel_endpoint: raw
-                .otel_endpoint
-                .as_deref()
-                .map(halite_daemon::traces::parse_endpoint)
-                .transpose()
+            otel_endpoint: halite_daemon::traces::endpoint_setting(raw.otel_endpoint.as_deref())
                 .map_err(|e| ConfigError::key(file, "otel_endpoint", e))?,
             warnings: grain_warnings(file, &grains),
             grains,

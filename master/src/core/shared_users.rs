@@ -37,6 +37,12 @@ pub(super) struct SharedUsers {
     known: Mutex<Option<BTreeMap<String, UserRecord>>>,
 }
 
+impl SharedUsers {
+    fn known(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<String, UserRecord>>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Core {
     /// Records every user whose entry in this master's users file changed
     /// since it was last shared or mirrored (on a shared store; nothing
@@ -45,11 +51,7 @@ impl Core {
         if !self.store.is_shared() {
             return Ok(());
         }
-        let mut known = self
-            .shared_users
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut known = self.shared_users.known();
         let now = self.config.users().records()?;
         let before = known.take().unwrap_or_default();
         let mut changed: Vec<(String, Option<UserRecord>)> = now
@@ -112,11 +114,7 @@ impl Core {
         let Some(state) = self.store.user_state(name)? else {
             return Ok(());
         };
-        let mut known = self
-            .shared_users
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut known = self.shared_users.known();
         let users = self.config.users();
         if users.mirror(name, state.entry.as_ref())? {
             tracing::info!(user = name, from = %state.master, "a user changed on another master is written into the users file");
@@ -145,11 +143,7 @@ impl Core {
         {
             // Told against what the store has: the users only this file
             // has (or has otherwise) are the local changes.
-            let mut known = self
-                .shared_users
-                .known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut known = self.shared_users.known();
             *known = Some(
                 recorded
                     .into_iter()
