@@ -134,6 +134,11 @@ impl Core {
         if !self.store.is_shared() {
             return Ok(());
         }
+        if self.shared_users.known().is_some() {
+            // Again (events were missed): this file's changes not shared
+            // yet go first, so taking the store's records keeps them.
+            self.share_user_changes()?;
+        }
         let recorded = self.store.all_user_states()?;
         for (name, _) in &recorded {
             if let Err(e) = self.mirror_user(name) {
