@@ -138,13 +138,7 @@ impl Core {
     /// kind allows (see `halite_pki::link_key`), else signed.
     pub(super) fn reply_to<M: Message>(&self, minion: &str, peer: Bytes, message: &M) {
         if halite_pki::LinkKey::allows(M::KIND) {
-            let link_key = self
-                .link_keys
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(minion)
-                .cloned();
-            if let Some(link_key) = link_key {
+            if let Some(link_key) = self.link_key(minion) {
                 match link_key.seal_message(&self.config.id, message) {
                     Ok(envelope) => self.outbound.reply(peer, envelope.to_bytes()),
                     Err(e) => tracing::error!(minion, error = %e, "cannot authenticate a reply"),
@@ -153,6 +147,15 @@ impl Core {
             }
         }
         self.reply(peer, message);
+    }
+
+    /// `minion`'s link key, if it checks link MACs.
+    fn link_key(&self, minion: &str) -> Option<halite_pki::LinkKey> {
+        self.link_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(minion)
+            .cloned()
     }
 
     /// Opens a heartbeat: signed, or with a link MAC under the sender's
@@ -164,13 +167,7 @@ impl Core {
             return self.verified(envelope);
         }
         halite_proto::ident::validate_id(&envelope.sender)?;
-        let link_key = self
-            .link_keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&envelope.sender)
-            .cloned();
-        match link_key {
+        match self.link_key(&envelope.sender) {
             Some(link_key) if self.keys.accepted_key(&envelope.sender).is_some() => {
                 link_key.verify(envelope)?;
                 Ok(envelope.open()?)

@@ -38,28 +38,12 @@ impl Store {
 
     /// An API user as last recorded (`None`: never recorded).
     pub fn user_state(&self, name: &str) -> Result<Option<SharedUser>, StoreError> {
-        match self
-            .users
-            .get(name.as_bytes())
-            .map_err(failed("read shared user"))?
-        {
-            Some(bytes) => Ok(Some(from_bytes("shared user", &bytes)?)),
-            None => Ok(None),
-        }
+        named(&self.users, name, "shared user")
     }
 
     /// Every recorded API user, by name.
     pub fn all_user_states(&self) -> Result<Vec<(String, SharedUser)>, StoreError> {
-        self.users
-            .iter()
-            .map(|item| {
-                let (name, bytes) = item.map_err(failed("scan shared users"))?;
-                Ok((
-                    String::from_utf8_lossy(&name).into_owned(),
-                    from_bytes("shared user", &bytes)?,
-                ))
-            })
-            .collect()
+        all_named(&self.users, "shared user")
     }
 
     /// Records a minion's keys as they now are, durably (empty: deleted,
@@ -73,28 +57,12 @@ impl Store {
 
     /// A minion's keys as last recorded (`None`: never recorded).
     pub fn key_states(&self, id: &str) -> Result<Option<Vec<SharedKey>>, StoreError> {
-        match self
-            .keys
-            .get(id.as_bytes())
-            .map_err(failed("read shared key"))?
-        {
-            Some(bytes) => Ok(Some(from_bytes("shared key", &bytes)?)),
-            None => Ok(None),
-        }
+        named(&self.keys, id, "shared key")
     }
 
     /// Every recorded minion's keys, by id.
     pub fn all_key_states(&self) -> Result<Vec<(String, Vec<SharedKey>)>, StoreError> {
-        self.keys
-            .iter()
-            .map(|item| {
-                let (id, bytes) = item.map_err(failed("scan shared keys"))?;
-                Ok((
-                    String::from_utf8_lossy(&id).into_owned(),
-                    from_bytes("shared key", &bytes)?,
-                ))
-            })
-            .collect()
+        all_named(&self.keys, "shared key")
     }
 
     /// Saves what is known of a minion.

@@ -510,6 +510,35 @@ fn decode_item<T: serde::de::DeserializeOwned>(
     from_bytes(what, &bytes)
 }
 
+/// The record stored under `name` in `space`, if any.
+fn named<T: serde::de::DeserializeOwned>(
+    space: &Space,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    match space.get(name.as_bytes()).map_err(failed(what))? {
+        Some(bytes) => Ok(Some(from_bytes(what, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every record in `space`, with the name it is stored under.
+fn all_named<T: serde::de::DeserializeOwned>(
+    space: &Space,
+    what: &'static str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    space
+        .iter()
+        .map(|item| {
+            let (name, bytes) = item.map_err(failed(what))?;
+            Ok((
+                String::from_utf8_lossy(&name).into_owned(),
+                from_bytes(what, &bytes)?,
+            ))
+        })
+        .collect()
+}
+
 /// msgpack-encodes a record; a failure names the record kind.
 fn to_bytes<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
     encode(what, value).map_err(|e| StoreError::Corrupt {
