@@ -88,19 +88,33 @@ impl LiveGrants {
     }
 }
 
-/// A file's modification time and length (`(None, 0)` when missing).
-fn stamp_of(file: &std::path::Path) -> FileStamp {
+/// A file's modification time, length and inode (`(None, 0, 0)` when
+/// missing).
+pub(super) fn stamp_of(file: &std::path::Path) -> FileStamp {
     std::fs::metadata(file)
-        .map(|m| (m.modified().ok(), m.len()))
-        .unwrap_or((None, 0))
+        .map(|m| (m.modified().ok(), m.len(), inode(&m)))
+        .unwrap_or((None, 0, 0))
+}
+
+/// The inode: a file replaced by rename has a new one, which tells two
+/// versions apart even when written within one tick of the coarse clock
+/// that stamps modification times, with the same length.
+#[cfg(unix)]
+fn inode(metadata: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(metadata)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &std::fs::Metadata) -> u64 {
+    0
 }
 
 /// Every user's session check, by name.
 type Sessions = Arc<BTreeMap<String, Session>>;
 
-/// What tells a changed users file: modification time and length (it is
-/// replaced whole, by rename).
-type FileStamp = (Option<SystemTime>, u64);
+/// What tells a changed users or config file: modification time, length
+/// and inode (the users file is replaced whole, by rename).
+pub(super) type FileStamp = (Option<SystemTime>, u64, u64);
 
 impl UserSessions {
     pub(super) fn new(file: PathBuf) -> UserSessions {
@@ -223,4 +237,35 @@ fn token_hash(token: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
         .as_ref()
         .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_replaced_by_rename_has_a_new_stamp_even_with_the_same_time_and_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("users.toml");
+        let replace = |text: &str| {
+            let aside = dir.path().join("users.toml.new");
+            std::fs::write(&aside, text).unwrap();
+            std::fs::rename(&aside, &file).unwrap();
+        };
+        replace("[users.alice]\nhash = \"one\"\n");
+        let first = stamp_of(&file);
+        let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+        replace("[users.alice]\nhash = \"two\"\n");
+        // As if written within one tick of the clock stamping files.
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        let second = stamp_of(&file);
+        assert_eq!((first.0, first.1), (second.0, second.1));
+        assert_ne!(first, second);
+        assert_eq!(stamp_of(&dir.path().join("missing")), (None, 0, 0));
+    }
 }

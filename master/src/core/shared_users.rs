@@ -20,13 +20,15 @@ use std::time::Duration;
 use halite_pki::users::UserRecord;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{stamp_of, FileStamp};
 use super::{Core, CoreError};
 use crate::store::SharedUser;
 
 /// The stream entry that tells the other masters a user changed.
 const KIND: &str = "user/shared";
 
-/// How often a master looks whether its users file changed (a `stat`).
+/// How often a master looks whether its users file changed (a `stat`;
+/// the file is read only when its time or length changed).
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The users file as this master last shared or mirrored it: what a
@@ -34,11 +36,19 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// so a mirrored user is never taken for a local change.
 #[derive(Default)]
 pub(super) struct SharedUsers {
-    known: Mutex<Option<BTreeMap<String, UserRecord>>>,
+    known: Mutex<Known>,
+}
+
+/// The users last shared or mirrored, and the file's stamp when they
+/// were last compared with it (unchanged: nothing to read).
+#[derive(Default)]
+struct Known {
+    users: Option<BTreeMap<String, UserRecord>>,
+    compared: Option<FileStamp>,
 }
 
 impl SharedUsers {
-    fn known(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<String, UserRecord>>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -52,8 +62,14 @@ impl Core {
             return Ok(());
         }
         let mut known = self.shared_users.known();
+        // Taken before the read: a change made while reading is seen at
+        // the next look.
+        let stamp = stamp_of(&self.config.users_file);
+        if known.users.is_some() && known.compared == Some(stamp) {
+            return Ok(());
+        }
         let now = self.config.users().records()?;
-        let before = known.take().unwrap_or_default();
+        let before = known.users.take().unwrap_or_default();
         let mut changed: Vec<(String, Option<UserRecord>)> = now
             .iter()
             .filter(|(name, record)| before.get(*name) != Some(*record))
@@ -79,7 +95,9 @@ impl Core {
                 Err(e) => result = Err(e),
             }
         }
-        *known = Some(shared);
+        known.users = Some(shared);
+        // A change that could not be shared is told again at the next look.
+        known.compared = result.is_ok().then_some(stamp);
         result
     }
 
@@ -119,7 +137,7 @@ impl Core {
         if users.mirror(name, state.entry.as_ref())? {
             tracing::info!(user = name, from = %state.master, "a user changed on another master is written into the users file");
         }
-        if let Some(known) = known.as_mut() {
+        if let Some(known) = known.users.as_mut() {
             match state.entry {
                 Some(record) => known.insert(name.to_owned(), record),
                 None => known.remove(name),
@@ -134,7 +152,7 @@ impl Core {
         if !self.store.is_shared() {
             return Ok(());
         }
-        if self.shared_users.known().is_some() {
+        if self.shared_users.known().users.is_some() {
             // Again (events were missed): this file's changes not shared
             // yet go first, so taking the store's records keeps them.
             self.share_user_changes()?;
@@ -149,12 +167,13 @@ impl Core {
             // Told against what the store has: the users only this file
             // has (or has otherwise) are the local changes.
             let mut known = self.shared_users.known();
-            *known = Some(
+            known.users = Some(
                 recorded
                     .into_iter()
                     .filter_map(|(name, state)| state.entry.map(|record| (name, record)))
                     .collect(),
             );
+            known.compared = None;
         }
         self.share_user_changes()
     }
