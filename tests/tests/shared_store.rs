@@ -173,6 +173,22 @@ fn a_rollout_goes_on_when_the_master_driving_it_dies() {
     let first_job = rollout(&b)["steps"][0]["jid"].clone();
     assert_eq!(app.live("web1").as_deref(), Some("one"));
 
+    // Actions asked on master-b are applied by master-a, the one master
+    // writing rollouts, and answered on master-b as applied or refused.
+    let out = b.cli(&["rollout", "pause", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(rollout(&a)["state"], "paused");
+    let out = b.cli(&["rollout", "pause", &id]);
+    assert_ne!(
+        out.code, 0,
+        "a second pause is refused by the driver: {out:?}"
+    );
+    let out = b.cli(&["rollout", "resume", &id, "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["state"], "running");
+    assert_eq!(rollout(&a)["state"], "running");
+    assert!(driving(&a) && !driving(&b));
+
     // master-a dies; master-b takes the lease once it runs out and
     // finishes the rollout, without running step 1 again.
     a.proc.kill();

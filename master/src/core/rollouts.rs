@@ -44,12 +44,25 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{Core, CoreError};
+use crate::store::{AskedRolloutAction, AskedState, Refusal, ASKED_ACTIONS_KEPT_MS};
 
 /// The master itself, in a rollout's history.
 const MASTER: &str = "halite";
 
 /// How often the driver looks at running rollouts.
 const TICK: Duration = Duration::from_millis(200);
+
+/// The stream entry a master not driving rollouts puts out when it asks
+/// the driver to apply an action (the driver's loop wakes on it).
+const ROLLOUT_ASKED: &str = "rollout/asked";
+
+/// How long an action asked of the driving master waits to be taken: the
+/// life of the drivers' lease (its holder died and another master must
+/// take it) and a few of the driver's rounds.
+const ASKED_ACTION_WAIT: Duration = Duration::from_millis(super::DRIVERS_LEASE_MS + 5_000);
+
+/// How often a master waiting for an asked action reads its answer.
+const ASKED_ACTION_POLL: Duration = Duration::from_millis(25);
 
 /// The most groups (apps) one rollout releases.
 const MAX_GROUPS: usize = 20;
@@ -275,8 +288,158 @@ impl Core {
 
     /// A person's step: continue past a manual gate, pause, resume, or
     /// abort (released minions go back). Needs the grant to deploy the
-    /// app on the rollout's minions.
+    /// app on the rollout's minions. Applied here when this master drives
+    /// rollouts; otherwise asked of the master that does, and answered
+    /// once it has applied or refused it (see `store/rollouts.rs` for
+    /// why one master writes rollouts). Blocks up to
+    /// [`ASKED_ACTION_WAIT`] on a shared store.
     pub fn rollout_action(
+        &self,
+        user: &str,
+        id: u64,
+        action: RolloutAction,
+    ) -> Result<Rollout, CoreError> {
+        if self.drives() {
+            self.apply_rollout_action(user, id, action)
+        } else {
+            self.ask_driver(user, id, action)
+        }
+    }
+
+    /// Refuses a rollout action the user's grants do not allow, or one
+    /// on a finished rollout.
+    fn check_rollout_action(&self, user: &str, rollout: &Rollout) -> Result<(), CoreError> {
+        for (group, minions) in rollout.minions_by_group() {
+            self.check_acl(user, rollout.group(group).2, &minions)?;
+        }
+        if rollout.state.is_final() {
+            return Err(CoreError::Conflict(format!(
+                "rollout {} is {}: nothing more to do",
+                rollout.id, rollout.state
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keeps the action for the driving master and waits for its answer
+    /// (polling the store: an action is a person's click, rare).
+    fn ask_driver(&self, user: &str, id: u64, action: RolloutAction) -> Result<Rollout, CoreError> {
+        // What the driver would surely refuse is refused here at once.
+        self.check_rollout_action(user, &self.rollout(id)?)?;
+        let asked = AskedRolloutAction {
+            rollout: id,
+            user: user.to_owned(),
+            action,
+            asked_at: now_ms(),
+            state: AskedState::Waiting,
+        };
+        let asked_id = self.store.ask_rollout_action(&asked)?;
+        tracing::info!(
+            rollout = id,
+            ?action,
+            user,
+            "rollout action asked of the driving master"
+        );
+        // Wakes the driver now; without it, its next tick takes it.
+        self.announce(BusEntry {
+            id: 0,
+            kind: ROLLOUT_ASKED.into(),
+            at: asked.asked_at,
+            jid: None,
+            minion: None,
+            data: serde_json::json!({ "rollout": id, "action": action, "user": user }),
+        });
+        let asked_until = std::time::Instant::now() + ASKED_ACTION_WAIT;
+        // A driver that took it settles it in one round; this bounds the
+        // wait if that driver dies in between.
+        let taken_until = asked_until + ASKED_ACTION_WAIT;
+        loop {
+            let now = std::time::Instant::now();
+            let state = self.store.asked_rollout_action(asked_id)?.map(|a| a.state);
+            match state {
+                Some(AskedState::Applied) => {
+                    self.store.forget_rollout_action(asked_id)?;
+                    return self.rollout(id);
+                }
+                Some(AskedState::Refused { refusal, reason }) => {
+                    self.store.forget_rollout_action(asked_id)?;
+                    return Err(refused(refusal, reason));
+                }
+                Some(AskedState::Waiting) if now >= asked_until => {
+                    if self.store.withdraw_rollout_action(asked_id)? {
+                        return Err(CoreError::Conflict(format!(
+                            "no master drove rollouts within {} s: the action was not \
+                             applied to rollout {id}; ask again",
+                            ASKED_ACTION_WAIT.as_secs()
+                        )));
+                    }
+                }
+                Some(AskedState::Taken) if now >= taken_until => {
+                    return Err(CoreError::Conflict(format!(
+                        "the driving master took the action on rollout {id} and did not \
+                         answer: see the rollout's history for whether it was applied"
+                    )));
+                }
+                None => {
+                    return Err(CoreError::Conflict(format!(
+                        "the action on rollout {id} was forgotten before it was answered"
+                    )));
+                }
+                Some(_) => {}
+            }
+            std::thread::sleep(ASKED_ACTION_POLL);
+        }
+    }
+
+    /// Applies the actions asked on other masters, oldest first, and
+    /// forgets those settled (or abandoned) long ago. The driver's, each
+    /// round.
+    fn settle_asked_actions(&self) {
+        let asked = match self.store.asked_rollout_actions() {
+            Ok(asked) => asked,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the asked rollout actions");
+                return;
+            }
+        };
+        let now = now_ms();
+        for (asked_id, asked) in asked {
+            let abandoned = asked.state == AskedState::Waiting
+                && asked.asked_at + 2 * ASKED_ACTION_WAIT.as_millis() as u64 <= now;
+            if asked.asked_at + ASKED_ACTIONS_KEPT_MS <= now || abandoned {
+                if let Err(e) = self.store.forget_rollout_action(asked_id) {
+                    tracing::warn!(error = %e, "cannot forget an old rollout action");
+                }
+                continue;
+            }
+            if asked.state != AskedState::Waiting {
+                continue;
+            }
+            let mut taken = match self.store.take_rollout_action(asked_id) {
+                Ok(Some(taken)) => taken,
+                // Withdrawn by its master first.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take a rollout action");
+                    continue;
+                }
+            };
+            taken.state = match self.apply_rollout_action(&taken.user, taken.rollout, taken.action)
+            {
+                Ok(_) => AskedState::Applied,
+                Err(e) => AskedState::Refused {
+                    refusal: refusal_of(&e),
+                    reason: e.to_string(),
+                },
+            };
+            if let Err(e) = self.store.settle_rollout_action(asked_id, &taken) {
+                tracing::error!(rollout = taken.rollout, error = %e, "cannot answer a rollout action");
+            }
+        }
+    }
+
+    /// Applies a person's action (the driving master's part).
+    fn apply_rollout_action(
         &self,
         user: &str,
         id: u64,
@@ -284,15 +447,7 @@ impl Core {
     ) -> Result<Rollout, CoreError> {
         let _lock = self.lock_rollouts();
         let mut rollout = self.rollout(id)?;
-        for (group, minions) in rollout.minions_by_group() {
-            self.check_acl(user, rollout.group(group).2, &minions)?;
-        }
-        if rollout.state.is_final() {
-            return Err(CoreError::Conflict(format!(
-                "rollout {id} is {}: nothing more to do",
-                rollout.state
-            )));
-        }
+        self.check_rollout_action(user, &rollout)?;
         let now = now_ms();
         match action {
             RolloutAction::Continue => {
@@ -376,6 +531,7 @@ impl Core {
         if !self.drives() {
             return waiting;
         }
+        self.settle_asked_actions();
         let active = match self.store.active_rollouts() {
             Ok(active) => active,
             Err(e) => {
@@ -1016,6 +1172,28 @@ impl Core {
     }
 }
 
+/// How a driver's refusal is kept for the asking master.
+fn refusal_of(error: &CoreError) -> Refusal {
+    match error {
+        CoreError::NotFound(_) => Refusal::NotFound,
+        CoreError::Forbidden(_) => Refusal::Forbidden,
+        CoreError::Conflict(_) | CoreError::Invalid(_) => Refusal::Conflict,
+        _ => Refusal::Failed,
+    }
+}
+
+/// The asking master's answer for a driver's refusal.
+fn refused(refusal: Refusal, reason: String) -> CoreError {
+    match refusal {
+        Refusal::NotFound => CoreError::NotFound(reason),
+        Refusal::Forbidden => CoreError::Forbidden(reason),
+        Refusal::Conflict => CoreError::Conflict(reason),
+        Refusal::Failed => CoreError::Conflict(format!(
+            "the driving master could not apply the action: {reason}"
+        )),
+    }
+}
+
 /// The deploy job of one step: its group's app and deploy function with
 /// the group's version, to exactly these minions.
 fn step_request(rollout: &Rollout, group: usize, minions: &[String]) -> JobRequest {
@@ -1213,6 +1391,8 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             entry = live.recv(), if streaming => {
                 let last_awaited = match entry {
+                    // Asked on another master: apply it now.
+                    Ok(entry) if entry.kind == ROLLOUT_ASKED => true,
                     Ok(entry) if entry.kind == "job/return" => entry
                         .jid
                         .as_ref()

@@ -93,6 +93,15 @@ pub trait Keyspace: Send + Sync {
     fn insert_new(&self, key: &[u8], value: &[u8]) -> Result<bool, EngineError>;
     /// Removes `key`; whether it was there.
     fn remove(&self, key: &[u8]) -> Result<bool, EngineError>;
+    /// Replaces `key`'s value `old` by `new` (absent for either: `None`)
+    /// only if it is still `old`; whether it was. What lets two masters
+    /// change one record without either losing the other's change.
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, EngineError>;
     /// The entries of `range` in its direction, read as the caller walks
     /// (values left empty unless `values`).
     fn scan(&self, range: KeyRange, values: bool) -> Box<dyn Iterator<Item = Item> + Send>;
@@ -174,6 +183,17 @@ impl Space {
     /// Removes `key`; whether it was there.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<bool, EngineError> {
         self.0.remove(key.as_ref())
+    }
+
+    /// Sets `key` from `old` to `new` only if it is still `old`; whether
+    /// it was (see [`Keyspace::compare_and_swap`]).
+    pub fn compare_and_swap(
+        &self,
+        key: impl AsRef<[u8]>,
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, EngineError> {
+        self.0.compare_and_swap(key.as_ref(), old, new)
     }
 
     /// Every entry, in key order.
@@ -369,6 +389,15 @@ impl Keyspace for SledSpace {
 
     fn remove(&self, key: &[u8]) -> Result<bool, EngineError> {
         Ok(self.0.remove(key)?.is_some())
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, EngineError> {
+        Ok(self.0.compare_and_swap(key, old, new)?.is_ok())
     }
 
     fn scan(&self, range: KeyRange, values: bool) -> Box<dyn Iterator<Item = Item> + Send> {

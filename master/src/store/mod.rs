@@ -157,6 +157,9 @@ pub struct Store {
     /// API users as the masters sharing the store last changed them
     /// (only written on a shared store).
     users: Space,
+    /// Rollout actions asked on a master that does not drive, by id,
+    /// until the driving master has applied them (`rollouts.rs`).
+    rollout_actions: Space,
     /// Set on PostgreSQL: its partitions are made ahead as days pass.
     postgres: Option<Arc<postgres::PgEngine>>,
     publishing: Arc<std::sync::Mutex<()>>,
@@ -190,6 +193,7 @@ pub const SPACES: &[&str] = &[
     "active_rollouts",
     "keys",
     "users",
+    "rollout_actions",
 ];
 
 /// Where the store lives: the master config's `store` (a PostgreSQL URL),
@@ -380,6 +384,7 @@ mod stream;
 pub mod throwaway;
 mod workflow;
 pub use fleet::{SharedKey, SharedUser};
+pub use rollouts::{AskedRolloutAction, AskedState, Refusal, ASKED_ACTIONS_KEPT_MS};
 pub use workflow::Delivery;
 
 pub use stream::{event_entry, return_entry};
@@ -455,6 +460,7 @@ impl Store {
             active_rollouts: space("active_rollouts")?,
             keys: space("keys")?,
             users: space("users")?,
+            rollout_actions: space("rollout_actions")?,
             outbox: space("outbox")?,
             triggers: space("triggers")?,
             postgres,

@@ -66,6 +66,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, "leases"),
     (3, "minion keys shared by the masters"),
     (4, "API users shared by the masters"),
+    (5, "rollout actions asked on a master that does not drive"),
 ];
 
 /// The keyspaces of migration 1, as they were then (a step never
@@ -323,6 +324,7 @@ fn migration_sql(version: i32) -> String {
             .to_owned(),
         3 => "CREATE TABLE kv_keys (k bytea PRIMARY KEY, v bytea NOT NULL)".to_owned(),
         4 => "CREATE TABLE kv_users (k bytea PRIMARY KEY, v bytea NOT NULL)".to_owned(),
+        5 => "CREATE TABLE kv_rollout_actions (k bytea PRIMARY KEY, v bytea NOT NULL)".to_owned(),
         _ => unreachable!("every step in MIGRATIONS has its SQL"),
     }
 }
@@ -402,6 +404,8 @@ struct Sql {
     insert_new: String,
     remove: String,
     count: String,
+    swap: String,
+    remove_if: String,
 }
 
 impl Sql {
@@ -414,6 +418,8 @@ impl Sql {
             ),
             remove: format!("DELETE FROM kv_{name} WHERE k = $1"),
             count: format!("SELECT count(*) FROM kv_{name}"),
+            swap: format!("UPDATE kv_{name} SET v = $3 WHERE k = $1 AND v = $2"),
+            remove_if: format!("DELETE FROM kv_{name} WHERE k = $1 AND v = $2"),
         }
     }
 }
@@ -466,6 +472,31 @@ impl Keyspace for PgSpace {
         let key = key.to_vec();
         self.pool
             .run(move |conn| Ok(conn.execute(&sql, &[&key])? > 0))
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, EngineError> {
+        let key = key.to_vec();
+        // Each case is one statement, so atomic without a transaction:
+        // the row's lock orders two masters swapping the same key.
+        match (old.map(<[u8]>::to_vec), new.map(<[u8]>::to_vec)) {
+            (None, Some(new)) => self.insert_new(&key, &new),
+            (None, None) => Ok(self.get(&key)?.is_none()),
+            (Some(old), Some(new)) => {
+                let sql = self.sql.swap.clone();
+                self.pool
+                    .run(move |conn| Ok(conn.execute(&sql, &[&key, &old, &new])? == 1))
+            }
+            (Some(old), None) => {
+                let sql = self.sql.remove_if.clone();
+                self.pool
+                    .run(move |conn| Ok(conn.execute(&sql, &[&key, &old])? == 1))
+            }
+        }
     }
 
     fn scan(&self, range: KeyRange, values: bool) -> Box<dyn Iterator<Item = Item> + Send> {
