@@ -4,7 +4,49 @@
 
 use std::path::{Path, PathBuf};
 
-use halite_master::store::{schema_of, Store, StoreError, SCHEMA_VERSION};
+use halite_master::store::{schema_of, EngineError, Store, StoreError, SCHEMA_VERSION};
+
+/// Opens again, once sled has let go of the directory's lock: it does so
+/// when the last background write of a handle dropped a moment ago ends,
+/// not at the drop.
+fn when_released<T, E>(mut open: impl FnMut() -> Result<T, E>, held: impl Fn(&E) -> bool) -> T
+where
+    E: std::fmt::Debug,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match open() {
+            Err(e) if held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other.unwrap_or_else(|e| panic!("open: {e:?}")),
+        }
+    }
+}
+
+/// Whether sled failed because another handle holds the lock.
+fn locked(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The raw sled database, once released.
+fn raw(path: &Path) -> sled::Db {
+    when_released(|| sled::open(path), locked)
+}
+
+/// The store, once released (its refusal, if it refuses).
+fn store(path: &Path) -> Result<Store, StoreError> {
+    when_released(
+        || match Store::open(path) {
+            Err(StoreError::Engine {
+                source: EngineError::Sled(e),
+                ..
+            }) if locked(&e) => Err(e),
+            other => Ok(other),
+        },
+        locked,
+    )
+}
 
 /// A writable copy of a fixture store.
 fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -25,14 +67,14 @@ fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
 fn a_store_from_before_schema_versions_is_migrated_and_reads_back_whole() {
     let (_dir, path) = copy_fixture("store-v0");
     {
-        let db = sled::open(&path).unwrap();
+        let db = raw(&path);
         assert_eq!(
             schema_of(&db).unwrap(),
             None,
             "the fixture predates versions"
         );
     }
-    let store = Store::open(&path).unwrap();
+    let store = store(&path).unwrap();
     let jobs = store.jobs(1000, None).unwrap();
     assert!(jobs.len() >= 6, "{} jobs", jobs.len());
     let mut returns = 0;
@@ -66,15 +108,15 @@ fn a_store_from_before_schema_versions_is_migrated_and_reads_back_whole() {
     assert!(store.stream_head().unwrap() > 0);
     assert!(!store.stream_after(0, None, 10_000).unwrap().is_empty());
     drop(store);
-    let db = sled::open(&path).unwrap();
+    let db = raw(&path);
     assert_eq!(schema_of(&db).unwrap(), Some(SCHEMA_VERSION));
 }
 
 #[test]
 fn a_new_store_is_stamped_with_the_current_schema() {
     let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(&dir.path().join("store")).unwrap());
-    let db = sled::open(dir.path().join("store")).unwrap();
+    drop(store(&dir.path().join("store")).unwrap());
+    let db = raw(&dir.path().join("store"));
     assert_eq!(schema_of(&db).unwrap(), Some(SCHEMA_VERSION));
 }
 
@@ -83,13 +125,13 @@ fn a_store_from_a_newer_halite_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     {
-        let db = sled::open(&path).unwrap();
+        let db = raw(&path);
         let meta = db.open_tree("meta").unwrap();
         meta.insert(b"schema", &(SCHEMA_VERSION + 1).to_be_bytes())
             .unwrap();
         db.flush().unwrap();
     }
-    match Store::open(&path) {
+    match store(&path) {
         Err(StoreError::NewerSchema { found, known, .. }) => {
             assert_eq!(found, SCHEMA_VERSION + 1);
             assert_eq!(known, SCHEMA_VERSION);
@@ -97,6 +139,6 @@ fn a_store_from_a_newer_halite_is_refused_and_left_alone() {
         Err(other) => panic!("refused for another reason: {other}"),
         Ok(_) => panic!("a newer store was opened"),
     }
-    let db = sled::open(&path).unwrap();
+    let db = raw(&path);
     assert_eq!(schema_of(&db).unwrap(), Some(SCHEMA_VERSION + 1));
 }

@@ -583,7 +583,24 @@ impl Fresh {
     pub(crate) fn open(&self) -> Store {
         match &self.url {
             Some(url) => Store::connect(url).expect("connect to the test database"),
-            None => Store::open(self.dir.path()).expect("open the test store"),
+            None => {
+                // sled lets go of the directory's lock when the last
+                // background write of a handle just dropped ends.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                loop {
+                    match Store::open(self.dir.path()) {
+                        Err(StoreError::Engine {
+                            source: EngineError::Sled(sled::Error::Io(io)),
+                            ..
+                        }) if io.kind() == std::io::ErrorKind::WouldBlock
+                            && std::time::Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(10))
+                        }
+                        opened => break opened.expect("open the test store"),
+                    }
+                }
+            }
         }
     }
 }
