@@ -343,3 +343,51 @@ fn a_user_changed_on_one_master_is_changed_on_every_master() {
     });
     assert!(logs_in(&b, "alice", "alice-pw-2").is_none());
 }
+
+/// `halite-master copy-store` with the master's config.
+fn copy_store(master: &Master, to: &str) -> halite_tests::CliOutput {
+    halite_tests::CliOutput::from(
+        std::process::Command::new(halite_tests::bin("halite-master"))
+            .arg("--config")
+            .arg(&master.config)
+            .args(["copy-store", "--to", to])
+            .output()
+            .expect("run halite-master copy-store"),
+    )
+}
+
+#[test]
+fn a_master_moved_from_its_embedded_store_to_postgres_keeps_its_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start().expect("start PostgreSQL");
+    let url = cluster.database().expect("a database");
+    let mut master = master_on(dir.path(), "a", "");
+    let _web1 = master.start_minions(dir.path(), &["web1"]);
+    let out = master.cli(&["run", "target=web1", "test.ping", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let jid = out.json()["jid"].as_str().expect("jid").to_owned();
+
+    // Refused while the master runs (it holds its store), the database
+    // left empty.
+    let out = copy_store(&master, &url);
+    assert_ne!(out.code, 0, "{out:?}");
+
+    master.proc.stop();
+    let out = copy_store(&master, &url);
+    assert_eq!(out.code, 0, "{out:?}");
+    // Only into a new database.
+    let again = copy_store(&master, &url);
+    assert_ne!(again.code, 0, "{again:?}");
+
+    // The same master on the database (its ports are new): its job and
+    // return are there, and new jobs go on.
+    let moved = master_on(dir.path(), "a", &format!("store = \"{url}\"\n"));
+    assert_eq!(listed(&moved), [jid.as_str()]);
+    let out = moved.cli(&["jobs", "show", &jid, "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["returns"]["web1"]["data"], true, "{out:?}");
+    let _web2 = moved.start_minions(dir.path(), &["web2"]);
+    let out = moved.cli(&["run", "target=web2", "test.ping", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(listed(&moved).len(), 2);
+}

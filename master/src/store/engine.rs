@@ -91,6 +91,9 @@ pub trait Keyspace: Send + Sync {
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError>;
     /// Sets `key` to `value` only if `key` is absent; whether it was.
     fn insert_new(&self, key: &[u8], value: &[u8]) -> Result<bool, EngineError>;
+    /// Sets each absent key of `rows` to its value (one round trip per
+    /// call on PostgreSQL: a store copy).
+    fn insert_new_many(&self, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), EngineError>;
     /// Removes `key`; whether it was there.
     fn remove(&self, key: &[u8]) -> Result<bool, EngineError>;
     /// Replaces `key`'s value `old` by `new` (absent for either: `None`)
@@ -140,6 +143,9 @@ pub trait Engine: Send + Sync {
     /// Takes or keeps lease `name` for `holder` for `ttl_ms`: true while
     /// `holder` has it, false while another holder's has not run out.
     fn hold_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, EngineError>;
+    /// Makes every id handed out from now on at least `next` (a store
+    /// copied in keeps its ids).
+    fn raise_ids(&self, next: u64) -> Result<(), EngineError>;
 }
 
 /// A keyspace with sled's calling shape (what the store's modules use).
@@ -178,6 +184,11 @@ impl Space {
         value: impl AsRef<[u8]>,
     ) -> Result<bool, EngineError> {
         self.0.insert_new(key.as_ref(), value.as_ref())
+    }
+
+    /// Sets each absent key of `rows` to its value.
+    pub fn insert_new_many(&self, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), EngineError> {
+        self.0.insert_new_many(rows)
     }
 
     /// Removes `key`; whether it was there.
@@ -361,6 +372,13 @@ impl Engine for SledEngine {
         // A sled store has one master (sled locks its directory).
         Ok(true)
     }
+
+    fn raise_ids(&self, next: u64) -> Result<(), EngineError> {
+        // sled cannot set its counter; it is a copy's target only in
+        // tests, so counting up is enough (bounded by `next`).
+        while self.db.generate_id()? + 1 < next {}
+        Ok(())
+    }
 }
 
 /// A sled tree.
@@ -385,6 +403,13 @@ impl Keyspace for SledSpace {
             .0
             .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
             .is_ok())
+    }
+
+    fn insert_new_many(&self, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), EngineError> {
+        for (key, value) in rows {
+            self.insert_new(key, value)?;
+        }
+        Ok(())
     }
 
     fn remove(&self, key: &[u8]) -> Result<bool, EngineError> {

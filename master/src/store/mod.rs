@@ -65,6 +65,16 @@ pub enum StoreError {
         /// The newest schema this build knows.
         known: u32,
     },
+    /// A copy's target already holds records (a copy is into a new
+    /// store, before any master runs on it).
+    #[error(
+        "store: the target already holds {space}: copy into a new, empty database, \
+         before any master runs on it"
+    )]
+    TargetNotEmpty {
+        /// The keyspace found not empty.
+        space: &'static str,
+    },
     /// A stored value could not be decoded.
     #[error("store: corrupt {what}: {reason}")]
     Corrupt {
@@ -372,6 +382,7 @@ fn jid_prefix(jid: &Jid) -> Vec<u8> {
     key
 }
 
+mod copy;
 mod engine;
 mod fleet;
 mod jobs;
@@ -383,6 +394,7 @@ mod rollouts;
 mod stream;
 pub mod throwaway;
 mod workflow;
+pub use copy::copy_store;
 pub use fleet::{SharedKey, SharedUser};
 pub use rollouts::{AskedRolloutAction, AskedState, Refusal, ASKED_ACTIONS_KEPT_MS};
 pub use workflow::Delivery;
@@ -631,7 +643,7 @@ mod tests {
     use super::*;
     use halite_proto::TargetType;
 
-    fn job(jid: &Jid) -> StoredJob {
+    pub(super) fn job(jid: &Jid) -> StoredJob {
         StoredJob {
             record: JobRecord {
                 jid: jid.clone(),

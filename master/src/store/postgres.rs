@@ -375,6 +375,19 @@ impl Engine for PgEngine {
         })
     }
 
+    fn raise_ids(&self, next: u64) -> Result<(), EngineError> {
+        let next = i64::try_from(next).unwrap_or(i64::MAX);
+        self.pool.run(move |conn| {
+            // `is_called = false`: the next nextval answers `next` itself.
+            conn.query(
+                "SELECT setval('halite_ids', greatest($1, \
+                 (SELECT last_value + 1 FROM halite_ids)), false)",
+                &[&next],
+            )?;
+            Ok(())
+        })
+    }
+
     fn hold_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, EngineError> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         let ttl_ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
@@ -465,6 +478,17 @@ impl Keyspace for PgSpace {
         let (key, value) = (key.to_vec(), value.to_vec());
         self.pool
             .run(move |conn| Ok(conn.execute(&sql, &[&key, &value])? == 1))
+    }
+
+    fn insert_new_many(&self, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), EngineError> {
+        let sql = format!(
+            "INSERT INTO kv_{} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+             ON CONFLICT (k) DO NOTHING",
+            self.name
+        );
+        let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = rows.iter().cloned().unzip();
+        self.pool
+            .run(move |conn| conn.execute(&sql, &[&keys, &values]).map(|_| ()))
     }
 
     fn remove(&self, key: &[u8]) -> Result<bool, EngineError> {
