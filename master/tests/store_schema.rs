@@ -24,9 +24,11 @@ where
     }
 }
 
-/// Whether sled failed because another handle holds the lock.
+/// Whether sled failed as it does when another handle holds the lock
+/// (sled reports that as an I/O error of kind `Other`, so any I/O error
+/// is tried again until the deadline, then reported).
 fn locked(error: &sled::Error) -> bool {
-    matches!(error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+    matches!(error, sled::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Other))
 }
 
 /// The raw sled database, once released.

@@ -604,8 +604,11 @@ impl Fresh {
                         Err(StoreError::Engine {
                             source: EngineError::Sled(sled::Error::Io(io)),
                             ..
-                        }) if io.kind() == std::io::ErrorKind::WouldBlock
-                            && std::time::Instant::now() < deadline =>
+                        }) if matches!(
+                            io.kind(),
+                            // sled reports a held lock as `Other`.
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Other
+                        ) && std::time::Instant::now() < deadline =>
                         {
                             std::thread::sleep(std::time::Duration::from_millis(10))
                         }
